@@ -1,0 +1,333 @@
+import { Outcome, Reason, Scope, Window } from "../gen/warden/v1/decision_pb.js";
+import { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import { type CompiledPolicy, WINDOW_KINDS, type WindowKind } from "./compiled-policy.js";
+import { formatMoney } from "./money.js";
+import type { CalendarSpanCache, Span } from "./windows.js";
+
+/** Committed plus held usage of one window. */
+export interface Totals {
+  readonly value: bigint;
+  readonly actions: bigint;
+}
+
+/** Start of the lifetime "window": one fixed key for counters. */
+export const LIFETIME_START_MS = 0;
+
+/** Key of one stored counter: scope, window kind and window start. */
+export function counterKey(scopeKey: string, window: WindowKind, startMs: number): string {
+  return `${scopeKey}|${window}|${startMs}`;
+}
+
+/**
+ * One scope an action is checked against: the session itself, each parent
+ * of a fork, and the agent. `key` names its counters ("s:<id>" / "a:<id>").
+ */
+export interface ScopeState {
+  readonly scope: Scope;
+  readonly id: string;
+  readonly key: string;
+  /** An agent without a policy has an empty one: no limits, UTC windows. */
+  readonly policy: CompiledPolicy;
+  /** Sessions only. */
+  readonly status?: SessionStatus;
+  readonly expireMs?: number;
+  /** Sessions only; `undefined` means no idle timeout. */
+  readonly idleTimeoutMs?: number;
+  readonly lastActivityMs?: number;
+}
+
+/** What the agent wants to do, as the engine sees it. */
+export interface ActionInput {
+  readonly type: string;
+  /** Zero for actions that carry no money. */
+  readonly amountMicros: bigint;
+  readonly merchant: string;
+}
+
+/** A reason tied to where it came from. */
+export interface ViolationView {
+  readonly reason: Reason;
+  readonly scope: Scope;
+  readonly scopeId: string;
+  readonly window: Window;
+}
+
+/** One window of one scope after the decision. */
+export interface BudgetView {
+  readonly scope: Scope;
+  readonly scopeId: string;
+  readonly window: Window;
+  /** Absent for lifetime. */
+  readonly span: Span | undefined;
+  readonly valueUsed: bigint;
+  readonly actionsUsed: bigint;
+  readonly valueLimit: bigint | undefined;
+  readonly actionLimit: bigint | undefined;
+}
+
+/**
+ * A counter the action charges when allowed: every window of every scope,
+ * limited or not, so usage is known when a limit is set later.
+ */
+export interface Charge {
+  readonly key: string;
+  readonly scopeKey: string;
+  readonly window: WindowKind;
+  readonly startMs: number;
+}
+
+/** The engine's answer. */
+export interface Evaluation {
+  readonly outcome: Outcome;
+  /** Deduplicated, ascending. */
+  readonly reasons: Reason[];
+  readonly violations: ViolationView[];
+  readonly message: string;
+  /** Counters to charge; empty unless the outcome is ALLOW. */
+  readonly charges: Charge[];
+  readonly budgets: BudgetView[];
+  /** Set when the session is found past its expiry or idle timeout now. */
+  readonly expire: "time" | "idle" | undefined;
+}
+
+/** Inputs of one evaluation. */
+export interface EvaluateInput {
+  /** The session first, then its parents nearest first, then the agent. */
+  readonly scopes: readonly ScopeState[];
+  readonly action: ActionInput;
+  readonly nowMs: number;
+  /** Reads committed plus held usage of a counter; missing means zero. */
+  readonly usage: (key: string) => Totals | undefined;
+  readonly spans: CalendarSpanCache;
+}
+
+const WINDOW_ENUM: Record<WindowKind, Window> = {
+  day: Window.DAY,
+  week: Window.WEEK,
+  month: Window.MONTH,
+  lifetime: Window.LIFETIME,
+};
+
+const VALUE_REASON: Record<WindowKind, Reason> = {
+  day: Reason.LIMIT_DAILY_VALUE,
+  week: Reason.LIMIT_WEEKLY_VALUE,
+  month: Reason.LIMIT_MONTHLY_VALUE,
+  lifetime: Reason.LIMIT_LIFETIME_VALUE,
+};
+
+const ACTION_REASON: Record<WindowKind, Reason> = {
+  day: Reason.LIMIT_DAILY_ACTIONS,
+  week: Reason.LIMIT_WEEKLY_ACTIONS,
+  month: Reason.LIMIT_MONTHLY_ACTIONS,
+  lifetime: Reason.LIMIT_LIFETIME_ACTIONS,
+};
+
+/** The reason a session in a non-active status gives. */
+export const STATUS_REASON: Partial<Record<SessionStatus, Reason>> = {
+  [SessionStatus.PAUSED]: Reason.SESSION_PAUSED,
+  [SessionStatus.COMPLETED]: Reason.SESSION_COMPLETED,
+  [SessionStatus.EXPIRED]: Reason.SESSION_EXPIRED,
+  [SessionStatus.REVOKED]: Reason.SESSION_REVOKED,
+  [SessionStatus.EXHAUSTED]: Reason.SESSION_EXHAUSTED,
+  [SessionStatus.FAILED]: Reason.SESSION_FAILED,
+};
+
+/** Whether a status is final. */
+export function isTerminal(status: SessionStatus): boolean {
+  return status !== SessionStatus.ACTIVE && status !== SessionStatus.PAUSED;
+}
+
+/** The span of a window kind in a policy's calendar; undefined for lifetime. */
+export function spanOf(
+  policy: CompiledPolicy,
+  window: WindowKind,
+  nowMs: number,
+  spans: CalendarSpanCache,
+): Span | undefined {
+  if (window === "lifetime") return undefined;
+  return spans.get(policy.timeZone, policy.weekStart, nowMs)[window];
+}
+
+/**
+ * Whether a session is past its expiry or idle timeout at `nowMs`, though
+ * its stored status may still say ACTIVE or PAUSED.
+ */
+export function lapse(scope: ScopeState, nowMs: number): "time" | "idle" | undefined {
+  if (scope.expireMs !== undefined && nowMs >= scope.expireMs) return "time";
+  if (
+    scope.idleTimeoutMs !== undefined &&
+    scope.lastActivityMs !== undefined &&
+    nowMs - scope.lastActivityMs >= scope.idleTimeoutMs
+  ) {
+    return "idle";
+  }
+  return undefined;
+}
+
+/**
+ * Decides one action. Pure: the same inputs give the same answer, with no
+ * I/O and no clock of its own. Every limit of every scope in every window is
+ * checked, and every reason that applies is reported, so an agent learns all
+ * it must change, not only the first obstacle. The caller charges
+ * `charges` (all or nothing) when the outcome is ALLOW.
+ */
+export function evaluate(input: EvaluateInput): Evaluation {
+  const { scopes, action, nowMs, usage, spans } = input;
+  const reasons = new Set<Reason>();
+  const violations: ViolationView[] = [];
+  const notes: string[] = [];
+  const charges: Charge[] = [];
+  let needsApproval = false;
+  let expire: "time" | "idle" | undefined;
+
+  const violate = (reason: Reason, scope: ScopeState, window: Window, note: string) => {
+    reasons.add(reason);
+    violations.push({ reason, scope: scope.scope, scopeId: scope.id, window });
+    notes.push(note);
+  };
+
+  // Lifecycle: the session's own state, then its parents'.
+  for (const [i, scope] of scopes.entries()) {
+    if (scope.status === undefined) continue;
+    const isSelf = i === 0;
+    const statusReason = STATUS_REASON[scope.status];
+    const lapsed = scope.status === SessionStatus.ACTIVE || scope.status === SessionStatus.PAUSED ? lapse(scope, nowMs) : undefined;
+    if (isSelf && lapsed !== undefined) {
+      expire = lapsed;
+      const reason = lapsed === "time" ? Reason.SESSION_EXPIRED : Reason.SESSION_IDLE_TIMEOUT;
+      violate(reason, scope, Window.UNSPECIFIED, lapsed === "time" ? "the session has expired" : "the session was idle too long");
+    } else if (isSelf && statusReason !== undefined) {
+      violate(statusReason, scope, Window.UNSPECIFIED, `the session is ${SessionStatus[scope.status]}`);
+    } else if (!isSelf && (statusReason !== undefined || lapsed !== undefined)) {
+      violate(Reason.PARENT_INACTIVE, scope, Window.UNSPECIFIED, `parent session ${scope.id} is not active`);
+    }
+  }
+
+  for (const scope of scopes) {
+    const p = scope.policy;
+    const who = scopeName(scope);
+    if (p.allowedActionTypes !== null && !p.allowedActionTypes.has(action.type)) {
+      violate(Reason.ACTION_TYPE_NOT_ALLOWED, scope, Window.UNSPECIFIED, `action type "${action.type}" is not allowed by ${who}`);
+    }
+    if (action.merchant !== "" || p.allowedMerchants !== null) {
+      if (p.blockedMerchants.has(action.merchant)) {
+        violate(Reason.MERCHANT_BLOCKED, scope, Window.UNSPECIFIED, `merchant "${action.merchant}" is blocked by ${who}`);
+      } else if (p.allowedMerchants !== null && !p.allowedMerchants.has(action.merchant)) {
+        violate(Reason.MERCHANT_NOT_ALLOWED, scope, Window.UNSPECIFIED, `merchant "${action.merchant}" is not allowed by ${who}`);
+      }
+    }
+    if (p.maxPerTransaction !== undefined && action.amountMicros > p.maxPerTransaction) {
+      violate(
+        Reason.LIMIT_PER_TRANSACTION,
+        scope,
+        Window.UNSPECIFIED,
+        `${formatMoney(action.amountMicros, p.currency)} is above the per-transaction limit of ${formatMoney(p.maxPerTransaction, p.currency)} of ${who}`,
+      );
+    }
+    if (p.approvalAbove !== undefined && action.amountMicros > p.approvalAbove) needsApproval = true;
+
+    for (const window of WINDOW_KINDS) {
+      const limit = p.limits[window];
+      const startMs = spanOf(p, window, nowMs, spans)?.startMs ?? LIFETIME_START_MS;
+      const key = counterKey(scope.key, window, startMs);
+      const used = usage(key) ?? ZERO;
+      if (limit.maxValue !== undefined && used.value + action.amountMicros > limit.maxValue) {
+        violate(
+          VALUE_REASON[window],
+          scope,
+          WINDOW_ENUM[window],
+          `${window} value limit of ${who} would be exceeded (limit ${formatMoney(limit.maxValue, p.currency)}, used ${formatMoney(used.value, p.currency)}, asked ${formatMoney(action.amountMicros, p.currency)})`,
+        );
+      }
+      if (limit.maxActions !== undefined && used.actions + 1n > limit.maxActions) {
+        violate(ACTION_REASON[window], scope, WINDOW_ENUM[window], `${window} action limit of ${who} would be exceeded (limit ${limit.maxActions}, used ${used.actions})`);
+      }
+      charges.push({ key, scopeKey: scope.key, window, startMs });
+    }
+  }
+
+  let outcome: Outcome;
+  if (reasons.size > 0) {
+    outcome = Outcome.DENY;
+    if (needsApproval) reasons.add(Reason.APPROVAL_REQUIRED);
+  } else if (needsApproval) {
+    outcome = Outcome.NEEDS_APPROVAL;
+    reasons.add(Reason.APPROVAL_REQUIRED);
+    notes.push(`${formatMoney(action.amountMicros, scopes[0]?.policy.currency ?? "")} needs a person's approval`);
+  } else {
+    outcome = Outcome.ALLOW;
+  }
+  const charged = outcome === Outcome.ALLOW ? charges : [];
+  const chargedKeys = new Set(charged.map((c) => c.key));
+  return {
+    outcome,
+    reasons: [...reasons].sort((a, b) => a - b),
+    violations,
+    message: outcome === Outcome.ALLOW ? "allowed" : `${Outcome[outcome].toLowerCase()}: ${notes.join("; ")}`,
+    charges: charged,
+    budgets: budgetsOf(scopes, nowMs, spans, (key) => {
+      const used = usage(key) ?? ZERO;
+      return chargedKeys.has(key) ? { value: used.value + action.amountMicros, actions: used.actions + 1n } : used;
+    }),
+    expire,
+  };
+}
+
+const ZERO: Totals = { value: 0n, actions: 0n };
+
+function scopeName(scope: ScopeState): string {
+  switch (scope.scope) {
+    case Scope.AGENT:
+      return `agent ${scope.id}`;
+    case Scope.PARENT_SESSION:
+      return `parent session ${scope.id}`;
+    default:
+      return "the session";
+  }
+}
+
+/**
+ * Budgets of every window of the first scope (the session), and of every
+ * limited window of the others: what a caller shows as "remaining".
+ */
+export function budgetsOf(
+  scopes: readonly ScopeState[],
+  nowMs: number,
+  spans: CalendarSpanCache,
+  usage: (key: string) => Totals,
+): BudgetView[] {
+  const out: BudgetView[] = [];
+  for (const [i, scope] of scopes.entries()) {
+    const p = scope.policy;
+    for (const window of WINDOW_KINDS) {
+      const limit = p.limits[window];
+      if (i > 0 && limit.maxValue === undefined && limit.maxActions === undefined) continue;
+      const span = spanOf(p, window, nowMs, spans);
+      const used = usage(counterKey(scope.key, window, span?.startMs ?? LIFETIME_START_MS));
+      out.push({
+        scope: scope.scope,
+        scopeId: scope.id,
+        window: WINDOW_ENUM[window],
+        span,
+        valueUsed: used.value,
+        actionsUsed: used.actions,
+        valueLimit: limit.maxValue,
+        actionLimit: limit.maxActions,
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * Whether a session's lifetime limit is used up by what is committed: the
+ * moment it becomes EXHAUSTED. Held amounts do not count, since a hold may
+ * still be voided.
+ */
+export function isExhausted(policy: CompiledPolicy, committed: Totals): boolean {
+  const l = policy.limits.lifetime;
+  return (
+    (l.maxValue !== undefined && committed.value >= l.maxValue && l.maxValue > 0n) ||
+    (l.maxActions !== undefined && committed.actions >= l.maxActions)
+  );
+}

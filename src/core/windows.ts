@@ -1,0 +1,74 @@
+import { DateTime, IANAZone } from "luxon";
+
+/** The calendar windows a limit can apply to (lifetime has no boundaries). */
+export type CalendarWindow = "day" | "week" | "month";
+
+/** A half-open span of time [startMs, endMs) in epoch milliseconds. */
+export interface Span {
+  readonly startMs: number;
+  readonly endMs: number;
+}
+
+/** The day, week and month that contain one instant, in one time zone. */
+export interface CalendarSpans {
+  readonly day: Span;
+  readonly week: Span;
+  readonly month: Span;
+}
+
+/**
+ * ISO weekday of the first day of a week: 1 = Monday … 7 = Sunday, the
+ * numbering of both luxon and `warden.v1.Weekday`.
+ */
+export type IsoWeekday = 1 | 2 | 3 | 4 | 5 | 6 | 7;
+
+/**
+ * Whether `zone` is an IANA time zone name this runtime knows. Empty means
+ * UTC and is valid.
+ */
+export function isValidTimeZone(zone: string): boolean {
+  return zone === "" || IANAZone.isValidZone(zone);
+}
+
+/**
+ * Computes the calendar spans that contain `nowMs` in `zone`.
+ *
+ * Windows start at local midnight: a day is 23 or 25 hours long across a DST
+ * change, a week starts at 00:00 of `weekStart`, a month at 00:00 on the 1st.
+ * Where a zone skips midnight (a DST change at 00:00), the window starts at
+ * the first instant of that local day, which luxon resolves forward.
+ */
+export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
+  const local = DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
+  const dayStart = local.startOf("day");
+  const daysIntoWeek = (local.weekday - weekStart + 7) % 7;
+  const weekStartDt = dayStart.minus({ days: daysIntoWeek }).startOf("day");
+  const monthStart = local.startOf("month");
+  return {
+    day: { startMs: dayStart.toMillis(), endMs: dayStart.plus({ days: 1 }).startOf("day").toMillis() },
+    week: { startMs: weekStartDt.toMillis(), endMs: weekStartDt.plus({ weeks: 1 }).startOf("day").toMillis() },
+    month: { startMs: monthStart.toMillis(), endMs: monthStart.plus({ months: 1 }).startOf("month").toMillis() },
+  };
+}
+
+/**
+ * A memo of {@link calendarSpans} per (zone, week start). Deciding asks for
+ * the spans of the same few zones millions of times; the answer only changes
+ * when `nowMs` leaves the current day, so the hot path costs a comparison
+ * instead of a time-zone computation.
+ */
+export class CalendarSpanCache {
+  private readonly byKey = new Map<string, CalendarSpans>();
+
+  /** The spans that contain `nowMs`, computed at most once per day per key. */
+  get(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
+    const key = `${zone}|${weekStart}`;
+    const hit = this.byKey.get(key);
+    if (hit !== undefined && nowMs >= hit.day.startMs && nowMs < hit.day.endMs) return hit;
+    const spans = calendarSpans(zone, weekStart, nowMs);
+    // Bounded: zones are a small closed set, but be safe against abuse.
+    if (this.byKey.size > 1024) this.byKey.clear();
+    this.byKey.set(key, spans);
+    return spans;
+  }
+}

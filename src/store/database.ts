@@ -1,0 +1,22 @@
+/**
+ * The one SQL surface the store needs, met by both drivers: `pg` against a
+ * PostgreSQL server and PGlite embedded. Same dialect, same queries.
+ */
+export interface Queryable {
+  /** Runs one statement with `$n` parameters. */
+  query<R = Record<string, unknown>>(sql: string, params?: readonly unknown[]): Promise<{ rows: R[] }>;
+}
+
+/** A database: statements, transactions and a close. */
+export interface Database extends Queryable {
+  /**
+   * Runs `fn` inside BEGIN … COMMIT on one connection, rolling back when it
+   * throws. Nothing `fn` wrote is visible unless it returns.
+   */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /** Which driver: for logs and metrics. */
+  readonly kind: "postgres" | "pglite";
+  /** How many transactions can usefully run at once. */
+  readonly parallelism: number;
+  close(): Promise<void>;
+}

@@ -1,0 +1,124 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { isExhausted, LIFETIME_START_MS } from "../core/evaluate.js";
+import { formatMoney } from "../core/money.js";
+import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
+import { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
+import type { Queryable } from "./database.js";
+import type { LockedSession } from "./scope-locks.js";
+import { type Counter, loadCounters, saveCounters } from "./usage-counters.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/**
+ * Reads actions under row lock. Call with their sessions' scopes locked
+ * first (lock order: sessions, agents, then actions).
+ */
+export async function lockActions(tx: Queryable, where: string, params: unknown[]): Promise<ActionRow[]> {
+  const { rows } = await tx.query<ActionRow>(`SELECT ${ACTION_COLUMNS} FROM actions WHERE ${where} ORDER BY action_id FOR UPDATE`, params);
+  return rows;
+}
+
+async function countersOf(tx: Queryable, rows: readonly ActionRow[]): Promise<Map<string, Counter>> {
+  return loadCounters(
+    tx,
+    rows.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
+  );
+}
+
+/**
+ * Releases open holds (status HELD) into `status` (VOIDED or EXPIRED): their
+ * amount and action slot return to every window they charged.
+ */
+export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<void> {
+  const open = holds.filter((h) => h.status === ActionStatus.HELD);
+  if (open.length === 0) return;
+  const counters = await countersOf(tx, open);
+  for (const h of open) {
+    for (const [scopeKey, window, startMs] of h.charges) {
+      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.heldValue -= BigInt(h.held_value);
+      c.heldActions -= 1n;
+    }
+  }
+  await saveCounters(tx, counters.values());
+  await tx.query(
+    `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
+    [open.map((h) => h.action_id), status, iso(nowMs)],
+  );
+}
+
+/** Why a hold can no longer be captured or voided, as an error. */
+export function closedHoldError(h: ActionRow, verb: "capture" | "void"): ConnectError {
+  const why: Record<number, string> = {
+    [ActionStatus.CAPTURED]: "was already captured",
+    [ActionStatus.VOIDED]: "was voided",
+    [ActionStatus.EXPIRED]: "has expired",
+    [ActionStatus.DENIED]: "was denied, so nothing is held",
+    [ActionStatus.NEEDS_APPROVAL]: "awaits approval, so nothing is held",
+  };
+  return new ConnectError(
+    `authorization_id: cannot ${verb} "${h.action_id}": it ${why[h.status] ?? "is not open"}`,
+    Code.FailedPrecondition,
+  );
+}
+
+/**
+ * Commits `amountMicros` of an open hold and releases the rest. Returns
+ * whether the session's lifetime limit is now used up (EXHAUSTED).
+ */
+export async function captureHold(
+  tx: Queryable,
+  h: ActionRow,
+  amountMicros: bigint,
+  session: LockedSession,
+  nowMs: number,
+): Promise<boolean> {
+  const held = BigInt(h.held_value);
+  if (amountMicros > held) {
+    throw new ConnectError(
+      `amount: ${formatMoney(amountMicros, h.currency)} is above the held ${formatMoney(held, h.currency)}`,
+      Code.FailedPrecondition,
+    );
+  }
+  const counters = await countersOf(tx, [h]);
+  for (const [scopeKey, window, startMs] of h.charges) {
+    const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+    c.heldValue -= held;
+    c.heldActions -= 1n;
+    c.committedValue += amountMicros;
+    c.committedActions += 1n;
+  }
+  await saveCounters(tx, counters.values());
+  await tx.query(
+    `UPDATE actions SET status = $2, held_value = 0, captured_value = $3, update_time = $4::timestamptz WHERE action_id = $1`,
+    [h.action_id, ActionStatus.CAPTURED, amountMicros.toString(), iso(nowMs)],
+  );
+  let life = counters.get(`s:${session.sessionId}|lifetime|${LIFETIME_START_MS}`);
+  if (life === undefined) {
+    life = (await loadCounters(tx, [{ scopeKey: `s:${session.sessionId}`, window: "lifetime", startMs: LIFETIME_START_MS }])).values().next().value!;
+  }
+  return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
+}
+
+/**
+ * Moves locked sessions to a terminal `status` and releases their open
+ * holds. Callers lock the sessions (and their ancestors and agents) first.
+ */
+export async function endSessions(
+  tx: Queryable,
+  sessionIds: readonly string[],
+  status: SessionStatus,
+  reason: string,
+  nowMs: number,
+): Promise<void> {
+  if (sessionIds.length === 0) return;
+  await tx.query(
+    `UPDATE sessions SET status = $2, status_reason = $3, end_time = $4::timestamptz, update_time = $4::timestamptz,
+            revision = revision + 1
+      WHERE session_id = ANY($1::text[])`,
+    [sessionIds, status, reason, iso(nowMs)],
+  );
+  const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [sessionIds, ActionStatus.HELD]);
+  await releaseHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
+}

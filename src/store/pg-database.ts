@@ -1,0 +1,46 @@
+import pg from "pg";
+import type { Database, Queryable } from "./database.js";
+
+/** Options of {@link createPgDatabase}. */
+export interface PgDatabaseOptions {
+  /** A `postgres://` URL. */
+  readonly connectionString: string;
+  /** Pool size; default 8. */
+  readonly maxConnections?: number;
+}
+
+/**
+ * A {@link Database} on a PostgreSQL server through a `pg` pool. Int8 and
+ * numeric values come back as strings (pg's default), which the store turns
+ * into bigints: money never passes through a float.
+ */
+export function createPgDatabase(options: PgDatabaseOptions): Database {
+  const max = options.maxConnections ?? 8;
+  const pool = new pg.Pool({ connectionString: options.connectionString, max });
+  // An idle client's error (e.g. the server restarting) must not crash the
+  // process; the next query gets a fresh connection.
+  pool.on("error", () => {});
+  return {
+    kind: "postgres",
+    parallelism: max,
+    query: (sql, params) => pool.query(sql, params as unknown[]) as never,
+    async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+      const client = await pool.connect();
+      try {
+        await client.query("BEGIN");
+        const result = await fn({ query: (sql, params) => client.query(sql, params as unknown[]) as never });
+        await client.query("COMMIT");
+        client.release();
+        return result;
+      } catch (err) {
+        // A failed ROLLBACK means the connection is broken: drop it.
+        await client.query("ROLLBACK").then(
+          () => client.release(),
+          (e: Error) => client.release(e),
+        );
+        throw err;
+      }
+    },
+    close: () => pool.end(),
+  };
+}

@@ -1,0 +1,25 @@
+import { mkdirSync } from "node:fs";
+import { PGlite, types } from "@electric-sql/pglite";
+import type { Database, Queryable } from "./database.js";
+
+/**
+ * A {@link Database} on embedded PGlite (PostgreSQL compiled to WASM) in a
+ * data directory, or in memory when `dataDir` is undefined. PGlite has one
+ * connection, so transactions run one at a time.
+ */
+export async function createPgliteDatabase(dataDir: string | undefined): Promise<Database> {
+  if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true });
+  // Return int8 as text, as pg does, so both drivers hand the store the
+  // same shapes.
+  const db = await PGlite.create(dataDir, { parsers: { [types.INT8]: (v: string) => v } });
+  const asQueryable = (q: Pick<PGlite, "query">): Queryable => ({
+    query: (sql, params) => q.query(sql, params as unknown[]) as never,
+  });
+  return {
+    kind: "pglite",
+    parallelism: 1,
+    ...asQueryable(db),
+    transaction: (fn) => db.transaction((tx) => fn(asQueryable(tx))),
+    close: () => db.close(),
+  };
+}

@@ -1,0 +1,114 @@
+import { fromBinary } from "@bufbuild/protobuf";
+import { LRUCache } from "lru-cache";
+import { type CompiledPolicy, compilePolicy, EMPTY_POLICY } from "../core/compiled-policy.js";
+import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
+import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import type { Queryable } from "./database.js";
+
+/** The parts of a session row a decision needs, read under its row lock. */
+export interface LockedSession {
+  readonly sessionId: string;
+  readonly agentId: string;
+  readonly ancestorIds: readonly string[];
+  status: SessionStatus;
+  readonly expireMs: number;
+  readonly idleTimeoutMs: number | undefined;
+  lastActivityMs: number;
+  readonly revision: bigint;
+  readonly policy: CompiledPolicy;
+}
+
+/** An agent row read under its lock. */
+export interface LockedAgent {
+  readonly agentId: string;
+  readonly revision: bigint;
+  readonly policy: CompiledPolicy;
+}
+
+interface SessionLockRow {
+  session_id: string;
+  agent_id: string;
+  ancestor_ids: string[];
+  status: number;
+  expire_time: Date;
+  idle_timeout_ms: string | null;
+  last_activity_time: Date;
+  revision: string;
+  policy: Uint8Array;
+}
+
+interface AgentLockRow {
+  agent_id: string;
+  revision: string;
+  policy: Uint8Array | null;
+}
+
+/**
+ * Compiled policies by scope and revision, so a hot session's policy bytes
+ * are parsed once, not once per decision. A stale entry is never used: the
+ * revision read under the row lock must match.
+ */
+export class PolicyCache {
+  private readonly cache = new LRUCache<string, { revision: bigint; policy: CompiledPolicy }>({ max: 100_000 });
+
+  /** The compiled policy of `key` at `revision`, parsing `bytes` on a miss. */
+  get(key: string, revision: bigint, bytes: Uint8Array | null): CompiledPolicy {
+    const hit = this.cache.get(key);
+    if (hit !== undefined && hit.revision === revision) return hit.policy;
+    const policy = bytes === null ? EMPTY_POLICY : compilePolicy(fromBinary(SessionPolicySchema, bytes));
+    this.cache.set(key, { revision, policy });
+    return policy;
+  }
+}
+
+/**
+ * Locks sessions and then agents, each set in id order, inside `tx`.
+ *
+ * Every writer of usage takes its locks through here, in this one global
+ * order (sessions by id, then agents by id), so two transactions never wait
+ * on each other in a cycle, on one replica or many. The locks are row locks
+ * on the owners of the counters, which makes "check all limits, then charge
+ * them" one atomic step.
+ */
+export async function lockScopes(
+  tx: Queryable,
+  sessionIds: readonly string[],
+  agentIds: readonly string[],
+  policies: PolicyCache,
+): Promise<{ sessions: Map<string, LockedSession>; agents: Map<string, LockedAgent> }> {
+  const sessions = new Map<string, LockedSession>();
+  const agents = new Map<string, LockedAgent>();
+  if (sessionIds.length > 0) {
+    const { rows } = await tx.query<SessionLockRow>(
+      `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
+              last_activity_time, revision, policy
+         FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`,
+      [[...new Set(sessionIds)]],
+    );
+    for (const r of rows) {
+      const revision = BigInt(r.revision);
+      sessions.set(r.session_id, {
+        sessionId: r.session_id,
+        agentId: r.agent_id,
+        ancestorIds: r.ancestor_ids,
+        status: r.status as SessionStatus,
+        expireMs: r.expire_time.getTime(),
+        idleTimeoutMs: r.idle_timeout_ms === null ? undefined : Number(r.idle_timeout_ms),
+        lastActivityMs: r.last_activity_time.getTime(),
+        revision,
+        policy: policies.get(`s:${r.session_id}`, revision, r.policy),
+      });
+    }
+  }
+  if (agentIds.length > 0) {
+    const { rows } = await tx.query<AgentLockRow>(
+      "SELECT agent_id, revision, policy FROM agents WHERE agent_id = ANY($1::text[]) ORDER BY agent_id FOR UPDATE",
+      [[...new Set(agentIds)]],
+    );
+    for (const r of rows) {
+      const revision = BigInt(r.revision);
+      agents.set(r.agent_id, { agentId: r.agent_id, revision, policy: policies.get(`a:${r.agent_id}`, revision, r.policy) });
+    }
+  }
+  return { sessions, agents };
+}

@@ -1,0 +1,783 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
+import { budgetsOf, isTerminal, lapse, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
+import { formatMoney } from "../core/money.js";
+import { CalendarSpanCache, isValidTimeZone } from "../core/windows.js";
+import { type Agent, AgentSchema, type UpdateAgentPolicyRequest } from "../gen/warden/v1/agent_service_pb.js";
+import { DecisionSchema, Scope } from "../gen/warden/v1/decision_pb.js";
+import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
+import {
+  type ActionRecord,
+  ActionRecordSchema,
+  ActionSchema,
+  ActionStatus,
+  type CaptureRequest,
+  type ListActionsRequest,
+  type VoidRequest,
+} from "../gen/warden/v1/policy_service_pb.js";
+import {
+  type CreateSessionRequest,
+  CreateSessionResponseSchema,
+  type ExtendSessionRequest,
+  type ForkSessionRequest,
+  ForkSessionResponseSchema,
+  type ListSessionsRequest,
+  type SessionSnapshot,
+  SessionSnapshotSchema,
+  UsageCounterSchema,
+} from "../gen/warden/v1/session_service_pb.js";
+import { type Session, SessionStatus } from "../gen/warden/v1/session_pb.js";
+import { ACTION_COLUMNS, type ActionRow, actionRecordOf } from "./action-record.js";
+import type { Database, Queryable } from "./database.js";
+import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
+import { budgetToProto } from "./decision-proto.js";
+import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
+import { loadIdempotency, saveIdempotency } from "./idempotency.js";
+import { newId } from "./ids.js";
+import { type LockedSession, lockScopes, PolicyCache } from "./scope-locks.js";
+import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
+import { loadCounters, totalsOf } from "./usage-counters.js";
+
+/** Options of {@link createWardenStore}. */
+export interface WardenStoreOptions {
+  readonly db: Database;
+  /** The clock, in epoch ms. Injected so tests move time without sleeping. */
+  readonly now?: () => number;
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const DEFAULT_PAGE = 50;
+
+function notFound(field: string, what: string, id: string): ConnectError {
+  return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
+}
+
+function pageToken(obj: unknown): string {
+  return Buffer.from(JSON.stringify(obj)).toString("base64url");
+}
+
+function readPageToken<T>(token: string): T | undefined {
+  if (token === "") return undefined;
+  try {
+    return JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as T;
+  } catch {
+    throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
+  }
+}
+
+function validatePolicy(policy: SessionPolicy, field: string): void {
+  if (!isValidTimeZone(policy.timeZone)) {
+    throw new ConnectError(`${field}.time_zone: "${policy.timeZone}" is not an IANA time zone`, Code.InvalidArgument);
+  }
+}
+
+/**
+ * The system of record: sessions, agents, usage counters, the action ledger
+ * and idempotency keys, on one SQL database. Every change is one
+ * transaction; every writer of usage locks the owning rows in one global
+ * order, so limits hold across replicas.
+ */
+export class WardenStore {
+  readonly db: Database;
+  readonly now: () => number;
+  readonly spans = new CalendarSpanCache();
+  readonly policies = new PolicyCache();
+  private readonly batcher: DecisionBatcher;
+
+  constructor(opts: WardenStoreOptions) {
+    this.db = opts.db;
+    this.now = opts.now ?? Date.now;
+    this.batcher = new DecisionBatcher({ db: this.db, now: this.now, policies: this.policies, spans: this.spans });
+  }
+
+  // ---- decisions -------------------------------------------------------
+
+  /** Authorize or Check: decided, charged and recorded atomically. */
+  decide(req: DecideRequest): Promise<DecideResponse> {
+    return this.batcher.decide(req);
+  }
+
+  /** Counts a failed request against a session's usage; best effort. */
+  recordError(sessionId: string): void {
+    this.db.query("UPDATE sessions SET error_count = error_count + 1 WHERE session_id = $1", [sessionId]).catch(() => {});
+  }
+
+  // ---- sessions --------------------------------------------------------
+
+  /** Reads one session with its usage. */
+  async getSession(sessionId: string, q: Queryable = this.db): Promise<Session> {
+    const { rows } = await q.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM sessions WHERE session_id = $1`, [sessionId]);
+    if (rows.length === 0) throw notFound("session_id", "session", sessionId);
+    return (await sessionsOf(q, rows, this.now(), this.spans, this.policies))[0]!;
+  }
+
+  /** Creates a session (and its agent, if new). */
+  async createSession(req: CreateSessionRequest, requestHash: Uint8Array): Promise<Session> {
+    validatePolicy(req.policy!, "policy");
+    const nowMs = this.now();
+    const expireMs =
+      req.expiration.case === "ttl" ? nowMs + durationMs(req.expiration.value) : timestampMs(req.expiration.value!);
+    if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
+    const sessionId = req.sessionId || newId("ses", nowMs);
+    const scope = `a:${req.agentId}`;
+    const out = await this.db.transaction(async (tx) => {
+      if (req.idempotencyKey !== "") {
+        const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
+        if (prior !== undefined) return this.replay(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
+      }
+      await tx.query(
+        "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
+        [req.agentId, iso(nowMs)],
+      );
+      await this.checkAgentCurrency(tx, req.agentId, req.policy!);
+      await this.insertSession(tx, {
+        sessionId,
+        agentId: req.agentId,
+        parentId: null,
+        ancestors: [],
+        owner: req.owner,
+        description: req.description,
+        labels: req.labels,
+        policy: req.policy!,
+        nowMs,
+        expireMs,
+        idleTimeoutMs: req.idleTimeout === undefined ? null : durationMs(req.idleTimeout),
+      });
+      const session = await this.getSession(sessionId, tx);
+      if (req.idempotencyKey !== "") {
+        await saveIdempotency(
+          tx,
+          [{ scope, key: req.idempotencyKey, method: "create_session", requestHash, response: toBinary(CreateSessionResponseSchema, create(CreateSessionResponseSchema, { session })) }],
+          nowMs,
+        );
+      }
+      return session;
+    });
+    return out;
+  }
+
+  private replay<T>(
+    prior: { method: string; hash: Uint8Array; response?: Uint8Array },
+    method: string,
+    hash: Uint8Array,
+    key: string,
+    decode: (b: Uint8Array) => T,
+  ): T {
+    if (prior.method !== method || Buffer.compare(Buffer.from(prior.hash), Buffer.from(hash)) !== 0 || prior.response === undefined) {
+      throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
+    }
+    return decode(prior.response);
+  }
+
+  private async checkAgentCurrency(tx: Queryable, agentId: string, policy: SessionPolicy): Promise<void> {
+    const { rows } = await tx.query<{ policy: Uint8Array | null }>("SELECT policy FROM agents WHERE agent_id = $1", [agentId]);
+    const bytes = rows[0]?.policy ?? null;
+    if (bytes === null) return;
+    const agentPolicy = fromBinary(SessionPolicySchema, bytes);
+    const limitsValue = compilePolicy(agentPolicy);
+    const hasValueLimit =
+      WINDOW_KINDS.some((w) => limitsValue.limits[w].maxValue !== undefined) || limitsValue.maxPerTransaction !== undefined;
+    if (hasValueLimit && agentPolicy.currencyCode !== policy.currencyCode) {
+      throw new ConnectError(
+        `policy.currency_code: ${policy.currencyCode} differs from agent ${agentId}'s policy currency ${agentPolicy.currencyCode}`,
+        Code.FailedPrecondition,
+      );
+    }
+  }
+
+  private async insertSession(
+    tx: Queryable,
+    s: {
+      sessionId: string;
+      agentId: string;
+      parentId: string | null;
+      ancestors: string[];
+      owner: string;
+      description: string;
+      labels: Record<string, string>;
+      policy: SessionPolicy;
+      nowMs: number;
+      expireMs: number;
+      idleTimeoutMs: number | null;
+      status?: SessionStatus;
+      statusReason?: string;
+      createMs?: number;
+      lastActivityMs?: number;
+      endMs?: number | null;
+      counts?: [bigint, bigint, bigint, bigint];
+    },
+  ): Promise<void> {
+    const { rows } = await tx.query(
+      `INSERT INTO sessions (session_id, agent_id, parent_session_id, ancestor_ids, owner, description, labels, policy,
+                             status, status_reason, create_time, update_time, expire_time, idle_timeout_ms,
+                             last_activity_time, end_time, request_count, error_count, denial_count, processing_ns)
+       VALUES ($1, $2, $3, $4::text[], $5, $6, $7::jsonb, decode($8, 'base64'), $9, $10, $11::timestamptz,
+               $12::timestamptz, $13::timestamptz, $14, $15::timestamptz, $16::timestamptz, $17, $18, $19, $20)
+       ON CONFLICT (session_id) DO NOTHING RETURNING session_id`,
+      [
+        s.sessionId,
+        s.agentId,
+        s.parentId,
+        s.ancestors,
+        s.owner,
+        s.description,
+        JSON.stringify(s.labels),
+        Buffer.from(toBinary(SessionPolicySchema, s.policy)).toString("base64"),
+        s.status ?? SessionStatus.ACTIVE,
+        s.statusReason ?? "",
+        iso(s.createMs ?? s.nowMs),
+        iso(s.nowMs),
+        iso(s.expireMs),
+        s.idleTimeoutMs,
+        iso(s.lastActivityMs ?? s.nowMs),
+        s.endMs == null ? null : iso(s.endMs),
+        ...(s.counts ?? [0n, 0n, 0n, 0n]).map(String),
+      ],
+    );
+    if (rows.length === 0) throw new ConnectError(`session_id: session "${s.sessionId}" already exists`, Code.AlreadyExists);
+  }
+
+  /** Lists sessions, newest first, with filters and keyset paging. */
+  async listSessions(req: ListSessionsRequest): Promise<{ sessions: Session[]; nextPageToken: string }> {
+    const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
+    const after = readPageToken<{ t: number; id: string }>(req.pageToken);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const p = (v: unknown) => {
+      params.push(v);
+      return `$${params.length}`;
+    };
+    if (req.agentId !== "") where.push(`agent_id = ${p(req.agentId)}`);
+    if (req.status !== SessionStatus.UNSPECIFIED) where.push(`status = ${p(req.status)}`);
+    if (Object.keys(req.labels).length > 0) where.push(`labels @> ${p(JSON.stringify(req.labels))}::jsonb`);
+    if (after !== undefined) where.push(`(create_time, session_id) < (${p(iso(after.t))}::timestamptz, ${p(after.id)})`);
+    const { rows } = await this.db.query<SessionRow>(
+      `SELECT ${SESSION_COLUMNS} FROM sessions ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY create_time DESC, session_id DESC LIMIT ${size + 1}`,
+      params,
+    );
+    const page = rows.slice(0, size);
+    const last = page.at(-1);
+    return {
+      sessions: await sessionsOf(this.db, page, this.now(), this.spans, this.policies),
+      nextPageToken: rows.length > size && last !== undefined ? pageToken({ t: last.create_time.getTime(), id: last.session_id }) : "",
+    };
+  }
+
+  /**
+   * Runs `fn` with a session, its ancestors, its agent and (optionally) its
+   * descendants locked, in the global lock order.
+   */
+  private async withLocked<T>(
+    tx: Queryable,
+    sessionId: string,
+    withDescendants: boolean,
+    fn: (s: LockedSession, locked: Map<string, LockedSession>, descendants: string[]) => Promise<T>,
+  ): Promise<T> {
+    const { rows } = await tx.query<{ agent_id: string; ancestor_ids: string[] }>(
+      "SELECT agent_id, ancestor_ids FROM sessions WHERE session_id = $1",
+      [sessionId],
+    );
+    const chain = rows[0];
+    if (chain === undefined) throw notFound("session_id", "session", sessionId);
+    let descendants: string[] = [];
+    if (withDescendants) {
+      const d = await tx.query<{ session_id: string }>("SELECT session_id FROM sessions WHERE $1 = ANY(ancestor_ids)", [sessionId]);
+      descendants = d.rows.map((r) => r.session_id);
+    }
+    const ids = [...new Set([sessionId, ...chain.ancestor_ids, ...descendants])].sort();
+    const locked = await lockScopes(tx, ids, [chain.agent_id], this.policies);
+    return fn(locked.sessions.get(sessionId)!, locked.sessions, descendants);
+  }
+
+  /** Ends a session (and its forks) in a terminal status; open holds are released. */
+  async terminate(sessionId: string, status: SessionStatus, reason: string): Promise<Session> {
+    return this.db.transaction((tx) =>
+      this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
+        if (isTerminal(s.status)) {
+          throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
+        }
+        const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
+        await endSessions(tx, [sessionId, ...live], status, reason, this.now());
+        return this.getSession(sessionId, tx);
+      }),
+    );
+  }
+
+  /** Pauses or resumes a session. */
+  async setPaused(sessionId: string, paused: boolean, reason: string): Promise<Session> {
+    return this.db.transaction((tx) =>
+      this.withLocked(tx, sessionId, false, async (s) => {
+        const from = paused ? SessionStatus.ACTIVE : SessionStatus.PAUSED;
+        if (s.status !== from || lapse(sessionScopeOf(s), this.now()) !== undefined) {
+          throw new ConnectError(
+            `session_id: session "${sessionId}" is ${SessionStatus[s.status]}${lapse(sessionScopeOf(s), this.now()) ? " and lapsed" : ""}; only ${SessionStatus[from]} sessions can be ${paused ? "paused" : "resumed"}`,
+            Code.FailedPrecondition,
+          );
+        }
+        await tx.query(
+          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = revision + 1
+            WHERE session_id = $1`,
+          [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
+        );
+        return this.getSession(sessionId, tx);
+      }),
+    );
+  }
+
+  /** Moves a live session's expiry later. */
+  async extendSession(req: ExtendSessionRequest): Promise<Session> {
+    return this.db.transaction((tx) =>
+      this.withLocked(tx, req.sessionId, false, async (s) => {
+        const nowMs = this.now();
+        if (isTerminal(s.status) || lapse(sessionScopeOf(s), nowMs) !== undefined) {
+          throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
+        }
+        const expireMs =
+          req.extension.case === "extendBy" ? s.expireMs + durationMs(req.extension.value) : timestampMs(req.extension.value!);
+        if (expireMs <= s.expireMs) {
+          throw new ConnectError("expire_time: must be later than the current expiry", Code.InvalidArgument);
+        }
+        for (const a of s.ancestorIds) {
+          const parent = await tx.query<{ expire_time: Date }>("SELECT expire_time FROM sessions WHERE session_id = $1", [a]);
+          if (expireMs > parent.rows[0]!.expire_time.getTime()) {
+            throw new ConnectError(`expire_time: a fork cannot outlive its parent session "${a}"`, Code.FailedPrecondition);
+          }
+        }
+        await tx.query(
+          "UPDATE sessions SET expire_time = $2::timestamptz, update_time = $3::timestamptz, revision = revision + 1 WHERE session_id = $1",
+          [req.sessionId, iso(expireMs), iso(nowMs)],
+        );
+        return this.getSession(req.sessionId, tx);
+      }),
+    );
+  }
+
+  /** Forks a child session whose limits fit in what its parents have left. */
+  async forkSession(req: ForkSessionRequest, requestHash: Uint8Array): Promise<Session> {
+    validatePolicy(req.policy!, "policy");
+    const nowMs = this.now();
+    const scope = `s:${req.parentSessionId}`;
+    return this.db.transaction((tx) =>
+      this.withLocked(tx, req.parentSessionId, false, async (parent, locked) => {
+        if (req.idempotencyKey !== "") {
+          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
+          if (prior !== undefined) return this.replay(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
+        }
+        if (parent.status !== SessionStatus.ACTIVE || lapse(sessionScopeOf(parent), nowMs) !== undefined) {
+          throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active`, Code.FailedPrecondition);
+        }
+        const child = compilePolicy(req.policy!);
+        if (child.currency !== parent.policy.currency) {
+          throw new ConnectError(
+            `policy.currency_code: ${child.currency} differs from the parent's currency ${parent.policy.currency}`,
+            Code.InvalidArgument,
+          );
+        }
+        // Each limit of the child must fit in what every ancestor has left.
+        const chain = [parent, ...parent.ancestorIds.map((a) => locked.get(a)!)];
+        const addresses = chain.flatMap((p) =>
+          WINDOW_KINDS.map((w) => ({ scopeKey: `s:${p.sessionId}`, window: w, startMs: spanOf(p.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+        );
+        const counters = await loadCounters(tx, addresses);
+        const field: Record<WindowKind, string> = { day: "daily", week: "weekly", month: "monthly", lifetime: "lifetime" };
+        for (const p of chain) {
+          for (const w of WINDOW_KINDS) {
+            const used = totalsOf(counters.get(`s:${p.sessionId}|${w}|${spanOf(p.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS}`))!;
+            const pl = p.policy.limits[w];
+            const cl = child.limits[w];
+            if (pl.maxValue !== undefined && cl.maxValue !== undefined && cl.maxValue > pl.maxValue - used.value) {
+              throw new ConnectError(
+                `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left (${formatMoney(pl.maxValue - used.value, child.currency)})`,
+                Code.FailedPrecondition,
+              );
+            }
+            if (pl.maxActions !== undefined && cl.maxActions !== undefined && cl.maxActions > pl.maxActions - used.actions) {
+              throw new ConnectError(
+                `policy.${field[w]}.max_actions: ${cl.maxActions} is more than session "${p.sessionId}" has left (${pl.maxActions - used.actions})`,
+                Code.FailedPrecondition,
+              );
+            }
+          }
+          if (p.policy.maxPerTransaction !== undefined && child.maxPerTransaction !== undefined && child.maxPerTransaction > p.policy.maxPerTransaction) {
+            throw new ConnectError(
+              `policy.max_per_transaction_micros: above the per-transaction limit of session "${p.sessionId}"`,
+              Code.FailedPrecondition,
+            );
+          }
+        }
+        const expireMs =
+          req.expiration.case === "ttl"
+            ? nowMs + durationMs(req.expiration.value)
+            : req.expiration.case === "expireTime"
+              ? timestampMs(req.expiration.value)
+              : parent.expireMs;
+        if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
+        if (expireMs > Math.min(...chain.map((c) => c.expireMs))) {
+          throw new ConnectError("expire_time: a fork cannot outlive its parent session", Code.FailedPrecondition);
+        }
+        const sessionId = req.sessionId || newId("ses", nowMs);
+        const { rows } = await tx.query<{ owner: string }>("SELECT owner FROM sessions WHERE session_id = $1", [parent.sessionId]);
+        await this.insertSession(tx, {
+          sessionId,
+          agentId: parent.agentId,
+          parentId: parent.sessionId,
+          ancestors: [parent.sessionId, ...parent.ancestorIds],
+          owner: rows[0]!.owner,
+          description: req.description,
+          labels: req.labels,
+          policy: req.policy!,
+          nowMs,
+          expireMs,
+          idleTimeoutMs: req.idleTimeout === undefined ? null : durationMs(req.idleTimeout),
+        });
+        const session = await this.getSession(sessionId, tx);
+        if (req.idempotencyKey !== "") {
+          await saveIdempotency(
+            tx,
+            [{ scope, key: req.idempotencyKey, method: "fork_session", requestHash, response: toBinary(ForkSessionResponseSchema, create(ForkSessionResponseSchema, { session })) }],
+            nowMs,
+          );
+        }
+        return session;
+      }),
+    );
+  }
+
+  /** A self-contained snapshot: session, its counters and its history. */
+  async exportSession(sessionId: string): Promise<SessionSnapshot> {
+    return this.db.transaction(async (tx) => {
+      const session = await this.getSession(sessionId, tx);
+      const counters = await tx.query<{
+        window_kind: string;
+        window_start: Date;
+        committed_value: string;
+        held_value: string;
+        committed_actions: string;
+        held_actions: string;
+      }>("SELECT * FROM usage_counters WHERE scope_key = $1 ORDER BY window_kind, window_start", [`s:${sessionId}`]);
+      const actions = await tx.query<ActionRow>(`SELECT ${ACTION_COLUMNS} FROM actions WHERE session_id = $1 ORDER BY seq`, [sessionId]);
+      return create(SessionSnapshotSchema, {
+        formatVersion: 1,
+        exportTime: timestampFromMs(this.now()),
+        session,
+        counters: counters.rows.map((c) =>
+          create(UsageCounterSchema, {
+            window: c.window_kind,
+            windowStartTime: timestampFromMs(c.window_start.getTime()),
+            committedValueMicros: BigInt(c.committed_value),
+            heldValueMicros: BigInt(c.held_value),
+            committedActions: BigInt(c.committed_actions),
+            heldActions: BigInt(c.held_actions),
+          }),
+        ),
+        actions: actions.rows.map(actionRecordOf),
+      });
+    });
+  }
+
+  /**
+   * Recreates a session from a snapshot, with its counters and history. A
+   * fork whose parent is not in this store comes back as a root session.
+   */
+  async importSession(snap: SessionSnapshot): Promise<Session> {
+    if (snap.formatVersion !== 1) {
+      throw new ConnectError(`snapshot.format_version: ${snap.formatVersion} is not supported (want 1)`, Code.InvalidArgument);
+    }
+    const s = snap.session!;
+    if (s.policy === undefined) throw new ConnectError("snapshot.session.policy: required", Code.InvalidArgument);
+    validatePolicy(s.policy, "snapshot.session.policy");
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.sessionId) || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.agentId)) {
+      throw new ConnectError("snapshot.session.session_id: malformed id", Code.InvalidArgument);
+    }
+    const nowMs = this.now();
+    const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
+    const session = await this.db.transaction(async (tx) => {
+      await tx.query(
+        "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
+        [s.agentId, iso(nowMs)],
+      );
+      let ancestors: string[] = [];
+      let parentId: string | null = null;
+      if (s.parentSessionId !== "") {
+        const { rows } = await tx.query<{ ancestor_ids: string[] }>("SELECT ancestor_ids FROM sessions WHERE session_id = $1", [s.parentSessionId]);
+        if (rows[0] !== undefined) {
+          parentId = s.parentSessionId;
+          ancestors = [s.parentSessionId, ...rows[0].ancestor_ids];
+        }
+      }
+      const u = s.usage;
+      await this.insertSession(tx, {
+        sessionId: s.sessionId,
+        agentId: s.agentId,
+        parentId,
+        ancestors,
+        owner: s.owner,
+        description: s.description,
+        labels: s.labels,
+        policy: s.policy!,
+        nowMs,
+        expireMs: ms(s.expireTime, nowMs),
+        idleTimeoutMs: s.idleTimeout === undefined ? null : durationMs(s.idleTimeout),
+        status: s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status,
+        statusReason: s.statusReason,
+        createMs: ms(s.createTime, nowMs),
+        lastActivityMs: ms(s.lastActivityTime, nowMs),
+        endMs: s.endTime === undefined ? null : timestampMs(s.endTime),
+        counts: [u?.requestCount ?? 0n, u?.errorCount ?? 0n, u?.denialCount ?? 0n, u === undefined || u.processingTime === undefined ? 0n : u.processingTime.seconds * 1_000_000_000n + BigInt(u.processingTime.nanos)],
+      });
+      const windows = new Set<string>(WINDOW_KINDS);
+      for (const c of snap.counters) {
+        if (!windows.has(c.window)) throw new ConnectError(`snapshot.counters.window: "${c.window}" is not a window`, Code.InvalidArgument);
+        for (const v of [c.committedValueMicros, c.heldValueMicros, c.committedActions, c.heldActions]) {
+          if (v < 0n) throw new ConnectError("snapshot.counters: counters cannot be negative", Code.InvalidArgument);
+        }
+      }
+      if (snap.counters.length > 0) {
+        await tx.query(
+          `INSERT INTO usage_counters (scope_key, window_kind, window_start, committed_value, held_value, committed_actions, held_actions)
+           SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])`,
+          [
+            `s:${s.sessionId}`,
+            snap.counters.map((c) => c.window),
+            snap.counters.map((c) => iso(ms(c.windowStartTime, 0))),
+            snap.counters.map((c) => c.committedValueMicros.toString()),
+            snap.counters.map((c) => c.heldValueMicros.toString()),
+            snap.counters.map((c) => c.committedActions.toString()),
+            snap.counters.map((c) => c.heldActions.toString()),
+          ],
+        );
+      }
+      for (const a of snap.actions) {
+        if (a.sessionId !== s.sessionId) {
+          throw new ConnectError(`snapshot.actions: action "${a.actionId}" belongs to another session`, Code.InvalidArgument);
+        }
+        const { rows } = await tx.query(
+          `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency, amount,
+                                held_value, captured_value, charges, create_time, update_time, hold_expire_time)
+           VALUES ($1, $2, $3, $4, decode($5, 'base64'), decode($6, 'base64'), $7, $8, $9, $10, $11, $12, $13::jsonb,
+                   $14::timestamptz, $15::timestamptz, $16::timestamptz)
+           ON CONFLICT (action_id) DO NOTHING RETURNING action_id`,
+          [
+            a.actionId,
+            s.sessionId,
+            s.agentId,
+            a.method,
+            Buffer.from(toBinary(ActionSchema, a.action ?? create(ActionSchema))).toString("base64"),
+            Buffer.from(toBinary(DecisionSchema, a.decision ?? create(DecisionSchema))).toString("base64"),
+            a.decision?.outcome ?? 0,
+            a.status,
+            a.heldAmount?.currencyCode || s.policy!.currencyCode,
+            (a.action?.amount?.amountMicros ?? 0n).toString(),
+            (a.heldAmount?.amountMicros ?? 0n).toString(),
+            (a.capturedAmount?.amountMicros ?? 0n).toString(),
+            // A restored hold charges the session's own counters only: its
+            // parents and agent are not part of the snapshot.
+            JSON.stringify(
+              a.status === ActionStatus.HELD
+                ? WINDOW_KINDS.map((w) => [`s:${s.sessionId}`, w, spanOf(compilePolicy(s.policy!), w, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS])
+                : [],
+            ),
+            iso(ms(a.createTime, nowMs)),
+            iso(ms(a.updateTime, nowMs)),
+            a.holdExpireTime === undefined ? null : iso(timestampMs(a.holdExpireTime)),
+          ],
+        );
+        if (rows.length === 0) throw new ConnectError(`snapshot.actions: action "${a.actionId}" already exists`, Code.AlreadyExists);
+      }
+      return this.getSession(s.sessionId, tx);
+    });
+    this.batcher.forget(s.sessionId);
+    return session;
+  }
+
+  // ---- agents ----------------------------------------------------------
+
+  /** Reads an agent, with its limited windows. */
+  async getAgent(agentId: string, q: Queryable = this.db): Promise<Agent> {
+    const { rows } = await q.query<{ agent_id: string; policy: Uint8Array | null; create_time: Date; update_time: Date; revision: string; n: string }>(
+      `SELECT a.agent_id, a.policy, a.create_time, a.update_time, a.revision,
+              (SELECT count(*) FROM sessions s WHERE s.agent_id = a.agent_id) AS n
+         FROM agents a WHERE a.agent_id = $1`,
+      [agentId],
+    );
+    const r = rows[0];
+    if (r === undefined) throw notFound("agent_id", "agent", agentId);
+    const policy = this.policies.get(`a:${agentId}`, BigInt(r.revision), r.policy);
+    const nowMs = this.now();
+    const scope = { scope: Scope.AGENT, id: agentId, key: `a:${agentId}`, policy };
+    const counters = await loadCounters(
+      q,
+      WINDOW_KINDS.map((w) => ({ scopeKey: scope.key, window: w, startMs: spanOf(policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+    );
+    // budgetsOf reports every window of its first scope; an agent shows only
+    // the limited ones, so it goes second behind an empty placeholder.
+    const budgets = budgetsOf([scope], nowMs, this.spans, (k) => totalsOf(counters.get(k)) ?? { value: 0n, actions: 0n }).filter(
+      (b) => b.valueLimit !== undefined || b.actionLimit !== undefined,
+    );
+    return create(AgentSchema, {
+      agentId,
+      policy: r.policy === null ? undefined : fromBinary(SessionPolicySchema, r.policy),
+      budgets: budgets.map(budgetToProto),
+      sessionCount: BigInt(r.n),
+      createTime: timestampFromMs(r.create_time.getTime()),
+      updateTime: timestampFromMs(r.update_time.getTime()),
+      etag: `"${r.revision}"`,
+    });
+  }
+
+  /** Sets an agent's policy, creating the agent if it is new. */
+  async updateAgentPolicy(req: UpdateAgentPolicyRequest): Promise<Agent> {
+    validatePolicy(req.policy!, "policy");
+    const nowMs = this.now();
+    return this.db.transaction(async (tx) => {
+      await tx.query(
+        "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
+        [req.agentId, iso(nowMs)],
+      );
+      const { rows } = await tx.query<{ revision: string }>("SELECT revision FROM agents WHERE agent_id = $1 FOR UPDATE", [req.agentId]);
+      if (req.etag !== "" && req.etag !== `"${rows[0]!.revision}"`) {
+        throw new ConnectError(`etag: agent "${req.agentId}" changed since it was read`, Code.Aborted);
+      }
+      await tx.query(
+        "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = revision + 1 WHERE agent_id = $1",
+        [req.agentId, Buffer.from(toBinary(SessionPolicySchema, req.policy!)).toString("base64"), iso(nowMs)],
+      );
+      return this.getAgent(req.agentId, tx);
+    });
+  }
+
+  // ---- holds -----------------------------------------------------------
+
+  /** Commits up to the held amount of an authorization; releases the rest. */
+  async capture(req: CaptureRequest, requestHash: Uint8Array): Promise<ActionRecord> {
+    return this.settleHold("capture", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, async (tx, h, s, nowMs) => {
+      const amount = req.amount;
+      if (amount !== undefined && amount.currencyCode !== h.currency) {
+        throw new ConnectError(`amount.currency_code: ${amount.currencyCode} differs from the authorization's ${h.currency}`, Code.InvalidArgument);
+      }
+      const exhausted = await captureHold(tx, h, amount?.amountMicros ?? BigInt(h.held_value), s, nowMs);
+      if (exhausted) await endSessions(tx, [s.sessionId], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+    });
+  }
+
+  /** Releases an authorization's hold. */
+  async void(req: VoidRequest, requestHash: Uint8Array): Promise<ActionRecord> {
+    return this.settleHold("void", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, (tx, h, _s, nowMs) =>
+      releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs),
+    );
+  }
+
+  private async settleHold(
+    verb: "capture" | "void",
+    sessionId: string,
+    actionId: string,
+    key: string,
+    requestHash: Uint8Array,
+    apply: (tx: Queryable, h: ActionRow, s: LockedSession, nowMs: number) => Promise<void>,
+  ): Promise<ActionRecord> {
+    const nowMs = this.now();
+    const scope = `s:${sessionId}`;
+    const result = await this.db.transaction((tx) =>
+      this.withLocked(tx, sessionId, false, async (s) => {
+        if (key !== "") {
+          const prior = (await loadIdempotency(tx, [{ scope, key }])).get(`${scope}|${key}`);
+          if (prior !== undefined) {
+            return { record: this.replay(prior, verb, requestHash, key, (b) => fromBinary(ActionRecordSchema, b)) };
+          }
+        }
+        const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [actionId, sessionId]);
+        if (h === undefined) throw notFound("authorization_id", `authorization in session "${sessionId}"`, actionId);
+        if (h.status !== ActionStatus.HELD) throw closedHoldError(h, verb);
+        if (h.hold_expire_time !== null && h.hold_expire_time.getTime() <= nowMs) {
+          // Expire it now, keep that, and tell the caller.
+          await releaseHolds(tx, [h], ActionStatus.EXPIRED, nowMs);
+          return { error: closedHoldError({ ...h, status: ActionStatus.EXPIRED }, verb) };
+        }
+        await apply(tx, h, s, nowMs);
+        await tx.query("UPDATE sessions SET last_activity_time = $2::timestamptz WHERE session_id = $1", [sessionId, iso(nowMs)]);
+        const [after] = await lockActions(tx, "action_id = $1", [actionId]);
+        const record = actionRecordOf(after!);
+        if (key !== "") {
+          await saveIdempotency(tx, [{ scope, key, method: verb, requestHash, response: toBinary(ActionRecordSchema, record) }], nowMs);
+        }
+        return { record };
+      }),
+    );
+    if ("error" in result) throw result.error;
+    return result.record;
+  }
+
+  /** A session's actions, newest first. */
+  async listActions(req: ListActionsRequest): Promise<{ actions: ActionRecord[]; nextPageToken: string }> {
+    const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
+    const after = readPageToken<{ seq: string }>(req.pageToken);
+    const exists = await this.db.query("SELECT 1 FROM sessions WHERE session_id = $1", [req.sessionId]);
+    if (exists.rows.length === 0) throw notFound("session_id", "session", req.sessionId);
+    const { rows } = await this.db.query<ActionRow>(
+      `SELECT ${ACTION_COLUMNS} FROM actions WHERE session_id = $1 ${after ? "AND seq < $2" : ""} ORDER BY seq DESC LIMIT ${size + 1}`,
+      after ? [req.sessionId, after.seq] : [req.sessionId],
+    );
+    const page = rows.slice(0, size);
+    return {
+      actions: page.map(actionRecordOf),
+      nextPageToken: rows.length > size ? pageToken({ seq: page.at(-1)!.seq }) : "",
+    };
+  }
+
+  // ---- sweeping --------------------------------------------------------
+
+  /**
+   * Expires sessions past their expiry or idle timeout, and releases holds
+   * past their TTL or of ended sessions. Idempotent; safe on every replica.
+   */
+  async sweep(limit = 500): Promise<{ sessions: number; holds: number }> {
+    const nowMs = this.now();
+    const lapsed = await this.db.query<{ session_id: string }>(
+      `SELECT session_id FROM sessions WHERE status IN (1, 2)
+          AND (expire_time <= $1::timestamptz
+               OR (idle_timeout_ms IS NOT NULL AND last_activity_time + idle_timeout_ms * interval '1 millisecond' <= $1::timestamptz))
+        LIMIT ${limit}`,
+      [iso(nowMs)],
+    );
+    let sessions = 0;
+    for (const { session_id } of lapsed.rows) {
+      sessions += await this.db.transaction((tx) =>
+        this.withLocked(tx, session_id, true, async (s, locked, descendants) => {
+          const why = isTerminal(s.status) ? undefined : lapse(sessionScopeOf(s), nowMs);
+          if (why === undefined) return 0;
+          const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
+          await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          return 1;
+        }),
+      );
+    }
+    const holds = await this.db.query<{ action_id: string; session_id: string }>(
+      `SELECT a.action_id, a.session_id FROM actions a JOIN sessions s ON s.session_id = a.session_id
+        WHERE a.status = ${ActionStatus.HELD} AND (a.hold_expire_time <= $1::timestamptz OR s.status NOT IN (1, 2))
+        LIMIT ${limit}`,
+      [iso(nowMs)],
+    );
+    const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
+    for (const [sessionId, rows] of bySession) {
+      await this.db.transaction((tx) =>
+        this.withLocked(tx, sessionId, false, async (s) => {
+          const locked = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
+          await releaseHolds(tx, locked, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
+        }),
+      );
+    }
+    return { sessions, holds: holds.rows.length };
+  }
+}
+
+function sessionScopeOf(s: LockedSession) {
+  return { scope: Scope.SESSION, id: s.sessionId, key: `s:${s.sessionId}`, policy: s.policy, status: s.status, expireMs: s.expireMs, idleTimeoutMs: s.idleTimeoutMs, lastActivityMs: s.lastActivityMs };
+}
+
+/** Creates a store on `db`. Run {@link migrate} first. */
+export function createWardenStore(opts: WardenStoreOptions): WardenStore {
+  return new WardenStore(opts);
+}
