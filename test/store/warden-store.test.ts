@@ -1,0 +1,270 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
+import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
+import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
+import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
+
+const NO_HASH = new Uint8Array(0);
+
+async function rejects(p: Promise<unknown>, code: Code, field: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    const c = ConnectError.from(e);
+    assert.equal(Code[c.code], Code[code], c.rawMessage);
+    assert.match(c.rawMessage, field);
+    return true;
+  });
+}
+
+/** Recomputes every counter from the ledger and compares: the books balance. */
+async function assertLedgerConsistent(t: TestDatabase): Promise<void> {
+  const { rows } = await t.db.query<{ n: string }>(`
+    WITH charged AS (
+      SELECT c->>0 AS scope_key, c->>1 AS window_kind, to_timestamp((c->>2)::bigint / 1000.0) AS window_start,
+             a.captured_value, a.held_value, a.status
+        FROM actions a, jsonb_array_elements(a.charges) c),
+    expected AS (
+      SELECT scope_key, window_kind, window_start,
+             sum(captured_value) FILTER (WHERE status = 2) AS cv, sum(held_value) FILTER (WHERE status = 1) AS hv,
+             count(*) FILTER (WHERE status = 2) AS ca, count(*) FILTER (WHERE status = 1) AS ha
+        FROM charged GROUP BY 1, 2, 3)
+    SELECT count(*) AS n FROM usage_counters u FULL JOIN expected e
+      ON e.scope_key = u.scope_key AND e.window_kind = u.window_kind AND e.window_start = u.window_start
+     WHERE coalesce(u.committed_value, 0) <> coalesce(e.cv, 0) OR coalesce(u.held_value, 0) <> coalesce(e.hv, 0)
+        OR coalesce(u.committed_actions, 0) <> coalesce(e.ca, 0) OR coalesce(u.held_actions, 0) <> coalesce(e.ha, 0)`);
+  assert.equal(rows[0]!.n, "0", "usage counters disagree with the action ledger");
+}
+
+for (const driver of DRIVERS) {
+  describe(`WardenStore on ${driver}`, () => {
+    let t: TestDatabase;
+    let clock: ManualClock;
+    let store: WardenStore;
+    let n = 0;
+    const agent = () => `agent-${driver}-${++n}`;
+    before(async () => {
+      t = await openTestDatabase(driver);
+      clock = new ManualClock();
+      store = createWardenStore({ db: t.db, now: clock.now });
+    });
+    after(async () => {
+      await assertLedgerConsistent(t);
+      await t.drop();
+    });
+
+    const check = (sessionId: string, amount: bigint, key = "", merchant = "acme") =>
+      store.decide({ method: "check", sessionId, action: payment(amount, merchant), idempotencyKey: key, requestHash: key === "" ? NO_HASH : new Uint8Array([Number(amount % 256n)]) }) as Promise<CheckResponse>;
+    const authorize = (sessionId: string, amount: bigint, key = "") =>
+      store.decide({ method: "authorize", sessionId, action: payment(amount), idempotencyKey: key, requestHash: NO_HASH }) as Promise<AuthorizeResponse>;
+
+    test("concurrent checks admit exactly what the daily limit allows", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(70) } }), NO_HASH);
+      const results = await Promise.all(Array.from({ length: 50 }, () => check(s.sessionId, USD(10))));
+      assert.equal(results.filter((r) => r.decision!.outcome === Outcome.ALLOW).length, 7);
+      const denied = results.find((r) => r.decision!.outcome === Outcome.DENY)!;
+      assert.deepEqual(denied.decision!.reasons, [Reason.LIMIT_DAILY_VALUE]);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(70));
+      assert.equal(got.usage!.requestCount, 50n);
+      assert.equal(got.usage!.denialCount, 43n);
+      const day = got.usage!.windows.find((w) => w.window === Window.DAY)!;
+      assert.equal(day.valueRemainingMicros, 0n);
+    });
+
+    test("an idempotent retry returns the first answer and charges once", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const first = await check(s.sessionId, USD(40), "k-1");
+      const again = await Promise.all([check(s.sessionId, USD(40), "k-1"), check(s.sessionId, USD(40), "k-1")]);
+      for (const r of again) assert.equal(r.actionId, first.actionId);
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(40));
+      await rejects(check(s.sessionId, USD(41), "k-1"), Code.InvalidArgument, /idempotency_key/);
+    });
+
+    test("authorize holds, capture commits part and releases the rest", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const a = await authorize(s.sessionId, USD(60));
+      assert.equal(a.decision!.outcome, Outcome.ALLOW);
+      assert.ok(a.holdExpireTime);
+      // The hold counts against the limit.
+      assert.equal((await authorize(s.sessionId, USD(50))).decision!.outcome, Outcome.DENY);
+      await rejects(
+        store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "", amount: { currencyCode: "USD", amountMicros: USD(61) } } as never, NO_HASH),
+        Code.FailedPrecondition,
+        /amount/,
+      );
+      await rejects(
+        store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "", amount: { currencyCode: "EUR", amountMicros: USD(1) } } as never, NO_HASH),
+        Code.InvalidArgument,
+        /currency/,
+      );
+      const cap = await store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "", amount: { currencyCode: "USD", amountMicros: USD(25) } } as never, NO_HASH);
+      assert.equal(cap.status, ActionStatus.CAPTURED);
+      assert.equal(cap.capturedAmount!.amountMicros, USD(25));
+      await rejects(store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "" } as never, NO_HASH), Code.FailedPrecondition, /already captured/);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(25));
+      assert.equal(got.usage!.valueHeldMicros, 0n);
+      assert.equal((await authorize(s.sessionId, USD(75))).decision!.outcome, Outcome.ALLOW);
+    });
+
+    test("void releases; capture after void or expiry fails; the sweeper expires holds", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxActions: 2n }, holdTtl: durationFromMs(60_000) }), NO_HASH);
+      const a = await authorize(s.sessionId, USD(1));
+      const v = await store.void({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "" } as never, NO_HASH);
+      assert.equal(v.status, ActionStatus.VOIDED);
+      await rejects(store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "" } as never, NO_HASH), Code.FailedPrecondition, /voided/);
+      const b = await authorize(s.sessionId, USD(1));
+      const c = await authorize(s.sessionId, USD(1));
+      assert.equal((await authorize(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
+      clock.advance(61_000);
+      await rejects(store.capture({ sessionId: s.sessionId, authorizationId: b.authorizationId, idempotencyKey: "" } as never, NO_HASH), Code.FailedPrecondition, /expired/);
+      assert.deepEqual(await store.sweep(), { sessions: 0, holds: 1 });
+      const cRecord = (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.find((x) => x.actionId === c.authorizationId)!;
+      assert.equal(cRecord.status, ActionStatus.EXPIRED);
+      assert.equal((await store.getSession(s.sessionId)).usage!.actionsHeld, 0n);
+    });
+
+    test("unknown and ended sessions, wrong currency", async () => {
+      await rejects(check("nope", USD(1)), Code.NotFound, /session_id/);
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      await rejects(
+        store.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(1), "acme", "EUR"), idempotencyKey: "", requestHash: NO_HASH }),
+        Code.InvalidArgument,
+        /action\.amount\.currency_code/,
+      );
+      await store.terminate(s.sessionId, SessionStatus.REVOKED, "stop");
+      await rejects(check(s.sessionId, USD(1)), Code.FailedPrecondition, /REVOKED/);
+      const actions = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
+      assert.equal(actions.actions.length, 0, "bad input writes nothing");
+    });
+
+    test("expiry by time denies once with SESSION_EXPIRED, then the session is ended", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}, { expiration: { case: "ttl", value: durationFromMs(1000) } }), NO_HASH);
+      clock.advance(1000);
+      const r = await check(s.sessionId, USD(1));
+      assert.deepEqual(r.decision!.reasons, [Reason.SESSION_EXPIRED]);
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXPIRED);
+    });
+
+    test("idle timeout expires through the sweeper", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(5000) }), NO_HASH);
+      clock.advance(4000);
+      assert.equal((await check(s.sessionId, USD(1))).decision!.outcome, Outcome.ALLOW);
+      clock.advance(4000);
+      assert.equal((await store.sweep()).sessions, 0);
+      clock.advance(1000);
+      assert.equal((await store.sweep()).sessions, 1);
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXPIRED);
+    });
+
+    test("lifetime action limit exhausts the session", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxActions: 2n } }), NO_HASH);
+      await check(s.sessionId, USD(1));
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.ACTIVE);
+      await check(s.sessionId, USD(1));
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXHAUSTED);
+    });
+
+    test("pause denies with SESSION_PAUSED; resume allows; extend moves expiry", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      await store.setPaused(s.sessionId, true, "lunch");
+      assert.deepEqual((await check(s.sessionId, USD(1))).decision!.reasons, [Reason.SESSION_PAUSED]);
+      await rejects(store.setPaused(s.sessionId, true, ""), Code.FailedPrecondition, /PAUSED/);
+      await store.setPaused(s.sessionId, false, "");
+      assert.equal((await check(s.sessionId, USD(1))).decision!.outcome, Outcome.ALLOW);
+      const ext = await store.extendSession({ sessionId: s.sessionId, extension: { case: "extendBy", value: durationFromMs(60_000) } } as never);
+      assert.equal(Number(ext.expireTime!.seconds) - Number(s.expireTime!.seconds), 60);
+    });
+
+    test("a fork cannot exceed what the parent has left, and its spend counts against the parent", async () => {
+      const parent = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      await check(parent.sessionId, USD(30));
+      const forkReq = (max: bigint) =>
+        create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: max } } });
+      await rejects(store.forkSession(forkReq(USD(71)), NO_HASH), Code.FailedPrecondition, /policy\.lifetime\.max_value_micros/);
+      const child = await store.forkSession(forkReq(USD(70)), NO_HASH);
+      assert.equal(child.parentSessionId, parent.sessionId);
+      assert.equal((await check(child.sessionId, USD(50))).decision!.outcome, Outcome.ALLOW);
+      // The parent has 20 left: 25 more in the parent is denied, by the parent's own limit.
+      assert.equal((await check(parent.sessionId, USD(25))).decision!.outcome, Outcome.DENY);
+      // And a child charge the parent cannot cover is denied with the parent named.
+      await check(parent.sessionId, USD(15));
+      const r = await check(child.sessionId, USD(10));
+      assert.equal(r.decision!.outcome, Outcome.DENY);
+      assert.ok(r.decision!.violations.some((v) => v.scopeId === parent.sessionId));
+      // Revoking the parent ends the fork too.
+      await store.terminate(parent.sessionId, SessionStatus.REVOKED, "done");
+      assert.equal((await store.getSession(child.sessionId)).status, SessionStatus.REVOKED);
+    });
+
+    test("an agent policy spans all of its sessions", async () => {
+      const id = agent();
+      await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", monthly: { maxValueMicros: USD(50) } } }));
+      const s1 = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      const s2 = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      assert.equal((await check(s1.sessionId, USD(30))).decision!.outcome, Outcome.ALLOW);
+      const r = await check(s2.sessionId, USD(30));
+      assert.deepEqual(r.decision!.reasons, [Reason.LIMIT_MONTHLY_VALUE]);
+      const a = await store.getAgent(id);
+      assert.equal(a.sessionCount, 2n);
+      assert.equal(a.budgets.find((b) => b.window === Window.MONTH)!.valueRemainingMicros, USD(20));
+      await rejects(store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD" }, etag: '"999"' })), Code.Aborted, /etag/);
+    });
+
+    test("export and import round-trip a session with its history", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }, { labels: { team: "a" } }), NO_HASH);
+      await check(s.sessionId, USD(10));
+      await authorize(s.sessionId, USD(5));
+      const snap = await store.exportSession(s.sessionId);
+      assert.equal(snap.actions.length, 2);
+      await rejects(store.importSession(snap), Code.AlreadyExists, /session_id/);
+      const t2 = await openTestDatabase(driver);
+      try {
+        const other = createWardenStore({ db: t2.db, now: clock.now });
+        const imported = await other.importSession(snap);
+        assert.equal(imported.usage!.valueCommittedMicros, USD(10));
+        assert.equal(imported.usage!.valueHeldMicros, USD(5));
+        assert.deepEqual(imported.labels, { team: "a" });
+        assert.equal((await other.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.length, 2);
+        const r = (await other.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(86)), idempotencyKey: "", requestHash: NO_HASH })) as CheckResponse;
+        assert.deepEqual(r.decision!.reasons, [Reason.LIMIT_DAILY_VALUE]);
+      } finally {
+        await t2.drop();
+      }
+    });
+
+    test("list sessions filters and pages", async () => {
+      const id = agent();
+      for (let i = 0; i < 5; i++) {
+        clock.advance(1);
+        await store.createSession(sessionRequest(id, {}, { labels: { i: String(i % 2) } }), NO_HASH);
+      }
+      const page1 = await store.listSessions({ agentId: id, status: 0, labels: {}, pageSize: 3, pageToken: "" } as never);
+      assert.equal(page1.sessions.length, 3);
+      const page2 = await store.listSessions({ agentId: id, status: 0, labels: {}, pageSize: 3, pageToken: page1.nextPageToken } as never);
+      assert.equal(page2.sessions.length, 2);
+      assert.equal(page2.nextPageToken, "");
+      const ids = new Set([...page1.sessions, ...page2.sessions].map((s) => s.sessionId));
+      assert.equal(ids.size, 5);
+      const odd = await store.listSessions({ agentId: id, status: 0, labels: { i: "1" }, pageSize: 10, pageToken: "" } as never);
+      assert.equal(odd.sessions.length, 2);
+    });
+
+    test("CreateSession is idempotent per agent and key", async () => {
+      const id = agent();
+      const req = sessionRequest(id, {}, { idempotencyKey: "create-1" });
+      const a = await store.createSession(req, new Uint8Array([1]));
+      const b = await store.createSession(req, new Uint8Array([1]));
+      assert.equal(a.sessionId, b.sessionId);
+      await rejects(store.createSession(req, new Uint8Array([2])), Code.InvalidArgument, /idempotency_key/);
+      await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
+    });
+  });
+}
