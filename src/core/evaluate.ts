@@ -231,7 +231,10 @@ export function evaluate(input: EvaluateInput): Evaluation {
       const startMs = spanOf(p, window, nowMs, spans)?.startMs ?? LIFETIME_START_MS;
       const key = counterKey(scope.key, window, startMs);
       const used = usage(key) ?? ZERO;
-      if (limit.maxValue !== undefined && used.value + action.amountMicros > limit.maxValue) {
+      // Fix: an action without money spends no value, so a value limit never
+      // denies it, even when usage is above a limit lowered after the spend
+      // (UpdateAgentPolicy, ImportSession); it counts against action limits only.
+      if (limit.maxValue !== undefined && action.amountMicros > 0n && used.value + action.amountMicros > limit.maxValue) {
         violate(
           VALUE_REASON[window],
           scope,

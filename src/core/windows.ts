@@ -36,19 +36,42 @@ export function isValidTimeZone(zone: string): boolean {
  * Windows start at local midnight: a day is 23 or 25 hours long across a DST
  * change, a week starts at 00:00 of `weekStart`, a month at 00:00 on the 1st.
  * Where a zone skips midnight (a DST change at 00:00), the window starts at
- * the first instant of that local day, which luxon resolves forward.
+ * the first instant of that local day, which luxon resolves forward; where
+ * midnight occurs twice (a fall-back at 01:00 → 00:00), at the earlier one.
  */
 export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
   const local = DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
-  const dayStart = local.startOf("day");
+  const dayStart = firstInstantOfDay(local);
   const daysIntoWeek = (local.weekday - weekStart + 7) % 7;
-  const weekStartDt = dayStart.minus({ days: daysIntoWeek }).startOf("day");
-  const monthStart = local.startOf("month");
+  const weekStartDt = firstInstantOfDay(dayStart.minus({ days: daysIntoWeek }));
+  const monthStart = firstInstantOfDay(local.startOf("month"));
   return {
-    day: { startMs: dayStart.toMillis(), endMs: dayStart.plus({ days: 1 }).startOf("day").toMillis() },
-    week: { startMs: weekStartDt.toMillis(), endMs: weekStartDt.plus({ weeks: 1 }).startOf("day").toMillis() },
-    month: { startMs: monthStart.toMillis(), endMs: monthStart.plus({ months: 1 }).startOf("month").toMillis() },
+    day: { startMs: dayStart.toMillis(), endMs: firstInstantOfDay(dayStart.plus({ days: 1 })).toMillis() },
+    week: { startMs: weekStartDt.toMillis(), endMs: firstInstantOfDay(weekStartDt.plus({ weeks: 1 })).toMillis() },
+    month: { startMs: monthStart.toMillis(), endMs: firstInstantOfDay(monthStart.plus({ months: 1 })).toMillis() },
   };
+}
+
+/**
+ * The first instant of the local day of `dt`.
+ *
+ * Fix: luxon's `startOf("day")` resolves an *ambiguous* local midnight (a
+ * DST fall-back from 01:00 to 00:00, e.g. America/Havana in November) with
+ * the offset `dt` has, so an instant after the fall-back got the second
+ * 00:00 as its day start: one local day split into two counter keys, and
+ * the day's (and week's and month's) limit could be spent twice. The day
+ * starts at the earlier midnight, so step back while the previous
+ * millisecond is still on the same local date.
+ */
+function firstInstantOfDay(dt: DateTime): DateTime {
+  let start = dt.startOf("day");
+  for (;;) {
+    const before = start.minus({ milliseconds: 1 });
+    if (before.year !== start.year || before.month !== start.month || before.day !== start.day) return start;
+    const earlier = before.startOf("day");
+    if (earlier.toMillis() >= start.toMillis()) return start; // no progress: never loop
+    start = earlier;
+  }
 }
 
 /**

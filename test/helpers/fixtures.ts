@@ -11,13 +11,13 @@ export const USD = (units: number) => BigInt(units) * 1_000_000n;
 export function sessionRequest(
   agentId: string,
   policy: MessageInitShape<typeof SessionPolicySchema>,
-  extra: Partial<MessageInitShape<typeof CreateSessionRequestSchema>> = {},
+  extra: Record<string, unknown> = {},
 ) {
   return create(CreateSessionRequestSchema, {
     agentId,
     policy: { currencyCode: "USD", ...policy },
     expiration: { case: "ttl", value: durationFromMs(3_600_000) },
-    ...extra,
+    ...(extra as object),
   });
 }
 

@@ -10,6 +10,7 @@ import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_servic
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
 
 const NO_HASH = new Uint8Array(0);
@@ -21,25 +22,6 @@ async function rejects(p: Promise<unknown>, code: Code, field: RegExp): Promise<
     assert.match(c.rawMessage, field);
     return true;
   });
-}
-
-/** Recomputes every counter from the ledger and compares: the books balance. */
-async function assertLedgerConsistent(t: TestDatabase): Promise<void> {
-  const { rows } = await t.db.query<{ n: string }>(`
-    WITH charged AS (
-      SELECT c->>0 AS scope_key, c->>1 AS window_kind, to_timestamp((c->>2)::bigint / 1000.0) AS window_start,
-             a.captured_value, a.held_value, a.status
-        FROM actions a, jsonb_array_elements(a.charges) c),
-    expected AS (
-      SELECT scope_key, window_kind, window_start,
-             sum(captured_value) FILTER (WHERE status = 2) AS cv, sum(held_value) FILTER (WHERE status = 1) AS hv,
-             count(*) FILTER (WHERE status = 2) AS ca, count(*) FILTER (WHERE status = 1) AS ha
-        FROM charged GROUP BY 1, 2, 3)
-    SELECT count(*) AS n FROM usage_counters u FULL JOIN expected e
-      ON e.scope_key = u.scope_key AND e.window_kind = u.window_kind AND e.window_start = u.window_start
-     WHERE coalesce(u.committed_value, 0) <> coalesce(e.cv, 0) OR coalesce(u.held_value, 0) <> coalesce(e.hv, 0)
-        OR coalesce(u.committed_actions, 0) <> coalesce(e.ca, 0) OR coalesce(u.held_actions, 0) <> coalesce(e.ha, 0)`);
-  assert.equal(rows[0]!.n, "0", "usage counters disagree with the action ledger");
 }
 
 for (const driver of DRIVERS) {
@@ -55,7 +37,7 @@ for (const driver of DRIVERS) {
       store = createWardenStore({ db: t.db, now: clock.now });
     });
     after(async () => {
-      await assertLedgerConsistent(t);
+      await assertLedgerConsistent(t.db);
       await t.drop();
     });
 

@@ -1,0 +1,166 @@
+/**
+ * `npm run bench`: Check decisions per second and latency over gRPC.
+ *
+ * In one run, against servers in child processes on loopback, with one
+ * load generator:
+ *   - warden serve on PGlite and on PostgreSQL, one hot session and 1,000
+ *     sessions, each with a daily limit that admits exactly half the calls,
+ *     so the run also proves there is no overspend;
+ *   - a no-op @grpc/grpc-js server (the ceiling);
+ *   - rate-limiter-flexible on the local Redis, one `consume` per call (what
+ *     many would build instead).
+ * Every figure is also given as a ratio to the no-op server. The run is
+ * bounded: a fixed number of requests per scenario.
+ *
+ * Env: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (64),
+ * BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000), DATABASE_URL or
+ * WARDEN_TEST_DATABASE_URL for the PostgreSQL server (default the local one).
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
+import { CheckRequestSchema, CheckResponseSchema } from "../src/gen/warden/v1/policy_service_pb.js";
+import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
+import { createPostgresDatabase } from "../test/helpers/databases.js";
+import { startServerProcess, tempDataDir } from "../test/helpers/server-process.js";
+import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
+
+const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
+const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 1000);
+const AMOUNT = 1_000_000n; // 1.00 USD per call
+const PATH = "/warden.v1.PolicyService/Check";
+
+interface Row {
+  target: string;
+  scenario: string;
+  result: LoadResult;
+  overspend: string;
+}
+
+function encode(sessionId: string): Buffer {
+  return Buffer.from(
+    toBinary(CheckRequestSchema, create(CheckRequestSchema, { sessionId, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT }, merchant: "bench" } })),
+  );
+}
+
+async function startBaseline(kind: "noop" | "ratelimiter"): Promise<{ address: string; proc: ChildProcess }> {
+  const proc = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "baseline-servers.ts"), kind], { stdio: ["ignore", "pipe", "inherit"] });
+  const port = await new Promise<number>((resolve, reject) => {
+    createInterface({ input: proc.stdout! }).once("line", (l) => resolve((JSON.parse(l) as { port: number }).port));
+    proc.once("exit", (c) => reject(new Error(`${kind} exited ${c}`)));
+  });
+  return { address: `127.0.0.1:${port}`, proc };
+}
+
+async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false): Promise<LoadResult> {
+  const encoded = sessionIds.map(encode);
+  return runGrpcLoad({ address, path: PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency: CONCURRENCY, connections: CONNECTIONS, keepResponses: keep });
+}
+
+async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<void> {
+  let location: { dataDir: string } | { databaseUrl: string };
+  let cleanup: () => Promise<void>;
+  if (driver === "pglite") {
+    const dir = tempDataDir();
+    location = { dataDir: dir };
+    cleanup = async () => rmSync(dir, { recursive: true, force: true });
+  } else {
+    const pgdb = await createPostgresDatabase();
+    location = { databaseUrl: pgdb.url };
+    cleanup = pgdb.drop;
+  }
+  const server = await startServerProcess(location, ["--log-level", "warn"]);
+  try {
+    const sessions = createClient(SessionService, createConnectTransport({ baseUrl: server.httpUrl, httpVersion: "1.1" }));
+    const mk = async (agentId: string, allowed: number) =>
+      (
+        await sessions.createSession({
+          agentId,
+          policy: { currencyCode: "USD", daily: { maxValueMicros: AMOUNT * BigInt(allowed) } },
+          expiration: { case: "ttl", value: durationFromMs(3_600_000) },
+        })
+      ).session!.sessionId;
+    // Warm up connections, caches and the JIT on a session of its own.
+    await load(server.grpcAddress, [await mk("warmup", 1_000_000)], 2000);
+
+    const hot = await mk("hot-agent", REQUESTS / 2);
+    const hotRun = await load(server.grpcAddress, [hot], REQUESTS, true);
+    rows.push({ target: `warden (${driver})`, scenario: "1 hot session", result: hotRun, overspend: await overspend(sessions, [hot], hotRun, REQUESTS / 2) });
+
+    const perSession = REQUESTS / SESSIONS;
+    const many: string[] = [];
+    for (let i = 0; i < SESSIONS; i++) many.push(await mk(`agent-${i % 100}`, Math.ceil(perSession / 2)));
+    const spreadRun = await load(server.grpcAddress, many, REQUESTS, true);
+    rows.push({ target: `warden (${driver})`, scenario: `${SESSIONS} sessions`, result: spreadRun, overspend: await overspend(sessions, many, spreadRun, Math.ceil(perSession / 2)) });
+  } finally {
+    await server.stop();
+    await cleanup();
+  }
+}
+
+/** Checks the books after a run: allowed calls × amount = committed, never above the limit. */
+async function overspend(
+  sessions: ReturnType<typeof createClient<typeof SessionService>>,
+  ids: string[],
+  run: LoadResult,
+  allowedPerSession: number,
+): Promise<string> {
+  const allowed = run.responses.filter((b) => fromBinary(CheckResponseSchema, b).decision?.outcome === Outcome.ALLOW).length;
+  let committed = 0n;
+  let over = 0;
+  for (const id of ids) {
+    const s = (await sessions.getSession({ sessionId: id })).session!;
+    committed += s.usage!.valueCommittedMicros;
+    if (s.usage!.valueCommittedMicros > AMOUNT * BigInt(allowedPerSession)) over++;
+  }
+  const ok = over === 0 && committed === AMOUNT * BigInt(allowed) && run.errors === 0;
+  return ok ? `none (${allowed} allowed = ${committed / AMOUNT}.00 committed)` : `MISMATCH: ${over} over limit, ${allowed} allowed vs ${committed} committed, ${run.errors} errors`;
+}
+
+async function main(): Promise<void> {
+  const rows: Row[] = [];
+  console.log(`# Check over gRPC: ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight over ${CONNECTIONS} connections\n`);
+  const noop = await startBaseline("noop");
+  try {
+    await load(noop.address, ["warmup"], 2000);
+    rows.push({ target: "no-op @grpc/grpc-js", scenario: "ceiling", result: await load(noop.address, ["s"]), overspend: "n/a" });
+  } finally {
+    noop.proc.kill("SIGTERM");
+  }
+  const rl = await startBaseline("ratelimiter");
+  try {
+    await load(rl.address, ["warmup"], 2000);
+    rows.push({ target: "rate-limiter-flexible + Redis", scenario: "1 hot key", result: await load(rl.address, ["hot"]), overspend: "n/a" });
+    rows.push({ target: "rate-limiter-flexible + Redis", scenario: `${SESSIONS} keys`, result: await load(rl.address, Array.from({ length: SESSIONS }, (_, i) => `k${i}`)), overspend: "n/a" });
+  } finally {
+    rl.proc.kill("SIGTERM");
+  }
+  for (const driver of ["pglite", "postgres"] as const) await benchWarden(driver, rows);
+
+  const ceiling = rows[0]!.result.perSecond;
+  const header = ["target", "scenario", "decisions/s", "p50 ms", "p99 ms", "vs no-op", "errors", "overspend"];
+  const table = rows.map((r) => [
+    r.target,
+    r.scenario,
+    r.result.perSecond.toFixed(0),
+    r.result.p50Ms.toFixed(2),
+    r.result.p99Ms.toFixed(2),
+    `${((r.result.perSecond / ceiling) * 100).toFixed(1)}%`,
+    String(r.result.errors),
+    r.overspend,
+  ]);
+  console.log(`| ${header.join(" | ")} |`);
+  console.log(`|${header.map(() => "---").join("|")}|`);
+  for (const t of table) console.log(`| ${t.join(" | ")} |`);
+  if (rows.some((r) => r.overspend.startsWith("MISMATCH"))) process.exitCode = 1;
+}
+
+await main();

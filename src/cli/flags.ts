@@ -1,0 +1,187 @@
+import { create, type DescEnum } from "@bufbuild/protobuf";
+import { DurationSchema, timestampFromDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { parseDecimalMicros } from "../core/money.js";
+import { Weekday } from "../gen/warden/v1/policy_pb.js";
+import { CliError } from "./cli-error.js";
+
+// Value parsers for flag text. Each takes the flag's name (with dashes) so
+// that every error says which flag was wrong; none of them does I/O.
+
+const INT64_MAX = 9_223_372_036_854_775_807n;
+
+const NANOS_PER_UNIT: Record<string, bigint> = {
+  ms: 1_000_000n,
+  s: 1_000_000_000n,
+  m: 60n * 1_000_000_000n,
+  h: 3_600n * 1_000_000_000n,
+  d: 86_400n * 1_000_000_000n,
+};
+
+/**
+ * Parses a duration such as `90s`, `15m`, `1h`, `7d`, `1h30m` or `500ms`
+ * into a positive google.protobuf.Duration. A bare number is rejected: "15"
+ * could mean seconds or minutes, and guessing wrong silently is worse than
+ * asking.
+ */
+export function parseDuration(flag: string, text: string): Duration {
+  const trimmed = text.trim();
+  const part = /(\d+)(ms|d|h|m|s)/y;
+  let nanos = 0n;
+  let pos = 0;
+  while (pos < trimmed.length) {
+    part.lastIndex = pos;
+    const m = part.exec(trimmed);
+    if (m === null) break;
+    nanos += BigInt(m[1]!) * NANOS_PER_UNIT[m[2]!]!;
+    pos = part.lastIndex;
+  }
+  if (trimmed === "" || pos !== trimmed.length) {
+    throw new CliError(`${flag}: "${text}" is not a duration; use e.g. 90s, 15m, 1h, 7d or 1h30m`);
+  }
+  if (nanos === 0n) throw new CliError(`${flag}: duration must be greater than zero`);
+  const seconds = nanos / 1_000_000_000n;
+  if (seconds > 315_576_000_000n) throw new CliError(`${flag}: "${text}" is longer than 10000 years`);
+  return create(DurationSchema, { seconds, nanos: Number(nanos % 1_000_000_000n) });
+}
+
+/**
+ * Parses a money flag in decimal major units ("200", "12.50") into micros,
+ * exactly. Zero is allowed: on a limit it means "nothing may be spent".
+ */
+export function parseMoneyFlag(flag: string, text: string): bigint {
+  let micros: bigint;
+  try {
+    micros = parseDecimalMicros(text);
+  } catch (err) {
+    throw new CliError(`${flag}: ${(err as Error).message}, e.g. 12.50`);
+  }
+  if (micros < 0n) throw new CliError(`${flag}: amount must not be negative`);
+  if (micros > INT64_MAX) throw new CliError(`${flag}: amount "${text}" is too large`);
+  return micros;
+}
+
+/** Like {@link parseMoneyFlag}, for amounts of an action, which must be above zero. */
+export function parsePositiveMoneyFlag(flag: string, text: string): bigint {
+  const micros = parseMoneyFlag(flag, text);
+  if (micros === 0n) throw new CliError(`${flag}: amount must be greater than zero`);
+  return micros;
+}
+
+/** Parses an ISO 4217 code; lower case is accepted and upper-cased. */
+export function parseCurrency(flag: string, text: string): string {
+  const code = text.trim().toUpperCase();
+  if (!/^[A-Z]{3}$/.test(code)) throw new CliError(`${flag}: "${text}" is not a 3-letter ISO 4217 currency code such as USD`);
+  return code;
+}
+
+/** Parses a non-negative whole number that fits an int64 (action counts). */
+export function parseCount(flag: string, text: string): bigint {
+  if (!/^\d+$/.test(text.trim())) throw new CliError(`${flag}: "${text}" is not a whole number`);
+  const n = BigInt(text.trim());
+  if (n > INT64_MAX) throw new CliError(`${flag}: "${text}" is too large`);
+  return n;
+}
+
+/** Parses a page size: a whole number from 1 to 1000, the server's maximum. */
+export function parsePageSize(flag: string, text: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!(n >= 1 && n <= 1000)) throw new CliError(`${flag}: "${text}" is not a whole number from 1 to 1000`);
+  return n;
+}
+
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2}))?$/i;
+
+/**
+ * Parses an RFC 3339 time (`2025-07-01T18:00:00Z`, `2025-07-01T20:00+02:00`)
+ * or a date (`2025-07-01`, midnight UTC). A time without a zone is rejected
+ * because it would silently depend on the machine's zone. Impossible dates
+ * such as February 30 are rejected rather than rolled over as `Date` would.
+ */
+export function parseTimestamp(flag: string, text: string): Timestamp {
+  const m = ISO_TIME.exec(text.trim());
+  const bad = () => new CliError(`${flag}: "${text}" is not an ISO 8601 time with a zone, e.g. 2025-07-01T18:00:00Z`);
+  if (m === null) throw bad();
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const [hour, minute, second] = [Number(m[4] ?? 0), Number(m[5] ?? 0), Number(m[6] ?? 0)];
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate();
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth || hour > 23 || minute > 59 || second > 59) throw bad();
+  const date = new Date(m[4] === undefined ? `${m[1]}-${m[2]}-${m[3]}T00:00:00Z` : text.trim().toUpperCase().replace(" ", "T"));
+  if (Number.isNaN(date.getTime())) throw bad();
+  return timestampFromDate(date);
+}
+
+/**
+ * Parses repeated `key=value` flags into a map. The value may be empty and
+ * may contain `=`; the key may not be empty. A key given twice is an error
+ * rather than "last one wins", which would hide a typo.
+ */
+export function parseKeyValues(flag: string, items: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of items) {
+    const eq = item.indexOf("=");
+    if (eq <= 0) throw new CliError(`${flag}: "${item}" is not key=value`);
+    const key = item.slice(0, eq);
+    if (Object.hasOwn(out, key)) throw new CliError(`${flag}: key "${key}" given twice`);
+    out[key] = item.slice(eq + 1);
+  }
+  return out;
+}
+
+/** Parses an IANA time zone name, checked against the runtime's zone database. */
+export function parseTimeZone(flag: string, text: string): string {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: text });
+  } catch {
+    throw new CliError(`${flag}: "${text}" is not an IANA time zone such as Europe/Berlin or UTC`);
+  }
+  return text;
+}
+
+const WEEKDAYS: Record<string, Weekday> = {
+  monday: Weekday.MONDAY,
+  tuesday: Weekday.TUESDAY,
+  wednesday: Weekday.WEDNESDAY,
+  thursday: Weekday.THURSDAY,
+  friday: Weekday.FRIDAY,
+  saturday: Weekday.SATURDAY,
+  sunday: Weekday.SUNDAY,
+};
+
+/** Parses a weekday name (`monday`, or its first three letters, any case). */
+export function parseWeekday(flag: string, text: string): Weekday {
+  const t = text.trim().toLowerCase();
+  const match = Object.entries(WEEKDAYS).find(([name]) => t.length >= 3 && name.startsWith(t));
+  if (match === undefined) throw new CliError(`${flag}: "${text}" is not a weekday; use monday … sunday`);
+  return match[1];
+}
+
+/**
+ * Parses an enum value given as a lower-case word, the way the CLI prints
+ * it (`active` for SESSION_STATUS_ACTIVE). The zero value is not accepted.
+ */
+export function parseEnumWord(flag: string, schema: DescEnum, text: string): number {
+  const t = text.trim().toLowerCase().replace(/-/g, "_");
+  const names = schema.values.filter((v) => v.number !== 0);
+  const match = names.find((v) => v.localName.toLowerCase() === t);
+  if (match === undefined) {
+    throw new CliError(`${flag}: "${text}" is not one of ${names.map((v) => v.localName.toLowerCase()).join(", ")}`);
+  }
+  return match.number;
+}
+
+/**
+ * Checks the server address. `source` names where it came from (`--server`
+ * or `WARDEN_SERVER`) so the message points at what to fix.
+ */
+export function parseServerUrl(source: string, text: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new CliError(`${source}: "${text}" is not a URL such as http://127.0.0.1:8080`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new CliError(`${source}: "${text}" must start with http:// or https://`);
+  }
+  return text.replace(/\/+$/, "");
+}

@@ -1,0 +1,134 @@
+import { readFileSync } from "node:fs";
+import { toJsonString } from "@bufbuild/protobuf";
+import type { Transport } from "@connectrpc/connect";
+import { CliError } from "./cli-error.js";
+import { createCliTransport, createWardenClients } from "./clients.js";
+import { DEFAULT_SERVER, EXIT_ERROR, EXIT_OK, HELP_FLAG, type CommandContext, type CommandSpec, type WardenClients } from "./command.js";
+import { ACTION_COMMANDS } from "./commands/actions.js";
+import { AGENT_COMMANDS } from "./commands/agents.js";
+import { SESSION_COMMANDS } from "./commands/sessions.js";
+import { describeError } from "./describe-error.js";
+import { parseServerUrl } from "./flags.js";
+import { parseCommandLine } from "./parse-command-line.js";
+import { formatCommandHelp, formatMainHelp, usageLine } from "./usage.js";
+
+/** Every client command of the CLI, in the order help lists them. */
+export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS];
+
+const GROUPS = ["sessions", "agents"];
+
+/** Where runCli reads and writes; injectable so tests need no process. */
+export interface CliOptions {
+  /** Receives each block of standard output (without the trailing newline). */
+  readonly stdout?: (text: string) => void;
+  /** Receives each line of standard error (without the trailing newline). */
+  readonly stderr?: (text: string) => void;
+  /** Environment; defaults to process.env. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /**
+   * Creates the transport to the control plane at `baseUrl`. Defaults to
+   * the Connect protocol over HTTP/1.1; tests pass an in-memory router.
+   */
+  readonly transport?: (baseUrl: string) => Transport;
+}
+
+function wantsHelp(argv: readonly string[]): boolean {
+  const end = argv.indexOf("--");
+  return (end === -1 ? argv : argv.slice(0, end)).some((a) => a === "--help" || a === "-h");
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as { version?: string };
+  return pkg.version ?? "unknown";
+}
+
+/**
+ * Runs one `warden` command line and returns its exit code: 0 on success
+ * and ALLOW, 2 on DENY or NEEDS_APPROVAL, 1 on any error (reported as one
+ * `warden: …` line on stderr). It never calls process.exit, so `warden
+ * serve` keeps running after it returns.
+ */
+export async function runCli(argv: readonly string[], options: CliOptions = {}): Promise<number> {
+  const stdout = options.stdout ?? ((text: string) => void process.stdout.write(`${text}\n`));
+  const stderr = options.stderr ?? ((text: string) => void process.stderr.write(`${text}\n`));
+  const env = options.env ?? process.env;
+  let server: string | undefined;
+  try {
+    const [first, ...rest] = argv;
+    if (first === "serve") {
+      // The server is loaded only for `serve`, so client commands start fast
+      // and never load the store or its drivers.
+      const { serveCommand } = await import("../server/serve-command.js");
+      await serveCommand(rest);
+      return EXIT_OK;
+    }
+    if (first === undefined || first === "--help" || first === "-h") {
+      stdout(formatMainHelp(COMMANDS));
+      return EXIT_OK;
+    }
+    if (first === "help") return runCli([...rest, "--help"], options);
+    if (first === "--version" || first === "-v") {
+      stdout(version());
+      return EXIT_OK;
+    }
+    let name = first;
+    let args = rest;
+    if (GROUPS.includes(first)) {
+      const sub = rest[0];
+      if (sub === undefined || sub.startsWith("-")) {
+        if (wantsHelp(rest)) {
+          stdout(formatMainHelp(COMMANDS, first));
+          return EXIT_OK;
+        }
+        const subs = COMMANDS.filter((c) => c.name.startsWith(`${first} `)).map((c) => c.name.slice(first.length + 1));
+        throw new CliError(`${first} needs a command: ${subs.join(", ")} (see warden ${first} --help)`);
+      }
+      name = `${first} ${sub}`;
+      args = rest.slice(1);
+    }
+    const spec = COMMANDS.find((c) => c.name === name);
+    if (spec === undefined) {
+      const group = GROUPS.includes(first) ? first : "";
+      throw new CliError(`unknown command "${name}" (see warden ${group ? `${group} ` : ""}--help)`);
+    }
+    if (wantsHelp(args)) {
+      stdout(formatCommandHelp(spec));
+      return EXIT_OK;
+    }
+    const { flags, positionals } = parseCommandLine(spec.name, [...spec.flags, HELP_FLAG], args);
+    if (positionals.length < spec.args.length) {
+      throw new CliError(`${spec.name}: missing ${spec.args.slice(positionals.length).join(" ")} (usage: ${usageLine(spec)})`);
+    }
+    if (positionals.length > spec.args.length) {
+      throw new CliError(`${spec.name}: unexpected argument "${positionals[spec.args.length]}" (usage: ${usageLine(spec)})`);
+    }
+    for (const [i, value] of positionals.entries()) {
+      if (value.trim() === "") throw new CliError(`${spec.name}: ${spec.args[i]} must not be empty`);
+    }
+
+    const flagServer = flags.string("server");
+    server = flagServer ?? env.WARDEN_SERVER ?? DEFAULT_SERVER;
+    const serverSource = flagServer !== undefined ? "--server" : env.WARDEN_SERVER !== undefined ? "WARDEN_SERVER" : "default server";
+    let clients: WardenClients | undefined;
+    const json = flags.boolean("json");
+    const ctx: CommandContext = {
+      flags,
+      args: positionals,
+      print: stdout,
+      output(schema, message, text) {
+        stdout(json ? toJsonString(schema, message, { prettySpaces: 2 }) : text());
+      },
+      clients() {
+        if (clients === undefined) {
+          const baseUrl = parseServerUrl(serverSource, server!);
+          clients = createWardenClients((options.transport ?? createCliTransport)(baseUrl));
+        }
+        return clients;
+      },
+    };
+    return await spec.run(ctx);
+  } catch (err) {
+    stderr(`warden: ${describeError(err, server)}`);
+    return EXIT_ERROR;
+  }
+}

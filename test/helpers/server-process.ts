@@ -1,0 +1,122 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { create, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
+import * as grpc from "@grpc/grpc-js";
+
+const ROOT = join(import.meta.dirname, "..", "..");
+
+/** A `warden serve` child process. */
+export interface ServerProcess {
+  readonly grpcAddress: string;
+  readonly httpUrl: string;
+  readonly proc: ChildProcess;
+  /** Log lines so far, parsed. */
+  readonly logs: Record<string, unknown>[];
+  /** SIGTERM and wait for exit; resolves with the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait. */
+  kill(): Promise<void>;
+}
+
+/** Where a server keeps its data: a PGlite directory or a PostgreSQL URL. */
+export type StoreLocation = { dataDir: string } | { databaseUrl: string };
+
+/** A fresh PGlite data directory. */
+export function tempDataDir(): string {
+  return mkdtempSync(join(tmpdir(), "warden-test-"));
+}
+
+/**
+ * Starts `warden serve` exactly as a user would (the CLI entry point), on
+ * free loopback ports, and resolves once it logs "listening".
+ */
+export async function startServerProcess(store: StoreLocation, extraArgs: string[] = []): Promise<ServerProcess> {
+  const args = [
+    "--import",
+    "tsx",
+    join(ROOT, "src/cli/main.ts"),
+    "serve",
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+    "--sweep-interval",
+    "200",
+    ...("dataDir" in store ? ["--data-dir", store.dataDir] : ["--database-url", store.databaseUrl]),
+    ...extraArgs,
+  ];
+  const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, DATABASE_URL: "" } });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = "";
+  proc.stderr!.on("data", (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
+  const ports = await new Promise<{ grpcPort: number; httpPort: number }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start in 30s: ${stderr}`)), 30_000);
+    createInterface({ input: proc.stdout! }).on("line", (line) => {
+      try {
+        const rec = JSON.parse(line) as Record<string, unknown>;
+        logs.push(rec);
+        if (rec.msg === "listening") {
+          clearTimeout(timer);
+          resolve(rec as unknown as { grpcPort: number; httpPort: number });
+        }
+      } catch {
+        // not a log line
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}: ${stderr}`));
+    });
+  });
+  return {
+    grpcAddress: `127.0.0.1:${ports.grpcPort}`,
+    httpUrl: `http://127.0.0.1:${ports.httpPort}`,
+    proc,
+    logs,
+    async stop() {
+      proc.kill("SIGTERM");
+      return exited;
+    },
+    async kill() {
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** Promise-returning methods of a generic grpc-js client built from a descriptor. */
+// biome-ignore lint: methods are built from the descriptor at run time.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type GrpcClient = { close(): void } & { [method: string]: any };
+
+/**
+ * A plain `@grpc/grpc-js` client for a service, built from the generated
+ * descriptor (as any polyglot agent's generated stub would be). `channel`
+ * picks a separate HTTP/2 connection.
+ */
+export function grpcClient(service: DescService, address: string, channel = 0): GrpcClient {
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const m of service.methods) {
+    def[m.localName] = {
+      path: `/${service.typeName}/${m.name}`,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (v: unknown) => Buffer.from(toBinary(m.input, create(m.input, v as never))),
+      requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
+      responseSerialize: (v: unknown) => Buffer.from(toBinary(m.output, v as never)),
+      responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
+    };
+  }
+  const Ctor = grpc.makeGenericClientConstructor(def as grpc.ServiceDefinition, service.name);
+  const raw = new Ctor(address, grpc.credentials.createInsecure(), { "grpc.test_channel": channel } as grpc.ChannelOptions) as unknown as Record<string, Function> & grpc.Client;
+  const out: Record<string, unknown> = { close: () => raw.close() };
+  for (const m of service.methods) {
+    out[m.localName] = (req: unknown, options: grpc.CallOptions = {}) =>
+      new Promise((resolve, reject) => raw[m.localName]!.call(raw, req, new grpc.Metadata(), options, (err: Error | null, res: unknown) => (err ? reject(err) : resolve(res))));
+  }
+  return out as GrpcClient;
+}
