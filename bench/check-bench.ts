@@ -77,7 +77,7 @@ async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<
     location = { databaseUrl: pgdb.url };
     cleanup = pgdb.drop;
   }
-  const server = await startServerProcess(location, ["--log-level", "warn"]);
+  const server = await startServerProcess(location);
   try {
     const sessions = createClient(SessionService, createConnectTransport({ baseUrl: server.httpUrl, httpVersion: "1.1" }));
     const mk = async (agentId: string, allowed: number) =>

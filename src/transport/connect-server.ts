@@ -38,49 +38,6 @@ export function createConnectHandler(routes: (router: ConnectRouter) => void, op
   };
 }
 
-/** gRPC proper ("application/grpc", "application/grpc+proto"), not gRPC-Web. */
-function isGrpcRequest(contentType: string | undefined): boolean {
-  return contentType !== undefined && contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web");
-}
-
-/**
- * connect-node percent-encodes the grpc-message trailer with
- * encodeURIComponent, which also escapes ":", ",", "$" and the like; the
- * grpc-js client decodes with decodeURI, which leaves those escaped. So a
- * grpc-js client would read "invalid request%3A session_id%3A ..." from this
- * port but "invalid request: session_id: ..." from the grpc-js port.
- * Re-encoding with the gRPC spec's own set (escape only "%" and bytes
- * outside 0x20-0x7E) reads the same in every client. Only gRPC responses
- * carry the trailer, and only they get this.
- */
-function encodeGrpcMessageLikeGrpcJs(res: Parameters<ConnectHandler>[1]): void {
-  const addTrailers = res.addTrailers;
-  res.addTrailers = function (this: typeof res, headers: Parameters<typeof addTrailers>[0]) {
-    const h = headers as Record<string, string | string[] | undefined>;
-    const message = h["grpc-message"];
-    if (typeof message === "string") h["grpc-message"] = percentEncodeGrpcMessage(safeDecode(message));
-    return addTrailers.call(this, headers as never);
-  } as typeof addTrailers;
-}
-
-/** Percent-encoding of a gRPC status message, per the gRPC over HTTP/2 spec. */
-function percentEncodeGrpcMessage(message: string): string {
-  if (/^[\x20-\x24\x26-\x7e]*$/.test(message)) return message;
-  let out = "";
-  for (const byte of Buffer.from(message, "utf8")) {
-    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return out;
-}
-
-function safeDecode(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
-
 /** A listening server, from {@link listen} or {@link createConnectServer}. */
 export interface ListeningServer {
   /** The bound host, e.g. "127.0.0.1" or "::". */
@@ -155,6 +112,8 @@ export async function listen(handler: ConnectHandler, address: string, options: 
     // A reset before the protocol is known must not crash the process; the
     // protocol servers add their own handlers after the hand-off.
     socket.on("error", ignore);
+    // Nor may a client that connects and says nothing hold a socket forever.
+    socket.setTimeout(firstBytesTimeoutMs, () => socket.destroy());
     let head: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
@@ -162,6 +121,7 @@ export async function listen(handler: ConnectHandler, address: string, options: 
       const isHttp2 = head.subarray(0, n).equals(http2Preface.subarray(0, n));
       if (isHttp2 && head.length < http2Preface.length) return; // could still be either
       socket.off("data", onData);
+      socket.setTimeout(0);
       socket.pause();
       socket.unshift(head);
       undecided.delete(socket);
@@ -232,6 +192,9 @@ export async function createConnectServer(
   return listen(createConnectHandler(routes, { ...options, shutdownSignal: shutdown.signal }), address, { shutdown });
 }
 
+/** How long a new connection may take to send its first bytes. */
+const firstBytesTimeoutMs = 10_000;
+
 /** The first bytes of every HTTP/2 connection (RFC 9113, section 3.4). */
 const http2Preface = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
@@ -280,4 +243,47 @@ function createErrorInterceptor(onError: HandlerErrorHook | undefined): Intercep
       throw report(reason);
     }
   };
+}
+
+/** gRPC proper ("application/grpc", "application/grpc+proto"), not gRPC-Web. */
+function isGrpcRequest(contentType: string | undefined): boolean {
+  return contentType !== undefined && contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web");
+}
+
+/**
+ * connect-node percent-encodes the grpc-message trailer with
+ * encodeURIComponent, which also escapes ":", ",", "$" and the like; the
+ * grpc-js client decodes with decodeURI, which leaves those escaped. So a
+ * grpc-js client would read "invalid request%3A session_id%3A ..." from this
+ * port but "invalid request: session_id: ..." from the grpc-js port.
+ * Re-encoding with the gRPC spec's own set (escape only "%" and bytes
+ * outside 0x20-0x7E) reads the same in every client. Only gRPC responses
+ * carry the trailer, and only they get this.
+ */
+function encodeGrpcMessageLikeGrpcJs(res: Parameters<ConnectHandler>[1]): void {
+  const addTrailers = res.addTrailers;
+  res.addTrailers = function (this: typeof res, headers: Parameters<typeof addTrailers>[0]) {
+    const h = headers as Record<string, string | string[] | undefined>;
+    const message = h["grpc-message"];
+    if (typeof message === "string") h["grpc-message"] = percentEncodeGrpcMessage(safeDecode(message));
+    return addTrailers.call(this, headers as never);
+  } as typeof addTrailers;
+}
+
+/** Percent-encoding of a gRPC status message, per the gRPC over HTTP/2 spec. */
+function percentEncodeGrpcMessage(message: string): string {
+  if (/^[\x20-\x24\x26-\x7e]*$/.test(message)) return message;
+  let out = "";
+  for (const byte of Buffer.from(message, "utf8")) {
+    out += byte >= 0x20 && byte <= 0x7e && byte !== 0x25 ? String.fromCharCode(byte) : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+function safeDecode(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
 }
