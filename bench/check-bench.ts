@@ -61,6 +61,7 @@ async function startBaseline(kind: "noop" | "ratelimiter"): Promise<{ address: s
 }
 
 async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false): Promise<LoadResult> {
+  console.error(`  load ${address}: ${total} calls over ${sessionIds.length} session(s)`);
   const encoded = sessionIds.map(encode);
   return runGrpcLoad({ address, path: PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency: CONCURRENCY, connections: CONNECTIONS, keepResponses: keep });
 }

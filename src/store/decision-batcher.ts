@@ -18,6 +18,7 @@ import {
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
+import { lockActions, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { type LockedSession, lockScopes, type PolicyCache } from "./scope-locks.js";
@@ -99,7 +100,13 @@ export class DecisionBatcher {
     return new Promise((resolve, reject) => {
       const shard = this.shardOf(req.sessionId);
       this.queues[shard]!.push({ req, enqueuedNs: process.hrtime.bigint(), resolve, reject });
-      if (!this.busy[shard]) void this.drain(shard);
+      if (!this.busy[shard]) {
+        this.busy[shard] = true;
+        // Start after this I/O turn, not now: the calls read from the
+        // sockets in the same turn then join the batch instead of each
+        // opening a transaction of its own.
+        setImmediate(() => void this.drain(shard));
+      }
     });
   }
 
@@ -116,7 +123,6 @@ export class DecisionBatcher {
   }
 
   private async drain(shard: number): Promise<void> {
-    this.busy[shard] = true;
     const queue = this.queues[shard]!;
     try {
       while (queue.length > 0) {
@@ -327,6 +333,13 @@ export class DecisionBatcher {
     await saveCounters(tx, counters.values());
     await updateSessions(tx, touched, nowMs);
     await saveIdempotency(tx, newKeys, nowMs);
+    // A session this batch ended (expired or exhausted) gives its open holds
+    // back now, under the locks already held, like every other ending.
+    const ended = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status)).map((d) => d.sessionId);
+    if (ended.length > 0) {
+      const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [ended, ActionStatus.HELD]);
+      await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
+    }
     return settled;
   }
 }

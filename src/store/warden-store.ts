@@ -754,10 +754,13 @@ export class WardenStore {
         }),
       );
     }
+    // Every ending of a session releases its holds in the same transaction,
+    // so only holds past their TTL are left to find: the partial index on
+    // open holds answers this without reading the ledger.
     const holds = await this.db.query<{ action_id: string; session_id: string }>(
-      `SELECT a.action_id, a.session_id FROM actions a JOIN sessions s ON s.session_id = a.session_id
-        WHERE a.status = ${ActionStatus.HELD} AND (a.hold_expire_time <= $1::timestamptz OR s.status NOT IN (1, 2))
-        LIMIT ${limit}`,
+      `SELECT action_id, session_id FROM actions
+        WHERE status = ${ActionStatus.HELD} AND hold_expire_time <= $1::timestamptz
+        ORDER BY hold_expire_time LIMIT ${limit}`,
       [iso(nowMs)],
     );
     const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
