@@ -1,0 +1,93 @@
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { after, before, describe, test } from "node:test";
+import { type ServerProcess, startServerProcess, tempDataDir } from "../helpers/server-process.js";
+
+const BIN = fileURLToPath(new URL("../../bin/warden.js", import.meta.url));
+
+/** Runs the real CLI against the real server, as a user would. */
+async function warden(server: ServerProcess, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args], {
+      env: { ...process.env, WARDEN_SERVER: server.httpUrl },
+      timeout: 30_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout: string; stderr: string };
+    return { code: e.code ?? -1, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe("warden CLI against warden serve", () => {
+  let server: ServerProcess;
+  let dir: string;
+  before(async () => {
+    dir = tempDataDir();
+    server = await startServerProcess({ dataDir: dir });
+  });
+  after(async () => {
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("create a session with limits, spend, and watch every limit hold", async () => {
+    const created = await warden(server, "sessions", "create", "--agent", "cli-agent", "--currency", "USD", "--ttl", "1h", "--max-per-transaction", "50", "--max-per-day", "60", "--allow-merchant", "acme", "--json");
+    assert.equal(created.code, 0, created.stderr);
+    const id = (JSON.parse(created.stdout) as { session: { sessionId: string } }).session.sessionId;
+
+    const ok = await warden(server, "check", id, "--amount", "12.50", "--merchant", "acme");
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /ALLOW/);
+
+    // Over the per-transaction limit, at a merchant not allowed: both reasons, exit 2.
+    const denied = await warden(server, "check", id, "--amount", "55", "--merchant", "evil");
+    assert.equal(denied.code, 2, denied.stderr);
+    assert.match(denied.stdout, /DENY/);
+    assert.match(denied.stdout, /LIMIT_PER_TRANSACTION/);
+    assert.match(denied.stdout, /MERCHANT_NOT_ALLOWED/);
+
+    const auth = await warden(server, "authorize", id, "--amount", "40", "--merchant", "acme", "--json");
+    assert.equal(auth.code, 0, auth.stderr);
+    const authId = (JSON.parse(auth.stdout) as { authorizationId: string }).authorizationId;
+    // 12.50 committed + 40 held: 10 more would pass the 60 daily limit.
+    assert.equal((await warden(server, "check", id, "--amount", "10", "--merchant", "acme")).code, 2);
+    const cap = await warden(server, "capture", id, authId, "--amount", "30");
+    assert.equal(cap.code, 0, cap.stderr);
+    const again = await warden(server, "capture", id, authId);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /^warden: .*already captured/m);
+
+    const got = await warden(server, "sessions", "get", id);
+    assert.equal(got.code, 0, got.stderr);
+    assert.match(got.stdout, /42\.50 USD/);
+
+    const out = join(mkdtempSync(join(tmpdir(), "warden-cli-")), "snap.json");
+    assert.equal((await warden(server, "sessions", "export", id, "--out", out)).code, 0);
+    const snap = JSON.parse(readFileSync(out, "utf8")) as { formatVersion: number; actions: unknown[] };
+    assert.equal(snap.formatVersion, 1);
+    // check (allowed), check (denied), authorize, check (denied); a capture is not a new action
+    assert.equal(snap.actions.length, 4);
+
+    const revoked = await warden(server, "sessions", "revoke", id, "--reason", "done");
+    assert.equal(revoked.code, 0, revoked.stderr);
+    const after = await warden(server, "check", id, "--amount", "1", "--currency", "USD", "--merchant", "acme");
+    assert.equal(after.code, 1);
+    assert.match(after.stderr, /^warden: failed_precondition: .*REVOKED/m);
+  });
+
+  test("bad input fails with one clear line and a non-zero exit", async () => {
+    const r = await warden(server, "sessions", "create", "--agent", "a", "--max-per-day", "abc");
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr.trim().split("\n").length, 1);
+    assert.match(r.stderr, /--max-per-day/);
+    const missing = await warden(server, "sessions", "get", "no-such-session");
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /not_found/);
+  });
+});
