@@ -17,7 +17,6 @@
  * WARDEN_TEST_DATABASE_URL for the PostgreSQL server (default the local one).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -27,8 +26,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
 import { CheckRequestSchema, CheckResponseSchema } from "../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
-import { createPostgresDatabase } from "../test/helpers/databases.js";
-import { startServerProcess, tempDataDir } from "../test/helpers/server-process.js";
+import { createStoreLocation, startServerProcess } from "../test/helpers/server-process.js";
 import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
@@ -67,17 +65,7 @@ async function load(address: string, sessionIds: string[], total = REQUESTS, kee
 }
 
 async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<void> {
-  let location: { dataDir: string } | { databaseUrl: string };
-  let cleanup: () => Promise<void>;
-  if (driver === "pglite") {
-    const dir = tempDataDir();
-    location = { dataDir: dir };
-    cleanup = async () => rmSync(dir, { recursive: true, force: true });
-  } else {
-    const pgdb = await createPostgresDatabase();
-    location = { databaseUrl: pgdb.url };
-    cleanup = pgdb.drop;
-  }
+  const { location, drop: cleanup } = await createStoreLocation(driver);
   const server = await startServerProcess(location);
   try {
     const sessions = createClient(SessionService, createConnectTransport({ baseUrl: server.httpUrl, httpVersion: "1.1" }));

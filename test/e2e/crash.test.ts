@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
@@ -12,27 +11,17 @@ import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden
 import type { Database } from "../../src/store/database.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPgliteDatabase } from "../../src/store/pglite-database.js";
-import { createPostgresDatabase, DRIVERS } from "../helpers/databases.js";
+import { DRIVERS } from "../helpers/databases.js";
 import { USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent, assertNoStaleHolds } from "../helpers/ledger.js";
-import { grpcClient, type StoreLocation, startServerProcess, tempDataDir } from "../helpers/server-process.js";
+import { createStoreLocation, grpcClient, startServerProcess } from "../helpers/server-process.js";
 
 const HOLD_TTL_MS = 1500;
 
 for (const driver of DRIVERS) {
   describe(`crash on ${driver}`, () => {
     test("SIGKILL under load, restart: the ledger balances and no hold outlives its TTL", async () => {
-      let location: StoreLocation;
-      let drop: () => Promise<void>;
-      if (driver === "pglite") {
-        const dir = tempDataDir();
-        location = { dataDir: dir };
-        drop = async () => rmSync(dir, { recursive: true, force: true });
-      } else {
-        const pgdb = await createPostgresDatabase();
-        location = { databaseUrl: pgdb.url };
-        drop = pgdb.drop;
-      }
+      const { location, drop } = await createStoreLocation(driver);
       try {
         let server = await startServerProcess(location);
         const sessions = createClient(SessionService, createConnectTransport({ baseUrl: server.httpUrl, httpVersion: "1.1" }));

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
@@ -13,9 +12,9 @@ import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { Health } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
-import { createPostgresDatabase, DRIVERS } from "../helpers/databases.js";
+import { DRIVERS } from "../helpers/databases.js";
 import { USD } from "../helpers/fixtures.js";
-import { grpcClient, type ServerProcess, startServerProcess, tempDataDir } from "../helpers/server-process.js";
+import { createStoreLocation, grpcClient, type ServerProcess, startServerProcess } from "../helpers/server-process.js";
 
 function sessionInit(policy: MessageInitShape<typeof SessionPolicySchema>, extra: Record<string, unknown> = {}) {
   return create(CreateSessionRequestSchema, {
@@ -35,15 +34,9 @@ for (const driver of DRIVERS) {
     let server: ServerProcess;
     let cleanup: () => Promise<void>;
     before(async () => {
-      if (driver === "pglite") {
-        const dir = tempDataDir();
-        server = await startServerProcess({ dataDir: dir });
-        cleanup = async () => rmSync(dir, { recursive: true, force: true });
-      } else {
-        const pgdb = await createPostgresDatabase();
-        server = await startServerProcess({ databaseUrl: pgdb.url });
-        cleanup = pgdb.drop;
-      }
+      const store = await createStoreLocation(driver);
+      cleanup = store.drop;
+      server = await startServerProcess(store.location);
     });
     after(async () => {
       assert.equal(await server.stop(), 0, "graceful shutdown exits 0");

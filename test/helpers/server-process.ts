@@ -1,10 +1,11 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import { createPostgresDatabase, type Driver } from "./databases.js";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 
@@ -27,6 +28,16 @@ export type StoreLocation = { dataDir: string } | { databaseUrl: string };
 /** A fresh PGlite data directory. */
 export function tempDataDir(): string {
   return mkdtempSync(join(tmpdir(), "warden-test-"));
+}
+
+/** A fresh, empty store of `driver` for a server process, and a way to remove it. */
+export async function createStoreLocation(driver: Driver): Promise<{ location: StoreLocation; drop(): Promise<void> }> {
+  if (driver === "pglite") {
+    const dataDir = tempDataDir();
+    return { location: { dataDir }, drop: async () => rmSync(dataDir, { recursive: true, force: true }) };
+  }
+  const pgdb = await createPostgresDatabase();
+  return { location: { databaseUrl: pgdb.url }, drop: pgdb.drop };
 }
 
 /**
