@@ -19,10 +19,10 @@ import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
 import { lockActions, releaseHolds } from "./hold-ledger.js";
-import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, saveIdempotency } from "./idempotency.js";
+import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { type LockedSession, lockScopes, type PolicyCache } from "./scope-locks.js";
-import { type Counter, type CounterAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
+import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 
 /** One Authorize or Check waiting for its batch. */
 export interface DecideRequest {
@@ -205,7 +205,10 @@ export class DecisionBatcher {
         }
       }
     }
-    const counters = await loadCounters(tx, addresses);
+    // A statement of its own, after the locks: under READ COMMITTED a query
+    // that waited for a lock still reads other tables as of its start, so
+    // joining the usage rows to the lock query would read them stale.
+    const counters = await loadCounters(tx, addresses, "current");
     const keyed = batch.filter((p) => p.req.idempotencyKey !== "");
     const seen = await loadIdempotency(
       tx,
@@ -307,7 +310,9 @@ export class DecisionBatcher {
           amount: amountMicros,
           heldValue: allowed && held ? amountMicros : 0n,
           capturedValue: allowed && !held ? amountMicros : 0n,
-          charges: allowed ? ev.charges.map((c) => [c.scopeKey, c.window, c.startMs]) : [],
+          // The start of the window actually charged: the stored one, which
+          // is newer than the engine's when this clock lags another replica's.
+          charges: allowed ? ev.charges.map((c) => [c.scopeKey, c.window, counters.get(c.key)!.startMs]) : [],
           createMs: nowMs,
           holdExpireMs,
         });
@@ -332,10 +337,19 @@ export class DecisionBatcher {
       }
     }
 
-    await insertActions(tx, actions);
-    await saveCounters(tx, counters.values());
-    await updateSessions(tx, touched, nowMs);
-    await saveIdempotency(tx, newKeys, nowMs);
+    // All writes in one statement (data-modifying CTEs on four different
+    // tables): one round trip instead of four, the batch's locks held for
+    // less time.
+    const params: unknown[] = [];
+    const writes = [
+      insertActionsSql(actions, params),
+      saveCountersSql(counters, params),
+      updateSessionsSql(touched, nowMs, params),
+      saveIdempotencySql(newKeys, nowMs, params),
+    ].filter((w) => w !== undefined);
+    if (writes.length > 0) {
+      await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
+    }
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, under the locks already held, like every other ending.
     const ended = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status)).map((d) => d.sessionId);
@@ -433,11 +447,19 @@ interface ActionRow {
 const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 const iso = (ms: number) => new Date(ms).toISOString();
 
-async function insertActions(tx: Queryable, rows: ActionRow[]): Promise<void> {
-  if (rows.length === 0) return;
+/** `sql` with its parameters `$1…` renumbered after those already in `params`, to which `own` is appended. */
+function appendStatement(params: unknown[], sql: string, own: unknown[]): string {
+  const base = params.length;
+  params.push(...own);
+  return sql.replace(/\$(\d+)/g, (_, n: string) => `$${base + Number(n)}`);
+}
+
+function insertActionsSql(rows: ActionRow[], params: unknown[]): string | undefined {
+  if (rows.length === 0) return undefined;
   // Binary columns travel as base64 text: both drivers pass text arrays
   // the same way, where bytea[] parameters differ between them.
-  await tx.query(
+  return appendStatement(
+    params,
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
                           amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time)
      SELECT u.action_id, u.session_id, u.agent_id, u.method, decode(u.action, 'base64'), decode(u.decision, 'base64'),
@@ -469,10 +491,11 @@ async function insertActions(tx: Queryable, rows: ActionRow[]): Promise<void> {
   );
 }
 
-async function updateSessions(tx: Queryable, touched: Map<string, SessionDelta>, nowMs: number): Promise<void> {
-  if (touched.size === 0) return;
+function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, params: unknown[]): string | undefined {
+  if (touched.size === 0) return undefined;
   const ds = [...touched.values()];
-  await tx.query(
+  return appendStatement(
+    params,
     `UPDATE sessions s SET
         last_activity_time = u.last_activity_time,
         request_count = s.request_count + u.requests,

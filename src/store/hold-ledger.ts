@@ -6,7 +6,7 @@ import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
 import type { Queryable } from "./database.js";
 import type { LockedSession } from "./scope-locks.js";
-import { type Counter, loadCounters, saveCounters } from "./usage-counters.js";
+import { loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -19,10 +19,16 @@ export async function lockActions(tx: Queryable, where: string, params: unknown[
   return rows;
 }
 
-async function countersOf(tx: Queryable, rows: readonly ActionRow[]): Promise<Map<string, Counter>> {
+/**
+ * The counters the actions charged, in "exact" mode: a charge to a window
+ * that has since rolled over reads as a detached counter, so settling it
+ * changes only windows still stored (lifetime always).
+ */
+async function countersOf(tx: Queryable, rows: readonly ActionRow[]): Promise<UsageSet> {
   return loadCounters(
     tx,
     rows.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
+    "exact",
   );
 }
 
@@ -41,7 +47,7 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
       c.heldActions -= 1n;
     }
   }
-  await saveCounters(tx, counters.values());
+  await saveCounters(tx, counters);
   await tx.query(
     `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
     [open.map((h) => h.action_id), status, iso(nowMs)],
@@ -89,15 +95,15 @@ export async function captureHold(
     c.committedValue += amountMicros;
     c.committedActions += 1n;
   }
-  await saveCounters(tx, counters.values());
+  await saveCounters(tx, counters);
   await tx.query(
     `UPDATE actions SET status = $2, held_value = 0, captured_value = $3, update_time = $4::timestamptz WHERE action_id = $1`,
     [h.action_id, ActionStatus.CAPTURED, amountMicros.toString(), iso(nowMs)],
   );
-  let life = counters.get(`s:${session.sessionId}|lifetime|${LIFETIME_START_MS}`);
-  if (life === undefined) {
-    life = (await loadCounters(tx, [{ scopeKey: `s:${session.sessionId}`, window: "lifetime", startMs: LIFETIME_START_MS }])).values().next().value!;
-  }
+  const key = `s:${session.sessionId}`;
+  const life =
+    counters.scopes.get(key)?.lifetime ??
+    (await loadCounters(tx, [{ scopeKey: key, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(key)!.lifetime;
   return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
 }
 

@@ -42,18 +42,24 @@ export async function loadIdempotency(
 
 /** Stores first answers in the same transaction as the change they answer. */
 export async function saveIdempotency(tx: Queryable, entries: readonly PendingIdempotency[], nowMs: number): Promise<void> {
-  if (entries.length === 0) return;
-  await tx.query(
-    `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time)
-     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), decode(u.r, 'base64'), $6::timestamptz
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u(scope, key, method, h, r)`,
-    [
-      entries.map((e) => e.scope),
-      entries.map((e) => e.key),
-      entries.map((e) => e.method),
-      entries.map((e) => Buffer.from(e.requestHash).toString("base64")),
-      entries.map((e) => Buffer.from(e.response).toString("base64")),
-      new Date(nowMs).toISOString(),
-    ],
+  const params: unknown[] = [];
+  const sql = saveIdempotencySql(entries, nowMs, params);
+  if (sql !== undefined) await tx.query(sql, params);
+}
+
+/** The statement of {@link saveIdempotency}, its parameters appended to `params`; undefined when empty. */
+export function saveIdempotencySql(entries: readonly PendingIdempotency[], nowMs: number, params: unknown[]): string | undefined {
+  if (entries.length === 0) return undefined;
+  const n = params.length;
+  params.push(
+    entries.map((e) => e.scope),
+    entries.map((e) => e.key),
+    entries.map((e) => e.method),
+    entries.map((e) => Buffer.from(e.requestHash).toString("base64")),
+    entries.map((e) => Buffer.from(e.response).toString("base64")),
+    new Date(nowMs).toISOString(),
   );
+  return `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time)
+     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), decode(u.r, 'base64'), $${n + 6}::timestamptz
+       FROM unnest($${n + 1}::text[], $${n + 2}::text[], $${n + 3}::text[], $${n + 4}::text[], $${n + 5}::text[]) AS u(scope, key, method, h, r)`;
 }

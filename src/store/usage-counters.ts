@@ -1,12 +1,27 @@
-import type { WindowKind } from "../core/compiled-policy.js";
-import { counterKey, type Totals } from "../core/evaluate.js";
+import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
+import { counterKey, LIFETIME_START_MS, type Totals } from "../core/evaluate.js";
 import type { Queryable } from "./database.js";
 
-/** One stored counter, as numbers the engine can add exactly. */
+/**
+ * Usage lives in `scope_usage`: one row per scope ("s:<session>" or
+ * "a:<agent>") holding the current window of each kind (day, week, month
+ * start and the committed and held value and actions of each) and lifetime.
+ * A decision thus reads and writes one row per scope, not one per window.
+ *
+ * A window of a kind rolls over when a newer one is used: its counters start
+ * from zero at the new start. The old window limits nothing any more, so it
+ * is dropped; a hold charged to it (its action's `charges` name the start)
+ * that is later captured or released changes only the windows it was
+ * charged to that are still stored: lifetime always, the rest when they
+ * have not rolled over. So for every stored window,
+ * committed + held is exactly what the ledger charged to it.
+ */
+
+/** One window's counters of one scope, as numbers the engine can add exactly. */
 export interface Counter {
   readonly scopeKey: string;
   readonly window: WindowKind;
-  readonly startMs: number;
+  startMs: number;
   committedValue: bigint;
   heldValue: bigint;
   committedActions: bigint;
@@ -18,16 +33,6 @@ export function totalsOf(c: Counter | undefined): Totals | undefined {
   return c === undefined ? undefined : { value: c.committedValue + c.heldValue, actions: c.committedActions + c.heldActions };
 }
 
-interface CounterRow {
-  scope_key: string;
-  window_kind: WindowKind;
-  window_start: Date;
-  committed_value: string;
-  held_value: string;
-  committed_actions: string;
-  held_actions: string;
-}
-
 /** A counter address: scope, window kind and window start. */
 export interface CounterAddress {
   readonly scopeKey: string;
@@ -35,64 +40,143 @@ export interface CounterAddress {
   readonly startMs: number;
 }
 
-/**
- * Reads the counters at `addresses` (absent ones read as zero and are
- * created on write), keyed by {@link counterKey}. Call it with the owning
- * scopes locked.
- */
-export async function loadCounters(tx: Queryable, addresses: readonly CounterAddress[]): Promise<Map<string, Counter>> {
-  const out = new Map<string, Counter>();
-  for (const a of addresses) {
-    out.set(counterKey(a.scopeKey, a.window, a.startMs), {
-      ...a,
-      committedValue: 0n,
-      heldValue: 0n,
-      committedActions: 0n,
-      heldActions: 0n,
-    });
-  }
-  if (out.size === 0) return out;
-  const all = [...out.values()];
-  const { rows } = await tx.query<CounterRow>(
-    `SELECT c.scope_key, c.window_kind, c.window_start, c.committed_value, c.held_value,
-            c.committed_actions, c.held_actions
-       FROM usage_counters c
-       JOIN unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(scope_key, window_kind, window_start)
-         ON c.scope_key = k.scope_key AND c.window_kind = k.window_kind AND c.window_start = k.window_start`,
-    [all.map((c) => c.scopeKey), all.map((c) => c.window), all.map((c) => new Date(c.startMs).toISOString())],
-  );
-  for (const r of rows) {
-    const c = out.get(counterKey(r.scope_key, r.window_kind, r.window_start.getTime()))!;
-    c.committedValue = BigInt(r.committed_value);
-    c.heldValue = BigInt(r.held_value);
-    c.committedActions = BigInt(r.committed_actions);
-    c.heldActions = BigInt(r.held_actions);
+/** The stored windows of one scope; `startMs` NaN: never used. */
+export type ScopeWindows = Record<WindowKind, Counter>;
+
+/** A `scope_usage` row (int8 as text, as both drivers return it). */
+export type UsageRow = Record<string, string | Date | null>;
+
+const START_COLUMNS = ["day", "week", "month"] as const;
+const VALUE_FIELDS = ["committed_value", "held_value", "committed_actions", "held_actions"] as const;
+const VALUE_PROPS = ["committedValue", "heldValue", "committedActions", "heldActions"] as const;
+
+/** The columns of `scope_usage` a reader selects, with `prefix` (e.g. "u.") on each. */
+export function usageColumns(prefix = ""): string {
+  const cols = ["scope_key", ...START_COLUMNS.map((w) => `${w}_start`)];
+  for (const w of WINDOW_KINDS) for (const f of VALUE_FIELDS) cols.push(`${w}_${f}`);
+  return cols.map((c) => `${prefix}${c}`).join(", ");
+}
+
+/** The windows of `scopeKey` from its row; all zero (never used) when `row` is undefined or null. */
+export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
+  const out = {} as ScopeWindows;
+  for (const w of WINDOW_KINDS) {
+    const c: Counter = { scopeKey, window: w, startMs: NaN, committedValue: 0n, heldValue: 0n, committedActions: 0n, heldActions: 0n };
+    if (w === "lifetime") c.startMs = LIFETIME_START_MS;
+    if (row != null && row.scope_key != null) {
+      if (w !== "lifetime") {
+        const start = row[`${w}_start`] as Date | null;
+        c.startMs = start === null ? NaN : start.getTime();
+      }
+      for (let i = 0; i < 4; i++) c[VALUE_PROPS[i]!] = BigInt(row[`${w}_${VALUE_FIELDS[i]!}`] as string);
+    }
+    out[w] = c;
   }
   return out;
 }
 
 /**
- * Writes counters back as absolute values, in one statement. Safe because
- * every writer holds the owners' row locks (see lockScopes), so nobody else
- * changed them since {@link loadCounters}.
+ * How an address whose window is not the stored one is read:
+ * - "current": an address is the window in effect at some time. A newer
+ *   window than the stored one starts from zero (and is stored on save); an
+ *   older one (a replica whose clock lags) reads and charges the stored,
+ *   newer window, which is never less than the truth: no overspend.
+ * - "exact": an address is a window a hold was charged to. Only the stored
+ *   window with that very start is live; any other reads as a detached zero
+ *   counter whose changes are never saved (that window no longer limits).
  */
-export async function saveCounters(tx: Queryable, counters: Iterable<Counter>): Promise<void> {
-  const all = [...counters];
-  if (all.length === 0) return;
-  await tx.query(
-    `INSERT INTO usage_counters (scope_key, window_kind, window_start, committed_value, held_value, committed_actions, held_actions)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-     ON CONFLICT (scope_key, window_kind, window_start) DO UPDATE SET
-       committed_value = EXCLUDED.committed_value, held_value = EXCLUDED.held_value,
-       committed_actions = EXCLUDED.committed_actions, held_actions = EXCLUDED.held_actions`,
-    [
-      all.map((c) => c.scopeKey),
-      all.map((c) => c.window),
-      all.map((c) => new Date(c.startMs).toISOString()),
-      all.map((c) => c.committedValue.toString()),
-      all.map((c) => c.heldValue.toString()),
-      all.map((c) => c.committedActions.toString()),
-      all.map((c) => c.heldActions.toString()),
-    ],
-  );
+export type AddressMode = "current" | "exact";
+
+/** Counters of some scopes, keyed by {@link counterKey} of the addresses asked for. */
+export class UsageSet {
+  /** Every scope read, with all of its windows: what {@link saveCounters} writes. */
+  readonly scopes = new Map<string, ScopeWindows>();
+  private readonly byKey = new Map<string, Counter>();
+
+  /** The counter of an address asked for. */
+  get(key: string): Counter | undefined {
+    return this.byKey.get(key);
+  }
+
+  /** @internal */
+  set(key: string, c: Counter): void {
+    this.byKey.set(key, c);
+  }
+}
+
+/**
+ * Reads the counters at `addresses` (see {@link AddressMode}). Call it with
+ * the owning scopes locked, in a statement that starts after the locks are
+ * taken (so it sees every change made under them).
+ */
+export async function loadCounters(
+  tx: Queryable,
+  addresses: readonly CounterAddress[],
+  mode: AddressMode = "current",
+): Promise<UsageSet> {
+  const out = new UsageSet();
+  const keys = new Set(addresses.map((a) => a.scopeKey));
+  if (keys.size === 0) return out;
+  const rows = new Map<string, UsageRow>();
+  const res = await tx.query<UsageRow>(`SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = ANY($1::text[])`, [[...keys]]);
+  for (const r of res.rows) rows.set(r.scope_key as string, r);
+  for (const k of keys) out.scopes.set(k, windowsOf(k, rows.get(k)));
+  if (mode === "current") {
+    // A newer window rolls the stored one over first, so that every
+    // address of that kind then maps to the same (newest) window.
+    for (const a of addresses) {
+      const c = out.scopes.get(a.scopeKey)![a.window];
+      if (Number.isNaN(c.startMs) || a.startMs > c.startMs) {
+        c.startMs = a.startMs;
+        c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+      }
+    }
+  }
+  for (const a of addresses) {
+    const c = out.scopes.get(a.scopeKey)![a.window];
+    const live = mode === "current" || c.startMs === a.startMs;
+    out.set(
+      counterKey(a.scopeKey, a.window, a.startMs),
+      live ? c : { ...a, committedValue: 0n, heldValue: 0n, committedActions: 0n, heldActions: 0n },
+    );
+  }
+  return out;
+}
+
+/**
+ * Writes every scope of `usage` back as absolute values, in one statement.
+ * Safe because every writer holds the owners' row locks (see lockScopes), so
+ * nobody else changed them since {@link loadCounters}.
+ */
+export async function saveCounters(tx: Queryable, usage: UsageSet): Promise<void> {
+  const params: unknown[] = [];
+  const sql = saveCountersSql(usage, params);
+  if (sql !== undefined) await tx.query(sql, params);
+}
+
+/**
+ * The statement of {@link saveCounters}, its parameters appended to
+ * `params` (so it can be one part of a larger statement); undefined when
+ * there is nothing to write.
+ */
+export function saveCountersSql(usage: UsageSet, params: unknown[]): string | undefined {
+  const all = [...usage.scopes.values()];
+  if (all.length === 0) return undefined;
+  const base = params.length;
+  params.push(all.map((s) => s.day.scopeKey));
+  for (const w of START_COLUMNS) {
+    params.push(all.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
+  }
+  const valueCols: string[] = [];
+  for (const w of WINDOW_KINDS) {
+    for (let i = 0; i < 4; i++) {
+      valueCols.push(`${w}_${VALUE_FIELDS[i]!}`);
+      params.push(all.map((s) => s[w][VALUE_PROPS[i]!].toString()));
+    }
+  }
+  const cols = ["scope_key", ...START_COLUMNS.map((w) => `${w}_start`), ...valueCols];
+  const types = ["text", "timestamptz", "timestamptz", "timestamptz", ...valueCols.map(() => "bigint")];
+  return `INSERT INTO scope_usage (${cols.join(", ")})
+     SELECT * FROM unnest(${types.map((t, i) => `$${base + i + 1}::${t}[]`).join(", ")})
+     ON CONFLICT (scope_key) DO UPDATE SET ${cols.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`;
 }

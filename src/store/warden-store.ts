@@ -38,7 +38,7 @@ import { loadIdempotency, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { type LockedSession, lockScopes, PolicyCache } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
-import { loadCounters, totalsOf } from "./usage-counters.js";
+import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 
 /** Options of {@link createWardenStore}. */
 export interface WardenStoreOptions {
@@ -450,27 +450,22 @@ export class WardenStore {
   async exportSession(sessionId: string): Promise<SessionSnapshot> {
     return this.db.transaction(async (tx) => {
       const session = await this.getSession(sessionId, tx);
-      const counters = await tx.query<{
-        window_kind: string;
-        window_start: Date;
-        committed_value: string;
-        held_value: string;
-        committed_actions: string;
-        held_actions: string;
-      }>("SELECT * FROM usage_counters WHERE scope_key = $1 ORDER BY window_kind, window_start", [`s:${sessionId}`]);
+      // The stored (current) window of each kind; never-used ones are left out.
+      const stored = (await loadCounters(tx, [{ scopeKey: `s:${sessionId}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${sessionId}`)!;
+      const counters = WINDOW_KINDS.map((w) => stored[w]).filter((c) => !Number.isNaN(c.startMs));
       const actions = await tx.query<ActionRow>(`SELECT ${ACTION_COLUMNS} FROM actions WHERE session_id = $1 ORDER BY seq`, [sessionId]);
       return create(SessionSnapshotSchema, {
         formatVersion: 1,
         exportTime: timestampFromMs(this.now()),
         session,
-        counters: counters.rows.map((c) =>
+        counters: counters.map((c) =>
           create(UsageCounterSchema, {
-            window: c.window_kind,
-            windowStartTime: timestampFromMs(c.window_start.getTime()),
-            committedValueMicros: BigInt(c.committed_value),
-            heldValueMicros: BigInt(c.held_value),
-            committedActions: BigInt(c.committed_actions),
-            heldActions: BigInt(c.held_actions),
+            window: c.window,
+            windowStartTime: timestampFromMs(c.startMs),
+            committedValueMicros: c.committedValue,
+            heldValueMicros: c.heldValue,
+            committedActions: c.committedActions,
+            heldActions: c.heldActions,
           }),
         ),
         actions: actions.rows.map(actionRecordOf),
@@ -536,19 +531,22 @@ export class WardenStore {
         }
       }
       if (snap.counters.length > 0) {
-        await tx.query(
-          `INSERT INTO usage_counters (scope_key, window_kind, window_start, committed_value, held_value, committed_actions, held_actions)
-           SELECT $1, * FROM unnest($2::text[], $3::timestamptz[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])`,
-          [
-            `s:${s.sessionId}`,
-            snap.counters.map((c) => c.window),
-            snap.counters.map((c) => iso(ms(c.windowStartTime, 0))),
-            snap.counters.map((c) => c.committedValueMicros.toString()),
-            snap.counters.map((c) => c.heldValueMicros.toString()),
-            snap.counters.map((c) => c.committedActions.toString()),
-            snap.counters.map((c) => c.heldActions.toString()),
-          ],
-        );
+        // Only the newest window of each kind is kept: older ones no longer
+        // limit anything (see usage-counters.ts).
+        const scopeKey = `s:${s.sessionId}`;
+        const usage = await loadCounters(tx, [{ scopeKey, window: "lifetime", startMs: LIFETIME_START_MS }], "exact");
+        const windows = usage.scopes.get(scopeKey)!;
+        for (const c of snap.counters) {
+          const w = windows[c.window as WindowKind];
+          const startMs = c.window === "lifetime" ? LIFETIME_START_MS : ms(c.windowStartTime, 0);
+          if (!Number.isNaN(w.startMs) && w.window !== "lifetime" && startMs < w.startMs) continue;
+          w.startMs = startMs;
+          w.committedValue = c.committedValueMicros;
+          w.heldValue = c.heldValueMicros;
+          w.committedActions = c.committedActions;
+          w.heldActions = c.heldActions;
+        }
+        await saveCounters(tx, usage);
       }
       for (const a of snap.actions) {
         if (a.sessionId !== s.sessionId) {

@@ -248,5 +248,29 @@ for (const driver of DRIVERS) {
       await rejects(store.createSession(req, new Uint8Array([2])), Code.InvalidArgument, /idempotency_key/);
       await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
     });
+
+    // Last: it moves the shared clock half a day on.
+    test("a hold settled after its day rolled over changes lifetime, not the new day", async () => {
+      // 2 minutes before midnight UTC.
+      clock.advance(Date.UTC(2026, 10, 22) - 120_000 - clock.now());
+      const s = await store.createSession(
+        sessionRequest(agent(), { daily: { maxValueMicros: USD(100) }, lifetime: { maxValueMicros: USD(1000) } }),
+        NO_HASH,
+      );
+      const a = await authorize(s.sessionId, USD(60));
+      const b = await authorize(s.sessionId, USD(30));
+      assert.equal(a.decision!.outcome, Outcome.ALLOW);
+      clock.advance(180_000);
+      // The new day starts empty: the old day's holds limit it no more.
+      assert.equal((await check(s.sessionId, USD(100))).decision!.outcome, Outcome.ALLOW);
+      await store.capture({ sessionId: s.sessionId, authorizationId: a.authorizationId, idempotencyKey: "", amount: { currencyCode: "USD", amountMicros: USD(50) } } as never, NO_HASH);
+      await store.void({ sessionId: s.sessionId, authorizationId: b.authorizationId, idempotencyKey: "" } as never, NO_HASH);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(150));
+      assert.equal(got.usage!.valueHeldMicros, 0n);
+      const day = got.usage!.windows.find((w) => w.window === Window.DAY)!;
+      assert.equal(day.valueUsedMicros, USD(100));
+      await assertLedgerConsistent(t.db);
+    });
   });
 }
