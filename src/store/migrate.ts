@@ -10,7 +10,7 @@ const MIGRATION_LOCK = 0x77617264; // "ward"
 
 /**
  * Applies the SQL files of `migrations/` that have not run yet, in name
- * order, each in its own transaction together with its bookkeeping row, so a
+ * order, all in one transaction together with their bookkeeping rows, so a
  * crash leaves no migration half-applied. Replicas starting together
  * serialize on an advisory lock.
  */

@@ -611,7 +611,7 @@ export class WardenStore {
       WINDOW_KINDS.map((w) => ({ scopeKey: scope.key, window: w, startMs: spanOf(policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
     );
     // budgetsOf reports every window of its first scope; an agent shows only
-    // the limited ones, so it goes second behind an empty placeholder.
+    // the windows its policy limits.
     const budgets = budgetsOf([scope], nowMs, this.spans, (k) => totalsOf(counters.get(k)) ?? { value: 0n, actions: 0n }).filter(
       (b) => b.valueLimit !== undefined || b.actionLimit !== undefined,
     );
