@@ -19,9 +19,9 @@ import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
 import { lockActions, releaseHolds } from "./hold-ledger.js";
-import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, saveIdempotencySql } from "./idempotency.js";
+import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
-import { type LockedSession, lockScopes, type PolicyCache } from "./scope-locks.js";
+import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 
 /** One Authorize or Check waiting for its batch. */
@@ -228,7 +228,9 @@ export class DecisionBatcher {
           const idemKey = `s:${req.sessionId}|${req.idempotencyKey}`;
           const prior: IdempotencyHit | undefined = seen.get(idemKey) ?? batchKeys.get(idemKey);
           if (prior !== undefined) {
-            settled.push(replay(i, req, prior));
+            const schema = req.method === "authorize" ? AuthorizeResponseSchema : CheckResponseSchema;
+            const value = replayFirstAnswer(prior, req.method, req.requestHash, req.idempotencyKey, (b) => fromBinary(schema, b));
+            settled.push({ i, ok: true, value });
             continue;
           }
         }
@@ -362,41 +364,6 @@ export class DecisionBatcher {
 }
 
 type Settled = { i: number; ok: true; value: DecideResponse } | { i: number; ok: false; error: ConnectError };
-
-function replay(i: number, req: DecideRequest, prior: IdempotencyHit): Settled {
-  if (prior.method !== req.method || !sameBytes(prior.hash, req.requestHash) || prior.response === undefined) {
-    return {
-      i,
-      ok: false,
-      error: new ConnectError(
-        `idempotency_key: "${req.idempotencyKey}" was already used for a different request`,
-        Code.InvalidArgument,
-      ),
-    };
-  }
-  const value =
-    req.method === "authorize"
-      ? fromBinary(AuthorizeResponseSchema, prior.response)
-      : fromBinary(CheckResponseSchema, prior.response);
-  return { i, ok: true, value };
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, j) => x === b[j]);
-}
-
-function sessionScope(s: LockedSession, scope: Scope): ScopeState {
-  return {
-    scope,
-    id: s.sessionId,
-    key: `s:${s.sessionId}`,
-    policy: s.policy,
-    status: s.status,
-    expireMs: s.expireMs,
-    idleTimeoutMs: s.idleTimeoutMs,
-    lastActivityMs: s.lastActivityMs,
-  };
-}
 
 /** The scope with the session's state as earlier decisions in the batch left it. */
 function refresh(sc: ScopeState, sessions: Map<string, LockedSession>): ScopeState {

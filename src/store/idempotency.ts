@@ -1,4 +1,5 @@
-import { createHash } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Queryable } from "./database.js";
 
 /** A stored first answer. */
@@ -16,6 +17,25 @@ export interface PendingIdempotency {
   readonly method: string;
   readonly requestHash: Uint8Array;
   readonly response: Uint8Array;
+}
+
+/**
+ * The first answer to a retried call, decoded; or INVALID_ARGUMENT when the
+ * key was first used for another method or another request.
+ */
+export function replayFirstAnswer<T>(
+  prior: IdempotencyHit,
+  method: string,
+  requestHash: Uint8Array,
+  key: string,
+  decode: (response: Uint8Array) => T,
+): T {
+  const same =
+    prior.method === method && prior.hash.length === requestHash.length && timingSafeEqual(prior.hash, requestHash);
+  if (!same || prior.response === undefined) {
+    throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
+  }
+  return decode(prior.response);
 }
 
 /** SHA-256 of a request's canonical bytes. */

@@ -2,6 +2,8 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { LRUCache } from "lru-cache";
 import { type CompiledPolicy, compilePolicy, EMPTY_POLICY } from "../core/compiled-policy.js";
 import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
+import type { ScopeState } from "../core/evaluate.js";
+import { Scope } from "../gen/warden/v1/decision_pb.js";
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Queryable } from "./database.js";
 
@@ -111,4 +113,18 @@ export async function lockScopes(
     }
   }
   return { sessions, agents };
+}
+
+/** A locked session as the engine sees it: as itself, or as a fork's parent. */
+export function sessionScope(s: LockedSession, scope: Scope = Scope.SESSION): ScopeState {
+  return {
+    scope,
+    id: s.sessionId,
+    key: `s:${s.sessionId}`,
+    policy: s.policy,
+    status: s.status,
+    expireMs: s.expireMs,
+    idleTimeoutMs: s.idleTimeoutMs,
+    lastActivityMs: s.lastActivityMs,
+  };
 }

@@ -34,9 +34,9 @@ import type { Database, Queryable } from "./database.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
 import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
-import { loadIdempotency, saveIdempotency } from "./idempotency.js";
+import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
-import { type LockedSession, lockScopes, PolicyCache } from "./scope-locks.js";
+import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 
@@ -125,7 +125,7 @@ export class WardenStore {
     const out = await this.db.transaction(async (tx) => {
       if (req.idempotencyKey !== "") {
         const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
-        if (prior !== undefined) return this.replay(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
+        if (prior !== undefined) return replayFirstAnswer(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
       }
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
@@ -156,19 +156,6 @@ export class WardenStore {
       return session;
     });
     return out;
-  }
-
-  private replay<T>(
-    prior: { method: string; hash: Uint8Array; response?: Uint8Array },
-    method: string,
-    hash: Uint8Array,
-    key: string,
-    decode: (b: Uint8Array) => T,
-  ): T {
-    if (prior.method !== method || Buffer.compare(Buffer.from(prior.hash), Buffer.from(hash)) !== 0 || prior.response === undefined) {
-      throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
-    }
-    return decode(prior.response);
   }
 
   private async checkAgentCurrency(tx: Queryable, agentId: string, policy: SessionPolicy): Promise<void> {
@@ -311,9 +298,9 @@ export class WardenStore {
     return this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, false, async (s) => {
         const from = paused ? SessionStatus.ACTIVE : SessionStatus.PAUSED;
-        if (s.status !== from || lapse(sessionScopeOf(s), this.now()) !== undefined) {
+        if (s.status !== from || lapse(sessionScope(s), this.now()) !== undefined) {
           throw new ConnectError(
-            `session_id: session "${sessionId}" is ${SessionStatus[s.status]}${lapse(sessionScopeOf(s), this.now()) ? " and lapsed" : ""}; only ${SessionStatus[from]} sessions can be ${paused ? "paused" : "resumed"}`,
+            `session_id: session "${sessionId}" is ${SessionStatus[s.status]}${lapse(sessionScope(s), this.now()) ? " and lapsed" : ""}; only ${SessionStatus[from]} sessions can be ${paused ? "paused" : "resumed"}`,
             Code.FailedPrecondition,
           );
         }
@@ -332,7 +319,7 @@ export class WardenStore {
     return this.db.transaction((tx) =>
       this.withLocked(tx, req.sessionId, false, async (s) => {
         const nowMs = this.now();
-        if (isTerminal(s.status) || lapse(sessionScopeOf(s), nowMs) !== undefined) {
+        if (isTerminal(s.status) || lapse(sessionScope(s), nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
         }
         const expireMs =
@@ -364,9 +351,9 @@ export class WardenStore {
       this.withLocked(tx, req.parentSessionId, false, async (parent, locked) => {
         if (req.idempotencyKey !== "") {
           const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
-          if (prior !== undefined) return this.replay(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
+          if (prior !== undefined) return replayFirstAnswer(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
         }
-        if (parent.status !== SessionStatus.ACTIVE || lapse(sessionScopeOf(parent), nowMs) !== undefined) {
+        if (parent.status !== SessionStatus.ACTIVE || lapse(sessionScope(parent), nowMs) !== undefined) {
           throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active`, Code.FailedPrecondition);
         }
         const child = compilePolicy(req.policy!);
@@ -683,7 +670,7 @@ export class WardenStore {
         if (key !== "") {
           const prior = (await loadIdempotency(tx, [{ scope, key }])).get(`${scope}|${key}`);
           if (prior !== undefined) {
-            return { record: this.replay(prior, verb, requestHash, key, (b) => fromBinary(ActionRecordSchema, b)) };
+            return { record: replayFirstAnswer(prior, verb, requestHash, key, (b) => fromBinary(ActionRecordSchema, b)) };
           }
         }
         const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [actionId, sessionId]);
@@ -744,7 +731,7 @@ export class WardenStore {
     for (const { session_id } of lapsed.rows) {
       sessions += await this.db.transaction((tx) =>
         this.withLocked(tx, session_id, true, async (s, locked, descendants) => {
-          const why = isTerminal(s.status) ? undefined : lapse(sessionScopeOf(s), nowMs);
+          const why = isTerminal(s.status) ? undefined : lapse(sessionScope(s), nowMs);
           if (why === undefined) return 0;
           const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
           await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
@@ -772,10 +759,6 @@ export class WardenStore {
     }
     return { sessions, holds: holds.rows.length };
   }
-}
-
-function sessionScopeOf(s: LockedSession) {
-  return { scope: Scope.SESSION, id: s.sessionId, key: `s:${s.sessionId}`, policy: s.policy, status: s.status, expireMs: s.expireMs, idleTimeoutMs: s.idleTimeoutMs, lastActivityMs: s.lastActivityMs };
 }
 
 /** Creates a store on `db`. Run {@link migrate} first. */
