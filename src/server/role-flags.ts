@@ -1,0 +1,167 @@
+import { parseArgs } from "node:util";
+
+/** The three ways to run Warden (design.md §2). */
+export type Role = "serve" | "control-plane" | "sidecar";
+
+/** One flag of a role, with the environment variable that sets it too. */
+export interface FlagSpec {
+  /** Long flag name without dashes, e.g. "grpc-listen". */
+  readonly name: string;
+  /** Environment variable read when the flag is absent. */
+  readonly env: string;
+  /** Default when neither is given; undefined: unset (optional or required). */
+  readonly default?: string;
+  /** Set: the role refuses to start without it. */
+  readonly required?: boolean;
+  /** Placeholder of the value in help, e.g. "HOST:PORT". */
+  readonly arg: string;
+  readonly help: string;
+}
+
+/** Default listeners. The control plane's differ so both fit on one machine. */
+export const DEFAULT_LISTEN = {
+  serve: { grpc: "127.0.0.1:50051", http: "127.0.0.1:8080" },
+  sidecar: { grpc: "127.0.0.1:50051", http: "127.0.0.1:8080" },
+  "control-plane": { grpc: "127.0.0.1:50052", http: "127.0.0.1:8081" },
+} as const satisfies Record<Role, { grpc: string; http: string }>;
+
+const listeners = (role: Role): FlagSpec[] => [
+  {
+    name: "grpc-listen",
+    env: "WARDEN_GRPC_LISTEN",
+    default: DEFAULT_LISTEN[role].grpc,
+    arg: "HOST:PORT",
+    help: "gRPC (@grpc/grpc-js) listener",
+  },
+  {
+    name: "http-listen",
+    env: "WARDEN_HTTP_LISTEN",
+    default: DEFAULT_LISTEN[role].http,
+    arg: "HOST:PORT",
+    help: "Connect, gRPC-Web and gRPC over HTTP/2 or HTTP/1.1; also /metrics, /healthz, /readyz",
+  },
+  {
+    name: "health-listen",
+    env: "WARDEN_HEALTH_LISTEN",
+    arg: "HOST:PORT",
+    help: "optional extra listener with only grpc.health.v1, /healthz, /readyz and /metrics (for probes and scrapers when the main listeners stay on loopback)",
+  },
+];
+
+const store: FlagSpec[] = [
+  { name: "data-dir", env: "WARDEN_DATA_DIR", default: ".warden/data", arg: "DIR", help: "embedded PGlite data directory" },
+  { name: "database-url", env: "DATABASE_URL", arg: "URL", help: "use this PostgreSQL server instead of PGlite" },
+  {
+    name: "sweep-interval",
+    env: "WARDEN_SWEEP_INTERVAL_MS",
+    default: "1000",
+    arg: "MS",
+    help: "how often holds, leases and sessions are expired",
+  },
+];
+
+const common: FlagSpec[] = [
+  {
+    name: "shutdown-grace",
+    env: "WARDEN_SHUTDOWN_GRACE_MS",
+    default: "10000",
+    arg: "MS",
+    help: "how long in-flight calls may finish on SIGTERM",
+  },
+  { name: "log-level", env: "WARDEN_LOG_LEVEL", default: "info", arg: "LEVEL", help: "trace|debug|info|warn|error" },
+];
+
+/** Every flag of every role, in help order. */
+export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = {
+  serve: [...listeners("serve"), ...store, ...common],
+  "control-plane": [...listeners("control-plane"), ...store, ...common],
+  sidecar: [
+    ...listeners("sidecar"),
+    {
+      name: "control-plane",
+      env: "WARDEN_CONTROL_PLANE",
+      required: true,
+      arg: "URL",
+      help: "gRPC address of any control-plane replica, e.g. http://warden-control-plane:50052",
+    },
+    {
+      name: "staleness-bound",
+      env: "WARDEN_STALENESS_BOUND_MS",
+      default: "10000",
+      arg: "MS",
+      help: "how long without the control plane the sidecar keeps spending from its leases; past it, spending is denied (CONTROL_PLANE_UNAVAILABLE)",
+    },
+    {
+      name: "lease-ttl",
+      env: "WARDEN_LEASE_TTL_MS",
+      default: "30000",
+      arg: "MS",
+      help: "longest life of a budget lease (a lease also ends at its earliest window boundary)",
+    },
+    {
+      name: "report-interval",
+      env: "WARDEN_REPORT_INTERVAL_MS",
+      default: "50",
+      arg: "MS",
+      help: "how often decisions made from leases are sent to the control plane",
+    },
+    {
+      name: "cache-max-sessions",
+      env: "WARDEN_CACHE_MAX_SESSIONS",
+      default: "100000",
+      arg: "N",
+      help: "most sessions the cache keeps",
+    },
+    {
+      name: "cache-max-bytes",
+      env: "WARDEN_CACHE_MAX_BYTES",
+      default: "67108864",
+      arg: "BYTES",
+      help: "most memory the cached sessions may take (estimated)",
+    },
+    ...common,
+  ],
+};
+
+/** One line per flag, for `warden <role> --help`. */
+export function usageOf(role: Role, summary: string): string {
+  const rows = ROLE_FLAGS[role].map((f) => {
+    const left = `  --${f.name} ${f.arg}`;
+    const dflt = f.required ? " (required)" : f.default !== undefined ? ` (default ${f.default})` : "";
+    return `${left.padEnd(30)} ${f.help} [${f.env}]${dflt}`;
+  });
+  return `Usage: warden ${role} [flags]\n\n${summary}\n\nFlags (environment variable in brackets):\n${rows.join("\n")}\n  -h, --help                     this help\n`;
+}
+
+/**
+ * Parses a role's flags: a flag beats its environment variable, which beats
+ * the default. Returns undefined values for optional flags left unset, or
+ * `help: true`. Throws a one-line error naming the flag on a missing
+ * required one.
+ */
+export function parseRoleFlags(
+  role: Role,
+  argv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): { help: boolean; values: Record<string, string | undefined> } {
+  const specs = ROLE_FLAGS[role];
+  const options: Record<string, { type: "string" } | { type: "boolean"; short: string }> = { help: { type: "boolean", short: "h" } };
+  for (const f of specs) options[f.name] = { type: "string" };
+  const parsed = parseArgs({ args: [...argv], strict: true, options });
+  if (parsed.values.help === true) return { help: true, values: {} };
+  const values: Record<string, string | undefined> = {};
+  for (const f of specs) {
+    const v = (parsed.values[f.name] as string | undefined) ?? (env[f.env] || undefined) ?? f.default;
+    if (v === undefined && f.required) throw new Error(`--${f.name} (or ${f.env}) is required`);
+    values[f.name] = v;
+  }
+  return { help: false, values };
+}
+
+/** A flag's value as a positive whole number, or a one-line error naming it. */
+export function positiveInt(values: Record<string, string | undefined>, name: string): number {
+  const text = values[name] ?? "";
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name}: "${text}" is not a positive whole number`);
+  return n;
+}
