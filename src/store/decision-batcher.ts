@@ -471,7 +471,7 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
         status = u.status,
         status_reason = COALESCE(u.status_reason, s.status_reason),
         end_time = CASE WHEN u.status <> s.status AND u.status NOT IN (1, 2) THEN $8::timestamptz ELSE s.end_time END,
-        revision = s.revision + CASE WHEN u.status <> s.status THEN 1 ELSE 0 END,
+        revision = CASE WHEN u.status <> s.status THEN warden_next_revision() ELSE s.revision END,
         update_time = CASE WHEN u.status <> s.status THEN $8::timestamptz ELSE s.update_time END
        FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::smallint[], $7::text[])
          AS u(session_id, last_activity_time, requests, denials, processing_ns, status, status_reason)

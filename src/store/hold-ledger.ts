@@ -119,12 +119,14 @@ export async function endSessions(
   nowMs: number,
 ): Promise<void> {
   if (sessionIds.length === 0) return;
+  // Action rows are locked before the revision is taken: a revision's
+  // advisory lock must come after every row lock (see 004_sync_leases.sql).
+  const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [sessionIds, ActionStatus.HELD]);
   await tx.query(
     `UPDATE sessions SET status = $2, status_reason = $3, end_time = $4::timestamptz, update_time = $4::timestamptz,
-            revision = revision + 1
+            revision = warden_next_revision()
       WHERE session_id = ANY($1::text[])`,
     [sessionIds, status, reason, iso(nowMs)],
   );
-  const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [sessionIds, ActionStatus.HELD]);
   await releaseHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
 }

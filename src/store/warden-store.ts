@@ -39,12 +39,17 @@ import { newId } from "./ids.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
+import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
+import { currentRevision, readChanges, readSessionState, type SessionChanges } from "./session-sync.js";
+import type { GetSessionStateResponse } from "../gen/warden/v1/sync_service_pb.js";
 
 /** Options of {@link createWardenStore}. */
 export interface WardenStoreOptions {
   readonly db: Database;
   /** The clock, in epoch ms. Injected so tests move time without sleeping. */
   readonly now?: () => number;
+  /** How long past its expiry an unreleased lease is written off (see LeaseLedger). */
+  readonly leaseReconcileGraceMs?: number;
 }
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -84,12 +89,38 @@ export class WardenStore {
   readonly now: () => number;
   readonly spans = new CalendarSpanCache();
   readonly policies = new PolicyCache();
+  /** Budget leases of sidecars. */
+  readonly leases: LeaseLedger;
   private readonly batcher: DecisionBatcher;
 
   constructor(opts: WardenStoreOptions) {
     this.db = opts.db;
     this.now = opts.now ?? Date.now;
     this.batcher = new DecisionBatcher({ db: this.db, now: this.now, policies: this.policies, spans: this.spans });
+    this.leases = new LeaseLedger({
+      db: this.db,
+      now: this.now,
+      policies: this.policies,
+      spans: this.spans,
+      reconcileGraceMs: opts.leaseReconcileGraceMs,
+    });
+  }
+
+  // ---- sync (sidecars) -------------------------------------------------
+
+  /** A session, its parents and its agent's policy, as a sidecar caches them. */
+  sessionState(sessionId: string): Promise<GetSessionStateResponse> {
+    return readSessionState(this.db, sessionId);
+  }
+
+  /** Changes after a revision, for one agent or all. */
+  changes(agentId: string | undefined, fromRevision: bigint, limit?: number): Promise<SessionChanges> {
+    return readChanges(this.db, agentId, fromRevision, limit);
+  }
+
+  /** The newest revision handed out. */
+  revision(): Promise<bigint> {
+    return currentRevision(this.db);
   }
 
   // ---- decisions -------------------------------------------------------
@@ -305,7 +336,7 @@ export class WardenStore {
           );
         }
         await tx.query(
-          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = revision + 1
+          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision()
             WHERE session_id = $1`,
           [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
         );
@@ -334,7 +365,7 @@ export class WardenStore {
           }
         }
         await tx.query(
-          "UPDATE sessions SET expire_time = $2::timestamptz, update_time = $3::timestamptz, revision = revision + 1 WHERE session_id = $1",
+          "UPDATE sessions SET expire_time = $2::timestamptz, update_time = $3::timestamptz, revision = warden_next_revision() WHERE session_id = $1",
           [req.sessionId, iso(expireMs), iso(nowMs)],
         );
         return this.getSession(req.sessionId, tx);
@@ -627,7 +658,7 @@ export class WardenStore {
         throw new ConnectError(`etag: agent "${req.agentId}" changed since it was read`, Code.Aborted);
       }
       await tx.query(
-        "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = revision + 1 WHERE agent_id = $1",
+        "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = warden_next_revision() WHERE agent_id = $1",
         [req.agentId, Buffer.from(toBinary(SessionPolicySchema, req.policy!)).toString("base64"), iso(nowMs)],
       );
       return this.getAgent(req.agentId, tx);
@@ -718,7 +749,7 @@ export class WardenStore {
    * Expires sessions past their expiry or idle timeout, and releases holds
    * past their TTL or of ended sessions. Idempotent; safe on every replica.
    */
-  async sweep(limit = 500): Promise<{ sessions: number; holds: number }> {
+  async sweep(limit = 500): Promise<{ sessions: number; holds: number; leases: ReconcileResult }> {
     const nowMs = this.now();
     const lapsed = await this.db.query<{ session_id: string }>(
       `SELECT session_id FROM sessions WHERE status IN (1, 2)
@@ -757,7 +788,8 @@ export class WardenStore {
         }),
       );
     }
-    return { sessions, holds: holds.rows.length };
+    const leases = await this.leases.reconcile(limit);
+    return { sessions, holds: holds.rows.length, leases };
   }
 }
 

@@ -7,7 +7,8 @@ import type { Queryable } from "../../src/store/database.js";
  * (lifetime always): each stored window must equal what the ledger charged
  * to it, and whatever the ledger charged to a window not stored must be to
  * an older window of that kind that has rolled over, never to a newer or an
- * unknown one.
+ * unknown one. Budget leases count like holds (their unspent rest) and, once
+ * reconciled, like captures (their written-off rest).
  */
 export async function assertLedgerConsistent(db: Queryable): Promise<void> {
   const { rows } = await db.query<{ n: string }>(`
@@ -23,12 +24,17 @@ export async function assertLedgerConsistent(db: Queryable): Promise<void> {
              lifetime_held_actions FROM scope_usage),
     charged AS (
       SELECT c->>0 AS scope_key, c->>1 AS window_kind, to_timestamp((c->>2)::bigint / 1000.0) AS window_start,
-             a.captured_value, a.held_value, a.status
-        FROM actions a, jsonb_array_elements(a.charges) c),
+             CASE WHEN a.status = 2 THEN a.captured_value ELSE 0 END AS cv, CASE WHEN a.status = 1 THEN a.held_value ELSE 0 END AS hv,
+             CASE WHEN a.status = 2 THEN 1 ELSE 0 END AS ca, CASE WHEN a.status = 1 THEN 1 ELSE 0 END AS ha
+        FROM actions a, jsonb_array_elements(a.charges) c
+      UNION ALL
+      -- A lease reserves its unspent rest (held) and, once reconciled,
+      -- counts its unreported rest as spent (written off).
+      SELECT c->>0, c->>1, to_timestamp((c->>2)::bigint / 1000.0),
+             l.written_off_value, l.held_value, l.written_off_actions, l.held_actions
+        FROM leases l, jsonb_array_elements(l.charges) c),
     expected AS (
-      SELECT scope_key, window_kind, window_start,
-             sum(captured_value) FILTER (WHERE status = 2) AS cv, sum(held_value) FILTER (WHERE status = 1) AS hv,
-             count(*) FILTER (WHERE status = 2) AS ca, count(*) FILTER (WHERE status = 1) AS ha
+      SELECT scope_key, window_kind, window_start, sum(cv) AS cv, sum(hv) AS hv, sum(ca) AS ca, sum(ha) AS ha
         FROM charged GROUP BY 1, 2, 3)
     SELECT count(*) AS n FROM stored u FULL JOIN expected e
       ON e.scope_key = u.scope_key AND e.window_kind = u.window_kind AND e.window_start = u.window_start

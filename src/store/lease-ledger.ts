@@ -1,0 +1,552 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { durationMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
+import { isExhausted, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
+import { DecisionSchema, Outcome, Scope, Window } from "../gen/warden/v1/decision_pb.js";
+import { ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
+import { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import {
+  type AcquireLeaseRequest,
+  CounterUsageSchema,
+  type Lease,
+  LeaseSchema,
+  type LeaseRecord,
+  type ReportLeasesRequest,
+} from "../gen/warden/v1/sync_service_pb.js";
+import type { Database, Queryable } from "./database.js";
+import { captureHold, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
+import { saveIdempotencySql } from "./idempotency.js";
+import { newId } from "./ids.js";
+import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
+import type { CalendarSpanCache } from "../core/windows.js";
+import { type Counter, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** Lease status in `leases.status`. */
+export const LeaseStatus = { ACTIVE: 1, RELEASED: 2, RECONCILED: 3 } as const;
+
+const WINDOW_ENUM: Record<WindowKind, Window> = { day: Window.DAY, week: Window.WEEK, month: Window.MONTH, lifetime: Window.LIFETIME };
+
+/** Longest lease the store grants, whatever a sidecar asks. */
+export const MAX_LEASE_TTL_MS = 5 * 60_000;
+
+interface LeaseRow {
+  lease_id: string;
+  session_id: string;
+  status: number;
+  granted_value: string | null;
+  granted_actions: string | null;
+  held_value: string;
+  held_actions: string;
+  written_off_value: string;
+  written_off_actions: string;
+  charges: [string, WindowKind, number][];
+  expire_time: Date;
+}
+
+const LEASE_COLUMNS = `lease_id, session_id, status, granted_value, granted_actions, held_value, held_actions,
+  written_off_value, written_off_actions, charges, expire_time`;
+
+/** What the lease ledger needs from the store. */
+export interface LeaseLedgerOptions {
+  readonly db: Database;
+  readonly now: () => number;
+  readonly policies: PolicyCache;
+  readonly spans: CalendarSpanCache;
+  /**
+   * How long after its expiry an unreleased lease is reconciled (written
+   * off). It covers the sidecar's report delay and clock skew, so a live
+   * sidecar's last records arrive first.
+   */
+  readonly reconcileGraceMs?: number;
+}
+
+/** Result of a sweep of expired leases. */
+export interface ReconcileResult {
+  readonly leases: number;
+  readonly writtenOffValue: bigint;
+  readonly writtenOffActions: bigint;
+}
+
+/**
+ * Budget leases (design.md §4): a slice of what a session may still spend,
+ * reserved in every window of the session, its parents and its agent at
+ * once, and then spent by one sidecar on its own.
+ *
+ * The reserve sits in the held counters, so `committed + held ≤ limit`
+ * keeps covering everything a sidecar might allow. Records of what the
+ * sidecar allowed move amounts out of the lease into the ledger; settling,
+ * releasing and reconciling change counters under the same row locks as
+ * every other writer (scope-locks.ts), so replicas and sidecars never race.
+ */
+export class LeaseLedger {
+  private readonly db: Database;
+  private readonly now: () => number;
+  private readonly policies: PolicyCache;
+  private readonly spans: CalendarSpanCache;
+  private readonly graceMs: number;
+
+  constructor(o: LeaseLedgerOptions) {
+    this.db = o.db;
+    this.now = o.now;
+    this.policies = o.policies;
+    this.spans = o.spans;
+    this.graceMs = o.reconcileGraceMs ?? 10_000;
+  }
+
+  /**
+   * Grants a lease sized by the wish and by what is left: at most half of
+   * the smallest remainder of any limited window, so several sidecars can
+   * share a budget and slices shrink geometrically near a limit. Returns
+   * undefined when a useful lease cannot be granted; the caller then decides
+   * exactly through the store.
+   */
+  async acquire(req: AcquireLeaseRequest): Promise<Lease | undefined> {
+    const nowMs = this.now();
+    return this.db.transaction(async (tx) => {
+      const locked = await lockChains(tx, [req.sessionId], this.policies);
+      const s = locked.sessions.get(req.sessionId);
+      if (s === undefined) return undefined;
+      const chain = [s, ...s.ancestorIds.map((id) => locked.sessions.get(id)!)];
+      if (chain.some((c) => c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined)) return undefined;
+      const scopes = scopesOf(s, locked.sessions, locked.agents.get(s.agentId)!);
+      const addresses = scopes.flatMap((sc) =>
+        WINDOW_KINDS.map((w) => ({ scopeKey: sc.key, window: w, startMs: spanOf(sc.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+      );
+      const usage = await loadCounters(tx, addresses);
+      let valueLeft: bigint | undefined;
+      let actionsLeft: bigint | undefined;
+      let expireMs = nowMs + Math.min(req.ttl === undefined ? 30_000 : durationMs(req.ttl), MAX_LEASE_TTL_MS);
+      for (const c of chain) expireMs = Math.min(expireMs, c.expireMs);
+      for (const sc of scopes) {
+        for (const w of WINDOW_KINDS) {
+          const span = spanOf(sc.policy, w, nowMs, this.spans);
+          // A lease never crosses a window boundary: what it reserved
+          // belongs to the windows it was granted in.
+          if (span !== undefined) expireMs = Math.min(expireMs, span.endMs);
+          const c = usage.get(`${sc.key}|${w}|${span?.startMs ?? LIFETIME_START_MS}`)!;
+          const limit = sc.policy.limits[w];
+          if (limit.maxValue !== undefined) {
+            const left = limit.maxValue - c.committedValue - c.heldValue;
+            valueLeft = valueLeft === undefined || left < valueLeft ? left : valueLeft;
+          }
+          if (limit.maxActions !== undefined) {
+            const left = limit.maxActions - c.committedActions - c.heldActions;
+            actionsLeft = actionsLeft === undefined || left < actionsLeft ? left : actionsLeft;
+          }
+        }
+      }
+      const grantValue = valueLeft === undefined ? undefined : min(req.desiredValueMicros, half(valueLeft));
+      const grantActions = actionsLeft === undefined ? undefined : min(req.desiredActions, half(actionsLeft));
+      if (grantValue !== undefined && (grantValue <= 0n || grantValue < req.minValueMicros)) return undefined;
+      if (grantActions !== undefined && grantActions < 1n) return undefined;
+      if (expireMs <= nowMs) return undefined;
+      for (const a of addresses) {
+        const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
+        c.heldValue += grantValue ?? 0n;
+        c.heldActions += grantActions ?? 0n;
+      }
+      await saveCounters(tx, usage);
+      const leaseId = newId("lse", nowMs);
+      const charges = addresses.map((a) => [a.scopeKey, a.window, a.startMs]);
+      await tx.query(
+        `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions,
+                             charges, create_time, update_time, expire_time)
+         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10::timestamptz)`,
+        [
+          leaseId,
+          req.sessionId,
+          req.holder,
+          grantValue?.toString() ?? null,
+          grantActions?.toString() ?? null,
+          (grantValue ?? 0n).toString(),
+          (grantActions ?? 0n).toString(),
+          JSON.stringify(charges),
+          iso(nowMs),
+          iso(expireMs),
+        ],
+      );
+      return create(LeaseSchema, {
+        leaseId,
+        sessionId: req.sessionId,
+        valueMicros: grantValue,
+        actions: grantActions,
+        expireTime: timestampFromMs(expireMs),
+        usage: addresses.map((a) => {
+          const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
+          return create(CounterUsageSchema, {
+            scopeKey: a.scopeKey,
+            window: WINDOW_ENUM[a.window],
+            windowStartUnixMs: BigInt(a.startMs),
+            valueMicros: c.committedValue + c.heldValue,
+            actions: c.committedActions + c.heldActions,
+          });
+        }),
+      });
+    });
+  }
+
+  /**
+   * Applies sidecar reports in one transaction: records first (each moves
+   * its amount out of its lease; a record seen before charges nothing),
+   * then settlements of holds, then releases. Returns the settlements the
+   * store refused, with why.
+   */
+  async report(req: ReportLeasesRequest): Promise<string[]> {
+    const nowMs = this.now();
+    const sessionIds = [...new Set(req.reports.map((r) => r.sessionId))];
+    if (sessionIds.length === 0) return [];
+    return this.db.transaction(async (tx) => {
+      const locked = await lockChains(tx, sessionIds, this.policies);
+      const leaseIds = [...new Set(req.reports.map((r) => r.leaseId).filter((id) => id !== ""))];
+      const leases = new Map<string, LeaseRow>();
+      if (leaseIds.length > 0) {
+        const { rows } = await tx.query<LeaseRow>(
+          `SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[]) ORDER BY lease_id FOR UPDATE`,
+          [leaseIds],
+        );
+        for (const r of rows) leases.set(r.lease_id, r);
+      }
+
+      // 1. Records. Only those not stored yet count: a retried report is a no-op.
+      const records = req.reports.flatMap((rep) => {
+        const s = locked.sessions.get(rep.sessionId);
+        const lease = leases.get(rep.leaseId);
+        return s === undefined ? [] : rep.records.map((record) => ({ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined }));
+      });
+      for (const { record, lease } of records) {
+        if (record.decision!.outcome === Outcome.ALLOW && lease === undefined) {
+          throw new ConnectError(`reports.lease_id: record ${record.actionId} was allowed from a lease this session does not have`, Code.InvalidArgument);
+        }
+      }
+      const fresh = await insertRecords(tx, records, nowMs);
+      const addresses = records.flatMap(({ lease }) => (lease === undefined ? [] : lease.charges)).map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }));
+      const usage = await loadCounters(tx, addresses, "exact");
+      const leaseDelta = new Map<string, { hv: bigint; ha: bigint; wv: bigint; wa: bigint; uv: bigint; ua: bigint }>();
+      const activity = new Map<string, { requests: number; denials: number; ns: bigint; lastMs: number }>();
+      for (const { record, s, lease } of records) {
+        if (!fresh.has(record.actionId)) continue;
+        const a = activity.get(s.sessionId) ?? { requests: 0, denials: 0, ns: 0n, lastMs: 0 };
+        a.requests++;
+        if (record.decision!.outcome === Outcome.DENY) a.denials++;
+        a.ns += record.processingNanos;
+        a.lastMs = Math.max(a.lastMs, timestampMs(record.createTime!));
+        activity.set(s.sessionId, a);
+        if (record.decision!.outcome !== Outcome.ALLOW || lease === undefined) continue;
+        const amount = record.action!.amount?.amountMicros ?? 0n;
+        const held = record.method === "authorize";
+        const d = leaseDelta.get(lease.lease_id) ?? { hv: 0n, ha: 0n, wv: 0n, wa: 0n, uv: 0n, ua: 0n };
+        leaseDelta.set(lease.lease_id, d);
+        d.uv += amount;
+        d.ua += 1n;
+        // Where the reserve comes from: the lease while it is open; the
+        // write-off once it was reconciled (already counted as spent).
+        let fromHeldV = 0n;
+        let fromHeldA = 0n;
+        let fromWrittenV = 0n;
+        let fromWrittenA = 0n;
+        if (lease.status === LeaseStatus.ACTIVE) {
+          fromHeldV = lease.granted_value === null ? 0n : min(amount, BigInt(lease.held_value) - d.hv);
+          fromHeldA = lease.granted_actions === null ? 0n : min(1n, BigInt(lease.held_actions) - d.ha);
+          d.hv += fromHeldV;
+          d.ha += fromHeldA;
+        } else if (lease.status === LeaseStatus.RECONCILED) {
+          fromWrittenV = min(amount, BigInt(lease.written_off_value) - d.wv);
+          fromWrittenA = min(1n, BigInt(lease.written_off_actions) - d.wa);
+          d.wv += fromWrittenV;
+          d.wa += fromWrittenA;
+        }
+        for (const [scopeKey, window, startMs] of lease.charges) {
+          const c = usage.get(`${scopeKey}|${window}|${startMs}`)!;
+          c.heldValue -= fromHeldV;
+          c.heldActions -= fromHeldA;
+          c.committedValue -= fromWrittenV;
+          c.committedActions -= fromWrittenA;
+          if (held) {
+            c.heldValue += amount;
+            c.heldActions += 1n;
+          } else {
+            c.committedValue += amount;
+            c.committedActions += 1n;
+          }
+        }
+      }
+      await saveCounters(tx, usage);
+      for (const [leaseId, d] of leaseDelta) {
+        await tx.query(
+          `UPDATE leases SET held_value = held_value - $2, held_actions = held_actions - $3,
+                  written_off_value = written_off_value - $4, written_off_actions = written_off_actions - $5,
+                  used_value = used_value + $6, used_actions = used_actions + $7, update_time = $8::timestamptz
+            WHERE lease_id = $1`,
+          [leaseId, d.hv.toString(), d.ha.toString(), d.wv.toString(), d.wa.toString(), d.uv.toString(), d.ua.toString(), iso(nowMs)],
+        );
+      }
+      if (activity.size > 0) {
+        const ids = [...activity.keys()];
+        await tx.query(
+          `UPDATE sessions s SET request_count = s.request_count + u.requests, denial_count = s.denial_count + u.denials,
+                  processing_ns = s.processing_ns + u.ns, last_activity_time = greatest(s.last_activity_time, u.last_time)
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[]) AS u(session_id, requests, denials, ns, last_time)
+            WHERE s.session_id = u.session_id`,
+          [
+            ids,
+            ids.map((id) => activity.get(id)!.requests),
+            ids.map((id) => activity.get(id)!.denials),
+            ids.map((id) => activity.get(id)!.ns.toString()),
+            ids.map((id) => iso(activity.get(id)!.lastMs)),
+          ],
+        );
+      }
+      // A key the store already has keeps its first answer.
+      const params: unknown[] = [];
+      const keySql = saveIdempotencySql(
+        records
+          .filter(({ record }) => fresh.has(record.actionId) && record.idempotencyKey !== "")
+          .map(({ record, s }) => ({
+            scope: `s:${s.sessionId}`,
+            key: record.idempotencyKey,
+            method: record.method,
+            requestHash: record.requestHash,
+            response: record.response,
+          })),
+        nowMs,
+        params,
+      );
+      if (keySql !== undefined) await tx.query(`${keySql} ON CONFLICT DO NOTHING`, params);
+
+      // 2. Settlements of holds the sidecar placed.
+      const rejected: string[] = [];
+      const exhausted = new Set<string>();
+      for (const rep of req.reports) {
+        const s = locked.sessions.get(rep.sessionId);
+        if (s === undefined) continue;
+        for (const st of rep.settlements) {
+          const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [st.authorizationId, rep.sessionId]);
+          if (h === undefined || h.status !== ActionStatus.HELD) {
+            rejected.push(`${st.authorizationId}: ${h === undefined ? "not found" : `is ${ActionStatus[h.status]}`}`);
+            continue;
+          }
+          if (st.captureMicros === undefined) {
+            await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
+          } else if (st.captureMicros > BigInt(h.held_value)) {
+            rejected.push(`${st.authorizationId}: capture above the held amount`);
+          } else if (await captureHold(tx, h, st.captureMicros, s, nowMs)) {
+            exhausted.add(s.sessionId);
+          }
+        }
+      }
+
+      // 3. Releases: what is left goes back to every window it reserved in.
+      const releasing = req.reports
+        .filter((rep) => rep.release)
+        .map((rep) => leases.get(rep.leaseId))
+        .filter((l): l is LeaseRow => l !== undefined && l.status === LeaseStatus.ACTIVE);
+      if (releasing.length > 0) {
+        const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[])`, [releasing.map((l) => l.lease_id)]);
+        await settleLeases(tx, rows, "release", nowMs);
+      }
+
+      // 4. Lifetime limits used up by what was committed end the session.
+      for (const id of sessionIds) {
+        const s = locked.sessions.get(id);
+        if (s === undefined || isTerminal(s.status) || exhausted.has(id)) continue;
+        const life = (await loadCounters(tx, [{ scopeKey: `s:${id}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${id}`)!.lifetime;
+        if (isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) exhausted.add(id);
+      }
+      const ending = [...exhausted].filter((id) => !isTerminal(locked.sessions.get(id)!.status));
+      if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      return rejected;
+    });
+  }
+
+  /**
+   * Reconciles leases past their expiry plus the grace: whatever was not
+   * reported is written off as spent (the sidecar may have allowed it and
+   * died before saying so). Idempotent; safe on every replica.
+   */
+  async reconcile(limit = 500): Promise<ReconcileResult> {
+    const nowMs = this.now();
+    const due = await this.db.query<{ lease_id: string; session_id: string }>(
+      `SELECT lease_id, session_id FROM leases WHERE status = 1 AND expire_time <= $1::timestamptz ORDER BY expire_time LIMIT ${limit}`,
+      [iso(nowMs - this.graceMs)],
+    );
+    let writtenOffValue = 0n;
+    let writtenOffActions = 0n;
+    let n = 0;
+    for (const { lease_id, session_id } of due.rows) {
+      await this.db.transaction(async (tx) => {
+        const locked = await lockChains(tx, [session_id], this.policies);
+        const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = $1 AND status = 1 FOR UPDATE`, [lease_id]);
+        if (rows.length === 0) return;
+        writtenOffValue += BigInt(rows[0]!.held_value);
+        writtenOffActions += BigInt(rows[0]!.held_actions);
+        n++;
+        await settleLeases(tx, rows, "write-off", nowMs);
+        const s = locked.sessions.get(session_id)!;
+        const life = (await loadCounters(tx, [{ scopeKey: `s:${session_id}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${session_id}`)!.lifetime;
+        if (!isTerminal(s.status) && isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) {
+          await endSessions(tx, [session_id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+        }
+      });
+    }
+    return { leases: n, writtenOffValue, writtenOffActions };
+  }
+}
+
+/**
+ * Locks the sessions, their parents and their agents (scope-locks.ts order).
+ * Unknown sessions are left out.
+ */
+async function lockChains(tx: Queryable, sessionIds: readonly string[], policies: PolicyCache) {
+  const { rows } = await tx.query<{ session_id: string; agent_id: string; ancestor_ids: string[] }>(
+    "SELECT session_id, agent_id, ancestor_ids FROM sessions WHERE session_id = ANY($1::text[])",
+    [sessionIds],
+  );
+  const ids = [...new Set(rows.flatMap((r) => [r.session_id, ...r.ancestor_ids]))].sort();
+  const agents = [...new Set(rows.map((r) => r.agent_id))].sort();
+  return lockScopes(tx, ids, agents, policies);
+}
+
+/** The scopes a session's actions are checked against: itself, its parents, its agent. */
+function scopesOf(s: LockedSession, sessions: Map<string, LockedSession>, agent: LockedAgent): ScopeState[] {
+  return [
+    sessionScope(s),
+    ...s.ancestorIds.map((id) => sessionScope(sessions.get(id)!, Scope.PARENT_SESSION)),
+    { scope: Scope.AGENT, id: agent.agentId, key: `a:${agent.agentId}`, policy: agent.policy },
+  ];
+}
+
+/**
+ * Ends locked, active leases: "release" gives the unspent rest back;
+ * "write-off" counts it as spent. Either way every window the lease
+ * reserved in ("exact" mode: a window that rolled over limits nothing) is
+ * adjusted, and the lease's reserve becomes zero.
+ */
+async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "release" | "write-off", nowMs: number): Promise<void> {
+  const open = rows.filter((r) => r.status === LeaseStatus.ACTIVE);
+  if (open.length === 0) return;
+  const usage: UsageSet = await loadCounters(
+    tx,
+    open.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
+    "exact",
+  );
+  for (const r of open) {
+    const hv = BigInt(r.held_value);
+    const ha = BigInt(r.held_actions);
+    for (const [scopeKey, window, startMs] of r.charges) {
+      const c: Counter = usage.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.heldValue -= hv;
+      c.heldActions -= ha;
+      if (how === "write-off") {
+        c.committedValue += hv;
+        c.committedActions += ha;
+      }
+    }
+  }
+  await saveCounters(tx, usage);
+  await tx.query(
+    how === "release"
+      ? `UPDATE leases SET status = 2, held_value = 0, held_actions = 0, update_time = $2::timestamptz WHERE lease_id = ANY($1::text[])`
+      : `UPDATE leases SET status = 3, written_off_value = held_value, written_off_actions = held_actions,
+                held_value = 0, held_actions = 0, update_time = $2::timestamptz WHERE lease_id = ANY($1::text[])`,
+    [open.map((r) => r.lease_id), iso(nowMs)],
+  );
+}
+
+/**
+ * Inserts the records as ledger rows; returns the ids that were new. An id
+ * already stored is a retried report and changes nothing.
+ */
+async function insertRecords(
+  tx: Queryable,
+  records: readonly { record: LeaseRecord; s: LockedSession; lease: LeaseRow | undefined }[],
+  nowMs: number,
+): Promise<Set<string>> {
+  if (records.length === 0) return new Set();
+  const cols = {
+    id: [] as string[],
+    session: [] as string[],
+    agent: [] as string[],
+    method: [] as string[],
+    action: [] as string[],
+    decision: [] as string[],
+    outcome: [] as number[],
+    status: [] as number[],
+    currency: [] as string[],
+    amount: [] as string[],
+    held: [] as string[],
+    captured: [] as string[],
+    charges: [] as string[],
+    created: [] as string[],
+    holdExpire: [] as (string | null)[],
+  };
+  for (const { record, s, lease } of records) {
+    const outcome = record.decision!.outcome;
+    const amount = record.action!.amount?.amountMicros ?? 0n;
+    const allowed = outcome === Outcome.ALLOW;
+    const held = allowed && record.method === "authorize";
+    cols.id.push(record.actionId);
+    cols.session.push(s.sessionId);
+    cols.agent.push(s.agentId);
+    cols.method.push(record.method);
+    cols.action.push(Buffer.from(toBinary(ActionSchema, record.action!)).toString("base64"));
+    cols.decision.push(Buffer.from(toBinary(DecisionSchema, record.decision!)).toString("base64"));
+    cols.outcome.push(outcome);
+    cols.status.push(
+      !allowed
+        ? outcome === Outcome.NEEDS_APPROVAL
+          ? ActionStatus.NEEDS_APPROVAL
+          : ActionStatus.DENIED
+        : held
+          ? ActionStatus.HELD
+          : ActionStatus.CAPTURED,
+    );
+    cols.currency.push(record.action!.amount?.currencyCode ?? s.policy.currency);
+    cols.amount.push(amount.toString());
+    cols.held.push(held ? amount.toString() : "0");
+    cols.captured.push(allowed && !held ? amount.toString() : "0");
+    cols.charges.push(JSON.stringify(allowed && lease !== undefined ? lease.charges : []));
+    cols.created.push(iso(timestampMs(record.createTime!)));
+    cols.holdExpire.push(held && record.holdExpireTime !== undefined ? iso(timestampMs(record.holdExpireTime)) : null);
+  }
+  const { rows } = await tx.query<{ action_id: string }>(
+    `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
+                          amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time)
+     SELECT u.id, u.session, u.agent, u.method, decode(u.action, 'base64'), decode(u.decision, 'base64'), u.outcome, u.status,
+            u.currency, u.amount, u.held, u.captured, u.charges::jsonb, u.created, $16::timestamptz, u.hold_expire
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[],
+                   $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[], $15::timestamptz[])
+         AS u(id, session, agent, method, action, decision, outcome, status, currency, amount, held, captured, charges, created, hold_expire)
+     ON CONFLICT (action_id) DO NOTHING
+     RETURNING action_id`,
+    [
+      cols.id,
+      cols.session,
+      cols.agent,
+      cols.method,
+      cols.action,
+      cols.decision,
+      cols.outcome,
+      cols.status,
+      cols.currency,
+      cols.amount,
+      cols.held,
+      cols.captured,
+      cols.charges,
+      cols.created,
+      cols.holdExpire,
+      iso(nowMs),
+    ],
+  );
+  return new Set(rows.map((r) => r.action_id));
+}
+
+function min(a: bigint, b: bigint): bigint {
+  return a < b ? a : b;
+}
+
+function half(n: bigint): bigint {
+  return n <= 0n ? 0n : n / 2n;
+}

@@ -1,0 +1,118 @@
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
+import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import {
+  type AgentState,
+  AgentStateSchema,
+  type GetSessionStateResponse,
+  GetSessionStateResponseSchema,
+  type SessionState,
+  SessionStateSchema,
+} from "../gen/warden/v1/sync_service_pb.js";
+import type { Database, Queryable } from "./database.js";
+
+interface StateRow {
+  session_id: string;
+  agent_id: string;
+  ancestor_ids: string[];
+  policy: Uint8Array;
+  status: number;
+  expire_time: Date;
+  idle_timeout_ms: string | null;
+  last_activity_time: Date;
+  revision: string;
+}
+
+const STATE_COLUMNS = "session_id, agent_id, ancestor_ids, policy, status, expire_time, idle_timeout_ms, last_activity_time, revision";
+
+function stateOf(r: StateRow): SessionState {
+  return create(SessionStateSchema, {
+    sessionId: r.session_id,
+    agentId: r.agent_id,
+    ancestorIds: r.ancestor_ids,
+    policy: fromBinary(SessionPolicySchema, r.policy),
+    status: r.status as SessionStatus,
+    expireTime: timestampFromMs(r.expire_time.getTime()),
+    idleTimeout: r.idle_timeout_ms === null ? undefined : durationFromMs(Number(r.idle_timeout_ms)),
+    lastActivityTime: timestampFromMs(r.last_activity_time.getTime()),
+    revision: BigInt(r.revision),
+  });
+}
+
+function agentOf(r: { agent_id: string; policy: Uint8Array | null; revision: string }): AgentState {
+  return create(AgentStateSchema, {
+    agentId: r.agent_id,
+    policy: r.policy === null ? undefined : fromBinary(SessionPolicySchema, r.policy),
+    revision: BigInt(r.revision),
+  });
+}
+
+/** The newest revision handed out so far (0 on a new store). */
+export async function currentRevision(q: Queryable): Promise<bigint> {
+  const { rows } = await q.query<{ last_value: string; is_called: boolean }>("SELECT last_value, is_called FROM sync_revision");
+  return rows[0]!.is_called ? BigInt(rows[0]!.last_value) : 0n;
+}
+
+/**
+ * A session as a sidecar decides from it: the session, its parents nearest
+ * first, and its agent's policy. Read in one statement, so the parts agree.
+ */
+export async function readSessionState(q: Queryable, sessionId: string): Promise<GetSessionStateResponse> {
+  const revision = await currentRevision(q);
+  const { rows } = await q.query<StateRow & { agent_policy: Uint8Array | null; agent_revision: string; is_self: boolean }>(
+    `WITH me AS (SELECT ancestor_ids, agent_id FROM sessions WHERE session_id = $1)
+     SELECT ${STATE_COLUMNS.split(", ").map((c) => `s.${c}`).join(", ")}, a.policy AS agent_policy, a.revision AS agent_revision,
+            s.session_id = $1 AS is_self
+       FROM me, sessions s JOIN agents a ON a.agent_id = s.agent_id
+      WHERE s.session_id = $1 OR s.session_id = ANY(me.ancestor_ids)`,
+    [sessionId],
+  );
+  const self = rows.find((r) => r.is_self);
+  if (self === undefined) throw new ConnectError(`session_id: session "${sessionId}" not found`, Code.NotFound);
+  const byId = new Map(rows.map((r) => [r.session_id, r]));
+  return create(GetSessionStateResponseSchema, {
+    sessions: [self, ...self.ancestor_ids.map((id) => byId.get(id)!)].map(stateOf),
+    agent: agentOf({ agent_id: self.agent_id, policy: self.agent_policy, revision: self.agent_revision }),
+    revision,
+  });
+}
+
+/** Changes to sessions and agent policies after a revision. */
+export interface SessionChanges {
+  readonly sessions: SessionState[];
+  readonly agents: AgentState[];
+  /** Everything up to here is included. */
+  readonly revision: bigint;
+}
+
+/**
+ * What changed for `agentId` (every agent when undefined) after `fromRevision`, as it is now, up to
+ * `limit` sessions (the rest comes with the next call, from the returned
+ * revision).
+ *
+ * The read takes the revision lock (see 004_sync_leases.sql) first: every
+ * transaction that took a revision under it has committed by then, and none
+ * can take one until this read ends, so nothing at or below the revision
+ * returned can appear later. (Creations take revisions without the lock and
+ * may appear later below it; a watcher does not hold sessions it never
+ * fetched, so missing one loses nothing.)
+ */
+export async function readChanges(db: Database, agentId: string | undefined, fromRevision: bigint, limit = 1000): Promise<SessionChanges> {
+  return db.transaction(async (q) => {
+    await q.query("SELECT pg_advisory_xact_lock(7734001)");
+    const upTo = await currentRevision(q);
+    const { rows } = await q.query<StateRow>(
+      `SELECT ${STATE_COLUMNS} FROM sessions WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT ${limit}`,
+      [agentId ?? null, fromRevision.toString(), upTo.toString()],
+    );
+    // A full page may stop short of upTo: resume from its last row.
+    const revision = rows.length === limit ? BigInt(rows.at(-1)!.revision) : upTo;
+    const agents = await q.query<{ agent_id: string; policy: Uint8Array | null; revision: string }>(
+      "SELECT agent_id, policy, revision FROM agents WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3",
+      [agentId ?? null, fromRevision.toString(), revision.toString()],
+    );
+    return { sessions: rows.map(stateOf), agents: agents.rows.map(agentOf), revision };
+  });
+}

@@ -1,0 +1,245 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { DecisionSchema, Outcome, Window } from "../../src/gen/warden/v1/decision_pb.js";
+import { ActionStatus } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import {
+  AcquireLeaseRequestSchema,
+  type Lease,
+  type LeaseRecord,
+  LeaseRecordSchema,
+  LeaseSettlementSchema,
+  type LeaseReport,
+  LeaseReportSchema,
+  ReportLeasesRequestSchema,
+} from "../../src/gen/warden/v1/sync_service_pb.js";
+import { ExtendSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
+import { newId } from "../../src/store/ids.js";
+import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
+import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import { assertLedgerConsistent } from "../helpers/ledger.js";
+
+const NO_HASH = new Uint8Array(0);
+
+for (const driver of DRIVERS) {
+  describe(`LeaseLedger on ${driver}`, () => {
+    let t: TestDatabase;
+    let clock: ManualClock;
+    let store: WardenStore;
+    let n = 0;
+    const agent = () => `lease-agent-${driver}-${++n}`;
+    before(async () => {
+      t = await openTestDatabase(driver);
+      clock = new ManualClock();
+      store = createWardenStore({ db: t.db, now: clock.now, leaseReconcileGraceMs: 1000 });
+    });
+    after(async () => {
+      await assertLedgerConsistent(t.db);
+      await t.drop();
+    });
+
+    const acquire = (sessionId: string, desiredValue: bigint, desiredActions = 100n, ttlMs = 30_000) =>
+      store.leases.acquire(
+        create(AcquireLeaseRequestSchema, {
+          sessionId,
+          holder: "sidecar-1",
+          desiredValueMicros: desiredValue,
+          desiredActions,
+          minValueMicros: 1n,
+          ttl: durationFromMs(ttlMs),
+        }),
+      );
+    const record = (method: "check" | "authorize", amount: bigint, outcome = Outcome.ALLOW, holdMs = 60_000) =>
+      create(LeaseRecordSchema, {
+        actionId: newId("act", clock.ms),
+        method,
+        action: payment(amount),
+        decision: create(DecisionSchema, { outcome, message: "x" }),
+        createTime: timestampFromMs(clock.ms),
+        holdExpireTime: method === "authorize" ? timestampFromMs(clock.ms + holdMs) : undefined,
+        processingNanos: 1000n,
+      });
+    const report = (...reports: LeaseReport[]) => store.leases.report(create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports }));
+    const rep = (sessionId: string, lease: Lease | undefined, init: { records?: LeaseRecord[]; settlements?: MessageInitShape<typeof LeaseSettlementSchema>[]; release?: boolean }) =>
+      create(LeaseReportSchema, { sessionId, leaseId: lease?.leaseId ?? "", ...init });
+    const day = async (sessionId: string) => (await store.getSession(sessionId)).usage!.windows.find((w) => w.window === Window.DAY)!;
+
+    test("a grant is at most half of what is left and is held in every window", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100), maxActions: 10n } }), NO_HASH);
+      const l1 = (await acquire(s.sessionId, USD(80)))!;
+      assert.equal(l1.valueMicros, USD(50));
+      assert.equal(l1.actions, 5n);
+      const l2 = (await acquire(s.sessionId, USD(10)))!;
+      assert.equal(l2.valueMicros, USD(10), "a small wish is granted whole");
+      const d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, USD(60));
+      assert.equal(d.valueRemainingMicros, USD(40));
+      // The usage in the grant includes the grant itself.
+      const u = l2.usage.find((c) => c.scopeKey === `s:${s.sessionId}` && c.window === Window.DAY)!;
+      assert.equal(u.valueMicros, USD(60));
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("leases shrink near the limit and stop when nothing useful is left", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: 8n } }), NO_HASH);
+      const grants: bigint[] = [];
+      for (let i = 0; i < 6; i++) {
+        const l = await acquire(s.sessionId, 100n);
+        if (l === undefined) break;
+        grants.push(l.valueMicros!);
+      }
+      assert.deepEqual(grants, [4n, 2n, 1n]);
+      assert.equal(await acquire(s.sessionId, 100n), undefined);
+    });
+
+    test("an unlimited dimension is granted unlimited and reserves nothing", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxActions: 4n } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(1000), 100n))!;
+      assert.equal(l.valueMicros, undefined);
+      assert.equal(l.actions, 2n);
+    });
+
+    test("records move spend out of the lease; a retried report charges nothing twice; release returns the rest", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(40)))!;
+      const r1 = record("check", USD(10));
+      const r2 = record("check", USD(5));
+      const denied = record("check", USD(1), Outcome.DENY);
+      const first = rep(s.sessionId, l, { records: [r1, r2, denied] });
+      assert.deepEqual(await report(first), []);
+      assert.deepEqual(await report(first), [], "a retry is accepted");
+      let d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, USD(40), "committed 15 + still leased 25");
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(15));
+      assert.equal(got.usage!.requestCount, 3n);
+      assert.equal(got.usage!.denialCount, 1n);
+      await report(rep(s.sessionId, l, { release: true }));
+      d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, USD(15));
+      const actions = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
+      assert.equal(actions.actions.length, 3);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("holds placed from a lease are settled by capture or void", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const a1 = record("authorize", USD(20));
+      const a2 = record("authorize", USD(10));
+      await report(rep(s.sessionId, l, { records: [a1, a2] }));
+      const rejected = await report(
+        rep(s.sessionId, l, {
+          settlements: [
+            { authorizationId: a1.actionId, captureMicros: USD(15), time: timestampFromMs(clock.ms) },
+            { authorizationId: a2.actionId, time: timestampFromMs(clock.ms) },
+            { authorizationId: a2.actionId, time: timestampFromMs(clock.ms) },
+          ],
+          release: true,
+        }),
+      );
+      assert.equal(rejected.length, 1);
+      assert.match(rejected[0]!, /VOIDED/);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(15));
+      assert.equal(got.usage!.valueHeldMicros, 0n);
+      const a = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
+      assert.deepEqual(a.actions.map((x) => x.status).sort(), [ActionStatus.CAPTURED, ActionStatus.VOIDED].sort());
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("an allowed record without a lease is refused and changes nothing", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      await assert.rejects(report(rep(s.sessionId, undefined, { records: [record("check", USD(1))] })), (e: unknown) => {
+        assert.equal(ConnectError.from(e).code, Code.InvalidArgument);
+        assert.match(ConnectError.from(e).rawMessage, /lease_id/);
+        return true;
+      });
+      assert.equal((await store.getSession(s.sessionId)).usage!.requestCount, 0n);
+    });
+
+    test("an expired lease that was never released is written off; a late record takes from the write-off", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(30), 100n, 5_000))!;
+      await report(rep(s.sessionId, l, { records: [record("check", USD(10))] }));
+      clock.advance(5_500);
+      assert.equal((await store.sweep()).leases.leases, 0, "still within the grace");
+      clock.advance(1_000);
+      const swept = await store.sweep();
+      assert.equal(swept.leases.leases, 1);
+      assert.equal(swept.leases.writtenOffValue, USD(20));
+      let d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, USD(30), "the unreported rest counts as spent");
+      await assertLedgerConsistent(t.db);
+      // The sidecar comes back and reports what it really allowed.
+      await report(rep(s.sessionId, l, { records: [record("check", USD(7))] }));
+      d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, USD(30), "not charged twice");
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(30));
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("no lease for a paused, ended or lapsed session", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      await store.setPaused(s.sessionId, true, "hold on");
+      assert.equal(await acquire(s.sessionId, USD(1)), undefined);
+      await store.setPaused(s.sessionId, false, "");
+      assert.ok(await acquire(s.sessionId, USD(1)));
+      await store.terminate(s.sessionId, SessionStatus.REVOKED, "stop");
+      assert.equal(await acquire(s.sessionId, USD(1)), undefined);
+    });
+
+    test("a lease never outlives the day it reserved in", async () => {
+      const saved = clock.ms;
+      clock.ms = Date.UTC(2026, 10, 21, 23, 59, 50);
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(1), 1n, 60_000))!;
+      assert.equal(Number(l.expireTime!.seconds) * 1000, Date.UTC(2026, 10, 22));
+      clock.ms = saved;
+    });
+
+    test("lifetime limit used up through reports exhausts the session", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxActions: 2n } }), NO_HASH);
+      const l = (await acquire(s.sessionId, 0n, 5n))!;
+      assert.equal(l.actions, 1n);
+      await report(rep(s.sessionId, l, { records: [record("check", USD(1))], release: true }));
+      const l2 = (await acquire(s.sessionId, 0n, 5n))!;
+      assert.equal(l2, undefined, "one action left: half rounds down to none, so decide exactly");
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.status, SessionStatus.ACTIVE);
+    });
+
+    test("concurrent grants never reserve more than the limit", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const leases = await Promise.all(Array.from({ length: 30 }, () => acquire(s.sessionId, USD(30))));
+      const total = leases.reduce((sum, l) => sum + (l?.valueMicros ?? 0n), 0n);
+      assert.ok(total <= USD(100), `granted ${total}`);
+      assert.equal((await day(s.sessionId)).valueUsedMicros, total);
+    });
+
+    test("changes after a revision, in order, with the session's state", async () => {
+      const a = agent();
+      const s = await store.createSession(sessionRequest(a, { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const from = await store.revision();
+      await store.setPaused(s.sessionId, true, "x");
+      await store.extendSession(create(ExtendSessionRequestSchema, { sessionId: s.sessionId, extension: { case: "extendBy", value: durationFromMs(60_000) } }));
+      const ch = await store.changes(a, from);
+      assert.equal(ch.sessions.length, 1);
+      assert.equal(ch.sessions[0]!.status, SessionStatus.PAUSED);
+      assert.ok(ch.revision > from);
+      assert.equal(ch.sessions[0]!.revision, ch.revision);
+      const none = await store.changes(a, ch.revision);
+      assert.equal(none.sessions.length, 0);
+      const other = await store.changes(`${a}-other`, from);
+      assert.equal(other.sessions.length, 0);
+      const state = await store.sessionState(s.sessionId);
+      assert.equal(state.sessions[0]!.sessionId, s.sessionId);
+      assert.equal(state.agent!.agentId, a);
+      void payment;
+    });
+  });
+}
