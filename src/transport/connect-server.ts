@@ -178,18 +178,42 @@ export async function listen(handler: ConnectHandler, address: string, options: 
 }
 
 /**
+ * Plain HTTP routes served next to the RPCs, e.g. `/metrics` and `/readyz`.
+ * Called first with every request, on HTTP/1.1 and HTTP/2 alike; returns
+ * true when it took the request (and will answer it), false to pass it on
+ * to the Connect handler.
+ */
+export type HttpRoutes = (req: Parameters<ConnectHandler>[0], res: Parameters<ConnectHandler>[1]) => boolean;
+
+/** Options of {@link createConnectServer}. */
+export interface ConnectServerOptions extends Omit<ConnectHandlerOptions, "shutdownSignal"> {
+  /** Plain HTTP routes tried before the Connect handler; see {@link HttpRoutes}. */
+  readonly httpRoutes?: HttpRoutes;
+}
+
+/**
  * Serves the routes on `address` with {@link createConnectHandler} and
  * {@link listen}: Connect, gRPC-Web and gRPC over HTTP/1.1 and h2c on one
- * port. When the grace period of `close` runs out, handlers' signals abort
- * with UNAVAILABLE "server is shutting down".
+ * port, plus `httpRoutes` if given. When the grace period of `close` runs
+ * out, handlers' signals abort with UNAVAILABLE "server is shutting down".
  */
 export async function createConnectServer(
   address: string,
   routes: (router: ConnectRouter) => void,
-  options: Omit<ConnectHandlerOptions, "shutdownSignal"> = {},
+  options: ConnectServerOptions = {},
 ): Promise<ListeningServer> {
+  const { httpRoutes, ...handlerOptions } = options;
   const shutdown = new AbortController();
-  return listen(createConnectHandler(routes, { ...options, shutdownSignal: shutdown.signal }), address, { shutdown });
+  const connect = createConnectHandler(routes, { ...handlerOptions, shutdownSignal: shutdown.signal });
+  // Probes and scrapers share the port with the RPCs, so one address serves
+  // both and Kubernetes needs no second port on the main listener.
+  const handler: ConnectHandler =
+    httpRoutes === undefined
+      ? connect
+      : (req, res) => {
+          if (!httpRoutes(req, res)) connect(req, res);
+        };
+  return listen(handler, address, { shutdown });
 }
 
 /** How long a new connection may take to send its first bytes. */
