@@ -21,10 +21,16 @@ export async function serveCommand(argv: string[]): Promise<void> {
     dataDir: values["data-dir"]!,
     databaseUrl,
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
+    healthAddress: values["health-listen"],
     logger,
   });
   logger.info(
-    { grpcPort: server.grpcPort, httpPort: server.httpPort, store: databaseUrl ? redactUrl(databaseUrl) : `pglite:${values["data-dir"]}` },
+    {
+      grpcPort: server.grpcPort,
+      httpPort: server.httpPort,
+      healthPort: server.healthPort,
+      store: databaseUrl ? redactUrl(databaseUrl) : `pglite:${values["data-dir"]}`,
+    },
     "listening",
   );
   const grace = positiveInt(values, "shutdown-grace");

@@ -5,6 +5,12 @@ import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grp
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
+import { createMetrics, type Metrics } from "../observability/metrics.js";
+import { createObservabilityRoutes } from "../observability/observability-routes.js";
+import { createReadiness, type Readiness } from "../observability/readiness.js";
+import { startHealthListener } from "../observability/start-health-listener.js";
+import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
+import { withQueryMetrics } from "../observability/with-query-metrics.js";
 import { createAgentService } from "../services/agent-service.js";
 import { createPolicyService } from "../services/policy-service.js";
 import { createSessionService } from "../services/session-service.js";
@@ -31,6 +37,8 @@ export interface ServerOptions {
   readonly databaseUrl?: string | undefined;
   readonly sweepIntervalMs: number;
   readonly logger: Logger;
+  /** "host:port" of the optional health listener (`--health-listen`): gRPC health, /healthz, /readyz, /metrics only. */
+  readonly healthAddress?: string | undefined;
   /** Injected clock (epoch ms); the wall clock by default. */
   readonly now?: () => number;
 }
@@ -40,6 +48,12 @@ export interface RunningServer {
   readonly grpcPort: number;
   readonly httpPort: number;
   readonly store: WardenStore;
+  /** The health listener's port, when `healthAddress` was given. */
+  readonly healthPort: number | undefined;
+  /** What /metrics serves. */
+  readonly metrics: Metrics;
+  /** What /readyz and gRPC health report. */
+  readonly readiness: Readiness;
   /** Stops accepting, lets in-flight calls finish (up to graceMs), closes the store. */
   close(graceMs?: number): Promise<void>;
 }
@@ -57,13 +71,22 @@ interface Mounted {
  */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.logger;
-  const db: Database =
-    o.databaseUrl !== undefined ? createPgDatabase({ connectionString: o.databaseUrl }) : await createPgliteDatabase(o.dataDir);
+  const metrics = createMetrics();
+  const health = new HealthStatus();
+  // Drives the overall gRPC health ("") too, so both kinds of probe agree.
+  const readiness = createReadiness({ health });
+  readiness.set("store", false, "migrating");
+  readiness.set("listeners", false, "starting");
+  const routes = createObservabilityRoutes({ registry: metrics.registry, readiness, onError: (err) => log.warn({ err }, "metrics collection failed") });
+  const db: Database = withQueryMetrics(
+    o.databaseUrl !== undefined ? createPgDatabase({ connectionString: o.databaseUrl }) : await createPgliteDatabase(o.dataDir),
+    metrics,
+  );
   const applied = await migrate(db);
   if (applied.length > 0) log.info({ applied }, "migrated");
+  readiness.set("store", true);
   const store = createWardenStore({ db, now: o.now });
 
-  const health = new HealthStatus();
   const described = [
     file_warden_v1_policy_service,
     file_warden_v1_session_service,
@@ -72,7 +95,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_grpc_reflection_v1_reflection,
   ];
   const mounted: Mounted[] = [
-    { service: PolicyService, impl: withValidation(PolicyService, createPolicyService(store)) },
+    { service: PolicyService, impl: withDecisionMetrics(withValidation(PolicyService, createPolicyService(store)), metrics) },
     { service: SessionService, impl: withValidation(SessionService, createSessionService(store)) },
     { service: AgentService, impl: withValidation(AgentService, createAgentService(store)) },
     { service: Health, impl: createHealthService(health) },
@@ -82,16 +105,18 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   ] as Mounted[];
 
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
+  // Up before the main listeners, so probes hear "not ready" rather than nothing while they start.
+  const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
   const grpcServer = await createGrpcServer(o.grpcAddress, mounted, { onError });
   const connectServer = await createConnectServer(
     o.httpAddress,
     (router: ConnectRouter) => {
       for (const m of mounted) router.service(m.service, m.impl);
     },
-    { onError },
+    { onError, httpRoutes: routes },
   );
   for (const m of mounted) health.set(m.service.typeName, "SERVING");
-  health.set("", "SERVING");
+  readiness.set("listeners", true);
 
   // Sweeps run one at a time; a failure is logged and retried next tick.
   let sweeping: Promise<void> | undefined;
@@ -114,11 +139,17 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   return {
     grpcPort: grpcServer.port,
     httpPort: connectServer.port,
+    healthPort: healthListener?.port,
     store,
+    metrics,
+    readiness,
     async close(graceMs = 10_000) {
-      health.set("", "NOT_SERVING");
+      // Probes turn traffic away first, while calls in flight drain.
+      readiness.shutdown();
       clearInterval(timer);
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
+      // Last, so probes and scrapes see the drain; nothing on it needs a grace period.
+      await healthListener?.close(0);
       await sweeping;
       await db.close();
     },
