@@ -1,4 +1,5 @@
 import type { ServiceImpl } from "@connectrpc/connect";
+import type { SessionTokenIssuer } from "../auth/session-tokens.js";
 import {
   CreateSessionRequestSchema,
   ForkSessionRequestSchema,
@@ -8,11 +9,25 @@ import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { WardenStore } from "../store/warden-store.js";
 import { requestHash } from "./request-hash.js";
 
+/** Options of {@link createSessionService}. */
+export interface SessionServiceOptions {
+  /**
+   * Signs the session token that CreateSession and ForkSession return.
+   * Without it the token is left empty (for tests of the store alone).
+   */
+  readonly tokens?: SessionTokenIssuer;
+}
+
 /** SessionService over the store: sessions and their life. */
-export function createSessionService(store: WardenStore): ServiceImpl<typeof SessionService> {
+export function createSessionService(store: WardenStore, options: SessionServiceOptions = {}): ServiceImpl<typeof SessionService> {
+  // A token is issued on every answer, retries included (each is valid):
+  // the store replays the session, not the token, so no token is stored.
+  const tokenFor = async (s: { sessionId: string; agentId: string }) =>
+    options.tokens === undefined ? "" : (await options.tokens.issue(s)).token;
   return {
     async createSession(req) {
-      return { session: await store.createSession(req, requestHash(CreateSessionRequestSchema, req)) };
+      const session = await store.createSession(req, requestHash(CreateSessionRequestSchema, req));
+      return { session, sessionToken: await tokenFor(session) };
     },
     async getSession(req) {
       return { session: await store.getSession(req.sessionId) };
@@ -36,7 +51,9 @@ export function createSessionService(store: WardenStore): ServiceImpl<typeof Ses
       return { session: await store.setPaused(req.sessionId, false, "") };
     },
     async forkSession(req) {
-      return { session: await store.forkSession(req, requestHash(ForkSessionRequestSchema, req)) };
+      // The child gets its own token: the parent's names the parent only.
+      const session = await store.forkSession(req, requestHash(ForkSessionRequestSchema, req));
+      return { session, sessionToken: await tokenFor(session) };
     },
     async exportSession(req) {
       return { snapshot: await store.exportSession(req.sessionId) };

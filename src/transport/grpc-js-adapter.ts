@@ -1,8 +1,10 @@
 import { type EventEmitter, once } from "node:events";
+import type { PeerCertificate } from "node:tls";
 import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type DescService, type Message } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
+  createContextValues,
   createHandlerContext,
   createServiceImplSpec,
   type HandlerContext,
@@ -10,6 +12,7 @@ import {
 } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
 import { encodeGrpcStatusDetails, grpcStatusDetailsBinKey } from "./grpc-status-details.js";
+import { peerCertificateKey } from "./peer-certificate.js";
 import { type HandlerErrorHook, isServerFault, normalizeError } from "./normalize-error.js";
 
 /**
@@ -24,6 +27,8 @@ export interface ServerSurfaceCall extends EventEmitter {
   getPath(): string;
   getPeer(): string;
   sendMetadata(responseMetadata: grpc.Metadata): void;
+  /** The TLS peer certificate, when the listener verified one (grpc-js ≥ 1.10). */
+  getAuthContext?(): { readonly sslPeerCertificate?: PeerCertificate } | null;
 }
 
 /** Options of {@link createGrpcJsService}. */
@@ -51,8 +56,9 @@ export interface GrpcJsService {
  * takes, so a service is written once and served by both stacks. Messages are
  * (de)serialized with protobuf-es from the generated descriptors; each handler
  * gets a real `HandlerContext` (request headers from the gRPC metadata, a
- * signal that aborts on cancellation, deadline or shutdown, and the
- * remaining time); a thrown `ConnectError` becomes the gRPC status with the
+ * signal that aborts on cancellation, deadline or shutdown, the remaining
+ * time, and the client's verified TLS certificate under
+ * `peerCertificateKey` in `values`); a thrown `ConnectError` becomes the gRPC status with the
  * same code and message, anything else INTERNAL "internal error", exactly as
  * connect-node answers.
  *
@@ -218,6 +224,9 @@ type CallWithContext = ServerSurfaceCall & { [kContext]?: HandlerContextControll
 
 function createContext(rt: MethodRuntime, call: CallWithContext): HandlerContextController {
   const deadline = call.getDeadline();
+  // grpc-js reports a certificate only on TLS connections where the client
+  // presented one that verified against the listener's CA.
+  const peerCertificate = call.getAuthContext?.()?.sslPeerCertificate;
   const ctx = createHandlerContext({
     service: rt.service,
     method: rt.method,
@@ -230,6 +239,7 @@ function createContext(rt: MethodRuntime, call: CallWithContext): HandlerContext
     // Binary ("-bin") values arrive base64-encoded, as on the wire and as
     // connect-node presents them.
     requestHeader: call.metadata.toHttp2Headers() as Record<string, string>,
+    contextValues: peerCertificate === undefined ? undefined : createContextValues().set(peerCertificateKey, peerCertificate),
   });
   // One shared listener reads the context from the call instead of a new
   // closure per call.

@@ -23,6 +23,12 @@ export function mountService<S extends DescService>(service: S, impl: Partial<Se
 export interface GrpcServerOptions extends Omit<GrpcJsServiceOptions, "shutdownSignal"> {
   /** Passed to `new grpc.Server()`, e.g. message size limits or keepalive. */
   readonly serverOptions?: grpc.ServerOptions;
+  /**
+   * TLS or mutual TLS (see `createServerCredentials` in src/auth);
+   * plaintext by default. With client certificates, each call's verified
+   * certificate is in its context under `peerCertificateKey`.
+   */
+  readonly credentials?: grpc.ServerCredentials;
 }
 
 /** A listening gRPC server. */
@@ -43,7 +49,7 @@ export interface GrpcServer {
 
 /**
  * Starts a `@grpc/grpc-js` server on `address` ("host:port", port 0 for any
- * free port), without TLS, serving each service through
+ * free port), without TLS unless `credentials` say otherwise, serving each service through
  * {@link createGrpcJsService}. This is the decision path's listener: grpc-js
  * is several times faster than connect-node's gRPC support.
  */
@@ -58,7 +64,7 @@ export async function createGrpcServer(address: string, services: readonly Mount
     server.addService(definition, handlers);
   }
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(address, options.credentials ?? grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
   let closing: Promise<void> | undefined;
   async function close(graceMs: number): Promise<void> {

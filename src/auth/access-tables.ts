@@ -1,0 +1,78 @@
+import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
+import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
+import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
+import type { SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import type { AccessTable } from "./with-api-key-auth.js";
+
+// Role sets, so each table reads as a policy. `admin` may do everything,
+// so it is in every set.
+const ADMIN = ["admin"] as const;
+const READERS_AND_AGENT = ["admin", "approver", "auditor", "agent"] as const;
+const AUDIT = ["admin", "auditor"] as const;
+const ADMIN_AND_AGENT = ["admin", "agent"] as const;
+
+const ownSession = (r: { sessionId: string }) => ({ sessionIds: [r.sessionId] });
+const ownAgent = (r: { agentId: string }) => ({ agentIds: [r.agentId] });
+
+/**
+ * SessionService: admins do everything; approvers and auditors read (and
+ * auditors export); an agent creates and forks sessions for itself and
+ * reads its own (ListSessions must name its agent).
+ */
+export const SESSION_SERVICE_ACCESS: AccessTable<typeof SessionService> = {
+  createSession: { roles: ADMIN_AND_AGENT, scope: ownAgent },
+  getSession: { roles: READERS_AND_AGENT, scope: ownSession },
+  listSessions: { roles: READERS_AND_AGENT, scope: ownAgent },
+  extendSession: { roles: ADMIN },
+  endSession: { roles: ADMIN },
+  revokeSession: { roles: ADMIN },
+  pauseSession: { roles: ADMIN },
+  resumeSession: { roles: ADMIN },
+  forkSession: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: [r.parentSessionId] }) },
+  exportSession: { roles: AUDIT },
+  importSession: { roles: ADMIN },
+};
+
+/** AgentService: readers and the agent itself read; only admins set policy. */
+export const AGENT_SERVICE_ACCESS: AccessTable<typeof AgentService> = {
+  getAgent: { roles: READERS_AND_AGENT, scope: ownAgent },
+  updateAgentPolicy: { roles: ADMIN },
+};
+
+/**
+ * PolicyService with API keys (the control plane, called by sidecars): an
+ * agent decides for its own sessions; readers list actions. Agents calling
+ * a sidecar use session tokens instead (withSessionTokenAuth).
+ */
+export const POLICY_SERVICE_ACCESS: AccessTable<typeof PolicyService> = {
+  authorize: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  capture: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  void: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  check: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  listActions: { roles: READERS_AND_AGENT, scope: ownSession },
+};
+
+/**
+ * AuthService: admins manage keys, auditors list them; an agent may mint a
+ * new token for its own session; the signing keys are public.
+ */
+export const AUTH_SERVICE_ACCESS: AccessTable<typeof AuthService> = {
+  createApiKey: { roles: ADMIN },
+  listApiKeys: { roles: AUDIT },
+  revokeApiKey: { roles: ADMIN },
+  createSessionToken: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  getSigningKeys: { roles: [], public: true },
+};
+
+/**
+ * SyncService (control plane, called by sidecars): a sidecar holds an
+ * agent credential (API key or client certificate) and may only read,
+ * watch, lease and report its own agent's sessions.
+ */
+export const SYNC_SERVICE_ACCESS: AccessTable<typeof SyncService> = {
+  getSessionState: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  watchSessions: { roles: ADMIN_AND_AGENT, scope: ownAgent },
+  acquireLease: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  reportLeases: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: r.reports.map((x) => x.sessionId) }) },
+};

@@ -1,0 +1,154 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { base64url, calculateJwkThumbprint, exportJWK, generateKeyPair, type JSONWebKeySet, SignJWT } from "jose";
+import { createAuth, type Auth } from "../../src/auth/create-auth.js";
+import { createSessionTokenIssuer, createSessionTokenVerifier, SESSION_TOKEN_TYPE } from "../../src/auth/session-tokens.js";
+import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { ManualClock } from "../helpers/fixtures.js";
+
+const DAY = 24 * 60 * 60 * 1000;
+
+async function refused(p: Promise<unknown>, code: Code, message: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    const err = ConnectError.from(e);
+    assert.equal(Code[err.code], Code[code], err.rawMessage);
+    assert.match(err.rawMessage, message);
+    return true;
+  });
+}
+
+for (const driver of DRIVERS) {
+  describe(`session tokens on ${driver}`, () => {
+    let t: TestDatabase;
+    let clock: ManualClock;
+    let auth: Auth;
+    let fetches: number;
+    const verifier = (o: { cooldownMs?: number; fetchJwks?: () => Promise<JSONWebKeySet> } = {}) =>
+      createSessionTokenVerifier({
+        fetchJwks:
+          o.fetchJwks ??
+          (() => {
+            fetches++;
+            return auth.jwks();
+          }),
+        now: clock.now,
+        refetchCooldownMs: o.cooldownMs ?? 5_000,
+      });
+    before(async () => {
+      t = await openTestDatabase(driver);
+      clock = new ManualClock();
+      auth = await createAuth({ db: t.db, now: clock.now, tokenTtlMs: 30 * DAY });
+    });
+    after(() => t.drop());
+
+    test("a token names its session and agent, and expires after its TTL", async () => {
+      fetches = 0;
+      const v = verifier();
+      const { token, expireTime } = await auth.issuer.issue({ sessionId: "s-1", agentId: "shopper-1" });
+      assert.equal(expireTime, Math.floor(clock.ms / 1000) * 1000 + 30 * DAY);
+      const claims = await v.verify(token);
+      assert.equal(claims.sessionId, "s-1");
+      assert.equal(claims.agentId, "shopper-1");
+      assert.equal(claims.expiresAt, expireTime);
+      // Verified offline from then on: one fetch of the key set.
+      await v.verify(token);
+      assert.equal(fetches, 1);
+
+      clock.advance(30 * DAY - 1000);
+      await v.verify(token);
+      clock.advance(2000);
+      await refused(v.verify(token), Code.Unauthenticated, /^token expired$/);
+    });
+
+    test("forged, tampered, unsigned and mistyped tokens are refused", async () => {
+      const v = verifier();
+      const { token } = await auth.issuer.issue({ sessionId: "s-2", agentId: "shopper-1" });
+      const [header, payload, signature] = token.split(".") as [string, string, string];
+      const kid = (await auth.signingKeys.active()).kid;
+      const claims = JSON.parse(Buffer.from(payload, "base64url").toString()) as Record<string, unknown>;
+
+      // Signed by another Ed25519 key that claims the real key's id.
+      const other = await generateKeyPair("EdDSA", { crv: "Ed25519" });
+      const forged = await new SignJWT(claims).setProtectedHeader({ alg: "EdDSA", kid, typ: SESSION_TOKEN_TYPE }).sign(other.privateKey);
+      await refused(v.verify(forged), Code.Unauthenticated, /^invalid token$/);
+
+      // The real signature over a changed payload (another session).
+      const tampered = `${header}.${base64url.encode(JSON.stringify({ ...claims, sub: "s-other" }))}.${signature}`;
+      await refused(v.verify(tampered), Code.Unauthenticated, /^invalid token$/);
+
+      // alg "none", with and without the signature part.
+      const none = base64url.encode(JSON.stringify({ alg: "none", kid, typ: SESSION_TOKEN_TYPE }));
+      await refused(v.verify(`${none}.${payload}.`), Code.Unauthenticated, /^invalid token$/);
+      await refused(v.verify(`${none}.${payload}.${signature}`), Code.Unauthenticated, /^invalid token$/);
+
+      // HMAC keyed with the public key (the classic RS/HS confusion).
+      const publicX = Buffer.from((await auth.jwks()).keys[0]!.x!, "base64url");
+      const hmac = await new SignJWT(claims).setProtectedHeader({ alg: "HS256", kid, typ: SESSION_TOKEN_TYPE }).sign(publicX);
+      await refused(v.verify(hmac), Code.Unauthenticated, /^invalid token$/);
+
+      // A JWT of another type signed by the real key is not a session token.
+      const signingKey = await auth.signingKeys.active();
+      const otherType = await new SignJWT(claims).setProtectedHeader({ alg: "EdDSA", kid, typ: "JWT" }).sign(signingKey.privateKey);
+      await refused(v.verify(otherType), Code.Unauthenticated, /^invalid token$/);
+
+      for (const junk of ["", "abc", "a.b.c", `${header}.${payload}`]) await refused(v.verify(junk), Code.Unauthenticated, /^invalid token$/);
+      // The real one still passes.
+      assert.equal((await v.verify(token)).sessionId, "s-2");
+    });
+
+    test("a rotated-in key is fetched once; made-up key ids cannot make the verifier hammer the store", async () => {
+      fetches = 0;
+      const v = verifier({ cooldownMs: 5_000 });
+      const before = await auth.issuer.issue({ sessionId: "s-3", agentId: "shopper-1" });
+      await v.verify(before.token);
+      assert.equal(fetches, 1);
+
+      // Tokens with unknown kids inside the cooldown of the last fetch fetch nothing.
+      const stranger = await generateKeyPair("EdDSA", { crv: "Ed25519" });
+      const strangerKid = await calculateJwkThumbprint(await exportJWK(stranger.publicKey));
+      for (let i = 0; i < 5; i++) {
+        const bogus = await new SignJWT({ agent_id: "x" })
+          .setProtectedHeader({ alg: "EdDSA", kid: `${strangerKid}${i}`, typ: SESSION_TOKEN_TYPE })
+          .setIssuer("warden")
+          .setSubject("s-3")
+          .setIssuedAt()
+          .setExpirationTime("1h")
+          .sign(stranger.privateKey);
+        await refused(v.verify(bogus), Code.Unauthenticated, /^invalid token$/);
+      }
+      assert.equal(fetches, 1);
+
+      clock.advance(5_000);
+      await auth.signingKeys.rotate();
+      const issuer = createSessionTokenIssuer({ signingKeys: auth.signingKeys, now: clock.now });
+      const after = await issuer.issue({ sessionId: "s-3", agentId: "shopper-1" });
+      assert.notEqual(after.token.split(".")[0], before.token.split(".")[0]);
+      assert.equal((await v.verify(after.token)).sessionId, "s-3");
+      assert.equal(fetches, 2);
+      // The retired key's tokens keep working until they expire.
+      assert.equal((await v.verify(before.token)).sessionId, "s-3");
+      assert.equal(fetches, 2);
+    });
+
+    test("known keys verify offline when the key set cannot be fetched; unknown ones are UNAVAILABLE", async () => {
+      let up = true;
+      const v = verifier({
+        cooldownMs: 0,
+        fetchJwks: async () => {
+          if (!up) throw new Error("control plane unreachable");
+          return auth.jwks();
+        },
+      });
+      const { token } = await auth.issuer.issue({ sessionId: "s-4", agentId: "shopper-1" });
+      await v.verify(token);
+      up = false;
+      assert.equal((await v.verify(token)).sessionId, "s-4");
+      await auth.signingKeys.rotate();
+      const fresh = await createSessionTokenIssuer({ signingKeys: auth.signingKeys, now: clock.now }).issue({ sessionId: "s-4", agentId: "shopper-1" });
+      await refused(v.verify(fresh.token), Code.Unavailable, /signing keys are unavailable/);
+      up = true;
+      assert.equal((await v.verify(fresh.token)).sessionId, "s-4");
+    });
+  });
+}
