@@ -2,10 +2,11 @@ import { readFileSync } from "node:fs";
 import { toJsonString } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
 import { CliError } from "./cli-error.js";
-import { createCliTransport, createWardenClients } from "./clients.js";
+import { createCliTransport, createWardenClients, withApiKey } from "./clients.js";
 import { DEFAULT_SERVER, EXIT_ERROR, EXIT_OK, HELP_FLAG, type CommandContext, type CommandSpec, type WardenClients } from "./command.js";
 import { ACTION_COMMANDS } from "./commands/actions.js";
 import { AGENT_COMMANDS } from "./commands/agents.js";
+import { KEY_COMMANDS } from "./commands/keys.js";
 import { SESSION_COMMANDS } from "./commands/sessions.js";
 import { describeError } from "./describe-error.js";
 import { parseServerUrl } from "./flags.js";
@@ -13,9 +14,9 @@ import { parseCommandLine } from "./parse-command-line.js";
 import { formatCommandHelp, formatMainHelp, usageLine } from "./usage.js";
 
 /** Every client command of the CLI, in the order help lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS];
+export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS];
 
-const GROUPS = ["sessions", "agents"];
+const GROUPS = ["sessions", "agents", "keys"];
 
 /** Where runCli reads and writes; injectable so tests need no process. */
 export interface CliOptions {
@@ -60,6 +61,17 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
       // and never load the store or its drivers.
       const { serveCommand } = await import("../server/serve-command.js");
       await serveCommand(rest);
+      return EXIT_OK;
+    }
+    if (first === "control-plane") {
+      const { controlPlaneCommand } = await import("../control-plane/control-plane-command.js");
+      await controlPlaneCommand(rest);
+      return EXIT_OK;
+    }
+    if (first === "sidecar") {
+      // The sidecar never loads the store or its drivers either.
+      const { sidecarCommand } = await import("../sidecar/sidecar-command.js");
+      await sidecarCommand(rest);
       return EXIT_OK;
     }
     if (first === undefined || first === "--help" || first === "-h") {
@@ -114,6 +126,7 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
     const ctx: CommandContext = {
       flags,
       args: positionals,
+      env,
       print: stdout,
       output(schema, message, text) {
         stdout(json ? toJsonString(schema, message, { prettySpaces: 2 }) : text());
@@ -121,7 +134,9 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
       clients() {
         if (clients === undefined) {
           const baseUrl = parseServerUrl(serverSource, server!);
-          clients = createWardenClients((options.transport ?? createCliTransport)(baseUrl));
+          // Sent on every call when given; a server without --require-auth ignores it.
+          const apiKey = flags.string("api-key") ?? (env.WARDEN_API_KEY || undefined);
+          clients = createWardenClients(withApiKey((options.transport ?? createCliTransport)(baseUrl), apiKey));
         }
         return clients;
       },

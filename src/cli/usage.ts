@@ -91,6 +91,8 @@ export function formatMainHelp(commands: readonly CommandSpec[], group?: string)
           "",
           "Commands:",
           `  ${"serve".padEnd(40)}  run the control plane and decision API (flags: warden serve --help)`,
+          `  ${"control-plane".padEnd(40)}  run the control plane of a cluster (flags: warden control-plane --help)`,
+          `  ${"sidecar".padEnd(40)}  run the sidecar beside one agent (flags: warden sidecar --help)`,
         ]
       : [`Usage: warden ${group} <command> [arguments] [flags]`, "", "Commands:"];
   const policy = shown.some((c) => c.flags.some((f) => policyFlags.has(f)))

@@ -60,6 +60,14 @@ const store: FlagSpec[] = [
   },
 ];
 
+const leaseGrace: FlagSpec = {
+  name: "lease-reconcile-grace",
+  env: "WARDEN_LEASE_RECONCILE_GRACE_MS",
+  default: "10000",
+  arg: "MS",
+  help: "how long past its expiry a sidecar's unreleased lease waits for its last report before its unreported rest is written off as spent",
+};
+
 const common: FlagSpec[] = [
   {
     name: "shutdown-grace",
@@ -71,10 +79,69 @@ const common: FlagSpec[] = [
   { name: "log-level", env: "WARDEN_LOG_LEVEL", default: "info", arg: "LEVEL", help: "trace|debug|info|warn|error" },
 ];
 
+const sessionTokenTtl: FlagSpec = {
+  name: "session-token-ttl",
+  env: "WARDEN_SESSION_TOKEN_TTL_MS",
+  default: String(30 * 24 * 60 * 60 * 1000),
+  arg: "MS",
+  help: "lifetime of the session tokens CreateSession and ForkSession return (independent of the session's own expiry; default 30 days)",
+};
+
+/**
+ * Authentication flags of each role (src/auth). Listeners bind to loopback
+ * unless told otherwise; these say who may call them when they do not.
+ */
+const AUTH_FLAGS: Record<Role, readonly FlagSpec[]> = {
+  serve: [
+    {
+      name: "require-auth",
+      env: "WARDEN_REQUIRE_AUTH",
+      default: "false",
+      arg: "true|false",
+      help: "require API keys on admin calls and session tokens on PolicyService, as control plane and sidecar do (off: a loopback development server)",
+    },
+    sessionTokenTtl,
+  ],
+  "control-plane": [
+    { name: "tls-cert-file", env: "WARDEN_TLS_CERT_FILE", arg: "FILE", help: "PEM certificate chain of the gRPC listener; with --tls-key-file: TLS" },
+    { name: "tls-key-file", env: "WARDEN_TLS_KEY_FILE", arg: "FILE", help: "PEM private key of --tls-cert-file" },
+    {
+      name: "tls-client-ca-file",
+      env: "WARDEN_TLS_CLIENT_CA_FILE",
+      arg: "FILE",
+      help: "PEM CA of client certificates: mutual TLS, every client must present one, which identifies its agent (URI SAN urn:warden:agent:<id>, else CN)",
+    },
+    sessionTokenTtl,
+  ],
+  sidecar: [
+    {
+      name: "control-plane-token-file",
+      env: "WARDEN_CONTROL_PLANE_TOKEN_FILE",
+      arg: "FILE",
+      help: "file holding the API key (role agent) the control plane issued to this sidecar; re-read every minute",
+    },
+    { name: "tls-ca-file", env: "WARDEN_TLS_CA_FILE", arg: "FILE", help: "PEM CA that signed the control plane's certificate (use an https:// --control-plane)" },
+    { name: "tls-cert-file", env: "WARDEN_TLS_CERT_FILE", arg: "FILE", help: "PEM client certificate for mutual TLS with the control plane" },
+    { name: "tls-key-file", env: "WARDEN_TLS_KEY_FILE", arg: "FILE", help: "PEM private key of --tls-cert-file" },
+  ],
+};
+
+/** Each role's flags with its authentication flags added before the common ones, so help groups them with the role's own. */
+function withAuthFlags(flags: Record<Role, readonly FlagSpec[]>): Record<Role, readonly FlagSpec[]> {
+  const out = {} as Record<Role, readonly FlagSpec[]>;
+  for (const role of Object.keys(flags) as Role[]) {
+    const list = [...flags[role]];
+    const at = list.findIndex((f) => f === common[0]);
+    list.splice(at === -1 ? list.length : at, 0, ...AUTH_FLAGS[role]);
+    out[role] = list;
+  }
+  return out;
+}
+
 /** Every flag of every role, in help order. */
-export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = {
+export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = withAuthFlags({
   serve: [...listeners("serve"), ...store, ...common],
-  "control-plane": [...listeners("control-plane"), ...store, ...common],
+  "control-plane": [...listeners("control-plane"), ...store, leaseGrace, ...common],
   sidecar: [
     ...listeners("sidecar"),
     {
@@ -83,6 +150,13 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = {
       required: true,
       arg: "URL",
       help: "gRPC address of any control-plane replica, e.g. http://warden-control-plane:50052",
+    },
+    {
+      name: "agent-id",
+      env: "WARDEN_AGENT_ID",
+      required: true,
+      arg: "ID",
+      help: "the agent whose sessions this sidecar serves",
     },
     {
       name: "staleness-bound",
@@ -121,7 +195,7 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = {
     },
     ...common,
   ],
-};
+});
 
 /** One line per flag, for `warden <role> --help`. */
 export function usageOf(role: Role, summary: string): string {
@@ -156,6 +230,14 @@ export function parseRoleFlags(
     values[f.name] = v;
   }
   return { help: false, values };
+}
+
+/** A flag's value as a boolean ("true" or "false"), or a one-line error naming it. */
+export function booleanFlag(values: Record<string, string | undefined>, name: string): boolean {
+  const text = (values[name] ?? "").trim().toLowerCase();
+  if (text === "true") return true;
+  if (text === "false") return false;
+  throw new Error(`--${name}: "${values[name] ?? ""}" is not true or false`);
 }
 
 /** A flag's value as a positive whole number, or a one-line error naming it. */

@@ -5,6 +5,9 @@ import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grp
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
+import { file_warden_v1_sync_service, SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import { createChangeFeed } from "../control-plane/change-feed.js";
+import { createSyncService } from "../control-plane/sync-service.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { createObservabilityRoutes } from "../observability/observability-routes.js";
 import { createReadiness, type Readiness } from "../observability/readiness.js";
@@ -41,6 +44,8 @@ export interface ServerOptions {
   readonly healthAddress?: string | undefined;
   /** Injected clock (epoch ms); the wall clock by default. */
   readonly now?: () => number;
+  /** How long past expiry an unreleased sidecar lease is written off; default 10 s. */
+  readonly leaseReconcileGraceMs?: number;
 }
 
 /** A running `warden serve`. */
@@ -85,12 +90,15 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const applied = await migrate(db);
   if (applied.length > 0) log.info({ applied }, "migrated");
   readiness.set("store", true);
-  const store = createWardenStore({ db, now: o.now });
+  const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs });
+  // Sidecars watch sessions through this replica's one feed of changes.
+  const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
 
   const described = [
     file_warden_v1_policy_service,
     file_warden_v1_session_service,
     file_warden_v1_agent_service,
+    file_warden_v1_sync_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
@@ -98,6 +106,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     { service: PolicyService, impl: withDecisionMetrics(withValidation(PolicyService, createPolicyService(store)), metrics) },
     { service: SessionService, impl: withValidation(SessionService, createSessionService(store)) },
     { service: AgentService, impl: withValidation(AgentService, createAgentService(store)) },
+    { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
     // grpcurl and older tools still ask v1alpha first.
@@ -125,7 +134,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     sweeping = store
       .sweep()
       .then((r) => {
-        if (r.sessions + r.holds > 0) log.info(r, "swept");
+        const { leases } = r;
+        if (r.sessions + r.holds + leases.leases > 0) {
+          log.info(
+            { sessions: r.sessions, holds: r.holds, leasesReconciled: leases.leases, writtenOffMicros: String(leases.writtenOffValue), writtenOffActions: String(leases.writtenOffActions) },
+            "swept",
+          );
+        }
       })
       .catch((err: unknown) => log.warn({ err }, "sweep failed"))
       .finally(() => {
@@ -147,10 +162,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       // Probes turn traffic away first, while calls in flight drain.
       readiness.shutdown();
       clearInterval(timer);
+      // Watch streams never end on their own: end them first.
+      const feedStopped = feed.stop();
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
       // Last, so probes and scrapes see the drain; nothing on it needs a grace period.
       await healthListener?.close(0);
       await sweeping;
+      await feedStopped;
       await db.close();
     },
   };

@@ -18,5 +18,13 @@ export interface Database extends Queryable {
   readonly kind: "postgres" | "pglite";
   /** How many transactions can usefully run at once. */
   readonly parallelism: number;
+  /**
+   * Calls `onNotify` on every NOTIFY to `channel` (after the notifying
+   * transaction commits), until the returned function is called. On
+   * PostgreSQL it holds one connection of its own and reconnects after a
+   * failure, calling `onNotify` once it is back (a notification sent while
+   * disconnected is lost, so listeners re-read on that call).
+   */
+  listen(channel: string, onNotify: () => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
 }

@@ -41,6 +41,55 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
         throw err;
       }
     },
+    listen: (channel, onNotify) => listenPg(options.connectionString, channel, onNotify),
     close: () => pool.end(),
+  };
+}
+
+/**
+ * LISTEN on a connection outside the pool (a pooled one would be handed to
+ * queries). A broken connection is replaced after a pause, with `onNotify`
+ * called once the new one listens, since notifications sent in between are
+ * gone.
+ */
+async function listenPg(connectionString: string, channel: string, onNotify: () => void): Promise<() => Promise<void>> {
+  let client: pg.Client | undefined;
+  let stopped = false;
+  let retry: NodeJS.Timeout | undefined;
+  const reconnect = (): void => {
+    if (stopped) return;
+    retry = setTimeout(() => void connect().then(onNotify, reconnect), 500);
+  };
+  const connect = async (): Promise<void> => {
+    const c = Object.assign(new pg.Client({ connectionString }), { listening: false });
+    c.on("notification", (m) => {
+      if (m.channel === channel) onNotify();
+    });
+    c.on("error", () => {
+      // "end" follows and schedules the reconnect.
+    });
+    c.on("end", () => {
+      if (client === c) client = undefined;
+      if (client === undefined && c.listening) reconnect();
+    });
+    try {
+      await c.connect();
+      await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+    } catch (err) {
+      await c.end().catch(() => undefined);
+      throw err;
+    }
+    if (stopped) {
+      await c.end();
+      return;
+    }
+    c.listening = true;
+    client = c;
+  };
+  await connect();
+  return async () => {
+    stopped = true;
+    clearTimeout(retry);
+    await client?.end().catch(() => undefined);
   };
 }

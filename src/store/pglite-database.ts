@@ -20,6 +20,11 @@ export async function createPgliteDatabase(dataDir: string | undefined): Promise
     parallelism: 1,
     ...asQueryable(db),
     transaction: (fn) => db.transaction((tx) => fn(asQueryable(tx))),
+    // One process owns a PGlite store, so NOTIFY only ever reaches itself.
+    listen: async (channel, onNotify) => {
+      const unlisten = await db.listen(channel, () => onNotify());
+      return unlisten;
+    },
     close: () => db.close(),
   };
 }

@@ -45,18 +45,28 @@ export async function createStoreLocation(driver: Driver): Promise<{ location: S
  * free loopback ports, and resolves once it logs "listening".
  */
 export async function startServerProcess(store: StoreLocation, extraArgs: string[] = []): Promise<ServerProcess> {
+  return startWardenProcess("serve", [...storeArgs(store), ...extraArgs]);
+}
+
+/** Flags that point a serve or control-plane process at a store. */
+export function storeArgs(store: StoreLocation): string[] {
+  return ["--sweep-interval", "200", ...("dataDir" in store ? ["--data-dir", store.dataDir] : ["--database-url", store.databaseUrl])];
+}
+
+/**
+ * Starts `warden <role>` through the CLI entry point on free loopback ports
+ * and resolves once it logs "listening".
+ */
+export async function startWardenProcess(role: "serve" | "control-plane" | "sidecar", extraArgs: string[] = []): Promise<ServerProcess> {
   const args = [
     "--import",
     "tsx",
     join(ROOT, "src/cli/main.ts"),
-    "serve",
+    role,
     "--grpc-listen",
     "127.0.0.1:0",
     "--http-listen",
     "127.0.0.1:0",
-    "--sweep-interval",
-    "200",
-    ...("dataDir" in store ? ["--data-dir", store.dataDir] : ["--database-url", store.databaseUrl]),
     ...extraArgs,
   ];
   const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, DATABASE_URL: "" } });

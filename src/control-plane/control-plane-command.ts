@@ -1,0 +1,41 @@
+import { createLogger, redactUrl } from "../server/logger.js";
+import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
+import { runUntilSignal } from "../server/run-until-signal.js";
+import { startServer } from "../server/start-server.js";
+
+/**
+ * `warden control-plane`: the system of record for a cluster. It serves
+ * SessionService, AgentService, PolicyService (exact decisions) and the
+ * SyncService that sidecars watch and lease through; replicas on one
+ * PostgreSQL share changes over LISTEN/NOTIFY.
+ */
+export async function controlPlaneCommand(argv: string[]): Promise<void> {
+  const { help, values } = parseRoleFlags("control-plane", argv);
+  if (help) {
+    process.stdout.write(
+      usageOf("control-plane", "Runs the control plane: sessions, agents, the ledger, and the sync and lease API of sidecars."),
+    );
+    return;
+  }
+  const logger = createLogger(values["log-level"]!);
+  const databaseUrl = values["database-url"];
+  const server = await startServer({
+    grpcAddress: values["grpc-listen"]!,
+    httpAddress: values["http-listen"]!,
+    dataDir: values["data-dir"]!,
+    databaseUrl,
+    sweepIntervalMs: positiveInt(values, "sweep-interval"),
+    leaseReconcileGraceMs: positiveInt(values, "lease-reconcile-grace"),
+    logger,
+  });
+  logger.info(
+    {
+      role: "control-plane",
+      grpcPort: server.grpcPort,
+      httpPort: server.httpPort,
+      store: databaseUrl ? redactUrl(databaseUrl) : `pglite:${values["data-dir"]}`,
+    },
+    "listening",
+  );
+  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
+}

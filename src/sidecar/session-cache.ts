@@ -1,0 +1,196 @@
+import { toBinary } from "@bufbuild/protobuf";
+import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { LRUCache } from "lru-cache";
+import { type CompiledPolicy, compilePolicy, EMPTY_POLICY } from "../core/compiled-policy.js";
+import type { ScopeState } from "../core/evaluate.js";
+import { Scope } from "../gen/warden/v1/decision_pb.js";
+import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
+import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import type { AgentState, GetSessionStateResponse, SessionState } from "../gen/warden/v1/sync_service_pb.js";
+
+/** One session as the sidecar decides from it: compact, no protobuf objects. */
+export interface CachedSession {
+  readonly sessionId: string;
+  readonly agentId: string;
+  readonly ancestorIds: readonly string[];
+  readonly policy: CompiledPolicy;
+  readonly status: SessionStatus;
+  readonly expireMs: number;
+  readonly idleTimeoutMs: number | undefined;
+  /** Raised locally on every decision; the store's value when synced. */
+  lastActivityMs: number;
+  readonly revision: bigint;
+}
+
+/** Options of {@link SessionCache}. */
+export interface SessionCacheOptions {
+  readonly maxSessions: number;
+  readonly maxBytes: number;
+  /** Fetches a session with its parents and agent (one call per miss). */
+  readonly fetch: (sessionId: string) => Promise<GetSessionStateResponse>;
+  /** Called when a session leaves the cache or changes, so leases can go back. */
+  readonly onChange?: (before: CachedSession, after: CachedSession | undefined) => void;
+}
+
+/**
+ * The sidecar's sessions: an `lru-cache` bounded by entry count and by an
+ * estimate of their memory, fed by the watch stream and by fetches on a
+ * miss. Concurrent misses of one session share one fetch. Compiled policies
+ * are interned by their bytes, since most sessions of an agent share a
+ * policy: 100,000 sessions then cost ~100,000 small objects, not 100,000
+ * policies.
+ */
+export class SessionCache {
+  private readonly lru: LRUCache<string, CachedSession>;
+  private readonly inflight = new Map<string, Promise<CachedSession>>();
+  /** Watch updates that arrived while their session was being fetched. */
+  private readonly raced = new Map<string, SessionState>();
+  private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
+  private readonly policies = new LRUCache<string, CompiledPolicy>({ max: 10_000 });
+  hits = 0;
+  misses = 0;
+
+  constructor(private readonly o: SessionCacheOptions) {
+    this.lru = new LRUCache<string, CachedSession>({
+      max: o.maxSessions,
+      maxSize: o.maxBytes,
+      sizeCalculation: (s) => 200 + 2 * (s.sessionId.length + s.agentId.length) + 40 * s.ancestorIds.length,
+      dispose: (value, _key, reason) => {
+        if (reason === "evict" || reason === "delete") o.onChange?.(value, undefined);
+      },
+    });
+  }
+
+  /** Sessions cached now. */
+  get size(): number {
+    return this.lru.size;
+  }
+
+  /** Estimated bytes of the cached sessions. */
+  get bytes(): number {
+    return this.lru.calculatedSize;
+  }
+
+  /** A cached session without fetching. */
+  peek(sessionId: string): CachedSession | undefined {
+    return this.lru.get(sessionId);
+  }
+
+  /** The session, fetched once on a miss however many callers wait for it. */
+  get(sessionId: string): CachedSession | Promise<CachedSession> {
+    const hit = this.lru.get(sessionId);
+    if (hit !== undefined) {
+      this.hits++;
+      return hit;
+    }
+    this.misses++;
+    let p = this.inflight.get(sessionId);
+    if (p === undefined) {
+      p = this.o
+        .fetch(sessionId)
+        .then((res) => {
+          this.applyState(res);
+          return this.lru.get(sessionId) ?? this.toCached(res.sessions[0]!);
+        })
+        .finally(() => {
+          this.inflight.delete(sessionId);
+          this.raced.delete(sessionId);
+        });
+      this.inflight.set(sessionId, p);
+    }
+    return p;
+  }
+
+  /** The scopes a decision for `s` checks: itself, its parents (cached with it), its agent. */
+  scopesOf(s: CachedSession): ScopeState[] | undefined {
+    const out: ScopeState[] = [sessionScope(s, Scope.SESSION)];
+    for (const id of s.ancestorIds) {
+      const p = this.lru.get(id);
+      if (p === undefined) return undefined;
+      out.push(sessionScope(p, Scope.PARENT_SESSION));
+    }
+    const agent = this.agents.get(s.agentId);
+    if (agent === undefined) return undefined;
+    out.push(agent.scope);
+    return out;
+  }
+
+  /** Stores a fetched session, its parents and its agent. */
+  applyState(res: GetSessionStateResponse): void {
+    for (const st of res.sessions) this.applySession(this.raced.get(st.sessionId) ?? st, true);
+    if (res.agent !== undefined) this.applyAgent(res.agent);
+  }
+
+  /**
+   * A session changed (from the watch stream). Only sessions held, or being
+   * fetched, are stored: the rest are fetched when first needed.
+   */
+  applySession(st: SessionState, force = false): void {
+    const cur = this.lru.peek(st.sessionId);
+    if (cur === undefined && !force) {
+      if (this.inflight.has(st.sessionId)) {
+        const prev = this.raced.get(st.sessionId);
+        if (prev === undefined || prev.revision < st.revision) this.raced.set(st.sessionId, st);
+      }
+      return;
+    }
+    if (cur !== undefined && cur.revision >= st.revision) return;
+    const next = this.toCached(st);
+    if (cur !== undefined) next.lastActivityMs = Math.max(next.lastActivityMs, cur.lastActivityMs);
+    this.lru.set(st.sessionId, next, { noDisposeOnSet: true });
+    if (cur !== undefined) this.o.onChange?.(cur, next);
+  }
+
+  /** An agent's policy changed. */
+  applyAgent(a: AgentState): void {
+    const cur = this.agents.get(a.agentId);
+    if (cur !== undefined && cur.revision >= a.revision) return;
+    this.agents.set(a.agentId, {
+      revision: a.revision,
+      scope: { scope: Scope.AGENT, id: a.agentId, key: `a:${a.agentId}`, policy: a.policy === undefined ? EMPTY_POLICY : this.compile(a.policy) },
+    });
+  }
+
+  /** Forgets everything (the store was replaced). */
+  clear(): void {
+    this.lru.clear();
+    this.agents.clear();
+  }
+
+  private toCached(st: SessionState): CachedSession {
+    return {
+      sessionId: st.sessionId,
+      agentId: st.agentId,
+      ancestorIds: st.ancestorIds,
+      policy: this.compile(st.policy!),
+      status: st.status,
+      expireMs: timestampMs(st.expireTime!),
+      idleTimeoutMs: st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
+      lastActivityMs: timestampMs(st.lastActivityTime!),
+      revision: st.revision,
+    };
+  }
+
+  private compile(p: SessionPolicy): CompiledPolicy {
+    const key = Buffer.from(toBinary(SessionPolicySchema, p)).toString("base64");
+    let c = this.policies.get(key);
+    if (c === undefined) {
+      c = compilePolicy(p);
+      this.policies.set(key, c);
+    }
+    return c;
+  }
+}
+
+function sessionScope(s: CachedSession, scope: Scope): ScopeState {
+  return {
+    scope,
+    id: s.sessionId,
+    key: `s:${s.sessionId}`,
+    policy: s.policy,
+    status: s.status,
+    expireMs: s.expireMs,
+    idleTimeoutMs: s.idleTimeoutMs,
+    lastActivityMs: s.lastActivityMs,
+  };
+}

@@ -1,0 +1,36 @@
+import { createLogger, redactUrl } from "../server/logger.js";
+import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
+import { runUntilSignal } from "../server/run-until-signal.js";
+import { startSidecar } from "./start-sidecar.js";
+
+/**
+ * `warden sidecar`: PolicyService for one agent, decided from a cache and
+ * budget leases synced from the control plane. It holds no database
+ * credentials.
+ */
+export async function sidecarCommand(argv: string[]): Promise<void> {
+  const { help, values } = parseRoleFlags("sidecar", argv);
+  if (help) {
+    process.stdout.write(usageOf("sidecar", "Runs the sidecar beside one agent: decisions in microseconds from a synced cache and budget leases."));
+    return;
+  }
+  const logger = createLogger(values["log-level"]!);
+  const controlPlaneUrl = values["control-plane"]!;
+  const sidecar = await startSidecar({
+    grpcAddress: values["grpc-listen"]!,
+    httpAddress: values["http-listen"]!,
+    controlPlaneUrl,
+    agentId: values["agent-id"]!,
+    stalenessBoundMs: positiveInt(values, "staleness-bound"),
+    leaseTtlMs: positiveInt(values, "lease-ttl"),
+    reportIntervalMs: positiveInt(values, "report-interval"),
+    cacheMaxSessions: positiveInt(values, "cache-max-sessions"),
+    cacheMaxBytes: positiveInt(values, "cache-max-bytes"),
+    logger,
+  });
+  logger.info(
+    { role: "sidecar", grpcPort: sidecar.grpcPort, httpPort: sidecar.httpPort, controlPlane: redactUrl(controlPlaneUrl), agentId: values["agent-id"] },
+    "listening",
+  );
+  runUntilSignal(logger, (grace) => sidecar.close(grace), positiveInt(values, "shutdown-grace"));
+}

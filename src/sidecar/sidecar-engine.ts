@@ -1,0 +1,572 @@
+import { timingSafeEqual } from "node:crypto";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { LRUCache } from "lru-cache";
+import { evaluate, isTerminal, type Totals } from "../core/evaluate.js";
+import { formatMoney } from "../core/money.js";
+import type { CalendarSpanCache } from "../core/windows.js";
+import { type Decision, DecisionSchema, Outcome, Reason } from "../gen/warden/v1/decision_pb.js";
+import { MoneySchema } from "../gen/warden/v1/money_pb.js";
+import {
+  type ActionRecord,
+  ActionRecordSchema,
+  ActionStatus,
+  type AuthorizeRequest,
+  type AuthorizeResponse,
+  AuthorizeResponseSchema,
+  type CaptureRequest,
+  type CheckRequest,
+  type CheckResponse,
+  CheckResponseSchema,
+  type PolicyService,
+  type VoidRequest,
+} from "../gen/warden/v1/policy_service_pb.js";
+import { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import { type Lease, LeaseRecordSchema, type SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import { decisionToProto } from "../store/decision-proto.js";
+import { newId } from "../store/ids.js";
+import type { CachedSession, SessionCache } from "./session-cache.js";
+import type { ReportQueue } from "./report-queue.js";
+
+/** Reasons the sidecar can be sure of on its own: the request is wrong whatever the usage. */
+const CERTAIN_REASONS = new Set<Reason>([
+  Reason.LIMIT_PER_TRANSACTION,
+  Reason.MERCHANT_NOT_ALLOWED,
+  Reason.MERCHANT_BLOCKED,
+  Reason.ACTION_TYPE_NOT_ALLOWED,
+  Reason.SESSION_REVOKED,
+  Reason.SESSION_COMPLETED,
+  Reason.SESSION_PAUSED,
+  Reason.SESSION_EXHAUSTED,
+  Reason.SESSION_FAILED,
+  Reason.PARENT_INACTIVE,
+]);
+
+/** A lease leaves use this long before its expiry (a tenth of its life, at most 1 s), against clock skew. */
+const MAX_LEASE_SKEW_MS = 1000;
+/** A lease nobody spent from for this long goes back to the store. */
+const LEASE_IDLE_MS = 5000;
+/** How long beyond its own expiry the store keeps a hold placed here, so its capture report arrives first. */
+const HOLD_GRACE_MS = 60_000;
+/** Leases are sized to cover this much of the recent spend rate. */
+const LEASE_HORIZON_S = 2;
+
+/** The budget a sidecar may spend for one session, as it tracks it. */
+interface LeaseState {
+  readonly id: string;
+  /** When it stops being spent from: its expiry less a margin for clock skew. */
+  readonly expireMs: number;
+  readonly grantedValue: bigint | undefined;
+  readonly grantedActions: bigint | undefined;
+  valueLeft: bigint | undefined;
+  actionsLeft: bigint | undefined;
+  usedValue: bigint;
+  usedActions: bigint;
+  /** Store usage at the grant minus this lease's reserve: what others had. */
+  readonly base: Map<string, Totals>;
+  lastUseMs: number;
+}
+
+interface SessionLeases {
+  current: LeaseState | undefined;
+  acquiring: Promise<LeaseState | undefined> | undefined;
+  /** Spend rate estimates (per second), decayed on each update. */
+  rateValue: number;
+  rateActions: number;
+  rateMs: number;
+}
+
+interface LocalHold {
+  readonly sessionId: string;
+  readonly agentId: string;
+  readonly amount: bigint;
+  readonly currency: string;
+  readonly expireMs: number;
+  readonly createMs: number;
+  readonly action: AuthorizeRequest["action"];
+  readonly decision: Decision;
+}
+
+/** The calls a sidecar makes to the control plane. */
+export interface ControlPlaneClients {
+  readonly sync: Client<typeof SyncService>;
+  readonly policy: Client<typeof PolicyService>;
+}
+
+/** What the engine reports for metrics; every hook optional. */
+export interface EngineEvents {
+  lease?(op: "grant" | "renew" | "return"): void;
+  /** Which path a decision took: from a lease, denied locally, or through the control plane. */
+  path?(path: "lease" | "local" | "exact" | "unavailable"): void;
+}
+
+/** Options of {@link SidecarEngine}. */
+export interface SidecarEngineOptions {
+  readonly cache: SessionCache;
+  readonly controlPlane: ControlPlaneClients;
+  readonly reports: ReportQueue;
+  readonly holder: string;
+  readonly spans: CalendarSpanCache;
+  readonly leaseTtlMs: number;
+  /** True while decisions may still be made from leases (see SyncClient). */
+  readonly fresh: () => boolean;
+  /** Called when a control-plane call succeeds or fails for lack of it. */
+  readonly contact?: (ok: boolean) => void;
+  /** Called when a decision found the view stale: reconnect now. */
+  readonly stale?: () => void;
+  readonly now?: () => number;
+  readonly events?: EngineEvents;
+}
+
+type Method = "authorize" | "check";
+
+/**
+ * The sidecar's decisions (design.md §2, §4, §6).
+ *
+ * An action is evaluated by the same pure engine as in the store, against
+ * the cached policy chain and a usage view built from the lease's grant.
+ * When the outcome is ALLOW and the session's lease covers the amount, the
+ * decision is made here, in microseconds, and queued for the store. When
+ * the lease cannot cover it, a bigger lease is asked for; when none can be
+ * granted (near a limit), the decision is made exactly by the control
+ * plane. Denials the sidecar is sure of (status, merchant, type,
+ * per-transaction) are answered here; those that depend on usage go to the
+ * control plane, which sees every sidecar's spend.
+ */
+export class SidecarEngine {
+  private readonly leases = new Map<string, SessionLeases>();
+  private readonly holds = new Map<string, LocalHold>();
+  /** First answers of idempotent calls made here, by "session|key". */
+  private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>({ max: 100_000 });
+  private readonly now: () => number;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: SidecarEngineOptions) {
+    this.now = o.now ?? Date.now;
+  }
+
+  /** Starts housekeeping: idle and expiring leases go back, lapsed holds are forgotten. */
+  start(intervalMs = 500): void {
+    this.timer = setInterval(() => this.housekeep(), intervalMs);
+    this.timer.unref();
+  }
+
+  /** Stops housekeeping and queues every lease for release (a clean shutdown). */
+  stop(): void {
+    clearInterval(this.timer);
+    for (const [sessionId, sl] of this.leases) {
+      if (sl.current !== undefined) this.release(sessionId, sl);
+    }
+  }
+
+  /** The number of sessions holding a lease now. */
+  get leaseCount(): number {
+    let n = 0;
+    for (const sl of this.leases.values()) if (sl.current !== undefined) n++;
+    return n;
+  }
+
+  /** A session changed or left the cache: give its lease back if it can no longer spend. */
+  onSessionChange(before: CachedSession, after: CachedSession | undefined): void {
+    const sl = this.leases.get(before.sessionId);
+    if (sl?.current === undefined) return;
+    if (after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy) this.release(before.sessionId, sl);
+  }
+
+  authorize(req: AuthorizeRequest, hash: Uint8Array): Promise<AuthorizeResponse> {
+    return this.decide("authorize", req, hash) as Promise<AuthorizeResponse>;
+  }
+
+  check(req: CheckRequest, hash: Uint8Array): Promise<CheckResponse> {
+    return this.decide("check", req, hash) as Promise<CheckResponse>;
+  }
+
+  private async decide(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<AuthorizeResponse | CheckResponse> {
+    const started = process.hrtime.bigint();
+    const replay = this.replay(req.sessionId, req.idempotencyKey, method, hash);
+    if (replay !== undefined) return decodeResponse(method, replay);
+    if (!this.o.fresh()) {
+      this.o.stale?.();
+      return this.unavailable(method, req, started, "the control plane has been unreachable for too long");
+    }
+
+    let s: CachedSession;
+    try {
+      const got = this.o.cache.get(req.sessionId);
+      s = got instanceof Promise ? await got : got;
+      this.o.contact?.(true);
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (!isUnreachable(e)) throw e;
+      this.o.contact?.(false);
+      return this.unavailable(method, req, started, "the session is not cached and the control plane is unreachable");
+    }
+    // As in the store: an ended session is an error, not a decision.
+    if (isTerminal(s.status)) {
+      throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
+    }
+    const scopes = this.o.cache.scopesOf(s);
+    const action = req.action!;
+    const amount = action.amount?.amountMicros ?? 0n;
+    // Unusual shapes (a parent not cached, another currency) are the
+    // store's to answer, with its exact message.
+    if (scopes === undefined || (action.amount !== undefined && action.amount.currencyCode !== s.policy.currency)) {
+      return this.exact(method, req);
+    }
+
+    const nowMs = this.now();
+    const sl = this.sessionLeases(req.sessionId);
+    let lease = this.usable(sl.current, amount, nowMs);
+    const view = (l: LeaseState | undefined) => (key: string) => {
+      const b = l?.base.get(key);
+      return b === undefined ? undefined : { value: b.value + l!.usedValue, actions: b.actions + l!.usedActions };
+    };
+    let ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
+    if (ev.outcome === Outcome.ALLOW && lease === undefined) {
+      lease = this.usable(await this.acquire(req.sessionId, sl, amount), amount, this.now());
+      if (lease !== undefined) {
+        ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
+      }
+    }
+    if (ev.outcome === Outcome.ALLOW && lease !== undefined) {
+      this.spend(req.sessionId, sl, lease, amount, nowMs);
+      s.lastActivityMs = nowMs;
+      this.o.events?.path?.("lease");
+      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), lease.id, nowMs, started);
+    }
+    if (ev.outcome === Outcome.NEEDS_APPROVAL || (ev.outcome === Outcome.DENY && ev.reasons.some((r) => CERTAIN_REASONS.has(r)))) {
+      this.o.events?.path?.("local");
+      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), "", nowMs, started);
+    }
+    return this.exact(method, req, hash);
+  }
+
+  /** Settles a hold placed here, or passes the call on for one placed by the control plane. */
+  async capture(req: CaptureRequest, hash: Uint8Array): Promise<ActionRecord> {
+    return this.settle("capture", req, hash, req.amount);
+  }
+
+  async void(req: VoidRequest, hash: Uint8Array): Promise<ActionRecord> {
+    return this.settle("void", req, hash, undefined);
+  }
+
+  private async settle(
+    verb: "capture" | "void",
+    req: CaptureRequest | VoidRequest,
+    hash: Uint8Array,
+    amount: CaptureRequest["amount"],
+  ): Promise<ActionRecord> {
+    const prior = this.replay(req.sessionId, req.idempotencyKey, verb, hash);
+    if (prior !== undefined) return fromBinary(ActionRecordSchema, prior);
+    const h = this.holds.get(req.authorizationId);
+    if (h === undefined || h.sessionId !== req.sessionId) {
+      const res = verb === "capture" ? await this.o.controlPlane.policy.capture(req as CaptureRequest) : await this.o.controlPlane.policy.void(req as VoidRequest);
+      return res.authorization!;
+    }
+    const nowMs = this.now();
+    if (nowMs >= h.expireMs) {
+      this.holds.delete(req.authorizationId);
+      throw new ConnectError(`authorization_id: cannot ${verb} "${req.authorizationId}": it has expired`, Code.FailedPrecondition);
+    }
+    let captured = 0n;
+    if (verb === "capture") {
+      if (amount !== undefined && amount.currencyCode !== h.currency) {
+        throw new ConnectError(`amount.currency_code: ${amount.currencyCode} differs from the authorization's ${h.currency}`, Code.InvalidArgument);
+      }
+      captured = amount?.amountMicros ?? h.amount;
+      if (captured > h.amount) {
+        throw new ConnectError(
+          `amount: ${formatMoney(captured, h.currency)} is above the held ${formatMoney(h.amount, h.currency)}`,
+          Code.FailedPrecondition,
+        );
+      }
+    }
+    this.holds.delete(req.authorizationId);
+    this.o.reports.settle(req.sessionId, {
+      $typeName: "warden.v1.LeaseSettlement",
+      authorizationId: req.authorizationId,
+      captureMicros: verb === "capture" ? captured : undefined,
+      time: timestampFromMs(nowMs),
+    });
+    const record = create(ActionRecordSchema, {
+      actionId: req.authorizationId,
+      sessionId: h.sessionId,
+      agentId: h.agentId,
+      action: h.action,
+      decision: h.decision,
+      status: verb === "capture" ? ActionStatus.CAPTURED : ActionStatus.VOIDED,
+      heldAmount: create(MoneySchema, { currencyCode: h.currency, amountMicros: 0n }),
+      capturedAmount: create(MoneySchema, { currencyCode: h.currency, amountMicros: captured }),
+      createTime: timestampFromMs(h.createMs),
+      updateTime: timestampFromMs(nowMs),
+      holdExpireTime: timestampFromMs(h.expireMs),
+      method: "authorize",
+    });
+    this.remember(req.sessionId, req.idempotencyKey, verb, hash, toBinary(ActionRecordSchema, record));
+    return record;
+  }
+
+  // ---- leases ------------------------------------------------------------
+
+  private sessionLeases(sessionId: string): SessionLeases {
+    let sl = this.leases.get(sessionId);
+    if (sl === undefined) {
+      sl = { current: undefined, acquiring: undefined, rateValue: 0, rateActions: 0, rateMs: this.now() };
+      this.leases.set(sessionId, sl);
+    }
+    return sl;
+  }
+
+  private usable(l: LeaseState | undefined, amount: bigint, nowMs: number): LeaseState | undefined {
+    if (l === undefined || nowMs >= l.expireMs) return undefined;
+    if (l.valueLeft !== undefined && l.valueLeft < amount) return undefined;
+    if (l.actionsLeft !== undefined && l.actionsLeft < 1n) return undefined;
+    return l;
+  }
+
+  private spend(sessionId: string, sl: SessionLeases, l: LeaseState, amount: bigint, nowMs: number): void {
+    if (l.valueLeft !== undefined) l.valueLeft -= amount;
+    if (l.actionsLeft !== undefined) l.actionsLeft -= 1n;
+    l.usedValue += amount;
+    l.usedActions += 1n;
+    l.lastUseMs = nowMs;
+    // Exponentially decayed rate (half-life ~1 s) of spend per second.
+    const dt = Math.max(1, nowMs - sl.rateMs) / 1000;
+    const decay = Math.exp(-dt * Math.LN2);
+    sl.rateValue = sl.rateValue * decay + Number(amount) * (1 - decay) / dt;
+    sl.rateActions = sl.rateActions * decay + (1 - decay) / dt;
+    sl.rateMs = nowMs;
+    // Renew ahead of need, so the hot path rarely waits for a grant.
+    const low =
+      (l.valueLeft !== undefined && l.grantedValue !== undefined && l.valueLeft * 4n < l.grantedValue) ||
+      (l.actionsLeft !== undefined && l.grantedActions !== undefined && l.actionsLeft * 4n < l.grantedActions);
+    if (low && sl.acquiring === undefined) void this.acquire(sessionId, sl, amount);
+  }
+
+  /**
+   * Asks for a lease sized to the recent spend rate (at least 8 of this
+   * action), shared by concurrent callers. The previous lease, if any, is
+   * released once the new one is in hand.
+   */
+  private acquire(sessionId: string, sl: SessionLeases, amount: bigint): Promise<LeaseState | undefined> {
+    if (sl.acquiring !== undefined) return sl.acquiring;
+    const desiredValue = bigMax(amount * 8n, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S)));
+    const desiredActions = bigMax(8n, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S)));
+    sl.acquiring = this.o.controlPlane.sync
+      .acquireLease({
+        sessionId,
+        holder: this.o.holder,
+        desiredValueMicros: desiredValue,
+        desiredActions,
+        minValueMicros: amount,
+        ttl: durationFromMs(this.o.leaseTtlMs),
+      })
+      .then(
+        (res) => {
+          this.o.contact?.(true);
+          if (res.lease === undefined) return undefined;
+          const next = leaseState(res.lease, this.now());
+          const prev = sl.current;
+          sl.current = next;
+          if (prev !== undefined) {
+            this.o.reports.release(sessionId, prev.id);
+            this.o.events?.lease?.("renew");
+          } else {
+            this.o.events?.lease?.("grant");
+          }
+          return next;
+        },
+        (err: unknown) => {
+          if (isUnreachable(ConnectError.from(err))) this.o.contact?.(false);
+          return undefined;
+        },
+      )
+      .finally(() => {
+        sl.acquiring = undefined;
+      });
+    return sl.acquiring;
+  }
+
+  private release(sessionId: string, sl: SessionLeases): void {
+    if (sl.current === undefined) return;
+    this.o.reports.release(sessionId, sl.current.id);
+    sl.current = undefined;
+    this.o.events?.lease?.("return");
+  }
+
+  private housekeep(): void {
+    const nowMs = this.now();
+    for (const [sessionId, sl] of this.leases) {
+      const l = sl.current;
+      if (l !== undefined && (nowMs >= l.expireMs || nowMs - l.lastUseMs >= LEASE_IDLE_MS)) this.release(sessionId, sl);
+      if (sl.current === undefined && sl.acquiring === undefined) this.leases.delete(sessionId);
+    }
+    for (const [id, h] of this.holds) if (nowMs >= h.expireMs) this.holds.delete(id);
+  }
+
+  // ---- answers -------------------------------------------------------------
+
+  /**
+   * Answers from here: the decision is queued for the store (with its
+   * lease when it spends), a hold is remembered for its capture, and an
+   * idempotent call's answer is kept for its retries.
+   */
+  private answer(
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash: Uint8Array,
+    s: CachedSession,
+    outcome: Outcome,
+    decision: Decision,
+    leaseId: string,
+    nowMs: number,
+    started: bigint,
+  ): AuthorizeResponse | CheckResponse {
+    const actionId = newId("act", nowMs);
+    const allowed = outcome === Outcome.ALLOW;
+    const held = method === "authorize";
+    const action = req.action!;
+    let holdExpireMs: number | undefined;
+    if (allowed && held) {
+      holdExpireMs = nowMs + s.policy.holdTtlMs;
+      this.holds.set(actionId, {
+        sessionId: s.sessionId,
+        agentId: s.agentId,
+        amount: action.amount?.amountMicros ?? 0n,
+        currency: s.policy.currency,
+        expireMs: holdExpireMs,
+        createMs: nowMs,
+        action,
+        decision,
+      });
+    }
+    const response = held
+      ? create(AuthorizeResponseSchema, {
+          decision,
+          authorizationId: allowed ? actionId : "",
+          holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs),
+        })
+      : create(CheckResponseSchema, { decision, actionId });
+    const bytes = req.idempotencyKey === "" ? new Uint8Array(0) : encodeResponse(method, response);
+    if (req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, bytes);
+    this.o.reports.record(
+      s.sessionId,
+      leaseId,
+      create(LeaseRecordSchema, {
+        actionId,
+        method,
+        action,
+        decision,
+        createTime: timestampFromMs(nowMs),
+        holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs + HOLD_GRACE_MS),
+        processingNanos: process.hrtime.bigint() - started,
+        idempotencyKey: req.idempotencyKey,
+        requestHash: hash,
+        response: bytes,
+      }),
+    );
+    return response;
+  }
+
+  /**
+   * Decides through the control plane, exactly, after giving back this
+   * session's lease (the store would otherwise count it against the very
+   * request that did not fit in it).
+   */
+  private async exact(method: Method, req: AuthorizeRequest | CheckRequest, hash?: Uint8Array): Promise<AuthorizeResponse | CheckResponse> {
+    const started = process.hrtime.bigint();
+    const sl = this.leases.get(req.sessionId);
+    if (sl?.current !== undefined) {
+      this.release(req.sessionId, sl);
+      await this.o.reports.flush();
+    }
+    try {
+      const init = { sessionId: req.sessionId, action: req.action, idempotencyKey: req.idempotencyKey };
+      const res = method === "authorize" ? await this.o.controlPlane.policy.authorize(init) : await this.o.controlPlane.policy.check(init);
+      this.o.contact?.(true);
+      this.o.events?.path?.("exact");
+      if (hash !== undefined && req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, encodeResponse(method, res));
+      return res;
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (!isUnreachable(e)) throw e;
+      this.o.contact?.(false);
+      return this.unavailable(method, req, started, "the control plane is unreachable");
+    }
+  }
+
+  /** Fail closed: DENY with CONTROL_PLANE_UNAVAILABLE, recorded for when the store is back. */
+  private unavailable(method: Method, req: AuthorizeRequest | CheckRequest, started: bigint, why: string): AuthorizeResponse | CheckResponse {
+    this.o.events?.path?.("unavailable");
+    const nowMs = this.now();
+    const decision = create(DecisionSchema, { outcome: Outcome.DENY, reasons: [Reason.CONTROL_PLANE_UNAVAILABLE], message: `deny: ${why}` });
+    const actionId = newId("act", nowMs);
+    this.o.reports.record(
+      req.sessionId,
+      "",
+      create(LeaseRecordSchema, {
+        actionId,
+        method,
+        action: req.action,
+        decision,
+        createTime: timestampFromMs(nowMs),
+        processingNanos: process.hrtime.bigint() - started,
+      }),
+    );
+    return method === "authorize" ? create(AuthorizeResponseSchema, { decision }) : create(CheckResponseSchema, { decision, actionId });
+  }
+
+  private replay(sessionId: string, key: string, method: string, hash: Uint8Array): Uint8Array | undefined {
+    if (key === "") return undefined;
+    const prior = this.answers.get(`${sessionId}|${key}`);
+    if (prior === undefined) return undefined;
+    if (prior.method !== method || prior.hash.length !== hash.length || !timingSafeEqual(prior.hash, hash)) {
+      throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
+    }
+    return prior.response;
+  }
+
+  private remember(sessionId: string, key: string, method: string, hash: Uint8Array, response: Uint8Array): void {
+    if (key !== "") this.answers.set(`${sessionId}|${key}`, { method, hash, response });
+  }
+}
+
+function leaseState(l: Lease, nowMs: number): LeaseState {
+  const base = new Map<string, Totals>();
+  const rv = l.valueMicros ?? 0n;
+  const ra = l.actions ?? 0n;
+  for (const u of l.usage) {
+    const window = ["", "day", "week", "month", "lifetime"][u.window]!;
+    base.set(`${u.scopeKey}|${window}|${u.windowStartUnixMs}`, { value: u.valueMicros - rv, actions: u.actions - ra });
+  }
+  const expireMs = timestampMs(l.expireTime!);
+  return {
+    id: l.leaseId,
+    expireMs: expireMs - Math.min(MAX_LEASE_SKEW_MS, Math.max(0, expireMs - nowMs) / 10),
+    grantedValue: l.valueMicros,
+    grantedActions: l.actions,
+    valueLeft: l.valueMicros,
+    actionsLeft: l.actions,
+    usedValue: 0n,
+    usedActions: 0n,
+    base,
+    lastUseMs: nowMs,
+  };
+}
+
+function isUnreachable(e: ConnectError): boolean {
+  return e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || e.code === Code.Canceled;
+}
+
+function bigMax(a: bigint, b: bigint): bigint {
+  return a > b ? a : b;
+}
+
+function encodeResponse(method: Method, r: AuthorizeResponse | CheckResponse): Uint8Array {
+  return method === "authorize" ? toBinary(AuthorizeResponseSchema, r as AuthorizeResponse) : toBinary(CheckResponseSchema, r as CheckResponse);
+}
+
+function decodeResponse(method: Method, b: Uint8Array): AuthorizeResponse | CheckResponse {
+  return method === "authorize" ? fromBinary(AuthorizeResponseSchema, b) : fromBinary(CheckResponseSchema, b);
+}

@@ -1,0 +1,169 @@
+import { hostname } from "node:os";
+import type { DescService } from "@bufbuild/protobuf";
+import { type ConnectRouter, createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { CalendarSpanCache } from "../core/windows.js";
+import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
+import { SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import type { Logger } from "../server/logger.js";
+import { createConnectServer } from "../transport/connect-server.js";
+import { createGrpcServer } from "../transport/grpc-server.js";
+import { createHealthService, HealthStatus } from "../transport/health-service.js";
+import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
+import { withValidation } from "../transport/validation.js";
+import { ReportQueue } from "./report-queue.js";
+import { SessionCache } from "./session-cache.js";
+import { type EngineEvents, SidecarEngine } from "./sidecar-engine.js";
+import { createSidecarPolicyService } from "./sidecar-policy-service.js";
+import { SyncClient } from "./sync-client.js";
+
+/** Options of {@link startSidecar}. */
+export interface SidecarOptions {
+  readonly grpcAddress: string;
+  readonly httpAddress: string;
+  /** gRPC base URL of any control-plane replica, e.g. "http://127.0.0.1:50052". */
+  readonly controlPlaneUrl: string;
+  /** The agent whose sessions this sidecar serves. */
+  readonly agentId: string;
+  readonly stalenessBoundMs: number;
+  readonly leaseTtlMs: number;
+  readonly reportIntervalMs: number;
+  readonly cacheMaxSessions: number;
+  readonly cacheMaxBytes: number;
+  readonly logger: Logger;
+  /** Extra client options to reach the control plane (credentials, TLS). */
+  readonly controlPlaneTransport?: { interceptors?: Interceptor[]; nodeOptions?: Record<string, unknown> };
+  /** This sidecar's name in leases; host and pid by default. */
+  readonly holder?: string;
+  readonly events?: EngineEvents;
+}
+
+/** A running sidecar. */
+export interface RunningSidecar {
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly engine: SidecarEngine;
+  readonly cache: SessionCache;
+  readonly sync: SyncClient;
+  readonly reports: ReportQueue;
+  readonly health: HealthStatus;
+  /** Stops accepting, drains calls, returns leases and reports what is queued (up to graceMs). */
+  close(graceMs?: number): Promise<void>;
+}
+
+interface Mounted {
+  readonly service: DescService;
+  readonly impl: Partial<ServiceImpl<DescService>>;
+}
+
+/**
+ * Starts `warden sidecar`: PolicyService for the local agent, decided from
+ * a session cache kept in step with the control plane and from budget
+ * leases; no database. Ready (gRPC health SERVING) once the watch stream
+ * is in step, and NOT_SERVING while the control plane has been away past
+ * the staleness bound.
+ */
+export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
+  const log = o.logger;
+  const transport = createGrpcTransport({
+    baseUrl: o.controlPlaneUrl,
+    interceptors: o.controlPlaneTransport?.interceptors,
+    nodeOptions: o.controlPlaneTransport?.nodeOptions as never,
+    // A dead control plane must not hold a decision for long.
+    defaultTimeoutMs: 5_000,
+  });
+  const sync = createClient(SyncService, transport);
+  const policy = createClient(PolicyService, transport);
+  const holder = o.holder ?? `${hostname()}-${process.pid}`;
+
+  let engine: SidecarEngine | undefined;
+  const cache = new SessionCache({
+    maxSessions: o.cacheMaxSessions,
+    maxBytes: o.cacheMaxBytes,
+    fetch: (sessionId) => sync.getSessionState({ sessionId }),
+    onChange: (before, after) => engine?.onSessionChange(before, after),
+  });
+  const reports = new ReportQueue({
+    holder,
+    send: (req) => sync.reportLeases(req),
+    intervalMs: o.reportIntervalMs,
+    onRejected: (rejected) => log.warn({ rejected }, "store refused settlements"),
+    onError: (err) => log.debug({ err }, "report failed; kept for the next try"),
+  });
+  const syncClient = new SyncClient({
+    sync,
+    cache,
+    agentId: o.agentId,
+    stalenessBoundMs: o.stalenessBoundMs,
+    onError: (err, attempt) => (attempt === 0 ? log.warn({ err }, "watch stream broke; reconnecting") : log.debug({ err, attempt }, "watch reconnect failed")),
+    onConnected: (up) => log.info({ connected: up }, up ? "control plane connected" : "control plane disconnected"),
+  });
+  engine = new SidecarEngine({
+    cache,
+    controlPlane: { sync, policy },
+    reports,
+    holder,
+    spans: new CalendarSpanCache(),
+    leaseTtlMs: o.leaseTtlMs,
+    fresh: () => syncClient.fresh(),
+    contact: (ok) => syncClient.contact(ok),
+    stale: () => syncClient.nudge(),
+    events: o.events,
+  });
+
+  const health = new HealthStatus();
+  const described = [file_warden_v1_policy_service, file_grpc_health_v1_health, file_grpc_reflection_v1_reflection];
+  const mounted: Mounted[] = [
+    { service: PolicyService, impl: withValidation(PolicyService, createSidecarPolicyService(engine, policy)) },
+    { service: Health, impl: createHealthService(health) },
+    { service: ServerReflection, impl: createReflectionService(described) },
+    { service: ServerReflectionV1Alpha, impl: createReflectionServiceV1Alpha(described) },
+  ] as Mounted[];
+  const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
+  const grpcServer = await createGrpcServer(o.grpcAddress, mounted, { onError });
+  const connectServer = await createConnectServer(
+    o.httpAddress,
+    (router: ConnectRouter) => {
+      for (const m of mounted) router.service(m.service, m.impl);
+    },
+    { onError },
+  );
+
+  syncClient.start();
+  reports.start();
+  engine.start();
+  let closing = false;
+  const updateHealth = () => {
+    const ready = !closing && syncClient.synced && syncClient.fresh();
+    health.set("", ready ? "SERVING" : "NOT_SERVING");
+    health.set(PolicyService.typeName, ready ? "SERVING" : "NOT_SERVING");
+  };
+  updateHealth();
+  const healthTimer = setInterval(updateHealth, 100);
+  healthTimer.unref();
+
+  return {
+    grpcPort: grpcServer.port,
+    httpPort: connectServer.port,
+    engine,
+    cache,
+    sync: syncClient,
+    reports,
+    health,
+    async close(graceMs = 10_000) {
+      closing = true;
+      updateHealth();
+      clearInterval(healthTimer);
+      const deadline = Date.now() + graceMs;
+      await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
+      // Leases go back and every queued record reaches the store, if it can.
+      engine.stop();
+      reports.stop();
+      const drained = await reports.drain(Math.max(deadline, Date.now() + 1000));
+      if (!drained) log.error({ pending: reports.size }, "control plane unreachable at shutdown: unreported decisions stay counted as spent until their leases are reconciled");
+      await syncClient.stop();
+    },
+  };
+}

@@ -1,0 +1,268 @@
+import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
+import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
+import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import type { Database } from "../../src/store/database.js";
+import { createPgDatabase } from "../../src/store/pg-database.js";
+import { createPostgresDatabase } from "../helpers/databases.js";
+import { payment, USD } from "../helpers/fixtures.js";
+import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { type GrpcClient, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
+
+const AGENT = "agent-sidecar-e2e";
+const SIDECARS = 4;
+
+/** A loopback port free now, so a restarted control plane comes back where sidecars look. */
+async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await sleep(50);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe("sidecars and a control plane on PostgreSQL, as separate processes", () => {
+  let pgdb: { url: string; drop(): Promise<void> };
+  let db: Database;
+  let cpPort: number;
+  let cp: ServerProcess;
+  let sidecars: ServerProcess[] = [];
+  let admin: GrpcClient;
+
+  const startSidecar = () =>
+    startWardenProcess("sidecar", [
+      "--control-plane",
+      `http://127.0.0.1:${cpPort}`,
+      "--agent-id",
+      AGENT,
+      "--report-interval",
+      "20",
+      "--lease-ttl",
+      "2000",
+      "--staleness-bound",
+      "2500",
+    ]);
+
+  before(async () => {
+    pgdb = await createPostgresDatabase();
+    db = createPgDatabase({ connectionString: pgdb.url });
+    cpPort = await freePort();
+    cp = await startOnPort();
+    admin = grpcClient(SessionService, `127.0.0.1:${cpPort}`);
+    sidecars = await Promise.all(Array.from({ length: SIDECARS }, () => startSidecar()));
+  });
+  after(async () => {
+    admin?.close();
+    await Promise.all(sidecars.map((s) => s.stop()));
+    await cp?.stop();
+    await assertLedgerConsistent(db);
+    await db.close();
+    await pgdb.drop();
+  });
+
+  async function startOnPort(): Promise<ServerProcess> {
+    return startWardenProcess("control-plane", [
+      ...storeArgs({ databaseUrl: pgdb.url }),
+      "--lease-reconcile-grace",
+      "500",
+      "--grpc-listen",
+      `127.0.0.1:${cpPort}`,
+    ]);
+  }
+
+  async function createSession(policy: Record<string, unknown>): Promise<string> {
+    const res = await admin.createSession(
+      create(CreateSessionRequestSchema, { agentId: AGENT, policy: { currencyCode: "USD", ...policy }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
+    );
+    return res.session.sessionId as string;
+  }
+
+  /** `n` Checks of `amount` through one sidecar, `concurrency` at a time; returns the allowed count. */
+  async function spend(client: GrpcClient, sessionId: string, n: number, amount: bigint, concurrency = 8): Promise<{ allowed: number; errors: number }> {
+    let next = 0;
+    let allowed = 0;
+    let errors = 0;
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (next < n) {
+          next++;
+          try {
+            const res = await client.check({ sessionId, action: payment(amount) });
+            if (res.decision.outcome === Outcome.ALLOW) allowed++;
+          } catch {
+            errors++;
+          }
+        }
+      }),
+    );
+    return { allowed, errors };
+  }
+
+  async function committed(sessionId: string): Promise<{ value: bigint; ledger: bigint; writtenOff: bigint }> {
+    const u = await db.query<{ v: string }>("SELECT lifetime_committed_value AS v FROM scope_usage WHERE scope_key = $1", [`s:${sessionId}`]);
+    const l = await db.query<{ v: string | null }>("SELECT sum(captured_value) AS v FROM actions WHERE session_id = $1 AND status = 2", [sessionId]);
+    const w = await db.query<{ v: string | null }>("SELECT sum(written_off_value) AS v FROM leases WHERE session_id = $1", [sessionId]);
+    return { value: BigInt(u.rows[0]?.v ?? "0"), ledger: BigInt(l.rows[0]!.v ?? "0"), writtenOff: BigInt(w.rows[0]!.v ?? "0") };
+  }
+
+  /** Every sidecar ready (watch in step, control plane fresh): after an outage they fail closed until then. */
+  async function allReady(): Promise<void> {
+    for (const s of sidecars) {
+      const h = grpcClient(Health, s.grpcAddress);
+      try {
+        await until("sidecars to be ready", async () => (await h.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
+      } finally {
+        h.close();
+      }
+    }
+  }
+
+  async function settled(sessionId: string): Promise<void> {
+    await until("every lease to be settled", async () => {
+      const { rows } = await db.query<{ n: string }>("SELECT count(*) AS n FROM leases WHERE session_id = $1 AND status = 1", [sessionId]);
+      return rows[0]!.n === "0";
+    });
+  }
+
+  test("concurrent clients on 4 sidecars never spend past the limit, and every allowed amount is in the ledger", async () => {
+    await allReady();
+    const sessionId = await createSession({ daily: { maxValueMicros: USD(300) } });
+    const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
+    try {
+      const results = await Promise.all(clients.map((c) => spend(c, sessionId, 120, USD(1))));
+      const allowed = results.reduce((n, r) => n + r.allowed, 0);
+      assert.equal(results.reduce((n, r) => n + r.errors, 0), 0);
+      assert.ok(allowed <= 300, `allowed ${allowed}`);
+      assert.ok(allowed >= 150, `leases should let most of the budget be spent, allowed ${allowed}`);
+      await until("records to reach the store", async () => (await committed(sessionId)).ledger === USD(allowed));
+      // Idle leases go back within seconds: nothing stays reserved.
+      await settled(sessionId);
+      const c = await committed(sessionId);
+      assert.equal(c.value, USD(allowed));
+      assert.equal(c.writtenOff, 0n);
+      await assertLedgerConsistent(db);
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+
+  test("one sidecar SIGKILLed mid-run: its unreported rest is written off, nothing is overspent", async () => {
+    await allReady();
+    const sessionId = await createSession({ daily: { maxValueMicros: USD(400) } });
+    const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
+    try {
+      const running = clients.map((c) => spend(c, sessionId, 120, USD(1), 4));
+      await sleep(150);
+      await sidecars[0]!.kill();
+      const results = await Promise.all(running);
+      const allowed = results.reduce((n, r) => n + r.allowed, 0);
+      assert.ok(results[0]!.errors > 0 || results[0]!.allowed < 120, "the killed sidecar stopped answering");
+      // Its lease expires (2 s) and is reconciled after the grace (0.5 s).
+      await settled(sessionId);
+      const c = await committed(sessionId);
+      assert.ok(c.value <= USD(400), `committed ${c.value}`);
+      // What any sidecar allowed is either recorded or written off.
+      assert.ok(c.ledger + c.writtenOff >= USD(allowed), `allowed ${allowed}, ledger ${c.ledger}, written off ${c.writtenOff}`);
+      assert.equal(c.value, c.ledger + c.writtenOff);
+      await assertLedgerConsistent(db);
+    } finally {
+      for (const c of clients) c.close();
+      sidecars[0] = await startSidecar();
+    }
+  });
+
+  test("control plane restarted mid-run: sidecars reconnect and catch up, nothing lost or overspent", async () => {
+    await allReady();
+    const sessionId = await createSession({ daily: { maxValueMicros: USD(300) } });
+    const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
+    try {
+      const running = clients.map((c) => spend(c, sessionId, 100, USD(1), 4));
+      await sleep(100);
+      await cp.stop();
+      cp = await startOnPort();
+      const results = await Promise.all(running);
+      const allowed = results.reduce((n, r) => n + r.allowed, 0);
+      assert.ok(allowed <= 300);
+      await until("records to reach the store", async () => (await committed(sessionId)).ledger >= USD(allowed));
+      await settled(sessionId);
+      const c = await committed(sessionId);
+      assert.equal(c.value, c.ledger + c.writtenOff);
+      assert.ok(c.value <= USD(300));
+      assert.equal(c.ledger, USD(allowed), "every allowed amount reached the ledger");
+      await assertLedgerConsistent(db);
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+
+  test("offline: sidecars allow within their leases, deny past the staleness bound, recover when it returns", async () => {
+    await allReady();
+    const sessionId = await createSession({ daily: { maxValueMicros: USD(100_000) } });
+    const client = grpcClient(PolicyService, sidecars[1]!.grpcAddress);
+    const health = grpcClient(Health, sidecars[1]!.grpcAddress);
+    try {
+      // Warm: a lease in hand.
+      assert.equal((await spend(client, sessionId, 20, USD(1), 1)).allowed, 20);
+      await cp.stop();
+      const offline = await client.check({ sessionId, action: payment(USD(1)) });
+      assert.equal(offline.decision.outcome, Outcome.ALLOW, "still within the lease and the staleness bound");
+      // Past the staleness bound readiness drops, and spending is denied.
+      await until("the staleness bound to pass", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.NOT_SERVING);
+      const denied = await client.check({ sessionId, action: payment(USD(1)) });
+      assert.equal(denied.decision.outcome, Outcome.DENY);
+      assert.deepEqual(denied.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
+      cp = await startOnPort();
+      await until("the sidecar to recover", async () => (await client.check({ sessionId, action: payment(USD(1)) })).decision.outcome === Outcome.ALLOW);
+      await until("readiness", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
+    } finally {
+      client.close();
+      health.close();
+    }
+  });
+
+  test("revocation reaches every sidecar within a second", async () => {
+    await allReady();
+    const sessionId = await createSession({ daily: { maxValueMicros: USD(100_000) } });
+    const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
+    try {
+      for (const c of clients) assert.equal((await c.check({ sessionId, action: payment(USD(1)) })).decision.outcome, Outcome.ALLOW);
+      const t0 = Date.now();
+      await admin.revokeSession({ sessionId, reason: "stop" });
+      const seen = await Promise.all(
+        clients.map(async (c) => {
+          // As with `warden serve`, a call on an ended session fails
+          // FAILED_PRECONDITION ("has ended (REVOKED)"): it is no decision.
+          for (;;) {
+            const r = await c.check({ sessionId, action: payment(USD(1)) }).catch((e: { code: number; details: string }) => e);
+            if (!("decision" in r)) {
+              assert.equal(r.code, 9, r.details);
+              assert.match(r.details, /has ended \(REVOKED\)/);
+              return Date.now() - t0;
+            }
+            assert.equal(r.decision.outcome, Outcome.ALLOW);
+            await sleep(5);
+          }
+        }),
+      );
+      assert.ok(Math.max(...seen) < 1000, `revocation took ${Math.max(...seen)} ms`);
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+});
