@@ -11,6 +11,7 @@ export * from "./auth-service.js";
 export * from "./bearer-token.js";
 export * from "./certificate-principal.js";
 export * from "./create-auth.js";
+export * from "./guard-services.js";
 export * from "./principal.js";
 export * from "./server-tls.js";
 export * from "./session-tokens.js";

@@ -77,10 +77,17 @@ export function createSigningKeys(options: SigningKeysOptions): SigningKeys {
     const priv: JWK = { ...(await exportJWK(privateKey)), kid, alg: SESSION_TOKEN_ALG };
     // The partial unique index admits one active key: whoever loses the
     // race inserts nothing and uses the winner's.
-    await q.query(
-      `INSERT INTO signing_keys (kid, private_jwk, public_jwk, create_time) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-      [kid, JSON.stringify(priv), JSON.stringify(pub), iso(now())],
-    );
+    try {
+      await q.query(
+        `INSERT INTO signing_keys (kid, private_jwk, public_jwk, create_time) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+        [kid, JSON.stringify(priv), JSON.stringify(pub), iso(now())],
+      );
+    } catch (err) {
+      // Some drivers (PGlite) attach the statement's parameters to their
+      // errors, and this one holds a private key: keep only the message,
+      // so no log line can carry it.
+      throw new Error(`storing a new signing key failed: ${(err as Error).message}`);
+    }
   }
 
   async function readActive(): Promise<KeyRow | undefined> {

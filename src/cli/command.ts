@@ -1,6 +1,7 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
 import type { FlagSpec, ParsedFlags } from "./parse-command-line.js";
@@ -15,11 +16,12 @@ export const EXIT_ERROR = 1;
  */
 export const EXIT_NOT_ALLOWED = 2;
 
-/** WardenClients are the Connect clients of the three services. */
+/** WardenClients are the Connect clients of the services. */
 export interface WardenClients {
   readonly sessions: Client<typeof SessionService>;
   readonly policy: Client<typeof PolicyService>;
   readonly agents: Client<typeof AgentService>;
+  readonly auth: Client<typeof AuthService>;
 }
 
 /** CommandContext is what a command's `run` gets: its input and its outputs. */
@@ -36,6 +38,8 @@ export interface CommandContext {
   output<Desc extends DescMessage>(schema: Desc, message: MessageShape<Desc>, text: () => string): void;
   /** The service clients; created on first use, so local errors never need a server. */
   clients(): WardenClients;
+  /** The environment (for commands that read settings from it, like `keys bootstrap`). */
+  readonly env: Readonly<Record<string, string | undefined>>;
 }
 
 /** CommandSpec is one subcommand: its help and its implementation. */
@@ -65,6 +69,18 @@ export const SERVER_FLAG: FlagSpec = {
   description: `control plane address (env WARDEN_SERVER; default ${DEFAULT_SERVER})`,
 };
 
+/**
+ * `--api-key`, accepted by every client command: sent as `authorization:
+ * Bearer` on every call. The environment variable is the better way: a
+ * flag shows in the process list.
+ */
+export const API_KEY_FLAG: FlagSpec = {
+  name: "api-key",
+  type: "string",
+  value: "KEY",
+  description: "API key sent on every call (env WARDEN_API_KEY, which keeps it out of the process list)",
+};
+
 /** `--json`, accepted by every command that prints a response. */
 export const JSON_FLAG: FlagSpec = { name: "json", type: "boolean", description: "print the response as proto3 JSON" };
 
@@ -80,4 +96,4 @@ export const IDEMPOTENCY_FLAG: FlagSpec = {
 };
 
 /** The flags of a client command that prints a response. */
-export const CLIENT_FLAGS: readonly FlagSpec[] = [SERVER_FLAG, JSON_FLAG];
+export const CLIENT_FLAGS: readonly FlagSpec[] = [SERVER_FLAG, API_KEY_FLAG, JSON_FLAG];

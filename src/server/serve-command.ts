@@ -1,5 +1,5 @@
 import { createLogger, redactUrl } from "./logger.js";
-import { parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
+import { booleanFlag, parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
 import { startServer } from "./start-server.js";
 
 /**
@@ -15,6 +15,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
   }
   const logger = createLogger(values["log-level"]!);
   const databaseUrl = values["database-url"];
+  const requireAuth = booleanFlag(values, "require-auth");
   const server = await startServer({
     grpcAddress: values["grpc-listen"]!,
     httpAddress: values["http-listen"]!,
@@ -22,6 +23,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
     databaseUrl,
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
     healthAddress: values["health-listen"],
+    requireAuth,
+    sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
     logger,
   });
   logger.info(
@@ -30,9 +33,14 @@ export async function serveCommand(argv: string[]): Promise<void> {
       httpPort: server.httpPort,
       healthPort: server.healthPort,
       store: databaseUrl ? redactUrl(databaseUrl) : `pglite:${values["data-dir"]}`,
+      requireAuth,
     },
     "listening",
   );
+  const exposed = [values["grpc-listen"]!, values["http-listen"]!].filter((a) => !isLoopback(a));
+  if (!requireAuth && exposed.length > 0) {
+    logger.warn({ listeners: exposed }, "listening beyond loopback without --require-auth: anyone who can connect may create keys, sessions and decisions");
+  }
   const grace = positiveInt(values, "shutdown-grace");
   let stopping = false;
   const stop = (signal: string) => {
@@ -52,4 +60,10 @@ export async function serveCommand(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+}
+
+/** Whether a "host:port" listen address is on loopback only. */
+function isLoopback(address: string): boolean {
+  const host = address.slice(0, address.lastIndexOf(":")).replace(/^\[|\]$/g, "").toLowerCase();
+  return host === "localhost" || host === "::1" || host.startsWith("127.");
 }

@@ -1,8 +1,11 @@
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
+import { createAuth } from "../auth/create-auth.js";
+import { guardServices } from "../auth/guard-services.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
+import { AuthService, file_warden_v1_auth_service } from "../gen/warden/v1/auth_service_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
 import { file_warden_v1_sync_service, SyncService } from "../gen/warden/v1/sync_service_pb.js";
@@ -40,6 +43,14 @@ export interface ServerOptions {
   readonly databaseUrl?: string | undefined;
   readonly sweepIntervalMs: number;
   readonly logger: Logger;
+  /**
+   * Require API keys on admin calls and session tokens on PolicyService
+   * (`--require-auth`), as the control plane and sidecar do. Off by
+   * default: the all-in-one server is a loopback development server.
+   */
+  readonly requireAuth?: boolean;
+  /** Lifetime of session tokens (`--session-token-ttl`); 30 days by default. */
+  readonly sessionTokenTtlMs?: number;
   /** "host:port" of the optional health listener (`--health-listen`): gRPC health, /healthz, /readyz, /metrics only. */
   readonly healthAddress?: string | undefined;
   /** Injected clock (epoch ms); the wall clock by default. */
@@ -90,6 +101,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const applied = await migrate(db);
   if (applied.length > 0) log.info({ applied }, "migrated");
   readiness.set("store", true);
+  // Tokens are issued whether or not they are required, so an agent is
+  // written once for both modes; the signing key lives in the store.
+  const auth = await createAuth({ db, now: o.now, tokenTtlMs: o.sessionTokenTtlMs });
   const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs });
   // Sidecars watch sessions through this replica's one feed of changes.
   const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
@@ -98,29 +112,34 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_warden_v1_policy_service,
     file_warden_v1_session_service,
     file_warden_v1_agent_service,
+    file_warden_v1_auth_service,
     file_warden_v1_sync_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
   const mounted: Mounted[] = [
     { service: PolicyService, impl: withDecisionMetrics(withValidation(PolicyService, createPolicyService(store)), metrics) },
-    { service: SessionService, impl: withValidation(SessionService, createSessionService(store)) },
+    { service: SessionService, impl: withValidation(SessionService, createSessionService(store, { tokens: auth.issuer })) },
     { service: AgentService, impl: withValidation(AgentService, createAgentService(store)) },
+    { service: AuthService, impl: withValidation(AuthService, auth.authService) },
     { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
     // grpcurl and older tools still ask v1alpha first.
     { service: ServerReflectionV1Alpha, impl: createReflectionServiceV1Alpha(described) },
   ] as Mounted[];
+  // With --require-auth every Warden service checks credentials (one
+  // without access rules stops the start); health and reflection stay open.
+  const served = o.requireAuth === true ? guardServices(mounted, auth) : mounted;
 
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
   // Up before the main listeners, so probes hear "not ready" rather than nothing while they start.
   const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
-  const grpcServer = await createGrpcServer(o.grpcAddress, mounted, { onError });
+  const grpcServer = await createGrpcServer(o.grpcAddress, served, { onError });
   const connectServer = await createConnectServer(
     o.httpAddress,
     (router: ConnectRouter) => {
-      for (const m of mounted) router.service(m.service, m.impl);
+      for (const m of served) router.service(m.service, m.impl);
     },
     { onError, httpRoutes: routes },
   );

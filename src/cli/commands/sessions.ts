@@ -1,6 +1,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { create, fromJsonString, toJsonString } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { CreateSessionTokenResponseSchema } from "../../gen/warden/v1/auth_service_pb.js";
 import { SessionStatus, SessionStatusSchema } from "../../gen/warden/v1/session_pb.js";
 import {
   CreateSessionRequestSchema,
@@ -29,9 +30,10 @@ import {
   type SessionSnapshot,
 } from "../../gen/warden/v1/session_service_pb.js";
 import { CliError } from "../cli-error.js";
-import { CLIENT_FLAGS, EXIT_OK, IDEMPOTENCY_FLAG, SERVER_FLAG, type CommandSpec, type WardenClients } from "../command.js";
+import { API_KEY_FLAG, CLIENT_FLAGS, EXIT_OK, IDEMPOTENCY_FLAG, SERVER_FLAG, type CommandSpec, type WardenClients } from "../command.js";
 import { parseDuration, parseEnumWord, parseKeyValues, parsePageSize, parseTimestamp } from "../flags.js";
 import { formatSession, formatSessionsTable } from "../format-session.js";
+import { formatKeyValues, formatTime } from "../format.js";
 import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
 import { buildPolicy, POLICY_FLAGS } from "../policy-flags.js";
 
@@ -203,6 +205,14 @@ async function readInput(path: string): Promise<string> {
 
 const ID = ["SESSION_ID"];
 
+/**
+ * A session block followed by its token, which the agent needs for every
+ * decision (and which the server never shows again).
+ */
+function withToken(text: string, token: string): string {
+  return token === "" ? text : `${text}\n\nsession token (give it to the agent; send as authorization: Bearer)\n  ${token}`;
+}
+
 /** The `warden sessions …` commands. */
 export const SESSION_COMMANDS: readonly CommandSpec[] = [
   {
@@ -214,7 +224,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     async run(ctx) {
       const req = buildCreateSessionRequest(ctx.flags);
       const res = await ctx.clients().sessions.createSession(req);
-      ctx.output(CreateSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
+      ctx.output(CreateSessionResponseSchema, res, () => withToken(res.session ? formatSession(res.session) : "", res.sessionToken));
       return EXIT_OK;
     },
   },
@@ -226,6 +236,22 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     async run(ctx) {
       const res = await ctx.clients().sessions.getSession({ sessionId: ctx.args[0]! });
       ctx.output(GetSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
+      return EXIT_OK;
+    },
+  },
+  {
+    name: "sessions token",
+    args: ID,
+    summary: "issue a new session token (for an imported session, or when the first one expires)",
+    flags: CLIENT_FLAGS,
+    async run(ctx) {
+      const res = await ctx.clients().auth.createSessionToken({ sessionId: ctx.args[0]! });
+      ctx.output(CreateSessionTokenResponseSchema, res, () =>
+        formatKeyValues([
+          ["session token", res.sessionToken],
+          ["expires", formatTime(res.expireTime)],
+        ]),
+      );
       return EXIT_OK;
     },
   },
@@ -332,7 +358,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
       const req = buildForkSessionRequest(parentId, ctx.flags);
       if (req.policy && req.policy.currencyCode === "") req.policy.currencyCode = await fetchSessionCurrency(ctx.clients(), parentId);
       const res = await ctx.clients().sessions.forkSession(req);
-      ctx.output(ForkSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
+      ctx.output(ForkSessionResponseSchema, res, () => withToken(res.session ? formatSession(res.session) : "", res.sessionToken));
       return EXIT_OK;
     },
   },
@@ -341,7 +367,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     args: ID,
     summary: "write a session snapshot (session, policy, usage, history) as JSON",
     notes: "The snapshot is proto3 JSON of warden.v1.SessionSnapshot, the stable export format; `sessions import` reads it back.",
-    flags: [{ name: "out", type: "string", value: "FILE", description: "write to FILE instead of stdout" }, SERVER_FLAG],
+    flags: [{ name: "out", type: "string", value: "FILE", description: "write to FILE instead of stdout" }, SERVER_FLAG, API_KEY_FLAG],
     async run(ctx) {
       const sessionId = ctx.args[0]!;
       const { snapshot } = await ctx.clients().sessions.exportSession({ sessionId });
