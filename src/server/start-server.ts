@@ -2,6 +2,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { createAuth } from "../auth/create-auth.js";
 import { guardServices } from "../auth/guard-services.js";
+import { createServerCredentials, type ServerTlsFiles } from "../auth/server-tls.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
@@ -51,6 +52,12 @@ export interface ServerOptions {
   readonly requireAuth?: boolean;
   /** Lifetime of session tokens (`--session-token-ttl`); 30 days by default. */
   readonly sessionTokenTtlMs?: number;
+  /**
+   * TLS, or mutual TLS with a client CA, on the gRPC listener (the control
+   * plane's `--tls-*` flags, see `serverTlsFromFlags`); plaintext when unset.
+   * A verified client certificate identifies its agent to `requireAuth`.
+   */
+  readonly tls?: ServerTlsFiles | undefined;
   /** "host:port" of the optional health listener (`--health-listen`): gRPC health, /healthz, /readyz, /metrics only. */
   readonly healthAddress?: string | undefined;
   /** Injected clock (epoch ms); the wall clock by default. */
@@ -135,7 +142,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
   // Up before the main listeners, so probes hear "not ready" rather than nothing while they start.
   const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
-  const grpcServer = await createGrpcServer(o.grpcAddress, served, { onError });
+  const grpcServer = await createGrpcServer(o.grpcAddress, served, { onError, credentials: createServerCredentials(o.tls) });
   const connectServer = await createConnectServer(
     o.httpAddress,
     (router: ConnectRouter) => {

@@ -13,7 +13,11 @@ import { SESSION_SERVICE_ACCESS, AUTH_SERVICE_ACCESS } from "../../src/auth/acce
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
 import { createServerCredentials, serverTlsFromFlags } from "../../src/auth/server-tls.js";
 import { createSidecarCredentials, sidecarCredentialOptionsFromFlags } from "../../src/auth/sidecar-credentials.js";
+import { createApiKeys } from "../../src/auth/api-keys.js";
 import { AuthService } from "../../src/gen/warden/v1/auth_service_pb.js";
+import { SyncService } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { createLogger } from "../../src/server/logger.js";
+import { startServer } from "../../src/server/start-server.js";
 import { CreateSessionRequestSchema, GetSessionRequestSchema, SessionService, type GetSessionResponse } from "../../src/gen/warden/v1/session_service_pb.js";
 import { createSessionService } from "../../src/services/session-service.js";
 import { createWardenStore } from "../../src/store/warden-store.js";
@@ -21,6 +25,7 @@ import { createGrpcJsService } from "../../src/transport/grpc-js-adapter.js";
 import { createGrpcServer, type GrpcServer, mountService } from "../../src/transport/grpc-server.js";
 import { withValidation } from "../../src/transport/validation.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { createStoreLocation } from "../helpers/server-process.js";
 import { grpcJsClient } from "../transport/harness.js";
 
 /** Certificates made with the openssl CLI: a CA, a server cert for 127.0.0.1, client certs. */
@@ -193,6 +198,39 @@ for (const driver of DRIVERS) {
         assert.equal(res.session?.agentId, "shopper-1");
       } finally {
         client.close();
+      }
+    });
+
+    test("the control plane (startServer with TLS files and requireAuth) lets a sidecar's certificate sync its own agent only", async () => {
+      const { location, drop } = await createStoreLocation(driver);
+      const cp = await startServer({
+        grpcAddress: "127.0.0.1:0",
+        httpAddress: "127.0.0.1:0",
+        ..."dataDir" in location ? { dataDir: location.dataDir } : { dataDir: "", databaseUrl: location.databaseUrl },
+        sweepIntervalMs: 60_000,
+        logger: createLogger("silent"),
+        requireAuth: true,
+        tls: serverTlsFromFlags({ "tls-cert-file": pki.file("server.crt"), "tls-key-file": pki.file("server.key"), "tls-client-ca-file": pki.file("ca.crt") }),
+      });
+      try {
+        const creds = createSidecarCredentials({ caFile: pki.file("ca.crt"), certFile: pki.file("shopper.crt"), keyFile: pki.file("shopper.key") });
+        const transport = createGrpcTransport({ baseUrl: `https://127.0.0.1:${cp.grpcPort}`, nodeOptions: creds.nodeOptions });
+        const mine = await createClient(SessionService, transport).createSession(sessionRequest("shopper-1"));
+        const sync = createClient(SyncService, transport);
+        const state = await sync.getSessionState({ sessionId: mine.session!.sessionId });
+        assert.equal(state.sessions[0]?.agentId, "shopper-1");
+        const { secret: adminKey } = await createApiKeys({ db: cp.store.db }).create({ role: "admin" });
+        const theirs = await createClient(SessionService, createGrpcTransport({ baseUrl: `https://127.0.0.1:${cp.grpcPort}`, nodeOptions: creds.nodeOptions, interceptors: [(next) => (req) => {
+          req.header.set("authorization", `Bearer ${adminKey}`);
+          return next(req);
+        }] })).createSession(sessionRequest("courier-1"));
+        await refused(sync.getSessionState({ sessionId: theirs.session!.sessionId }), Code.PermissionDenied, /another agent/);
+        await refused(sync.acquireLease({ sessionId: theirs.session!.sessionId, holder: "h", desiredValueMicros: 1n }), Code.PermissionDenied);
+        // The public key set is there for sidecars that verify session tokens.
+        assert.equal((await createClient(AuthService, transport).getSigningKeys({})).keys.length, 1);
+      } finally {
+        await cp.close(0);
+        await drop();
       }
     });
 
