@@ -1,5 +1,6 @@
 import { Code, ConnectError, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
+import { peerCertificateKey } from "../transport/peer-certificate.js";
 import { API_KEY_PREFIX } from "./api-keys.js";
 import { bearerToken } from "./bearer-token.js";
 import type { SessionTokenClaims, SessionTokenVerifier } from "./session-tokens.js";
@@ -52,16 +53,23 @@ export function withSessionTokenAuth(
     if (method.methodKind !== "unary") continue;
     wrapped[method.localName] = async (req, ctx) => {
       const token = bearerToken(ctx.requestHeader);
-      if (token === undefined || token.startsWith(API_KEY_PREFIX)) {
-        if (fallback !== undefined) return fallback.call(otherwise, req, ctx);
-        throw new ConnectError("missing credentials: send authorization: Bearer <session token>", Code.Unauthenticated);
+      if (token !== undefined && !token.startsWith(API_KEY_PREFIX)) {
+        const claims = await options.verifier.verify(token);
+        if (claims.sessionId !== (req as { sessionId: string }).sessionId) {
+          throw new ConnectError("token is for another session", Code.Unauthenticated);
+        }
+        ctx.values.set(sessionTokenClaimsKey, claims);
+        return fn.call(impl, req, ctx);
       }
-      const claims = await options.verifier.verify(token);
-      if (claims.sessionId !== (req as { sessionId: string }).sessionId) {
-        throw new ConnectError("token is for another session", Code.Unauthenticated);
+      // An API key, or a client certificate with no Bearer credential: the
+      // fallback judges those.
+      if (fallback !== undefined && (token !== undefined || ctx.values.get(peerCertificateKey) !== undefined)) {
+        return fallback.call(otherwise, req, ctx);
       }
-      ctx.values.set(sessionTokenClaimsKey, claims);
-      return fn.call(impl, req, ctx);
+      throw new ConnectError(
+        token === undefined ? "missing credentials: send authorization: Bearer <session token>" : "a session token is required here, not an API key",
+        Code.Unauthenticated,
+      );
     };
   }
   return wrapped as Partial<ServiceImpl<typeof PolicyService>>;

@@ -147,7 +147,7 @@ for (const driver of DRIVERS) {
         Code.Unauthenticated,
         /missing credentials/,
       );
-      await refused(anon.policy.check({ sessionId: "s", action: payment(USD(1)) }), Code.Unauthenticated, /missing credentials/);
+      await refused(anon.policy.check({ sessionId: "s", action: payment(USD(1)) }), Code.Unauthenticated, /^missing credentials: send authorization: Bearer <session token>$/);
       await refused(anon.auth.createApiKey({ role: ApiKeyRole.ADMIN }), Code.Unauthenticated);
       await refused(clients("wdn_key_00000000000000000000000000_x").sessions.listSessions({}), Code.Unauthenticated, /^invalid API key$/);
       const basic = createClient(SessionService, createConnectTransport({ baseUrl: url, httpVersion: "1.1", interceptors: [(next) => (req) => {

@@ -1,11 +1,19 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { base64url, calculateJwkThumbprint, exportJWK, generateKeyPair, type JSONWebKeySet, SignJWT } from "jose";
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
 import { createSessionTokenIssuer, createSessionTokenVerifier, SESSION_TOKEN_TYPE } from "../../src/auth/session-tokens.js";
+import { withSessionTokenAuth } from "../../src/auth/with-session-token-auth.js";
+import { withApiKey } from "../../src/cli/clients.js";
+import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
+import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { createPolicyService } from "../../src/services/policy-service.js";
+import { createWardenStore } from "../../src/store/warden-store.js";
+import { mountService } from "../../src/transport/grpc-server.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
-import { ManualClock } from "../helpers/fixtures.js";
+import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import { connectTransports, startStacks } from "../transport/harness.js";
 
 const DAY = 24 * 60 * 60 * 1000;
 
@@ -129,6 +137,29 @@ for (const driver of DRIVERS) {
       // The retired key's tokens keep working until they expire.
       assert.equal((await v.verify(before.token)).sessionId, "s-3");
       assert.equal(fetches, 2);
+    });
+
+    test("a sidecar's PolicyService behind withSessionTokenAuth takes session tokens only", async () => {
+      const store = createWardenStore({ db: t.db, now: clock.now });
+      const stacks = await startStacks([mountService(PolicyService, withSessionTokenAuth(createPolicyService(store), { verifier: verifier() }))]);
+      try {
+        const a = await store.createSession(sessionRequest("sidecar-agent", {}), new Uint8Array(0));
+        const b = await store.createSession(sessionRequest("sidecar-agent", {}), new Uint8Array(0));
+        const tokenA = (await auth.issuer.issue(a)).token;
+        const tokenB = (await auth.issuer.issue(b)).token;
+        const { secret } = await auth.apiKeys.create({ role: "admin" });
+        for (const { name, transport } of connectTransports(stacks)) {
+          // Sends "authorization: Bearer <credential>" when there is one.
+          const as = (credential?: string) => createClient(PolicyService, withApiKey(transport, credential));
+          const check = { sessionId: a.sessionId, action: payment(USD(1)) };
+          assert.equal((await as(tokenA).check(check)).decision?.outcome, Outcome.ALLOW, name);
+          await refused(as(tokenB).check(check), Code.Unauthenticated, /^token is for another session$/);
+          await refused(as().check(check), Code.Unauthenticated, /^missing credentials: send authorization: Bearer <session token>$/);
+          await refused(as(secret).check(check), Code.Unauthenticated, /^a session token is required here, not an API key$/);
+        }
+      } finally {
+        await stacks.close();
+      }
     });
 
     test("known keys verify offline when the key set cannot be fetched; unknown ones are UNAVAILABLE", async () => {
