@@ -16,25 +16,21 @@
  * BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000), DATABASE_URL or
  * WARDEN_TEST_DATABASE_URL for the PostgreSQL server (default the local one).
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
-import { CheckRequestSchema, CheckResponseSchema } from "../src/gen/warden/v1/policy_service_pb.js";
+import { CheckResponseSchema } from "../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createStoreLocation, startServerProcess } from "../test/helpers/server-process.js";
+import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
 import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 1000);
-const AMOUNT = 1_000_000n; // 1.00 USD per call
-const PATH = "/warden.v1.PolicyService/Check";
 
 interface Row {
   target: string;
@@ -43,25 +39,10 @@ interface Row {
   overspend: string;
 }
 
-function encode(sessionId: string): Buffer {
-  return Buffer.from(
-    toBinary(CheckRequestSchema, create(CheckRequestSchema, { sessionId, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT }, merchant: "bench" } })),
-  );
-}
-
-async function startBaseline(kind: "noop" | "ratelimiter"): Promise<{ address: string; proc: ChildProcess }> {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(import.meta.dirname, "baseline-servers.ts"), kind], { stdio: ["ignore", "pipe", "inherit"] });
-  const port = await new Promise<number>((resolve, reject) => {
-    createInterface({ input: proc.stdout! }).once("line", (l) => resolve((JSON.parse(l) as { port: number }).port));
-    proc.once("exit", (c) => reject(new Error(`${kind} exited ${c}`)));
-  });
-  return { address: `127.0.0.1:${port}`, proc };
-}
-
 async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false): Promise<LoadResult> {
   console.error(`  load ${address}: ${total} calls over ${sessionIds.length} session(s)`);
-  const encoded = sessionIds.map(encode);
-  return runGrpcLoad({ address, path: PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency: CONCURRENCY, connections: CONNECTIONS, keepResponses: keep });
+  const encoded = sessionIds.map((id) => encodeCheck(id));
+  return runGrpcLoad({ address, path: CHECK_PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency: CONCURRENCY, connections: CONNECTIONS, keepResponses: keep });
 }
 
 async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<void> {
@@ -146,9 +127,7 @@ async function main(): Promise<void> {
     String(r.result.errors),
     r.overspend,
   ]);
-  console.log(`| ${header.join(" | ")} |`);
-  console.log(`|${header.map(() => "---").join("|")}|`);
-  for (const t of table) console.log(`| ${t.join(" | ")} |`);
+  printTable(header, table);
   if (rows.some((r) => r.overspend.startsWith("MISMATCH"))) process.exitCode = 1;
 }
 

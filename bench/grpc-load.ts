@@ -27,6 +27,13 @@ export interface LoadOptions {
   readonly connections: number;
   /** Keep responses (costs memory). */
   readonly keepResponses?: boolean;
+  /**
+   * Open loop: call i is due at start + i / rate, whatever came back, and
+   * its latency counts from when it was due (so a stall shows up in the
+   * percentiles instead of slowing the load: no coordinated omission).
+   * Unset: closed loop, as fast as `concurrency` allows.
+   */
+  readonly ratePerSecond?: number;
 }
 
 /** A message in gRPC's length-prefixed frame: flag byte, 4-byte length, bytes. */
@@ -96,7 +103,13 @@ export async function runGrpcLoad(o: LoadOptions): Promise<LoadResult> {
     const session = sessions[w % sessions.length]!;
     while (next < o.total) {
       const i = next++;
-      const t0 = process.hrtime.bigint();
+      let t0 = process.hrtime.bigint();
+      if (o.ratePerSecond !== undefined) {
+        const due = start + BigInt(Math.round((i / o.ratePerSecond) * 1e9));
+        const wait = Number(due - t0) / 1e6;
+        if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+        t0 = due;
+      }
       const res = await call(session, grpcFrame(o.request(i)));
       latencies[i] = Number(process.hrtime.bigint() - t0) / 1e6;
       if (res === undefined) errors++;

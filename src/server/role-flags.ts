@@ -159,6 +159,13 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = withAuthFlags({
       help: "the agent whose sessions this sidecar serves",
     },
     {
+      name: "decision-mode",
+      env: "WARDEN_DECISION_MODE",
+      default: "lease",
+      arg: "MODE",
+      help: "lease: decide from budget leases in process, records reach the store within the report interval; exact: every decision is made and recorded by the control plane before it is answered",
+    },
+    {
       name: "staleness-bound",
       env: "WARDEN_STALENESS_BOUND_MS",
       default: "10000",

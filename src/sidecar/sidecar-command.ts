@@ -16,11 +16,14 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
   }
   const logger = createLogger(values["log-level"]!);
   const controlPlaneUrl = values["control-plane"]!;
+  const mode = values["decision-mode"];
+  if (mode !== "lease" && mode !== "exact") throw new Error(`--decision-mode: "${mode}" is not lease or exact`);
   const sidecar = await startSidecar({
     grpcAddress: values["grpc-listen"]!,
     httpAddress: values["http-listen"]!,
     controlPlaneUrl,
     agentId: values["agent-id"]!,
+    decisionMode: mode,
     stalenessBoundMs: positiveInt(values, "staleness-bound"),
     leaseTtlMs: positiveInt(values, "lease-ttl"),
     reportIntervalMs: positiveInt(values, "report-interval"),

@@ -109,6 +109,12 @@ export interface SidecarEngineOptions {
   readonly holder: string;
   readonly spans: CalendarSpanCache;
   readonly leaseTtlMs: number;
+  /**
+   * Every decision through the control plane, recorded in the store before
+   * it is answered: for those who want that guarantee more than
+   * microseconds.
+   */
+  readonly exactOnly?: boolean;
   /** True while decisions may still be made from leases (see SyncClient). */
   readonly fresh: () => boolean;
   /** Called when a control-plane call succeeds or fails for lack of it. */
@@ -215,6 +221,7 @@ export class SidecarEngine {
       return this.exact(method, req);
     }
 
+    if (this.o.exactOnly) return this.exact(method, req, hash);
     const nowMs = this.now();
     const sl = this.sessionLeases(req.sessionId);
     let lease = this.usable(sl.current, amount, nowMs);

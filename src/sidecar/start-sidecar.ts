@@ -27,6 +27,8 @@ export interface SidecarOptions {
   readonly controlPlaneUrl: string;
   /** The agent whose sessions this sidecar serves. */
   readonly agentId: string;
+  /** "exact": every decision through the control plane, recorded before it is answered. Default "lease". */
+  readonly decisionMode?: "lease" | "exact";
   readonly stalenessBoundMs: number;
   readonly leaseTtlMs: number;
   readonly reportIntervalMs: number;
@@ -107,6 +109,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     holder,
     spans: new CalendarSpanCache(),
     leaseTtlMs: o.leaseTtlMs,
+    exactOnly: o.decisionMode === "exact",
     fresh: () => syncClient.fresh(),
     contact: (ok) => syncClient.contact(ok),
     stale: () => syncClient.nudge(),
