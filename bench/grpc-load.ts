@@ -20,6 +20,8 @@ export interface LoadOptions {
   readonly path: string;
   /** Serialized request message for call number i. */
   readonly request: (i: number) => Buffer;
+  /** Extra headers of call number i (e.g. `authorization`). */
+  readonly headers?: (i: number) => Record<string, string>;
   readonly total: number;
   /** Calls in flight at once. */
   readonly concurrency: number;
@@ -73,13 +75,14 @@ export async function runGrpcLoad(o: LoadOptions): Promise<LoadResult> {
   const responses: Buffer[] = [];
   let next = 0;
   let errors = 0;
-  const call = (session: http2.ClientHttp2Session, body: Buffer) =>
+  const call = (session: http2.ClientHttp2Session, body: Buffer, extra: Record<string, string> | undefined) =>
     new Promise<Buffer | undefined>((resolve) => {
       const stream = session.request({
         ":method": "POST",
         ":path": o.path,
         "content-type": "application/grpc",
         te: "trailers",
+        ...extra,
       });
       const chunks: Buffer[] = [];
       let status: string | undefined;
@@ -108,9 +111,12 @@ export async function runGrpcLoad(o: LoadOptions): Promise<LoadResult> {
         const due = start + BigInt(Math.round((i / o.ratePerSecond) * 1e9));
         const wait = Number(due - t0) / 1e6;
         if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-        t0 = due;
+        // Late: count from when it was due. Early (timers are coarse):
+        // count from when it is really sent.
+        const now = process.hrtime.bigint();
+        t0 = due < now ? due : now;
       }
-      const res = await call(session, grpcFrame(o.request(i)));
+      const res = await call(session, grpcFrame(o.request(i)), o.headers?.(i));
       latencies[i] = Number(process.hrtime.bigint() - t0) / 1e6;
       if (res === undefined) errors++;
       else if (o.keepResponses) responses.push(res);

@@ -10,9 +10,12 @@
  *      equals what the store committed.
  *   2. Revocation propagation across 20 sidecars: time from the revoke
  *      call until each sidecar refuses the session.
- *   3. Sidecar RSS with 100,000 cached sessions.
+ *   3. Sidecar RSS with 100,000 cached sessions (with the V8 heap flags
+ *      deploy/ sets for the sidecar container).
  *   4. Time from process start to ready (gRPC health SERVING), for the
  *      compiled build (what the image runs) and for tsx (development).
+ *
+ * Warden runs from the compiled build (npm run build), as in the image.
  *
  * Env: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (64),
  * BENCH_CONNECTIONS (4), BENCH_SIDECARS (20), BENCH_REVOCATIONS (10),
@@ -20,17 +23,17 @@
  * Everything is bounded: fixed request counts, then the processes stop.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer } from "node:net";
 import { join } from "node:path";
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import * as grpc from "@grpc/grpc-js";
+import { createAuth } from "../src/auth/create-auth.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/grpc/health/v1/health_pb.js";
 import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
-import { SessionPolicySchema } from "../src/gen/warden/v1/policy_pb.js";
 import { CheckResponseSchema, PolicyService } from "../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createPgDatabase } from "../src/store/pg-database.js";
@@ -47,6 +50,8 @@ const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 10);
 const CACHED = Number(process.env.BENCH_CACHED_SESSIONS ?? 100_000);
 const ROOT = join(import.meta.dirname, "..");
 const AGENT = "bench-agent";
+/** What deploy/example-agent sets as NODE_OPTIONS of the sidecar: a small young generation and a capped old one. */
+const SIDECAR_NODE_FLAGS = ["--max-semi-space-size=1", "--max-old-space-size=128"];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
@@ -59,12 +64,19 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-function load(address: string, ids: string[], o: { total?: number; rate?: number; keep?: boolean } = {}): Promise<LoadResult> {
-  const encoded = ids.map((id) => encodeCheck(id));
+/** A session and its agent's `authorization` header (its session token). */
+interface BenchSession {
+  readonly id: string;
+  readonly auth: Record<string, string>;
+}
+
+function load(address: string, sessions: BenchSession[], o: { total?: number; rate?: number; keep?: boolean } = {}): Promise<LoadResult> {
+  const encoded = sessions.map((s) => encodeCheck(s.id));
   return runGrpcLoad({
     address,
     path: CHECK_PATH,
     request: (i) => encoded[i % encoded.length]!,
+    headers: (i) => sessions[i % sessions.length]!.auth,
     total: o.total ?? REQUESTS,
     concurrency: CONCURRENCY,
     connections: CONNECTIONS,
@@ -75,8 +87,10 @@ function load(address: string, ids: string[], o: { total?: number; rate?: number
 
 const allowedOf = (r: LoadResult) => r.responses.filter((b) => fromBinary(CheckResponseSchema, b).decision?.outcome === Outcome.ALLOW).length;
 
+let tokenFile = "";
+
 function sidecarArgs(cpUrl: string, extra: string[] = []): string[] {
-  return ["--control-plane", cpUrl, "--agent-id", AGENT, ...extra];
+  return ["--control-plane", cpUrl, "--agent-id", AGENT, "--control-plane-token-file", tokenFile, ...extra];
 }
 
 async function main(): Promise<void> {
@@ -84,16 +98,36 @@ async function main(): Promise<void> {
   const db = createPgDatabase({ connectionString: pgdb.url });
   const cpPort = await freePort();
   const cpUrl = `http://127.0.0.1:${cpPort}`;
-  const cp = await startWardenProcess("control-plane", [...storeArgs({ databaseUrl: pgdb.url }), "--grpc-listen", `127.0.0.1:${cpPort}`]);
-  const admin = createClient(SessionService, createGrpcTransport({ baseUrl: cpUrl }));
-  const mk = async (policy: Record<string, unknown> = {}) =>
-    (
-      await admin.createSession({
-        agentId: AGENT,
-        policy: { currencyCode: "USD", daily: { maxValueMicros: AMOUNT * 1_000_000_000n }, ...policy },
-        expiration: { case: "ttl", value: durationFromMs(3_600_000) },
-      })
-    ).session!.sessionId;
+  // Every Warden process runs the compiled build, as the image does.
+  const built = spawnSync("npm", ["run", "-s", "build"], { cwd: ROOT, stdio: "inherit" });
+  if (built.status !== 0) throw new Error("npm run build failed");
+  const cp = await startWardenProcess("control-plane", [...storeArgs({ databaseUrl: pgdb.url }), "--grpc-listen", `127.0.0.1:${cpPort}`], [], "compiled");
+  // Credentials as `warden keys bootstrap` makes them: an admin key for
+  // this script, an agent key in a file for the sidecars.
+  const auth = await createAuth({ db });
+  const adminKey = (await auth.apiKeys.create({ role: "admin" })).secret;
+  tokenFile = join(mkdtempSync(join(tmpdir(), "warden-bench-")), "token");
+  writeFileSync(tokenFile, (await auth.apiKeys.create({ role: "agent", agentId: AGENT })).secret);
+  const admin = createClient(
+    SessionService,
+    createGrpcTransport({
+      baseUrl: cpUrl,
+      interceptors: [
+        (next) => (req) => {
+          req.header.set("authorization", `Bearer ${adminKey}`);
+          return next(req);
+        },
+      ],
+    }),
+  );
+  const mk = async (policy: Record<string, unknown> = {}): Promise<BenchSession> => {
+    const res = await admin.createSession({
+      agentId: AGENT,
+      policy: { currencyCode: "USD", daily: { maxValueMicros: AMOUNT * 1_000_000_000n }, ...policy },
+      expiration: { case: "ttl", value: durationFromMs(3_600_000) },
+    });
+    return { id: res.session!.sessionId, auth: { authorization: `Bearer ${res.sessionToken}` } };
+  };
   const procs: ServerProcess[] = [];
   try {
     console.log(`# Sidecar: Check over gRPC, ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight over ${CONNECTIONS} connections\n`);
@@ -101,15 +135,15 @@ async function main(): Promise<void> {
     const noop = await startBaseline("noop");
     let noopMax: LoadResult;
     try {
-      await load(noop.address, ["warmup"], { total: 2000 });
-      noopMax = await load(noop.address, ["s"]);
+      await load(noop.address, [{ id: "warmup", auth: {} }], { total: 2000 });
+      noopMax = await load(noop.address, [{ id: "s", auth: {} }]);
       rows.push({ target: "no-op @grpc/grpc-js", scenario: "max", r: noopMax, books: "n/a" });
     } finally {
       noop.proc.kill("SIGTERM");
     }
 
-    const lease = await startWardenProcess("sidecar", sidecarArgs(cpUrl));
-    const exact = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--decision-mode", "exact"]));
+    const lease = await startWardenProcess("sidecar", sidecarArgs(cpUrl), [], "compiled");
+    const exact = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--decision-mode", "exact"]), [], "compiled");
     procs.push(lease, exact);
     const hot = await mk();
     const spread = await Promise.all(Array.from({ length: 1000 }, () => mk()));
@@ -128,7 +162,7 @@ async function main(): Promise<void> {
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
     const noop2 = await startBaseline("noop");
     try {
-      rows.push({ target: "no-op @grpc/grpc-js", scenario: `${half}/s`, r: await load(noop2.address, ["s"], { rate: half }), books: "n/a" });
+      rows.push({ target: "no-op @grpc/grpc-js", scenario: `${half}/s`, r: await load(noop2.address, [{ id: "s", auth: {} }], { rate: half }), books: "n/a" });
     } finally {
       noop2.proc.kill("SIGTERM");
     }
@@ -167,20 +201,21 @@ async function main(): Promise<void> {
 
     // ---- 2. revocation across SIDECARS sidecars ----
     console.log(`\n# Revocation: ${SIDECARS} sidecars, ${REVOCATIONS} revocations, each sidecar polled every 2 ms\n`);
-    const fleet = await Promise.all(Array.from({ length: SIDECARS }, () => startWardenProcess("sidecar", sidecarArgs(cpUrl))));
+    const fleet = await Promise.all(Array.from({ length: SIDECARS }, () => startWardenProcess("sidecar", sidecarArgs(cpUrl), [], "compiled")));
     procs.push(...fleet);
     const clients = fleet.map((s) => grpcClient(PolicyService, s.grpcAddress));
     const samples: number[] = [];
     for (let t = 0; t < REVOCATIONS; t++) {
-      const id = await mk();
-      for (const cl of clients) await cl.check({ sessionId: id, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT } } });
+      const s = await mk();
+      const check = { sessionId: s.id, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT } } };
+      for (const cl of clients) await cl.check(check, {}, s.auth);
       const t0 = performance.now();
-      await admin.revokeSession({ sessionId: id, reason: "bench" });
+      await admin.revokeSession({ sessionId: s.id, reason: "bench" });
       const times = await Promise.all(
         clients.map(async (cl) => {
           for (;;) {
             const refused = await cl
-              .check({ sessionId: id, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT } } })
+              .check(check, {}, s.auth)
               .then((r: { decision: { outcome: number } }) => r.decision.outcome !== Outcome.ALLOW, () => true);
             if (refused) return performance.now() - t0;
             await sleep(2);
@@ -209,15 +244,25 @@ async function main(): Promise<void> {
                              expire_time, last_activity_time)
        SELECT 'mem_' || g, agent_id, ancestor_ids, owner, description, labels, policy, status, create_time, update_time, expire_time, last_activity_time
          FROM sessions, generate_series(1, $2::int) g WHERE session_id = $1`,
-      [template, CACHED],
+      [template.id, CACHED],
     );
-    const mem = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--cache-max-sessions", String(CACHED)]));
+    // With the V8 heap limits deploy/ gives the sidecar container.
+    const mem = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--cache-max-sessions", String(CACHED)]), SIDECAR_NODE_FLAGS, "compiled");
     procs.push(mem);
     const rssOf = (p: ChildProcess) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))![1]) / 1024;
     const before = rssOf(mem.proc);
     const ids = Array.from({ length: CACHED }, (_, i) => `mem_${i + 1}`);
     const blocked = ids.map((id) => encodeCheck(id, "blocked"));
-    const fill = await runGrpcLoad({ address: mem.grpcAddress, path: CHECK_PATH, request: (i) => blocked[i]!, total: CACHED, concurrency: CONCURRENCY, connections: CONNECTIONS });
+    const tokens = await Promise.all(ids.map(async (id) => `Bearer ${(await auth.issuer.issue({ sessionId: id, agentId: AGENT })).token}`));
+    const fill = await runGrpcLoad({
+      address: mem.grpcAddress,
+      path: CHECK_PATH,
+      request: (i) => blocked[i]!,
+      headers: (i) => ({ authorization: tokens[i]! }),
+      total: CACHED,
+      concurrency: CONCURRENCY,
+      connections: CONNECTIONS,
+    });
     // Let the queued records go to the store, then collect what is garbage.
     await sleep(2000);
     const after = rssOf(mem.proc);
@@ -230,8 +275,6 @@ async function main(): Promise<void> {
 
     // ---- 4. start to ready ----
     console.log("\n# Start to ready: process spawn until gRPC health says SERVING (5 runs each)\n");
-    const built = spawnSync("npm", ["run", "-s", "build"], { cwd: ROOT, stdio: "inherit" });
-    if (built.status !== 0) throw new Error("npm run build failed");
     const startRows: string[][] = [];
     for (const [label, args] of [
       ["compiled (node dist/cli/main.js)", [join(ROOT, "dist/cli/main.js")]],
@@ -243,8 +286,6 @@ async function main(): Promise<void> {
       startRows.push([label, pct(times, 0.5).toFixed(0), times.at(-1)!.toFixed(0)]);
     }
     printTable(["sidecar", "median ms", "max ms"], startRows);
-    void toBinary;
-    void SessionPolicySchema;
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     await cp.stop();
@@ -261,22 +302,23 @@ async function startToReady(args: string[], cpUrl: string): Promise<number> {
     cwd: ROOT,
     stdio: "ignore",
   });
-  const health = grpcClient(Health, `127.0.0.1:${port}`);
   try {
     for (;;) {
+      // A new client per try: a grpc-js channel that failed to connect
+      // waits a second before trying again, which would be measured.
+      const health = grpcClient(Health, `127.0.0.1:${port}`);
       const ok = await health
         .check({ service: "" }, { deadline: Date.now() + 200 })
         .then((r: { status: number }) => r.status === HealthCheckResponse_ServingStatus.SERVING, () => false);
+      health.close();
       if (ok) return performance.now() - t0;
       if (performance.now() - t0 > 30_000) throw new Error("sidecar not ready in 30 s");
       await sleep(2);
     }
   } finally {
-    health.close();
     proc.kill("SIGTERM");
     await new Promise((r) => proc.once("exit", r));
   }
 }
 
-void grpc;
 await main();

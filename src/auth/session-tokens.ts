@@ -1,3 +1,4 @@
+import { LRUCache } from "lru-cache";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type CryptoKey, decodeProtectedHeader, errors, importJWK, type JSONWebKeySet, jwtVerify, SignJWT } from "jose";
 import { SESSION_TOKEN_ALG, type SigningKeys } from "./signing-keys.js";
@@ -176,8 +177,26 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
     return keys.get(kid);
   }
 
+  // A token is verified once and then recognised by its exact text: an
+  // Ed25519 check costs tens of microseconds, more than a whole sidecar
+  // decision, and an agent sends the same token on every call. An entry
+  // holds only while its key is still in the set and the token unexpired.
+  const verified = new LRUCache<string, { claims: SessionTokenClaims; kid: string; key: CryptoKey }>({ max: 4096 });
+
   return {
     async verify(token) {
+      const hit = verified.get(token);
+      if (hit !== undefined && keys.get(hit.kid) === hit.key) {
+        if (now() >= hit.claims.expiresAt + toleranceSeconds * 1000) throw new ConnectError("token expired", Code.Unauthenticated);
+        return hit.claims;
+      }
+      const claims = await verifyFully(token);
+      return claims;
+    },
+  };
+
+  async function verifyFully(token: string): Promise<SessionTokenClaims> {
+    {
       let kid: unknown;
       let alg: unknown;
       try {
@@ -199,11 +218,13 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
         });
         const agentId = payload[AGENT_CLAIM];
         if (typeof payload.sub !== "string" || typeof agentId !== "string") throw invalidToken();
-        return { sessionId: payload.sub, agentId, issuedAt: payload.iat! * 1000, expiresAt: payload.exp! * 1000 };
+        const claims = { sessionId: payload.sub, agentId, issuedAt: payload.iat! * 1000, expiresAt: payload.exp! * 1000 };
+        verified.set(token, { claims, kid, key });
+        return claims;
       } catch (err) {
         if (err instanceof errors.JWTExpired) throw new ConnectError("token expired", Code.Unauthenticated);
         throw invalidToken();
       }
-    },
-  };
+    }
+  }
 }

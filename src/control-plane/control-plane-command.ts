@@ -1,3 +1,4 @@
+import { serverTlsFromFlags } from "../auth/server-tls.js";
 import { createLogger, redactUrl } from "../server/logger.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
@@ -26,16 +27,23 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     databaseUrl,
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
     leaseReconcileGraceMs: positiveInt(values, "lease-reconcile-grace"),
+    healthAddress: values["health-listen"],
+    // A cluster's system of record is never open: API keys on admin calls,
+    // session tokens (or agent credentials) on decisions.
+    requireAuth: true,
+    sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
+    tls: serverTlsFromFlags(values),
     logger,
   });
+  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
   logger.info(
     {
       role: "control-plane",
       grpcPort: server.grpcPort,
       httpPort: server.httpPort,
+      healthPort: server.healthPort,
       store: databaseUrl ? redactUrl(databaseUrl) : `pglite:${values["data-dir"]}`,
     },
     "listening",
   );
-  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
 }

@@ -161,6 +161,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       .sweep()
       .then((r) => {
         const { leases } = r;
+        if (leases.leases > 0) {
+          metrics.recordLeaseOperation("reconcile", leases.leases);
+          metrics.recordReconciledMicros(leases.writtenOffValue);
+        }
         if (r.sessions + r.holds + leases.leases > 0) {
           log.info(
             { sessions: r.sessions, holds: r.holds, leasesReconciled: leases.leases, writtenOffMicros: String(leases.writtenOffValue), writtenOffActions: String(leases.writtenOffActions) },

@@ -19,8 +19,13 @@ export interface CachedSession {
   readonly idleTimeoutMs: number | undefined;
   /** Raised locally on every decision; the store's value when synced. */
   lastActivityMs: number;
-  readonly revision: bigint;
+  /** A number, not a bigint: 2^53 revisions are out of reach, and a bigint costs a heap object per session. */
+  readonly revision: number;
 }
+
+// Shared by every session that has no parents, which is nearly all: an
+// empty array per session would be 100,000 arrays in a full cache.
+const NO_ANCESTORS: readonly string[] = Object.freeze([]);
 
 /** Options of {@link SessionCache}. */
 export interface SessionCacheOptions {
@@ -28,6 +33,8 @@ export interface SessionCacheOptions {
   readonly maxBytes: number;
   /** Fetches a session with its parents and agent (one call per miss). */
   readonly fetch: (sessionId: string) => Promise<GetSessionStateResponse>;
+  /** Called on every lookup, for metrics. */
+  readonly onLookup?: (hit: boolean) => void;
   /** Called when a session leaves the cache or changes, so leases can go back. */
   readonly onChange?: (before: CachedSession, after: CachedSession | undefined) => void;
 }
@@ -47,8 +54,6 @@ export class SessionCache {
   private readonly raced = new Map<string, SessionState>();
   private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
   private readonly policies = new LRUCache<string, CompiledPolicy>({ max: 10_000 });
-  hits = 0;
-  misses = 0;
 
   constructor(private readonly o: SessionCacheOptions) {
     this.lru = new LRUCache<string, CachedSession>({
@@ -79,11 +84,8 @@ export class SessionCache {
   /** The session, fetched once on a miss however many callers wait for it. */
   get(sessionId: string): CachedSession | Promise<CachedSession> {
     const hit = this.lru.get(sessionId);
-    if (hit !== undefined) {
-      this.hits++;
-      return hit;
-    }
-    this.misses++;
+    this.o.onLookup?.(hit !== undefined);
+    if (hit !== undefined) return hit;
     let p = this.inflight.get(sessionId);
     if (p === undefined) {
       p = this.o
@@ -117,8 +119,8 @@ export class SessionCache {
 
   /** Stores a fetched session, its parents and its agent. */
   applyState(res: GetSessionStateResponse): void {
-    for (const st of res.sessions) this.applySession(this.raced.get(st.sessionId) ?? st, true);
     if (res.agent !== undefined) this.applyAgent(res.agent);
+    for (const st of res.sessions) this.applySession(this.raced.get(st.sessionId) ?? st, true);
   }
 
   /**
@@ -134,7 +136,7 @@ export class SessionCache {
       }
       return;
     }
-    if (cur !== undefined && cur.revision >= st.revision) return;
+    if (cur !== undefined && cur.revision >= Number(st.revision)) return;
     const next = this.toCached(st);
     if (cur !== undefined) next.lastActivityMs = Math.max(next.lastActivityMs, cur.lastActivityMs);
     this.lru.set(st.sessionId, next, { noDisposeOnSet: true });
@@ -160,14 +162,15 @@ export class SessionCache {
   private toCached(st: SessionState): CachedSession {
     return {
       sessionId: st.sessionId,
-      agentId: st.agentId,
-      ancestorIds: st.ancestorIds,
+      // One string per agent, not one per session.
+      agentId: this.agents.get(st.agentId)?.scope.id ?? st.agentId,
+      ancestorIds: st.ancestorIds.length === 0 ? NO_ANCESTORS : st.ancestorIds,
       policy: this.compile(st.policy!),
       status: st.status,
       expireMs: timestampMs(st.expireTime!),
       idleTimeoutMs: st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
       lastActivityMs: timestampMs(st.lastActivityTime!),
-      revision: st.revision,
+      revision: Number(st.revision),
     };
   }
 

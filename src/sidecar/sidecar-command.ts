@@ -1,3 +1,4 @@
+import { createSidecarCredentials, sidecarCredentialOptionsFromFlags } from "../auth/sidecar-credentials.js";
 import { createLogger, redactUrl } from "../server/logger.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
@@ -17,6 +18,10 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
   const logger = createLogger(values["log-level"]!);
   const controlPlaneUrl = values["control-plane"]!;
   const mode = values["decision-mode"];
+  const credentials = createSidecarCredentials(sidecarCredentialOptionsFromFlags(values));
+  if (credentials.tls !== controlPlaneUrl.startsWith("https://")) {
+    throw new Error(`--control-plane: use ${credentials.tls ? "https://" : "http://"} ${credentials.tls ? "with" : "without"} --tls-* files`);
+  }
   if (mode !== "lease" && mode !== "exact") throw new Error(`--decision-mode: "${mode}" is not lease or exact`);
   const sidecar = await startSidecar({
     grpcAddress: values["grpc-listen"]!,
@@ -29,11 +34,21 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
     reportIntervalMs: positiveInt(values, "report-interval"),
     cacheMaxSessions: positiveInt(values, "cache-max-sessions"),
     cacheMaxBytes: positiveInt(values, "cache-max-bytes"),
+    controlPlaneTransport: { interceptors: credentials.interceptors, nodeOptions: credentials.nodeOptions as Record<string, unknown> | undefined },
+    healthAddress: values["health-listen"],
     logger,
   });
+  runUntilSignal(logger, (grace) => sidecar.close(grace), positiveInt(values, "shutdown-grace"));
   logger.info(
-    { role: "sidecar", grpcPort: sidecar.grpcPort, httpPort: sidecar.httpPort, controlPlane: redactUrl(controlPlaneUrl), agentId: values["agent-id"] },
+    {
+      role: "sidecar",
+      grpcPort: sidecar.grpcPort,
+      httpPort: sidecar.httpPort,
+      healthPort: sidecar.healthPort,
+      controlPlane: redactUrl(controlPlaneUrl),
+      agentId: values["agent-id"],
+      decisionMode: mode,
+    },
     "listening",
   );
-  runUntilSignal(logger, (grace) => sidecar.close(grace), positiveInt(values, "shutdown-grace"));
 }

@@ -43,6 +43,9 @@ const CERTAIN_REASONS = new Set<Reason>([
   Reason.PARENT_INACTIVE,
 ]);
 
+/** What an allowed decision is recorded as in a lease report (its budgets were only for the caller). */
+const ALLOWED: Decision = create(DecisionSchema, { outcome: Outcome.ALLOW, message: "allowed" });
+
 /** A lease leaves use this long before its expiry (a tenth of its life, at most 1 s), against clock skew. */
 const MAX_LEASE_SKEW_MS = 1000;
 /** A lease nobody spent from for this long goes back to the store. */
@@ -94,11 +97,14 @@ export interface ControlPlaneClients {
   readonly policy: Client<typeof PolicyService>;
 }
 
+/** How a decision was made: from a lease, decided here without usage, by the control plane, or refused for want of it. */
+export type DecisionPath = "lease" | "local" | "exact" | "unavailable";
+
 /** What the engine reports for metrics; every hook optional. */
 export interface EngineEvents {
   lease?(op: "grant" | "renew" | "return"): void;
   /** Which path a decision took: from a lease, denied locally, or through the control plane. */
-  path?(path: "lease" | "local" | "exact" | "unavailable"): void;
+  path?(path: DecisionPath): void;
 }
 
 /** Options of {@link SidecarEngine}. */
@@ -180,21 +186,32 @@ export class SidecarEngine {
     if (after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy) this.release(before.sessionId, sl);
   }
 
-  authorize(req: AuthorizeRequest, hash: Uint8Array): Promise<AuthorizeResponse> {
-    return this.decide("authorize", req, hash) as Promise<AuthorizeResponse>;
+  /** Authorize; `onPath` learns which way it was decided (for metrics). */
+  authorize(req: AuthorizeRequest, hash: Uint8Array, onPath?: (path: DecisionPath) => void): Promise<AuthorizeResponse> {
+    return this.decide("authorize", req, hash, onPath) as Promise<AuthorizeResponse>;
   }
 
-  check(req: CheckRequest, hash: Uint8Array): Promise<CheckResponse> {
-    return this.decide("check", req, hash) as Promise<CheckResponse>;
+  /** Check; `onPath` learns which way it was decided (for metrics). */
+  check(req: CheckRequest, hash: Uint8Array, onPath?: (path: DecisionPath) => void): Promise<CheckResponse> {
+    return this.decide("check", req, hash, onPath) as Promise<CheckResponse>;
   }
 
-  private async decide(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<AuthorizeResponse | CheckResponse> {
+  private async decide(
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash: Uint8Array,
+    onPath?: (path: DecisionPath) => void,
+  ): Promise<AuthorizeResponse | CheckResponse> {
+    const path = (p: DecisionPath) => {
+      this.o.events?.path?.(p);
+      onPath?.(p);
+    };
     const started = process.hrtime.bigint();
     const replay = this.replay(req.sessionId, req.idempotencyKey, method, hash);
     if (replay !== undefined) return decodeResponse(method, replay);
     if (!this.o.fresh()) {
       this.o.stale?.();
-      return this.unavailable(method, req, started, "the control plane has been unreachable for too long");
+      return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
     }
 
     let s: CachedSession;
@@ -206,7 +223,7 @@ export class SidecarEngine {
       const e = ConnectError.from(err);
       if (!isUnreachable(e)) throw e;
       this.o.contact?.(false);
-      return this.unavailable(method, req, started, "the session is not cached and the control plane is unreachable");
+      return this.unavailable(path, method, req, started, "the session is not cached and the control plane is unreachable");
     }
     // As in the store: an ended session is an error, not a decision.
     if (isTerminal(s.status)) {
@@ -218,10 +235,10 @@ export class SidecarEngine {
     // Unusual shapes (a parent not cached, another currency) are the
     // store's to answer, with its exact message.
     if (scopes === undefined || (action.amount !== undefined && action.amount.currencyCode !== s.policy.currency)) {
-      return this.exact(method, req);
+      return this.exact(path, method, req);
     }
 
-    if (this.o.exactOnly) return this.exact(method, req, hash);
+    if (this.o.exactOnly) return this.exact(path, method, req, hash);
     const nowMs = this.now();
     const sl = this.sessionLeases(req.sessionId);
     let lease = this.usable(sl.current, amount, nowMs);
@@ -239,14 +256,14 @@ export class SidecarEngine {
     if (ev.outcome === Outcome.ALLOW && lease !== undefined) {
       this.spend(req.sessionId, sl, lease, amount, nowMs);
       s.lastActivityMs = nowMs;
-      this.o.events?.path?.("lease");
+      path("lease");
       return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), lease.id, nowMs, started);
     }
     if (ev.outcome === Outcome.NEEDS_APPROVAL || (ev.outcome === Outcome.DENY && ev.reasons.some((r) => CERTAIN_REASONS.has(r)))) {
-      this.o.events?.path?.("local");
+      path("local");
       return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), "", nowMs, started);
     }
-    return this.exact(method, req, hash);
+    return this.exact(path, method, req, hash);
   }
 
   /** Settles a hold placed here, or passes the call on for one placed by the control plane. */
@@ -464,7 +481,9 @@ export class SidecarEngine {
         actionId,
         method,
         action,
-        decision,
+        // The ledger keeps what was decided and why; the budgets it showed
+        // are left out, as they would double what each report encodes.
+        decision: allowed ? ALLOWED : decision,
         createTime: timestampFromMs(nowMs),
         holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs + HOLD_GRACE_MS),
         processingNanos: process.hrtime.bigint() - started,
@@ -481,7 +500,12 @@ export class SidecarEngine {
    * session's lease (the store would otherwise count it against the very
    * request that did not fit in it).
    */
-  private async exact(method: Method, req: AuthorizeRequest | CheckRequest, hash?: Uint8Array): Promise<AuthorizeResponse | CheckResponse> {
+  private async exact(
+    path: (p: DecisionPath) => void,
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash?: Uint8Array,
+  ): Promise<AuthorizeResponse | CheckResponse> {
     const started = process.hrtime.bigint();
     const sl = this.leases.get(req.sessionId);
     if (sl?.current !== undefined) {
@@ -492,20 +516,26 @@ export class SidecarEngine {
       const init = { sessionId: req.sessionId, action: req.action, idempotencyKey: req.idempotencyKey };
       const res = method === "authorize" ? await this.o.controlPlane.policy.authorize(init) : await this.o.controlPlane.policy.check(init);
       this.o.contact?.(true);
-      this.o.events?.path?.("exact");
+      path("exact");
       if (hash !== undefined && req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, encodeResponse(method, res));
       return res;
     } catch (err) {
       const e = ConnectError.from(err);
       if (!isUnreachable(e)) throw e;
       this.o.contact?.(false);
-      return this.unavailable(method, req, started, "the control plane is unreachable");
+      return this.unavailable(path, method, req, started, "the control plane is unreachable");
     }
   }
 
   /** Fail closed: DENY with CONTROL_PLANE_UNAVAILABLE, recorded for when the store is back. */
-  private unavailable(method: Method, req: AuthorizeRequest | CheckRequest, started: bigint, why: string): AuthorizeResponse | CheckResponse {
-    this.o.events?.path?.("unavailable");
+  private unavailable(
+    path: (p: DecisionPath) => void,
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    started: bigint,
+    why: string,
+  ): AuthorizeResponse | CheckResponse {
+    path("unavailable");
     const nowMs = this.now();
     const decision = create(DecisionSchema, { outcome: Outcome.DENY, reasons: [Reason.CONTROL_PLANE_UNAVAILABLE], message: `deny: ${why}` });
     const actionId = newId("act", nowMs);

@@ -1,5 +1,6 @@
 import { hostname } from "node:os";
-import type { DescService } from "@bufbuild/protobuf";
+import { type DescService, toJson } from "@bufbuild/protobuf";
+import type { JSONWebKeySet } from "jose";
 import { type ConnectRouter, createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { CalendarSpanCache } from "../core/windows.js";
@@ -7,6 +8,14 @@ import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import { AuthService, GetSigningKeysResponseSchema } from "../gen/warden/v1/auth_service_pb.js";
+import { createSessionTokenVerifier } from "../auth/session-tokens.js";
+import { withSessionTokenAuth } from "../auth/with-session-token-auth.js";
+import { createMetrics, type Metrics } from "../observability/metrics.js";
+import { createObservabilityRoutes } from "../observability/observability-routes.js";
+import { createReadiness } from "../observability/readiness.js";
+import { startHealthListener } from "../observability/start-health-listener.js";
+import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
 import type { Logger } from "../server/logger.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { createGrpcServer } from "../transport/grpc-server.js";
@@ -40,6 +49,14 @@ export interface SidecarOptions {
   /** This sidecar's name in leases; host and pid by default. */
   readonly holder?: string;
   readonly events?: EngineEvents;
+  /**
+   * Require a session token (from CreateSession) on every PolicyService
+   * call, verified offline against the control plane's published keys.
+   * Default true.
+   */
+  readonly requireSessionTokens?: boolean;
+  /** "host:port" of the optional health listener (gRPC health, /healthz, /readyz, /metrics). */
+  readonly healthAddress?: string | undefined;
 }
 
 /** A running sidecar. */
@@ -51,6 +68,9 @@ export interface RunningSidecar {
   readonly sync: SyncClient;
   readonly reports: ReportQueue;
   readonly health: HealthStatus;
+  readonly metrics: Metrics;
+  /** The health listener's port, when `healthAddress` was given. */
+  readonly healthPort: number | undefined;
   /** Stops accepting, drains calls, returns leases and reports what is queued (up to graceMs). */
   close(graceMs?: number): Promise<void>;
 }
@@ -78,6 +98,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   });
   const sync = createClient(SyncService, transport);
   const policy = createClient(PolicyService, transport);
+  const authClient = createClient(AuthService, transport);
+  const metrics = createMetrics({ sync: true });
   const holder = o.holder ?? `${hostname()}-${process.pid}`;
 
   let engine: SidecarEngine | undefined;
@@ -85,6 +107,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     maxSessions: o.cacheMaxSessions,
     maxBytes: o.cacheMaxBytes,
     fetch: (sessionId) => sync.getSessionState({ sessionId }),
+    onLookup: (hit) => metrics.recordCacheLookup(hit),
     onChange: (before, after) => engine?.onSessionChange(before, after),
   });
   const reports = new ReportQueue({
@@ -100,7 +123,14 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     agentId: o.agentId,
     stalenessBoundMs: o.stalenessBoundMs,
     onError: (err, attempt) => (attempt === 0 ? log.warn({ err }, "watch stream broke; reconnecting") : log.debug({ err, attempt }, "watch reconnect failed")),
-    onConnected: (up) => log.info({ connected: up }, up ? "control plane connected" : "control plane disconnected"),
+    onConnected: (up) => {
+      metrics.setControlPlaneConnected(up);
+      log.info({ connected: up }, up ? "control plane connected" : "control plane disconnected");
+    },
+    onMessage: (lagMs, revision) => {
+      metrics.markSyncContact();
+      metrics.recordSyncApplied(revision, Math.max(0, lagMs) / 1000);
+    },
   });
   engine = new SidecarEngine({
     cache,
@@ -113,39 +143,62 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     fresh: () => syncClient.fresh(),
     contact: (ok) => syncClient.contact(ok),
     stale: () => syncClient.nudge(),
-    events: o.events,
+    events: {
+      lease: (op) => {
+        metrics.recordLeaseOperation(op);
+        o.events?.lease?.(op);
+      },
+      path: o.events?.path,
+    },
   });
 
   const health = new HealthStatus();
+  // Drives gRPC health ("" and PolicyService) and /readyz alike.
+  const readiness = createReadiness({ health, services: [PolicyService.typeName] });
+  readiness.set("listeners", false, "starting");
+  readiness.set("sync", false, "waiting for the first message from the control plane");
+  const routes = createObservabilityRoutes({ registry: metrics.registry, readiness, onError: (err) => log.warn({ err }, "metrics collection failed") });
+  let decide = createSidecarPolicyService(engine, policy);
+  if (o.requireSessionTokens !== false) {
+    const verifier = createSessionTokenVerifier({
+      fetchJwks: async () => toJson(GetSigningKeysResponseSchema, await authClient.getSigningKeys({})) as unknown as JSONWebKeySet,
+    });
+    decide = withSessionTokenAuth(decide, { verifier }) as typeof decide;
+  }
   const described = [file_warden_v1_policy_service, file_grpc_health_v1_health, file_grpc_reflection_v1_reflection];
   const mounted: Mounted[] = [
-    { service: PolicyService, impl: withValidation(PolicyService, createSidecarPolicyService(engine, policy)) },
+    { service: PolicyService, impl: withDecisionMetrics(withValidation(PolicyService, decide), metrics) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
     { service: ServerReflectionV1Alpha, impl: createReflectionServiceV1Alpha(described) },
   ] as Mounted[];
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
+  const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
   const grpcServer = await createGrpcServer(o.grpcAddress, mounted, { onError });
   const connectServer = await createConnectServer(
     o.httpAddress,
     (router: ConnectRouter) => {
       for (const m of mounted) router.service(m.service, m.impl);
     },
-    { onError },
+    { onError, httpRoutes: routes },
   );
+  readiness.set("listeners", true);
 
   syncClient.start();
   reports.start();
   engine.start();
-  let closing = false;
-  const updateHealth = () => {
-    const ready = !closing && syncClient.synced && syncClient.fresh();
-    health.set("", ready ? "SERVING" : "NOT_SERVING");
-    health.set(PolicyService.typeName, ready ? "SERVING" : "NOT_SERVING");
+  const updateReadiness = () => {
+    const fresh = syncClient.fresh();
+    readiness.set(
+      "sync",
+      syncClient.synced && fresh,
+      !syncClient.synced ? "waiting for the first message from the control plane" : fresh ? undefined : `control plane unheard for ${syncClient.staleness()} ms`,
+    );
+    metrics.setCacheSize(cache.size, cache.bytes);
   };
-  updateHealth();
-  const healthTimer = setInterval(updateHealth, 100);
-  healthTimer.unref();
+  updateReadiness();
+  const readinessTimer = setInterval(updateReadiness, 100);
+  readinessTimer.unref();
 
   return {
     grpcPort: grpcServer.port,
@@ -155,10 +208,11 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     sync: syncClient,
     reports,
     health,
+    metrics,
+    healthPort: healthListener?.port,
     async close(graceMs = 10_000) {
-      closing = true;
-      updateHealth();
-      clearInterval(healthTimer);
+      clearInterval(readinessTimer);
+      readiness.shutdown();
       const deadline = Date.now() + graceMs;
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
       // Leases go back and every queued record reaches the store, if it can.
@@ -167,6 +221,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       const drained = await reports.drain(Math.max(deadline, Date.now() + 1000));
       if (!drained) log.error({ pending: reports.size }, "control plane unreachable at shutdown: unreported decisions stay counted as spent until their leases are reconciled");
       await syncClient.stop();
+      await healthListener?.close(0);
     },
   };
 }

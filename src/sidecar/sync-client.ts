@@ -96,7 +96,10 @@ export class SyncClient {
       try {
         for await (const msg of this.o.sync.watchSessions(
           { agentId: this.o.agentId, fromRevision: this.revision },
-          { signal: this.abort.signal },
+          // The transport's short default deadline is for unary calls; the
+          // stream lives until it breaks (and would resume harmlessly if a
+          // day's deadline ended it).
+          { signal: this.abort.signal, timeoutMs: 86_400_000 },
         )) {
           attempt = 0;
           this.lastContactMs = this.now();

@@ -1,6 +1,32 @@
-import { randomBytes } from "node:crypto";
+import { randomFillSync } from "node:crypto";
 
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"; // Crockford base32, lower case
+
+// Random bytes are drawn 4 KiB at a time: one system call per ~400 ids
+// instead of one per id, which showed up as 6% of a sidecar decision.
+const pool = Buffer.allocUnsafe(4096);
+let poolAt = pool.length;
+
+/** The next 5 random bytes as a number below 2^40 (exact in a double). */
+function random40(): number {
+  if (poolAt + 5 > pool.length) {
+    randomFillSync(pool);
+    poolAt = 0;
+  }
+  const n = pool.readUIntBE(poolAt, 5);
+  poolAt += 5;
+  return n;
+}
+
+/** Appends `count` base32 digits of `n` (least significant last). */
+function base32(n: number, count: number): string {
+  let out = "";
+  for (let i = 0; i < count; i++) {
+    out = ALPHABET[n % 32]! + out;
+    n = Math.floor(n / 32);
+  }
+  return out;
+}
 
 /**
  * A new id: `prefix_` and 26 base32 characters, the first ten of which
@@ -8,18 +34,5 @@ const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"; // Crockford base32, lower 
  * index well, and the remaining 80 bits are random.
  */
 export function newId(prefix: string, nowMs: number): string {
-  let out = "";
-  let t = nowMs;
-  for (let i = 0; i < 10; i++) {
-    out = ALPHABET[t % 32]! + out;
-    t = Math.floor(t / 32);
-  }
-  const rnd = randomBytes(10);
-  let acc = 0n;
-  for (const b of rnd) acc = (acc << 8n) | BigInt(b);
-  for (let i = 0; i < 16; i++) {
-    out += ALPHABET[Number(acc & 31n)]!;
-    acc >>= 5n;
-  }
-  return `${prefix}_${out}`;
+  return `${prefix}_${base32(nowMs, 10)}${base32(random40(), 8)}${base32(random40(), 8)}`;
 }

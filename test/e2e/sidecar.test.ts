@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
@@ -7,6 +10,7 @@ import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/he
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { createApiKeys } from "../../src/auth/api-keys.js";
 import type { Database } from "../../src/store/database.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
@@ -44,6 +48,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
   let cp: ServerProcess;
   let sidecars: ServerProcess[] = [];
   let admin: GrpcClient;
+  let tokenFile: string;
 
   const startSidecar = () =>
     startWardenProcess("sidecar", [
@@ -51,6 +56,8 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       `http://127.0.0.1:${cpPort}`,
       "--agent-id",
       AGENT,
+      "--control-plane-token-file",
+      tokenFile,
       "--report-interval",
       "20",
       "--lease-ttl",
@@ -64,7 +71,15 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     db = createPgDatabase({ connectionString: pgdb.url });
     cpPort = await freePort();
     cp = await startOnPort();
-    admin = grpcClient(SessionService, `127.0.0.1:${cpPort}`);
+    // The control plane always wants credentials: an admin key for the
+    // test, an agent key (in a file) for the sidecars, made as
+    // `warden keys bootstrap` makes them.
+    const keys = createApiKeys({ db });
+    const adminKey = await keys.create({ role: "admin" });
+    const agentKey = await keys.create({ role: "agent", agentId: AGENT });
+    tokenFile = join(mkdtempSync(join(tmpdir(), "warden-sidecar-")), "token");
+    writeFileSync(tokenFile, agentKey.secret);
+    admin = grpcClient(SessionService, `127.0.0.1:${cpPort}`, 0, { authorization: `Bearer ${adminKey.secret}` });
     sidecars = await Promise.all(Array.from({ length: SIDECARS }, () => startSidecar()));
   });
   after(async () => {
@@ -86,15 +101,22 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     ]);
   }
 
-  async function createSession(policy: Record<string, unknown>): Promise<string> {
+  /** A session and the headers its agent sends: its session token. */
+  async function createSession(policy: Record<string, unknown>): Promise<{ sessionId: string; auth: Record<string, string> }> {
     const res = await admin.createSession(
       create(CreateSessionRequestSchema, { agentId: AGENT, policy: { currencyCode: "USD", ...policy }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
     );
-    return res.session.sessionId as string;
+    return { sessionId: res.session.sessionId as string, auth: { authorization: `Bearer ${res.sessionToken as string}` } };
   }
 
   /** `n` Checks of `amount` through one sidecar, `concurrency` at a time; returns the allowed count. */
-  async function spend(client: GrpcClient, sessionId: string, n: number, amount: bigint, concurrency = 8): Promise<{ allowed: number; errors: number }> {
+  async function spend(
+    client: GrpcClient,
+    { sessionId, auth }: { sessionId: string; auth: Record<string, string> },
+    n: number,
+    amount: bigint,
+    concurrency = 8,
+  ): Promise<{ allowed: number; errors: number }> {
     let next = 0;
     let allowed = 0;
     let errors = 0;
@@ -103,7 +125,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
         while (next < n) {
           next++;
           try {
-            const res = await client.check({ sessionId, action: payment(amount) });
+            const res = await client.check({ sessionId, action: payment(amount) }, {}, auth);
             if (res.decision.outcome === Outcome.ALLOW) allowed++;
           } catch {
             errors++;
@@ -142,18 +164,18 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
 
   test("concurrent clients on 4 sidecars never spend past the limit, and every allowed amount is in the ledger", async () => {
     await allReady();
-    const sessionId = await createSession({ daily: { maxValueMicros: USD(300) } });
+    const session = await createSession({ daily: { maxValueMicros: USD(300) } });
     const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
     try {
-      const results = await Promise.all(clients.map((c) => spend(c, sessionId, 120, USD(1))));
+      const results = await Promise.all(clients.map((c) => spend(c, session, 120, USD(1))));
       const allowed = results.reduce((n, r) => n + r.allowed, 0);
       assert.equal(results.reduce((n, r) => n + r.errors, 0), 0);
       assert.ok(allowed <= 300, `allowed ${allowed}`);
       assert.ok(allowed >= 150, `leases should let most of the budget be spent, allowed ${allowed}`);
-      await until("records to reach the store", async () => (await committed(sessionId)).ledger === USD(allowed));
+      await until("records to reach the store", async () => (await committed(session.sessionId)).ledger === USD(allowed));
       // Idle leases go back within seconds: nothing stays reserved.
-      await settled(sessionId);
-      const c = await committed(sessionId);
+      await settled(session.sessionId);
+      const c = await committed(session.sessionId);
       assert.equal(c.value, USD(allowed));
       assert.equal(c.writtenOff, 0n);
       await assertLedgerConsistent(db);
@@ -164,18 +186,18 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
 
   test("one sidecar SIGKILLed mid-run: its unreported rest is written off, nothing is overspent", async () => {
     await allReady();
-    const sessionId = await createSession({ daily: { maxValueMicros: USD(400) } });
+    const session = await createSession({ daily: { maxValueMicros: USD(400) } });
     const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
     try {
-      const running = clients.map((c) => spend(c, sessionId, 120, USD(1), 4));
+      const running = clients.map((c) => spend(c, session, 120, USD(1), 4));
       await sleep(150);
       await sidecars[0]!.kill();
       const results = await Promise.all(running);
       const allowed = results.reduce((n, r) => n + r.allowed, 0);
       assert.ok(results[0]!.errors > 0 || results[0]!.allowed < 120, "the killed sidecar stopped answering");
       // Its lease expires (2 s) and is reconciled after the grace (0.5 s).
-      await settled(sessionId);
-      const c = await committed(sessionId);
+      await settled(session.sessionId);
+      const c = await committed(session.sessionId);
       assert.ok(c.value <= USD(400), `committed ${c.value}`);
       // What any sidecar allowed is either recorded or written off.
       assert.ok(c.ledger + c.writtenOff >= USD(allowed), `allowed ${allowed}, ledger ${c.ledger}, written off ${c.writtenOff}`);
@@ -189,19 +211,19 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
 
   test("control plane restarted mid-run: sidecars reconnect and catch up, nothing lost or overspent", async () => {
     await allReady();
-    const sessionId = await createSession({ daily: { maxValueMicros: USD(300) } });
+    const session = await createSession({ daily: { maxValueMicros: USD(300) } });
     const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
     try {
-      const running = clients.map((c) => spend(c, sessionId, 100, USD(1), 4));
+      const running = clients.map((c) => spend(c, session, 100, USD(1), 4));
       await sleep(100);
       await cp.stop();
       cp = await startOnPort();
       const results = await Promise.all(running);
       const allowed = results.reduce((n, r) => n + r.allowed, 0);
       assert.ok(allowed <= 300);
-      await until("records to reach the store", async () => (await committed(sessionId)).ledger >= USD(allowed));
-      await settled(sessionId);
-      const c = await committed(sessionId);
+      await until("records to reach the store", async () => (await committed(session.sessionId)).ledger >= USD(allowed));
+      await settled(session.sessionId);
+      const c = await committed(session.sessionId);
       assert.equal(c.value, c.ledger + c.writtenOff);
       assert.ok(c.value <= USD(300));
       assert.equal(c.ledger, USD(allowed), "every allowed amount reached the ledger");
@@ -213,22 +235,22 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
 
   test("offline: sidecars allow within their leases, deny past the staleness bound, recover when it returns", async () => {
     await allReady();
-    const sessionId = await createSession({ daily: { maxValueMicros: USD(100_000) } });
+    const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });
     const client = grpcClient(PolicyService, sidecars[1]!.grpcAddress);
     const health = grpcClient(Health, sidecars[1]!.grpcAddress);
     try {
       // Warm: a lease in hand.
-      assert.equal((await spend(client, sessionId, 20, USD(1), 1)).allowed, 20);
+      assert.equal((await spend(client, session, 20, USD(1), 1)).allowed, 20);
       await cp.stop();
-      const offline = await client.check({ sessionId, action: payment(USD(1)) });
+      const offline = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(offline.decision.outcome, Outcome.ALLOW, "still within the lease and the staleness bound");
       // Past the staleness bound readiness drops, and spending is denied.
       await until("the staleness bound to pass", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.NOT_SERVING);
-      const denied = await client.check({ sessionId, action: payment(USD(1)) });
+      const denied = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(denied.decision.outcome, Outcome.DENY);
       assert.deepEqual(denied.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
       cp = await startOnPort();
-      await until("the sidecar to recover", async () => (await client.check({ sessionId, action: payment(USD(1)) })).decision.outcome === Outcome.ALLOW);
+      await until("the sidecar to recover", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome === Outcome.ALLOW);
       await until("readiness", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
     } finally {
       client.close();
@@ -236,20 +258,46 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     }
   });
 
+  test("a sidecar wants the session's own token: none, another session's, or a forged one is UNAUTHENTICATED", async () => {
+    await allReady();
+    const a = await createSession({ daily: { maxValueMicros: USD(10) } });
+    const b = await createSession({ daily: { maxValueMicros: USD(10) } });
+    const client = grpcClient(PolicyService, sidecars[2]!.grpcAddress);
+    try {
+      const call = (headers: Record<string, string>) =>
+        client.check({ sessionId: a.sessionId, action: payment(USD(1)) }, {}, headers).catch((e: { code: number; details: string }) => e);
+      const token = a.auth.authorization!;
+      const forged = token.slice(0, -4) + (token.endsWith("AAAA") ? "BBBB" : "AAAA");
+      for (const [headers, why] of [
+        [{}, /missing|session token/],
+        [b.auth, /another session/],
+        [{ authorization: forged }, /invalid token/],
+      ] as const) {
+        const r = await call(headers);
+        assert.ok(!("decision" in r), "refused");
+        assert.equal(r.code, 16, r.details);
+        assert.match(r.details, why);
+      }
+      assert.equal((await call(a.auth)).decision.outcome, Outcome.ALLOW);
+    } finally {
+      client.close();
+    }
+  });
+
   test("revocation reaches every sidecar within a second", async () => {
     await allReady();
-    const sessionId = await createSession({ daily: { maxValueMicros: USD(100_000) } });
+    const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });
     const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
     try {
-      for (const c of clients) assert.equal((await c.check({ sessionId, action: payment(USD(1)) })).decision.outcome, Outcome.ALLOW);
+      for (const c of clients) assert.equal((await c.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome, Outcome.ALLOW);
       const t0 = Date.now();
-      await admin.revokeSession({ sessionId, reason: "stop" });
+      await admin.revokeSession({ sessionId: session.sessionId, reason: "stop" });
       const seen = await Promise.all(
         clients.map(async (c) => {
           // As with `warden serve`, a call on an ended session fails
           // FAILED_PRECONDITION ("has ended (REVOKED)"): it is no decision.
           for (;;) {
-            const r = await c.check({ sessionId, action: payment(USD(1)) }).catch((e: { code: number; details: string }) => e);
+            const r = await c.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth).catch((e: { code: number; details: string }) => e);
             if (!("decision" in r)) {
               assert.equal(r.code, 9, r.details);
               assert.match(r.details, /has ended \(REVOKED\)/);

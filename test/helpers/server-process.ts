@@ -55,13 +55,19 @@ export function storeArgs(store: StoreLocation): string[] {
 
 /**
  * Starts `warden <role>` through the CLI entry point on free loopback ports
- * and resolves once it logs "listening".
+ * and resolves once it logs "listening". `nodeArgs` go to node itself
+ * (e.g. `--cpu-prof`); `entry` "compiled" runs the `npm run build` output
+ * in dist/, as the image does.
  */
-export async function startWardenProcess(role: "serve" | "control-plane" | "sidecar", extraArgs: string[] = []): Promise<ServerProcess> {
+export async function startWardenProcess(
+  role: "serve" | "control-plane" | "sidecar",
+  extraArgs: string[] = [],
+  nodeArgs: string[] = [],
+  entry: "source" | "compiled" = "source",
+): Promise<ServerProcess> {
   const args = [
-    "--import",
-    "tsx",
-    join(ROOT, "src/cli/main.ts"),
+    ...nodeArgs,
+    ...(entry === "compiled" ? [join(ROOT, "dist/cli/main.js")] : ["--import", "tsx", join(ROOT, "src/cli/main.ts")]),
     role,
     "--grpc-listen",
     "127.0.0.1:0",
@@ -117,9 +123,10 @@ export type GrpcClient = { close(): void } & { [method: string]: any };
 /**
  * A plain `@grpc/grpc-js` client for a service, built from the generated
  * descriptor (as any polyglot agent's generated stub would be). `channel`
- * picks a separate HTTP/2 connection.
+ * picks a separate HTTP/2 connection; `headers` go with every call (e.g.
+ * `authorization`), and a call may add its own as a third argument.
  */
-export function grpcClient(service: DescService, address: string, channel = 0): GrpcClient {
+export function grpcClient(service: DescService, address: string, channel = 0, headers: Record<string, string> = {}): GrpcClient {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     def[m.localName] = {
@@ -136,8 +143,11 @@ export function grpcClient(service: DescService, address: string, channel = 0): 
   const raw = new Ctor(address, grpc.credentials.createInsecure(), { "grpc.test_channel": channel } as grpc.ChannelOptions) as unknown as Record<string, Function> & grpc.Client;
   const out: Record<string, unknown> = { close: () => raw.close() };
   for (const m of service.methods) {
-    out[m.localName] = (req: unknown, options: grpc.CallOptions = {}) =>
-      new Promise((resolve, reject) => raw[m.localName]!.call(raw, req, new grpc.Metadata(), options, (err: Error | null, res: unknown) => (err ? reject(err) : resolve(res))));
+    out[m.localName] = (req: unknown, options: grpc.CallOptions = {}, callHeaders: Record<string, string> = {}) => {
+      const md = new grpc.Metadata();
+      for (const [k, v] of Object.entries({ ...headers, ...callHeaders })) md.set(k, v);
+      return new Promise((resolve, reject) => raw[m.localName]!.call(raw, req, md, options, (err: Error | null, res: unknown) => (err ? reject(err) : resolve(res))));
+    };
   }
   return out as GrpcClient;
 }
