@@ -3,7 +3,14 @@
  * `npm run warden`). Everything else lives in run-cli.ts so that tests can
  * run command lines without a process.
  */
-import { runCli } from "./run-cli.js";
+import module from "node:module";
+
+// Compiled bytecode of every module is cached on disk (NODE_COMPILE_CACHE,
+// or a directory under the OS temp dir): a sidecar then starts in about
+// half the time, most of which was compiling its dependencies. A cache that
+// cannot be written is simply not used.
+module.enableCompileCache?.();
+const { runCli } = await import("./run-cli.js");
 
 // exitCode rather than process.exit(): `warden serve` returns once it is
 // listening and must keep running; client commands end when their sockets close.

@@ -54,6 +54,13 @@ const LEASE_IDLE_MS = 5000;
 const HOLD_GRACE_MS = 60_000;
 /** Leases are sized to cover this much of the recent spend rate. */
 const LEASE_HORIZON_S = 2;
+/**
+ * And to at least this many of the current action: a session's first
+ * lease is sized before any rate is known, and with many sessions each
+ * grant is a store transaction. The store still grants at most half of
+ * what is left, so near a limit this shrinks on its own.
+ */
+const LEASE_MIN_ACTIONS = 32n;
 
 /** The budget a sidecar may spend for one session, as it tracks it. */
 interface LeaseState {
@@ -149,6 +156,12 @@ type Method = "authorize" | "check";
 export class SidecarEngine {
   private readonly leases = new Map<string, SessionLeases>();
   private readonly holds = new Map<string, LocalHold>();
+  /**
+   * Holds settled here, until the store surely has the settlement: a second
+   * capture must not be passed to the control plane, which may still see
+   * the hold open and would capture it again.
+   */
+  private readonly settledHolds = new LRUCache<string, "captured" | "voided">({ max: 100_000, ttl: 10 * 60_000 });
   /** First answers of idempotent calls made here, by "session|key". */
   private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>({ max: 100_000 });
   private readonly now: () => number;
@@ -283,6 +296,13 @@ export class SidecarEngine {
   ): Promise<ActionRecord> {
     const prior = this.replay(req.sessionId, req.idempotencyKey, verb, hash);
     if (prior !== undefined) return fromBinary(ActionRecordSchema, prior);
+    const done = this.settledHolds.get(req.authorizationId);
+    if (done !== undefined) {
+      throw new ConnectError(
+        `authorization_id: cannot ${verb} "${req.authorizationId}": it ${done === "captured" ? "was already captured" : "was voided"}`,
+        Code.FailedPrecondition,
+      );
+    }
     const h = this.holds.get(req.authorizationId);
     if (h === undefined || h.sessionId !== req.sessionId) {
       const res = verb === "capture" ? await this.o.controlPlane.policy.capture(req as CaptureRequest) : await this.o.controlPlane.policy.void(req as VoidRequest);
@@ -307,6 +327,7 @@ export class SidecarEngine {
       }
     }
     this.holds.delete(req.authorizationId);
+    this.settledHolds.set(req.authorizationId, verb === "capture" ? "captured" : "voided");
     this.o.reports.settle(req.sessionId, {
       $typeName: "warden.v1.LeaseSettlement",
       authorizationId: req.authorizationId,
@@ -369,14 +390,14 @@ export class SidecarEngine {
   }
 
   /**
-   * Asks for a lease sized to the recent spend rate (at least 8 of this
-   * action), shared by concurrent callers. The previous lease, if any, is
+   * Asks for a lease sized to the recent spend rate (at least
+   * LEASE_MIN_ACTIONS of this action), shared by concurrent callers. The previous lease, if any, is
    * released once the new one is in hand.
    */
   private acquire(sessionId: string, sl: SessionLeases, amount: bigint): Promise<LeaseState | undefined> {
     if (sl.acquiring !== undefined) return sl.acquiring;
-    const desiredValue = bigMax(amount * 8n, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S)));
-    const desiredActions = bigMax(8n, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S)));
+    const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S)));
+    const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S)));
     sl.acquiring = this.o.controlPlane.sync
       .acquireLease({
         sessionId,

@@ -103,12 +103,18 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   const holder = o.holder ?? `${hostname()}-${process.pid}`;
 
   let engine: SidecarEngine | undefined;
+  let ready = false;
+  // Set once the readiness below exists; the first watch message may come first.
+  let updateReadiness: () => void = () => undefined;
   const cache = new SessionCache({
     maxSessions: o.cacheMaxSessions,
     maxBytes: o.cacheMaxBytes,
     fetch: (sessionId) => sync.getSessionState({ sessionId }),
     onLookup: (hit) => metrics.recordCacheLookup(hit),
-    onChange: (before, after) => engine?.onSessionChange(before, after),
+    onChange: (before, after) => {
+      if (after !== undefined) log.debug({ sessionId: after.sessionId, status: after.status, revision: after.revision }, "session changed");
+      engine?.onSessionChange(before, after);
+    },
   });
   const reports = new ReportQueue({
     holder,
@@ -130,6 +136,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     onMessage: (lagMs, revision) => {
       metrics.markSyncContact();
       metrics.recordSyncApplied(revision, Math.max(0, lagMs) / 1000);
+      // Ready the moment the first message lands, not at the next tick.
+      if (!ready) updateReadiness();
     },
   });
   engine = new SidecarEngine({
@@ -187,8 +195,9 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   syncClient.start();
   reports.start();
   engine.start();
-  const updateReadiness = () => {
+  updateReadiness = () => {
     const fresh = syncClient.fresh();
+    ready = syncClient.synced && fresh;
     readiness.set(
       "sync",
       syncClient.synced && fresh,

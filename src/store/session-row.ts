@@ -66,6 +66,13 @@ export async function sessionsOf(
     q,
     rows.flatMap((r, i) => usageAddresses(r.session_id, compiled[i]!, nowMs, spans)),
   );
+  const leased = new Map<string, { hv: string; ha: string; wv: string; wa: string }>();
+  const { rows: leaseRows } = await q.query<{ session_id: string; hv: string; ha: string; wv: string; wa: string }>(
+    `SELECT session_id, sum(held_value) AS hv, sum(held_actions) AS ha, sum(written_off_value) AS wv, sum(written_off_actions) AS wa
+       FROM leases WHERE session_id = ANY($1::text[]) GROUP BY session_id`,
+    [rows.map((r) => r.session_id)],
+  );
+  for (const l of leaseRows) leased.set(l.session_id, l);
   return rows.map((r, i) => {
     const policy = compiled[i]!;
     const scope = { scope: Scope.SESSION, id: r.session_id, key: `s:${r.session_id}`, policy };
@@ -98,6 +105,10 @@ export async function sessionsOf(
         errorCount: BigInt(r.error_count),
         denialCount: BigInt(r.denial_count),
         processingTime: durationFromNs(BigInt(r.processing_ns)),
+        valueLeasedMicros: BigInt(leased.get(r.session_id)?.hv ?? 0),
+        actionsLeased: BigInt(leased.get(r.session_id)?.ha ?? 0),
+        valueWrittenOffMicros: BigInt(leased.get(r.session_id)?.wv ?? 0),
+        actionsWrittenOff: BigInt(leased.get(r.session_id)?.wa ?? 0),
       }),
     });
   });

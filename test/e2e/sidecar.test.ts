@@ -48,6 +48,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
   let cp: ServerProcess;
   let sidecars: ServerProcess[] = [];
   let admin: GrpcClient;
+  let adminSecret: string;
   let tokenFile: string;
 
   const startSidecar = () =>
@@ -79,6 +80,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     const agentKey = await keys.create({ role: "agent", agentId: AGENT });
     tokenFile = join(mkdtempSync(join(tmpdir(), "warden-sidecar-")), "token");
     writeFileSync(tokenFile, agentKey.secret);
+    adminSecret = adminKey.secret;
     admin = grpcClient(SessionService, `127.0.0.1:${cpPort}`, 0, { authorization: `Bearer ${adminKey.secret}` });
     sidecars = await Promise.all(Array.from({ length: SIDECARS }, () => startSidecar()));
   });
@@ -284,14 +286,52 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     }
   });
 
-  test("revocation reaches every sidecar within a second", async () => {
+  test("holds placed from a lease: captured and voided through the sidecar, settled in the store", async () => {
+    await allReady();
+    const session = await createSession({ daily: { maxValueMicros: USD(1000) } });
+    const client = grpcClient(PolicyService, sidecars[3]!.grpcAddress, 0, session.auth);
+    try {
+      const holds: string[] = [];
+      for (let i = 0; i < 6; i++) {
+        const r = await client.authorize({ sessionId: session.sessionId, action: payment(USD(10)) });
+        assert.equal(r.decision.outcome, Outcome.ALLOW);
+        holds.push(r.authorizationId as string);
+      }
+      for (const id of holds.slice(0, 3)) {
+        const r = await client.capture({ sessionId: session.sessionId, authorizationId: id, amount: { currencyCode: "USD", amountMicros: USD(7) } });
+        assert.equal(r.authorization.capturedAmount.amountMicros, USD(7));
+      }
+      for (const id of holds.slice(3)) await client.void({ sessionId: session.sessionId, authorizationId: id });
+      // A second capture of a settled hold fails, as in the store, and is
+      // never passed on to a control plane that may not have heard yet.
+      const again = await client.capture({ sessionId: session.sessionId, authorizationId: holds[0] }).catch((e: { code: number; details: string }) => e);
+      assert.equal((again as { code: number }).code, 9);
+      assert.match((again as { details: string }).details, /already captured/);
+      await until("captures to reach the store", async () => (await committed(session.sessionId)).ledger === USD(21));
+      const { rows } = await db.query<{ status: number; n: string }>(
+        "SELECT status, count(*) AS n FROM actions WHERE session_id = $1 GROUP BY status ORDER BY status",
+        [session.sessionId],
+      );
+      assert.deepEqual(rows.map((r) => [Number(r.status), Number(r.n)]), [[2, 3], [3, 3]], "3 captured, 3 voided");
+      await settled(session.sessionId);
+      await assertLedgerConsistent(db);
+    } finally {
+      client.close();
+    }
+  });
+
+  test("revocation through another control-plane replica reaches every sidecar within a second", async () => {
     await allReady();
     const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });
     const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress));
     try {
       for (const c of clients) assert.equal((await c.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome, Outcome.ALLOW);
+      // A second replica on the same PostgreSQL: its change reaches the
+      // sidecars, which watch the first, through LISTEN/NOTIFY.
+      const replica = await startWardenProcess("control-plane", storeArgs({ databaseUrl: pgdb.url }));
+      const other = grpcClient(SessionService, replica.grpcAddress, 0, { authorization: `Bearer ${adminSecret}` });
       const t0 = Date.now();
-      await admin.revokeSession({ sessionId: session.sessionId, reason: "stop" });
+      await other.revokeSession({ sessionId: session.sessionId, reason: "stop" });
       const seen = await Promise.all(
         clients.map(async (c) => {
           // As with `warden serve`, a call on an ended session fails
@@ -308,6 +348,8 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
           }
         }),
       );
+      other.close();
+      await replica.stop();
       assert.ok(Math.max(...seen) < 1000, `revocation took ${Math.max(...seen)} ms`);
     } finally {
       for (const c of clients) c.close();

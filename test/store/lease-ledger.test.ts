@@ -114,6 +114,7 @@ for (const driver of DRIVERS) {
       assert.deepEqual(await report(first), [], "a retry is accepted");
       let d = await day(s.sessionId);
       assert.equal(d.valueUsedMicros, USD(40), "committed 15 + still leased 25");
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueLeasedMicros, USD(25));
       const got = await store.getSession(s.sessionId);
       assert.equal(got.usage!.valueCommittedMicros, USD(15));
       assert.equal(got.usage!.requestCount, 3n);
@@ -172,6 +173,10 @@ for (const driver of DRIVERS) {
       const swept = await store.sweep();
       assert.equal(swept.leases.leases, 1);
       assert.equal(swept.leases.writtenOffValue, USD(20));
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueWrittenOffMicros, USD(20), "usage shows the write-off");
+      assert.equal(u.actionsWrittenOff, 0n, "no action limit: no action slots were reserved");
+      assert.equal(u.valueLeasedMicros, 0n);
       let d = await day(s.sessionId);
       assert.equal(d.valueUsedMicros, USD(30), "the unreported rest counts as spent");
       await assertLedgerConsistent(t.db);
