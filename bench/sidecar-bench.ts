@@ -26,7 +26,6 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { createServer } from "node:net";
 import { join } from "node:path";
 import { fromBinary } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
@@ -39,7 +38,7 @@ import { CheckResponseSchema, PolicyService } from "../src/gen/warden/v1/policy_
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createPgDatabase } from "../src/store/pg-database.js";
 import { createPostgresDatabase } from "../test/helpers/databases.js";
-import { grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
+import { freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
 import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
 import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
 
@@ -56,14 +55,6 @@ const SIDECAR_NODE_FLAGS = ["--max-semi-space-size=1", "--max-old-space-size=128
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
-
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 /** A session and its agent's `authorization` header (its session token). */
 interface BenchSession {

@@ -1,5 +1,6 @@
 import { createLogger, redactUrl } from "./logger.js";
 import { booleanFlag, parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
+import { runUntilSignal } from "./run-until-signal.js";
 import { startServer } from "./start-server.js";
 
 /**
@@ -27,6 +28,8 @@ export async function serveCommand(argv: string[]): Promise<void> {
     sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
     logger,
   });
+  // Handlers first: a SIGTERM right after "listening" must drain, not kill.
+  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
   logger.info(
     {
       grpcPort: server.grpcPort,
@@ -41,25 +44,6 @@ export async function serveCommand(argv: string[]): Promise<void> {
   if (!requireAuth && exposed.length > 0) {
     logger.warn({ listeners: exposed }, "listening beyond loopback without --require-auth: anyone who can connect may create keys, sessions and decisions");
   }
-  const grace = positiveInt(values, "shutdown-grace");
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, "shutting down");
-    server.close(grace).then(
-      () => {
-        logger.info("stopped");
-        process.exit(0);
-      },
-      (err: unknown) => {
-        logger.error({ err }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.on("SIGTERM", () => stop("SIGTERM"));
-  process.on("SIGINT", () => stop("SIGINT"));
 }
 
 /** Whether a "host:port" listen address is on loopback only. */

@@ -3,6 +3,7 @@ import { durationMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { LRUCache } from "lru-cache";
 import { type CompiledPolicy, compilePolicy, EMPTY_POLICY } from "../core/compiled-policy.js";
 import type { ScopeState } from "../core/evaluate.js";
+import { sessionScope } from "../store/scope-locks.js";
 import { Scope } from "../gen/warden/v1/decision_pb.js";
 import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
@@ -183,17 +184,4 @@ export class SessionCache {
     }
     return c;
   }
-}
-
-function sessionScope(s: CachedSession, scope: Scope): ScopeState {
-  return {
-    scope,
-    id: s.sessionId,
-    key: `s:${s.sessionId}`,
-    policy: s.policy,
-    status: s.status,
-    expireMs: s.expireMs,
-    idleTimeoutMs: s.idleTimeoutMs,
-    lastActivityMs: s.lastActivityMs,
-  };
 }

@@ -115,8 +115,11 @@ export async function lockScopes(
   return { sessions, agents };
 }
 
-/** A locked session as the engine sees it: as itself, or as a fork's parent. */
-export function sessionScope(s: LockedSession, scope: Scope = Scope.SESSION): ScopeState {
+/** What {@link sessionScope} reads: a locked session, or a sidecar's cached one. */
+export type SessionLike = Pick<LockedSession, "sessionId" | "policy" | "status" | "expireMs" | "idleTimeoutMs" | "lastActivityMs">;
+
+/** A session as the engine sees it: as itself, or as a fork's parent. */
+export function sessionScope(s: SessionLike, scope: Scope = Scope.SESSION): ScopeState {
   return {
     scope,
     id: s.sessionId,

@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -16,19 +15,10 @@ import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { payment, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
-import { type GrpcClient, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
+import { type GrpcClient, freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
 
 const AGENT = "agent-sidecar-e2e";
 const SIDECARS = 4;
-
-/** A loopback port free now, so a restarted control plane comes back where sidecars look. */
-async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
-  const port = (srv.address() as { port: number }).port;
-  await new Promise<void>((r) => srv.close(() => r()));
-  return port;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 import { create, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -24,6 +25,15 @@ export interface ServerProcess {
 
 /** Where a server keeps its data: a PGlite directory or a PostgreSQL URL. */
 export type StoreLocation = { dataDir: string } | { databaseUrl: string };
+
+/** A loopback port free now, for a process that must come back on the same one. */
+export async function freePort(): Promise<number> {
+  const srv = createServer();
+  await new Promise<void>((r) => srv.listen(0, "127.0.0.1", r));
+  const port = (srv.address() as { port: number }).port;
+  await new Promise<void>((r) => srv.close(() => r()));
+  return port;
+}
 
 /** A fresh PGlite data directory. */
 export function tempDataDir(): string {
