@@ -8,16 +8,17 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join, posix } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { parseRoleFlags, ROLE_FLAGS } from "../../src/server/role-flags.js";
 import { HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
-import { isRole, loadManifests, ROOT, wardenContainers } from "./load-manifests.js";
+import { createPostgresDatabase } from "../helpers/databases.js";
+import { isRole, listenAddress, listenerFlags, loadManifests, ROOT, splitHostPort, wardenContainers } from "./load-manifests.js";
 import { type DockerCopy, type DockerStage, execForm, parseCopy, parseDockerfile } from "./parse-dockerfile.js";
-import { freePort, grpcHealthCheck, startRole } from "./role-process.js";
+import { freePort, grpcHealthCheck, type RoleProcess, startRole } from "./role-process.js";
 
 const dockerfile = parseDockerfile(readFileSync(join(ROOT, "Dockerfile"), "utf8"));
 const stages = dockerfile.stages;
@@ -231,6 +232,72 @@ describe("the build stage, replayed", () => {
       for (const f of ROLE_FLAGS[role]) {
         assert.ok(help.includes(`--${f.name} `) && help.includes(`[${f.env}]`), `warden ${role} --help lacks --${f.name} [${f.env}]`);
       }
+    }
+  });
+
+  test("each Warden container of deploy/, run with its manifest's environment, answers its probes on the ports they name", async () => {
+    const cmdRole = execForm(last(runtime, "CMD") ?? "")![0]!;
+    assert.ok(isRole(cmdRole));
+    // Control planes first: sidecars need one to dial.
+    const wardens = wardenContainers(loadManifests(), cmdRole).sort((a, b) => Number(a.role === "sidecar") - Number(b.role === "sidecar"));
+    const database = await createPostgresDatabase();
+    const running: RoleProcess[] = [];
+    let controlPlaneGrpc: string | undefined;
+    try {
+      for (const [i, w] of wardens.entries()) {
+        const env = { ...w.env };
+        // The manifest's ports, moved to free loopback ports: manifest port → local port.
+        const local = new Map<number, number>();
+        for (const flag of listenerFlags(w.role)) {
+          const address = listenAddress(w, flag);
+          if (address === undefined) continue;
+          const port = await freePort();
+          local.set(splitHostPort(address).port, port);
+          env[ROLE_FLAGS[w.role].find((f) => f.name === flag)!.env] = `127.0.0.1:${port}`;
+        }
+        if (env.DATABASE_URL !== undefined) env.DATABASE_URL = database.url;
+        if (w.role === "sidecar") {
+          assert.ok(controlPlaneGrpc, "no control plane started before the sidecar");
+          env.WARDEN_CONTROL_PLANE = `http://${controlPlaneGrpc}`;
+        }
+        // Files from Secrets: present, with placeholder content.
+        for (const name of Object.keys(env).filter((n) => n.endsWith("_FILE"))) {
+          env[name] = join(work, `${i}-${name}`);
+          writeFileSync(env[name], "placeholder\n");
+        }
+        const proc = startRole(appDir, w.container.args ?? [], env);
+        running.push(proc);
+        await proc.listening;
+        const at = `${w.file}: ${w.container.name} (warden ${w.role})`;
+        for (const kind of ["startupProbe", "readinessProbe", "livenessProbe"] as const) {
+          const probe = w.container[kind];
+          if (probe?.grpc !== undefined) {
+            const port = local.get(probe.grpc.port as number);
+            assert.ok(port, `${at}: ${kind} port ${String(probe.grpc.port)} is no listener of the role`);
+            const status = await grpcHealthCheck(`127.0.0.1:${port}`).catch((err: unknown) => {
+              throw new Error(`${at}: ${kind} port ${String(probe.grpc!.port)}: no gRPC health answer (${String(err)})`);
+            });
+            // A sidecar with a placeholder token cannot sync, so it may say NOT_SERVING; it must still answer.
+            const expected = w.role === "sidecar" ? [HealthCheckResponse_ServingStatus.SERVING, HealthCheckResponse_ServingStatus.NOT_SERVING] : [HealthCheckResponse_ServingStatus.SERVING];
+            assert.ok(expected.includes(status), `${at}: ${kind} on ${port} says ${HealthCheckResponse_ServingStatus[status]}`);
+          }
+          if (probe?.httpGet !== undefined) {
+            const named = w.container.ports?.find((p) => p.name === probe.httpGet!.port || p.containerPort === probe.httpGet!.port);
+            const port = named && local.get(named.containerPort);
+            assert.ok(port, `${at}: ${kind} port ${String(probe.httpGet.port)} is no listener of the role`);
+            const res = await fetch(`http://127.0.0.1:${port}${probe.httpGet.path ?? "/"}`).catch((err: unknown) => {
+              throw new Error(`${at}: ${kind} port ${String(probe.httpGet!.port)}: no HTTP answer (${String(err)})`);
+            });
+            assert.equal(res.status, 200, `${at}: ${kind} GET ${probe.httpGet.path} on ${port}`);
+          }
+        }
+        if (w.role === "control-plane") controlPlaneGrpc = `127.0.0.1:${local.get(splitHostPort(listenAddress(w, "grpc-listen")!).port)}`;
+      }
+      // Sidecars first, as Kubernetes stops them after their agents.
+      for (const proc of running.reverse()) assert.equal(await proc.stop(), 0, proc.stderr());
+    } finally {
+      for (const proc of running) proc.kill();
+      await database.drop();
     }
   });
 

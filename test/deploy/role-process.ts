@@ -1,5 +1,4 @@
 import { spawn } from "node:child_process";
-import { createServer } from "node:net";
 import { createInterface } from "node:readline";
 import { fromBinary, toBinary, create } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
@@ -67,17 +66,7 @@ export function startRole(appDir: string, args: readonly string[], env: Record<s
   };
 }
 
-/** A TCP port that was free a moment ago, for a listener that must not share the manifest's fixed ports. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from "../helpers/server-process.js";
 
 /**
  * `grpc.health.v1.Health/Check` for the whole server (""), over plaintext
