@@ -1,0 +1,104 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import type { GetSessionStateResponse } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { type CachedSession, SessionCache } from "../../src/sidecar/session-cache.js";
+import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
+import { openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { sessionRequest, USD } from "../helpers/fixtures.js";
+
+const NO_HASH = new Uint8Array(0);
+
+// The cache is fed by the real store's session state (what the control
+// plane's GetSessionState returns), counted to see how often it is asked.
+describe("SessionCache", () => {
+  let t: TestDatabase;
+  let store: WardenStore;
+  before(async () => {
+    t = await openTestDatabase("pglite");
+    store = createWardenStore({ db: t.db });
+  });
+  after(() => t.drop());
+
+  function cacheOf(max = 100, onChange?: (b: CachedSession, a: CachedSession | undefined) => void) {
+    const fetched: string[] = [];
+    let gate: Promise<void> = Promise.resolve();
+    let onRead: () => void = () => undefined;
+    const read = new Promise<void>((r) => (onRead = r));
+    const cache = new SessionCache({
+      maxSessions: max,
+      maxBytes: 1 << 20,
+      // Reads, then waits at the gate before answering: a fetch in flight.
+      fetch: async (id) => {
+        fetched.push(id);
+        const state = await store.sessionState(id);
+        onRead();
+        await gate;
+        return state;
+      },
+      onChange,
+    });
+    return { cache, fetched, read, hold: (p: Promise<void>) => (gate = p) };
+  }
+
+  test("concurrent misses of one session share one fetch", async () => {
+    const s = await store.createSession(sessionRequest("cache-a", { daily: { maxValueMicros: USD(10) } }), NO_HASH);
+    const { cache, fetched } = cacheOf();
+    const got = await Promise.all(Array.from({ length: 50 }, () => cache.get(s.sessionId)));
+    assert.deepEqual(fetched, [s.sessionId]);
+    assert.ok(got.every((g) => g === got[0]));
+    assert.ok(!(cache.get(s.sessionId) instanceof Promise), "then a hit, synchronously");
+  });
+
+  test("a change that arrives while the session is being fetched is not lost", async () => {
+    const s = await store.createSession(sessionRequest("cache-b", {}), NO_HASH);
+    const { cache, hold, read } = cacheOf();
+    let release!: () => void;
+    hold(new Promise<void>((r) => (release = r)));
+    const pending = cache.get(s.sessionId);
+    await read;
+    // The fetch has read the session (still active) but not answered;
+    // meanwhile the session is paused and the watch stream brings it.
+    await store.setPaused(s.sessionId, true, "x");
+    const paused = (await store.sessionState(s.sessionId)).sessions[0]!;
+    cache.applySession(paused);
+    release();
+    const got = await pending;
+    assert.equal(got.status, SessionStatus.PAUSED);
+  });
+
+  test("changes to sessions not held are ignored; older revisions never replace newer", async () => {
+    const s = await store.createSession(sessionRequest("cache-c", {}), NO_HASH);
+    const { cache } = cacheOf();
+    const before = (await store.sessionState(s.sessionId)).sessions[0]!;
+    cache.applySession(before);
+    assert.equal(cache.peek(s.sessionId), undefined, "not fetched, not held");
+    await cache.get(s.sessionId);
+    await store.setPaused(s.sessionId, true, "x");
+    const newer = (await store.sessionState(s.sessionId)).sessions[0]!;
+    cache.applySession(newer);
+    cache.applySession(before);
+    assert.equal(cache.peek(s.sessionId)!.status, SessionStatus.PAUSED);
+  });
+
+  test("bounded by count: the least recently used leaves, and its owner is told", async () => {
+    const left: string[] = [];
+    const { cache } = cacheOf(2, (b, a) => a === undefined && left.push(b.sessionId));
+    const ids = [];
+    for (const agent of ["cache-d1", "cache-d2", "cache-d3"]) ids.push((await store.createSession(sessionRequest(agent, {}), NO_HASH)).sessionId);
+    for (const id of ids) await cache.get(id);
+    assert.equal(cache.size, 2);
+    assert.deepEqual(left, [ids[0]]);
+  });
+
+  test("sessions with the same policy share one compiled policy", async () => {
+    const a = await store.createSession(sessionRequest("cache-e", { daily: { maxValueMicros: USD(5) } }), NO_HASH);
+    const b = await store.createSession(sessionRequest("cache-e", { daily: { maxValueMicros: USD(5) } }), NO_HASH);
+    const { cache } = cacheOf();
+    const [x, y] = await Promise.all([cache.get(a.sessionId), cache.get(b.sessionId)]);
+    assert.equal(x.policy, y.policy);
+    assert.equal(x.agentId, y.agentId);
+    const state: GetSessionStateResponse = await store.sessionState(a.sessionId);
+    assert.equal(state.agent!.agentId, "cache-e");
+  });
+});
