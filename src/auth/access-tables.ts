@@ -3,6 +3,7 @@ import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
 import type { SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import type { WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
 import type { AccessTable } from "./with-api-key-auth.js";
 
 // Role sets, so each table reads as a policy. `admin` may do everything,
@@ -75,4 +76,16 @@ export const SYNC_SERVICE_ACCESS: AccessTable<typeof SyncService> = {
   watchSessions: { roles: ADMIN_AND_AGENT, scope: ownAgent },
   acquireLease: { roles: ADMIN_AND_AGENT, scope: ownSession },
   reportLeases: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: r.reports.map((x) => x.sessionId) }) },
+};
+
+/**
+ * WebhookService: only admins register, delete and re-enable endpoints
+ * (an endpoint receives every session's events); auditors may read them.
+ */
+export const WEBHOOK_SERVICE_ACCESS: AccessTable<typeof WebhookService> = {
+  createWebhookEndpoint: { roles: ADMIN },
+  getWebhookEndpoint: { roles: AUDIT },
+  listWebhookEndpoints: { roles: AUDIT },
+  deleteWebhookEndpoint: { roles: ADMIN },
+  enableWebhookEndpoint: { roles: ADMIN },
 };

@@ -4,6 +4,7 @@ import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../gen/warden/v1/session_service_pb.js";
+import { WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
 import type { WardenClients } from "./command.js";
 
 /**
@@ -22,6 +23,7 @@ export function createWardenClients(transport: Transport): WardenClients {
     policy: createClient(PolicyService, transport),
     agents: createClient(AgentService, transport),
     auth: createClient(AuthService, transport),
+    webhooks: createClient(WebhookService, transport),
   };
 }
 

@@ -4,6 +4,7 @@ import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
+import type { WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
 import type { FlagSpec, ParsedFlags } from "./parse-command-line.js";
 
 /** Exit code of success, and of an ALLOW decision. */
@@ -22,6 +23,7 @@ export interface WardenClients {
   readonly policy: Client<typeof PolicyService>;
   readonly agents: Client<typeof AgentService>;
   readonly auth: Client<typeof AuthService>;
+  readonly webhooks: Client<typeof WebhookService>;
 }
 
 /** CommandContext is what a command's `run` gets: its input and its outputs. */

@@ -8,15 +8,16 @@ import { ACTION_COMMANDS } from "./commands/actions.js";
 import { AGENT_COMMANDS } from "./commands/agents.js";
 import { KEY_COMMANDS } from "./commands/keys.js";
 import { SESSION_COMMANDS } from "./commands/sessions.js";
+import { WEBHOOK_COMMANDS } from "./commands/webhooks.js";
 import { describeError } from "./describe-error.js";
 import { parseServerUrl } from "./flags.js";
 import { parseCommandLine } from "./parse-command-line.js";
 import { formatCommandHelp, formatMainHelp, usageLine } from "./usage.js";
 
 /** Every client command of the CLI, in the order help lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS];
+export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS, ...WEBHOOK_COMMANDS];
 
-const GROUPS = ["sessions", "agents", "keys"];
+const GROUPS = ["sessions", "agents", "keys", "webhooks"];
 
 /** Where runCli reads and writes; injectable so tests need no process. */
 export interface CliOptions {

@@ -26,6 +26,7 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     dataDir: values["data-dir"]!,
     databaseUrl,
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
+    webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
     leaseReconcileGraceMs: positiveInt(values, "lease-reconcile-grace"),
     healthAddress: values["health-listen"],
     // A cluster's system of record is never open: API keys on admin calls,

@@ -58,6 +58,20 @@ const store: FlagSpec[] = [
     arg: "MS",
     help: "how often holds, leases and sessions are expired",
   },
+  {
+    name: "webhook-interval",
+    env: "WARDEN_WEBHOOK_INTERVAL_MS",
+    default: "1000",
+    arg: "MS",
+    help: "how often due webhook deliveries are claimed and sent",
+  },
+  {
+    name: "webhook-retry-period",
+    env: "WARDEN_WEBHOOK_RETRY_PERIOD_MS",
+    default: String(3 * 24 * 60 * 60 * 1000),
+    arg: "MS",
+    help: "how long after an event its failing delivery is retried (with exponential backoff) before it is abandoned and its endpoint disabled (default 3 days)",
+  },
 ];
 
 const leaseGrace: FlagSpec = {

@@ -23,6 +23,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     dataDir: values["data-dir"]!,
     databaseUrl,
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
+    webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
     healthAddress: values["health-listen"],
     requireAuth,
     sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),

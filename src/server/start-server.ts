@@ -10,6 +10,7 @@ import { AuthService, file_warden_v1_auth_service } from "../gen/warden/v1/auth_
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
 import { file_warden_v1_sync_service, SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import { file_warden_v1_webhook_service, WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
 import { createChangeFeed } from "../control-plane/change-feed.js";
 import { createSyncService } from "../control-plane/sync-service.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
@@ -21,6 +22,9 @@ import { withQueryMetrics } from "../observability/with-query-metrics.js";
 import { createAgentService } from "../services/agent-service.js";
 import { createPolicyService } from "../services/policy-service.js";
 import { createSessionService } from "../services/session-service.js";
+import { createWebhookService } from "../services/webhook-service.js";
+import { createWebhookDispatcher, type WebhookDispatcherOptions } from "../webhooks/webhook-dispatcher.js";
+import { createWebhookStore } from "../webhooks/webhook-store.js";
 import type { Database } from "../store/database.js";
 import { migrate } from "../store/migrate.js";
 import { createPgDatabase } from "../store/pg-database.js";
@@ -64,6 +68,11 @@ export interface ServerOptions {
   readonly now?: () => number;
   /** How long past expiry an unreleased sidecar lease is written off; default 10 s. */
   readonly leaseReconcileGraceMs?: number;
+  /**
+   * Webhook delivery (`--webhook-interval`, `--webhook-retry-period`, and
+   * for tests the backoff and failure limits); see createWebhookDispatcher.
+   */
+  readonly webhooks?: Omit<WebhookDispatcherOptions, "store" | "logger">;
 }
 
 /** A running `warden serve`. */
@@ -113,6 +122,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const auth = await createAuth({ db, now: o.now, tokenTtlMs: o.sessionTokenTtlMs });
   const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs });
   // Sidecars watch sessions through this replica's one feed of changes.
+  const webhookStore = createWebhookStore({ db, now: o.now });
   const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
 
   const described = [
@@ -121,6 +131,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_warden_v1_agent_service,
     file_warden_v1_auth_service,
     file_warden_v1_sync_service,
+    file_warden_v1_webhook_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
@@ -129,6 +140,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     { service: SessionService, impl: withValidation(SessionService, createSessionService(store, { tokens: auth.issuer })) },
     { service: AgentService, impl: withValidation(AgentService, createAgentService(store)) },
     { service: AuthService, impl: withValidation(AuthService, auth.authService) },
+    { service: WebhookService, impl: withValidation(WebhookService, createWebhookService(webhookStore)) },
     { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
@@ -180,6 +192,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   timer.unref();
   // Holds and sessions that lapsed while the server was down go at once.
   await store.sweep();
+  const dispatcher = createWebhookDispatcher({ ...o.webhooks, store: webhookStore, logger: log });
 
   return {
     grpcPort: grpcServer.port,
@@ -192,12 +205,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       // Probes turn traffic away first, while calls in flight drain.
       readiness.shutdown();
       clearInterval(timer);
+      const dispatcherStopped = dispatcher.stop();
       // Watch streams never end on their own: end them first.
       const feedStopped = feed.stop();
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
       // Last, so probes and scrapes see the drain; nothing on it needs a grace period.
       await healthListener?.close(0);
       await sweeping;
+      await dispatcherStopped;
       await feedStopped;
       await db.close();
     },

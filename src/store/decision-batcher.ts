@@ -21,6 +21,7 @@ import { decisionToProto } from "./decision-proto.js";
 import { lockActions, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
+import { endEventType, recordEvents } from "./outbox.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 
@@ -354,10 +355,25 @@ export class DecisionBatcher {
     }
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, under the locks already held, like every other ending.
-    const ended = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status)).map((d) => d.sessionId);
+    const endedDeltas = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status));
+    const ended = endedDeltas.map((d) => d.sessionId);
     if (ended.length > 0) {
       const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [ended, ActionStatus.HELD]);
       await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
+      // The sessions the statement above moved to EXPIRED or EXHAUSTED (the
+      // "u.status <> s.status" rows: a delta gets a status reason only when
+      // this batch ends its session): their events, in the same
+      // transaction, like every other ending (see endSessions).
+      await recordEvents(
+        tx,
+        endedDeltas.map((d) => ({
+          type: endEventType(d.status)!,
+          sessionId: d.sessionId,
+          agentId: d.session.agentId,
+          data: { status: SessionStatus[d.status], reason: d.statusReason },
+          nowMs,
+        })),
+      );
     }
     return settled;
   }

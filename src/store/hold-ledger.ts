@@ -5,6 +5,7 @@ import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
 import type { Queryable } from "./database.js";
+import { endEventType, recordEvents } from "./outbox.js";
 import type { LockedSession } from "./scope-locks.js";
 import { loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
 
@@ -108,8 +109,11 @@ export async function captureHold(
 }
 
 /**
- * Moves locked sessions to a terminal `status` and releases their open
- * holds. Callers lock the sessions (and their ancestors and agents) first.
+ * Moves locked sessions to a terminal `status`, releases their open holds
+ * and records a session event for each (in this transaction: the outbox).
+ * The first id is the session the change was asked of; the others are its
+ * forks ended with it, whose events say so (`ended_with`). Callers lock
+ * the sessions (and their ancestors and agents) first.
  */
 export async function endSessions(
   tx: Queryable,
@@ -122,11 +126,30 @@ export async function endSessions(
   // Action rows are locked before the revision is taken: a revision's
   // advisory lock must come after every row lock (see 004_sync_leases.sql).
   const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [sessionIds, ActionStatus.HELD]);
-  await tx.query(
+  const { rows } = await tx.query<{ session_id: string; agent_id: string }>(
     `UPDATE sessions SET status = $2, status_reason = $3, end_time = $4::timestamptz, update_time = $4::timestamptz,
             revision = warden_next_revision()
-      WHERE session_id = ANY($1::text[])`,
+      WHERE session_id = ANY($1::text[])
+      RETURNING session_id, agent_id`,
     [sessionIds, status, reason, iso(nowMs)],
   );
+  const type = endEventType(status);
+  if (type !== undefined) {
+    const root = sessionIds[0]!;
+    // In the callers' order (the root first), not the UPDATE's.
+    const agents = new Map(rows.map((r) => [r.session_id, r.agent_id]));
+    await recordEvents(
+      tx,
+      sessionIds
+        .filter((id) => agents.has(id))
+        .map((id) => ({
+          type,
+          sessionId: id,
+          agentId: agents.get(id)!,
+          data: { status: SessionStatus[status], reason, ...(id === root ? {} : { ended_with: root }) },
+          nowMs,
+        })),
+    );
+  }
   await releaseHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
 }

@@ -36,6 +36,7 @@ import { budgetToProto } from "./decision-proto.js";
 import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
+import { recordEvent } from "./outbox.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
@@ -176,6 +177,7 @@ export class WardenStore {
         expireMs,
         idleTimeoutMs: req.idleTimeout === undefined ? null : durationMs(req.idleTimeout),
       });
+      await recordEvent(tx, { type: "session.created", sessionId, agentId: req.agentId, data: { status: "ACTIVE", expire_time: iso(expireMs) }, nowMs });
       const session = await this.getSession(sessionId, tx);
       if (req.idempotencyKey !== "") {
         await saveIdempotency(
@@ -340,6 +342,13 @@ export class WardenStore {
             WHERE session_id = $1`,
           [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
         );
+        await recordEvent(tx, {
+          type: paused ? "session.paused" : "session.resumed",
+          sessionId,
+          agentId: s.agentId,
+          data: { status: paused ? "PAUSED" : "ACTIVE", reason },
+          nowMs: this.now(),
+        });
         return this.getSession(sessionId, tx);
       }),
     );
@@ -368,6 +377,13 @@ export class WardenStore {
           "UPDATE sessions SET expire_time = $2::timestamptz, update_time = $3::timestamptz, revision = warden_next_revision() WHERE session_id = $1",
           [req.sessionId, iso(expireMs), iso(nowMs)],
         );
+        await recordEvent(tx, {
+          type: "session.extended",
+          sessionId: req.sessionId,
+          agentId: s.agentId,
+          data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
+          nowMs,
+        });
         return this.getSession(req.sessionId, tx);
       }),
     );
@@ -450,6 +466,13 @@ export class WardenStore {
           nowMs,
           expireMs,
           idleTimeoutMs: req.idleTimeout === undefined ? null : durationMs(req.idleTimeout),
+        });
+        await recordEvent(tx, {
+          type: "session.created",
+          sessionId,
+          agentId: parent.agentId,
+          data: { status: "ACTIVE", expire_time: iso(expireMs), parent_session_id: parent.sessionId },
+          nowMs,
         });
         const session = await this.getSession(sessionId, tx);
         if (req.idempotencyKey !== "") {

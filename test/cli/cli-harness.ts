@@ -3,6 +3,7 @@ import { createRouterTransport, type ServiceImpl } from "@connectrpc/connect";
 import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { WebhookService } from "../../src/gen/warden/v1/webhook_service_pb.js";
 import { parseCommandLine, type ParsedFlags } from "../../src/cli/parse-command-line.js";
 import { COMMANDS, runCli } from "../../src/cli/run-cli.js";
 
@@ -18,6 +19,7 @@ export interface FakeServer {
   readonly sessions?: Partial<ServiceImpl<typeof SessionService>>;
   readonly policy?: Partial<ServiceImpl<typeof PolicyService>>;
   readonly agents?: Partial<ServiceImpl<typeof AgentService>>;
+  readonly webhooks?: Partial<ServiceImpl<typeof WebhookService>>;
 }
 
 /** What a command line did. */
@@ -57,6 +59,7 @@ export async function runWarden(argv: string[], server: FakeServer = {}, env: Re
         service(SessionService, recorded(server.sessions ?? {}, calls, baseUrl));
         service(PolicyService, recorded(server.policy ?? {}, calls, baseUrl));
         service(AgentService, recorded(server.agents ?? {}, calls, baseUrl));
+        service(WebhookService, recorded(server.webhooks ?? {}, calls, baseUrl));
       }),
   });
   return { code, stdout: out.join("\n"), stderr: err.join("\n"), calls };

@@ -1,0 +1,86 @@
+import { SessionStatus } from "../gen/warden/v1/session_pb.js";
+import type { Queryable } from "./database.js";
+import { newId } from "./ids.js";
+
+/** Every event type this server records; webhook endpoints subscribe to a subset. */
+export const EVENT_TYPES = [
+  "session.created",
+  "session.extended",
+  "session.paused",
+  "session.resumed",
+  "session.revoked",
+  "session.expired",
+  "session.exhausted",
+  "session.completed",
+] as const;
+
+/** One of {@link EVENT_TYPES}. */
+export type EventType = (typeof EVENT_TYPES)[number];
+
+/** A state change to record, in the transaction that makes it. */
+export interface NewEvent {
+  readonly type: EventType;
+  readonly sessionId: string;
+  readonly agentId: string;
+  /** What changed; serialised as the event's `data` object (snake_case keys). */
+  readonly data: Record<string, unknown>;
+  readonly nowMs: number;
+}
+
+/** The event that a session ending in `status` records, if any. */
+export function endEventType(status: SessionStatus): EventType | undefined {
+  switch (status) {
+    case SessionStatus.REVOKED:
+      return "session.revoked";
+    case SessionStatus.COMPLETED:
+      return "session.completed";
+    case SessionStatus.EXPIRED:
+      return "session.expired";
+    case SessionStatus.EXHAUSTED:
+      return "session.exhausted";
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * Records events and, for every active webhook endpoint subscribed to an
+ * event's type, a pending delivery due now: one statement, run in the
+ * caller's transaction, so an event exists exactly when its change was
+ * committed (the outbox pattern). Returns the new event ids, in order.
+ *
+ * Endpoint rows are only read (and key-share locked by the foreign key),
+ * never locked for update, so this adds no lock that could close a cycle
+ * with the revision lock callers may hold (see 004_sync_leases.sql).
+ */
+export async function recordEvents(tx: Queryable, events: readonly NewEvent[]): Promise<string[]> {
+  if (events.length === 0) return [];
+  const ids = events.map((e) => newId("evt", e.nowMs));
+  await tx.query(
+    `WITH e AS (
+       INSERT INTO events (event_id, type, session_id, agent_id, create_time, data)
+       SELECT u.event_id, u.type, u.session_id, u.agent_id, u.create_time, u.data::jsonb
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+              WITH ORDINALITY AS u(event_id, type, session_id, agent_id, create_time, data, n)
+        ORDER BY u.n
+       RETURNING event_id, type, create_time
+     )
+     INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_time, update_time)
+     SELECT w.endpoint_id, e.event_id, e.create_time, e.create_time
+       FROM e JOIN webhook_endpoints w ON w.status = 1 AND e.type = ANY (w.event_types)`,
+    [
+      ids,
+      events.map((e) => e.type),
+      events.map((e) => e.sessionId),
+      events.map((e) => e.agentId),
+      events.map((e) => new Date(e.nowMs).toISOString()),
+      events.map((e) => JSON.stringify(e.data)),
+    ],
+  );
+  return ids;
+}
+
+/** Records one event; see {@link recordEvents}. */
+export async function recordEvent(tx: Queryable, event: NewEvent): Promise<string> {
+  return (await recordEvents(tx, [event]))[0]!;
+}

@@ -1,0 +1,265 @@
+import { randomBytes } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type CreateWebhookEndpointRequest,
+  type WebhookEndpoint,
+  WebhookEndpointSchema,
+  WebhookEndpointStatus,
+} from "../gen/warden/v1/webhook_service_pb.js";
+import type { Database } from "../store/database.js";
+import { newId } from "../store/ids.js";
+
+const iso = (ms: number) => new Date(ms).toISOString();
+const DEFAULT_PAGE = 50;
+
+interface EndpointRow {
+  endpoint_id: string;
+  url: string;
+  event_types: string[];
+  status: number;
+  disabled_reason: string;
+  consecutive_failures: number;
+  create_time: Date;
+  update_time: Date;
+}
+
+// Never the secret: it leaves the store only to sign (claimDue) and once on create.
+const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time";
+
+function endpointOf(r: EndpointRow): WebhookEndpoint {
+  return create(WebhookEndpointSchema, {
+    endpointId: r.endpoint_id,
+    url: r.url,
+    eventTypes: r.event_types,
+    status: r.status as WebhookEndpointStatus,
+    disabledReason: r.disabled_reason,
+    consecutiveFailures: r.consecutive_failures,
+    createTime: timestampFromMs(r.create_time.getTime()),
+    updateTime: timestampFromMs(r.update_time.getTime()),
+  });
+}
+
+function notFound(id: string): ConnectError {
+  return new ConnectError(`endpoint_id: webhook endpoint "${id}" not found`, Code.NotFound);
+}
+
+/** A delivery claimed by one dispatcher: the event, where to send it, and how to sign it. */
+export interface ClaimedDelivery {
+  readonly endpointId: string;
+  readonly eventId: string;
+  readonly url: string;
+  readonly secret: string;
+  /** Attempts before this one. */
+  readonly attempts: number;
+  readonly eventMs: number;
+  /** The JSON body: `{id, type, time, session_id, agent_id, data}`. */
+  readonly body: string;
+}
+
+/** Options of {@link createWebhookStore}. */
+export interface WebhookStoreOptions {
+  readonly db: Database;
+  readonly now?: () => number;
+}
+
+/**
+ * Webhook endpoints and their delivery queue (the `webhook_*` tables of
+ * 005_events.sql). Deliveries are created with their events, by
+ * `recordEvents` in the store's transactions; this claims and settles them.
+ */
+export class WebhookStore {
+  readonly db: Database;
+  readonly now: () => number;
+
+  constructor(opts: WebhookStoreOptions) {
+    this.db = opts.db;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Registers an endpoint; returns it with its secret (generated when not given). */
+  async createEndpoint(req: CreateWebhookEndpointRequest): Promise<{ endpoint: WebhookEndpoint; secret: string }> {
+    const nowMs = this.now();
+    // 32 random bytes: as strong as the HMAC-SHA256 key can use.
+    const secret = req.secret !== "" ? req.secret : `whsec_${randomBytes(32).toString("base64url")}`;
+    const { rows } = await this.db.query<EndpointRow>(
+      `INSERT INTO webhook_endpoints (endpoint_id, url, event_types, secret, create_time, update_time)
+       VALUES ($1, $2, $3::text[], $4, $5::timestamptz, $5::timestamptz) RETURNING ${ENDPOINT_COLUMNS}`,
+      [newId("whe", nowMs), req.url, req.eventTypes, secret, iso(nowMs)],
+    );
+    return { endpoint: endpointOf(rows[0]!), secret };
+  }
+
+  /** Reads an endpoint (without its secret). */
+  async getEndpoint(endpointId: string): Promise<WebhookEndpoint> {
+    const { rows } = await this.db.query<EndpointRow>(`SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE endpoint_id = $1`, [endpointId]);
+    if (rows[0] === undefined) throw notFound(endpointId);
+    return endpointOf(rows[0]);
+  }
+
+  /** Lists endpoints, newest first, with keyset paging. */
+  async listEndpoints(pageSize: number, token: string): Promise<{ endpoints: WebhookEndpoint[]; nextPageToken: string }> {
+    const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
+    let after: string | undefined;
+    if (token !== "") {
+      try {
+        after = (JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { id: string }).id;
+      } catch {
+        throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
+      }
+      if (typeof after !== "string") throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
+    }
+    // Ids start with their creation time, so id order is creation order.
+    const { rows } = await this.db.query<EndpointRow>(
+      `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints ${after === undefined ? "" : "WHERE endpoint_id < $1"}
+        ORDER BY endpoint_id DESC LIMIT ${size + 1}`,
+      after === undefined ? [] : [after],
+    );
+    const page = rows.slice(0, size);
+    return {
+      endpoints: page.map(endpointOf),
+      nextPageToken: rows.length > size ? Buffer.from(JSON.stringify({ id: page.at(-1)!.endpoint_id })).toString("base64url") : "",
+    };
+  }
+
+  /** Deletes an endpoint and its queued deliveries. */
+  async deleteEndpoint(endpointId: string): Promise<void> {
+    const { rows } = await this.db.query("DELETE FROM webhook_endpoints WHERE endpoint_id = $1 RETURNING endpoint_id", [endpointId]);
+    if (rows.length === 0) throw notFound(endpointId);
+  }
+
+  /**
+   * Re-enables an endpoint: its failure count starts again and deliveries
+   * still pending are due at once (ones abandoned stay abandoned).
+   */
+  async enableEndpoint(endpointId: string): Promise<WebhookEndpoint> {
+    const nowMs = this.now();
+    return this.db.transaction(async (tx) => {
+      const { rows } = await tx.query<EndpointRow>(
+        `UPDATE webhook_endpoints SET status = 1, disabled_reason = '', consecutive_failures = 0, update_time = $2::timestamptz
+          WHERE endpoint_id = $1 RETURNING ${ENDPOINT_COLUMNS}`,
+        [endpointId, iso(nowMs)],
+      );
+      if (rows[0] === undefined) throw notFound(endpointId);
+      await tx.query(
+        "UPDATE webhook_deliveries SET next_attempt_time = $2::timestamptz, update_time = $2::timestamptz WHERE endpoint_id = $1 AND status = 1",
+        [endpointId, iso(nowMs)],
+      );
+      return endpointOf(rows[0]);
+    });
+  }
+
+  /**
+   * Claims up to `limit` due deliveries of active endpoints. `FOR UPDATE
+   * SKIP LOCKED` lets every replica claim at once without taking the same
+   * row; the claim then pushes the row's next attempt `leaseMs` ahead and
+   * commits, so the HTTP call runs outside any transaction, and a
+   * dispatcher that dies mid-call leaves the row due again after the lease
+   * (at least once, never lost).
+   */
+  async claimDue(limit: number, leaseMs: number): Promise<ClaimedDelivery[]> {
+    const nowMs = this.now();
+    return this.db.transaction(async (tx) => {
+      const { rows } = await tx.query<{
+        endpoint_id: string;
+        event_id: string;
+        url: string;
+        secret: string;
+        attempts: number;
+        type: string;
+        session_id: string;
+        agent_id: string;
+        create_time: Date;
+        data: unknown;
+      }>(
+        `SELECT d.endpoint_id, d.event_id, w.url, w.secret, d.attempts, e.type, e.session_id, e.agent_id, e.create_time, e.data
+           FROM webhook_deliveries d
+           JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
+           JOIN events e ON e.event_id = d.event_id
+          WHERE d.status = 1 AND d.next_attempt_time <= $1::timestamptz AND w.status = 1
+          ORDER BY d.next_attempt_time, e.seq
+          LIMIT ${limit}
+          FOR UPDATE OF d SKIP LOCKED`,
+        [iso(nowMs)],
+      );
+      if (rows.length === 0) return [];
+      await tx.query(
+        `UPDATE webhook_deliveries d SET next_attempt_time = $3::timestamptz
+           FROM unnest($1::text[], $2::text[]) AS u(endpoint_id, event_id)
+          WHERE d.endpoint_id = u.endpoint_id AND d.event_id = u.event_id`,
+        [rows.map((r) => r.endpoint_id), rows.map((r) => r.event_id), iso(nowMs + leaseMs)],
+      );
+      return rows.map((r) => ({
+        endpointId: r.endpoint_id,
+        eventId: r.event_id,
+        url: r.url,
+        secret: r.secret,
+        attempts: r.attempts,
+        eventMs: r.create_time.getTime(),
+        body: JSON.stringify({
+          id: r.event_id,
+          type: r.type,
+          time: r.create_time.toISOString(),
+          session_id: r.session_id,
+          agent_id: r.agent_id,
+          data: typeof r.data === "string" ? JSON.parse(r.data) : r.data,
+        }),
+      }));
+    });
+  }
+
+  /** Settles a delivery that the receiver accepted; the endpoint's failure run ends. */
+  async markDelivered(d: ClaimedDelivery): Promise<void> {
+    const nowMs = this.now();
+    await this.db.transaction(async (tx) => {
+      await tx.query(
+        `UPDATE webhook_deliveries SET status = 2, attempts = attempts + 1, last_error = '', update_time = $3::timestamptz
+          WHERE endpoint_id = $1 AND event_id = $2`,
+        [d.endpointId, d.eventId, iso(nowMs)],
+      );
+      await tx.query("UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE endpoint_id = $1 AND consecutive_failures <> 0", [d.endpointId]);
+    });
+  }
+
+  /**
+   * Records a failed attempt. The delivery is retried at `nextAttemptMs`,
+   * or abandoned when that is undefined; the endpoint is disabled when an
+   * event is abandoned or after `maxConsecutiveFailures` failures in a row.
+   * Returns the endpoint's disabled reason when this disabled it.
+   */
+  async markFailed(d: ClaimedDelivery, error: string, nextAttemptMs: number | undefined, maxConsecutiveFailures: number): Promise<string | undefined> {
+    const nowMs = this.now();
+    return this.db.transaction(async (tx) => {
+      await tx.query(
+        `UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $3, status = $4,
+                next_attempt_time = COALESCE($5::timestamptz, next_attempt_time), update_time = $6::timestamptz
+          WHERE endpoint_id = $1 AND event_id = $2`,
+        [d.endpointId, d.eventId, error.slice(0, 500), nextAttemptMs === undefined ? 3 : 1, nextAttemptMs === undefined ? null : iso(nextAttemptMs), iso(nowMs)],
+      );
+      const { rows } = await tx.query<{ consecutive_failures: number; status: number }>(
+        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 WHERE endpoint_id = $1 RETURNING consecutive_failures, status",
+        [d.endpointId],
+      );
+      const ep = rows[0];
+      if (ep === undefined || ep.status !== 1) return undefined;
+      const reason =
+        nextAttemptMs === undefined
+          ? `event ${d.eventId} was abandoned after ${d.attempts + 1} attempts over the retry period; last error: ${error.slice(0, 200)}`
+          : ep.consecutive_failures >= maxConsecutiveFailures
+            ? `${ep.consecutive_failures} consecutive failed deliveries; last error: ${error.slice(0, 200)}`
+            : undefined;
+      if (reason === undefined) return undefined;
+      await tx.query(
+        "UPDATE webhook_endpoints SET status = 2, disabled_reason = $2, update_time = $3::timestamptz WHERE endpoint_id = $1",
+        [d.endpointId, reason, iso(nowMs)],
+      );
+      return reason;
+    });
+  }
+}
+
+/** Creates a {@link WebhookStore} on `db` (migrated). */
+export function createWebhookStore(opts: WebhookStoreOptions): WebhookStore {
+  return new WebhookStore(opts);
+}
