@@ -101,12 +101,18 @@ export interface EvaluateInput {
   readonly spans: CalendarSpanCache;
 }
 
-const WINDOW_ENUM: Record<WindowKind, Window> = {
+/** The API's Window of each window kind. */
+export const WINDOW_ENUM: Readonly<Record<WindowKind, Window>> = {
   day: Window.DAY,
   week: Window.WEEK,
   month: Window.MONTH,
   lifetime: Window.LIFETIME,
 };
+
+/** The window kind of an API Window (undefined for UNSPECIFIED). */
+export const WINDOW_KIND: Readonly<Partial<Record<Window, WindowKind>>> = Object.fromEntries(
+  Object.entries(WINDOW_ENUM).map(([kind, w]) => [w, kind]),
+);
 
 const VALUE_REASON: Record<WindowKind, Reason> = {
   day: Reason.LIMIT_DAILY_VALUE,

@@ -3,7 +3,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
-import { evaluate, isTerminal, type Totals } from "../core/evaluate.js";
+import { evaluate, isTerminal, type Totals, WINDOW_KIND } from "../core/evaluate.js";
 import { formatMoney } from "../core/money.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { type Decision, DecisionSchema, Outcome, Reason } from "../gen/warden/v1/decision_pb.js";
@@ -595,7 +595,7 @@ function leaseState(l: Lease, nowMs: number): LeaseState {
   const rv = l.valueMicros ?? 0n;
   const ra = l.actions ?? 0n;
   for (const u of l.usage) {
-    const window = ["", "day", "week", "month", "lifetime"][u.window]!;
+    const window = WINDOW_KIND[u.window];
     base.set(`${u.scopeKey}|${window}|${u.windowStartUnixMs}`, { value: u.valueMicros - rv, actions: u.actions - ra });
   }
   const expireMs = timestampMs(l.expireTime!);

@@ -103,9 +103,6 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   const holder = o.holder ?? `${hostname()}-${process.pid}`;
 
   let engine: SidecarEngine | undefined;
-  let ready = false;
-  // Set once the readiness below exists; the first watch message may come first.
-  let updateReadiness: () => void = () => undefined;
   const cache = new SessionCache({
     maxSessions: o.cacheMaxSessions,
     maxBytes: o.cacheMaxBytes,
@@ -137,7 +134,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       metrics.markSyncContact();
       metrics.recordSyncApplied(revision, Math.max(0, lagMs) / 1000);
       // Ready the moment the first message lands, not at the next tick.
-      if (!ready) updateReadiness();
+      if (!readiness.ready) updateReadiness();
     },
   });
   engine = new SidecarEngine({
@@ -195,9 +192,9 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   syncClient.start();
   reports.start();
   engine.start();
-  updateReadiness = () => {
+  // Messages only arrive after syncClient.start() below, when this exists.
+  const updateReadiness = () => {
     const fresh = syncClient.fresh();
-    ready = syncClient.synced && fresh;
     readiness.set(
       "sync",
       syncClient.synced && fresh,

@@ -21,11 +21,11 @@ export async function lockActions(tx: Queryable, where: string, params: unknown[
 }
 
 /**
- * The counters the actions charged, in "exact" mode: a charge to a window
+ * The counters that holds or leases charged, in "exact" mode: a charge to a window
  * that has since rolled over reads as a detached counter, so settling it
  * changes only windows still stored (lifetime always).
  */
-async function countersOf(tx: Queryable, rows: readonly ActionRow[]): Promise<UsageSet> {
+export async function countersOf(tx: Queryable, rows: readonly { readonly charges: ActionRow["charges"] }[]): Promise<UsageSet> {
   return loadCounters(
     tx,
     rows.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
@@ -106,6 +106,16 @@ export async function captureHold(
     counters.scopes.get(key)?.lifetime ??
     (await loadCounters(tx, [{ scopeKey: key, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(key)!.lifetime;
   return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
+}
+
+/**
+ * Whether a locked session's lifetime limit is used up by what is
+ * committed now (read fresh: call after the writes that may have done it).
+ */
+export async function lifetimeUsedUp(tx: Queryable, s: Pick<LockedSession, "sessionId" | "policy">): Promise<boolean> {
+  const key = `s:${s.sessionId}`;
+  const life = (await loadCounters(tx, [{ scopeKey: key, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(key)!.lifetime;
+  return isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions });
 }
 
 /**

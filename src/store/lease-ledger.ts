@@ -2,8 +2,8 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { durationMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
-import { isExhausted, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
-import { DecisionSchema, Outcome, Scope, Window } from "../gen/warden/v1/decision_pb.js";
+import { isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf, WINDOW_ENUM } from "../core/evaluate.js";
+import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import { ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import {
@@ -15,7 +15,7 @@ import {
   type ReportLeasesRequest,
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
-import { captureHold, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
+import { captureHold, countersOf, endSessions, lifetimeUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
 import { saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
@@ -26,8 +26,6 @@ const iso = (ms: number) => new Date(ms).toISOString();
 
 /** Lease status in `leases.status`. */
 export const LeaseStatus = { ACTIVE: 1, RELEASED: 2, RECONCILED: 3 } as const;
-
-const WINDOW_ENUM: Record<WindowKind, Window> = { day: Window.DAY, week: Window.WEEK, month: Window.MONTH, lifetime: Window.LIFETIME };
 
 /** Longest lease the store grants, whatever a sidecar asks. */
 export const MAX_LEASE_TTL_MS = 5 * 60_000;
@@ -222,8 +220,7 @@ export class LeaseLedger {
         }
       }
       const fresh = await insertRecords(tx, records, nowMs);
-      const addresses = records.flatMap(({ lease }) => (lease === undefined ? [] : lease.charges)).map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }));
-      const usage = await loadCounters(tx, addresses, "exact");
+      const usage = await countersOf(tx, [...new Set(records.flatMap(({ lease }) => (lease === undefined ? [] : [lease])))]);
       const leaseDelta = new Map<string, { hv: bigint; ha: bigint; wv: bigint; wa: bigint; uv: bigint; ua: bigint }>();
       const activity = new Map<string, { requests: number; denials: number; ns: bigint; lastMs: number }>();
       for (const { record, s, lease } of records) {
@@ -352,8 +349,7 @@ export class LeaseLedger {
       for (const id of sessionIds) {
         const s = locked.sessions.get(id);
         if (s === undefined || isTerminal(s.status) || exhausted.has(id)) continue;
-        const life = (await loadCounters(tx, [{ scopeKey: `s:${id}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${id}`)!.lifetime;
-        if (isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) exhausted.add(id);
+        if (await lifetimeUsedUp(tx, s)) exhausted.add(id);
       }
       const ending = [...exhausted].filter((id) => !isTerminal(locked.sessions.get(id)!.status));
       if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
@@ -385,8 +381,7 @@ export class LeaseLedger {
         n++;
         await settleLeases(tx, rows, "write-off", nowMs);
         const s = locked.sessions.get(session_id)!;
-        const life = (await loadCounters(tx, [{ scopeKey: `s:${session_id}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${session_id}`)!.lifetime;
-        if (!isTerminal(s.status) && isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) {
+        if (!isTerminal(s.status) && (await lifetimeUsedUp(tx, s))) {
           await endSessions(tx, [session_id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
         }
       });
@@ -427,11 +422,7 @@ function scopesOf(s: LockedSession, sessions: Map<string, LockedSession>, agent:
 async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "release" | "write-off", nowMs: number): Promise<void> {
   const open = rows.filter((r) => r.status === LeaseStatus.ACTIVE);
   if (open.length === 0) return;
-  const usage: UsageSet = await loadCounters(
-    tx,
-    open.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
-    "exact",
-  );
+  const usage: UsageSet = await countersOf(tx, open);
   for (const r of open) {
     const hv = BigInt(r.held_value);
     const ha = BigInt(r.held_actions);
