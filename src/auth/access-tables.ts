@@ -1,4 +1,5 @@
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -12,6 +13,7 @@ const ADMIN = ["admin"] as const;
 const READERS_AND_AGENT = ["admin", "approver", "auditor", "agent"] as const;
 const AUDIT = ["admin", "auditor"] as const;
 const ADMIN_AND_AGENT = ["admin", "agent"] as const;
+const APPROVERS = ["admin", "approver"] as const;
 
 const ownSession = (r: { sessionId: string }) => ({ sessionIds: [r.sessionId] });
 const ownAgent = (r: { agentId: string }) => ({ agentIds: [r.agentId] });
@@ -89,3 +91,20 @@ export const WEBHOOK_SERVICE_ACCESS: AccessTable<typeof WebhookService> = {
   deleteWebhookEndpoint: { roles: ADMIN },
   enableWebhookEndpoint: { roles: ADMIN },
 };
+
+/**
+ * ApprovalService: approvers (and admins) decide; readers read; an agent
+ * reads, watches and cancels its own sessions' approvals, naming the
+ * session (the store checks the approval belongs to it).
+ */
+export const APPROVAL_SERVICE_ACCESS: AccessTable<typeof ApprovalService> = {
+  getApproval: { roles: READERS_AND_AGENT, scope: ownSession },
+  listApprovals: { roles: READERS_AND_AGENT, scope: (r) => ({ agentIds: [r.agentId], sessionIds: r.sessionId === "" ? [] : [r.sessionId] }) },
+  approveApproval: { roles: APPROVERS },
+  denyApproval: { roles: APPROVERS },
+  cancelApproval: { roles: ADMIN_AND_AGENT, scope: ownSession },
+  watchApproval: { roles: READERS_AND_AGENT, scope: ownSession },
+};
+
+/** The ApprovalService methods an agent's session token may call (see withSessionTokenAuth). */
+export const APPROVAL_TOKEN_METHODS = ["getApproval", "cancelApproval", "watchApproval"] as const;

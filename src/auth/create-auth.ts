@@ -3,9 +3,10 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { JSONWebKeySet } from "jose";
 import { LRUCache } from "lru-cache";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
+import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { Database } from "../store/database.js";
-import { POLICY_SERVICE_ACCESS } from "./access-tables.js";
+import { APPROVAL_SERVICE_ACCESS, APPROVAL_TOKEN_METHODS, POLICY_SERVICE_ACCESS } from "./access-tables.js";
 import { type ApiKeys, createApiKeys } from "./api-keys.js";
 import { createAuthService } from "./auth-service.js";
 import {
@@ -57,6 +58,12 @@ export interface Auth {
    * admins, readers of ListActions).
    */
   wrapPolicy(impl: Partial<ServiceImpl<typeof PolicyService>>): Partial<ServiceImpl<typeof PolicyService>>;
+  /**
+   * ApprovalService: an agent's session token may read, watch and cancel
+   * its session's approvals (APPROVAL_TOKEN_METHODS); everything else needs
+   * an API key under APPROVAL_SERVICE_ACCESS (approvers decide).
+   */
+  wrapApprovals(impl: Partial<ServiceImpl<typeof ApprovalService>>): Partial<ServiceImpl<typeof ApprovalService>>;
 }
 
 /**
@@ -113,6 +120,12 @@ export async function createAuth(o: AuthOptions): Promise<Auth> {
     sessionAgent,
     authService,
     wrapAdmin,
-    wrapPolicy: (impl) => withSessionTokenAuth(impl, { verifier, otherwise: wrapAdmin(PolicyService, impl, POLICY_SERVICE_ACCESS) }),
+    wrapPolicy: (impl) => withSessionTokenAuth(PolicyService, impl, { verifier, otherwise: wrapAdmin(PolicyService, impl, POLICY_SERVICE_ACCESS) }),
+    wrapApprovals: (impl) =>
+      withSessionTokenAuth(ApprovalService, impl, {
+        verifier,
+        otherwise: wrapAdmin(ApprovalService, impl, APPROVAL_SERVICE_ACCESS),
+        tokenMethods: APPROVAL_TOKEN_METHODS,
+      }),
   };
 }

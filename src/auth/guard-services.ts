@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -41,6 +42,9 @@ export function guardServices<M extends GuardedService>(services: readonly M[], 
     if (name.startsWith("grpc.")) return m;
     if (name === PolicyService.typeName) {
       return { ...m, impl: auth.wrapPolicy(m.impl as Partial<ServiceImpl<typeof PolicyService>>) as GuardedService["impl"] };
+    }
+    if (name === ApprovalService.typeName) {
+      return { ...m, impl: auth.wrapApprovals(m.impl as Partial<ServiceImpl<typeof ApprovalService>>) as GuardedService["impl"] };
     }
     const table = TABLES.get(name);
     if (table === undefined) throw new Error(`no access rules for ${name}: refusing to serve it without credentials`);

@@ -1,5 +1,5 @@
+import type { DescService } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { peerCertificateKey } from "../transport/peer-certificate.js";
 import { API_KEY_PREFIX } from "./api-keys.js";
 import { bearerToken } from "./bearer-token.js";
@@ -9,7 +9,7 @@ import type { SessionTokenClaims, SessionTokenVerifier } from "./session-tokens.
 export const sessionTokenClaimsKey = createContextKey<SessionTokenClaims | undefined>(undefined, { description: "warden.sessionToken" });
 
 /** Options of {@link withSessionTokenAuth}. */
-export interface SessionTokenAuthOptions {
+export interface SessionTokenAuthOptions<S extends DescService> {
   readonly verifier: SessionTokenVerifier;
   /**
    * Serves calls that carry an API key (`Bearer wdn_…`) or no Bearer
@@ -18,59 +18,80 @@ export interface SessionTokenAuthOptions {
    * on the control plane, so sidecars and admins can call it too. Without
    * it, every call needs a session token.
    */
-  readonly otherwise?: Partial<ServiceImpl<typeof PolicyService>>;
+  readonly otherwise?: Partial<ServiceImpl<S>>;
+  /**
+   * The methods (local names) a session token may call; every request of
+   * theirs names `session_id`. Default: every method of the service. The
+   * others are served only through `otherwise` (an agent's token cannot,
+   * say, approve its own approval).
+   */
+  readonly tokenMethods?: readonly string[];
 }
 
 type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
 
 /**
- * Wraps PolicyService so that every call needs `authorization: Bearer
- * <session token>` for the session the request names: every PolicyService
- * request carries `session_id`, and the token's `sub` must equal it.
- * Otherwise UNAUTHENTICATED: "missing credentials", "invalid token" (bad
- * shape, signature, key, algorithm — including `none` — or type), "token
+ * Wraps a service whose requests name a session (PolicyService; the
+ * agent's side of ApprovalService) so that every call needs
+ * `authorization: Bearer <session token>` for the session the request
+ * names: the token's `sub` must equal its `session_id`. Otherwise
+ * UNAUTHENTICATED: "missing credentials", "invalid token" (bad shape,
+ * signature, key, algorithm — including `none` — or type), "token
  * expired", or "token is for another session".
  *
  * Verification is offline (see createSessionTokenVerifier). Whether the
  * session is still active is not the token's business: the service checks
  * that from the session, which is why extending a session needs no new
- * token.
+ * token. Unary and server-streaming methods are wrapped; any other kind is
+ * left out (UNIMPLEMENTED) rather than served unchecked.
  */
-export function withSessionTokenAuth(
-  impl: Partial<ServiceImpl<typeof PolicyService>>,
-  options: SessionTokenAuthOptions,
-): Partial<ServiceImpl<typeof PolicyService>> {
+export function withSessionTokenAuth<S extends DescService>(
+  service: S,
+  impl: Partial<ServiceImpl<S>>,
+  options: SessionTokenAuthOptions<S>,
+): Partial<ServiceImpl<S>> {
   const source = impl as Record<string, AnyImpl | undefined>;
   const otherwise = options.otherwise as Record<string, AnyImpl | undefined> | undefined;
+  const tokenMethods = new Set(options.tokenMethods ?? service.methods.map((m) => m.localName));
   const wrapped: Record<string, AnyImpl> = {};
-  for (const method of PolicyService.methods) {
+  for (const method of service.methods) {
     const fn = source[method.localName];
     if (typeof fn !== "function") continue;
+    if (method.methodKind !== "unary" && method.methodKind !== "server_streaming") continue;
     const fallback = otherwise?.[method.localName];
-    // Every PolicyService method is unary; a streaming one added later
-    // would need its own wrapper, so it is left out (UNIMPLEMENTED) rather
-    // than served unchecked.
-    if (method.methodKind !== "unary") continue;
-    wrapped[method.localName] = async (req, ctx) => {
+    const tokenAllowed = tokenMethods.has(method.localName);
+    /** Who serves the call: the implementation (token checked) or the fallback. */
+    const route = async (req: unknown, ctx: HandlerContext): Promise<{ target: unknown; call: AnyImpl }> => {
       const token = bearerToken(ctx.requestHeader);
       if (token !== undefined && !token.startsWith(API_KEY_PREFIX)) {
+        if (!tokenAllowed) throw new ConnectError(`a session token cannot call ${method.name}: use an API key`, Code.PermissionDenied);
         const claims = await options.verifier.verify(token);
         if (claims.sessionId !== (req as { sessionId: string }).sessionId) {
           throw new ConnectError("token is for another session", Code.Unauthenticated);
         }
         ctx.values.set(sessionTokenClaimsKey, claims);
-        return fn.call(impl, req, ctx);
+        return { target: impl, call: fn };
       }
       // An API key, or a client certificate with no Bearer credential: the
       // fallback judges those.
       if (fallback !== undefined && (token !== undefined || ctx.values.get(peerCertificateKey) !== undefined)) {
-        return fallback.call(otherwise, req, ctx);
+        return { target: otherwise, call: fallback };
       }
       throw new ConnectError(
         token === undefined ? "missing credentials: send authorization: Bearer <session token>" : "a session token is required here, not an API key",
         Code.Unauthenticated,
       );
     };
+    wrapped[method.localName] =
+      method.methodKind === "unary"
+        ? async (req, ctx) => {
+            const { target, call } = await route(req, ctx);
+            return call.call(target, req, ctx);
+          }
+        : async function* (req, ctx) {
+            const { target, call } = await route(req, ctx);
+            yield* call.call(target, req, ctx) as AsyncIterable<unknown>;
+          };
   }
-  return wrapped as Partial<ServiceImpl<typeof PolicyService>>;
+  return wrapped as Partial<ServiceImpl<S>>;
 }

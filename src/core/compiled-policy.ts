@@ -1,4 +1,4 @@
-import type { SessionPolicy, WindowLimit } from "../gen/warden/v1/policy_pb.js";
+import { ApprovalTimeoutOutcome, type SessionPolicy, type WindowLimit } from "../gen/warden/v1/policy_pb.js";
 import type { IsoWeekday } from "./windows.js";
 
 /** One window's limits; `undefined` means unlimited. */
@@ -30,12 +30,23 @@ export interface CompiledPolicy {
   readonly timeZone: string;
   readonly weekStart: IsoWeekday;
   readonly holdTtlMs: number;
+  /** How long an approval this policy asks for waits for a person. */
+  readonly approvalTtlMs: number;
+  /** Whether an approval nobody decided in time is approved (else denied). */
+  readonly approveOnTimeout: boolean;
   /** True when any window has a limit, so usage must be tracked and locked. */
   readonly hasWindowLimits: boolean;
 }
 
 /** Hold lifetime when the policy does not set one. */
 export const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
+
+/** How long an approval waits when the policy does not say. */
+export const DEFAULT_APPROVAL_TTL_MS = 15 * 60 * 1000;
+
+function durationMsOr(d: { seconds: bigint; nanos: number } | undefined, fallback: number): number {
+  return d === undefined ? fallback : Number(d.seconds) * 1000 + Math.floor(d.nanos / 1e6);
+}
 
 function pair(limit: WindowLimit | undefined): LimitPair {
   return { maxValue: limit?.maxValueMicros, maxActions: limit?.maxActions };
@@ -49,7 +60,6 @@ export function compilePolicy(policy: SessionPolicy): CompiledPolicy {
     month: pair(policy.monthly),
     lifetime: pair(policy.lifetime),
   };
-  const ttl = policy.holdTtl;
   return {
     currency: policy.currencyCode,
     limits,
@@ -60,7 +70,9 @@ export function compilePolicy(policy: SessionPolicy): CompiledPolicy {
     allowedActionTypes: policy.allowedActionTypes.length > 0 ? new Set(policy.allowedActionTypes) : null,
     timeZone: policy.timeZone,
     weekStart: (policy.weekStart === 0 ? 1 : policy.weekStart) as IsoWeekday,
-    holdTtlMs: ttl === undefined ? DEFAULT_HOLD_TTL_MS : Number(ttl.seconds) * 1000 + Math.floor(ttl.nanos / 1e6),
+    holdTtlMs: durationMsOr(policy.holdTtl, DEFAULT_HOLD_TTL_MS),
+    approvalTtlMs: durationMsOr(policy.approvalTtl, DEFAULT_APPROVAL_TTL_MS),
+    approveOnTimeout: policy.approvalTimeoutOutcome === ApprovalTimeoutOutcome.APPROVE,
     hasWindowLimits: Object.values(limits).some((l) => l.maxValue !== undefined || l.maxActions !== undefined),
   };
 }
@@ -82,5 +94,7 @@ export const EMPTY_POLICY: CompiledPolicy = {
   timeZone: "",
   weekStart: 1,
   holdTtlMs: DEFAULT_HOLD_TTL_MS,
+  approvalTtlMs: DEFAULT_APPROVAL_TTL_MS,
+  approveOnTimeout: false,
   hasWindowLimits: false,
 };

@@ -83,11 +83,27 @@ export interface Evaluation {
   readonly reasons: Reason[];
   readonly violations: ViolationView[];
   readonly message: string;
-  /** Counters to charge; empty unless the outcome is ALLOW. */
+  /**
+   * Counters to charge: when the outcome is ALLOW, and when it is
+   * NEEDS_APPROVAL (the approval holds the amount while it waits); empty
+   * on DENY.
+   */
   readonly charges: Charge[];
+  /** Set when the outcome is NEEDS_APPROVAL: how the approval waits. */
+  readonly approval: ApprovalTerms | undefined;
   readonly budgets: BudgetView[];
   /** Set when the session is found past its expiry or idle timeout now. */
   readonly expire: "time" | "idle" | undefined;
+}
+
+/**
+ * How an approval waits, from the policies of every scope that asked for
+ * it: the shortest TTL, and approval on timeout only if all of them say
+ * so (a person who asked to decide is not overruled by another's policy).
+ */
+export interface ApprovalTerms {
+  readonly ttlMs: number;
+  readonly approveOnTimeout: boolean;
 }
 
 /** Inputs of one evaluation. */
@@ -175,7 +191,8 @@ export function lapse(scope: ScopeState, nowMs: number): "time" | "idle" | undef
  * I/O and no clock of its own. Every limit of every scope in every window is
  * checked, and every reason that applies is reported, so an agent learns all
  * it must change, not only the first obstacle. The caller charges
- * `charges` (all or nothing) when the outcome is ALLOW.
+ * `charges` (all or nothing) when the outcome is ALLOW, and holds them
+ * for the approval when it is NEEDS_APPROVAL.
  */
 export function evaluate(input: EvaluateInput): Evaluation {
   const { scopes, action, nowMs, usage, spans } = input;
@@ -183,7 +200,7 @@ export function evaluate(input: EvaluateInput): Evaluation {
   const violations: ViolationView[] = [];
   const notes: string[] = [];
   const charges: Charge[] = [];
-  let needsApproval = false;
+  let approval: { ttlMs: number; approveOnTimeout: boolean } | undefined;
   let expire: "time" | "idle" | undefined;
 
   const violate = (reason: Reason, scope: ScopeState, window: Window, note: string) => {
@@ -230,7 +247,12 @@ export function evaluate(input: EvaluateInput): Evaluation {
         `${formatMoney(action.amountMicros, p.currency)} is above the per-transaction limit of ${formatMoney(p.maxPerTransaction, p.currency)} of ${who}`,
       );
     }
-    if (p.approvalAbove !== undefined && action.amountMicros > p.approvalAbove) needsApproval = true;
+    if (p.approvalAbove !== undefined && action.amountMicros > p.approvalAbove) {
+      approval = {
+        ttlMs: Math.min(approval?.ttlMs ?? Infinity, p.approvalTtlMs),
+        approveOnTimeout: (approval?.approveOnTimeout ?? true) && p.approveOnTimeout,
+      };
+    }
 
     for (const window of WINDOW_KINDS) {
       const limit = p.limits[window];
@@ -258,15 +280,15 @@ export function evaluate(input: EvaluateInput): Evaluation {
   let outcome: Outcome;
   if (reasons.size > 0) {
     outcome = Outcome.DENY;
-    if (needsApproval) reasons.add(Reason.APPROVAL_REQUIRED);
-  } else if (needsApproval) {
+    if (approval !== undefined) reasons.add(Reason.APPROVAL_REQUIRED);
+  } else if (approval !== undefined) {
     outcome = Outcome.NEEDS_APPROVAL;
     reasons.add(Reason.APPROVAL_REQUIRED);
     notes.push(`${formatMoney(action.amountMicros, scopes[0]?.policy.currency ?? "")} needs a person's approval`);
   } else {
     outcome = Outcome.ALLOW;
   }
-  const charged = outcome === Outcome.ALLOW ? charges : [];
+  const charged = outcome === Outcome.DENY ? [] : charges;
   const chargedKeys = new Set(charged.map((c) => c.key));
   return {
     outcome,
@@ -279,6 +301,7 @@ export function evaluate(input: EvaluateInput): Evaluation {
       return chargedKeys.has(key) ? { value: used.value + action.amountMicros, actions: used.actions + 1n } : used;
     }),
     expire,
+    approval: outcome === Outcome.NEEDS_APPROVAL ? approval : undefined,
   };
 }
 

@@ -6,6 +6,9 @@ import { createServerCredentials, type ServerTlsFiles } from "../auth/server-tls
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
+import { ApprovalService, file_warden_v1_approval_service } from "../gen/warden/v1/approval_service_pb.js";
+import { createApprovalService } from "../services/approval-service.js";
+import { createApprovalWatch } from "../store/approval-watch.js";
 import { AuthService, file_warden_v1_auth_service } from "../gen/warden/v1/auth_service_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -124,6 +127,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // Sidecars watch sessions through this replica's one feed of changes.
   const webhookStore = createWebhookStore({ db, now: o.now });
   const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
+  // WatchApproval streams wait on this replica's one LISTEN.
+  const approvalWatch = createApprovalWatch({ db });
 
   const described = [
     file_warden_v1_policy_service,
@@ -132,6 +137,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_warden_v1_auth_service,
     file_warden_v1_sync_service,
     file_warden_v1_webhook_service,
+    file_warden_v1_approval_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
@@ -141,6 +147,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     { service: AgentService, impl: withValidation(AgentService, createAgentService(store)) },
     { service: AuthService, impl: withValidation(AuthService, auth.authService) },
     { service: WebhookService, impl: withValidation(WebhookService, createWebhookService(webhookStore)) },
+    { service: ApprovalService, impl: withValidation(ApprovalService, createApprovalService(store, approvalWatch)) },
     { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
@@ -177,9 +184,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
           metrics.recordLeaseOperation("reconcile", leases.leases);
           metrics.recordReconciledMicros(leases.writtenOffValue);
         }
-        if (r.sessions + r.holds + leases.leases > 0) {
+        if (r.sessions + r.holds + r.approvals + leases.leases > 0) {
           log.info(
-            { sessions: r.sessions, holds: r.holds, leasesReconciled: leases.leases, writtenOffMicros: String(leases.writtenOffValue), writtenOffActions: String(leases.writtenOffActions) },
+            { sessions: r.sessions, holds: r.holds, approvals: r.approvals, leasesReconciled: leases.leases, writtenOffMicros: String(leases.writtenOffValue), writtenOffActions: String(leases.writtenOffActions) },
             "swept",
           );
         }
@@ -208,12 +215,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       const dispatcherStopped = dispatcher.stop();
       // Watch streams never end on their own: end them first.
       const feedStopped = feed.stop();
+      const approvalWatchStopped = approvalWatch.stop();
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
       // Last, so probes and scrapes see the drain; nothing on it needs a grace period.
       await healthListener?.close(0);
       await sweeping;
       await dispatcherStopped;
       await feedStopped;
+      await approvalWatchStopped;
       await db.close();
     },
   };

@@ -272,7 +272,9 @@ export class SidecarEngine {
       path("lease");
       return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), lease.id, nowMs, started);
     }
-    if (ev.outcome === Outcome.NEEDS_APPROVAL || (ev.outcome === Outcome.DENY && ev.reasons.some((r) => CERTAIN_REASONS.has(r)))) {
+    // An approval is the store's to create (it holds the amount while a
+    // person decides), so NEEDS_APPROVAL goes through the control plane.
+    if (ev.outcome === Outcome.DENY && ev.reasons.some((r) => CERTAIN_REASONS.has(r))) {
       path("local");
       return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), "", nowMs, started);
     }

@@ -11,6 +11,9 @@ import { SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import { AuthService, GetSigningKeysResponseSchema } from "../gen/warden/v1/auth_service_pb.js";
 import { createSessionTokenVerifier } from "../auth/session-tokens.js";
 import { withSessionTokenAuth } from "../auth/with-session-token-auth.js";
+import { APPROVAL_TOKEN_METHODS } from "../auth/access-tables.js";
+import { ApprovalService, file_warden_v1_approval_service } from "../gen/warden/v1/approval_service_pb.js";
+import { createSidecarApprovalService } from "./sidecar-approval-service.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { createObservabilityRoutes } from "../observability/observability-routes.js";
 import { createReadiness } from "../observability/readiness.js";
@@ -164,15 +167,18 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   readiness.set("sync", false, "waiting for the first message from the control plane");
   const routes = createObservabilityRoutes({ registry: metrics.registry, readiness, onError: (err) => log.warn({ err }, "metrics collection failed") });
   let decide = createSidecarPolicyService(engine, policy);
+  let approvals = createSidecarApprovalService(createClient(ApprovalService, transport));
   if (o.requireSessionTokens !== false) {
     const verifier = createSessionTokenVerifier({
       fetchJwks: async () => toJson(GetSigningKeysResponseSchema, await authClient.getSigningKeys({})) as unknown as JSONWebKeySet,
     });
-    decide = withSessionTokenAuth(decide, { verifier }) as typeof decide;
+    decide = withSessionTokenAuth(PolicyService, decide, { verifier }) as typeof decide;
+    approvals = withSessionTokenAuth(ApprovalService, approvals, { verifier, tokenMethods: APPROVAL_TOKEN_METHODS }) as typeof approvals;
   }
-  const described = [file_warden_v1_policy_service, file_grpc_health_v1_health, file_grpc_reflection_v1_reflection];
+  const described = [file_warden_v1_policy_service, file_warden_v1_approval_service, file_grpc_health_v1_health, file_grpc_reflection_v1_reflection];
   const mounted: Mounted[] = [
     { service: PolicyService, impl: withDecisionMetrics(withValidation(PolicyService, decide), metrics) },
+    { service: ApprovalService, impl: withValidation(ApprovalService, approvals) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
     { service: ServerReflectionV1Alpha, impl: createReflectionServiceV1Alpha(described) },

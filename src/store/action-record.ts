@@ -7,7 +7,7 @@ import { type ActionRecord, ActionRecordSchema, ActionSchema, type ActionStatus 
 
 /** The columns of `actions` every reader selects. */
 export const ACTION_COLUMNS = `action_id, seq, session_id, agent_id, method, action, decision, status, currency, amount,
-  held_value, captured_value, charges, create_time, update_time, hold_expire_time`;
+  held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id`;
 
 /** A row of `actions`. */
 export interface ActionRow {
@@ -27,6 +27,7 @@ export interface ActionRow {
   create_time: Date;
   update_time: Date;
   hold_expire_time: Date | null;
+  approval_id?: string | null;
 }
 
 /** An `actions` row as the API's `ActionRecord`. */
@@ -44,5 +45,6 @@ export function actionRecordOf(r: ActionRow): ActionRecord {
     updateTime: timestampFromMs(r.update_time.getTime()),
     holdExpireTime: r.hold_expire_time === null ? undefined : timestampFromMs(r.hold_expire_time.getTime()),
     method: r.method,
+    approvalId: r.approval_id ?? "",
   });
 }

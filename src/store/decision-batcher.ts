@@ -18,10 +18,11 @@ import {
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
-import { lockActions, releaseHolds } from "./hold-ledger.js";
+import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
+import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 
@@ -219,6 +220,7 @@ export class DecisionBatcher {
     const actions: ActionRow[] = [];
     const touched = new Map<string, SessionDelta>();
     const newKeys: PendingIdempotency[] = [];
+    const approvals: NewApproval[] = [];
     const batchKeys = new Map<string, { hash: Uint8Array; method: string; index: number; response?: Uint8Array }>();
 
     for (const [i, p] of batch.entries()) {
@@ -259,10 +261,12 @@ export class DecisionBatcher {
           spans,
           usage: (key) => totalsOf(counters.get(key)),
         });
+        const pending = ev.outcome === Outcome.NEEDS_APPROVAL;
         const held = req.method === "authorize";
         for (const c of ev.charges) {
           const counter = counters.get(c.key)!;
-          if (held) {
+          // A pending approval holds its amount, whichever the method.
+          if (held || pending) {
             counter.heldValue += amountMicros;
             counter.heldActions += 1n;
           } else {
@@ -294,6 +298,21 @@ export class DecisionBatcher {
         const decision = decisionToProto(ev);
         const allowed = ev.outcome === Outcome.ALLOW;
         const holdExpireMs = allowed && held ? nowMs + s.policy.holdTtlMs : undefined;
+        const approval =
+          pending && ev.approval !== undefined
+            ? {
+                approvalId: newId("apr", nowMs),
+                actionId,
+                sessionId: s.sessionId,
+                agentId: s.agentId,
+                currency: s.policy.currency,
+                amount: amountMicros,
+                approveOnTimeout: ev.approval.approveOnTimeout,
+                createMs: nowMs,
+                expireMs: nowMs + ev.approval.ttlMs,
+              }
+            : undefined;
+        if (approval !== undefined) approvals.push(approval);
         actions.push({
           actionId,
           sessionId: s.sessionId,
@@ -311,21 +330,25 @@ export class DecisionBatcher {
               : ActionStatus.CAPTURED,
           currency: s.policy.currency,
           amount: amountMicros,
-          heldValue: allowed && held ? amountMicros : 0n,
+          heldValue: (allowed && held) || pending ? amountMicros : 0n,
           capturedValue: allowed && !held ? amountMicros : 0n,
           // The start of the window actually charged: the stored one, which
           // is newer than the engine's when this clock lags another replica's.
-          charges: allowed ? ev.charges.map((c) => [c.scopeKey, c.window, counters.get(c.key)!.startMs]) : [],
+          charges: ev.charges.map((c) => [c.scopeKey, c.window, counters.get(c.key)!.startMs]),
           createMs: nowMs,
           holdExpireMs,
+          approvalId: approval?.approvalId ?? null,
         });
+        const approvalExpireTime = approval === undefined ? undefined : timestampFromMs(approval.expireMs);
         const response: DecideResponse = held
           ? create(AuthorizeResponseSchema, {
               decision,
               authorizationId: allowed ? actionId : "",
               holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs),
+              approvalId: approval?.approvalId ?? "",
+              approvalExpireTime,
             })
-          : create(CheckResponseSchema, { decision, actionId });
+          : create(CheckResponseSchema, { decision, actionId, approvalId: approval?.approvalId ?? "", approvalExpireTime });
         if (req.idempotencyKey !== "") {
           const bytes = held
             ? toBinary(AuthorizeResponseSchema, response as AuthorizeResponse)
@@ -349,17 +372,20 @@ export class DecisionBatcher {
       saveCountersSql(counters, params),
       updateSessionsSql(touched, nowMs, params),
       saveIdempotencySql(newKeys, nowMs, params),
+      approvals.length === 0 ? undefined : approvalsStatement(approvals, params),
     ].filter((w) => w !== undefined);
     if (writes.length > 0) {
       await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
     }
+    await recordEvents(tx, requestedEvents(approvals));
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, under the locks already held, like every other ending.
     const endedDeltas = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status));
     const ended = endedDeltas.map((d) => d.sessionId);
     if (ended.length > 0) {
-      const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [ended, ActionStatus.HELD]);
+      const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
       await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
+      await cancelApprovalsOf(tx, holds, "session ended", nowMs);
       // The sessions the statement above moved to EXPIRED or EXHAUSTED (the
       // "u.status <> s.status" rows: a delta gets a status reason only when
       // this batch ends its session): their events, in the same
@@ -425,6 +451,7 @@ interface ActionRow {
   charges: [string, string, number][];
   createMs: number;
   holdExpireMs: number | undefined;
+  approvalId: string | null;
 }
 
 const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
@@ -444,15 +471,15 @@ function insertActionsSql(rows: ActionRow[], params: unknown[]): string | undefi
   return appendStatement(
     params,
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
-                          amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time)
+                          amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id)
      SELECT u.action_id, u.session_id, u.agent_id, u.method, decode(u.action, 'base64'), decode(u.decision, 'base64'),
             u.outcome, u.status, u.currency, u.amount, u.held_value, u.captured_value, u.charges::jsonb,
-            u.create_time, u.create_time, u.hold_expire_time
+            u.create_time, u.create_time, u.hold_expire_time, u.approval_id
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[],
                    $8::smallint[], $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[],
-                   $14::timestamptz[], $15::timestamptz[])
+                   $14::timestamptz[], $15::timestamptz[], $16::text[])
          AS u(action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
-              amount, held_value, captured_value, charges, create_time, hold_expire_time)
+              amount, held_value, captured_value, charges, create_time, hold_expire_time, approval_id)
       ORDER BY u.create_time`,
     [
       rows.map((r) => r.actionId),
@@ -470,8 +497,14 @@ function insertActionsSql(rows: ActionRow[], params: unknown[]): string | undefi
       rows.map((r) => JSON.stringify(r.charges)),
       rows.map((r) => iso(r.createMs)),
       rows.map((r) => (r.holdExpireMs === undefined ? null : iso(r.holdExpireMs))),
+      rows.map((r) => r.approvalId),
     ],
   );
+}
+
+function approvalsStatement(rows: NewApproval[], params: unknown[]): string {
+  const { sql, params: own } = insertApprovalsSql(rows);
+  return appendStatement(params, sql, own);
 }
 
 function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, params: unknown[]): string | undefined {

@@ -5,6 +5,7 @@ import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
 import type { Queryable } from "./database.js";
+import { cancelApprovalsOf } from "./approval-ledger.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import type { LockedSession } from "./scope-locks.js";
 import { loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
@@ -34,11 +35,23 @@ export async function countersOf(tx: Queryable, rows: readonly { readonly charge
 }
 
 /**
- * Releases open holds (status HELD) into `status` (VOIDED or EXPIRED): their
+ * Rows that hold money: open authorizations, and actions waiting for an
+ * approval (which hold their amount; older rows of that status, from
+ * before approvals held anything, hold nothing).
+ */
+export const OPEN_HOLDS_SQL = `(status = ${ActionStatus.HELD} OR (status = ${ActionStatus.NEEDS_APPROVAL} AND held_value > 0))`;
+
+/** Whether an action row holds money; see {@link OPEN_HOLDS_SQL}. */
+export function isOpenHold(h: ActionRow): boolean {
+  return h.status === ActionStatus.HELD || (h.status === ActionStatus.NEEDS_APPROVAL && BigInt(h.held_value) > 0n);
+}
+
+/**
+ * Releases open holds (authorizations, and pending approvals' holds) into `status` (VOIDED or EXPIRED): their
  * amount and action slot return to every window they charged.
  */
 export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<void> {
-  const open = holds.filter((h) => h.status === ActionStatus.HELD);
+  const open = holds.filter(isOpenHold);
   if (open.length === 0) return;
   const counters = await countersOf(tx, open);
   for (const h of open) {
@@ -62,7 +75,7 @@ export function closedHoldError(h: ActionRow, verb: "capture" | "void"): Connect
     [ActionStatus.VOIDED]: "was voided",
     [ActionStatus.EXPIRED]: "has expired",
     [ActionStatus.DENIED]: "was denied, so nothing is held",
-    [ActionStatus.NEEDS_APPROVAL]: "awaits approval, so nothing is held",
+    [ActionStatus.NEEDS_APPROVAL]: "awaits a person's approval; capture it once approved",
   };
   return new ConnectError(
     `authorization_id: cannot ${verb} "${h.action_id}": it ${why[h.status] ?? "is not open"}`,
@@ -135,7 +148,7 @@ export async function endSessions(
   if (sessionIds.length === 0) return;
   // Action rows are locked before the revision is taken: a revision's
   // advisory lock must come after every row lock (see 004_sync_leases.sql).
-  const holds = await lockActions(tx, "session_id = ANY($1::text[]) AND status = $2", [sessionIds, ActionStatus.HELD]);
+  const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [sessionIds]);
   const { rows } = await tx.query<{ session_id: string; agent_id: string }>(
     `UPDATE sessions SET status = $2, status_reason = $3, end_time = $4::timestamptz, update_time = $4::timestamptz,
             revision = warden_next_revision()
@@ -162,4 +175,5 @@ export async function endSessions(
     );
   }
   await releaseHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
+  await cancelApprovalsOf(tx, holds, `session ${SessionStatus[status]}`, nowMs);
 }

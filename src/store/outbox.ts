@@ -12,6 +12,11 @@ export const EVENT_TYPES = [
   "session.expired",
   "session.exhausted",
   "session.completed",
+  "approval.requested",
+  "approval.approved",
+  "approval.denied",
+  "approval.expired",
+  "approval.canceled",
 ] as const;
 
 /** One of {@link EVENT_TYPES}. */

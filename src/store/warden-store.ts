@@ -37,6 +37,19 @@ import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } 
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { recordEvent } from "./outbox.js";
+import {
+  APPROVAL_COLUMNS,
+  APPROVAL_FROM,
+  type ApprovalRow,
+  approvalOf,
+  decidedError,
+  lockApproval,
+  settleApproval,
+  timeoutVerdict,
+  type Verdict,
+} from "./approval-ledger.js";
+import { type Approval, ApprovalStatus, type ListApprovalsRequest } from "../gen/warden/v1/approval_service_pb.js";
+import type { Money } from "../gen/warden/v1/money_pb.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
@@ -749,6 +762,116 @@ export class WardenStore {
     return result.record;
   }
 
+  // ---- approvals -------------------------------------------------------
+
+  /** Reads an approval; `sessionId`, when given, must be its session. */
+  async getApproval(approvalId: string, sessionId = ""): Promise<Approval> {
+    const { rows } = await this.db.query<ApprovalRow>(`SELECT ${APPROVAL_COLUMNS} FROM ${APPROVAL_FROM} WHERE p.approval_id = $1`, [approvalId]);
+    const r = rows[0];
+    if (r === undefined || (sessionId !== "" && r.session_id !== sessionId)) throw notFound("approval_id", "approval", approvalId);
+    return approvalOf(r);
+  }
+
+  /**
+   * Lists approvals: pending ones first, oldest first (the queue a person
+   * works through), then decided ones, newest first.
+   */
+  async listApprovals(req: ListApprovalsRequest): Promise<{ approvals: Approval[]; nextPageToken: string }> {
+    const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
+    const after = readPageToken<{ r: number; k: string; id: string }>(req.pageToken);
+    const where: string[] = [];
+    const params: unknown[] = [];
+    const p = (v: unknown) => {
+      params.push(v);
+      return `$${params.length}`;
+    };
+    // One sort key for both halves: rank 0 pending, 1 decided; then time,
+    // ascending for pending and descending for decided.
+    const rank = `(CASE WHEN p.status = ${ApprovalStatus.PENDING} THEN 0 ELSE 1 END)`;
+    const key = `(CASE WHEN p.status = ${ApprovalStatus.PENDING} THEN 1 ELSE -1 END * (extract(epoch FROM p.create_time) * 1000000)::bigint)`;
+    if (req.sessionId !== "") where.push(`p.session_id = ${p(req.sessionId)}`);
+    if (req.agentId !== "") where.push(`p.agent_id = ${p(req.agentId)}`);
+    if (req.status !== ApprovalStatus.UNSPECIFIED) where.push(`p.status = ${p(req.status)}`);
+    if (after !== undefined) where.push(`(${rank}, ${key}, p.approval_id) > (${p(after.r)}::int, ${p(after.k)}::bigint, ${p(after.id)})`);
+    const { rows } = await this.db.query<ApprovalRow & { r: number; k: string }>(
+      `SELECT ${APPROVAL_COLUMNS}, ${rank} AS r, ${key} AS k FROM ${APPROVAL_FROM}
+        ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""}
+        ORDER BY r, k, p.approval_id LIMIT ${size + 1}`,
+      params,
+    );
+    const page = rows.slice(0, size);
+    const last = page.at(-1);
+    return {
+      approvals: page.map(approvalOf),
+      nextPageToken: rows.length > size && last !== undefined ? pageToken({ r: last.r, k: String(last.k), id: last.approval_id }) : "",
+    };
+  }
+
+  /** Approves a pending approval, for its amount or less: it becomes an open authorization. */
+  approveApproval(approvalId: string, by: string, comment: string, amount?: Money): Promise<Approval> {
+    return this.decideApproval(approvalId, "", "approve", (a) => {
+      if (amount !== undefined && amount.currencyCode !== a.currency) {
+        throw new ConnectError(`amount.currency_code: ${amount.currencyCode} differs from the approval's ${a.currency}`, Code.InvalidArgument);
+      }
+      return { kind: "approve", amountMicros: amount?.amountMicros, by, comment };
+    });
+  }
+
+  /** Denies a pending approval; its hold is released. */
+  denyApproval(approvalId: string, by: string, reason: string): Promise<Approval> {
+    return this.decideApproval(approvalId, "", "deny", () => ({ kind: "deny", by, comment: reason }));
+  }
+
+  /** The agent withdraws a pending approval; its hold is released. */
+  cancelApproval(approvalId: string, sessionId: string, by: string, reason: string): Promise<Approval> {
+    return this.decideApproval(approvalId, sessionId, "cancel", () => ({ kind: "cancel", by, comment: reason }));
+  }
+
+  /** Applies the policy's timeout outcome if the approval is pending and past its expiry; otherwise changes nothing. */
+  async expireApproval(approvalId: string): Promise<Approval> {
+    return this.decideApproval(approvalId, "", undefined, () => undefined);
+  }
+
+  /**
+   * Runs a verdict on a pending approval under its session's locks. One
+   * found past its expiry gets the policy's timeout outcome instead (kept),
+   * and the caller an error saying so. With no verb, only that timeout
+   * is applied, when due.
+   */
+  private async decideApproval(
+    approvalId: string,
+    sessionId: string,
+    verb: string | undefined,
+    verdict: (a: ApprovalRow) => Verdict | undefined,
+  ): Promise<Approval> {
+    const { rows } = await this.db.query<{ session_id: string }>("SELECT session_id FROM approvals WHERE approval_id = $1", [approvalId]);
+    const owner = rows[0]?.session_id;
+    if (owner === undefined || (sessionId !== "" && owner !== sessionId)) throw notFound("approval_id", "approval", approvalId);
+    const nowMs = this.now();
+    const failure = await this.db.transaction((tx) =>
+      this.withLocked(tx, owner, false, async (s) => {
+        const locked = (await lockApproval(tx, approvalId))!;
+        const a = locked.approval;
+        if (a.status !== ApprovalStatus.PENDING) return verb === undefined ? undefined : decidedError(a, verb);
+        if (a.expire_time.getTime() <= nowMs) {
+          const timeout = timeoutVerdict(a);
+          await settleApproval(tx, locked, timeout, s.policy.holdTtlMs, nowMs);
+          return verb === undefined
+            ? undefined
+            : new ConnectError(
+                `approval_id: cannot ${verb} "${approvalId}": it expired at ${a.expire_time.toISOString()} and was ${timeout.kind === "approve" ? "approved" : "denied"} on timeout`,
+                Code.FailedPrecondition,
+              );
+        }
+        const v = verdict(a);
+        if (v !== undefined) await settleApproval(tx, locked, v, s.policy.holdTtlMs, nowMs);
+        return undefined;
+      }),
+    );
+    if (failure !== undefined) throw failure;
+    return this.getApproval(approvalId);
+  }
+
   /** A session's actions, newest first. */
   async listActions(req: ListActionsRequest): Promise<{ actions: ActionRecord[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
@@ -772,7 +895,7 @@ export class WardenStore {
    * Expires sessions past their expiry or idle timeout, and releases holds
    * past their TTL or of ended sessions. Idempotent; safe on every replica.
    */
-  async sweep(limit = 500): Promise<{ sessions: number; holds: number; leases: ReconcileResult }> {
+  async sweep(limit = 500): Promise<{ sessions: number; holds: number; approvals: number; leases: ReconcileResult }> {
     const nowMs = this.now();
     const lapsed = await this.db.query<{ session_id: string }>(
       `SELECT session_id FROM sessions WHERE status IN (1, 2)
@@ -811,8 +934,15 @@ export class WardenStore {
         }),
       );
     }
+    // Approvals nobody decided in time get their policy's timeout outcome.
+    const due = await this.db.query<{ approval_id: string }>(
+      `SELECT approval_id FROM approvals WHERE status = ${ApprovalStatus.PENDING} AND expire_time <= $1::timestamptz
+        ORDER BY expire_time LIMIT ${limit}`,
+      [iso(nowMs)],
+    );
+    for (const { approval_id } of due.rows) await this.expireApproval(approval_id);
     const leases = await this.leases.reconcile(limit);
-    return { sessions, holds: holds.rows.length, leases };
+    return { sessions, holds: holds.rows.length, approvals: due.rows.length, leases };
   }
 }
 

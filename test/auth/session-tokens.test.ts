@@ -141,7 +141,7 @@ for (const driver of DRIVERS) {
 
     test("a sidecar's PolicyService behind withSessionTokenAuth takes session tokens only", async () => {
       const store = createWardenStore({ db: t.db, now: clock.now });
-      const stacks = await startStacks([mountService(PolicyService, withSessionTokenAuth(createPolicyService(store), { verifier: verifier() }))]);
+      const stacks = await startStacks([mountService(PolicyService, withSessionTokenAuth(PolicyService, createPolicyService(store), { verifier: verifier() }))]);
       try {
         const a = await store.createSession(sessionRequest("sidecar-agent", {}), new Uint8Array(0));
         const b = await store.createSession(sessionRequest("sidecar-agent", {}), new Uint8Array(0));

@@ -3,6 +3,7 @@
  * windows come from UTC_STARTS / hand-written offsets, expected reasons from
  * the Reason enum's documented meaning.
  */
+import { ApprovalTimeoutOutcome } from "../../src/gen/warden/v1/policy_pb.js";
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -193,7 +194,9 @@ describe("every reason the engine can give", () => {
       const ev = run(input);
       assert.deepEqual(reasonNames(ev.reasons), [Reason[reason]], ev.message);
       assert.equal(Outcome[ev.outcome], Outcome[trigger.outcome]);
-      assert.deepEqual(ev.charges, [], "nothing is charged");
+      if (trigger.outcome === Outcome.DENY) assert.deepEqual(ev.charges, [], "nothing is charged");
+      // A pending approval holds every window, like an authorization.
+      else assert.equal(ev.charges.length, 4 * input.scopes.length, "every window is held");
       assert.notEqual(ev.message, "allowed");
       if (trigger.violation !== undefined) {
         assertViolations(ev, [trigger.violation({ session: input.scopes[0]!, parent: input.scopes[1] ?? input.scopes[0]! })]);
@@ -445,22 +448,38 @@ describe("parents and agent", () => {
 });
 
 describe("approval", () => {
-  test("exactly at require_approval_above is allowed; above it needs approval and charges nothing", () => {
+  test("exactly at require_approval_above is allowed; above it needs approval, which holds every window", () => {
     const s = session({ policy: policy({ requireApprovalAboveMicros: units(100) }) });
     assertAllowed(run({ scopes: [s], action: payment(units(100)) }));
+    const allowed = run({ scopes: [s], action: payment(units(100)) });
     const ev = run({ scopes: [s], action: payment(units(100) + 1n) });
     assert.equal(ev.outcome, Outcome.NEEDS_APPROVAL);
     assert.deepEqual(reasonNames(ev.reasons), ["APPROVAL_REQUIRED"]);
-    assert.deepEqual(ev.charges, []);
+    assert.deepEqual(ev.charges, allowed.charges, "held in the same windows an allowed action charges");
     assert.match(ev.message, /approval/);
+    assert.deepEqual(ev.approval, { ttlMs: 15 * 60_000, approveOnTimeout: false }, "default: 15 minutes, deny on timeout");
+    assert.equal(allowed.approval, undefined);
   });
 
   test("the agent's or a parent's approval threshold applies too", () => {
     for (const other of [agent({ policy: policy({ requireApprovalAboveMicros: units(20) }) }), parent("p1", { policy: policy({ requireApprovalAboveMicros: units(20) }) })]) {
       const ev = run({ scopes: [session(), other], action: payment(units(21)) });
       assert.equal(ev.outcome, Outcome.NEEDS_APPROVAL, Scope[other.scope]);
-      assert.deepEqual(ev.charges, []);
+      assert.equal(ev.charges.length, 8);
     }
+  });
+
+  test("approval terms: the shortest TTL of the scopes that asked; approve on timeout only if all of them say so", () => {
+    const ask = (ttlS: number, outcome: ApprovalTimeoutOutcome, above = units(10)) =>
+      policy({ requireApprovalAboveMicros: above, approvalTtl: { seconds: BigInt(ttlS) }, approvalTimeoutOutcome: outcome });
+    const s = session({ policy: ask(600, ApprovalTimeoutOutcome.APPROVE) });
+    assert.deepEqual(run({ scopes: [s], action: payment(units(11)) }).approval, { ttlMs: 600_000, approveOnTimeout: true });
+    // The agent asks too, for a shorter wait, and denies on timeout.
+    const a = agent({ policy: ask(60, ApprovalTimeoutOutcome.DENY) });
+    assert.deepEqual(run({ scopes: [s, a], action: payment(units(11)) }).approval, { ttlMs: 60_000, approveOnTimeout: false });
+    // An agent whose threshold is not crossed has no say.
+    const quiet = agent({ policy: ask(5, ApprovalTimeoutOutcome.DENY, units(1000)) });
+    assert.deepEqual(run({ scopes: [s, quiet], action: payment(units(11)) }).approval, { ttlMs: 600_000, approveOnTimeout: true });
   });
 
   test("DENY wins over approval and still lists APPROVAL_REQUIRED", () => {
@@ -497,9 +516,9 @@ describe("charges", () => {
     assert.equal(new Set(ev.charges.map((c) => c.key)).size, 12, "no counter charged twice");
   });
 
-  test("DENY and NEEDS_APPROVAL charge nothing", () => {
+  test("DENY charges nothing; NEEDS_APPROVAL holds what ALLOW would charge", () => {
     const s = session({ policy: policy({ requireApprovalAboveMicros: units(10), maxPerTransactionMicros: units(50) }) });
-    assert.deepEqual(run({ scopes: [s, agent()], action: payment(units(11)) }).charges, []);
+    assert.equal(run({ scopes: [s, agent()], action: payment(units(11)) }).charges.length, 8);
     assert.deepEqual(run({ scopes: [s, agent()], action: payment(units(51)) }).charges, []);
   });
 
@@ -544,7 +563,7 @@ describe("budgets", () => {
     assert.deepEqual(ev.budgets, expectedBudgets(s, a, units(25), 1n));
   });
 
-  test("after DENY or NEEDS_APPROVAL: usage as it was", () => {
+  test("after DENY: usage as it was; after NEEDS_APPROVAL: including the held amount", () => {
     const { s, p, a, usage } = setup();
     const denied = run({ scopes: [s, p, a], action: payment(units(70) + 1n), usage });
     assertDenied(denied, [Reason.LIMIT_DAILY_VALUE]);
@@ -552,7 +571,7 @@ describe("budgets", () => {
     const a2 = agent({ policy: policy({ weekly: { maxActions: 50n }, requireApprovalAboveMicros: 1n }) });
     const held = run({ scopes: [s, p, a2], action: payment(units(2)), usage });
     assert.equal(held.outcome, Outcome.NEEDS_APPROVAL);
-    assert.deepEqual(held.budgets, expectedBudgets(s, a2, 0n, 0n));
+    assert.deepEqual(held.budgets, expectedBudgets(s, a2, units(2), 1n));
   });
 
   test("a non-monetary action adds an action and no value", () => {

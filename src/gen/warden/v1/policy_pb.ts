@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file warden/v1/policy.proto.
  */
 export const file_warden_v1_policy: GenFile = /*@__PURE__*/
-  fileDesc("ChZ3YXJkZW4vdjEvcG9saWN5LnByb3RvEgl3YXJkZW4udjEifQoLV2luZG93TGltaXQSJgoQbWF4X3ZhbHVlX21pY3JvcxgBIAEoA0IHukgEIgIoAEgAiAEBEiEKC21heF9hY3Rpb25zGAIgASgDQge6SAQiAigASAGIAQFCEwoRX21heF92YWx1ZV9taWNyb3NCDgoMX21heF9hY3Rpb25zIp4FCg1TZXNzaW9uUG9saWN5EigKDWN1cnJlbmN5X2NvZGUYASABKAlCEbpIDnIMMgpeW0EtWl17M30kEigKCGxpZmV0aW1lGAIgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiUKBWRhaWx5GAMgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiYKBndlZWtseRgEIAEoCzIWLndhcmRlbi52MS5XaW5kb3dMaW1pdBInCgdtb250aGx5GAUgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EjAKGm1heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zGAYgASgDQge6SAQiAigASACIAQESMwodcmVxdWlyZV9hcHByb3ZhbF9hYm92ZV9taWNyb3MYByABKANCB7pIBCICKABIAYgBARItChFhbGxvd2VkX21lcmNoYW50cxgIIAMoCUISukgPkgEMEOgHIgdyBRABGIACEi0KEWJsb2NrZWRfbWVyY2hhbnRzGAkgAygJQhK6SA+SAQwQ6AciB3IFEAEYgAISLgoUYWxsb3dlZF9hY3Rpb25fdHlwZXMYCiADKAlCELpIDZIBChBkIgZyBBABGEASGgoJdGltZV96b25lGAsgASgJQge6SARyAhhAEjAKCndlZWtfc3RhcnQYDCABKA4yEi53YXJkZW4udjEuV2Vla2RheUIIukgFggECEAESPQoIaG9sZF90dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CELpIDaoBCiIECID1JDICCAFCHQobX21heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zQiAKHl9yZXF1aXJlX2FwcHJvdmFsX2Fib3ZlX21pY3Jvcyq2AQoHV2Vla2RheRIXChNXRUVLREFZX1VOU1BFQ0lGSUVEEAASEgoOV0VFS0RBWV9NT05EQVkQARITCg9XRUVLREFZX1RVRVNEQVkQAhIVChFXRUVLREFZX1dFRE5FU0RBWRADEhQKEFdFRUtEQVlfVEhVUlNEQVkQBBISCg5XRUVLREFZX0ZSSURBWRAFEhQKEFdFRUtEQVlfU0FUVVJEQVkQBhISCg5XRUVLREFZX1NVTkRBWRAHYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration]);
+  fileDesc("ChZ3YXJkZW4vdjEvcG9saWN5LnByb3RvEgl3YXJkZW4udjEifQoLV2luZG93TGltaXQSJgoQbWF4X3ZhbHVlX21pY3JvcxgBIAEoA0IHukgEIgIoAEgAiAEBEiEKC21heF9hY3Rpb25zGAIgASgDQge6SAQiAigASAGIAQFCEwoRX21heF92YWx1ZV9taWNyb3NCDgoMX21heF9hY3Rpb25zIrAGCg1TZXNzaW9uUG9saWN5EigKDWN1cnJlbmN5X2NvZGUYASABKAlCEbpIDnIMMgpeW0EtWl17M30kEigKCGxpZmV0aW1lGAIgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiUKBWRhaWx5GAMgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiYKBndlZWtseRgEIAEoCzIWLndhcmRlbi52MS5XaW5kb3dMaW1pdBInCgdtb250aGx5GAUgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EjAKGm1heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zGAYgASgDQge6SAQiAigASACIAQESMwodcmVxdWlyZV9hcHByb3ZhbF9hYm92ZV9taWNyb3MYByABKANCB7pIBCICKABIAYgBARItChFhbGxvd2VkX21lcmNoYW50cxgIIAMoCUISukgPkgEMEOgHIgdyBRABGIACEi0KEWJsb2NrZWRfbWVyY2hhbnRzGAkgAygJQhK6SA+SAQwQ6AciB3IFEAEYgAISLgoUYWxsb3dlZF9hY3Rpb25fdHlwZXMYCiADKAlCELpIDZIBChBkIgZyBBABGEASGgoJdGltZV96b25lGAsgASgJQge6SARyAhhAEjAKCndlZWtfc3RhcnQYDCABKA4yEi53YXJkZW4udjEuV2Vla2RheUIIukgFggECEAESPQoIaG9sZF90dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CELpIDaoBCiIECID1JDICCAESQQoMYXBwcm92YWxfdHRsGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiA9SQyAggBEk0KGGFwcHJvdmFsX3RpbWVvdXRfb3V0Y29tZRgPIAEoDjIhLndhcmRlbi52MS5BcHByb3ZhbFRpbWVvdXRPdXRjb21lQgi6SAWCAQIQAUIdChtfbWF4X3Blcl90cmFuc2FjdGlvbl9taWNyb3NCIAoeX3JlcXVpcmVfYXBwcm92YWxfYWJvdmVfbWljcm9zKosBChZBcHByb3ZhbFRpbWVvdXRPdXRjb21lEigKJEFQUFJPVkFMX1RJTUVPVVRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEiEKHUFQUFJPVkFMX1RJTUVPVVRfT1VUQ09NRV9ERU5ZEAESJAogQVBQUk9WQUxfVElNRU9VVF9PVVRDT01FX0FQUFJPVkUQAiq2AQoHV2Vla2RheRIXChNXRUVLREFZX1VOU1BFQ0lGSUVEEAASEgoOV0VFS0RBWV9NT05EQVkQARITCg9XRUVLREFZX1RVRVNEQVkQAhIVChFXRUVLREFZX1dFRE5FU0RBWRADEhQKEFdFRUtEQVlfVEhVUlNEQVkQBBISCg5XRUVLREFZX0ZSSURBWRAFEhQKEFdFRUtEQVlfU0FUVVJEQVkQBhISCg5XRUVLREFZX1NVTkRBWRAHYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration]);
 
 /**
  * WindowLimit bounds what may be spent within one window. An unset field
@@ -146,6 +146,23 @@ export type SessionPolicy = Message<"warden.v1.SessionPolicy"> & {
    * @generated from field: google.protobuf.Duration hold_ttl = 13;
    */
   holdTtl?: Duration | undefined;
+
+  /**
+   * How long an approval waits for a person (default 15 minutes). When
+   * several scopes ask for approval, the shortest wait applies.
+   *
+   * @generated from field: google.protobuf.Duration approval_ttl = 14;
+   */
+  approvalTtl?: Duration | undefined;
+
+  /**
+   * What happens when nobody decides in time (default: deny). An approval
+   * that several scopes asked for is approved on timeout only if every one
+   * of them says APPROVE.
+   *
+   * @generated from field: warden.v1.ApprovalTimeoutOutcome approval_timeout_outcome = 15;
+   */
+  approvalTimeoutOutcome: ApprovalTimeoutOutcome;
 };
 
 /**
@@ -157,7 +174,42 @@ export const SessionPolicySchema: GenMessage<SessionPolicy> = /*@__PURE__*/
 
 /**
  * Weekday names the first day of a calendar week.
+ * ApprovalTimeoutOutcome is what becomes of an approval nobody decided
+ * before it expired.
  *
+ * @generated from enum warden.v1.ApprovalTimeoutOutcome
+ */
+export enum ApprovalTimeoutOutcome {
+  /**
+   * The default: as DENY.
+   *
+   * @generated from enum value: APPROVAL_TIMEOUT_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The approval EXPIRES and its hold is released: the action is denied.
+   *
+   * @generated from enum value: APPROVAL_TIMEOUT_OUTCOME_DENY = 1;
+   */
+  DENY = 1,
+
+  /**
+   * The approval is APPROVED (decided by "timeout") and becomes an
+   * authorization for the full amount.
+   *
+   * @generated from enum value: APPROVAL_TIMEOUT_OUTCOME_APPROVE = 2;
+   */
+  APPROVE = 2,
+}
+
+/**
+ * Describes the enum warden.v1.ApprovalTimeoutOutcome.
+ */
+export const ApprovalTimeoutOutcomeSchema: GenEnum<ApprovalTimeoutOutcome> = /*@__PURE__*/
+  enumDesc(file_warden_v1_policy, 0);
+
+/**
  * @generated from enum warden.v1.Weekday
  */
 export enum Weekday {
@@ -208,5 +260,5 @@ export enum Weekday {
  * Describes the enum warden.v1.Weekday.
  */
 export const WeekdaySchema: GenEnum<Weekday> = /*@__PURE__*/
-  enumDesc(file_warden_v1_policy, 0);
+  enumDesc(file_warden_v1_policy, 1);
 

@@ -1,0 +1,56 @@
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { principalKey } from "../auth/principal.js";
+import { sessionTokenClaimsKey } from "../auth/with-session-token-auth.js";
+import { type ApprovalService, ApprovalStatus } from "../gen/warden/v1/approval_service_pb.js";
+import type { ApprovalWatch } from "../store/approval-watch.js";
+import type { WardenStore } from "../store/warden-store.js";
+
+/** Who made a decision, for the record: the API key or certificate, never the secret. */
+function caller(ctx: HandlerContext): string {
+  const p = ctx.values.get(principalKey);
+  if (p !== undefined) return p.keyId;
+  const token = ctx.values.get(sessionTokenClaimsKey);
+  if (token !== undefined) return `session:${token.sessionId}`;
+  // Only when the server runs without --require-auth.
+  return "unauthenticated";
+}
+
+/** ApprovalService over the store; WatchApproval waits on `watch`. */
+export function createApprovalService(store: WardenStore, watch: ApprovalWatch): ServiceImpl<typeof ApprovalService> {
+  return {
+    async getApproval(req) {
+      return { approval: await store.getApproval(req.approvalId, req.sessionId) };
+    },
+    async listApprovals(req) {
+      return store.listApprovals(req);
+    },
+    async approveApproval(req, ctx) {
+      return { approval: await store.approveApproval(req.approvalId, caller(ctx), req.comment, req.amount) };
+    },
+    async denyApproval(req, ctx) {
+      return { approval: await store.denyApproval(req.approvalId, caller(ctx), req.reason) };
+    },
+    async cancelApproval(req, ctx) {
+      return { approval: await store.cancelApproval(req.approvalId, req.sessionId, caller(ctx), req.reason) };
+    },
+    async *watchApproval(req, ctx) {
+      let mark = await watch.mark();
+      let approval = await store.getApproval(req.approvalId, req.sessionId);
+      yield { approval };
+      while (approval.status === ApprovalStatus.PENDING) {
+        const untilExpiry = timestampMs(approval.expireTime!) - store.now();
+        if (untilExpiry <= 0) {
+          // Its deadline: settle it here rather than wait for the sweeper.
+          await store.expireApproval(req.approvalId);
+        } else if (!(await watch.changed(mark, untilExpiry, ctx.signal))) {
+          return;
+        }
+        mark = await watch.mark();
+        const next = await store.getApproval(req.approvalId);
+        if (next.status !== approval.status) yield { approval: next };
+        approval = next;
+      }
+    },
+  };
+}
