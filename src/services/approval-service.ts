@@ -9,7 +9,8 @@ import type { WardenStore } from "../store/warden-store.js";
 /** Who made a decision, for the record: the API key or certificate, never the secret. */
 function caller(ctx: HandlerContext): string {
   const p = ctx.values.get(principalKey);
-  if (p !== undefined) return p.keyId;
+  // An agent (through its sidecar, with its agent credential) is named as the agent.
+  if (p !== undefined) return p.role === "agent" && p.agentId !== undefined ? `agent:${p.agentId}` : p.keyId;
   const token = ctx.values.get(sessionTokenClaimsKey);
   if (token !== undefined) return `session:${token.sessionId}`;
   // Only when the server runs without --require-auth.

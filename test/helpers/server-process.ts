@@ -134,7 +134,8 @@ export type GrpcClient = { close(): void } & { [method: string]: any };
  * A plain `@grpc/grpc-js` client for a service, built from the generated
  * descriptor (as any polyglot agent's generated stub would be). `channel`
  * picks a separate HTTP/2 connection; `headers` go with every call (e.g.
- * `authorization`), and a call may add its own as a third argument.
+ * `authorization`), and a call may add its own as a third argument. A
+ * server-streaming method returns grpc-js's stream: `for await` its messages.
  */
 export function grpcClient(service: DescService, address: string, channel = 0, headers: Record<string, string> = {}): GrpcClient {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
@@ -142,7 +143,7 @@ export function grpcClient(service: DescService, address: string, channel = 0, h
     def[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
       requestStream: false,
-      responseStream: false,
+      responseStream: m.methodKind === "server_streaming",
       requestSerialize: (v: unknown) => Buffer.from(toBinary(m.input, create(m.input, v as never))),
       requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
       responseSerialize: (v: unknown) => Buffer.from(toBinary(m.output, v as never)),
@@ -156,6 +157,8 @@ export function grpcClient(service: DescService, address: string, channel = 0, h
     out[m.localName] = (req: unknown, options: grpc.CallOptions = {}, callHeaders: Record<string, string> = {}) => {
       const md = new grpc.Metadata();
       for (const [k, v] of Object.entries({ ...headers, ...callHeaders })) md.set(k, v);
+      // A server stream: grpc-js's readable stream, which iterates its messages.
+      if (m.methodKind === "server_streaming") return raw[m.localName]!.call(raw, req, md, options);
       return new Promise((resolve, reject) => raw[m.localName]!.call(raw, req, md, options, (err: Error | null, res: unknown) => (err ? reject(err) : resolve(res))));
     };
   }

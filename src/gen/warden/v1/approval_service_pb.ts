@@ -98,8 +98,9 @@ export type Approval = Message<"warden.v1.Approval"> & {
   decideTime?: Timestamp | undefined;
 
   /**
-   * Who decided: an API key id, "agent" (canceled by the agent),
-   * "timeout", or "session" (its session ended).
+   * Who decided: an approver's API key id; "agent:<agent id>" (canceled by
+   * the agent, e.g. through its sidecar); "session:<session id>" (canceled
+   * with a session token); "timeout"; or "session" (its session ended).
    *
    * @generated from field: string decided_by = 13;
    */
