@@ -1,6 +1,7 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -24,6 +25,7 @@ export interface WardenClients {
   readonly agents: Client<typeof AgentService>;
   readonly auth: Client<typeof AuthService>;
   readonly webhooks: Client<typeof WebhookService>;
+  readonly approvals: Client<typeof ApprovalService>;
 }
 
 /** CommandContext is what a command's `run` gets: its input and its outputs. */

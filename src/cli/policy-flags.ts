@@ -1,6 +1,13 @@
 import { create } from "@bufbuild/protobuf";
-import { SessionPolicySchema, WindowLimitSchema, type SessionPolicy, type WindowLimit } from "../gen/warden/v1/policy_pb.js";
-import { parseCount, parseCurrency, parseDuration, parseMoneyFlag, parseTimeZone, parseWeekday } from "./flags.js";
+import {
+  type ApprovalTimeoutOutcome,
+  ApprovalTimeoutOutcomeSchema,
+  SessionPolicySchema,
+  WindowLimitSchema,
+  type SessionPolicy,
+  type WindowLimit,
+} from "../gen/warden/v1/policy_pb.js";
+import { parseCount, parseCurrency, parseDuration, parseEnumWord, parseMoneyFlag, parseTimeZone, parseWeekday } from "./flags.js";
 import { CliError } from "./cli-error.js";
 import type { FlagSpec, ParsedFlags } from "./parse-command-line.js";
 
@@ -21,6 +28,8 @@ export const POLICY_FLAGS: readonly FlagSpec[] = [
   { name: "max-actions-per-week", type: "string", value: "N", description: "action limit per calendar week" },
   { name: "max-actions-per-month", type: "string", value: "N", description: "action limit per calendar month" },
   { name: "approval-above", type: "string", value: "AMOUNT", description: "actions above this amount need a person's approval" },
+  { name: "approval-ttl", type: "string", value: "DURATION", description: "how long an approval waits for a person (default 15m)" },
+  { name: "approval-timeout", type: "string", value: "deny|approve", description: "what an approval nobody decided in time becomes (default deny)" },
   { name: "allow-merchant", type: "string", multiple: true, value: "M", description: "only these merchants may be paid (repeatable)" },
   { name: "block-merchant", type: "string", multiple: true, value: "M", description: "these merchants may never be paid (repeatable)" },
   { name: "allow-type", type: "string", multiple: true, value: "T", description: "only these action types are allowed (repeatable)" },
@@ -48,10 +57,11 @@ function nonEmpty(flag: string, items: string[]): string[] {
   return items;
 }
 
-function parseHoldTtl(text: string) {
-  const d = parseDuration("--hold-ttl", text);
-  if (d.seconds < 1n) throw new CliError("--hold-ttl: must be at least 1s");
-  if (d.seconds > 604_800n || (d.seconds === 604_800n && d.nanos > 0)) throw new CliError("--hold-ttl: must be at most 7d");
+/** A duration flag between 1s and 7d (the proto's bounds for TTLs). */
+function parseTtl(flag: string, text: string) {
+  const d = parseDuration(flag, text);
+  if (d.seconds < 1n) throw new CliError(`${flag}: must be at least 1s`);
+  if (d.seconds > 604_800n || (d.seconds === 604_800n && d.nanos > 0)) throw new CliError(`${flag}: must be at most 7d`);
   return d;
 }
 
@@ -70,6 +80,8 @@ export function buildPolicy(flags: ParsedFlags, defaultCurrency?: string): Sessi
   const tz = flags.string("time-zone");
   const weekStart = flags.string("week-start");
   const holdTtl = flags.string("hold-ttl");
+  const approvalTtl = flags.string("approval-ttl");
+  const approvalTimeout = flags.string("approval-timeout");
   return create(SessionPolicySchema, {
     currencyCode: currency !== undefined ? parseCurrency("--currency", currency) : (defaultCurrency ?? ""),
     lifetime: windowLimit(flags, "max-total", "max-actions"),
@@ -83,6 +95,9 @@ export function buildPolicy(flags: ParsedFlags, defaultCurrency?: string): Sessi
     allowedActionTypes: nonEmpty("allow-type", flags.strings("allow-type")),
     timeZone: tz === undefined ? "" : parseTimeZone("--time-zone", tz),
     weekStart: weekStart === undefined ? undefined : parseWeekday("--week-start", weekStart),
-    holdTtl: holdTtl === undefined ? undefined : parseHoldTtl(holdTtl),
+    holdTtl: holdTtl === undefined ? undefined : parseTtl("--hold-ttl", holdTtl),
+    approvalTtl: approvalTtl === undefined ? undefined : parseTtl("--approval-ttl", approvalTtl),
+    approvalTimeoutOutcome:
+      approvalTimeout === undefined ? undefined : (parseEnumWord("--approval-timeout", ApprovalTimeoutOutcomeSchema, approvalTimeout) as ApprovalTimeoutOutcome),
   });
 }

@@ -81,6 +81,57 @@ describe("warden CLI against warden serve", () => {
     assert.match(after.stderr, /^warden: failed_precondition: .*REVOKED/m);
   });
 
+  test("approvals: authorize needs approval, watch waits, approve a lower amount, capture; deny and cancel", async () => {
+    const created = await warden(server, "sessions", "create", "--agent", "cli-approver", "--currency", "USD", "--ttl", "1h", "--approval-above", "100", "--approval-ttl", "10m", "--approval-timeout", "deny", "--max-per-day", "1000", "--json");
+    assert.equal(created.code, 0, created.stderr);
+    const id = (JSON.parse(created.stdout) as { session: { sessionId: string } }).session.sessionId;
+
+    const asked = await warden(server, "authorize", id, "--amount", "250", "--merchant", "acme");
+    assert.equal(asked.code, 2, "NEEDS_APPROVAL is not an ALLOW");
+    assert.match(asked.stdout, /NEEDS_APPROVAL/);
+    const approvalId = /approval\s+(apr_[a-z0-9]{26})/.exec(asked.stdout)?.[1];
+    assert.ok(approvalId, asked.stdout);
+
+    const listed = await warden(server, "approvals", "list", "--agent", "cli-approver", "--status", "pending");
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, new RegExp(`${approvalId}\\s+pending\\s+250\\.00 USD`));
+
+    const watching = warden(server, "approvals", "watch", approvalId);
+    await new Promise((r) => setTimeout(r, 300));
+    const approved = await warden(server, "approvals", "approve", approvalId, "--amount", "200", "--comment", "cap it", "--json");
+    assert.equal(approved.code, 0, approved.stderr);
+    const approval = (JSON.parse(approved.stdout) as { approval: { status: string; actionId: string; approvedAmount: { amountMicros: string } } }).approval;
+    assert.equal(approval.status, "APPROVAL_STATUS_APPROVED");
+    assert.equal(approval.approvedAmount.amountMicros, "200000000");
+    const watched = await watching;
+    assert.equal(watched.code, 0, watched.stderr);
+    assert.match(watched.stdout, /status\s+pending[\s\S]*status\s+approved/);
+
+    const cap = await warden(server, "capture", id, approval.actionId);
+    assert.equal(cap.code, 0, cap.stderr);
+    assert.match(cap.stdout, /200\.00 USD/);
+
+    const second = await warden(server, "check", id, "--amount", "300", "--json");
+    const secondId = (JSON.parse(second.stdout) as { approvalId: string }).approvalId;
+    const denied = await warden(server, "approvals", "deny", secondId, "--reason", "too much");
+    assert.equal(denied.code, 0, denied.stderr);
+    assert.match(denied.stdout, /status\s+denied/);
+    assert.match(denied.stdout, /comment\s+too much/);
+    const watchDenied = await warden(server, "approvals", "watch", secondId);
+    assert.equal(watchDenied.code, 2, "a watch that ends denied exits 2");
+
+    const third = await warden(server, "check", id, "--amount", "150", "--json");
+    const thirdId = (JSON.parse(third.stdout) as { approvalId: string }).approvalId;
+    const canceled = await warden(server, "approvals", "cancel", thirdId, "--session", id, "--reason", "not needed");
+    assert.match(canceled.stdout, /status\s+canceled/);
+    const again = await warden(server, "approvals", "approve", thirdId);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /already CANCELED/);
+    const bad = await warden(server, "approvals", "list", "--status", "maybe");
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /--status: "maybe" is not one of pending, approved, denied, expired, canceled/);
+  });
+
   test("bad input fails with one clear line and a non-zero exit", async () => {
     const r = await warden(server, "sessions", "create", "--agent", "a", "--max-per-day", "abc");
     assert.equal(r.code, 1);

@@ -137,7 +137,7 @@ async function fillCurrency(ctx: CommandContext, sessionId: string, amount: Mone
 }
 
 const DECISION_NOTES =
-  "Exit code 0 when the answer is ALLOW, 2 when it is DENY or NEEDS_APPROVAL (printed on stdout, not an error), 1 on errors.\nWithout --currency, --amount is in the session's currency (fetched with GetSession).";
+  "Exit code 0 when the answer is ALLOW, 2 when it is DENY or NEEDS_APPROVAL (printed on stdout, not an error), 1 on errors.\nNEEDS_APPROVAL prints the approval that holds the amount: wait with `warden approvals watch`, then capture its action once approved.\nWithout --currency, --amount is in the session's currency (fetched with GetSession).";
 
 /** The decision commands: authorize, capture, void, check, actions. */
 export const ACTION_COMMANDS: readonly CommandSpec[] = [
@@ -157,6 +157,8 @@ export const ACTION_COMMANDS: readonly CommandSpec[] = [
           ? formatDecision(res.decision, req.action?.amount?.currencyCode, [
               ["authorization", res.authorizationId],
               ["hold expires", formatTime(res.holdExpireTime)],
+              ["approval", res.approvalId || undefined],
+              ["approval expires", formatTime(res.approvalExpireTime)],
             ])
           : "",
       );
@@ -206,7 +208,12 @@ export const ACTION_COMMANDS: readonly CommandSpec[] = [
       await fillCurrency(ctx, sessionId, req.action?.amount);
       const res = await ctx.clients().policy.check(req);
       ctx.output(CheckResponseSchema, res, () =>
-        res.decision ? formatDecision(res.decision, req.action?.amount?.currencyCode, [["action", res.actionId]]) : "",
+        res.decision ? formatDecision(res.decision, req.action?.amount?.currencyCode, [
+              ["action", res.actionId],
+              ["approval", res.approvalId || undefined],
+              ["approval expires", formatTime(res.approvalExpireTime)],
+            ])
+          : "",
       );
       return exitCodeOf(res.decision?.outcome);
     },
