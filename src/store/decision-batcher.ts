@@ -23,6 +23,7 @@ import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFi
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
+import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 
@@ -88,6 +89,8 @@ export class DecisionBatcher {
   private readonly queues: Pending[][];
   private readonly busy: boolean[];
   private readonly chains = new LRUCache<string, Chain>({ max: 200_000 });
+  /** session.limit_reached notices this process has stored (see recordLimitNotices). */
+  private readonly told = createToldNotices();
   private readonly maxBatch: number;
 
   constructor(private readonly opts: DecisionBatcherOptions) {
@@ -142,7 +145,8 @@ export class DecisionBatcher {
   private async runBatch(batch: Pending[]): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const settled = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
+        const { settled, told } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
+        for (const k of told) this.told.set(k, true);
         // Answer only after COMMIT: nothing is acknowledged that is not stored.
         for (const s of settled) (s.ok ? batch[s.i]!.resolve(s.value) : batch[s.i]!.reject(s.error));
         return;
@@ -167,7 +171,7 @@ export class DecisionBatcher {
     for (const r of rows) this.chains.set(r.session_id, { agentId: r.agent_id, ancestorIds: r.ancestor_ids });
   }
 
-  private async decideAll(tx: Queryable, batch: Pending[]): Promise<Settled[]> {
+  private async decideAll(tx: Queryable, batch: Pending[]): Promise<{ settled: Settled[]; told: string[] }> {
     const { now, policies, spans } = this.opts;
     const nowMs = now();
     const settled: Settled[] = [];
@@ -221,6 +225,7 @@ export class DecisionBatcher {
     const touched = new Map<string, SessionDelta>();
     const newKeys: PendingIdempotency[] = [];
     const approvals: NewApproval[] = [];
+    const notices: LimitNotice[] = [];
     const batchKeys = new Map<string, { hash: Uint8Array; method: string; index: number; response?: Uint8Array }>();
 
     for (const [i, p] of batch.entries()) {
@@ -296,6 +301,7 @@ export class DecisionBatcher {
 
         const actionId = newId("act", nowMs);
         const decision = decisionToProto(ev);
+        if (ev.outcome === Outcome.DENY) notices.push(...limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId, decision }, nowMs));
         const allowed = ev.outcome === Outcome.ALLOW;
         const holdExpireMs = allowed && held ? nowMs + s.policy.holdTtlMs : undefined;
         const approval =
@@ -377,6 +383,8 @@ export class DecisionBatcher {
     if (writes.length > 0) {
       await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
     }
+    // Events last, after every row lock: each takes a position (see outbox.ts).
+    const told = await recordLimitNotices(tx, notices, this.told);
     await recordEvents(tx, requestedEvents(approvals));
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, under the locks already held, like every other ending.
@@ -401,7 +409,7 @@ export class DecisionBatcher {
         })),
       );
     }
-    return settled;
+    return { settled, told };
   }
 }
 

@@ -66,6 +66,21 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
     `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
     [open.map((h) => h.action_id), status, iso(nowMs)],
   );
+  // Authorizations say what became of them; a pending approval's hold is
+  // told by its approval.* event instead.
+  const type = status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided";
+  await recordEvents(
+    tx,
+    open
+      .filter((h) => h.status === ActionStatus.HELD)
+      .map((h) => ({
+        type,
+        sessionId: h.session_id,
+        agentId: h.agent_id,
+        data: { authorization_id: h.action_id, currency: h.currency, released_amount_micros: h.held_value },
+        nowMs,
+      })),
+  );
 }
 
 /** Why a hold can no longer be captured or voided, as an error. */
@@ -114,6 +129,20 @@ export async function captureHold(
     `UPDATE actions SET status = $2, held_value = 0, captured_value = $3, update_time = $4::timestamptz WHERE action_id = $1`,
     [h.action_id, ActionStatus.CAPTURED, amountMicros.toString(), iso(nowMs)],
   );
+  await recordEvents(tx, [
+    {
+      type: "authorization.captured",
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: {
+        authorization_id: h.action_id,
+        currency: h.currency,
+        captured_amount_micros: amountMicros.toString(),
+        released_amount_micros: (held - amountMicros).toString(),
+      },
+      nowMs,
+    },
+  ]);
   const key = `s:${session.sessionId}`;
   const life =
     counters.scopes.get(key)?.lifetime ??

@@ -17,6 +17,7 @@ import {
 import type { Database, Queryable } from "./database.js";
 import { captureHold, countersOf, endSessions, lifetimeUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
 import { saveIdempotencySql } from "./idempotency.js";
+import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import type { CalendarSpanCache } from "../core/windows.js";
@@ -85,6 +86,8 @@ export class LeaseLedger {
   private readonly policies: PolicyCache;
   private readonly spans: CalendarSpanCache;
   private readonly graceMs: number;
+  /** session.limit_reached notices this process has stored (see recordLimitNotices). */
+  private readonly told = createToldNotices();
 
   constructor(o: LeaseLedgerOptions) {
     this.db = o.db;
@@ -196,7 +199,7 @@ export class LeaseLedger {
     const nowMs = this.now();
     const sessionIds = [...new Set(req.reports.map((r) => r.sessionId))];
     if (sessionIds.length === 0) return [];
-    return this.db.transaction(async (tx) => {
+    const { rejected, told } = await this.db.transaction(async (tx) => {
       const locked = await lockChains(tx, sessionIds, this.policies);
       const leaseIds = [...new Set(req.reports.map((r) => r.leaseId).filter((id) => id !== ""))];
       const leases = new Map<string, LeaseRow>();
@@ -353,8 +356,16 @@ export class LeaseLedger {
       }
       const ending = [...exhausted].filter((id) => !isTerminal(locked.sessions.get(id)!.status));
       if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
-      return rejected;
+      // A window limit a sidecar's decision ran into is told like the store's own.
+      const notices = records
+        .filter(({ record }) => fresh.has(record.actionId))
+        .flatMap(({ record, s }) =>
+          limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId: record.actionId, decision: record.decision! }, nowMs),
+        );
+      return { rejected, told: await recordLimitNotices(tx, notices, this.told) };
     });
+    for (const k of told) this.told.set(k, true);
+    return rejected;
   }
 
   /**

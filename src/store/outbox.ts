@@ -12,12 +12,19 @@ export const EVENT_TYPES = [
   "session.expired",
   "session.exhausted",
   "session.completed",
+  "session.limit_reached",
   "approval.requested",
   "approval.approved",
   "approval.denied",
   "approval.expired",
   "approval.canceled",
+  "authorization.captured",
+  "authorization.voided",
+  "authorization.expired",
 ] as const;
+
+/** The channel every recorded event notifies on commit (WatchEvents listens to it). */
+export const EVENT_CHANNEL = "warden_events";
 
 /** One of {@link EVENT_TYPES}. */
 export type EventType = (typeof EVENT_TYPES)[number];
@@ -54,20 +61,24 @@ export function endEventType(status: SessionStatus): EventType | undefined {
  * caller's transaction, so an event exists exactly when its change was
  * committed (the outbox pattern). Returns the new event ids, in order.
  *
- * Endpoint rows are only read (and key-share locked by the foreign key),
- * never locked for update, so this adds no lock that could close a cycle
- * with the revision lock callers may hold (see 004_sync_leases.sql).
+ * Each event takes a position under the revision lock (see
+ * 007_event_positions.sql), so call this after the transaction's row locks:
+ * positions then become visible in order, and WatchEvents can resume from
+ * one without missing an event that committed late. Endpoint rows are only
+ * read (and key-share locked by the foreign key), never locked for update,
+ * so this adds no lock that could close a cycle with the revision lock.
  */
 export async function recordEvents(tx: Queryable, events: readonly NewEvent[]): Promise<string[]> {
   if (events.length === 0) return [];
   const ids = events.map((e) => newId("evt", e.nowMs));
   await tx.query(
     `WITH e AS (
-       INSERT INTO events (event_id, type, session_id, agent_id, create_time, data)
-       SELECT u.event_id, u.type, u.session_id, u.agent_id, u.create_time, u.data::jsonb
+       INSERT INTO events (event_id, type, session_id, agent_id, create_time, data, position)
+       -- No ORDER BY: a function scan yields the arrays in order, and a sort
+       -- could run after the positions were taken.
+       SELECT u.event_id, u.type, u.session_id, u.agent_id, u.create_time, u.data::jsonb, warden_next_event_position()
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-              WITH ORDINALITY AS u(event_id, type, session_id, agent_id, create_time, data, n)
-        ORDER BY u.n
+              AS u(event_id, type, session_id, agent_id, create_time, data)
        RETURNING event_id, type, create_time
      )
      INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_time, update_time)

@@ -128,7 +128,70 @@ for (const driver of DRIVERS) {
       const auth = await store.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(1)), idempotencyKey: "", requestHash: NO_HASH });
       assert.equal(auth.decision!.outcome, Outcome.ALLOW);
       await store.capture({ sessionId: s.sessionId, authorizationId: (auth as { authorizationId: string }).authorizationId, idempotencyKey: "" } as never, NO_HASH);
-      assert.deepEqual(await typesOf(s.sessionId), ["session.created", "session.exhausted"]);
+      assert.deepEqual(await typesOf(s.sessionId), ["session.created", "authorization.captured", "session.exhausted"]);
+    });
+
+    test("authorizations record what became of them: captured (with what was released), voided, expired", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { holdTtl: durationFromMs(60_000) }), NO_HASH);
+      const authorize = async (units: number) => {
+        const r = await store.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(units)), idempotencyKey: "", requestHash: NO_HASH });
+        return (r as { authorizationId: string }).authorizationId;
+      };
+      const a1 = await authorize(5);
+      const a2 = await authorize(6);
+      const a3 = await authorize(7);
+      await store.capture({ sessionId: s.sessionId, authorizationId: a1, amount: { currencyCode: "USD", amountMicros: USD(3) }, idempotencyKey: "" } as never, NO_HASH);
+      await store.void({ sessionId: s.sessionId, authorizationId: a2, idempotencyKey: "" } as never, NO_HASH);
+      clock.advance(61_000);
+      const swept = await store.sweep();
+      assert.equal(swept.holds, 1);
+      const events = await eventsOf(s.sessionId);
+      assert.deepEqual(
+        events.map((e) => e.type),
+        ["session.created", "authorization.captured", "authorization.voided", "authorization.expired"],
+      );
+      assert.deepEqual(events[1]!.data, { authorization_id: a1, currency: "USD", captured_amount_micros: "3000000", released_amount_micros: "2000000" });
+      assert.deepEqual(events[2]!.data, { authorization_id: a2, currency: "USD", released_amount_micros: "6000000" });
+      assert.deepEqual(events[3]!.data, { authorization_id: a3, currency: "USD", released_amount_micros: "7000000" });
+    });
+
+    test("session.limit_reached: once per limit and window, told again in the next window, never for the per-transaction cap", async () => {
+      const s = await store.createSession(
+        sessionRequest(agent(), { daily: { maxValueMicros: USD(10) }, maxPerTransactionMicros: USD(8) }, { expiration: { case: "ttl", value: durationFromMs(3 * 86_400_000) } }),
+        NO_HASH,
+      );
+      assert.equal((await check(s.sessionId, USD(9))).decision!.outcome, Outcome.DENY); // per transaction only
+      assert.equal((await check(s.sessionId, USD(6))).decision!.outcome, Outcome.ALLOW);
+      assert.equal((await check(s.sessionId, USD(5))).decision!.outcome, Outcome.DENY); // daily
+      assert.equal((await check(s.sessionId, USD(5))).decision!.outcome, Outcome.DENY); // daily again: no second event
+      let reached = (await eventsOf(s.sessionId)).filter((e) => e.type === "session.limit_reached");
+      assert.equal(reached.length, 1);
+      const data = reached[0]!.data;
+      assert.equal(data.reason, "LIMIT_DAILY_VALUE");
+      assert.equal(data.scope, "SESSION");
+      assert.equal(data.scope_id, s.sessionId);
+      assert.equal(data.window, "DAY");
+      assert.equal(data.value_limit_micros, "10000000");
+      assert.equal(data.window_start_time, new Date(Date.UTC(2026, 10, 21)).toISOString());
+      assert.equal(data.window_end_time, new Date(Date.UTC(2026, 10, 22)).toISOString());
+      assert.match(String(data.action_id), /^act_/);
+      clock.advance(86_400_000);
+      assert.equal((await check(s.sessionId, USD(6))).decision!.outcome, Outcome.ALLOW);
+      assert.equal((await check(s.sessionId, USD(6))).decision!.outcome, Outcome.DENY);
+      reached = (await eventsOf(s.sessionId)).filter((e) => e.type === "session.limit_reached");
+      assert.equal(reached.length, 2);
+      assert.equal(reached[1]!.data.window_start_time, new Date(Date.UTC(2026, 10, 22)).toISOString());
+    });
+
+    test("every event takes the next position, in the order events were recorded", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      await store.setPaused(s.sessionId, true, "look");
+      await store.setPaused(s.sessionId, false, "fine");
+      const { rows } = await t.db.query<{ position: string; seq: string }>("SELECT position, seq FROM events ORDER BY position");
+      const positions = rows.map((r) => BigInt(r.position));
+      for (let i = 1; i < positions.length; i++) assert.ok(positions[i]! > positions[i - 1]!);
+      const bySeq = [...rows].sort((a, b) => Number(BigInt(a.seq) - BigInt(b.seq)));
+      assert.deepEqual(bySeq.map((r) => r.position), rows.map((r) => r.position));
     });
 
     test("deliveries are queued with the event for active endpoints subscribed to its type only", async () => {
