@@ -1,6 +1,7 @@
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
+import type { EventService } from "../gen/warden/v1/event_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
 import type { SyncService } from "../gen/warden/v1/sync_service_pb.js";
@@ -90,6 +91,15 @@ export const WEBHOOK_SERVICE_ACCESS: AccessTable<typeof WebhookService> = {
   listWebhookEndpoints: { roles: AUDIT },
   deleteWebhookEndpoint: { roles: ADMIN },
   enableWebhookEndpoint: { roles: ADMIN },
+};
+
+/**
+ * EventService: readers see every event; an agent only its own, so its
+ * filter must name it.
+ */
+export const EVENT_SERVICE_ACCESS: AccessTable<typeof EventService> = {
+  listEvents: { roles: READERS_AND_AGENT, scope: (r) => ({ agentIds: [r.filter?.agentId ?? ""] }) },
+  watchEvents: { roles: READERS_AND_AGENT, scope: (r) => ({ agentIds: [r.filter?.agentId ?? ""] }) },
 };
 
 /**

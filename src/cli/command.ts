@@ -1,11 +1,5 @@
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import type { Client } from "@connectrpc/connect";
-import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
-import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
-import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
-import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
-import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
-import type { WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
+import type { WardenClients } from "../client/create-warden-client.js";
 import type { FlagSpec, ParsedFlags } from "./parse-command-line.js";
 
 /** Exit code of success, and of an ALLOW decision. */
@@ -18,15 +12,8 @@ export const EXIT_ERROR = 1;
  */
 export const EXIT_NOT_ALLOWED = 2;
 
-/** WardenClients are the Connect clients of the services. */
-export interface WardenClients {
-  readonly sessions: Client<typeof SessionService>;
-  readonly policy: Client<typeof PolicyService>;
-  readonly agents: Client<typeof AgentService>;
-  readonly auth: Client<typeof AuthService>;
-  readonly webhooks: Client<typeof WebhookService>;
-  readonly approvals: Client<typeof ApprovalService>;
-}
+/** WardenClients are the Connect clients of the services (the TypeScript client's). */
+export type { WardenClients };
 
 /** CommandContext is what a command's `run` gets: its input and its outputs. */
 export interface CommandContext {

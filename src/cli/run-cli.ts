@@ -9,6 +9,7 @@ import { AGENT_COMMANDS } from "./commands/agents.js";
 import { KEY_COMMANDS } from "./commands/keys.js";
 import { SESSION_COMMANDS } from "./commands/sessions.js";
 import { WEBHOOK_COMMANDS } from "./commands/webhooks.js";
+import { EVENT_COMMANDS } from "./commands/events.js";
 import { APPROVAL_COMMANDS } from "./commands/approvals.js";
 import { describeError } from "./describe-error.js";
 import { parseServerUrl } from "./flags.js";
@@ -16,7 +17,7 @@ import { parseCommandLine } from "./parse-command-line.js";
 import { formatCommandHelp, formatMainHelp, usageLine } from "./usage.js";
 
 /** Every client command of the CLI, in the order help lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS, ...WEBHOOK_COMMANDS, ...APPROVAL_COMMANDS];
+export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS, ...WEBHOOK_COMMANDS, ...EVENT_COMMANDS, ...APPROVAL_COMMANDS];
 
 /** The first words of two-word commands ("sessions" of "sessions create"). */
 const GROUPS = [...new Set(COMMANDS.filter((c) => c.name.includes(" ")).map((c) => c.name.split(" ")[0]!))];

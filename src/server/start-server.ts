@@ -8,7 +8,12 @@ import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grp
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService, file_warden_v1_approval_service } from "../gen/warden/v1/approval_service_pb.js";
 import { createApprovalService } from "../services/approval-service.js";
-import { createApprovalWatch } from "../store/approval-watch.js";
+import { createNotifyWatch } from "../store/notify-watch.js";
+import { APPROVAL_CHANNEL } from "../store/approval-ledger.js";
+import { createEventLog } from "../store/event-log.js";
+import { EVENT_CHANNEL } from "../store/outbox.js";
+import { EventService, file_warden_v1_event_service } from "../gen/warden/v1/event_service_pb.js";
+import { createEventService } from "../services/event-service.js";
 import { AuthService, file_warden_v1_auth_service } from "../gen/warden/v1/auth_service_pb.js";
 import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { file_warden_v1_session_service, SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -76,6 +81,8 @@ export interface ServerOptions {
    * for tests the backoff and failure limits); see createWebhookDispatcher.
    */
   readonly webhooks?: Omit<WebhookDispatcherOptions, "store" | "logger">;
+  /** WatchEvents sends a heartbeat after this long without an event; default 5 s. */
+  readonly eventHeartbeatMs?: number;
 }
 
 /** A running `warden serve`. */
@@ -127,8 +134,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // Sidecars watch sessions through this replica's one feed of changes.
   const webhookStore = createWebhookStore({ db, now: o.now });
   const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
-  // WatchApproval streams wait on this replica's one LISTEN.
-  const approvalWatch = createApprovalWatch({ db });
+  // WatchApproval and WatchEvents streams wait on this replica's one LISTEN per channel.
+  const approvalWatch = createNotifyWatch({ db, channel: APPROVAL_CHANNEL });
+  const eventWatch = createNotifyWatch({ db, channel: EVENT_CHANNEL });
 
   const described = [
     file_warden_v1_policy_service,
@@ -138,6 +146,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_warden_v1_sync_service,
     file_warden_v1_webhook_service,
     file_warden_v1_approval_service,
+    file_warden_v1_event_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
@@ -148,6 +157,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     { service: AuthService, impl: withValidation(AuthService, auth.authService) },
     { service: WebhookService, impl: withValidation(WebhookService, createWebhookService(webhookStore)) },
     { service: ApprovalService, impl: withValidation(ApprovalService, createApprovalService(store, approvalWatch)) },
+    { service: EventService, impl: withValidation(EventService, createEventService({ log: createEventLog(db), watch: eventWatch, heartbeatMs: o.eventHeartbeatMs })) },
     { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
@@ -216,6 +226,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       // Watch streams never end on their own: end them first.
       const feedStopped = feed.stop();
       const approvalWatchStopped = approvalWatch.stop();
+      const eventWatchStopped = eventWatch.stop();
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
       // Last, so probes and scrapes see the drain; nothing on it needs a grace period.
       await healthListener?.close(0);
@@ -223,6 +234,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       await dispatcherStopped;
       await feedStopped;
       await approvalWatchStopped;
+      await eventWatchStopped;
       await db.close();
     },
   };

@@ -3,7 +3,7 @@ import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { principalKey } from "../auth/principal.js";
 import { sessionTokenClaimsKey } from "../auth/with-session-token-auth.js";
 import { type ApprovalService, ApprovalStatus } from "../gen/warden/v1/approval_service_pb.js";
-import type { ApprovalWatch } from "../store/approval-watch.js";
+import type { NotifyWatch } from "../store/notify-watch.js";
 import type { WardenStore } from "../store/warden-store.js";
 
 /** Who made a decision, for the record: the API key or certificate, never the secret. */
@@ -18,7 +18,7 @@ function caller(ctx: HandlerContext): string {
 }
 
 /** ApprovalService over the store; WatchApproval waits on `watch`. */
-export function createApprovalService(store: WardenStore, watch: ApprovalWatch): ServiceImpl<typeof ApprovalService> {
+export function createApprovalService(store: WardenStore, watch: NotifyWatch): ServiceImpl<typeof ApprovalService> {
   return {
     async getApproval(req) {
       return { approval: await store.getApproval(req.approvalId, req.sessionId) };

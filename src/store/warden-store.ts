@@ -37,6 +37,7 @@ import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } 
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { recordEvent } from "./outbox.js";
+import { pageToken, readPageToken } from "./page-token.js";
 import {
   APPROVAL_COLUMNS,
   APPROVAL_FROM,
@@ -71,19 +72,6 @@ const DEFAULT_PAGE = 50;
 
 function notFound(field: string, what: string, id: string): ConnectError {
   return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
-}
-
-function pageToken(obj: unknown): string {
-  return Buffer.from(JSON.stringify(obj)).toString("base64url");
-}
-
-function readPageToken<T>(token: string): T | undefined {
-  if (token === "") return undefined;
-  try {
-    return JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as T;
-  } catch {
-    throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
-  }
 }
 
 function validatePolicy(policy: SessionPolicy, field: string): void {

@@ -10,6 +10,7 @@ import {
 } from "../gen/warden/v1/webhook_service_pb.js";
 import type { Database } from "../store/database.js";
 import { newId } from "../store/ids.js";
+import { pageToken, readPageToken } from "../store/page-token.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
@@ -101,15 +102,8 @@ export class WebhookStore {
   /** Lists endpoints, newest first, with keyset paging. */
   async listEndpoints(pageSize: number, token: string): Promise<{ endpoints: WebhookEndpoint[]; nextPageToken: string }> {
     const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
-    let after: string | undefined;
-    if (token !== "") {
-      try {
-        after = (JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { id: string }).id;
-      } catch {
-        throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
-      }
-      if (typeof after !== "string") throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
-    }
+    const after = readPageToken<{ id: string }>(token)?.id;
+    if (token !== "" && typeof after !== "string") throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
     // Ids start with their creation time, so id order is creation order.
     const { rows } = await this.db.query<EndpointRow>(
       `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints ${after === undefined ? "" : "WHERE endpoint_id < $1"}
@@ -119,7 +113,7 @@ export class WebhookStore {
     const page = rows.slice(0, size);
     return {
       endpoints: page.map(endpointOf),
-      nextPageToken: rows.length > size ? Buffer.from(JSON.stringify({ id: page.at(-1)!.endpoint_id })).toString("base64url") : "",
+      nextPageToken: rows.length > size ? pageToken({ id: page.at(-1)!.endpoint_id }) : "",
     };
   }
 

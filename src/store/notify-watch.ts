@@ -1,21 +1,23 @@
 import type { Database } from "./database.js";
-import { APPROVAL_CHANNEL } from "./approval-ledger.js";
 
-/** Options of {@link createApprovalWatch}. */
-export interface ApprovalWatchOptions {
+/** Options of {@link createNotifyWatch}. */
+export interface NotifyWatchOptions {
   readonly db: Database;
+  /** The NOTIFY channel to listen on (e.g. approval decisions, or every recorded event). */
+  readonly channel: string;
   /** Waiters wake at least this often even without a notification (a missed NOTIFY costs at most this). Default 1 s. */
   readonly pollMs?: number;
 }
 
 /**
- * Wakes WatchApproval streams when an approval may have changed: one
- * LISTEN per server on the channel every approval decision notifies (any
- * replica's decision reaches every replica's watchers), started with the
- * first waiter. A notification wakes every waiter (there are few, and each
- * re-reads one row); a poll bounds what a lost notification can delay.
+ * Wakes server streams (WatchApproval, WatchEvents) when what they watch
+ * may have changed: one LISTEN per server on a channel that writers notify
+ * on commit (any replica's change reaches every replica's watchers),
+ * started with the first waiter. A notification wakes every waiter (each
+ * re-reads what it watches); a poll bounds what a lost notification can
+ * delay.
  */
-export interface ApprovalWatch {
+export interface NotifyWatch {
   /**
    * Starts listening (once) and returns the count of notifications seen:
    * take it before reading an approval, and pass it to `changed`, so a
@@ -33,8 +35,8 @@ export interface ApprovalWatch {
   stop(): Promise<void>;
 }
 
-/** Creates an {@link ApprovalWatch}. */
-export function createApprovalWatch(o: ApprovalWatchOptions): ApprovalWatch {
+/** Creates a {@link NotifyWatch}. */
+export function createNotifyWatch(o: NotifyWatchOptions): NotifyWatch {
   const pollMs = o.pollMs ?? 1000;
   const waiters = new Set<() => void>();
   let unlisten: Promise<() => Promise<void>> | undefined;
@@ -49,7 +51,7 @@ export function createApprovalWatch(o: ApprovalWatchOptions): ApprovalWatch {
   };
   return {
     async mark() {
-      unlisten ??= o.db.listen(APPROVAL_CHANNEL, onNotify);
+      unlisten ??= o.db.listen(o.channel, onNotify);
       await unlisten;
       return seen;
     },

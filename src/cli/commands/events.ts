@@ -1,0 +1,100 @@
+import { create, toJsonString } from "@bufbuild/protobuf";
+import { type Event, EventFilterSchema, EventSchema, ListEventsResponseSchema } from "../../gen/warden/v1/event_service_pb.js";
+import { EVENT_TYPES } from "../../store/outbox.js";
+import { CliError } from "../cli-error.js";
+import { CLIENT_FLAGS, EXIT_OK, type CommandSpec } from "../command.js";
+import { parsePageSize } from "../flags.js";
+import { formatTable, formatTime } from "../format.js";
+import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
+
+const FILTER_FLAGS: readonly FlagSpec[] = [
+  { name: "session", type: "string", value: "SESSION_ID", description: "only this session's events" },
+  { name: "agent", type: "string", value: "AGENT_ID", description: "only this agent's events (required with an agent key)" },
+  { name: "type", type: "string", multiple: true, value: "TYPE", description: "only these event types; repeat or comma-separate" },
+];
+
+/** The EventFilter of `--session`, `--agent` and `--type`. */
+export function eventFilterOf(flags: ParsedFlags) {
+  const types = [...new Set(flags.strings("type").flatMap((t) => t.split(",")).map((t) => t.trim()).filter((t) => t !== ""))];
+  for (const t of types) {
+    if (!(EVENT_TYPES as readonly string[]).includes(t)) throw new CliError(`--type: "${t}" is not an event type (${EVENT_TYPES.join(", ")})`);
+  }
+  return create(EventFilterSchema, { sessionId: flags.string("session") ?? "", agentId: flags.string("agent") ?? "", types });
+}
+
+/** One event on one line: time, type, session, agent, then its data as compact JSON. */
+export function formatEventLine(e: Event): string {
+  return [formatTime(e.createTime) ?? "", e.type, e.sessionId, e.agentId, JSON.stringify(e.data ?? {})].join("  ");
+}
+
+function formatEventsTable(events: readonly Event[]): string {
+  if (events.length === 0) return "no events";
+  return formatTable(
+    [{ title: "time" }, { title: "event" }, { title: "type" }, { title: "session" }, { title: "data" }],
+    events.map((e) => [formatTime(e.createTime) ?? "", e.eventId, e.type, e.sessionId, JSON.stringify(e.data ?? {})]),
+  );
+}
+
+/** The `warden events …` commands. */
+export const EVENT_COMMANDS: readonly CommandSpec[] = [
+  {
+    name: "events list",
+    args: [],
+    summary: "list recorded events, oldest first (what webhooks deliver)",
+    notes: `Event types: ${EVENT_TYPES.join(", ")}.`,
+    flags: [
+      ...FILTER_FLAGS,
+      { name: "page-size", type: "string", value: "N", description: "events per page, 1 to 1000 (server default 100)" },
+      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...CLIENT_FLAGS,
+    ],
+    async run(ctx) {
+      const pageSize = ctx.flags.string("page-size");
+      const res = await ctx.clients().events.listEvents({
+        filter: eventFilterOf(ctx.flags),
+        pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
+        pageToken: ctx.flags.string("page-token") ?? "",
+      });
+      ctx.output(ListEventsResponseSchema, res, () => {
+        const table = formatEventsTable(res.events);
+        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+      });
+      return EXIT_OK;
+    },
+  },
+  {
+    name: "events watch",
+    args: [],
+    summary: "print events as they are committed, one per line, until interrupted",
+    notes: "With --json each event is one line of JSON (JSON Lines). To resume where a watch stopped, pass the last event id with --after.",
+    flags: [
+      ...FILTER_FLAGS,
+      { name: "after", type: "string", value: "EVENT_ID", description: "start after this event (default: from now on)" },
+      { name: "count", type: "string", value: "N", description: "stop after N events" },
+      ...CLIENT_FLAGS,
+    ],
+    async run(ctx) {
+      const countText = ctx.flags.string("count");
+      const count = countText === undefined ? undefined : /^[1-9]\d{0,8}$/.test(countText) ? Number(countText) : NaN;
+      if (Number.isNaN(count)) throw new CliError(`--count: "${countText}" is not a whole number above 0`);
+      const json = ctx.flags.boolean("json");
+      const abort = new AbortController();
+      let seen = 0;
+      try {
+        const stream = ctx.clients().events.watchEvents(
+          { filter: eventFilterOf(ctx.flags), afterEventId: ctx.flags.string("after") ?? "" },
+          { timeoutMs: 0, signal: abort.signal },
+        );
+        for await (const res of stream) {
+          // A response without an event is a heartbeat: nothing to print.
+          if (res.event === undefined) continue;
+          ctx.print(json ? toJsonString(EventSchema, res.event) : formatEventLine(res.event));
+          if (count !== undefined && ++seen >= count) break;
+        }
+      } finally {
+        abort.abort();
+      }
+      return EXIT_OK;
+    },
+  },
+];
