@@ -16,6 +16,7 @@ import {
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { captureHold, countersOf, endSessions, lifetimeUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
+import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
 import { saveIdempotencySql } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
@@ -473,6 +474,7 @@ async function insertRecords(
     created: [] as string[],
     holdExpire: [] as (string | null)[],
   };
+  const audit: AuditEntry[] = [];
   for (const { record, s, lease } of records) {
     const outcome = record.decision!.outcome;
     const amount = record.action!.amount?.amountMicros ?? 0n;
@@ -501,6 +503,24 @@ async function insertRecords(
     cols.charges.push(JSON.stringify(allowed && lease !== undefined ? lease.charges : []));
     cols.created.push(iso(timestampMs(record.createTime!)));
     cols.holdExpire.push(held && record.holdExpireTime !== undefined ? iso(timestampMs(record.holdExpireTime)) : null);
+    audit.push(
+      decisionAuditEntry({
+        actionId: record.actionId,
+        sessionId: s.sessionId,
+        agentId: s.agentId,
+        method: record.method,
+        action: record.action!,
+        outcome,
+        reasons: record.decision!.reasons,
+        status: cols.status.at(-1)!,
+        currency: cols.currency.at(-1)!,
+        holdExpireMs: held && record.holdExpireTime !== undefined ? timestampMs(record.holdExpireTime) : undefined,
+        source: "sidecar",
+        leaseId: lease?.lease_id,
+        decideMs: timestampMs(record.createTime!),
+        nowMs,
+      }),
+    );
   }
   const { rows } = await tx.query<{ action_id: string }>(
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
@@ -531,7 +551,16 @@ async function insertRecords(
       iso(nowMs),
     ],
   );
-  return new Set(rows.map((r) => r.action_id));
+  const fresh = new Set(rows.map((r) => r.action_id));
+  const unaudited = new Set(fresh);
+  // Decisions a sidecar made are audited when the store first records them
+  // (a retried report adds nothing), chained onto their sessions.
+  await appendAudit(
+    tx,
+    // (delete: a record repeated within one report is audited once.)
+    audit.filter((a) => unaudited.delete(a.data.action_id as string)),
+  );
+  return fresh;
 }
 
 function min(a: bigint, b: bigint): bigint {
