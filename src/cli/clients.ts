@@ -2,6 +2,7 @@ import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
+import { AuditService } from "../gen/warden/v1/audit_service_pb.js";
 import { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -26,6 +27,7 @@ export function createWardenClients(transport: Transport): WardenClients {
     auth: createClient(AuthService, transport),
     webhooks: createClient(WebhookService, transport),
     approvals: createClient(ApprovalService, transport),
+    audit: createClient(AuditService, transport),
   };
 }
 

@@ -2,6 +2,7 @@ import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
+import type { AuditService } from "../gen/warden/v1/audit_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import type { SessionService } from "../gen/warden/v1/session_service_pb.js";
@@ -26,6 +27,7 @@ export interface WardenClients {
   readonly auth: Client<typeof AuthService>;
   readonly webhooks: Client<typeof WebhookService>;
   readonly approvals: Client<typeof ApprovalService>;
+  readonly audit: Client<typeof AuditService>;
 }
 
 /** CommandContext is what a command's `run` gets: its input and its outputs. */
@@ -35,6 +37,8 @@ export interface CommandContext {
   readonly args: readonly string[];
   /** Writes a line (or block) to stdout. */
   print(text: string): void;
+  /** Writes `warden: warning: <text>` to stderr: something the user should know, not a failure. */
+  warn(text: string): void;
   /**
    * Prints `message` as proto3 JSON when `--json` was given, else the text
    * from `text()` (only built when needed).
