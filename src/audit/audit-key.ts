@@ -24,9 +24,9 @@ export interface AuditKey {
 export async function loadOrCreateAuditKey(file: string): Promise<AuditKey> {
   let jwk: JsonWebKey;
   try {
-    jwk = JSON.parse(readFileSync(file, "utf8")) as JsonWebKey;
+    jwk = parseJwk(file, readFileSync(file, "utf8"));
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw new Error(`--audit-key: cannot read ${file}: ${(err as Error).message}`);
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err instanceof SyntaxError ? err : new Error(`--audit-key: cannot read ${file}: ${(err as Error).message}`);
     mkdirSync(dirname(file), { recursive: true });
     jwk = generateKeyPairSync("ed25519").privateKey.export({ format: "jwk" });
     try {
@@ -34,7 +34,7 @@ export async function loadOrCreateAuditKey(file: string): Promise<AuditKey> {
       writeFileSync(file, `${JSON.stringify(jwk)}\n`, { mode: 0o600, flag: "wx" });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-      jwk = JSON.parse(readFileSync(file, "utf8")) as JsonWebKey;
+      jwk = parseJwk(file, readFileSync(file, "utf8"));
     }
   }
   if (jwk.kty !== "OKP" || jwk.crv !== "Ed25519" || typeof jwk.d !== "string") {
@@ -44,4 +44,13 @@ export async function loadOrCreateAuditKey(file: string): Promise<AuditKey> {
   const pub = createPublicKey(privateKey).export({ format: "jwk" });
   const kid = await calculateJwkThumbprint({ kty: pub.kty!, crv: pub.crv!, x: pub.x! });
   return { keyId: kid, privateKey, publicJwk: { kty: pub.kty, crv: pub.crv, x: pub.x, kid, alg: "EdDSA", use: "sig" } };
+}
+
+/** The JSON of a key file, or a SyntaxError naming the file (never echoing its content: it is a secret). */
+function parseJwk(file: string, text: string): JsonWebKey {
+  try {
+    return JSON.parse(text) as JsonWebKey;
+  } catch {
+    throw new SyntaxError(`--audit-key: ${file} is not an Ed25519 private JWK (not JSON)`);
+  }
 }

@@ -124,6 +124,11 @@ interface Mounted {
  */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.logger;
+  // The audit checkpoint key first, before anything is opened: a replica
+  // that cannot sign must not start (its changes would go unsigned), and a
+  // bad key file must fail the start at once, with nothing left running.
+  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir, "audit-signing-key.jwk"));
+  log.info({ keyId: auditKey.keyId }, "audit checkpoints signed with this key");
   const metrics = createMetrics();
   const health = new HealthStatus();
   // Drives the overall gRPC health ("") too, so both kinds of probe agree.
@@ -147,11 +152,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
   // WatchApproval streams wait on this replica's one LISTEN.
   const approvalWatch = createApprovalWatch({ db });
-  // The checkpoint key is read (or created) before serving: a replica that
-  // cannot sign must not start and leave its changes unsigned.
-  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir, "audit-signing-key.jwk"));
   const auditCheckpointer = createAuditCheckpointer({ db, key: auditKey, now: o.now, retentionMs: o.auditRetentionMs });
-  log.info({ keyId: auditKey.keyId }, "audit checkpoints signed with this key");
 
   const described = [
     file_warden_v1_policy_service,
