@@ -44,9 +44,11 @@ export interface ChainedAudit {
  * Locks and reads the heads of `chains`, creating empty ones: one upsert
  * over the sorted ids, so appenders lock heads in one global order. The
  * callers already hold the session (or agent) rows that own the chains,
- * which is what serializes a chain's appenders; the head lock adds no wait
- * among them and keeps the checkpointer (which only reads heads) out of
- * every lock cycle. Run after the row locks, before the revision lock.
+ * which is what serializes a chain's appenders: a head is only ever locked
+ * by a transaction holding its owner's row lock (the checkpointer too,
+ * when it prunes), so taking it never waits, and it may come even after
+ * the revision lock (recordEvents runs there). The checkpointer only reads
+ * heads, so it stays out of every lock cycle.
  */
 export async function lockAuditHeads(tx: Queryable, chains: Iterable<string>): Promise<Map<string, Head>> {
   const ids = [...new Set(chains)].sort();
