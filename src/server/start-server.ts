@@ -127,7 +127,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // The audit checkpoint key first, before anything is opened: a replica
   // that cannot sign must not start (its changes would go unsigned), and a
   // bad key file must fail the start at once, with nothing left running.
-  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir, "audit-signing-key.jwk"));
+  // (A dataDir of "" — PostgreSQL without a data dir — means the default one.)
+  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir || ".warden/data", "audit-signing-key.jwk"));
   log.info({ keyId: auditKey.keyId }, "audit checkpoints signed with this key");
   const metrics = createMetrics();
   const health = new HealthStatus();
