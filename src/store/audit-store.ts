@@ -46,7 +46,8 @@ export function createAuditStore(db: Queryable): AuditStore {
       };
       const after = readToken(req.pageToken);
       if (after !== undefined) where.push(`seq > ${p(after.toString())}`);
-      if (req.sessionId !== "") where.push(`session_id = ${p(req.sessionId)}`);
+      // A session's records are exactly its chain's: the chain index serves it.
+      if (req.sessionId !== "") where.push(`chain_id = ${p(req.sessionId)}`);
       if (req.agentId !== "") where.push(`agent_id = ${p(req.agentId)}`);
       if (req.startTime !== undefined) where.push(`create_time >= ${p(new Date(timestampMs(req.startTime)).toISOString())}::timestamptz`);
       if (req.endTime !== undefined) where.push(`create_time < ${p(new Date(timestampMs(req.endTime)).toISOString())}::timestamptz`);

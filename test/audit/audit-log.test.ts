@@ -151,6 +151,16 @@ for (const driver of DRIVERS) {
       const imported = await chainOf(`${s.sessionId}-copy`);
       assert.deepEqual(imported.map((r) => r.type), ["session.imported"]);
       assert.match(dataOf(imported[0]!.body).snapshot_sha256 as string, /^[0-9a-f]{64}$/);
+      // The filters: a session's records, an agent's (its sessions' and its own chain), a time range.
+      const mine = await chainOf(s.sessionId);
+      assert.equal(mine.length, 2);
+      assert.deepEqual(await readAuditLog(t.db, { sessionId: s.sessionId }), mine);
+      const agents = (await readAuditLog(t.db)).filter((r) => r.agentId === id);
+      assert.equal(agents.length, 5);
+      assert.deepEqual(await readAuditLog(t.db, { agentId: id }), agents);
+      const at = timestampFromMs(clock.ms);
+      assert.deepEqual(await readAuditLog(t.db, { agentId: id, startTime: at, endTime: timestampFromMs(clock.ms + 1) }), agents);
+      assert.deepEqual(await readAuditLog(t.db, { agentId: id, endTime: at }), []);
     });
 
     test("concurrent decisions on one session still make one intact chain", async () => {

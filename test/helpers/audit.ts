@@ -1,5 +1,5 @@
 import { create, toJson } from "@bufbuild/protobuf";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type { AuditPublicKey, AuditVerification, StoredAuditRecord } from "../../src/audit/verify-audit-log.js";
 import { verifyAuditLog } from "../../src/audit/verify-audit-log.js";
 import { ListAuditRecordsRequestSchema } from "../../src/gen/warden/v1/audit_service_pb.js";
@@ -8,7 +8,10 @@ import { createAuditStore } from "../../src/store/audit-store.js";
 import type { Queryable } from "../../src/store/database.js";
 
 /** Every audit record, in log order, as the verifier reads it (paging through AuditStore, 7 a page). */
-export async function readAuditLog(db: Queryable, filter: { sessionId?: string } = {}): Promise<StoredAuditRecord[]> {
+export async function readAuditLog(
+  db: Queryable,
+  filter: { sessionId?: string; agentId?: string; startTime?: Timestamp; endTime?: Timestamp } = {},
+): Promise<StoredAuditRecord[]> {
   const store = createAuditStore(db);
   const out: StoredAuditRecord[] = [];
   let pageToken = "";
