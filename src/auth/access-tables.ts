@@ -1,5 +1,6 @@
 import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import type { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
+import type { AuditService } from "../gen/warden/v1/audit_service_pb.js";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import type { EventService } from "../gen/warden/v1/event_service_pb.js";
 import type { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
@@ -118,3 +119,13 @@ export const APPROVAL_SERVICE_ACCESS: AccessTable<typeof ApprovalService> = {
 
 /** The ApprovalService methods an agent's session token may call (see withSessionTokenAuth). */
 export const APPROVAL_TOKEN_METHODS = ["getApproval", "cancelApproval", "watchApproval"] as const;
+
+/**
+ * AuditService: admins and auditors read the log and its checkpoints; the
+ * checkpoints' public keys are public (verifiers pin them).
+ */
+export const AUDIT_SERVICE_ACCESS: AccessTable<typeof AuditService> = {
+  listAuditRecords: { roles: AUDIT },
+  listAuditCheckpoints: { roles: AUDIT },
+  getAuditPublicKeys: { roles: [], public: true },
+};

@@ -2,13 +2,14 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
+import { AuditService } from "../gen/warden/v1/audit_service_pb.js";
 import { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { EventService } from "../gen/warden/v1/event_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../gen/warden/v1/session_service_pb.js";
 import { SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import { WebhookService } from "../gen/warden/v1/webhook_service_pb.js";
-import { AGENT_SERVICE_ACCESS, AUTH_SERVICE_ACCESS, EVENT_SERVICE_ACCESS, SESSION_SERVICE_ACCESS, SYNC_SERVICE_ACCESS, WEBHOOK_SERVICE_ACCESS } from "./access-tables.js";
+import { AGENT_SERVICE_ACCESS, AUDIT_SERVICE_ACCESS, AUTH_SERVICE_ACCESS, EVENT_SERVICE_ACCESS, SESSION_SERVICE_ACCESS, SYNC_SERVICE_ACCESS, WEBHOOK_SERVICE_ACCESS } from "./access-tables.js";
 import type { Auth } from "./create-auth.js";
 import type { AccessTable } from "./with-api-key-auth.js";
 
@@ -26,6 +27,7 @@ const TABLES: ReadonlyMap<string, AccessTable<DescService>> = new Map<string, un
   [SyncService.typeName, SYNC_SERVICE_ACCESS],
   [WebhookService.typeName, WEBHOOK_SERVICE_ACCESS],
   [EventService.typeName, EVENT_SERVICE_ACCESS],
+  [AuditService.typeName, AUDIT_SERVICE_ACCESS],
 ]) as ReadonlyMap<string, AccessTable<DescService>>;
 
 /**

@@ -22,6 +22,8 @@ export interface CommandContext {
   readonly args: readonly string[];
   /** Writes a line (or block) to stdout. */
   print(text: string): void;
+  /** Writes `warden: warning: <text>` to stderr: something the user should know, not a failure. */
+  warn(text: string): void;
   /**
    * Prints `message` as proto3 JSON when `--json` was given, else the text
    * from `text()` (only built when needed).

@@ -11,13 +11,14 @@ import { SESSION_COMMANDS } from "./commands/sessions.js";
 import { WEBHOOK_COMMANDS } from "./commands/webhooks.js";
 import { EVENT_COMMANDS } from "./commands/events.js";
 import { APPROVAL_COMMANDS } from "./commands/approvals.js";
+import { AUDIT_COMMANDS } from "./commands/audit.js";
 import { describeError } from "./describe-error.js";
 import { parseServerUrl } from "./flags.js";
 import { parseCommandLine } from "./parse-command-line.js";
 import { formatCommandHelp, formatMainHelp, usageLine } from "./usage.js";
 
 /** Every client command of the CLI, in the order help lists them. */
-export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS, ...WEBHOOK_COMMANDS, ...EVENT_COMMANDS, ...APPROVAL_COMMANDS];
+export const COMMANDS: readonly CommandSpec[] = [...SESSION_COMMANDS, ...AGENT_COMMANDS, ...ACTION_COMMANDS, ...KEY_COMMANDS, ...WEBHOOK_COMMANDS, ...EVENT_COMMANDS, ...APPROVAL_COMMANDS, ...AUDIT_COMMANDS];
 
 /** The first words of two-word commands ("sessions" of "sessions create"). */
 const GROUPS = [...new Set(COMMANDS.filter((c) => c.name.includes(" ")).map((c) => c.name.split(" ")[0]!))];
@@ -132,6 +133,7 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
       args: positionals,
       env,
       print: stdout,
+      warn: (text) => stderr(`warden: warning: ${text}`),
       output(schema, message, text) {
         stdout(json ? toJsonString(schema, message, { prettySpaces: 2 }) : text());
       },

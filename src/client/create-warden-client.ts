@@ -2,6 +2,7 @@ import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
+import { AuditService } from "../gen/warden/v1/audit_service_pb.js";
 import { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { EventService } from "../gen/warden/v1/event_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
@@ -17,6 +18,7 @@ export interface WardenClients {
   readonly webhooks: Client<typeof WebhookService>;
   readonly approvals: Client<typeof ApprovalService>;
   readonly events: Client<typeof EventService>;
+  readonly audit: Client<typeof AuditService>;
 }
 
 /** Creates the clients of every service over `transport`. */
@@ -29,6 +31,7 @@ export function createServiceClients(transport: Transport): WardenClients {
     webhooks: createClient(WebhookService, transport),
     approvals: createClient(ApprovalService, transport),
     events: createClient(EventService, transport),
+    audit: createClient(AuditService, transport),
   };
 }
 

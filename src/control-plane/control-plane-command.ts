@@ -1,6 +1,6 @@
 import { serverTlsFromFlags } from "../auth/server-tls.js";
 import { createLogger, redactUrl } from "../server/logger.js";
-import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
+import { parseRoleFlags, nonNegativeInt, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
 import { startServer } from "../server/start-server.js";
 
@@ -29,6 +29,9 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
     leaseReconcileGraceMs: positiveInt(values, "lease-reconcile-grace"),
     healthAddress: values["health-listen"],
+    auditKeyFile: values["audit-key"],
+    auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
+    auditRetentionMs: nonNegativeInt(values, "audit-retention"),
     // A cluster's system of record is never open: API keys on admin calls,
     // session tokens (or agent credentials) on decisions.
     requireAuth: true,

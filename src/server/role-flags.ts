@@ -72,6 +72,26 @@ const store: FlagSpec[] = [
     arg: "MS",
     help: "how long after an event its failing delivery is retried (with exponential backoff) before it is abandoned and its endpoint disabled (default 3 days)",
   },
+  {
+    name: "audit-key",
+    env: "WARDEN_AUDIT_KEY_FILE",
+    arg: "FILE",
+    help: "Ed25519 private JWK that signs audit checkpoints, created (mode 0600) when missing; kept out of the database on purpose; replicas share one (default <data-dir>/audit-signing-key.jwk)",
+  },
+  {
+    name: "audit-checkpoint-interval",
+    env: "WARDEN_AUDIT_CHECKPOINT_INTERVAL_MS",
+    default: "60000",
+    arg: "MS",
+    help: "how often the heads of changed audit chains are signed in a checkpoint (also at shutdown)",
+  },
+  {
+    name: "audit-retention",
+    env: "WARDEN_AUDIT_RETENTION_MS",
+    default: String(365 * 24 * 60 * 60 * 1000),
+    arg: "MS",
+    help: "how long after a session ended its audit records are kept, then removed under a signed checkpoint (0: forever; default 365 days; sessions and actions stay)",
+  },
 ];
 
 const leaseGrace: FlagSpec = {
@@ -266,5 +286,13 @@ export function positiveInt(values: Record<string, string | undefined>, name: st
   const text = values[name] ?? "";
   const n = Number(text);
   if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name}: "${text}" is not a positive whole number`);
+  return n;
+}
+
+/** A flag's value as a whole number, 0 or more, or a one-line error naming it. */
+export function nonNegativeInt(values: Record<string, string | undefined>, name: string): number {
+  const text = values[name] ?? "";
+  const n = Number(text);
+  if (text.trim() === "" || !Number.isSafeInteger(n) || n < 0) throw new Error(`--${name}: "${text}" is not a whole number of 0 or more`);
   return n;
 }

@@ -1,5 +1,5 @@
 import { createLogger, redactUrl } from "./logger.js";
-import { booleanFlag, parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
+import { booleanFlag, parseRoleFlags, nonNegativeInt, positiveInt, usageOf } from "./role-flags.js";
 import { runUntilSignal } from "./run-until-signal.js";
 import { startServer } from "./start-server.js";
 
@@ -25,6 +25,9 @@ export async function serveCommand(argv: string[]): Promise<void> {
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
     webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
     healthAddress: values["health-listen"],
+    auditKeyFile: values["audit-key"],
+    auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
+    auditRetentionMs: nonNegativeInt(values, "audit-retention"),
     requireAuth,
     sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
     logger,

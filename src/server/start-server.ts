@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { createAuth } from "../auth/create-auth.js";
@@ -7,6 +8,11 @@ import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService, file_warden_v1_approval_service } from "../gen/warden/v1/approval_service_pb.js";
+import { AuditService, file_warden_v1_audit_service } from "../gen/warden/v1/audit_service_pb.js";
+import { loadOrCreateAuditKey } from "../audit/audit-key.js";
+import { createAuditService } from "../services/audit-service.js";
+import { type AuditCheckpointer, createAuditCheckpointer } from "../store/audit-checkpointer.js";
+import { createAuditStore } from "../store/audit-store.js";
 import { createApprovalService } from "../services/approval-service.js";
 import { createNotifyWatch } from "../store/notify-watch.js";
 import { APPROVAL_CHANNEL } from "../store/approval-ledger.js";
@@ -83,6 +89,16 @@ export interface ServerOptions {
   readonly webhooks?: Omit<WebhookDispatcherOptions, "store" | "logger">;
   /** WatchEvents sends a heartbeat after this long without an event; default 5 s. */
   readonly eventHeartbeatMs?: number;
+  /**
+   * The Ed25519 private JWK that signs audit checkpoints (`--audit-key`),
+   * created when missing; `<dataDir>/audit-signing-key.jwk` by default,
+   * also with PostgreSQL. Never stored in the database.
+   */
+  readonly auditKeyFile?: string | undefined;
+  /** How often a checkpoint is signed (`--audit-checkpoint-interval`); 60 s by default. */
+  readonly auditCheckpointIntervalMs?: number;
+  /** How long after its session ended a chain is kept (`--audit-retention`); 0 keeps it forever (the default here). */
+  readonly auditRetentionMs?: number;
 }
 
 /** A running `warden serve`. */
@@ -96,6 +112,8 @@ export interface RunningServer {
   readonly metrics: Metrics;
   /** What /readyz and gRPC health report. */
   readonly readiness: Readiness;
+  /** Signs audit checkpoints (on a timer and at close); tests call it directly. */
+  readonly auditCheckpointer: AuditCheckpointer;
   /** Stops accepting, lets in-flight calls finish (up to graceMs), closes the store. */
   close(graceMs?: number): Promise<void>;
 }
@@ -113,6 +131,12 @@ interface Mounted {
  */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.logger;
+  // The audit checkpoint key first, before anything is opened: a replica
+  // that cannot sign must not start (its changes would go unsigned), and a
+  // bad key file must fail the start at once, with nothing left running.
+  // (A dataDir of "" — PostgreSQL without a data dir — means the default one.)
+  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir || ".warden/data", "audit-signing-key.jwk"));
+  log.info({ keyId: auditKey.keyId }, "audit checkpoints signed with this key");
   const metrics = createMetrics();
   const health = new HealthStatus();
   // Drives the overall gRPC health ("") too, so both kinds of probe agree.
@@ -137,6 +161,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // WatchApproval and WatchEvents streams wait on this replica's one LISTEN per channel.
   const approvalWatch = createNotifyWatch({ db, channel: APPROVAL_CHANNEL });
   const eventWatch = createNotifyWatch({ db, channel: EVENT_CHANNEL });
+  const auditCheckpointer = createAuditCheckpointer({ db, key: auditKey, now: o.now, retentionMs: o.auditRetentionMs });
 
   const described = [
     file_warden_v1_policy_service,
@@ -147,6 +172,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     file_warden_v1_webhook_service,
     file_warden_v1_approval_service,
     file_warden_v1_event_service,
+    file_warden_v1_audit_service,
     file_grpc_health_v1_health,
     file_grpc_reflection_v1_reflection,
   ];
@@ -159,6 +185,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     { service: ApprovalService, impl: withValidation(ApprovalService, createApprovalService(store, approvalWatch)) },
     { service: EventService, impl: withValidation(EventService, createEventService({ log: createEventLog(db), watch: eventWatch, heartbeatMs: o.eventHeartbeatMs })) },
     { service: SyncService, impl: withValidation(SyncService, createSyncService({ store, feed })) },
+    { service: AuditService, impl: withValidation(AuditService, createAuditService(createAuditStore(db))) },
     { service: Health, impl: createHealthService(health) },
     { service: ServerReflection, impl: createReflectionService(described) },
     // grpcurl and older tools still ask v1alpha first.
@@ -209,6 +236,22 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   timer.unref();
   // Holds and sessions that lapsed while the server was down go at once.
   await store.sweep();
+  // Checkpoints, one at a time like sweeps; a failure is retried next tick.
+  let checkpointing: Promise<void> | undefined;
+  const checkpoint = () => {
+    checkpointing ??= auditCheckpointer
+      .checkpoint()
+      .then((r) => {
+        if (r !== undefined) log.info({ checkpoint: String(r.seq), heads: r.heads, pruned: r.pruned }, "audit checkpoint signed");
+      })
+      .catch((err: unknown) => log.warn({ err }, "audit checkpoint failed"))
+      .finally(() => {
+        checkpointing = undefined;
+      });
+    return checkpointing;
+  };
+  const checkpointTimer = setInterval(() => void checkpoint(), o.auditCheckpointIntervalMs ?? 60_000);
+  checkpointTimer.unref();
   const dispatcher = createWebhookDispatcher({ ...o.webhooks, store: webhookStore, logger: log });
 
   return {
@@ -218,10 +261,12 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     store,
     metrics,
     readiness,
+    auditCheckpointer,
     async close(graceMs = 10_000) {
       // Probes turn traffic away first, while calls in flight drain.
       readiness.shutdown();
       clearInterval(timer);
+      clearInterval(checkpointTimer);
       const dispatcherStopped = dispatcher.stop();
       // Watch streams never end on their own: end them first.
       const feedStopped = feed.stop();
@@ -235,6 +280,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       await feedStopped;
       await approvalWatchStopped;
       await eventWatchStopped;
+      // Last, after every call drained: what this replica wrote leaves signed.
+      await checkpointing;
+      await checkpoint();
       await db.close();
     },
   };

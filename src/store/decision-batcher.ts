@@ -20,6 +20,7 @@ import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
 import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
+import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
@@ -226,6 +227,7 @@ export class DecisionBatcher {
     const newKeys: PendingIdempotency[] = [];
     const approvals: NewApproval[] = [];
     const notices: LimitNotice[] = [];
+    const audit: AuditEntry[] = [];
     const batchKeys = new Map<string, { hash: Uint8Array; method: string; index: number; response?: Uint8Array }>();
 
     for (const [i, p] of batch.entries()) {
@@ -345,6 +347,23 @@ export class DecisionBatcher {
           holdExpireMs,
           approvalId: approval?.approvalId ?? null,
         });
+        audit.push(
+          decisionAuditEntry({
+            actionId,
+            sessionId: s.sessionId,
+            agentId: s.agentId,
+            method: req.method,
+            action: req.action,
+            outcome: ev.outcome,
+            reasons: decision.reasons,
+            status: actions.at(-1)!.status,
+            currency: s.policy.currency,
+            holdExpireMs,
+            approvalId: approval?.approvalId,
+            source: "store",
+            nowMs,
+          }),
+        );
         const approvalExpireTime = approval === undefined ? undefined : timestampFromMs(approval.expireMs);
         const response: DecideResponse = held
           ? create(AuthorizeResponseSchema, {
@@ -369,8 +388,14 @@ export class DecisionBatcher {
       }
     }
 
-    // All writes in one statement (data-modifying CTEs on four different
-    // tables): one round trip instead of four, the batch's locks held for
+    // Every decision is an audit record, chained onto its session's head:
+    // the heads are read (and locked) here, the records written with the rest.
+    const auditHeads = await lockAuditHeads(
+      tx,
+      audit.map((a) => a.chain),
+    );
+    // All writes in one statement (data-modifying CTEs on several
+    // tables): one round trip instead of six, the batch's locks held for
     // less time.
     const params: unknown[] = [];
     const writes = [
@@ -379,6 +404,7 @@ export class DecisionBatcher {
       updateSessionsSql(touched, nowMs, params),
       saveIdempotencySql(newKeys, nowMs, params),
       approvals.length === 0 ? undefined : approvalsStatement(approvals, params),
+      ...writeAuditSql(chainAudit(auditHeads, audit)).map((w) => appendStatement(params, w.sql, w.params)),
     ].filter((w) => w !== undefined);
     if (writes.length > 0) {
       await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);

@@ -4,6 +4,7 @@ import { formatMoney } from "../core/money.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
+import { appendAudit } from "./audit-log.js";
 import type { Queryable } from "./database.js";
 import { cancelApprovalsOf } from "./approval-ledger.js";
 import { endEventType, recordEvents } from "./outbox.js";
@@ -65,6 +66,17 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
   await tx.query(
     `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
     [open.map((h) => h.action_id), status, iso(nowMs)],
+  );
+  await appendAudit(
+    tx,
+    open.map((h) => ({
+      chain: h.session_id,
+      type: `authorization.${ActionStatus[status]!.toLowerCase()}`,
+      nowMs,
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: { action_id: h.action_id, previous_status: ActionStatus[h.status], status: ActionStatus[status], released_micros: BigInt(h.held_value).toString(), currency: h.currency },
+    })),
   );
   // Authorizations say what became of them; a pending approval's hold is
   // told by its approval.* event instead.
@@ -129,6 +141,16 @@ export async function captureHold(
     `UPDATE actions SET status = $2, held_value = 0, captured_value = $3, update_time = $4::timestamptz WHERE action_id = $1`,
     [h.action_id, ActionStatus.CAPTURED, amountMicros.toString(), iso(nowMs)],
   );
+  await appendAudit(tx, [
+    {
+      chain: h.session_id,
+      type: "authorization.captured",
+      nowMs,
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: { action_id: h.action_id, captured_micros: amountMicros.toString(), released_micros: (held - amountMicros).toString(), currency: h.currency },
+    },
+  ]);
   await recordEvents(tx, [
     {
       type: "authorization.captured",

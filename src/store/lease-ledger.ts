@@ -16,6 +16,7 @@ import {
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { captureHold, countersOf, endSessions, lifetimeUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
+import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
 import { saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
@@ -211,11 +212,17 @@ export class LeaseLedger {
         for (const r of rows) leases.set(r.lease_id, r);
       }
 
-      // 1. Records. Only those not stored yet count: a retried report is a no-op.
+      // 1. Records. Only those not stored yet count: a retried report is a
+      // no-op, and a record repeated within this request counts once (the
+      // first), as the ledger row it becomes is one.
+      const repeated = new Set<string>();
       const records = req.reports.flatMap((rep) => {
         const s = locked.sessions.get(rep.sessionId);
         const lease = leases.get(rep.leaseId);
-        return s === undefined ? [] : rep.records.map((record) => ({ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined }));
+        if (s === undefined) return [];
+        return rep.records
+          .filter((record) => !repeated.has(record.actionId) && repeated.add(record.actionId))
+          .map((record) => ({ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined }));
       });
       for (const { record, lease } of records) {
         if (record.decision!.outcome === Outcome.ALLOW && lease === undefined) {
@@ -484,6 +491,7 @@ async function insertRecords(
     created: [] as string[],
     holdExpire: [] as (string | null)[],
   };
+  const audit: AuditEntry[] = [];
   for (const { record, s, lease } of records) {
     const outcome = record.decision!.outcome;
     const amount = record.action!.amount?.amountMicros ?? 0n;
@@ -512,6 +520,24 @@ async function insertRecords(
     cols.charges.push(JSON.stringify(allowed && lease !== undefined ? lease.charges : []));
     cols.created.push(iso(timestampMs(record.createTime!)));
     cols.holdExpire.push(held && record.holdExpireTime !== undefined ? iso(timestampMs(record.holdExpireTime)) : null);
+    audit.push(
+      decisionAuditEntry({
+        actionId: record.actionId,
+        sessionId: s.sessionId,
+        agentId: s.agentId,
+        method: record.method,
+        action: record.action!,
+        outcome,
+        reasons: record.decision!.reasons,
+        status: cols.status.at(-1)!,
+        currency: cols.currency.at(-1)!,
+        holdExpireMs: held && record.holdExpireTime !== undefined ? timestampMs(record.holdExpireTime) : undefined,
+        source: "sidecar",
+        leaseId: lease?.lease_id,
+        decideMs: timestampMs(record.createTime!),
+        nowMs,
+      }),
+    );
   }
   const { rows } = await tx.query<{ action_id: string }>(
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
@@ -542,7 +568,16 @@ async function insertRecords(
       iso(nowMs),
     ],
   );
-  return new Set(rows.map((r) => r.action_id));
+  const fresh = new Set(rows.map((r) => r.action_id));
+  const unaudited = new Set(fresh);
+  // Decisions a sidecar made are audited when the store first records them
+  // (a retried report adds nothing), chained onto their sessions.
+  await appendAudit(
+    tx,
+    // (delete: a record repeated within one report is audited once.)
+    audit.filter((a) => unaudited.delete(a.data.action_id as string)),
+  );
+  return fresh;
 }
 
 function min(a: bigint, b: bigint): bigint {

@@ -1,5 +1,6 @@
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Queryable } from "./database.js";
+import { appendAudit } from "./audit-log.js";
 import { newId } from "./ids.js";
 
 /** Every event type this server records; webhook endpoints subscribe to a subset. */
@@ -92,6 +93,17 @@ export async function recordEvents(tx: Queryable, events: readonly NewEvent[]): 
       events.map((e) => new Date(e.nowMs).toISOString()),
       events.map((e) => JSON.stringify(e.data)),
     ],
+  );
+  // Every event is also an audit record, chained per session (audit-log.ts).
+  // Holds are audited where they change (hold-ledger.ts), so authorization.*
+  // events are not recorded twice.
+  await appendAudit(
+    tx,
+    events.flatMap((e, i) =>
+      e.type.startsWith("authorization.")
+        ? []
+        : [{ chain: e.sessionId, type: e.type, nowMs: e.nowMs, sessionId: e.sessionId, agentId: e.agentId, data: { event_id: ids[i], ...e.data } }],
+    ),
   );
   return ids;
 }

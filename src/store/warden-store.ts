@@ -1,4 +1,5 @@
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
+import { createHash } from "node:crypto";
 import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
@@ -30,6 +31,8 @@ import {
 } from "../gen/warden/v1/session_service_pb.js";
 import { type Session, SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow, actionRecordOf } from "./action-record.js";
+import { agentChain } from "../audit/audit-body.js";
+import { appendAudit } from "./audit-log.js";
 import type { Database, Queryable } from "./database.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
@@ -627,6 +630,26 @@ export class WardenStore {
         );
         if (rows.length === 0) throw new ConnectError(`snapshot.actions: action "${a.actionId}" already exists`, Code.AlreadyExists);
       }
+      // One record for the whole import, binding the snapshot by its hash:
+      // its history was audited (and may be pruned) where it happened; here
+      // it is restored, not decided again, so it is not re-recorded action
+      // by action as if it were new.
+      await appendAudit(tx, [
+        {
+          chain: s.sessionId,
+          type: "session.imported",
+          nowMs,
+          sessionId: s.sessionId,
+          agentId: s.agentId,
+          data: {
+            status: SessionStatus[s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status],
+            parent_session_id: parentId ?? undefined,
+            actions: snap.actions.length,
+            export_time: snap.exportTime === undefined ? undefined : iso(timestampMs(snap.exportTime)),
+            snapshot_sha256: createHash("sha256").update(toBinary(SessionSnapshotSchema, snap)).digest("hex"),
+          },
+        },
+      ]);
       return this.getSession(s.sessionId, tx);
     });
     this.batcher.forget(s.sessionId);
@@ -685,6 +708,17 @@ export class WardenStore {
         "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = warden_next_revision() WHERE agent_id = $1",
         [req.agentId, Buffer.from(toBinary(SessionPolicySchema, req.policy!)).toString("base64"), iso(nowMs)],
       );
+      // An agent's policy limits all its sessions: its changes get a chain of their own.
+      await appendAudit(tx, [
+        {
+          chain: agentChain(req.agentId),
+          type: "agent.policy_updated",
+          nowMs,
+          sessionId: null,
+          agentId: req.agentId,
+          data: { policy: toJson(SessionPolicySchema, req.policy!) },
+        },
+      ]);
       return this.getAgent(req.agentId, tx);
     });
   }

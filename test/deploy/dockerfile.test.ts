@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join, posix } from "node:path";
@@ -260,10 +261,11 @@ describe("the build stage, replayed", () => {
           assert.ok(controlPlaneGrpc, "no control plane started before the sidecar");
           env.WARDEN_CONTROL_PLANE = `http://${controlPlaneGrpc}`;
         }
-        // Files from Secrets: present, with placeholder content.
+        // Files from Secrets: present, with placeholder content; the audit
+        // key must be a real key (a replica that cannot sign does not start).
         for (const name of Object.keys(env).filter((n) => n.endsWith("_FILE"))) {
           env[name] = join(work, `${i}-${name}`);
-          writeFileSync(env[name], "placeholder\n");
+          writeFileSync(env[name], name === "WARDEN_AUDIT_KEY_FILE" ? JSON.stringify(generateKeyPairSync("ed25519").privateKey.export({ format: "jwk" })) : "placeholder\n");
         }
         const proc = startRole(appDir, w.container.args ?? [], env);
         running.push(proc);

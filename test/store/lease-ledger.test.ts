@@ -127,6 +127,18 @@ for (const driver of DRIVERS) {
       await assertLedgerConsistent(t.db);
     });
 
+    test("a record repeated within one report (or across two reports of one request) is charged once", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(40)))!;
+      const r1 = record("check", USD(10));
+      assert.deepEqual(await report(rep(s.sessionId, l, { records: [r1, r1] }), rep(s.sessionId, l, { records: [r1] })), []);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(10));
+      assert.equal(got.usage!.requestCount, 1n);
+      assert.equal(got.usage!.valueLeasedMicros, USD(30));
+      await assertLedgerConsistent(t.db);
+    });
+
     test("holds placed from a lease are settled by capture or void", async () => {
       const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
       const l = (await acquire(s.sessionId, USD(50)))!;

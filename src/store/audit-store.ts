@@ -1,0 +1,122 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type AuditCheckpoint,
+  AuditCheckpointSchema,
+  type AuditRecord,
+  AuditRecordSchema,
+  type ListAuditRecordsRequest,
+} from "../gen/warden/v1/audit_service_pb.js";
+import { type SigningKey, SigningKeySchema } from "../gen/warden/v1/auth_service_pb.js";
+import type { Queryable } from "./database.js";
+import { pageToken, readPageToken } from "./page-token.js";
+
+const DEFAULT_PAGE = 100;
+
+/** Reads of the audit log, for AuditService. */
+export interface AuditStore {
+  /** Records in log order, filtered, one page at a time. */
+  listRecords(req: ListAuditRecordsRequest): Promise<{ records: AuditRecord[]; nextPageToken: string }>;
+  /** Checkpoints, oldest first, one page at a time. */
+  listCheckpoints(pageSize: number, pageToken: string): Promise<{ checkpoints: AuditCheckpoint[]; nextPageToken: string }>;
+  /** Every key that signed checkpoints, as public JWKs. */
+  publicKeys(): Promise<SigningKey[]>;
+}
+
+/** A page token: the last log (or checkpoint) seq of the page before. */
+function readToken(token: string): bigint | undefined {
+  const seq = readPageToken<{ seq: unknown }>(token)?.seq;
+  if (token === "") return undefined;
+  if (typeof seq !== "string" || !/^\d{1,19}$/.test(seq)) throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
+  return BigInt(seq);
+}
+
+const writeToken = (seq: string) => pageToken({ seq });
+
+/** Creates the audit log's reads on `db`. */
+export function createAuditStore(db: Queryable): AuditStore {
+  return {
+    async listRecords(req) {
+      const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
+      const where: string[] = [];
+      const params: unknown[] = [];
+      const p = (v: unknown) => {
+        params.push(v);
+        return `$${params.length}`;
+      };
+      const after = readToken(req.pageToken);
+      if (after !== undefined) where.push(`seq > ${p(after.toString())}`);
+      // A session's records are exactly its chain's: the chain index serves it.
+      if (req.sessionId !== "") where.push(`chain_id = ${p(req.sessionId)}`);
+      if (req.agentId !== "") where.push(`agent_id = ${p(req.agentId)}`);
+      if (req.startTime !== undefined) where.push(`create_time >= ${p(new Date(timestampMs(req.startTime)).toISOString())}::timestamptz`);
+      if (req.endTime !== undefined) where.push(`create_time < ${p(new Date(timestampMs(req.endTime)).toISOString())}::timestamptz`);
+      const { rows } = await db.query<{
+        seq: string;
+        chain_id: string;
+        chain_seq: string;
+        type: string;
+        create_time: Date;
+        session_id: string | null;
+        agent_id: string;
+        body: string;
+        prev_hash: Uint8Array;
+        hash: Uint8Array;
+      }>(
+        `SELECT seq, chain_id, chain_seq, type, create_time, session_id, agent_id, body, prev_hash, hash FROM audit_records
+          ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq LIMIT ${size + 1}`,
+        params,
+      );
+      const page = rows.slice(0, size);
+      return {
+        records: page.map((r) =>
+          create(AuditRecordSchema, {
+            seq: BigInt(r.seq),
+            chainId: r.chain_id,
+            chainSeq: BigInt(r.chain_seq),
+            type: r.type,
+            createTime: timestampFromMs(r.create_time.getTime()),
+            sessionId: r.session_id ?? "",
+            agentId: r.agent_id,
+            body: r.body,
+            prevHash: r.prev_hash,
+            hash: r.hash,
+          }),
+        ),
+        nextPageToken: rows.length > size ? writeToken(String(page.at(-1)!.seq)) : "",
+      };
+    },
+
+    async listCheckpoints(pageSize, pageToken) {
+      const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
+      const after = readToken(pageToken) ?? 0n;
+      const { rows } = await db.query<{ seq: string; body: string; hash: Uint8Array; signature: Uint8Array; key_id: string; create_time: Date }>(
+        `SELECT seq, body, hash, signature, key_id, create_time FROM audit_checkpoints WHERE seq > $1 ORDER BY seq LIMIT ${size + 1}`,
+        [after.toString()],
+      );
+      const page = rows.slice(0, size);
+      return {
+        checkpoints: page.map((r) =>
+          create(AuditCheckpointSchema, {
+            seq: BigInt(r.seq),
+            body: r.body,
+            hash: r.hash,
+            signature: r.signature,
+            keyId: r.key_id,
+            createTime: timestampFromMs(r.create_time.getTime()),
+          }),
+        ),
+        nextPageToken: rows.length > size ? writeToken(String(page.at(-1)!.seq)) : "",
+      };
+    },
+
+    async publicKeys() {
+      const { rows } = await db.query<{ public_jwk: string }>("SELECT public_jwk FROM audit_keys ORDER BY create_time, key_id");
+      return rows.map((r) => {
+        const { kty, crv, x, kid, alg, use } = JSON.parse(r.public_jwk) as Record<string, string>;
+        return create(SigningKeySchema, { kty, crv, x, kid, alg, use });
+      });
+    },
+  };
+}
