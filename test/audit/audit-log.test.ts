@@ -84,6 +84,8 @@ for (const driver of DRIVERS) {
           "session.created",
           "decision",
           "decision",
+          // The 1000 USD check ran into the daily limit: told once, and audited like every event.
+          "session.limit_reached",
           "decision",
           "authorization.captured",
           "decision",
@@ -102,7 +104,8 @@ for (const driver of DRIVERS) {
       const denied = dataOf(chain[2]!.body);
       assert.equal(denied.outcome, "DENY");
       assert.equal(denied.amount_micros, "1000000000", "amounts are strings of micros");
-      assert.deepEqual(dataOf(chain[4]!.body), { action_id: held.authorizationId, captured_micros: "15000000", released_micros: "5000000", currency: "USD" });
+      assert.equal(dataOf(chain[3]!.body).reason, "LIMIT_DAILY_VALUE");
+      assert.deepEqual(dataOf(chain[5]!.body), { action_id: held.authorizationId, captured_micros: "15000000", released_micros: "5000000", currency: "USD" });
       const v = await verifyStoredLog(t.db, [key.publicJwk]);
       assert.equal(v.ok, true, v.problem?.reason);
     });
