@@ -41,6 +41,18 @@ function read(file: string, what: string): Buffer {
 }
 
 /**
+ * The PEM material of the Connect listener (HTTPS, see createConnectServer):
+ * the same files as the gRPC listener's, so one certificate serves both.
+ */
+export function readListenerTls(files: ServerTlsFiles): { cert: Buffer; key: Buffer; ca: Buffer | undefined } {
+  return {
+    cert: read(files.certFile, "certificate file"),
+    key: read(files.keyFile, "key file"),
+    ca: files.clientCaFile === undefined ? undefined : read(files.clientCaFile, "client CA file"),
+  };
+}
+
+/**
  * grpc-js server credentials: insecure without files (loopback and
  * development), TLS with a certificate and key, and mutual TLS — client
  * certificates required and verified — when a client CA is given. The

@@ -137,13 +137,13 @@ const AUTH_FLAGS: Record<Role, readonly FlagSpec[]> = {
     sessionTokenTtl,
   ],
   "control-plane": [
-    { name: "tls-cert-file", env: "WARDEN_TLS_CERT_FILE", arg: "FILE", help: "PEM certificate chain of the gRPC listener; with --tls-key-file: TLS" },
+    { name: "tls-cert-file", env: "WARDEN_TLS_CERT_FILE", arg: "FILE", help: "PEM certificate chain of the gRPC and Connect listeners; with --tls-key-file: TLS (HTTPS on the Connect listener)" },
     { name: "tls-key-file", env: "WARDEN_TLS_KEY_FILE", arg: "FILE", help: "PEM private key of --tls-cert-file" },
     {
       name: "tls-client-ca-file",
       env: "WARDEN_TLS_CLIENT_CA_FILE",
       arg: "FILE",
-      help: "PEM CA of client certificates: mutual TLS, every client must present one, which identifies its agent (URI SAN urn:warden:agent:<id>, else CN)",
+      help: "PEM CA of client certificates: mutual TLS; every gRPC client must present one (the Connect listener asks but also admits API-key clients without one); a verified one identifies its agent (URI SAN urn:warden:agent:<id>, else CN)",
     },
     sessionTokenTtl,
   ],

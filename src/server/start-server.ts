@@ -3,7 +3,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
 import { createAuth } from "../auth/create-auth.js";
 import { guardServices } from "../auth/guard-services.js";
-import { createServerCredentials, type ServerTlsFiles } from "../auth/server-tls.js";
+import { createServerCredentials, readListenerTls, type ServerTlsFiles } from "../auth/server-tls.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
@@ -71,9 +71,11 @@ export interface ServerOptions {
   /** Lifetime of session tokens (`--session-token-ttl`); 30 days by default. */
   readonly sessionTokenTtlMs?: number;
   /**
-   * TLS, or mutual TLS with a client CA, on the gRPC listener (the control
-   * plane's `--tls-*` flags, see `serverTlsFromFlags`); plaintext when unset.
-   * A verified client certificate identifies its agent to `requireAuth`.
+   * TLS on both listeners (the control plane's `--tls-*` flags, see
+   * `serverTlsFromFlags`); plaintext when unset. With a client CA the gRPC
+   * listener requires client certificates (mutual TLS, for sidecars) and
+   * the Connect listener asks for one but lets clients without one in (for
+   * API keys); a verified certificate identifies its agent to `requireAuth`.
    */
   readonly tls?: ServerTlsFiles | undefined;
   /** "host:port" of the optional health listener (`--health-listen`): gRPC health, /healthz, /readyz, /metrics only. */
@@ -204,7 +206,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     (router: ConnectRouter) => {
       for (const m of served) router.service(m.service, m.impl);
     },
-    { onError, httpRoutes: routes },
+    { onError, httpRoutes: routes, tls: o.tls === undefined ? undefined : readListenerTls(o.tls) },
   );
   for (const m of mounted) health.set(m.service.typeName, "SERVING");
   readiness.set("listeners", true);

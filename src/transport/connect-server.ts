@@ -1,10 +1,13 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import tls from "node:tls";
+import type { PeerCertificate } from "node:tls";
+import { Code, ConnectError, type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import { closeGracefully } from "./close-gracefully.js";
 import { type HandlerErrorHook, isServerFault, normalizeError } from "./normalize-error.js";
+import { peerCertificateKey } from "./peer-certificate.js";
 
 /** The request handler of {@link createConnectHandler}, for `http` and `http2` servers alike. */
 export type ConnectHandler = ReturnType<typeof connectNodeAdapter>;
@@ -44,7 +47,7 @@ export interface ListeningServer {
   readonly host: string;
   /** The bound port; the one picked when the address asked for port 0. */
   readonly port: number;
-  /** "http://host:port", for clients. */
+  /** "http://host:port" (or https:// with TLS), for clients. */
   readonly url: string;
   /**
    * Stops accepting connections, tells HTTP/2 clients to go away (GOAWAY)
@@ -56,10 +59,24 @@ export interface ListeningServer {
   close(graceMs?: number): Promise<void>;
 }
 
+/** PEM material of a TLS listener. */
+export interface ListenerTls {
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  /**
+   * CA of client certificates. Given: clients are asked for a certificate
+   * and one that verifies identifies the caller (see peerCertificateOf);
+   * clients without one still connect (they authenticate with API keys).
+   */
+  readonly ca?: Buffer | undefined;
+}
+
 /** Options of {@link listen}. */
 export interface ListenOptions {
   /** Aborted when the grace period of `close` runs out, before connections are destroyed. */
   readonly shutdown?: AbortController;
+  /** Serve HTTPS (HTTP/2 or HTTP/1.1 by ALPN) instead of cleartext. */
+  readonly tls?: ListenerTls | undefined;
 }
 
 /**
@@ -101,7 +118,17 @@ export async function listen(handler: ConnectHandler, address: string, options: 
     });
   });
 
-  const server = net.createServer((socket) => {
+  /** Hands a connection whose protocol is known to the server of that protocol. */
+  const handOff = (socket: net.Socket, isHttp2: boolean) => {
+    undecided.delete(socket);
+    if (isHttp2) {
+      h2.emit("connection", socket);
+    } else {
+      h1Busy.set(socket, 0);
+      h1.emit("connection", socket);
+    }
+  };
+  const track = (socket: net.Socket) => {
     sockets.add(socket);
     undecided.add(socket);
     socket.once("close", () => {
@@ -109,6 +136,31 @@ export async function listen(handler: ConnectHandler, address: string, options: 
       undecided.delete(socket);
       h1Busy.delete(socket);
     });
+  };
+  // With TLS, ALPN says the protocol: no sniffing. A client that offers no
+  // ALPN speaks HTTP/1.1 (as curl --http1.1 and Node's https do).
+  const server: net.Server =
+    options.tls === undefined
+      ? net.createServer((socket) => sniff(socket))
+      : tls.createServer(
+          {
+            cert: options.tls.cert,
+            key: options.tls.key,
+            ALPNProtocols: ["h2", "http/1.1"],
+            handshakeTimeout: firstBytesTimeoutMs,
+            ...(options.tls.ca === undefined ? {} : { ca: options.tls.ca, requestCert: true, rejectUnauthorized: false }),
+          },
+          (socket) => {
+            track(socket);
+            socket.on("error", ignore);
+            handOff(socket, socket.alpnProtocol === "h2");
+          },
+        );
+  // A failed handshake (plaintext, an unknown CA) concerns that client only.
+  server.on("tlsClientError", ignore);
+
+  const sniff = (socket: net.Socket) => {
+    track(socket);
     // A reset before the protocol is known must not crash the process; the
     // protocol servers add their own handlers after the hand-off.
     socket.on("error", ignore);
@@ -124,22 +176,16 @@ export async function listen(handler: ConnectHandler, address: string, options: 
       socket.setTimeout(0);
       socket.pause();
       socket.unshift(head);
-      undecided.delete(socket);
-      if (isHttp2) {
-        // The HTTP/2 session reads what was unshifted before it consumes the socket.
-        h2.emit("connection", socket);
-      } else {
-        h1Busy.set(socket, 0);
-        h1.emit("connection", socket);
-        // The HTTP/1.1 parser reads the socket directly from now on; the
-        // unshifted bytes reach it as a "data" event, which needs the
-        // stream flowing. They are delivered on the next tick, before any
-        // new bytes from the network.
-        socket.resume();
-      }
+      // The HTTP/2 session reads what was unshifted before it consumes the socket.
+      handOff(socket, isHttp2);
+      // The HTTP/1.1 parser reads the socket directly from now on; the
+      // unshifted bytes reach it as a "data" event, which needs the stream
+      // flowing. They are delivered on the next tick, before any new bytes
+      // from the network.
+      if (!isHttp2) socket.resume();
     };
     socket.on("data", onData);
-  });
+  };
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen({ host, port }, () => {
@@ -172,7 +218,7 @@ export async function listen(handler: ConnectHandler, address: string, options: 
   return {
     host: bound.address,
     port: bound.port,
-    url: `http://${urlHost}:${bound.port}`,
+    url: `${options.tls === undefined ? "http" : "https"}://${urlHost}:${bound.port}`,
     close: (graceMs = 10_000) => (closed ??= close(graceMs)),
   };
 }
@@ -186,9 +232,14 @@ export async function listen(handler: ConnectHandler, address: string, options: 
 export type HttpRoutes = (req: Parameters<ConnectHandler>[0], res: Parameters<ConnectHandler>[1]) => boolean;
 
 /** Options of {@link createConnectServer}. */
-export interface ConnectServerOptions extends Omit<ConnectHandlerOptions, "shutdownSignal"> {
+export interface ConnectServerOptions extends Omit<ConnectHandlerOptions, "shutdownSignal" | "contextValues"> {
   /** Plain HTTP routes tried before the Connect handler; see {@link HttpRoutes}. */
   readonly httpRoutes?: HttpRoutes;
+  /**
+   * Serve HTTPS. With a client CA, a client certificate that verified
+   * reaches handlers under `peerCertificateKey`, as on the grpc-js listener.
+   */
+  readonly tls?: ListenerTls | undefined;
 }
 
 /**
@@ -202,9 +253,13 @@ export async function createConnectServer(
   routes: (router: ConnectRouter) => void,
   options: ConnectServerOptions = {},
 ): Promise<ListeningServer> {
-  const { httpRoutes, ...handlerOptions } = options;
+  const { httpRoutes, tls: tlsFiles, ...handlerOptions } = options;
   const shutdown = new AbortController();
-  const connect = createConnectHandler(routes, { ...handlerOptions, shutdownSignal: shutdown.signal });
+  const connect = createConnectHandler(routes, {
+    ...handlerOptions,
+    shutdownSignal: shutdown.signal,
+    ...(tlsFiles?.ca === undefined ? {} : { contextValues: (req) => createContextValues().set(peerCertificateKey, peerCertificateOf(req.socket)) }),
+  });
   // Probes and scrapers share the port with the RPCs, so one address serves
   // both and Kubernetes needs no second port on the main listener.
   const handler: ConnectHandler =
@@ -213,7 +268,19 @@ export async function createConnectServer(
       : (req, res) => {
           if (!httpRoutes(req, res)) connect(req, res);
         };
-  return listen(handler, address, { shutdown });
+  return listen(handler, address, { shutdown, tls: tlsFiles });
+}
+
+/**
+ * The client certificate of a TLS connection when it verified against the
+ * listener's client CA; undefined otherwise (no TLS, no certificate, or one
+ * that did not verify: the connection stays open for API keys, but the
+ * certificate identifies nobody).
+ */
+export function peerCertificateOf(socket: net.Socket): PeerCertificate | undefined {
+  if (!(socket instanceof tls.TLSSocket) || !socket.authorized) return undefined;
+  const cert = socket.getPeerCertificate();
+  return cert === null || Object.keys(cert).length === 0 ? undefined : cert;
 }
 
 /** How long a new connection may take to send its first bytes. */

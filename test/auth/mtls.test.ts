@@ -7,7 +7,8 @@ import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { withApiKey } from "../../src/cli/clients.js";
 import * as grpc from "@grpc/grpc-js";
 import { SESSION_SERVICE_ACCESS, AUTH_SERVICE_ACCESS } from "../../src/auth/access-tables.js";
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
@@ -228,6 +229,47 @@ for (const driver of DRIVERS) {
         await refused(sync.acquireLease({ sessionId: theirs.session!.sessionId, holder: "h", desiredValueMicros: 1n }), Code.PermissionDenied);
         // The public key set is there for sidecars that verify session tokens.
         assert.equal((await createClient(AuthService, transport).getSigningKeys({})).keys.length, 1);
+      } finally {
+        await cp.close(0);
+        await drop();
+      }
+    });
+
+    test("the Connect listener serves HTTPS with the same files: a verified certificate names its agent, API keys still work, plaintext and unverified certificates get nothing", async () => {
+      const { location, drop } = await createStoreLocation(driver);
+      const cp = await startServer({
+        grpcAddress: "127.0.0.1:0",
+        httpAddress: "127.0.0.1:0",
+        ..."dataDir" in location ? { dataDir: location.dataDir } : { dataDir: "", databaseUrl: location.databaseUrl },
+        sweepIntervalMs: 60_000,
+        logger: createLogger("silent"),
+        requireAuth: true,
+        tls: serverTlsFromFlags({ "tls-cert-file": pki.file("server.crt"), "tls-key-file": pki.file("server.key"), "tls-client-ca-file": pki.file("ca.crt") }),
+      });
+      try {
+        const baseUrl = `https://127.0.0.1:${cp.httpPort}`;
+        const ca = readFileSync(pki.file("ca.crt"));
+        const cert = (name: string) => ({ ca, cert: readFileSync(pki.file(`${name}.crt`)), key: readFileSync(pki.file(`${name}.key`)) });
+        for (const httpVersion of ["1.1", "2"] as const) {
+          // The agent's certificate is its credential: no key needed for its own agent.
+          const shopper = createClient(SessionService, createConnectTransport({ baseUrl, httpVersion, nodeOptions: cert("shopper") }));
+          const mine = await shopper.createSession(sessionRequest("shopper-1"));
+          assert.equal(mine.session!.agentId, "shopper-1");
+          await refused(shopper.createSession(sessionRequest("courier-1")), Code.PermissionDenied, /agent "shopper-1"/);
+          // A certificate from another CA identifies nobody; without a key that is no credential.
+          const rogue = createClient(SessionService, createConnectTransport({ baseUrl, httpVersion, nodeOptions: cert("rogue") }));
+          await refused(rogue.getSession({ sessionId: mine.session!.sessionId }), Code.Unauthenticated);
+          // No certificate, an admin key: the CLI's way in.
+          const { secret: adminKey } = await createApiKeys({ db: cp.store.db }).create({ role: "admin" });
+          const admin = createClient(SessionService, withApiKey(createConnectTransport({ baseUrl, httpVersion, nodeOptions: { ca } }), adminKey));
+          assert.equal((await admin.getSession({ sessionId: mine.session!.sessionId })).session!.agentId, "shopper-1");
+          // A client that does not trust the server's CA never sends its key.
+          const untrusting = createClient(AuthService, createConnectTransport({ baseUrl, httpVersion }));
+          await assert.rejects(untrusting.getSigningKeys({}), (e: unknown) => /certificate|self.signed|UNABLE_TO|unable/i.test(String((e as Error).message) + String((e as { cause?: unknown }).cause)));
+        }
+        // Plaintext to the TLS port gets no answer from a handler.
+        const plain = createClient(AuthService, createConnectTransport({ baseUrl: `http://127.0.0.1:${cp.httpPort}`, httpVersion: "1.1" }));
+        await assert.rejects(plain.getSigningKeys({}, { timeoutMs: 3000 }));
       } finally {
         await cp.close(0);
         await drop();
