@@ -129,6 +129,21 @@ for (const driver of DRIVERS) {
     let adminKeyFile: string;
     let url: string;
 
+    /** A control plane (startServer with requireAuth) on a fresh store, with the TLS files and the client CA. */
+    async function startTlsControlPlane() {
+      const { location, drop } = await createStoreLocation(driver);
+      const cp = await startServer({
+        grpcAddress: "127.0.0.1:0",
+        httpAddress: "127.0.0.1:0",
+        ..."dataDir" in location ? { dataDir: location.dataDir } : { dataDir: "", databaseUrl: location.databaseUrl },
+        sweepIntervalMs: 60_000,
+        logger: createLogger("silent"),
+        requireAuth: true,
+        tls: serverTlsFromFlags({ "tls-cert-file": pki.file("server.crt"), "tls-key-file": pki.file("server.key"), "tls-client-ca-file": pki.file("ca.crt") }),
+      });
+      return { cp, drop };
+    }
+
     before(async () => {
       pki = makePki();
       t = await openTestDatabase(driver);
@@ -203,16 +218,7 @@ for (const driver of DRIVERS) {
     });
 
     test("the control plane (startServer with TLS files and requireAuth) lets a sidecar's certificate sync its own agent only", async () => {
-      const { location, drop } = await createStoreLocation(driver);
-      const cp = await startServer({
-        grpcAddress: "127.0.0.1:0",
-        httpAddress: "127.0.0.1:0",
-        ..."dataDir" in location ? { dataDir: location.dataDir } : { dataDir: "", databaseUrl: location.databaseUrl },
-        sweepIntervalMs: 60_000,
-        logger: createLogger("silent"),
-        requireAuth: true,
-        tls: serverTlsFromFlags({ "tls-cert-file": pki.file("server.crt"), "tls-key-file": pki.file("server.key"), "tls-client-ca-file": pki.file("ca.crt") }),
-      });
+      const { cp, drop } = await startTlsControlPlane();
       try {
         const creds = createSidecarCredentials({ caFile: pki.file("ca.crt"), certFile: pki.file("shopper.crt"), keyFile: pki.file("shopper.key") });
         const transport = createGrpcTransport({ baseUrl: `https://127.0.0.1:${cp.grpcPort}`, nodeOptions: creds.nodeOptions });
@@ -236,16 +242,7 @@ for (const driver of DRIVERS) {
     });
 
     test("the Connect listener serves HTTPS with the same files: a verified certificate names its agent, API keys still work, plaintext and unverified certificates get nothing", async () => {
-      const { location, drop } = await createStoreLocation(driver);
-      const cp = await startServer({
-        grpcAddress: "127.0.0.1:0",
-        httpAddress: "127.0.0.1:0",
-        ..."dataDir" in location ? { dataDir: location.dataDir } : { dataDir: "", databaseUrl: location.databaseUrl },
-        sweepIntervalMs: 60_000,
-        logger: createLogger("silent"),
-        requireAuth: true,
-        tls: serverTlsFromFlags({ "tls-cert-file": pki.file("server.crt"), "tls-key-file": pki.file("server.key"), "tls-client-ca-file": pki.file("ca.crt") }),
-      });
+      const { cp, drop } = await startTlsControlPlane();
       try {
         const baseUrl = `https://127.0.0.1:${cp.httpPort}`;
         const ca = readFileSync(pki.file("ca.crt"));

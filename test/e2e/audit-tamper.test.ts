@@ -5,12 +5,9 @@
  * named: its kind and the record. Each test restores the table afterwards.
  */
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { after, afterEach, before, beforeEach, describe, test } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import pg from "pg";
@@ -22,9 +19,8 @@ import { type AuditCheckpointer, createAuditCheckpointer } from "../../src/store
 import type { Database } from "../../src/store/database.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
-import { type ServerProcess, startServerProcess } from "../helpers/server-process.js";
+import { runWardenCli, type ServerProcess, startServerProcess } from "../helpers/server-process.js";
 
-const BIN = fileURLToPath(new URL("../../bin/warden.js", import.meta.url));
 
 describe("warden audit verify against tampering in PostgreSQL", () => {
   let pgdb: { url: string; drop(): Promise<void> };
@@ -39,18 +35,7 @@ describe("warden audit verify against tampering in PostgreSQL", () => {
   let sessionB: string;
 
   /** Runs the real CLI against the server. */
-  async function warden(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    try {
-      const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args], {
-        env: { ...process.env, WARDEN_SERVER: server.httpUrl },
-        timeout: 30_000,
-      });
-      return { code: 0, stdout, stderr };
-    } catch (err) {
-      const e = err as { code?: number; stdout: string; stderr: string };
-      return { code: e.code ?? -1, stdout: e.stdout, stderr: e.stderr };
-    }
-  }
+  const warden = (...args: string[]) => runWardenCli(server.httpUrl, ...args);
 
   /** The log seq of record `chainSeq` of a chain. */
   async function logSeq(chain: string, chainSeq: number): Promise<string> {

@@ -1,28 +1,12 @@
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import { after, before, describe, test } from "node:test";
-import { type ServerProcess, startServerProcess, tempDataDir } from "../helpers/server-process.js";
-
-const BIN = fileURLToPath(new URL("../../bin/warden.js", import.meta.url));
+import { runWardenCli, type ServerProcess, startWardenCli, startServerProcess, tempDataDir } from "../helpers/server-process.js";
 
 /** Runs the real CLI against the real server, as a user would. */
-async function warden(server: ServerProcess, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args], {
-      env: { ...process.env, WARDEN_SERVER: server.httpUrl },
-      timeout: 30_000,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout: string; stderr: string };
-    return { code: e.code ?? -1, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const warden = (server: ServerProcess, ...args: string[]) => runWardenCli(server.httpUrl, ...args);
 
 describe("warden CLI against warden serve", () => {
   let server: ServerProcess;
@@ -96,14 +80,15 @@ describe("warden CLI against warden serve", () => {
     assert.equal(listed.code, 0, listed.stderr);
     assert.match(listed.stdout, new RegExp(`${approvalId}\\s+pending\\s+250\\.00 USD`));
 
-    const watching = warden(server, "approvals", "watch", approvalId);
-    await new Promise((r) => setTimeout(r, 300));
+    // Approve only once the watch has shown the pending state, however slow its start.
+    const watch = startWardenCli(server.httpUrl, "approvals", "watch", approvalId);
+    await watch.printed(/status\s+pending/);
     const approved = await warden(server, "approvals", "approve", approvalId, "--amount", "200", "--comment", "cap it", "--json");
     assert.equal(approved.code, 0, approved.stderr);
     const approval = (JSON.parse(approved.stdout) as { approval: { status: string; actionId: string; approvedAmount: { amountMicros: string } } }).approval;
     assert.equal(approval.status, "APPROVAL_STATUS_APPROVED");
     assert.equal(approval.approvedAmount.amountMicros, "200000000");
-    const watched = await watching;
+    const watched = await watch.done;
     assert.equal(watched.code, 0, watched.stderr);
     assert.match(watched.stdout, /status\s+pending[\s\S]*status\s+approved/);
 

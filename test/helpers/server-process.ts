@@ -1,9 +1,10 @@
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer } from "node:net";
 import { createInterface } from "node:readline";
+import { promisify } from "node:util";
 import { create, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
 import { createPostgresDatabase, type Driver } from "./databases.js";
@@ -163,4 +164,55 @@ export function grpcClient(service: DescService, address: string, channel = 0, h
     };
   }
   return out as GrpcClient;
+}
+
+/** What a CLI run printed, and its exit code. */
+export interface CliRun {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs the real CLI (bin/warden.js, as a user would) against the server at `httpUrl`. */
+export async function runWardenCli(httpUrl: string, ...args: string[]): Promise<CliRun> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(ROOT, "bin", "warden.js"), ...args], {
+      env: { ...process.env, WARDEN_SERVER: httpUrl },
+      timeout: 30_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code?: number; stdout: string; stderr: string };
+    return { code: e.code ?? -1, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+/** A CLI command still running (e.g. a watch): its output so far, and its end. */
+export interface RunningCli {
+  /** Resolves once stdout matches `re` (e.g. the first state a watch prints). */
+  printed(re: RegExp): Promise<void>;
+  readonly done: Promise<CliRun>;
+}
+
+/** Starts the real CLI against `httpUrl` without waiting for it to end. */
+export function startWardenCli(httpUrl: string, ...args: string[]): RunningCli {
+  const proc = spawn(process.execPath, [join(ROOT, "bin", "warden.js"), ...args], { env: { ...process.env, WARDEN_SERVER: httpUrl }, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "";
+  let stderr = "";
+  const waiters: (() => void)[] = [];
+  proc.stdout!.on("data", (c: Buffer) => {
+    stdout += c.toString("utf8");
+    for (const w of waiters.splice(0)) w();
+  });
+  proc.stderr!.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
+  const done = new Promise<CliRun>((resolve) => proc.once("exit", (code) => resolve({ code: code ?? -1, stdout, stderr })));
+  return {
+    done,
+    async printed(re) {
+      while (!re.test(stdout)) {
+        const ended = await Promise.race([new Promise<false>((r) => waiters.push(() => r(false))), done.then(() => true)]);
+        if (ended && !re.test(stdout)) throw new Error(`the command ended without printing ${re}: ${stdout}${stderr}`);
+      }
+    },
+  };
 }
