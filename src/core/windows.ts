@@ -1,4 +1,11 @@
-import { DateTime, IANAZone } from "luxon";
+import { createRequire } from "node:module";
+import type { DateTime } from "luxon";
+
+// luxon (about 1 MB of heap and 2 MB of RSS once loaded) is loaded on
+// first use, synchronously: UTC windows never need it, so neither does a
+// sidecar whose policies are all in UTC.
+let luxonModule: typeof import("luxon") | undefined;
+const luxon = (): typeof import("luxon") => (luxonModule ??= createRequire(import.meta.url)("luxon") as typeof import("luxon"));
 
 /** The calendar windows a limit can apply to (lifetime has no boundaries). */
 export type CalendarWindow = "day" | "week" | "month";
@@ -27,7 +34,7 @@ export type IsoWeekday = 1 | 2 | 3 | 4 | 5 | 6 | 7;
  * UTC and is valid.
  */
 export function isValidTimeZone(zone: string): boolean {
-  return zone === "" || IANAZone.isValidZone(zone);
+  return zone === "" || zone === "UTC" || luxon().IANAZone.isValidZone(zone);
 }
 
 /**
@@ -41,7 +48,7 @@ export function isValidTimeZone(zone: string): boolean {
  */
 export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
   if (zone === "" || zone === "UTC") return utcSpans(weekStart, nowMs);
-  const local = DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
+  const local = luxon().DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
   const dayStart = firstInstantOfDay(local);
   const daysIntoWeek = (local.weekday - weekStart + 7) % 7;
   const weekStartDt = firstInstantOfDay(dayStart.minus({ days: daysIntoWeek }));
