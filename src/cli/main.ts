@@ -10,8 +10,22 @@ import module from "node:module";
 // half the time, most of which was compiling its dependencies. A cache that
 // cannot be written is simply not used.
 module.enableCompileCache?.();
-const { runCli } = await import("./run-cli.js");
+const argv = process.argv.slice(2);
 
 // exitCode rather than process.exit(): `warden serve` returns once it is
 // listening and must keep running; client commands end when their sockets close.
-process.exitCode = await runCli(process.argv.slice(2));
+if (argv[0] === "sidecar") {
+  // Beside every agent, so it loads only itself: not run-cli's client
+  // commands, their formatters and service descriptors (~1 MB of heap).
+  try {
+    const { sidecarCommand } = await import("../sidecar/sidecar-command.js");
+    await sidecarCommand(argv.slice(1));
+  } catch (err) {
+    const { describeError } = await import("./describe-error.js");
+    process.stderr.write(`warden: ${describeError(err, undefined)}\n`);
+    process.exitCode = 1;
+  }
+} else {
+  const { runCli } = await import("./run-cli.js");
+  process.exitCode = await runCli(argv);
+}

@@ -1,4 +1,11 @@
-import { DateTime, IANAZone } from "luxon";
+import { createRequire } from "node:module";
+import type { DateTime } from "luxon";
+
+// luxon (about 1 MB of heap and 2 MB of RSS once loaded) is loaded on
+// first use, synchronously: UTC windows never need it, so neither does a
+// sidecar whose policies are all in UTC.
+let luxonModule: typeof import("luxon") | undefined;
+const luxon = (): typeof import("luxon") => (luxonModule ??= createRequire(import.meta.url)("luxon") as typeof import("luxon"));
 
 /** The calendar windows a limit can apply to (lifetime has no boundaries). */
 export type CalendarWindow = "day" | "week" | "month";
@@ -27,7 +34,7 @@ export type IsoWeekday = 1 | 2 | 3 | 4 | 5 | 6 | 7;
  * UTC and is valid.
  */
 export function isValidTimeZone(zone: string): boolean {
-  return zone === "" || IANAZone.isValidZone(zone);
+  return zone === "" || zone === "UTC" || luxon().IANAZone.isValidZone(zone);
 }
 
 /**
@@ -40,7 +47,8 @@ export function isValidTimeZone(zone: string): boolean {
  * midnight occurs twice (a fall-back at 01:00 → 00:00), at the earlier one.
  */
 export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
-  const local = DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
+  if (zone === "" || zone === "UTC") return utcSpans(weekStart, nowMs);
+  const local = luxon().DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
   const dayStart = firstInstantOfDay(local);
   const daysIntoWeek = (local.weekday - weekStart + 7) % 7;
   const weekStartDt = firstInstantOfDay(dayStart.minus({ days: daysIntoWeek }));
@@ -49,6 +57,28 @@ export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number
     day: { startMs: dayStart.toMillis(), endMs: firstInstantOfDay(dayStart.plus({ days: 1 })).toMillis() },
     week: { startMs: weekStartDt.toMillis(), endMs: firstInstantOfDay(weekStartDt.plus({ weeks: 1 })).toMillis() },
     month: { startMs: monthStart.toMillis(), endMs: firstInstantOfDay(monthStart.plus({ months: 1 })).toMillis() },
+  };
+}
+
+const DAY_MS = 86_400_000;
+
+/**
+ * {@link calendarSpans} in UTC, by arithmetic: days of 24 hours, no DST.
+ * Most policies are in UTC, and luxon's first DateTime asks ICU for the
+ * system locale, which maps about 8 MB of locale data into a process (a
+ * sidecar) that otherwise never needs it.
+ */
+function utcSpans(weekStart: IsoWeekday, nowMs: number): CalendarSpans {
+  const dayStart = Math.floor(nowMs / DAY_MS) * DAY_MS;
+  const day = new Date(dayStart);
+  const weekday = day.getUTCDay() === 0 ? 7 : day.getUTCDay();
+  const weekStartMs = dayStart - ((weekday - weekStart + 7) % 7) * DAY_MS;
+  // setUTCFullYear, not Date.UTC, which reads years 0-99 as 1900-1999.
+  const monthStart = (m: number) => new Date(0).setUTCFullYear(day.getUTCFullYear(), m, 1);
+  return {
+    day: { startMs: dayStart, endMs: dayStart + DAY_MS },
+    week: { startMs: weekStartMs, endMs: weekStartMs + 7 * DAY_MS },
+    month: { startMs: monthStart(day.getUTCMonth()), endMs: monthStart(day.getUTCMonth() + 1) },
   };
 }
 

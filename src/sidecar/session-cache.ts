@@ -9,19 +9,62 @@ import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { AgentState, GetSessionStateResponse, SessionState } from "../gen/warden/v1/sync_service_pb.js";
 
-/** One session as the sidecar decides from it: compact, no protobuf objects. */
-export interface CachedSession {
-  readonly sessionId: string;
+/**
+ * What a session shares with the other sessions of its agent: interned, so
+ * that 100,000 sessions with one policy, status and parents hold one of
+ * these between them.
+ */
+export interface SessionTerms {
   readonly agentId: string;
   readonly ancestorIds: readonly string[];
   readonly policy: CompiledPolicy;
   readonly status: SessionStatus;
-  readonly expireMs: number;
   readonly idleTimeoutMs: number | undefined;
+}
+
+/**
+ * One session as the sidecar decides from it: its own id, times and
+ * revision, and its {@link SessionTerms} by reference. No protobuf
+ * objects: a full cache holds 100,000 of these, so five fields (64 bytes)
+ * rather than nine; the getters read the shared terms and are inlined on
+ * the decision path.
+ */
+export class CachedSession {
+  readonly sessionId: string;
+  readonly terms: SessionTerms;
+  readonly expireMs: number;
   /** Raised locally on every decision; the store's value when synced. */
   lastActivityMs: number;
   /** A number, not a bigint: 2^53 revisions are out of reach, and a bigint costs a heap object per session. */
   readonly revision: number;
+
+  constructor(sessionId: string, terms: SessionTerms, expireMs: number, lastActivityMs: number, revision: number) {
+    this.sessionId = sessionId;
+    this.terms = terms;
+    this.expireMs = expireMs;
+    this.lastActivityMs = lastActivityMs;
+    this.revision = revision;
+  }
+
+  get agentId(): string {
+    return this.terms.agentId;
+  }
+
+  get ancestorIds(): readonly string[] {
+    return this.terms.ancestorIds;
+  }
+
+  get policy(): CompiledPolicy {
+    return this.terms.policy;
+  }
+
+  get status(): SessionStatus {
+    return this.terms.status;
+  }
+
+  get idleTimeoutMs(): number | undefined {
+    return this.terms.idleTimeoutMs;
+  }
 }
 
 // Shared by every session that has no parents, which is nearly all: an
@@ -54,7 +97,15 @@ export class SessionCache {
   /** Watch updates that arrived while their session was being fetched. */
   private readonly raced = new Map<string, SessionState>();
   private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
-  private readonly policies = new LRUCache<string, CompiledPolicy>({ max: 10_000 });
+  /** Compiled policies by their bytes (base64), and the key each was found under. */
+  private readonly policies = new LRUCache<string, CompiledPolicy>({ maxSize: 10_000, sizeCalculation: () => 1 });
+  private readonly policyKeys = new WeakMap<CompiledPolicy, string>();
+  /**
+   * Interned {@link SessionTerms}, by what they hold. Bounded (by count, as
+   * a size of 1 each: `max` would preallocate its slots); a session keeps
+   * its terms when they leave, later sessions then get a new copy.
+   */
+  private readonly terms = new LRUCache<string, SessionTerms>({ maxSize: 10_000, sizeCalculation: () => 1 });
 
   constructor(private readonly o: SessionCacheOptions) {
     this.lru = new LRUCache<string, CachedSession>({
@@ -158,21 +209,36 @@ export class SessionCache {
   clear(): void {
     this.lru.clear();
     this.agents.clear();
+    this.terms.clear();
   }
 
   private toCached(st: SessionState): CachedSession {
-    return {
-      sessionId: st.sessionId,
+    const terms = this.termsOf(
       // One string per agent, not one per session.
-      agentId: this.agents.get(st.agentId)?.scope.id ?? st.agentId,
-      ancestorIds: st.ancestorIds.length === 0 ? NO_ANCESTORS : st.ancestorIds,
-      policy: this.compile(st.policy!),
-      status: st.status,
-      expireMs: timestampMs(st.expireTime!),
-      idleTimeoutMs: st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
-      lastActivityMs: timestampMs(st.lastActivityTime!),
-      revision: Number(st.revision),
-    };
+      this.agents.get(st.agentId)?.scope.id ?? st.agentId,
+      st.ancestorIds,
+      this.compile(st.policy!),
+      st.status,
+      st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
+    );
+    return new CachedSession(st.sessionId, terms, timestampMs(st.expireTime!), timestampMs(st.lastActivityTime!), Number(st.revision));
+  }
+
+  /** The interned terms holding exactly these values. */
+  private termsOf(
+    agentId: string,
+    ancestorIds: readonly string[],
+    policy: CompiledPolicy,
+    status: SessionStatus,
+    idleTimeoutMs: number | undefined,
+  ): SessionTerms {
+    const key = JSON.stringify([this.policyKeys.get(policy), status, idleTimeoutMs ?? null, agentId, ancestorIds]);
+    let t = this.terms.get(key);
+    if (t === undefined) {
+      t = Object.freeze({ agentId, ancestorIds: ancestorIds.length === 0 ? NO_ANCESTORS : Object.freeze([...ancestorIds]), policy, status, idleTimeoutMs });
+      this.terms.set(key, t);
+    }
+    return t;
   }
 
   private compile(p: SessionPolicy): CompiledPolicy {
@@ -181,6 +247,7 @@ export class SessionCache {
     if (c === undefined) {
       c = compilePolicy(p);
       this.policies.set(key, c);
+      this.policyKeys.set(c, key);
     }
     return c;
   }

@@ -161,9 +161,9 @@ export class SidecarEngine {
    * capture must not be passed to the control plane, which may still see
    * the hold open and would capture it again.
    */
-  private readonly settledHolds = new LRUCache<string, "captured" | "voided">({ max: 100_000, ttl: 10 * 60_000 });
+  private readonly settledHolds = new LRUCache<string, "captured" | "voided">({ ...countBound(100_000), ttl: 10 * 60_000 });
   /** First answers of idempotent calls made here, by "session|key". */
-  private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>({ max: 100_000 });
+  private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>(countBound(100_000));
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
 
@@ -613,6 +613,16 @@ function leaseState(l: Lease, nowMs: number): LeaseState {
     base,
     lastUseMs: nowMs,
   };
+}
+
+/**
+ * At most `n` entries, counted as a size of 1 each rather than with `max`:
+ * lru-cache preallocates arrays of `max` slots (~3.6 MB for 100,000, more
+ * with a ttl) before anything is stored, and these caches are usually near
+ * empty; sized this way their arrays grow with their contents instead.
+ */
+function countBound(n: number): { maxSize: number; sizeCalculation: () => number } {
+  return { maxSize: n, sizeCalculation: () => 1 };
 }
 
 function isUnreachable(e: ConnectError): boolean {

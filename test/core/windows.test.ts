@@ -112,6 +112,30 @@ describe("calendarSpans in UTC", () => {
     assertSpan(firstMs.month, utc(2027, 1, 1), utc(2027, 2, 1), "January");
     assert.deepEqual(firstMs.week, lastMs.week, "same week on both sides of new year");
   });
+
+  test("UTC by arithmetic gives exactly what luxon gives for Etc/UTC", () => {
+    // "" and "UTC" take a path without luxon (no ICU); "Etc/UTC" goes
+    // through luxon's IANA zone. Instants: every boundary-ish ms around
+    // midnights of month ends, leap days and new years, plus a spread of
+    // pseudo-random instants from 1970 to 2100, before and after 1970.
+    const instants: number[] = [0, -1, 1, -DAY, utc(1969, 12, 31, 23, 59, 59, 999), utc(2100, 3, 1) - 1];
+    for (const [y, m, d] of [[2026, 1, 31], [2026, 2, 28], [2028, 2, 29], [2026, 12, 31], [2000, 2, 29], [2099, 12, 31]] as const) {
+      const midnight = utc(y, m, d) + DAY;
+      instants.push(midnight - 1, midnight, midnight + 1, midnight - HOUR, midnight + MINUTE);
+    }
+    let seed = 42;
+    for (let i = 0; i < 300; i++) {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      instants.push(Math.floor((seed / 2 ** 31) * 4_200_000_000_000) - 100_000_000_000);
+    }
+    for (const nowMs of instants) {
+      for (const weekStart of ALL_WEEKDAYS) {
+        const expected = calendarSpans("Etc/UTC", weekStart, nowMs);
+        assert.deepEqual(calendarSpans("UTC", weekStart, nowMs), expected, `${iso(nowMs)} week from ${weekStart}`);
+        assert.deepEqual(calendarSpans("", weekStart, nowMs), expected, `${iso(nowMs)} week from ${weekStart} (empty zone)`);
+      }
+    }
+  });
 });
 
 describe("calendarSpans in America/New_York (EST -5, EDT -4)", () => {
