@@ -108,10 +108,12 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     n: number,
     amount: bigint,
     concurrency = 8,
-  ): Promise<{ allowed: number; errors: number }> {
+  ): Promise<{ allowed: number; errors: number; why: string }> {
     let next = 0;
     let allowed = 0;
     let errors = 0;
+    /** Why calls were not allowed (denial messages, errors), for assertion messages. */
+    const why = new Set<string>();
     await Promise.all(
       Array.from({ length: concurrency }, async () => {
         while (next < n) {
@@ -119,13 +121,15 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
           try {
             const res = await client.check({ sessionId, action: payment(amount) }, {}, auth);
             if (res.decision.outcome === Outcome.ALLOW) allowed++;
-          } catch {
+            else why.add(res.decision.message);
+          } catch (e) {
             errors++;
+            why.add((e as Error).message.slice(0, 120));
           }
         }
       }),
     );
-    return { allowed, errors };
+    return { allowed, errors, why: [...why].join("; ") };
   }
 
   async function committed(sessionId: string): Promise<{ value: bigint; ledger: bigint; writtenOff: bigint }> {
@@ -231,8 +235,11 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     const client = grpcClient(PolicyService, sidecars[1]!.grpcAddress);
     const health = grpcClient(Health, sidecars[1]!.grpcAddress);
     try {
-      // Warm: a lease in hand.
-      assert.equal((await spend(client, session, 20, USD(1), 1)).allowed, 20);
+      // Warm: a lease in hand. The test before restarted the control plane:
+      // wait for a first ALLOW, so the sidecar's calls to it are back too.
+      await until("the sidecar to allow", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth).catch(() => undefined))?.decision.outcome === Outcome.ALLOW);
+      const warm = await spend(client, session, 20, USD(1), 1);
+      assert.equal(warm.allowed, 20, warm.why);
       await cp.stop();
       const offline = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(offline.decision.outcome, Outcome.ALLOW, "still within the lease and the staleness bound");
