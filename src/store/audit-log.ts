@@ -2,6 +2,7 @@ import { toJson } from "@bufbuild/protobuf";
 import { Outcome, Reason } from "../gen/warden/v1/decision_pb.js";
 import { type Action, ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { chainRecord } from "../audit/audit-body.js";
+import { appendStatement } from "./append-statement.js";
 import type { Queryable } from "./database.js";
 
 /** One change to append to the audit log, in the transaction that makes it. */
@@ -94,8 +95,8 @@ export function chainAudit(heads: ReadonlyMap<string, Head>, entries: readonly A
 /**
  * The two statements that write chained records and move their heads, each
  * with its own `$1…` parameters: fold them into one statement as
- * data-modifying CTEs (appendAudit does; the decision batcher folds them
- * into its own write). Records are inserted in their order, so log order
+ * data-modifying CTEs with appendStatement (appendAudit does; the decision
+ * batcher folds them into its own write). Records are inserted in their order, so log order
  * agrees with chain order. Hashes travel as hex text: both drivers pass
  * text arrays alike.
  */
@@ -131,17 +132,6 @@ export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unk
   ];
 }
 
-/**
- * Statements as data-modifying CTEs of one statement (one round trip),
- * their `$n` renumbered after `params`, to which theirs are appended.
- */
-export function foldStatements(statements: readonly { sql: string; params: unknown[] }[], params: unknown[]): string[] {
-  return statements.map((st) => {
-    const base = params.length;
-    params.push(...st.params);
-    return st.sql.replace(/\$(\d+)/g, (_, n: string) => `$${base + Number(n)}`);
-  });
-}
 
 /**
  * Appends entries to the audit log in the caller's transaction: two round
@@ -156,7 +146,7 @@ export async function appendAudit(tx: Queryable, entries: readonly AuditEntry[])
     entries.map((e) => e.chain),
   );
   const params: unknown[] = [];
-  const writes = foldStatements(writeAuditSql(chainAudit(heads, entries)), params);
+  const writes = writeAuditSql(chainAudit(heads, entries)).map((w) => appendStatement(params, w.sql, w.params));
   await tx.query(`WITH ${writes.map((w, i) => `a${i} AS (${w})`).join(", ")} SELECT 1`, params);
 }
 

@@ -21,6 +21,7 @@ import { decisionToProto } from "./decision-proto.js";
 import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
+import { appendStatement } from "./append-statement.js";
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
@@ -491,12 +492,6 @@ interface ActionRow {
 const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 const iso = (ms: number) => new Date(ms).toISOString();
 
-/** `sql` with its parameters `$1…` renumbered after those already in `params`, to which `own` is appended. */
-function appendStatement(params: unknown[], sql: string, own: unknown[]): string {
-  const base = params.length;
-  params.push(...own);
-  return sql.replace(/\$(\d+)/g, (_, n: string) => `$${base + Number(n)}`);
-}
 
 function insertActionsSql(rows: ActionRow[], params: unknown[]): string | undefined {
   if (rows.length === 0) return undefined;
