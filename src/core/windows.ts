@@ -48,7 +48,7 @@ export function isValidTimeZone(zone: string): boolean {
  */
 export function calendarSpans(zone: string, weekStart: IsoWeekday, nowMs: number): CalendarSpans {
   if (zone === "" || zone === "UTC") return utcSpans(weekStart, nowMs);
-  const local = luxon().DateTime.fromMillis(nowMs, { zone: zone === "" ? "UTC" : zone });
+  const local = luxon().DateTime.fromMillis(nowMs, { zone });
   const dayStart = firstInstantOfDay(local);
   const daysIntoWeek = (local.weekday - weekStart + 7) % 7;
   const weekStartDt = firstInstantOfDay(dayStart.minus({ days: daysIntoWeek }));

@@ -18,6 +18,9 @@ export interface FlagSpec {
   readonly help: string;
 }
 
+/** Where PGlite keeps its data (and the audit key its file) unless told otherwise. */
+export const DEFAULT_DATA_DIR = ".warden/data";
+
 /** Default listeners. The control plane's differ so both fit on one machine. */
 export const DEFAULT_LISTEN = {
   serve: { grpc: "127.0.0.1:50051", http: "127.0.0.1:8080" },
@@ -49,7 +52,7 @@ const listeners = (role: Role): FlagSpec[] => [
 ];
 
 const store: FlagSpec[] = [
-  { name: "data-dir", env: "WARDEN_DATA_DIR", default: ".warden/data", arg: "DIR", help: "embedded PGlite data directory" },
+  { name: "data-dir", env: "WARDEN_DATA_DIR", default: DEFAULT_DATA_DIR, arg: "DIR", help: "embedded PGlite data directory" },
   { name: "database-url", env: "DATABASE_URL", arg: "URL", help: "use this PostgreSQL server instead of PGlite" },
   {
     name: "sweep-interval",

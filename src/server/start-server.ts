@@ -50,6 +50,7 @@ import { createHealthService, HealthStatus } from "../transport/health-service.j
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
 import type { Logger } from "./logger.js";
+import { DEFAULT_DATA_DIR } from "./role-flags.js";
 
 /** Options of {@link startServer}. */
 export interface ServerOptions {
@@ -137,7 +138,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // that cannot sign must not start (its changes would go unsigned), and a
   // bad key file must fail the start at once, with nothing left running.
   // (A dataDir of "" — PostgreSQL without a data dir — means the default one.)
-  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir || ".warden/data", "audit-signing-key.jwk"));
+  const auditKey = await loadOrCreateAuditKey(o.auditKeyFile ?? join(o.dataDir || DEFAULT_DATA_DIR, "audit-signing-key.jwk"));
   log.info({ keyId: auditKey.keyId }, "audit checkpoints signed with this key");
   const metrics = createMetrics();
   const health = new HealthStatus();

@@ -569,13 +569,12 @@ async function insertRecords(
     ],
   );
   const fresh = new Set(rows.map((r) => r.action_id));
-  const unaudited = new Set(fresh);
   // Decisions a sidecar made are audited when the store first records them
-  // (a retried report adds nothing), chained onto their sessions.
+  // (a retried report adds nothing; report() already dropped repeats within
+  // a request), chained onto their sessions.
   await appendAudit(
     tx,
-    // (delete: a record repeated within one report is audited once.)
-    audit.filter((a) => unaudited.delete(a.data.action_id as string)),
+    audit.filter((a) => fresh.has(a.data.action_id as string)),
   );
   return fresh;
 }

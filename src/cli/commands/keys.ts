@@ -12,13 +12,12 @@ import {
   type ListApiKeysRequest,
 } from "../../gen/warden/v1/auth_service_pb.js";
 import { CliError } from "../cli-error.js";
+import { DEFAULT_DATA_DIR } from "../../server/role-flags.js";
 import { CLIENT_FLAGS, EXIT_OK, JSON_FLAG, type CommandContext, type CommandSpec } from "../command.js";
 import { parseEnumWord, parsePageSize } from "../flags.js";
 import { enumWord, formatKeyValues, formatTable, formatTime } from "../format.js";
 import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
 
-/** The data directory `warden serve` uses by default, and so does `keys bootstrap`. */
-const DEFAULT_DATA_DIR = ".warden/data";
 
 const ROLES_TEXT = "admin, approver, auditor or agent";
 
