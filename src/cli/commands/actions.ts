@@ -22,7 +22,8 @@ import {
 } from "../../gen/warden/v1/policy_service_pb.js";
 import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, EXIT_NOT_ALLOWED, EXIT_OK, IDEMPOTENCY_FLAG, type CommandContext, type CommandSpec } from "../command.js";
-import { parseCurrency, parseKeyValues, parsePageSize, parsePositiveMoneyFlag } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
+import { parseCurrency, parseKeyValues, parsePositiveMoneyFlag } from "../flags.js";
 import { formatActionRecord, formatActionsTable } from "../format-action.js";
 import { formatDecision } from "../format-decision.js";
 import { formatTime } from "../format.js";
@@ -51,8 +52,7 @@ const ACTION_FLAGS: readonly FlagSpec[] = [
 ];
 
 const PAGE_FLAGS: readonly FlagSpec[] = [
-  { name: "page-size", type: "string", value: "N", description: "actions per page, 1 to 1000 (server default 50)" },
-  { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+  ...pageFlags("actions", 50),
   { name: "all", type: "boolean", description: "follow page tokens and list every page" },
 ];
 
@@ -116,11 +116,9 @@ export function buildVoidRequest(sessionId: string, authorizationId: string, fla
 
 /** Builds the ListActionsRequest of `warden actions` (one page). */
 export function buildListActionsRequest(sessionId: string, flags: ParsedFlags): ListActionsRequest {
-  const pageSize = flags.string("page-size");
   return create(ListActionsRequestSchema, {
     sessionId,
-    pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-    pageToken: flags.string("page-token") ?? "",
+    ...pageOf(flags),
   });
 }
 
@@ -234,7 +232,7 @@ export const ACTION_COMMANDS: readonly CommandSpec[] = [
       }
       ctx.output(ListActionsResponseSchema, res, () => {
         const table = formatActionsTable(res.actions);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken} (or --all)` : table;
+        return withNextPage(table, res.nextPageToken, " (or --all)");
       });
       return EXIT_OK;
     },

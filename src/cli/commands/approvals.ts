@@ -13,7 +13,8 @@ import {
 import { MoneySchema } from "../../gen/warden/v1/money_pb.js";
 import { ApprovalTimeoutOutcomeSchema } from "../../gen/warden/v1/policy_pb.js";
 import { CLIENT_FLAGS, type CommandSpec, EXIT_NOT_ALLOWED, EXIT_OK } from "../command.js";
-import { parseEnumWord, parsePageSize, parsePositiveMoneyFlag } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
+import { parseEnumWord, parsePositiveMoneyFlag } from "../flags.js";
 import { enumWord, formatAmount, formatKeyValues, formatTable, formatTime } from "../format.js";
 
 /** One approval as `key value` lines. */
@@ -66,23 +67,20 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
       { name: "session", type: "string", value: "SESSION_ID", description: "only this session's" },
       { name: "agent", type: "string", value: "AGENT_ID", description: "only this agent's" },
       { name: "status", type: "string", value: "STATUS", description: "only pending, approved, denied, expired or canceled" },
-      { name: "page-size", type: "string", value: "N", description: "approvals per page, 1 to 1000 (server default 50)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("approvals", 50),
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
       const status = ctx.flags.string("status");
-      const pageSize = ctx.flags.string("page-size");
       const res = await ctx.clients().approvals.listApprovals({
         sessionId: ctx.flags.string("session") ?? "",
         agentId: ctx.flags.string("agent") ?? "",
         status: status === undefined ? ApprovalStatus.UNSPECIFIED : parseEnumWord("--status", ApprovalStatusSchema, status),
-        pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-        pageToken: ctx.flags.string("page-token") ?? "",
+        ...pageOf(ctx.flags),
       });
       ctx.output(ListApprovalsResponseSchema, res, () => {
         const table = formatApprovalsTable(res.approvals);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+        return withNextPage(table, res.nextPageToken);
       });
       return EXIT_OK;
     },

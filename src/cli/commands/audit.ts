@@ -14,7 +14,8 @@ import {
 } from "../../gen/warden/v1/audit_service_pb.js";
 import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, EXIT_OK, SERVER_FLAG, API_KEY_FLAG, type CommandSpec } from "../command.js";
-import { parsePageSize, parseTimestamp } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
+import { parseTimestamp } from "../flags.js";
 import { formatTable, formatTime } from "../format.js";
 import type { ParsedFlags } from "../parse-command-line.js";
 
@@ -178,16 +179,13 @@ export const AUDIT_COMMANDS: readonly CommandSpec[] = [
     summary: "list audit records in log order",
     flags: [
       ...FILTER_FLAGS,
-      { name: "page-size", type: "string", value: "N", description: "records per page, 1 to 1000 (server default 100)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("records", 100),
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
-      const pageSize = ctx.flags.string("page-size");
       const res = await ctx.clients().audit.listAuditRecords({
         ...buildListAuditRecordsRequest(ctx.flags),
-        pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-        pageToken: ctx.flags.string("page-token") ?? "",
+        ...pageOf(ctx.flags),
       });
       ctx.output(ListAuditRecordsResponseSchema, res, () => {
         const table =
@@ -197,7 +195,7 @@ export const AUDIT_COMMANDS: readonly CommandSpec[] = [
                 [{ title: "seq", align: "right" }, { title: "time" }, { title: "chain" }, { title: "#", align: "right" }, { title: "type" }, { title: "agent" }],
                 res.records.map((r) => [String(r.seq), formatTime(r.createTime) ?? "", r.chainId, String(r.chainSeq), r.type, r.agentId]),
               );
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+        return withNextPage(table, res.nextPageToken);
       });
       return EXIT_OK;
     },

@@ -3,7 +3,7 @@ import { type Event, EventFilterSchema, EventSchema, ListEventsResponseSchema } 
 import { EVENT_TYPES } from "../../store/outbox.js";
 import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, EXIT_OK, type CommandSpec } from "../command.js";
-import { parsePageSize } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { formatTable, formatTime } from "../format.js";
 import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
 
@@ -44,20 +44,17 @@ export const EVENT_COMMANDS: readonly CommandSpec[] = [
     notes: `Event types: ${EVENT_TYPES.join(", ")}.`,
     flags: [
       ...FILTER_FLAGS,
-      { name: "page-size", type: "string", value: "N", description: "events per page, 1 to 1000 (server default 100)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("events", 100),
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
-      const pageSize = ctx.flags.string("page-size");
       const res = await ctx.clients().events.listEvents({
         filter: eventFilterOf(ctx.flags),
-        pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-        pageToken: ctx.flags.string("page-token") ?? "",
+        ...pageOf(ctx.flags),
       });
       ctx.output(ListEventsResponseSchema, res, () => {
         const table = formatEventsTable(res.events);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+        return withNextPage(table, res.nextPageToken);
       });
       return EXIT_OK;
     },

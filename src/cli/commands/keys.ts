@@ -14,7 +14,8 @@ import {
 import { CliError } from "../cli-error.js";
 import { DEFAULT_DATA_DIR } from "../../server/role-flags.js";
 import { CLIENT_FLAGS, EXIT_OK, JSON_FLAG, type CommandContext, type CommandSpec } from "../command.js";
-import { parseEnumWord, parsePageSize } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
+import { parseEnumWord } from "../flags.js";
 import { enumWord, formatKeyValues, formatTable, formatTime } from "../format.js";
 import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
 
@@ -43,10 +44,8 @@ export function buildCreateApiKeyRequest(flags: ParsedFlags, defaultRole?: strin
 
 /** Builds the ListApiKeysRequest of `warden keys list` (one page). */
 export function buildListApiKeysRequest(flags: ParsedFlags): ListApiKeysRequest {
-  const pageSize = flags.string("page-size");
   return create(ListApiKeysRequestSchema, {
-    pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-    pageToken: flags.string("page-token") ?? "",
+    ...pageOf(flags),
     showRevoked: flags.boolean("show-revoked"),
   });
 }
@@ -150,15 +149,14 @@ export const KEY_COMMANDS: readonly CommandSpec[] = [
     summary: "list API keys (never their secrets), newest first",
     flags: [
       { name: "show-revoked", type: "boolean", description: "also list revoked keys" },
-      { name: "page-size", type: "string", value: "N", description: "keys per page, 1 to 1000 (server default 50)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("keys", 50),
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
       const res = await ctx.clients().auth.listApiKeys(buildListApiKeysRequest(ctx.flags));
       ctx.output(ListApiKeysResponseSchema, res, () => {
         const table = formatApiKeysTable(res.apiKeys);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+        return withNextPage(table, res.nextPageToken);
       });
       return EXIT_OK;
     },

@@ -31,7 +31,8 @@ import {
 } from "../../gen/warden/v1/session_service_pb.js";
 import { CliError } from "../cli-error.js";
 import { API_KEY_FLAG, CLIENT_FLAGS, EXIT_OK, IDEMPOTENCY_FLAG, SERVER_FLAG, type CommandSpec, type WardenClients } from "../command.js";
-import { parseDuration, parseEnumWord, parseKeyValues, parsePageSize, parseTimestamp } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
+import { parseDuration, parseEnumWord, parseKeyValues, parseTimestamp } from "../flags.js";
 import { formatSession, formatSessionsTable } from "../format-session.js";
 import { formatKeyValues, formatTime } from "../format.js";
 import type { FlagSpec, ParsedFlags } from "../parse-command-line.js";
@@ -133,13 +134,11 @@ export function buildForkSessionRequest(parentSessionId: string, flags: ParsedFl
 /** Builds the ListSessionsRequest of `warden sessions list` (one page). */
 export function buildListSessionsRequest(flags: ParsedFlags): ListSessionsRequest {
   const status = flags.string("status");
-  const pageSize = flags.string("page-size");
   return create(ListSessionsRequestSchema, {
     agentId: flags.string("agent") ?? "",
     status: status === undefined ? SessionStatus.UNSPECIFIED : parseEnumWord("--status", SessionStatusSchema, status),
     labels: parseKeyValues("--label", flags.strings("label")),
-    pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-    pageToken: flags.string("page-token") ?? "",
+    ...pageOf(flags),
   });
 }
 
@@ -264,8 +263,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
       { name: "agent", type: "string", value: "ID", description: "only this agent's sessions" },
       { name: "status", type: "string", value: "STATUS", description: "only sessions in this status, e.g. active" },
       { name: "label", type: "string", multiple: true, value: "KEY=VALUE", description: "only sessions with this label (repeatable; all must match)" },
-      { name: "page-size", type: "string", value: "N", description: "sessions per page, 1 to 1000 (server default 50)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("sessions", 50),
       { name: "all", type: "boolean", description: "follow page tokens and list every page" },
       ...CLIENT_FLAGS,
     ],
@@ -282,7 +280,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
       }
       ctx.output(ListSessionsResponseSchema, res, () => {
         const table = formatSessionsTable(res.sessions);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken} (or --all)` : table;
+        return withNextPage(table, res.nextPageToken, " (or --all)");
       });
       return EXIT_OK;
     },

@@ -13,7 +13,7 @@ import {
 import { EVENT_TYPES } from "../../store/outbox.js";
 import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, EXIT_OK, type CommandSpec } from "../command.js";
-import { parsePageSize } from "../flags.js";
+import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { enumWord, formatKeyValues, formatTable, formatTime } from "../format.js";
 import type { ParsedFlags } from "../parse-command-line.js";
 
@@ -79,19 +79,16 @@ export const WEBHOOK_COMMANDS: readonly CommandSpec[] = [
     args: [],
     summary: "list webhook endpoints, newest first",
     flags: [
-      { name: "page-size", type: "string", value: "N", description: "endpoints per page, 1 to 1000 (server default 50)" },
-      { name: "page-token", type: "string", value: "TOKEN", description: "continue from this page" },
+      ...pageFlags("endpoints", 50),
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
-      const pageSize = ctx.flags.string("page-size");
       const res = await ctx.clients().webhooks.listWebhookEndpoints({
-        pageSize: pageSize === undefined ? 0 : parsePageSize("--page-size", pageSize),
-        pageToken: ctx.flags.string("page-token") ?? "",
+        ...pageOf(ctx.flags),
       });
       ctx.output(ListWebhookEndpointsResponseSchema, res, () => {
         const table = formatEndpointsTable(res.endpoints);
-        return res.nextPageToken ? `${table}\n\nmore: --page-token ${res.nextPageToken}` : table;
+        return withNextPage(table, res.nextPageToken);
       });
       return EXIT_OK;
     },
