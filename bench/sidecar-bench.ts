@@ -4,17 +4,18 @@
  *
  *   1. Check over gRPC on a warm cache: a sidecar in lease mode, a sidecar
  *      in exact mode (every decision through the control plane) and a
- *      no-op @grpc/grpc-js server, closed loop; then lease mode and no-op
+ *      no-op @grpc/grpc-js server, closed loop, and lease mode again with
+ *      deploy/'s NODE_OPTIONS (what its memory flags cost); then lease mode and no-op
  *      open loop at half of lease mode's maximum, for latency at a load
  *      with headroom. Afterwards the books are checked: what was allowed
  *      equals what the store committed.
  *   2. Revocation propagation across 20 sidecars: time from the revoke
  *      call until the change is in each sidecar's cache (then each is
  *      asked, and none may allow the session).
- *   3. Sidecar RSS with 100,000 cached sessions (with the V8 heap flags
- *      deploy/ sets for the sidecar container).
- *   4. Time from process start to ready (gRPC health SERVING), for the
+ *   3. Time from process start to ready (gRPC health SERVING), for the
  *      compiled build (what the image runs) and for tsx (development).
+ *   4. Sidecar RSS with 100,000 cached sessions (with the V8 flags deploy/
+ *      sets for the sidecar container).
  *
  * Warden runs from the compiled build (npm run build), as in the image.
  *
@@ -37,10 +38,11 @@ import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
 import { CheckResponseSchema, PolicyService } from "../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createPgDatabase } from "../src/store/pg-database.js";
+import { loadManifests, wardenContainers } from "../test/deploy/load-manifests.js";
 import { createPostgresDatabase } from "../test/helpers/databases.js";
 import { freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
 import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
-import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
+import { type LoadResult, runGrpcLoad, runGrpcLoadInChild } from "./grpc-load.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
@@ -50,8 +52,17 @@ const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 10);
 const CACHED = Number(process.env.BENCH_CACHED_SESSIONS ?? 100_000);
 const ROOT = join(import.meta.dirname, "..");
 const AGENT = "bench-agent";
-/** What deploy/example-agent sets as NODE_OPTIONS of the sidecar: a small young generation and a capped old one. */
-const SIDECAR_NODE_FLAGS = ["--max-semi-space-size=1", "--max-old-space-size=128"];
+/**
+ * The sidecar's NODE_OPTIONS as deploy/ sets them (a small young
+ * generation and a capped old one), read from the manifest so the
+ * benchmark measures what is deployed.
+ */
+const SIDECAR_NODE_FLAGS = (() => {
+  const sidecar = wardenContainers(loadManifests(), "serve").find((w) => w.role === "sidecar");
+  const flags = sidecar?.env.NODE_OPTIONS?.split(" ").filter(Boolean);
+  if (flags === undefined || flags.length === 0) throw new Error("deploy/: no sidecar container with NODE_OPTIONS");
+  return flags;
+})();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
@@ -64,6 +75,20 @@ interface BenchSession {
 
 function load(address: string, sessions: BenchSession[], o: { total?: number; rate?: number; keep?: boolean } = {}): Promise<LoadResult> {
   const encoded = sessions.map((s) => encodeCheck(s.id));
+  if (o.rate !== undefined) {
+    // Open loop, for latency: the load generator in a lean process of its own.
+    return runGrpcLoadInChild({
+      address,
+      path: CHECK_PATH,
+      requests: encoded.map((b) => b.toString("base64")),
+      headers: sessions.map((s) => s.auth),
+      total: o.total ?? REQUESTS,
+      concurrency: CONCURRENCY,
+      connections: CONNECTIONS,
+      keepResponses: o.keep,
+      ratePerSecond: o.rate,
+    });
+  }
   return runGrpcLoad({
     address,
     path: CHECK_PATH,
@@ -149,6 +174,13 @@ async function main(): Promise<void> {
     rows.push({ target: "sidecar, lease mode", scenario: "1000 sessions, max", r: leaseSpread, books: "" });
     const exactHot = await load(exact.grpcAddress, [hot], { total: Math.min(REQUESTS, 5000), keep: true });
     rows.push({ target: "sidecar, exact mode", scenario: "1 hot session, max", r: exactHot, books: "" });
+    // The same, with the memory-saving flags deploy/ gives the sidecar
+    // (the RSS below is measured with them): what they cost in speed.
+    const leaseDeploy = await startWardenProcess("sidecar", sidecarArgs(cpUrl), SIDECAR_NODE_FLAGS, "compiled");
+    procs.push(leaseDeploy);
+    await load(leaseDeploy.grpcAddress, [hot], { total: 4000 });
+    const leaseDeployHot = await load(leaseDeploy.grpcAddress, [hot], { keep: true });
+    rows.push({ target: "sidecar, lease mode, deploy/ NODE_OPTIONS", scenario: "1 hot session, max", r: leaseDeployHot, books: "" });
     const half = Math.round(leaseHot.perSecond / 2);
     const leaseHalf = await load(lease.grpcAddress, [hot], { rate: half, keep: true });
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
@@ -164,9 +196,10 @@ async function main(): Promise<void> {
     // then what the store committed must be exactly what was allowed.
     await lease.stop();
     await exact.stop();
+    await leaseDeploy.stop();
     procs.length = 0;
-    const warm = 4000 + 1000;
-    const allowed = [leaseHot, leaseSpread, exactHot, leaseHalf].reduce((n, r) => n + allowedOf(r), 0);
+    const warm = 4000 + 1000 + 4000;
+    const allowed = [leaseHot, leaseSpread, exactHot, leaseDeployHot, leaseHalf].reduce((n, r) => n + allowedOf(r), 0);
     const { rows: c } = await db.query<{ v: string }>(
       "SELECT coalesce(sum(lifetime_committed_value), 0) AS v FROM scope_usage WHERE scope_key LIKE 's:%'",
     );
@@ -238,7 +271,24 @@ async function main(): Promise<void> {
     );
     if (stillAllowed > 0) process.exitCode = 1;
 
-    // ---- 3. RSS with CACHED sessions ----
+    // ---- 3. start to ready ----
+    // Before the memory run: filling 100,000 sessions leaves the control
+    // plane and PostgreSQL busy storing their records for a while, and a
+    // starting sidecar syncs from that control plane.
+    console.log("\n# Start to ready: process spawn until gRPC health says SERVING (5 runs each)\n");
+    const startRows: string[][] = [];
+    for (const [label, args] of [
+      ["compiled (node dist/cli/main.js)", [join(ROOT, "dist/cli/main.js")]],
+      ["development (node --import tsx)", ["--import", "tsx", join(ROOT, "src/cli/main.ts")]],
+    ] as const) {
+      const times: number[] = [];
+      for (let i = 0; i < 5; i++) times.push(await startToReady([...args], cpUrl));
+      times.sort((a, b) => a - b);
+      startRows.push([label, pct(times, 0.5).toFixed(0), times.at(-1)!.toFixed(0)]);
+    }
+    printTable(["sidecar", "median ms", "max ms"], startRows);
+
+    // ---- 4. RSS with CACHED sessions ----
     console.log(`\n# Memory: one sidecar holding ${CACHED} cached sessions\n`);
     // The sessions are written straight into the store (setup, not
     // measured), as copies of one made through the API; each has a blocked
@@ -278,19 +328,6 @@ async function main(): Promise<void> {
       [[String(CACHED), before.toFixed(0), after.toFixed(0), fill.perSecond.toFixed(0), String(fill.errors)]],
     );
 
-    // ---- 4. start to ready ----
-    console.log("\n# Start to ready: process spawn until gRPC health says SERVING (5 runs each)\n");
-    const startRows: string[][] = [];
-    for (const [label, args] of [
-      ["compiled (node dist/cli/main.js)", [join(ROOT, "dist/cli/main.js")]],
-      ["development (node --import tsx)", ["--import", "tsx", join(ROOT, "src/cli/main.ts")]],
-    ] as const) {
-      const times: number[] = [];
-      for (let i = 0; i < 5; i++) times.push(await startToReady([...args], cpUrl));
-      times.sort((a, b) => a - b);
-      startRows.push([label, pct(times, 0.5).toFixed(0), times.at(-1)!.toFixed(0)]);
-    }
-    printTable(["sidecar", "median ms", "max ms"], startRows);
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     await cp.stop();
