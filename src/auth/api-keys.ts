@@ -2,6 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Database } from "../store/database.js";
 import { newId } from "../store/ids.js";
+import { pageToken, readPageToken } from "../store/page-token.js";
 import { isRole, type Principal, type Role } from "./principal.js";
 
 /** Every API key starts with this, so secret scanners and people can tell one. */
@@ -162,7 +163,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
 
     async list(o = {}) {
       const size = o.pageSize === undefined || o.pageSize === 0 ? DEFAULT_PAGE : o.pageSize;
-      const after = readPageToken(o.pageToken ?? "");
+      const after = readPageToken(o.pageToken ?? "", { t: "number", id: "string" });
       const where: string[] = [];
       const params: unknown[] = [];
       if (o.showRevoked !== true) where.push("revoke_time IS NULL");
@@ -178,7 +179,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
       const page = rows.slice(0, size).map(recordOf);
       const last = page.at(-1);
       const more = rows.length > size && last !== undefined;
-      return { keys: page, nextPageToken: more ? Buffer.from(JSON.stringify({ t: last.createTime, id: last.keyId })).toString("base64url") : "" };
+      return { keys: page, nextPageToken: more ? pageToken({ t: last.createTime, id: last.keyId }) : "" };
     },
 
     async revoke(keyId) {
@@ -190,15 +191,4 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
       return recordOf(rows[0]);
     },
   };
-}
-
-function readPageToken(token: string): { t: number; id: string } | undefined {
-  if (token === "") return undefined;
-  try {
-    const v = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as { t?: unknown; id?: unknown };
-    if (typeof v.t === "number" && typeof v.id === "string") return { t: v.t, id: v.id };
-  } catch {
-    // Falls through to the error below.
-  }
-  throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
 }

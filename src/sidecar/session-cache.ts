@@ -8,6 +8,7 @@ import { Scope } from "../gen/warden/v1/decision_pb.js";
 import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { AgentState, GetSessionStateResponse, SessionState } from "../gen/warden/v1/sync_service_pb.js";
+import { countBound } from "./count-bound.js";
 
 /**
  * What a session shares with the other sessions of its agent: interned, so
@@ -98,14 +99,13 @@ export class SessionCache {
   private readonly raced = new Map<string, SessionState>();
   private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
   /** Compiled policies by their bytes (base64), and the key each was found under. */
-  private readonly policies = new LRUCache<string, CompiledPolicy>({ maxSize: 10_000, sizeCalculation: () => 1 });
+  private readonly policies = new LRUCache<string, CompiledPolicy>(countBound(10_000));
   private readonly policyKeys = new WeakMap<CompiledPolicy, string>();
   /**
-   * Interned {@link SessionTerms}, by what they hold. Bounded (by count, as
-   * a size of 1 each: `max` would preallocate its slots); a session keeps
-   * its terms when they leave, later sessions then get a new copy.
+   * Interned {@link SessionTerms}, by what they hold. Bounded; a session
+   * keeps its terms when they leave, later sessions then get a new copy.
    */
-  private readonly terms = new LRUCache<string, SessionTerms>({ maxSize: 10_000, sizeCalculation: () => 1 });
+  private readonly terms = new LRUCache<string, SessionTerms>(countBound(10_000));
 
   constructor(private readonly o: SessionCacheOptions) {
     this.lru = new LRUCache<string, CachedSession>({

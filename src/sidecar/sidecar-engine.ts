@@ -26,6 +26,7 @@ import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { type Lease, LeaseRecordSchema, type SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import { decisionToProto } from "../store/decision-proto.js";
 import { newId } from "../store/ids.js";
+import { countBound } from "./count-bound.js";
 import type { CachedSession, SessionCache } from "./session-cache.js";
 import type { ReportQueue } from "./report-queue.js";
 
@@ -613,16 +614,6 @@ function leaseState(l: Lease, nowMs: number): LeaseState {
     base,
     lastUseMs: nowMs,
   };
-}
-
-/**
- * At most `n` entries, counted as a size of 1 each rather than with `max`:
- * lru-cache preallocates arrays of `max` slots (~3.6 MB for 100,000, more
- * with a ttl) before anything is stored, and these caches are usually near
- * empty; sized this way their arrays grow with their contents instead.
- */
-function countBound(n: number): { maxSize: number; sizeCalculation: () => number } {
-  return { maxSize: n, sizeCalculation: () => 1 };
 }
 
 function isUnreachable(e: ConnectError): boolean {

@@ -132,7 +132,6 @@ export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unk
   ];
 }
 
-
 /**
  * Appends entries to the audit log in the caller's transaction: two round
  * trips (lock and read the heads; write records and heads), whatever the

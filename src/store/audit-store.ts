@@ -1,6 +1,5 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type AuditCheckpoint,
   AuditCheckpointSchema,
@@ -26,10 +25,8 @@ export interface AuditStore {
 
 /** A page token: the last log (or checkpoint) seq of the page before. */
 function readToken(token: string): bigint | undefined {
-  const seq = readPageToken<{ seq: unknown }>(token)?.seq;
-  if (token === "") return undefined;
-  if (typeof seq !== "string" || !/^\d{1,19}$/.test(seq)) throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
-  return BigInt(seq);
+  const seq = readPageToken(token, { seq: "integer" })?.seq;
+  return seq === undefined ? undefined : BigInt(seq);
 }
 
 const writeToken = (seq: string) => pageToken({ seq });

@@ -492,7 +492,6 @@ interface ActionRow {
 const b64 = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("base64");
 const iso = (ms: number) => new Date(ms).toISOString();
 
-
 function insertActionsSql(rows: ActionRow[], params: unknown[]): string | undefined {
   if (rows.length === 0) return undefined;
   // Binary columns travel as base64 text: both drivers pass text arrays

@@ -77,10 +77,7 @@ export function createEventLog(db: Queryable): EventLog {
       return BigInt(rows[0]?.p ?? 0);
     },
     async list(filter, pageSize, token) {
-      const after = readPageToken<{ p: string }>(token);
-      if (after !== undefined && !/^\d+$/.test(String(after.p))) {
-        throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
-      }
+      const after = readPageToken(token, { p: "integer" });
       const page = await log.read(filter, BigInt(after?.p ?? 0), pageSize === 0 ? DEFAULT_PAGE : pageSize);
       return { events: page.events, nextPageToken: page.more ? pageToken({ p: page.last.toString() }) : "" };
     },

@@ -266,7 +266,7 @@ export class WardenStore {
   /** Lists sessions, newest first, with filters and keyset paging. */
   async listSessions(req: ListSessionsRequest): Promise<{ sessions: Session[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken<{ t: number; id: string }>(req.pageToken);
+    const after = readPageToken(req.pageToken, { t: "number", id: "string" });
     const where: string[] = [];
     const params: unknown[] = [];
     const p = (v: unknown) => {
@@ -800,7 +800,7 @@ export class WardenStore {
    */
   async listApprovals(req: ListApprovalsRequest): Promise<{ approvals: Approval[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken<{ r: number; k: string; id: string }>(req.pageToken);
+    const after = readPageToken(req.pageToken, { r: "number", k: "integer", id: "string" });
     const where: string[] = [];
     const params: unknown[] = [];
     const p = (v: unknown) => {
@@ -897,7 +897,7 @@ export class WardenStore {
   /** A session's actions, newest first. */
   async listActions(req: ListActionsRequest): Promise<{ actions: ActionRecord[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken<{ seq: string }>(req.pageToken);
+    const after = readPageToken(req.pageToken, { seq: "integer" });
     const exists = await this.db.query("SELECT 1 FROM sessions WHERE session_id = $1", [req.sessionId]);
     if (exists.rows.length === 0) throw notFound("session_id", "session", req.sessionId);
     const { rows } = await this.db.query<ActionRow>(

@@ -102,8 +102,7 @@ export class WebhookStore {
   /** Lists endpoints, newest first, with keyset paging. */
   async listEndpoints(pageSize: number, token: string): Promise<{ endpoints: WebhookEndpoint[]; nextPageToken: string }> {
     const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
-    const after = readPageToken<{ id: string }>(token)?.id;
-    if (token !== "" && typeof after !== "string") throw new ConnectError("page_token: not a token this server issued", Code.InvalidArgument);
+    const after = readPageToken(token, { id: "string" })?.id;
     // Ids start with their creation time, so id order is creation order.
     const { rows } = await this.db.query<EndpointRow>(
       `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints ${after === undefined ? "" : "WHERE endpoint_id < $1"}
