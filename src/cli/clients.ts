@@ -1,6 +1,5 @@
 import type { Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
-import { createServiceClients, withBearer } from "../client/create-warden-client.js";
 
 /**
  * Creates the CLI's transport: the Connect protocol over HTTP/1.1, which
@@ -10,9 +9,3 @@ import { createServiceClients, withBearer } from "../client/create-warden-client
 export function createCliTransport(baseUrl: string): Transport {
   return createConnectTransport({ baseUrl, httpVersion: "1.1" });
 }
-
-/** Creates the clients of the services over one transport (the TypeScript client's). */
-export const createWardenClients = createServiceClients;
-
-/** `transport` with `authorization: Bearer <apiKey>` on every call; see withBearer. */
-export const withApiKey = withBearer;

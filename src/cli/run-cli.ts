@@ -2,7 +2,8 @@ import { readFileSync } from "node:fs";
 import { toJsonString } from "@bufbuild/protobuf";
 import type { Transport } from "@connectrpc/connect";
 import { CliError } from "./cli-error.js";
-import { createCliTransport, createWardenClients, withApiKey } from "./clients.js";
+import { createServiceClients, withBearer } from "../client/create-warden-client.js";
+import { createCliTransport } from "./clients.js";
 import { DEFAULT_SERVER, EXIT_ERROR, EXIT_OK, HELP_FLAG, type CommandContext, type CommandSpec, type WardenClients } from "./command.js";
 import { ACTION_COMMANDS } from "./commands/actions.js";
 import { AGENT_COMMANDS } from "./commands/agents.js";
@@ -142,7 +143,7 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
           const baseUrl = parseServerUrl(serverSource, server!);
           // Sent on every call when given; a server without --require-auth ignores it.
           const apiKey = flags.string("api-key") ?? (env.WARDEN_API_KEY || undefined);
-          clients = createWardenClients(withApiKey((options.transport ?? createCliTransport)(baseUrl), apiKey));
+          clients = createServiceClients(withBearer((options.transport ?? createCliTransport)(baseUrl), apiKey));
         }
         return clients;
       },

@@ -8,7 +8,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { withApiKey } from "../../src/cli/clients.js";
+import { withBearer } from "../../src/client/create-warden-client.js";
 import * as grpc from "@grpc/grpc-js";
 import { SESSION_SERVICE_ACCESS, AUTH_SERVICE_ACCESS } from "../../src/auth/access-tables.js";
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
@@ -258,7 +258,7 @@ for (const driver of DRIVERS) {
           await refused(rogue.getSession({ sessionId: mine.session!.sessionId }), Code.Unauthenticated);
           // No certificate, an admin key: the CLI's way in.
           const { secret: adminKey } = await createApiKeys({ db: cp.store.db }).create({ role: "admin" });
-          const admin = createClient(SessionService, withApiKey(createConnectTransport({ baseUrl, httpVersion, nodeOptions: { ca } }), adminKey));
+          const admin = createClient(SessionService, withBearer(createConnectTransport({ baseUrl, httpVersion, nodeOptions: { ca } }), adminKey));
           assert.equal((await admin.getSession({ sessionId: mine.session!.sessionId })).session!.agentId, "shopper-1");
           // A client that does not trust the server's CA never sends its key.
           const untrusting = createClient(AuthService, createConnectTransport({ baseUrl, httpVersion }));

@@ -5,7 +5,7 @@ import { base64url, calculateJwkThumbprint, exportJWK, generateKeyPair, type JSO
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
 import { createSessionTokenIssuer, createSessionTokenVerifier, SESSION_TOKEN_TYPE } from "../../src/auth/session-tokens.js";
 import { withSessionTokenAuth } from "../../src/auth/with-session-token-auth.js";
-import { withApiKey } from "../../src/cli/clients.js";
+import { withBearer } from "../../src/client/create-warden-client.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { createPolicyService } from "../../src/services/policy-service.js";
@@ -150,7 +150,7 @@ for (const driver of DRIVERS) {
         const { secret } = await auth.apiKeys.create({ role: "admin" });
         for (const { name, transport } of connectTransports(stacks)) {
           // Sends "authorization: Bearer <credential>" when there is one.
-          const as = (credential?: string) => createClient(PolicyService, withApiKey(transport, credential));
+          const as = (credential?: string) => createClient(PolicyService, withBearer(transport, credential));
           const check = { sessionId: a.sessionId, action: payment(USD(1)) };
           assert.equal((await as(tokenA).check(check)).decision?.outcome, Outcome.ALLOW, name);
           await refused(as(tokenB).check(check), Code.Unauthenticated, /^token is for another session$/);

@@ -13,7 +13,8 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import pg from "pg";
 import { chainRecord } from "../../src/audit/audit-body.js";
 import { loadOrCreateAuditKey } from "../../src/audit/audit-key.js";
-import { createCliTransport, createWardenClients } from "../../src/cli/clients.js";
+import { createServiceClients } from "../../src/client/create-warden-client.js";
+import { createCliTransport } from "../../src/cli/clients.js";
 import type { WardenClients } from "../../src/cli/command.js";
 import { type AuditCheckpointer, createAuditCheckpointer } from "../../src/store/audit-checkpointer.js";
 import type { Database } from "../../src/store/database.js";
@@ -63,7 +64,7 @@ describe("warden audit verify against tampering in PostgreSQL", () => {
     db = createPgDatabase({ connectionString: pgdb.url });
     // The same key the server signs with, as a second replica would hold it.
     checkpointer = createAuditCheckpointer({ db, key: await loadOrCreateAuditKey(keyFile), retentionMs: 1 });
-    clients = createWardenClients(createCliTransport(server.httpUrl));
+    clients = createServiceClients(createCliTransport(server.httpUrl));
 
     const create = async (agentId: string) =>
       (await clients.sessions.createSession({ agentId, policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } })).session!.sessionId;
