@@ -15,6 +15,7 @@ import { basename, join, posix } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
 import { parseRoleFlags, ROLE_FLAGS } from "../../src/server/role-flags.js";
+import { LINGERED_MESSAGE } from "../../src/server/run-until-signal.js";
 import { HealthCheckResponse_ServingStatus } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { isRole, listenAddress, listenerFlags, loadManifests, ROOT, splitHostPort, wardenContainers } from "./load-manifests.js";
@@ -296,7 +297,11 @@ describe("the build stage, replayed", () => {
         if (w.role === "control-plane") controlPlaneGrpc = `127.0.0.1:${local.get(splitHostPort(listenAddress(w, "grpc-listen")!).port)}`;
       }
       // Sidecars first, as Kubernetes stops them after their agents.
-      for (const proc of running.reverse()) assert.equal(await proc.stop(), 0, proc.stderr());
+      for (const proc of running.reverse()) {
+        assert.equal(await proc.stop(), 0, proc.stderr());
+        // Ended on its own once closed, not by the fallback exit.
+        assert.ok(proc.messages.includes("stopped") && !proc.messages.includes(LINGERED_MESSAGE), proc.messages.join(", "));
+      }
     } finally {
       for (const proc of running) proc.kill();
       await database.drop();
@@ -320,7 +325,7 @@ describe("the build stage, replayed", () => {
       assert.equal(await grpcHealthCheck(`127.0.0.1:${String(line.grpcPort)}`), HealthCheckResponse_ServingStatus.SERVING);
       assert.equal((await fetch(`http://127.0.0.1:${String(line.httpPort)}/healthz`)).status, 200);
       assert.equal(await serve.stop(), 0, serve.stderr());
-      assert.ok(serve.messages.includes("stopped"), serve.messages.join(", "));
+      assert.ok(serve.messages.includes("stopped") && !serve.messages.includes(LINGERED_MESSAGE), serve.messages.join(", "));
     } finally {
       serve.kill();
     }
