@@ -4,8 +4,8 @@
  *
  *   1. Check over gRPC on a warm cache: a sidecar in lease mode, a sidecar
  *      in exact mode (every decision through the control plane) and a
- *      no-op @grpc/grpc-js server, closed loop, and lease mode again with
- *      deploy/'s NODE_OPTIONS (what its memory flags cost); then lease mode and no-op
+ *      no-op @grpc/grpc-js server, closed loop (--optimize-for speed), and
+ *      lease mode again as deploy/ runs it (what its memory settings cost); then lease mode and no-op
  *      open loop at half of lease mode's maximum, for latency at a load
  *      with headroom. Afterwards the books are checked: what was allowed
  *      equals what the store committed.
@@ -14,8 +14,9 @@
  *      asked, and none may allow the session).
  *   3. Time from process start to ready (gRPC health SERVING), for the
  *      compiled build (what the image runs) and for tsx (development).
- *   4. Sidecar RSS with 100,000 cached sessions (with the V8 flags deploy/
- *      sets for the sidecar container).
+ *   4. Sidecar RSS with 100,000 cached sessions, as deploy/ runs the
+ *      sidecar (its NODE_OPTIONS and --optimize-for) and with the other
+ *      --optimize-for: right after the fill, and after 10 s idle.
  *
  * Warden runs from the compiled build (npm run build), as in the image.
  *
@@ -38,6 +39,7 @@ import { Outcome } from "../src/gen/warden/v1/decision_pb.js";
 import { CheckResponseSchema, PolicyService } from "../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createPgDatabase } from "../src/store/pg-database.js";
+import { ROLE_FLAGS } from "../src/server/role-flags.js";
 import { loadManifests, wardenContainers } from "../test/deploy/load-manifests.js";
 import { createPostgresDatabase } from "../test/helpers/databases.js";
 import { freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
@@ -53,16 +55,20 @@ const CACHED = Number(process.env.BENCH_CACHED_SESSIONS ?? 100_000);
 const ROOT = join(import.meta.dirname, "..");
 const AGENT = "bench-agent";
 /**
- * The sidecar's NODE_OPTIONS as deploy/ sets them (a small young
- * generation and a capped old one), read from the manifest so the
- * benchmark measures what is deployed.
+ * The sidecar as deploy/ runs it, read from the manifest so the benchmark
+ * measures what is deployed: its NODE_OPTIONS (a small young generation and
+ * a capped old one) and its --optimize-for (the flag's default unless the
+ * manifest sets WARDEN_OPTIMIZE_FOR).
  */
-const SIDECAR_NODE_FLAGS = (() => {
+const DEPLOYED = (() => {
   const sidecar = wardenContainers(loadManifests(), "serve").find((w) => w.role === "sidecar");
-  const flags = sidecar?.env.NODE_OPTIONS?.split(" ").filter(Boolean);
-  if (flags === undefined || flags.length === 0) throw new Error("deploy/: no sidecar container with NODE_OPTIONS");
-  return flags;
+  const nodeFlags = sidecar?.env.NODE_OPTIONS?.split(" ").filter(Boolean);
+  if (nodeFlags === undefined || nodeFlags.length === 0) throw new Error("deploy/: no sidecar container with NODE_OPTIONS");
+  const optimizeFor = sidecar!.env.WARDEN_OPTIMIZE_FOR ?? ROLE_FLAGS.sidecar.find((f) => f.name === "optimize-for")!.default!;
+  return { nodeFlags, optimizeFor, label: `deploy/ NODE_OPTIONS, --optimize-for ${optimizeFor}` };
 })();
+/** The other --optimize-for, to show what the deployed one buys and costs. */
+const OTHER_GOAL = DEPLOYED.optimizeFor === "memory" ? "speed" : "memory";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))]!;
@@ -159,8 +165,9 @@ async function main(): Promise<void> {
       noop.proc.kill("SIGTERM");
     }
 
-    const lease = await startWardenProcess("sidecar", sidecarArgs(cpUrl), [], "compiled");
-    const exact = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--decision-mode", "exact"]), [], "compiled");
+    // Node's and V8's defaults: the fastest a sidecar decides here.
+    const lease = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--optimize-for", "speed"]), [], "compiled");
+    const exact = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--decision-mode", "exact", "--optimize-for", "speed"]), [], "compiled");
     procs.push(lease, exact);
     const hot = await mk();
     const spread = await Promise.all(Array.from({ length: 1000 }, () => mk()));
@@ -174,13 +181,13 @@ async function main(): Promise<void> {
     rows.push({ target: "sidecar, lease mode", scenario: "1000 sessions, max", r: leaseSpread, books: "" });
     const exactHot = await load(exact.grpcAddress, [hot], { total: Math.min(REQUESTS, 5000), keep: true });
     rows.push({ target: "sidecar, exact mode", scenario: "1 hot session, max", r: exactHot, books: "" });
-    // The same, with the memory-saving flags deploy/ gives the sidecar
-    // (the RSS below is measured with them): what they cost in speed.
-    const leaseDeploy = await startWardenProcess("sidecar", sidecarArgs(cpUrl), SIDECAR_NODE_FLAGS, "compiled");
+    // The same as deployed (the RSS below is measured that way): what its
+    // memory settings cost in speed.
+    const leaseDeploy = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--optimize-for", DEPLOYED.optimizeFor]), DEPLOYED.nodeFlags, "compiled");
     procs.push(leaseDeploy);
     await load(leaseDeploy.grpcAddress, [hot], { total: 4000 });
     const leaseDeployHot = await load(leaseDeploy.grpcAddress, [hot], { keep: true });
-    rows.push({ target: "sidecar, lease mode, deploy/ NODE_OPTIONS", scenario: "1 hot session, max", r: leaseDeployHot, books: "" });
+    rows.push({ target: `sidecar, lease mode, ${DEPLOYED.label}`, scenario: "1 hot session, max", r: leaseDeployHot, books: "" });
     const half = Math.round(leaseHot.perSecond / 2);
     const leaseHalf = await load(lease.grpcAddress, [hot], { rate: half, keep: true });
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
@@ -301,33 +308,49 @@ async function main(): Promise<void> {
          FROM sessions, generate_series(1, $2::int) g WHERE session_id = $1`,
       [template.id, CACHED],
     );
-    // With the V8 heap limits deploy/ gives the sidecar container.
-    const mem = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--cache-max-sessions", String(CACHED)]), SIDECAR_NODE_FLAGS, "compiled");
-    procs.push(mem);
-    const rssOf = (p: ChildProcess) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))![1]) / 1024;
-    const before = rssOf(mem.proc);
     const ids = Array.from({ length: CACHED }, (_, i) => `mem_${i + 1}`);
     const blocked = ids.map((id) => encodeCheck(id, "blocked"));
     const tokens = await Promise.all(ids.map(async (id) => `Bearer ${(await auth.issuer.issue({ sessionId: id, agentId: AGENT })).token}`));
-    const fill = await runGrpcLoad({
-      address: mem.grpcAddress,
-      path: CHECK_PATH,
-      request: (i) => blocked[i]!,
-      headers: (i) => ({ authorization: tokens[i]! }),
-      total: CACHED,
-      concurrency: CONCURRENCY,
-      connections: CONNECTIONS,
-    });
-    // Let the queued records go to the store, then collect what is garbage.
-    await sleep(2000);
-    const after = rssOf(mem.proc);
-    await mem.stop();
-    procs.length = 0;
-    printTable(
-      ["cached sessions", "RSS before MB", "RSS after MB", "fill rate/s", "errors"],
-      [[String(CACHED), before.toFixed(0), after.toFixed(0), fill.perSecond.toFixed(0), String(fill.errors)]],
-    );
-
+    const rssOf = (p: ChildProcess) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${p.pid}/status`, "utf8"))![1]) / 1024;
+    const memRows: string[][] = [];
+    // As deployed, then with the other --optimize-for (same NODE_OPTIONS).
+    for (const goal of [DEPLOYED.optimizeFor, OTHER_GOAL]) {
+      const mem = await startWardenProcess(
+        "sidecar",
+        sidecarArgs(cpUrl, ["--cache-max-sessions", String(CACHED), "--optimize-for", goal]),
+        DEPLOYED.nodeFlags,
+        "compiled",
+      );
+      procs.push(mem);
+      const before = rssOf(mem.proc);
+      const fill = await runGrpcLoad({
+        address: mem.grpcAddress,
+        path: CHECK_PATH,
+        request: (i) => blocked[i]!,
+        headers: (i) => ({ authorization: tokens[i]! }),
+        total: CACHED,
+        concurrency: CONCURRENCY,
+        connections: CONNECTIONS,
+      });
+      // Let the queued records go to the store and the garbage be collected.
+      await sleep(2000);
+      const after = rssOf(mem.proc);
+      // Then idle: V8's memory reducer starts after 8 s without much allocation.
+      await sleep(10_000);
+      const idle = rssOf(mem.proc);
+      await mem.stop();
+      procs.length = 0;
+      memRows.push([
+        goal === DEPLOYED.optimizeFor ? `as deployed (${DEPLOYED.label})` : `deploy/ NODE_OPTIONS, --optimize-for ${goal}`,
+        String(CACHED),
+        before.toFixed(0),
+        after.toFixed(0),
+        idle.toFixed(0),
+        fill.perSecond.toFixed(0),
+        String(fill.errors),
+      ]);
+    }
+    printTable(["sidecar", "cached sessions", "RSS before MB", "RSS after MB", "RSS 10 s idle MB", "fill rate/s", "errors"], memRows);
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     await cp.stop();

@@ -1,5 +1,6 @@
 import { createSidecarCredentials, sidecarCredentialOptionsFromFlags } from "../auth/sidecar-credentials.js";
 import { createLogger, redactUrl } from "../server/logger.js";
+import { optimizeFor } from "../server/optimize-for.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
 import { startSidecar } from "./start-sidecar.js";
@@ -15,14 +16,14 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
     process.stdout.write(usageOf("sidecar", "Runs the sidecar beside one agent: decisions in microseconds from a synced cache and budget leases."));
     return;
   }
+  optimizeFor(values["optimize-for"] as "memory" | "speed");
   const logger = createLogger(values["log-level"]!);
   const controlPlaneUrl = values["control-plane"]!;
-  const mode = values["decision-mode"];
+  const mode = values["decision-mode"] as "lease" | "exact";
   const credentials = createSidecarCredentials(sidecarCredentialOptionsFromFlags(values));
   if (credentials.tls !== controlPlaneUrl.startsWith("https://")) {
     throw new Error(`--control-plane: use ${credentials.tls ? "https://" : "http://"} ${credentials.tls ? "with" : "without"} --tls-* files`);
   }
-  if (mode !== "lease" && mode !== "exact") throw new Error(`--decision-mode: "${mode}" is not lease or exact`);
   const sidecar = await startSidecar({
     grpcAddress: values["grpc-listen"]!,
     httpAddress: values["http-listen"]!,
