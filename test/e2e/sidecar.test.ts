@@ -304,12 +304,18 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       const again = await client.capture({ sessionId: session.sessionId, authorizationId: holds[0] }).catch((e: { code: number; details: string }) => e);
       assert.equal((again as { code: number }).code, 9);
       assert.match((again as { details: string }).details, /already captured/);
-      await until("captures to reach the store", async () => (await committed(session.sessionId)).ledger === USD(21));
-      const { rows } = await db.query<{ status: number; n: string }>(
-        "SELECT status, count(*) AS n FROM actions WHERE session_id = $1 GROUP BY status ORDER BY status",
-        [session.sessionId],
-      );
-      assert.deepEqual(rows.map((r) => [Number(r.status), Number(r.n)]), [[2, 3], [3, 3]], "3 captured, 3 voided");
+      // Captures and voids are reported within the report interval, not
+      // necessarily in the same batch: wait for both.
+      const statuses = async () => {
+        const { rows } = await db.query<{ status: number; n: string }>(
+          "SELECT status, count(*) AS n FROM actions WHERE session_id = $1 GROUP BY status ORDER BY status",
+          [session.sessionId],
+        );
+        return rows.map((r) => [Number(r.status), Number(r.n)]);
+      };
+      await until("captures and voids to reach the store", async () => JSON.stringify(await statuses()) === JSON.stringify([[2, 3], [3, 3]]));
+      assert.deepEqual(await statuses(), [[2, 3], [3, 3]], "3 captured, 3 voided");
+      assert.equal((await committed(session.sessionId)).ledger, USD(21));
       await settled(session.sessionId);
       await assertLedgerConsistent(db);
     } finally {
