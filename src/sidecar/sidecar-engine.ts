@@ -86,6 +86,9 @@ interface SessionLeases {
   rateValue: number;
   rateActions: number;
   rateMs: number;
+  /** Calls waiting for a lease now, and what they would spend: demand the next grant covers. */
+  waiting: number;
+  waitingValue: bigint;
 }
 
 interface LocalHold {
@@ -262,7 +265,20 @@ export class SidecarEngine {
     };
     let ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
     if (ev.outcome === Outcome.ALLOW && lease === undefined) {
-      lease = this.usable(await this.acquire(req.sessionId, sl, amount), amount, this.now());
+      // Calls that waited on one grant share it; those it no longer covers
+      // (a burst on a cold session) ask again, sized by the rate now seen,
+      // rather than all going through the control plane one by one.
+      sl.waiting++;
+      sl.waitingValue += amount;
+      try {
+        for (let ask = 0; ask < 3 && lease === undefined; ask++) {
+          if ((await this.acquire(req.sessionId, sl, amount)) === undefined) break;
+          lease = this.usable(sl.current, amount, this.now());
+        }
+      } finally {
+        sl.waiting--;
+        sl.waitingValue -= amount;
+      }
       if (lease !== undefined) {
         ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
       }
@@ -360,7 +376,7 @@ export class SidecarEngine {
   private sessionLeases(sessionId: string): SessionLeases {
     let sl = this.leases.get(sessionId);
     if (sl === undefined) {
-      sl = { current: undefined, acquiring: undefined, rateValue: 0, rateActions: 0, rateMs: this.now() };
+      sl = { current: undefined, acquiring: undefined, rateValue: 0, rateActions: 0, rateMs: this.now(), waiting: 0, waitingValue: 0n };
       this.leases.set(sessionId, sl);
     }
     return sl;
@@ -394,13 +410,14 @@ export class SidecarEngine {
 
   /**
    * Asks for a lease sized to the recent spend rate (at least
-   * LEASE_MIN_ACTIONS of this action), shared by concurrent callers. The previous lease, if any, is
+   * LEASE_MIN_ACTIONS of this action) plus the calls waiting for it, shared
+   * by concurrent callers. The previous lease, if any, is
    * released once the new one is in hand.
    */
   private acquire(sessionId: string, sl: SessionLeases, amount: bigint): Promise<LeaseState | undefined> {
     if (sl.acquiring !== undefined) return sl.acquiring;
-    const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S)));
-    const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S)));
+    const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S))) + sl.waitingValue;
+    const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S))) + BigInt(sl.waiting);
     sl.acquiring = this.o.controlPlane.sync
       .acquireLease({
         sessionId,

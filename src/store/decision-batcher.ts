@@ -22,6 +22,7 @@ import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement } from "./append-statement.js";
+import { GroupCommit, type Settled as GroupCommitSettled } from "./group-commit.js";
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
@@ -45,8 +46,6 @@ export type DecideResponse = AuthorizeResponse | CheckResponse;
 interface Pending {
   readonly req: DecideRequest;
   readonly enqueuedNs: bigint;
-  resolve(r: DecideResponse): void;
-  reject(e: unknown): void;
 }
 
 interface Chain {
@@ -65,9 +64,6 @@ export interface DecisionBatcherOptions {
   /** Transactions in flight at once. Default: 2, or 1 on PGlite. */
   readonly shards?: number;
 }
-
-/** Postgres errors after which the whole batch may simply run again. */
-const RETRYABLE = new Set(["40001", "40P01"]);
 
 /**
  * Decides Authorize and Check calls in batches: group commit.
@@ -88,36 +84,29 @@ const RETRYABLE = new Set(["40001", "40P01"]);
  * row locks.
  */
 export class DecisionBatcher {
-  private readonly queues: Pending[][];
-  private readonly busy: boolean[];
+  private readonly commits: GroupCommit<Pending, DecideResponse>;
   private readonly chains = new LRUCache<string, Chain>({ max: 200_000 });
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
-  private readonly maxBatch: number;
 
   constructor(private readonly opts: DecisionBatcherOptions) {
-    // Measured on 2 cores: more, smaller transactions cost PostgreSQL more
-    // CPU than they win in overlap; two keep one batch filling while the
-    // other commits.
-    const shards = Math.max(1, opts.shards ?? Math.min(2, opts.db.parallelism));
-    this.queues = Array.from({ length: shards }, () => []);
-    this.busy = Array.from({ length: shards }, () => false);
-    this.maxBatch = opts.maxBatch ?? 512;
+    this.commits = new GroupCommit({
+      // Measured on 2 cores: more, smaller transactions cost PostgreSQL more
+      // CPU than they win in overlap; two keep one batch filling while the
+      // other commits.
+      shards: opts.shards ?? Math.min(2, opts.db.parallelism),
+      maxBatch: opts.maxBatch ?? 512,
+      run: async (batch) => {
+        const { settled, told } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
+        for (const k of told) this.told.set(k, true);
+        return settled;
+      },
+    });
   }
 
   /** Decides one call; resolves after its result is committed. */
   decide(req: DecideRequest): Promise<DecideResponse> {
-    return new Promise((resolve, reject) => {
-      const shard = this.shardOf(req.sessionId);
-      this.queues[shard]!.push({ req, enqueuedNs: process.hrtime.bigint(), resolve, reject });
-      if (!this.busy[shard]) {
-        this.busy[shard] = true;
-        // Start after this I/O turn, not now: the calls read from the
-        // sockets in the same turn then join the batch instead of each
-        // opening a transaction of its own.
-        setImmediate(() => void this.drain(shard));
-      }
-    });
+    return this.commits.submit({ req, enqueuedNs: process.hrtime.bigint() }, this.shardOf(req.sessionId));
   }
 
   /** Forgets cached chains, e.g. after a session is imported or deleted. */
@@ -129,37 +118,7 @@ export class DecisionBatcher {
     const key = this.chains.get(sessionId)?.agentId ?? sessionId;
     let h = 0;
     for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) | 0;
-    return Math.abs(h) % this.queues.length;
-  }
-
-  private async drain(shard: number): Promise<void> {
-    const queue = this.queues[shard]!;
-    try {
-      while (queue.length > 0) {
-        const batch = queue.splice(0, this.maxBatch);
-        await this.runBatch(batch);
-      }
-    } finally {
-      this.busy[shard] = false;
-    }
-  }
-
-  private async runBatch(batch: Pending[]): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const { settled, told } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
-        for (const k of told) this.told.set(k, true);
-        // Answer only after COMMIT: nothing is acknowledged that is not stored.
-        for (const s of settled) (s.ok ? batch[s.i]!.resolve(s.value) : batch[s.i]!.reject(s.error));
-        return;
-      } catch (err) {
-        const code = (err as { code?: string }).code;
-        if (attempt < 3 && code !== undefined && RETRYABLE.has(code)) continue;
-        const e = ConnectError.from(err, Code.Unavailable);
-        for (const p of batch) p.reject(e);
-        return;
-      }
-    }
+    return Math.abs(h) % this.commits.shards;
   }
 
   private async resolveChains(tx: Queryable, sessionIds: string[]): Promise<void> {
@@ -173,7 +132,7 @@ export class DecisionBatcher {
     for (const r of rows) this.chains.set(r.session_id, { agentId: r.agent_id, ancestorIds: r.ancestor_ids });
   }
 
-  private async decideAll(tx: Queryable, batch: Pending[]): Promise<{ settled: Settled[]; told: string[] }> {
+  private async decideAll(tx: Queryable, batch: readonly Pending[]): Promise<{ settled: Settled[]; told: string[] }> {
     const { now, policies, spans } = this.opts;
     const nowMs = now();
     const settled: Settled[] = [];
@@ -440,7 +399,7 @@ export class DecisionBatcher {
   }
 }
 
-type Settled = { i: number; ok: true; value: DecideResponse } | { i: number; ok: false; error: ConnectError };
+type Settled = GroupCommitSettled<DecideResponse>;
 
 /** The scope with the session's state as earlier decisions in the batch left it. */
 function refresh(sc: ScopeState, sessions: Map<string, LockedSession>): ScopeState {

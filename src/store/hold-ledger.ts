@@ -128,31 +128,53 @@ export async function captureHold(
       Code.FailedPrecondition,
     );
   }
-  const counters = await countersOf(tx, [h]);
-  for (const [scopeKey, window, startMs] of h.charges) {
-    const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-    c.heldValue -= held;
-    c.heldActions -= 1n;
-    c.committedValue += amountMicros;
-    c.committedActions += 1n;
+  const counters = await captureHolds(tx, [{ hold: h, amountMicros }], nowMs);
+  // The hold charged its session's lifetime window, so it was just read.
+  const life = counters.scopes.get(`s:${session.sessionId}`)?.lifetime;
+  if (life === undefined) return (await lifetimesUsedUp(tx, [session])).size > 0;
+  return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
+}
+
+/**
+ * Commits each of several open holds (distinct, at most their held
+ * amounts, checked by the caller) and releases the rest, in a fixed number
+ * of statements whatever their count: a sidecar's report settles many at
+ * once under its sessions' locks. Returns the counters as saved.
+ */
+export async function captureHolds(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint }[], nowMs: number): Promise<UsageSet> {
+  const counters = await countersOf(tx, items.map((i) => i.hold));
+  if (items.length === 0) return counters;
+  for (const { hold: h, amountMicros } of items) {
+    const held = BigInt(h.held_value);
+    for (const [scopeKey, window, startMs] of h.charges) {
+      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.heldValue -= held;
+      c.heldActions -= 1n;
+      c.committedValue += amountMicros;
+      c.committedActions += 1n;
+    }
   }
   await saveCounters(tx, counters);
   await tx.query(
-    `UPDATE actions SET status = $2, held_value = 0, captured_value = $3, update_time = $4::timestamptz WHERE action_id = $1`,
-    [h.action_id, ActionStatus.CAPTURED, amountMicros.toString(), iso(nowMs)],
+    `UPDATE actions a SET status = $3, held_value = 0, captured_value = u.captured, update_time = $4::timestamptz
+       FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
+      WHERE a.action_id = u.action_id`,
+    [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros.toString()), ActionStatus.CAPTURED, iso(nowMs)],
   );
-  await appendAudit(tx, [
-    {
+  await appendAudit(
+    tx,
+    items.map(({ hold: h, amountMicros }) => ({
       chain: h.session_id,
       type: "authorization.captured",
       nowMs,
       sessionId: h.session_id,
       agentId: h.agent_id,
-      data: { action_id: h.action_id, captured_micros: amountMicros.toString(), released_micros: (held - amountMicros).toString(), currency: h.currency },
-    },
-  ]);
-  await recordEvents(tx, [
-    {
+      data: { action_id: h.action_id, captured_micros: amountMicros.toString(), released_micros: (BigInt(h.held_value) - amountMicros).toString(), currency: h.currency },
+    })),
+  );
+  await recordEvents(
+    tx,
+    items.map(({ hold: h, amountMicros }) => ({
       type: "authorization.captured",
       sessionId: h.session_id,
       agentId: h.agent_id,
@@ -160,26 +182,32 @@ export async function captureHold(
         authorization_id: h.action_id,
         currency: h.currency,
         captured_amount_micros: amountMicros.toString(),
-        released_amount_micros: (held - amountMicros).toString(),
+        released_amount_micros: (BigInt(h.held_value) - amountMicros).toString(),
       },
       nowMs,
-    },
-  ]);
-  const key = `s:${session.sessionId}`;
-  const life =
-    counters.scopes.get(key)?.lifetime ??
-    (await loadCounters(tx, [{ scopeKey: key, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(key)!.lifetime;
-  return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
+    })),
+  );
+  return counters;
 }
 
 /**
- * Whether a locked session's lifetime limit is used up by what is
- * committed now (read fresh: call after the writes that may have done it).
+ * The locked sessions whose lifetime limit is used up by what is committed
+ * now (read fresh: call after the writes that may have done it), in one
+ * read. A session whose policy has no lifetime limit costs no read.
  */
-export async function lifetimeUsedUp(tx: Queryable, s: Pick<LockedSession, "sessionId" | "policy">): Promise<boolean> {
-  const key = `s:${s.sessionId}`;
-  const life = (await loadCounters(tx, [{ scopeKey: key, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(key)!.lifetime;
-  return isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions });
+export async function lifetimesUsedUp(tx: Queryable, sessions: readonly Pick<LockedSession, "sessionId" | "policy">[]): Promise<Set<string>> {
+  const limited = sessions.filter((s) => s.policy.limits.lifetime.maxValue !== undefined || s.policy.limits.lifetime.maxActions !== undefined);
+  const out = new Set<string>();
+  if (limited.length === 0) return out;
+  const usage = await loadCounters(
+    tx,
+    limited.map((s) => ({ scopeKey: `s:${s.sessionId}`, window: "lifetime" as const, startMs: LIFETIME_START_MS })),
+  );
+  for (const s of limited) {
+    const life = usage.scopes.get(`s:${s.sessionId}`)!.lifetime;
+    if (isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) out.add(s.sessionId);
+  }
+  return out;
 }
 
 /**

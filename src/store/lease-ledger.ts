@@ -15,7 +15,9 @@ import {
   type ReportLeasesRequest,
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
-import { captureHold, countersOf, endSessions, lifetimeUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
+import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
+import type { ActionRow } from "./action-record.js";
+import { GroupCommit, type Settled } from "./group-commit.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
 import { saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
@@ -89,6 +91,7 @@ export class LeaseLedger {
   private readonly graceMs: number;
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
+  private readonly grants: GroupCommit<AcquireLeaseRequest, Lease | undefined>;
 
   constructor(o: LeaseLedgerOptions) {
     this.db = o.db;
@@ -96,6 +99,7 @@ export class LeaseLedger {
     this.policies = o.policies;
     this.spans = o.spans;
     this.graceMs = o.reconcileGraceMs ?? 10_000;
+    this.grants = new GroupCommit({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch)) });
   }
 
   /**
@@ -104,11 +108,20 @@ export class LeaseLedger {
    * share a budget and slices shrink geometrically near a limit. Returns
    * undefined when a useful lease cannot be granted; the caller then decides
    * exactly through the store.
+   *
+   * Grants are group-committed (group-commit.ts): every grant locks its
+   * agent's counters, so a sidecar starting on many sessions at once would
+   * otherwise queue one transaction per session behind that one lock.
    */
-  async acquire(req: AcquireLeaseRequest): Promise<Lease | undefined> {
+  acquire(req: AcquireLeaseRequest): Promise<Lease | undefined> {
+    return this.grants.submit(req);
+  }
+
+  /** Grants in request order, each seeing the reserves of those before it. */
+  private async grantAll(tx: Queryable, reqs: readonly AcquireLeaseRequest[]): Promise<Settled<Lease | undefined>[]> {
     const nowMs = this.now();
-    return this.db.transaction(async (tx) => {
-      const locked = await lockChains(tx, [req.sessionId], this.policies);
+    const locked = await lockChains(tx, [...new Set(reqs.map((r) => r.sessionId))], this.policies);
+    const plans = reqs.map((req) => {
       const s = locked.sessions.get(req.sessionId);
       if (s === undefined) return undefined;
       const chain = [s, ...s.ancestorIds.map((id) => locked.sessions.get(id)!)];
@@ -117,7 +130,17 @@ export class LeaseLedger {
       const addresses = scopes.flatMap((sc) =>
         WINDOW_KINDS.map((w) => ({ scopeKey: sc.key, window: w, startMs: spanOf(sc.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
       );
-      const usage = await loadCounters(tx, addresses);
+      return { req, chain, scopes, addresses };
+    });
+    const usage = await loadCounters(
+      tx,
+      plans.flatMap((p) => p?.addresses ?? []),
+    );
+    const rows: { leaseId: string; req: AcquireLeaseRequest; value: bigint | undefined; actions: bigint | undefined; charges: string; expireMs: number }[] = [];
+    const settled = plans.map((plan, i): Settled<Lease | undefined> => {
+      const none = { i, ok: true, value: undefined } as const;
+      if (plan === undefined) return none;
+      const { req, chain, scopes, addresses } = plan;
       let valueLeft: bigint | undefined;
       let actionsLeft: bigint | undefined;
       let expireMs = nowMs + Math.min(req.ttl === undefined ? 30_000 : durationMs(req.ttl), MAX_LEASE_TTL_MS);
@@ -142,35 +165,24 @@ export class LeaseLedger {
       }
       const grantValue = valueLeft === undefined ? undefined : min(req.desiredValueMicros, half(valueLeft));
       const grantActions = actionsLeft === undefined ? undefined : min(req.desiredActions, half(actionsLeft));
-      if (grantValue !== undefined && (grantValue <= 0n || grantValue < req.minValueMicros)) return undefined;
-      if (grantActions !== undefined && grantActions < 1n) return undefined;
-      if (expireMs <= nowMs) return undefined;
+      if (grantValue !== undefined && (grantValue <= 0n || grantValue < req.minValueMicros)) return none;
+      if (grantActions !== undefined && grantActions < 1n) return none;
+      if (expireMs <= nowMs) return none;
       for (const a of addresses) {
         const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
         c.heldValue += grantValue ?? 0n;
         c.heldActions += grantActions ?? 0n;
       }
-      await saveCounters(tx, usage);
       const leaseId = newId("lse", nowMs);
-      const charges = addresses.map((a) => [a.scopeKey, a.window, a.startMs]);
-      await tx.query(
-        `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions,
-                             charges, create_time, update_time, expire_time)
-         VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10::timestamptz)`,
-        [
-          leaseId,
-          req.sessionId,
-          req.holder,
-          grantValue?.toString() ?? null,
-          grantActions?.toString() ?? null,
-          (grantValue ?? 0n).toString(),
-          (grantActions ?? 0n).toString(),
-          JSON.stringify(charges),
-          iso(nowMs),
-          iso(expireMs),
-        ],
-      );
-      return create(LeaseSchema, {
+      rows.push({
+        leaseId,
+        req,
+        value: grantValue,
+        actions: grantActions,
+        charges: JSON.stringify(addresses.map((a) => [a.scopeKey, a.window, a.startMs])),
+        expireMs,
+      });
+      const lease = create(LeaseSchema, {
         leaseId,
         sessionId: req.sessionId,
         valueMicros: grantValue,
@@ -187,7 +199,29 @@ export class LeaseLedger {
           });
         }),
       });
+      return { i, ok: true, value: lease };
     });
+    if (rows.length === 0) return settled;
+    await saveCounters(tx, usage);
+    await tx.query(
+      `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions,
+                           charges, create_time, update_time, expire_time)
+       SELECT u.lease_id, u.session_id, u.holder, 1, u.granted_value, u.granted_actions,
+              coalesce(u.granted_value, 0), coalesce(u.granted_actions, 0), u.charges::jsonb, $7::timestamptz, $7::timestamptz, u.expire_time
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $8::timestamptz[])
+              AS u(lease_id, session_id, holder, granted_value, granted_actions, charges, expire_time)`,
+      [
+        rows.map((r) => r.leaseId),
+        rows.map((r) => r.req.sessionId),
+        rows.map((r) => r.req.holder),
+        rows.map((r) => r.value?.toString() ?? null),
+        rows.map((r) => r.actions?.toString() ?? null),
+        rows.map((r) => r.charges),
+        iso(nowMs),
+        rows.map((r) => iso(r.expireMs)),
+      ],
+    );
+    return settled;
   }
 
   /**
@@ -281,13 +315,28 @@ export class LeaseLedger {
         }
       }
       await saveCounters(tx, usage);
-      for (const [leaseId, d] of leaseDelta) {
+      if (leaseDelta.size > 0) {
+        // One statement for every lease: a report covers many sessions, and
+        // each round trip here is held under the agent's lock.
+        const deltas = [...leaseDelta];
+        const col = (f: (d: (typeof deltas)[number][1]) => bigint) => deltas.map(([, d]) => f(d).toString());
         await tx.query(
-          `UPDATE leases SET held_value = held_value - $2, held_actions = held_actions - $3,
-                  written_off_value = written_off_value - $4, written_off_actions = written_off_actions - $5,
-                  used_value = used_value + $6, used_actions = used_actions + $7, update_time = $8::timestamptz
-            WHERE lease_id = $1`,
-          [leaseId, d.hv.toString(), d.ha.toString(), d.wv.toString(), d.wa.toString(), d.uv.toString(), d.ua.toString(), iso(nowMs)],
+          `UPDATE leases l SET held_value = l.held_value - u.hv, held_actions = l.held_actions - u.ha,
+                  written_off_value = l.written_off_value - u.wv, written_off_actions = l.written_off_actions - u.wa,
+                  used_value = l.used_value + u.uv, used_actions = l.used_actions + u.ua, update_time = $8::timestamptz
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+                  AS u(lease_id, hv, ha, wv, wa, uv, ua)
+            WHERE l.lease_id = u.lease_id`,
+          [
+            deltas.map(([id]) => id),
+            col((d) => d.hv),
+            col((d) => d.ha),
+            col((d) => d.wv),
+            col((d) => d.wa),
+            col((d) => d.uv),
+            col((d) => d.ua),
+            iso(nowMs),
+          ],
         );
       }
       if (activity.size > 0) {
@@ -323,27 +372,36 @@ export class LeaseLedger {
       );
       if (keySql !== undefined) await tx.query(`${keySql} ON CONFLICT DO NOTHING`, params);
 
-      // 2. Settlements of holds the sidecar placed.
+      // 2. Settlements of holds the sidecar placed, all locked in one read
+      // and applied in a few statements; each is judged in report order
+      // (a second settlement of one hold finds it settled by the first).
       const rejected: string[] = [];
-      const exhausted = new Set<string>();
-      for (const rep of req.reports) {
-        const s = locked.sessions.get(rep.sessionId);
-        if (s === undefined) continue;
-        for (const st of rep.settlements) {
-          const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [st.authorizationId, rep.sessionId]);
-          if (h === undefined || h.status !== ActionStatus.HELD) {
-            rejected.push(`${st.authorizationId}: ${h === undefined ? "not found" : `is ${ActionStatus[h.status]}`}`);
-            continue;
-          }
-          if (st.captureMicros === undefined) {
-            await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
-          } else if (st.captureMicros > BigInt(h.held_value)) {
-            rejected.push(`${st.authorizationId}: capture above the held amount`);
-          } else if (await captureHold(tx, h, st.captureMicros, s, nowMs)) {
-            exhausted.add(s.sessionId);
-          }
+      const settling = req.reports.flatMap((rep) => (locked.sessions.has(rep.sessionId) ? rep.settlements.map((st) => ({ st, sessionId: rep.sessionId })) : []));
+      const holds = new Map<string, ActionRow>();
+      if (settling.length > 0) {
+        const ids = [...new Set(settling.map(({ st }) => st.authorizationId))];
+        for (const h of await lockActions(tx, "action_id = ANY($1::text[])", [ids])) holds.set(h.action_id, h);
+      }
+      const captures: { hold: ActionRow; amountMicros: bigint }[] = [];
+      const voids: ActionRow[] = [];
+      for (const { st, sessionId } of settling) {
+        const h = holds.get(st.authorizationId);
+        if (h === undefined || h.session_id !== sessionId || h.status !== ActionStatus.HELD) {
+          rejected.push(`${st.authorizationId}: ${h === undefined || h.session_id !== sessionId ? "not found" : `is ${ActionStatus[h.status]}`}`);
+          continue;
+        }
+        if (st.captureMicros === undefined) {
+          voids.push(h);
+          holds.set(h.action_id, { ...h, status: ActionStatus.VOIDED });
+        } else if (st.captureMicros > BigInt(h.held_value)) {
+          rejected.push(`${st.authorizationId}: capture above the held amount`);
+        } else {
+          captures.push({ hold: h, amountMicros: st.captureMicros });
+          holds.set(h.action_id, { ...h, status: ActionStatus.CAPTURED });
         }
       }
+      await releaseHolds(tx, voids, ActionStatus.VOIDED, nowMs);
+      await captureHolds(tx, captures, nowMs);
 
       // 3. Releases: what is left goes back to every window it reserved in.
       const releasing = req.reports
@@ -356,12 +414,8 @@ export class LeaseLedger {
       }
 
       // 4. Lifetime limits used up by what was committed end the session.
-      for (const id of sessionIds) {
-        const s = locked.sessions.get(id);
-        if (s === undefined || isTerminal(s.status) || exhausted.has(id)) continue;
-        if (await lifetimeUsedUp(tx, s)) exhausted.add(id);
-      }
-      const ending = [...exhausted].filter((id) => !isTerminal(locked.sessions.get(id)!.status));
+      const live = sessionIds.map((id) => locked.sessions.get(id)).filter((s) => s !== undefined && !isTerminal(s.status)) as LockedSession[];
+      const ending = [...(await lifetimesUsedUp(tx, live))];
       if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
       // A window limit a sidecar's decision ran into is told like the store's own.
       const notices = records
@@ -399,7 +453,7 @@ export class LeaseLedger {
         n++;
         await settleLeases(tx, rows, "write-off", nowMs);
         const s = locked.sessions.get(session_id)!;
-        if (!isTerminal(s.status) && (await lifetimeUsedUp(tx, s))) {
+        if (!isTerminal(s.status) && (await lifetimesUsedUp(tx, [s])).size > 0) {
           await endSessions(tx, [session_id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
         }
       });

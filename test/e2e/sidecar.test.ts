@@ -15,6 +15,7 @@ import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { payment, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { parseSamples, valueOf } from "../observability/scrape.js";
 import { type GrpcClient, freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
 
 const AGENT = "agent-sidecar-e2e";
@@ -321,6 +322,26 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     } finally {
       client.close();
     }
+  });
+
+  test("a burst on a cold session is decided from leases, not call by call through the control plane", async () => {
+    await allReady();
+    const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });
+    const sidecar = sidecars[2]!;
+    const exactSoFar = async () =>
+      valueOf(parseSamples(await (await fetch(`${sidecar.httpUrl}/metrics`)).text()), "warden_decision_duration_seconds_count", { path: "exact" }) ?? 0;
+    const before = await exactSoFar();
+    const client = grpcClient(PolicyService, sidecar.grpcAddress, 0, session.auth);
+    try {
+      // More calls at once than a first lease covers (it is sized before
+      // any rate is known): those it leaves out wait for the next grant.
+      const r = await spend(client, session, 200, USD(1), 200);
+      assert.equal(r.allowed, 200, r.why);
+      assert.equal((await exactSoFar()) - before, 0, "no call went through the control plane");
+    } finally {
+      client.close();
+    }
+    await until("the burst to reach the store", async () => (await committed(session.sessionId)).ledger === USD(200));
   });
 
   test("revocation through another control-plane replica reaches every sidecar within a second", async () => {

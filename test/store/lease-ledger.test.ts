@@ -17,6 +17,7 @@ import {
   ReportLeasesRequestSchema,
 } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { ExtendSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
+import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
@@ -236,6 +237,69 @@ for (const driver of DRIVERS) {
       const total = leases.reduce((sum, l) => sum + (l?.valueMicros ?? 0n), 0n);
       assert.ok(total <= USD(100), `granted ${total}`);
       assert.equal((await day(s.sessionId)).valueUsedMicros, total);
+    });
+
+    test("grants asked at once for an agent's sessions each see the reserves of those before them", async () => {
+      const a = agent();
+      await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: a, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(64) } } }));
+      const sessions = await Promise.all(Array.from({ length: 6 }, () => store.createSession(sessionRequest(a, {}), NO_HASH)));
+      // Asked in one turn, they are granted together (group commit); an
+      // unknown session among them gets nothing and fails no one else.
+      const leases = await Promise.all([...sessions.map((s) => acquire(s.sessionId, USD(1000))), acquire("ses_unknown", USD(1))]);
+      assert.equal(leases.at(-1), undefined);
+      const granted = leases.slice(0, -1).map((l) => l!.valueMicros!);
+      // Half of what the agent has left, each after the ones before.
+      assert.deepEqual(granted, [USD(32), USD(16), USD(8), USD(4), USD(2), USD(1)]);
+      const { rows } = await t.db.query<{ v: string }>("SELECT day_held_value AS v FROM scope_usage WHERE scope_key = $1", [`a:${a}`]);
+      assert.equal(BigInt(rows[0]!.v), USD(63), "every grant is held in the agent's day");
+      for (const [i, s] of sessions.entries()) assert.equal((await day(s.sessionId)).valueUsedMicros, granted[i]);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("one report settles many holds across sessions, each judged in order", async () => {
+      const s1 = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const s2 = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(20) } }), NO_HASH);
+      const l1 = (await acquire(s1.sessionId, USD(50)))!;
+      const l2 = (await acquire(s2.sessionId, USD(10)))!;
+      const [a1, a2, a3, b1] = [record("authorize", USD(20)), record("authorize", USD(10)), record("authorize", USD(5)), record("authorize", USD(10))];
+      await report(rep(s1.sessionId, l1, { records: [a1, a2, a3] }), rep(s2.sessionId, l2, { records: [b1] }));
+      const at = timestampFromMs(clock.ms);
+      const rejected = await report(
+        rep(s1.sessionId, l1, {
+          settlements: [
+            { authorizationId: a1.actionId, captureMicros: USD(15), time: at },
+            { authorizationId: a2.actionId, time: at },
+            { authorizationId: a2.actionId, captureMicros: USD(1), time: at },
+            { authorizationId: a3.actionId, captureMicros: USD(6), time: at },
+            { authorizationId: b1.actionId, time: at },
+          ],
+          release: true,
+        }),
+        rep(s2.sessionId, l2, { settlements: [{ authorizationId: b1.actionId, captureMicros: USD(10), time: at }], release: true }),
+      );
+      assert.deepEqual(
+        rejected.map((r) => r.replace(/^act_\S+: /, "")),
+        ["is VOIDED", "capture above the held amount", "not found"],
+        "a settled hold, too much, another session's hold",
+      );
+      const u1 = (await store.getSession(s1.sessionId)).usage!;
+      assert.equal(u1.valueCommittedMicros, USD(15));
+      assert.equal(u1.valueHeldMicros, USD(5), "the refused capture leaves its hold open");
+      const got2 = await store.getSession(s2.sessionId);
+      assert.equal(got2.usage!.valueCommittedMicros, USD(10));
+      const statuses = (await store.listActions({ sessionId: s1.sessionId, pageSize: 10, pageToken: "" } as never)).actions.map((x) => x.status);
+      assert.deepEqual(statuses.sort(), [ActionStatus.CAPTURED, ActionStatus.VOIDED, ActionStatus.HELD].sort());
+      await assertLedgerConsistent(t.db);
+      // A capture that uses up a lifetime limit ends the session, in a report too.
+      const l3 = (await acquire(s2.sessionId, USD(10)))!;
+      const b2 = record("authorize", USD(10));
+      await report(rep(s2.sessionId, l3, { records: [b2] }));
+      assert.equal((await store.getSession(s2.sessionId)).status, SessionStatus.ACTIVE, "10 of 20 committed, 10 held");
+      await report(rep(s2.sessionId, l3, { settlements: [{ authorizationId: b2.actionId, captureMicros: USD(10), time: at }] }));
+      const ended = await store.getSession(s2.sessionId);
+      assert.equal(ended.status, SessionStatus.EXHAUSTED);
+      assert.equal(ended.usage!.valueCommittedMicros, USD(20));
+      await assertLedgerConsistent(t.db);
     });
 
     test("changes after a revision, in order, with the session's state", async () => {
