@@ -26,6 +26,7 @@ import { SessionService } from "../src/gen/warden/v1/session_service_pb.js";
 import { createStoreLocation, startServerProcess } from "../test/helpers/server-process.js";
 import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
 import { type LoadResult, runGrpcLoad } from "./grpc-load.js";
+import { cpuCells, measureCpu, pidsNamed } from "./process-cpu.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
@@ -37,6 +38,23 @@ interface Row {
   scenario: string;
   result: LoadResult;
   overspend: string;
+  /** CPU ms each process used during the run (see CPU_LABELS). */
+  cpu: Record<string, number> | undefined;
+}
+
+const CPU_LABELS = ["server", "PostgreSQL", "Redis", "load generator"];
+
+/**
+ * A run, with the CPU each process used meanwhile: the server, the
+ * databases and this load generator share the machine's cores, so whose
+ * cost limits a figure is part of the result.
+ */
+async function measured(serverPid: number, run: () => Promise<LoadResult>): Promise<{ result: LoadResult; cpu: Row["cpu"] }> {
+  const { value, cpuMs } = await measureCpu(
+    { server: () => [serverPid], PostgreSQL: () => pidsNamed("postgres"), Redis: () => pidsNamed("redis-server"), "load generator": () => [process.pid] },
+    run,
+  );
+  return { result: value, cpu: cpuMs };
 }
 
 async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false): Promise<LoadResult> {
@@ -62,14 +80,19 @@ async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<
     await load(server.grpcAddress, [await mk("warmup", 1_000_000)], 2000);
 
     const hot = await mk("hot-agent", REQUESTS / 2);
-    const hotRun = await load(server.grpcAddress, [hot], REQUESTS, true);
-    rows.push({ target: `warden (${driver})`, scenario: "1 hot session", result: hotRun, overspend: await overspend(sessions, [hot], hotRun, REQUESTS / 2) });
+    const hotRun = await measured(server.proc.pid!, () => load(server.grpcAddress, [hot], REQUESTS, true));
+    rows.push({ target: `warden (${driver})`, scenario: "1 hot session", ...hotRun, overspend: await overspend(sessions, [hot], hotRun.result, REQUESTS / 2) });
 
     const perSession = REQUESTS / SESSIONS;
     const many: string[] = [];
     for (let i = 0; i < SESSIONS; i++) many.push(await mk(`agent-${i % 100}`, Math.ceil(perSession / 2)));
-    const spreadRun = await load(server.grpcAddress, many, REQUESTS, true);
-    rows.push({ target: `warden (${driver})`, scenario: `${SESSIONS} sessions`, result: spreadRun, overspend: await overspend(sessions, many, spreadRun, Math.ceil(perSession / 2)) });
+    const spreadRun = await measured(server.proc.pid!, () => load(server.grpcAddress, many, REQUESTS, true));
+    rows.push({
+      target: `warden (${driver})`,
+      scenario: `${SESSIONS} sessions`,
+      ...spreadRun,
+      overspend: await overspend(sessions, many, spreadRun.result, Math.ceil(perSession / 2)),
+    });
   } finally {
     await server.stop();
     await cleanup();
@@ -101,15 +124,16 @@ async function main(): Promise<void> {
   const noop = await startBaseline("noop");
   try {
     await load(noop.address, ["warmup"], 2000);
-    rows.push({ target: "no-op @grpc/grpc-js", scenario: "ceiling", result: await load(noop.address, ["s"]), overspend: "n/a" });
+    rows.push({ target: "no-op @grpc/grpc-js", scenario: "ceiling", ...(await measured(noop.proc.pid!, () => load(noop.address, ["s"]))), overspend: "n/a" });
   } finally {
     noop.proc.kill("SIGTERM");
   }
   const rl = await startBaseline("ratelimiter");
   try {
     await load(rl.address, ["warmup"], 2000);
-    rows.push({ target: "rate-limiter-flexible + Redis", scenario: "1 hot key", result: await load(rl.address, ["hot"]), overspend: "n/a" });
-    rows.push({ target: "rate-limiter-flexible + Redis", scenario: `${SESSIONS} keys`, result: await load(rl.address, Array.from({ length: SESSIONS }, (_, i) => `k${i}`)), overspend: "n/a" });
+    rows.push({ target: "rate-limiter-flexible + Redis", scenario: "1 hot key", ...(await measured(rl.proc.pid!, () => load(rl.address, ["hot"]))), overspend: "n/a" });
+    const keys = Array.from({ length: SESSIONS }, (_, i) => `k${i}`);
+    rows.push({ target: "rate-limiter-flexible + Redis", scenario: `${SESSIONS} keys`, ...(await measured(rl.proc.pid!, () => load(rl.address, keys))), overspend: "n/a" });
   } finally {
     rl.proc.kill("SIGTERM");
   }
@@ -128,6 +152,11 @@ async function main(): Promise<void> {
     r.overspend,
   ]);
   printTable(header, table);
+  console.log("\n# CPU per decision, by process (µs); all share this machine's cores (PGlite runs inside the server)\n");
+  printTable(
+    ["target", "scenario", "decisions/s", "server", "PostgreSQL", "Redis", "load generator", "all"],
+    rows.map((r) => [r.target, r.scenario, r.result.perSecond.toFixed(0), ...cpuCells(r.cpu, r.result.requests, CPU_LABELS)]),
+  );
   if (rows.some((r) => r.overspend.startsWith("MISMATCH"))) process.exitCode = 1;
 }
 

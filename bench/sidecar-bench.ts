@@ -45,6 +45,7 @@ import { createPostgresDatabase } from "../test/helpers/databases.js";
 import { freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
 import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
 import { type LoadResult, runGrpcLoad, runGrpcLoadInChild } from "./grpc-load.js";
+import { cpuCells, measureCpu, pidsNamed } from "./process-cpu.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
@@ -154,13 +155,24 @@ async function main(): Promise<void> {
   const procs: ServerProcess[] = [];
   try {
     console.log(`# Sidecar: Check over gRPC, ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight over ${CONNECTIONS} connections\n`);
-    const rows: { target: string; scenario: string; r: LoadResult; books: string }[] = [];
+    const rows: { target: string; scenario: string; r: LoadResult; books: string; cpu?: Record<string, number> | undefined }[] = [];
+    // Closed-loop runs also measure each process's CPU: every process here
+    // shares this machine's cores, the control plane and PostgreSQL storing
+    // the sidecar's records included.
+    const measured = async (server: ChildProcess, run: () => Promise<LoadResult>) => {
+      const { value, cpuMs } = await measureCpu(
+        { server: () => [server.pid!], "control plane": () => [cp.proc.pid!], PostgreSQL: () => pidsNamed("postgres"), "load generator": () => [process.pid] },
+        run,
+      );
+      return { r: value, cpu: cpuMs };
+    };
     const noop = await startBaseline("noop");
     let noopMax: LoadResult;
     try {
       await load(noop.address, [{ id: "warmup", auth: {} }], { total: 2000 });
-      noopMax = await load(noop.address, [{ id: "s", auth: {} }]);
-      rows.push({ target: "no-op @grpc/grpc-js", scenario: "max", r: noopMax, books: "n/a" });
+      const m = await measured(noop.proc, () => load(noop.address, [{ id: "s", auth: {} }]));
+      noopMax = m.r;
+      rows.push({ target: "no-op @grpc/grpc-js", scenario: "max", ...m, books: "n/a" });
     } finally {
       noop.proc.kill("SIGTERM");
     }
@@ -175,19 +187,23 @@ async function main(): Promise<void> {
     await load(lease.grpcAddress, [hot, ...spread], { total: 4000 });
     await load(exact.grpcAddress, [hot], { total: 1000 });
 
-    const leaseHot = await load(lease.grpcAddress, [hot], { keep: true });
-    rows.push({ target: "sidecar, lease mode", scenario: "1 hot session, max", r: leaseHot, books: "" });
-    const leaseSpread = await load(lease.grpcAddress, spread, { keep: true });
-    rows.push({ target: "sidecar, lease mode", scenario: "1000 sessions, max", r: leaseSpread, books: "" });
-    const exactHot = await load(exact.grpcAddress, [hot], { total: Math.min(REQUESTS, 5000), keep: true });
-    rows.push({ target: "sidecar, exact mode", scenario: "1 hot session, max", r: exactHot, books: "" });
+    const hotRun = await measured(lease.proc, () => load(lease.grpcAddress, [hot], { keep: true }));
+    const leaseHot = hotRun.r;
+    rows.push({ target: "sidecar, lease mode", scenario: "1 hot session, max", ...hotRun, books: "" });
+    const spreadRun = await measured(lease.proc, () => load(lease.grpcAddress, spread, { keep: true }));
+    const leaseSpread = spreadRun.r;
+    rows.push({ target: "sidecar, lease mode", scenario: "1000 sessions, max", ...spreadRun, books: "" });
+    const exactRun = await measured(exact.proc, () => load(exact.grpcAddress, [hot], { total: Math.min(REQUESTS, 5000), keep: true }));
+    const exactHot = exactRun.r;
+    rows.push({ target: "sidecar, exact mode", scenario: "1 hot session, max", ...exactRun, books: "" });
     // The same as deployed (the RSS below is measured that way): what its
     // memory settings cost in speed.
     const leaseDeploy = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--optimize-for", DEPLOYED.optimizeFor]), DEPLOYED.nodeFlags, "compiled");
     procs.push(leaseDeploy);
     await load(leaseDeploy.grpcAddress, [hot], { total: 4000 });
-    const leaseDeployHot = await load(leaseDeploy.grpcAddress, [hot], { keep: true });
-    rows.push({ target: `sidecar, lease mode, ${DEPLOYED.label}`, scenario: "1 hot session, max", r: leaseDeployHot, books: "" });
+    const deployRun = await measured(leaseDeploy.proc, () => load(leaseDeploy.grpcAddress, [hot], { keep: true }));
+    const leaseDeployHot = deployRun.r;
+    rows.push({ target: `sidecar, lease mode, ${DEPLOYED.label}`, scenario: "1 hot session, max", ...deployRun, books: "" });
     const half = Math.round(leaseHot.perSecond / 2);
     const leaseHalf = await load(lease.grpcAddress, [hot], { rate: half, keep: true });
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
@@ -231,6 +247,12 @@ async function main(): Promise<void> {
       ]),
     );
     if (books.startsWith("MISMATCH")) process.exitCode = 1;
+    const cpuLabels = ["server", "control plane", "PostgreSQL", "load generator"];
+    console.log("\n# CPU per decision, by process (µs), in the closed-loop runs above; all share this machine's cores\n");
+    printTable(
+      ["target", "scenario", "decisions/s", "server (sidecar or no-op)", "control plane", "PostgreSQL", "load generator", "all"],
+      rows.filter((x) => x.cpu !== undefined).map((x) => [x.target, x.scenario, x.r.perSecond.toFixed(0), ...cpuCells(x.cpu, x.r.requests, cpuLabels)]),
+    );
 
     // ---- 2. revocation across SIDECARS sidecars ----
     // Each sidecar logs (at debug level) the moment a change reaches its

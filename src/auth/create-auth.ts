@@ -5,6 +5,7 @@ import { LRUCache } from "lru-cache";
 import type { AuthService } from "../gen/warden/v1/auth_service_pb.js";
 import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
 import { PolicyService } from "../gen/warden/v1/policy_service_pb.js";
+import { BatchQueue } from "../store/batch-queue.js";
 import type { Database } from "../store/database.js";
 import { APPROVAL_SERVICE_ACCESS, APPROVAL_TOKEN_METHODS, POLICY_SERVICE_ACCESS } from "./access-tables.js";
 import { type ApiKeys, createApiKeys } from "./api-keys.js";
@@ -97,14 +98,23 @@ export async function createAuth(o: AuthOptions): Promise<Auth> {
 
   // A session's agent never changes, so found owners are cached for good;
   // misses are not (the session may be created next).
+  // Misses that arrive together (a sidecar starting on many sessions) are
+  // looked up in one query.
   const owners = new LRUCache<string, string>({ max: 100_000 });
+  const ownerReads = new BatchQueue<string, string | undefined>({
+    maxBatch: 256,
+    shards: Math.min(2, o.db.parallelism),
+    run: async (ids) => {
+      const { rows } = await o.db.query<{ session_id: string; agent_id: string }>(
+        "SELECT session_id, agent_id FROM sessions WHERE session_id = ANY($1::text[])",
+        [[...new Set(ids)]],
+      );
+      for (const r of rows) owners.set(r.session_id, r.agent_id);
+      return ids.map((id, i) => ({ i, ok: true, value: owners.get(id) }));
+    },
+  });
   async function sessionAgent(sessionId: string): Promise<string | undefined> {
-    const hit = owners.get(sessionId);
-    if (hit !== undefined) return hit;
-    const { rows } = await o.db.query<{ agent_id: string }>("SELECT agent_id FROM sessions WHERE session_id = $1", [sessionId]);
-    const agentId = rows[0]?.agent_id;
-    if (agentId !== undefined) owners.set(sessionId, agentId);
-    return agentId;
+    return owners.get(sessionId) ?? ownerReads.submitAny(sessionId);
   }
 
   const authService = createAuthService({ apiKeys, signingKeys, issuer, sessionAgent });

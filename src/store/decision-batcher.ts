@@ -22,7 +22,7 @@ import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement } from "./append-statement.js";
-import { GroupCommit, type Settled as GroupCommitSettled } from "./group-commit.js";
+import { BatchQueue, type Settled as BatchSettled } from "./batch-queue.js";
 import { newId } from "./ids.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
@@ -84,13 +84,13 @@ export interface DecisionBatcherOptions {
  * row locks.
  */
 export class DecisionBatcher {
-  private readonly commits: GroupCommit<Pending, DecideResponse>;
+  private readonly commits: BatchQueue<Pending, DecideResponse>;
   private readonly chains = new LRUCache<string, Chain>({ max: 200_000 });
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
 
   constructor(private readonly opts: DecisionBatcherOptions) {
-    this.commits = new GroupCommit({
+    this.commits = new BatchQueue({
       // Measured on 2 cores: more, smaller transactions cost PostgreSQL more
       // CPU than they win in overlap; two keep one batch filling while the
       // other commits.
@@ -399,7 +399,7 @@ export class DecisionBatcher {
   }
 }
 
-type Settled = GroupCommitSettled<DecideResponse>;
+type Settled = BatchSettled<DecideResponse>;
 
 /** The scope with the session's state as earlier decisions in the batch left it. */
 function refresh(sc: ScopeState, sessions: Map<string, LockedSession>): ScopeState {

@@ -17,7 +17,7 @@ import {
 import type { Database, Queryable } from "./database.js";
 import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
 import type { ActionRow } from "./action-record.js";
-import { GroupCommit, type Settled } from "./group-commit.js";
+import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
 import { saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
@@ -91,7 +91,7 @@ export class LeaseLedger {
   private readonly graceMs: number;
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
-  private readonly grants: GroupCommit<AcquireLeaseRequest, Lease | undefined>;
+  private readonly grants: BatchQueue<AcquireLeaseRequest, Lease | undefined>;
 
   constructor(o: LeaseLedgerOptions) {
     this.db = o.db;
@@ -99,7 +99,7 @@ export class LeaseLedger {
     this.policies = o.policies;
     this.spans = o.spans;
     this.graceMs = o.reconcileGraceMs ?? 10_000;
-    this.grants = new GroupCommit({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch)) });
+    this.grants = new BatchQueue({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch)) });
   }
 
   /**
@@ -109,7 +109,7 @@ export class LeaseLedger {
    * undefined when a useful lease cannot be granted; the caller then decides
    * exactly through the store.
    *
-   * Grants are group-committed (group-commit.ts): every grant locks its
+   * Grants are group-committed (batch-queue.ts): every grant locks its
    * agent's counters, so a sidecar starting on many sessions at once would
    * otherwise queue one transaction per session behind that one lock.
    */

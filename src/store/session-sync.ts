@@ -56,27 +56,37 @@ export async function currentRevision(q: Queryable): Promise<bigint> {
 }
 
 /**
- * A session as a sidecar decides from it: the session, its parents nearest
- * first, and its agent's policy. Read in one statement, so the parts agree.
+ * Sessions as a sidecar decides from them: each session, its parents
+ * nearest first, and its agent's policy; absent when not found. The
+ * revision is read first, then every part in one statement, so the parts
+ * agree. Many at once, because a sidecar that starts (or meets many new
+ * sessions) misses its cache for many sessions together.
  */
-export async function readSessionState(q: Queryable, sessionId: string): Promise<GetSessionStateResponse> {
+export async function readSessionStates(q: Queryable, sessionIds: readonly string[]): Promise<Map<string, GetSessionStateResponse>> {
   const revision = await currentRevision(q);
-  const { rows } = await q.query<StateRow & { agent_policy: Uint8Array | null; agent_revision: string; is_self: boolean }>(
-    `WITH me AS (SELECT ancestor_ids, agent_id FROM sessions WHERE session_id = $1)
-     SELECT ${STATE_COLUMNS.split(", ").map((c) => `s.${c}`).join(", ")}, a.policy AS agent_policy, a.revision AS agent_revision,
-            s.session_id = $1 AS is_self
-       FROM me, sessions s JOIN agents a ON a.agent_id = s.agent_id
-      WHERE s.session_id = $1 OR s.session_id = ANY(me.ancestor_ids)`,
-    [sessionId],
+  const { rows } = await q.query<StateRow & { agent_policy: Uint8Array | null; agent_revision: string }>(
+    `WITH me AS (SELECT session_id, ancestor_ids FROM sessions WHERE session_id = ANY($1::text[])),
+          wanted AS (SELECT session_id FROM me UNION SELECT unnest(ancestor_ids) FROM me)
+     SELECT ${STATE_COLUMNS.split(", ").map((c) => `s.${c}`).join(", ")}, a.policy AS agent_policy, a.revision AS agent_revision
+       FROM sessions s JOIN agents a ON a.agent_id = s.agent_id
+      WHERE s.session_id IN (SELECT session_id FROM wanted)`,
+    [[...new Set(sessionIds)]],
   );
-  const self = rows.find((r) => r.is_self);
-  if (self === undefined) throw new ConnectError(`session_id: session "${sessionId}" not found`, Code.NotFound);
   const byId = new Map(rows.map((r) => [r.session_id, r]));
-  return create(GetSessionStateResponseSchema, {
-    sessions: [self, ...self.ancestor_ids.map((id) => byId.get(id)!)].map(stateOf),
-    agent: agentOf({ agent_id: self.agent_id, policy: self.agent_policy, revision: self.agent_revision }),
-    revision,
-  });
+  const out = new Map<string, GetSessionStateResponse>();
+  for (const id of sessionIds) {
+    const self = byId.get(id);
+    if (self === undefined || out.has(id)) continue;
+    out.set(
+      id,
+      create(GetSessionStateResponseSchema, {
+        sessions: [self, ...self.ancestor_ids.map((a) => byId.get(a)!)].map(stateOf),
+        agent: agentOf({ agent_id: self.agent_id, policy: self.agent_policy, revision: self.agent_revision }),
+        revision,
+      }),
+    );
+  }
+  return out;
 }
 
 /** Changes to sessions and agent policies after a revision. */

@@ -58,7 +58,8 @@ import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./sco
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
-import { currentRevision, readChanges, readSessionState, type SessionChanges } from "./session-sync.js";
+import { currentRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
+import { BatchQueue } from "./batch-queue.js";
 import type { GetSessionStateResponse } from "../gen/warden/v1/sync_service_pb.js";
 
 /** Options of {@link createWardenStore}. */
@@ -97,10 +98,23 @@ export class WardenStore {
   /** Budget leases of sidecars. */
   readonly leases: LeaseLedger;
   private readonly batcher: DecisionBatcher;
+  /** Cache misses of sidecars, read together: a starting sidecar misses many sessions at once. */
+  private readonly stateReads: BatchQueue<string, GetSessionStateResponse>;
 
   constructor(opts: WardenStoreOptions) {
     this.db = opts.db;
     this.now = opts.now ?? Date.now;
+    this.stateReads = new BatchQueue({
+      maxBatch: 256,
+      shards: Math.min(2, this.db.parallelism),
+      run: async (ids) => {
+        const states = await readSessionStates(this.db, ids);
+        return ids.map((id, i) => {
+          const value = states.get(id);
+          return value === undefined ? { i, ok: false, error: notFound("session_id", "session", id) } : { i, ok: true, value };
+        });
+      },
+    });
     this.batcher = new DecisionBatcher({ db: this.db, now: this.now, policies: this.policies, spans: this.spans });
     this.leases = new LeaseLedger({
       db: this.db,
@@ -115,7 +129,7 @@ export class WardenStore {
 
   /** A session, its parents and its agent's policy, as a sidecar caches them. */
   sessionState(sessionId: string): Promise<GetSessionStateResponse> {
-    return readSessionState(this.db, sessionId);
+    return this.stateReads.submitAny(sessionId);
   }
 
   /** Changes after a revision, for one agent or all. */

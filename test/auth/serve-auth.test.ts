@@ -223,6 +223,15 @@ for (const driver of DRIVERS) {
       await refused(agent.sessions.listSessions({}), Code.PermissionDenied, /may only act for agent/);
       await refused(agent.agents.getAgent({ agentId: other }), Code.PermissionDenied);
       await refused(agent.sessions.getSession({ sessionId: "no-such-session" }), Code.NotFound);
+      // Owners asked for at once are looked up together; each call still gets its own answer.
+      const [own, foreign, missing] = await Promise.allSettled([
+        agent.sessions.getSession({ sessionId: mine.session!.sessionId }),
+        agent.sessions.getSession({ sessionId: theirs.session!.sessionId }),
+        agent.sessions.getSession({ sessionId: "no-such-session-either" }),
+      ]);
+      assert.equal(own.status === "fulfilled" && own.value.session?.sessionId, mine.session!.sessionId);
+      assert.equal(foreign.status === "rejected" && ConnectError.from(foreign.reason).code, Code.PermissionDenied);
+      assert.equal(missing.status === "rejected" && ConnectError.from(missing.reason).code, Code.NotFound);
       await refused(agent.sessions.revokeSession({ sessionId: mine.session!.sessionId, reason: "x" }), Code.PermissionDenied);
 
       assert.deepEqual((await agent.sessions.listSessions({ agentId: me })).sessions.map((s) => s.sessionId), [mine.session!.sessionId]);

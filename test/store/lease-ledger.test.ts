@@ -16,7 +16,7 @@ import {
   LeaseReportSchema,
   ReportLeasesRequestSchema,
 } from "../../src/gen/warden/v1/sync_service_pb.js";
-import { ExtendSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
+import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
@@ -300,6 +300,34 @@ for (const driver of DRIVERS) {
       assert.equal(ended.status, SessionStatus.EXHAUSTED);
       assert.equal(ended.usage!.valueCommittedMicros, USD(20));
       await assertLedgerConsistent(t.db);
+    });
+
+    test("session states asked at once are read together, each with its parents and agent; unknown ones fail alone", async () => {
+      const a = agent();
+      const parent = await store.createSession(sessionRequest(a, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const child = await store.forkSession(
+        create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(10) } } }),
+        NO_HASH,
+      );
+      const grandchild = await store.forkSession(
+        create(ForkSessionRequestSchema, { parentSessionId: child.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(5) } } }),
+        NO_HASH,
+      );
+      const other = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const ids = [grandchild.sessionId, parent.sessionId, "ses_missing", other.sessionId, grandchild.sessionId, child.sessionId];
+      const got = await Promise.allSettled(ids.map((id) => store.sessionState(id)));
+      const chain = (i: number) => (got[i] as PromiseFulfilledResult<Awaited<ReturnType<typeof store.sessionState>>>).value.sessions.map((x) => x.sessionId);
+      assert.deepEqual(chain(0), [grandchild.sessionId, child.sessionId, parent.sessionId], "parents nearest first");
+      assert.deepEqual(chain(1), [parent.sessionId]);
+      assert.equal(got[2]!.status, "rejected");
+      assert.equal(ConnectError.from((got[2] as PromiseRejectedResult).reason).code, Code.NotFound);
+      assert.deepEqual(chain(3), [other.sessionId]);
+      assert.deepEqual(chain(4), chain(0), "the same session twice");
+      assert.deepEqual(chain(5), [child.sessionId, parent.sessionId]);
+      const third = (got[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof store.sessionState>>>).value;
+      assert.equal(third.agent!.agentId, a);
+      assert.equal(third.sessions[0]!.policy!.lifetime!.maxValueMicros, USD(5));
+      assert.equal((got[3] as PromiseFulfilledResult<Awaited<ReturnType<typeof store.sessionState>>>).value.agent!.agentId, other.agentId);
     });
 
     test("changes after a revision, in order, with the session's state", async () => {

@@ -3,11 +3,11 @@ import { Code, ConnectError } from "@connectrpc/connect";
 /** The outcome of one item of a batch: its answer, or why it alone failed. */
 export type Settled<R> = { readonly i: number; readonly ok: true; readonly value: R } | { readonly i: number; readonly ok: false; readonly error: ConnectError };
 
-/** Options of {@link GroupCommit}. */
-export interface GroupCommitOptions<Q, R> {
+/** Options of {@link BatchQueue}. */
+export interface BatchQueueOptions<Q, R> {
   /**
-   * Runs one batch in one transaction and settles each item by its index.
-   * Throwing fails the whole batch (nothing of it was stored).
+   * Runs one batch (for writes: in one transaction) and settles each item
+   * by its index. Throwing fails the whole batch (nothing of it was stored).
    */
   readonly run: (batch: readonly Q[]) => Promise<readonly Settled<R>[]>;
   /** Most items per batch. */
@@ -26,29 +26,38 @@ interface Pending<Q, R> {
 }
 
 /**
- * Group commit: items that arrive while a batch is in flight queue up, and
- * the next batch takes them all, so under load the cost of a transaction
- * (its round trips, and the row locks it holds while they go) is shared by
- * many items, and when idle an item runs at once, alone. Nobody is
- * answered before their batch's `run` has returned, i.e. committed.
+ * Batches of whatever arrives together. Items that arrive while a batch is
+ * in flight queue up, and the next batch takes them all, so under load the
+ * cost of a round trip or a transaction (and the row locks it holds
+ * meanwhile) is shared by many items, and when idle an item runs at once,
+ * alone. For writes this is group commit: nobody is answered before their
+ * batch's `run` has returned, i.e. committed.
  *
- * Items in one shard never run concurrently: callers shard by what their
+ * Items in one shard never run concurrently: writers shard by what their
  * transactions lock (an agent, say), so those meet in one queue instead of
- * waiting on each other's row locks.
+ * waiting on each other's row locks; readers spread over the shards.
  */
-export class GroupCommit<Q, R> {
+export class BatchQueue<Q, R> {
   private readonly queues: Pending<Q, R>[][];
   private readonly busy: boolean[];
 
-  constructor(private readonly o: GroupCommitOptions<Q, R>) {
+  constructor(private readonly o: BatchQueueOptions<Q, R>) {
     const shards = Math.max(1, o.shards ?? 1);
     this.queues = Array.from({ length: shards }, () => []);
     this.busy = Array.from({ length: shards }, () => false);
   }
 
+  private nextShard = 0;
+
   /** The number of queues; {@link submit} takes a shard below it. */
   get shards(): number {
     return this.queues.length;
+  }
+
+  /** Queues `item` on the next shard in turn: for items that lock nothing (reads). */
+  submitAny(item: Q): Promise<R> {
+    this.nextShard = (this.nextShard + 1) % this.queues.length;
+    return this.submit(item, this.nextShard);
   }
 
   /** Queues `item` on `shard`; resolves once its batch has committed. */
