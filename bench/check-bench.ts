@@ -13,7 +13,7 @@
  * bounded: a fixed number of requests per scenario.
  *
  * Env: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (64),
- * BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000), DATABASE_URL or
+ * BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000), BENCH_WARMUP (10000), DATABASE_URL or
  * WARDEN_TEST_DATABASE_URL for the PostgreSQL server (default the local one).
  */
 import { fromBinary } from "@bufbuild/protobuf";
@@ -32,6 +32,12 @@ const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 1000);
+/**
+ * Calls before each measured run: enough for the JIT of the server and of
+ * this load generator (the first run measured would otherwise pay for it,
+ * and the no-op ceiling runs first).
+ */
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 10_000);
 
 interface Row {
   target: string;
@@ -77,7 +83,7 @@ async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<
         })
       ).session!.sessionId;
     // Warm up connections, caches and the JIT on a session of its own.
-    await load(server.grpcAddress, [await mk("warmup", 1_000_000)], 2000);
+    await load(server.grpcAddress, [await mk("warmup", 1_000_000)], WARMUP);
 
     const hot = await mk("hot-agent", REQUESTS / 2);
     const hotRun = await measured(server.proc.pid!, () => load(server.grpcAddress, [hot], REQUESTS, true));
@@ -123,14 +129,14 @@ async function main(): Promise<void> {
   console.log(`# Check over gRPC: ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight over ${CONNECTIONS} connections\n`);
   const noop = await startBaseline("noop");
   try {
-    await load(noop.address, ["warmup"], 2000);
+    await load(noop.address, ["warmup"], WARMUP);
     rows.push({ target: "no-op @grpc/grpc-js", scenario: "ceiling", ...(await measured(noop.proc.pid!, () => load(noop.address, ["s"]))), overspend: "n/a" });
   } finally {
     noop.proc.kill("SIGTERM");
   }
   const rl = await startBaseline("ratelimiter");
   try {
-    await load(rl.address, ["warmup"], 2000);
+    await load(rl.address, ["warmup"], WARMUP);
     rows.push({ target: "rate-limiter-flexible + Redis", scenario: "1 hot key", ...(await measured(rl.proc.pid!, () => load(rl.address, ["hot"]))), overspend: "n/a" });
     const keys = Array.from({ length: SESSIONS }, (_, i) => `k${i}`);
     rows.push({ target: "rate-limiter-flexible + Redis", scenario: `${SESSIONS} keys`, ...(await measured(rl.proc.pid!, () => load(rl.address, keys))), overspend: "n/a" });

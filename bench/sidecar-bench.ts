@@ -22,7 +22,8 @@
  *
  * Env: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (64),
  * BENCH_CONNECTIONS (4), BENCH_SIDECARS (20), BENCH_REVOCATIONS (10),
- * BENCH_CACHED_SESSIONS (100000), WARDEN_TEST_DATABASE_URL (PostgreSQL).
+ * BENCH_CACHED_SESSIONS (100000), BENCH_WARMUP (10000), WARDEN_TEST_DATABASE_URL
+ * (PostgreSQL).
  * Everything is bounded: fixed request counts, then the processes stop.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
@@ -53,6 +54,8 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const SIDECARS = Number(process.env.BENCH_SIDECARS ?? 20);
 const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 10);
 const CACHED = Number(process.env.BENCH_CACHED_SESSIONS ?? 100_000);
+/** Calls before the no-op ceiling is measured: it runs first, and this load generator's JIT must be warm too. */
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 10_000);
 const ROOT = join(import.meta.dirname, "..");
 const AGENT = "bench-agent";
 /**
@@ -169,7 +172,7 @@ async function main(): Promise<void> {
     const noop = await startBaseline("noop");
     let noopMax: LoadResult;
     try {
-      await load(noop.address, [{ id: "warmup", auth: {} }], { total: 2000 });
+      await load(noop.address, [{ id: "warmup", auth: {} }], { total: WARMUP });
       const m = await measured(noop.proc, () => load(noop.address, [{ id: "s", auth: {} }]));
       noopMax = m.r;
       rows.push({ target: "no-op @grpc/grpc-js", scenario: "max", ...m, books: "n/a" });
@@ -209,7 +212,7 @@ async function main(): Promise<void> {
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
     const noop2 = await startBaseline("noop");
     try {
-      await load(noop2.address, [{ id: "warmup", auth: {} }], { total: 2000 });
+      await load(noop2.address, [{ id: "warmup", auth: {} }], { total: WARMUP });
       rows.push({ target: "no-op @grpc/grpc-js", scenario: `${half}/s`, r: await load(noop2.address, [{ id: "s", auth: {} }], { rate: half }), books: "n/a" });
     } finally {
       noop2.proc.kill("SIGTERM");
