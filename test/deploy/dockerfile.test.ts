@@ -210,6 +210,8 @@ describe("the build stage, replayed", () => {
     const dist = join(appDir, "dist");
     const files = readdirSync(dist, { recursive: true, encoding: "utf8" }).filter((f) => statSync(join(dist, f)).isFile());
     assert.ok(files.includes(join("cli", "main.js")));
+    // The sidecar starts from its one-file bundle (main.js falls back to the modules without it, slower).
+    assert.ok(files.includes(join("sidecar", "sidecar-bundle.js")), "the build made no sidecar bundle");
     for (const f of files) {
       assert.doesNotMatch(f, /\.(ts|map)$|\.test\.js$/, `dist/${f}`);
     }
