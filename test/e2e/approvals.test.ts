@@ -31,9 +31,28 @@ async function rejectsWith(p: Promise<unknown>, code: grpc.status, message: RegE
 
 /** Every message of a WatchApproval stream, until it ends. */
 async function collect(stream: AsyncIterable<{ approval: Approval }>): Promise<ApprovalStatus[]> {
-  const seen: ApprovalStatus[] = [];
-  for await (const m of stream) seen.push(m.approval.status);
-  return seen;
+  return (await watch(stream)).all;
+}
+
+/**
+ * Reads a watch stream; `first` resolves with its first status, the one
+ * it had when the watch reached the control plane. A test decides only
+ * after that, or the decision may come first and the watch open on it.
+ */
+function watch(stream: AsyncIterable<{ approval: Approval }>): { first: Promise<ApprovalStatus>; all: Promise<ApprovalStatus[]> } {
+  let onFirst: (s: ApprovalStatus) => void = () => {};
+  const first = new Promise<ApprovalStatus>((resolve) => (onFirst = resolve));
+  const all = (async () => {
+    const seen: ApprovalStatus[] = [];
+    for await (const m of stream) {
+      seen.push(m.approval.status);
+      if (seen.length === 1) onFirst(m.approval.status);
+    }
+    // Ended without a message: fail the test's assertion rather than hang it.
+    if (seen.length === 0) onFirst(ApprovalStatus.UNSPECIFIED);
+    return seen;
+  })();
+  return { first, all };
 }
 
 /**
@@ -105,14 +124,15 @@ describe("approvals end to end: agent through a sidecar, approver at the control
     assert.match(r.approvalId, /^apr_/);
     assert.equal((await usage(s.sessionId)).valueHeldMicros, USD(150), "held while pending");
 
-    const watching = collect(agentApprovals.watchApproval({ approvalId: r.approvalId, sessionId: s.sessionId }, {}, s.auth));
+    const watching = watch(agentApprovals.watchApproval({ approvalId: r.approvalId, sessionId: s.sessionId }, {}, s.auth));
+    assert.equal(await watching.first, ApprovalStatus.PENDING);
     // The approver's queue shows it.
     const queue = await approver.listApprovals({ agentId: AGENT, status: ApprovalStatus.PENDING });
     assert.ok(queue.approvals.some((a: Approval) => a.approvalId === r.approvalId));
     const approved = await approver.approveApproval({ approvalId: r.approvalId, comment: "fine" });
     assert.equal(approved.approval.status, ApprovalStatus.APPROVED);
     assert.match(approved.approval.decidedBy, /^key_/, "the approver's key id, never its secret");
-    assert.deepEqual(await watching, [ApprovalStatus.PENDING, ApprovalStatus.APPROVED]);
+    assert.deepEqual(await watching.all, [ApprovalStatus.PENDING, ApprovalStatus.APPROVED]);
 
     const cap = await agentPolicy.capture({ sessionId: s.sessionId, authorizationId: approved.approval.actionId }, {}, s.auth);
     assert.equal(cap.authorization.status, ActionStatus.CAPTURED);
@@ -125,10 +145,10 @@ describe("approvals end to end: agent through a sidecar, approver at the control
     const s = await session();
     const r = await agentPolicy.check({ sessionId: s.sessionId, action: payment(USD(500)) }, {}, s.auth);
     assert.equal(r.decision.outcome, Outcome.NEEDS_APPROVAL);
-    const watching = collect(agentApprovals.watchApproval({ approvalId: r.approvalId, sessionId: s.sessionId }, {}, s.auth));
-    await new Promise((res) => setTimeout(res, 100));
+    const watching = watch(agentApprovals.watchApproval({ approvalId: r.approvalId, sessionId: s.sessionId }, {}, s.auth));
+    assert.equal(await watching.first, ApprovalStatus.PENDING);
     await approver.denyApproval({ approvalId: r.approvalId, reason: "too much" });
-    assert.deepEqual(await watching, [ApprovalStatus.PENDING, ApprovalStatus.DENIED]);
+    assert.deepEqual(await watching.all, [ApprovalStatus.PENDING, ApprovalStatus.DENIED]);
     assert.equal((await usage(s.sessionId)).valueHeldMicros, 0n);
     await rejectsWith(agentPolicy.capture({ sessionId: s.sessionId, authorizationId: r.actionId }, {}, s.auth), grpc.status.FAILED_PRECONDITION, /denied/);
   });
