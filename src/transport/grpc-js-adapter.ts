@@ -4,8 +4,8 @@ import { create, fromBinary, toBinary, type DescMessage, type DescMethod, type D
 import {
   Code,
   ConnectError,
+  type ContextValues,
   createContextValues,
-  createHandlerContext,
   createServiceImplSpec,
   type HandlerContext,
   type ServiceImpl,
@@ -55,7 +55,7 @@ export interface GrpcJsService {
  * The implementation is the same `ServiceImpl` that `ConnectRouter.service`
  * takes, so a service is written once and served by both stacks. Messages are
  * (de)serialized with protobuf-es from the generated descriptors; each handler
- * gets a real `HandlerContext` (request headers from the gRPC metadata, a
+ * gets a `HandlerContext` (request headers from the gRPC metadata, a
  * signal that aborts on cancellation, deadline or shutdown, the remaining
  * time, and the client's verified TLS certificate under
  * `peerCertificateKey` in `values`); a thrown `ConnectError` becomes the gRPC status with the
@@ -122,7 +122,6 @@ interface MethodRuntime {
   readonly shutdownSignal: AbortSignal | undefined;
 }
 
-type HandlerContextController = ReturnType<typeof createHandlerContext>;
 
 function createSerializer(schema: DescMessage): grpc.serialize<Message> {
   return (message) => {
@@ -173,7 +172,7 @@ async function runUnary(rt: MethodRuntime, call: ServerSurfaceCall, input: unkno
   try {
     response = normalizeOutput(rt.output, await rt.impl(input, ctx));
     sendHeader(call, ctx);
-    trailer = toMetadata(ctx.responseTrailer);
+    trailer = toMetadata(ctx.written("trailer"));
   } catch (reason) {
     sendHeader(call, ctx);
     callback(toStatus(rt, reason, ctx));
@@ -205,7 +204,7 @@ async function runStream(
       if (!call.write(message)) await once(call, "drain", { signal: ctx.signal });
     }
     if (!headerSent) sendHeader(call, ctx);
-    call.end(toMetadata(ctx.responseTrailer));
+    call.end(toMetadata(ctx.written("trailer")));
   } catch (reason) {
     if (!headerSent) sendHeader(call, ctx);
     // grpc-js turns an "error" event on a server stream into the final status.
@@ -220,27 +219,10 @@ const callCompleted = new ConnectError("the call has completed", Code.Canceled);
 
 const kContext = Symbol("warden.handlerContext");
 
-type CallWithContext = ServerSurfaceCall & { [kContext]?: HandlerContextController };
+type CallWithContext = ServerSurfaceCall & { [kContext]?: CallContext };
 
-function createContext(rt: MethodRuntime, call: CallWithContext): HandlerContextController {
-  const deadline = call.getDeadline();
-  // grpc-js reports a certificate only on TLS connections where the client
-  // presented one that verified against the listener's CA.
-  const peerCertificate = call.getAuthContext?.()?.sslPeerCertificate;
-  const ctx = createHandlerContext({
-    service: rt.service,
-    method: rt.method,
-    protocolName: "grpc",
-    requestMethod: "POST",
-    url: `http://${call.getHost()}${rt.path}`,
-    // grpc-js reports "no deadline" as Infinity.
-    timeoutMs: deadline === Infinity ? undefined : +deadline - Date.now(),
-    shutdownSignal: rt.shutdownSignal,
-    // Binary ("-bin") values arrive base64-encoded, as on the wire and as
-    // connect-node presents them.
-    requestHeader: call.metadata.toHttp2Headers() as Record<string, string>,
-    contextValues: peerCertificate === undefined ? undefined : createContextValues().set(peerCertificateKey, peerCertificate),
-  });
+function createContext(rt: MethodRuntime, call: CallWithContext): CallContext {
+  const ctx = new CallContext(rt, call);
   // One shared listener reads the context from the call instead of a new
   // closure per call.
   call[kContext] = ctx;
@@ -248,10 +230,118 @@ function createContext(rt: MethodRuntime, call: CallWithContext): HandlerContext
   return ctx;
 }
 
+/**
+ * A call's HandlerContext, built as it is used. connect's
+ * createHandlerContext makes everything up front: two AbortControllers
+ * listening on three signals, three Headers and a deadline timer. A unary
+ * handler here mostly reads a header or two and never touches the signal
+ * or the response headers, and that setup was the largest single part of
+ * a sidecar decision's own cost after (de)serialization. The behaviour is
+ * the same: the signal aborts on cancellation, deadline, forced shutdown
+ * or completion, whenever it is first read (already aborted, if that
+ * happened before).
+ */
+class CallContext implements HandlerContext {
+  readonly protocolName = "grpc";
+  readonly requestMethod = "POST";
+  readonly values: ContextValues;
+  private readonly deadlineMs: number | undefined;
+  private controller: AbortController | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private reason: unknown;
+  private done = false;
+  private reqHeader: Headers | undefined;
+  private resHeader: Headers | undefined;
+  private resTrailer: Headers | undefined;
+
+  constructor(
+    private readonly rt: MethodRuntime,
+    private readonly call: ServerSurfaceCall,
+  ) {
+    const deadline = call.getDeadline();
+    // grpc-js reports "no deadline" as Infinity.
+    this.deadlineMs = deadline === Infinity ? undefined : +deadline;
+    // grpc-js reports a certificate only on TLS connections where the client
+    // presented one that verified against the listener's CA.
+    const peerCertificate = call.getAuthContext?.()?.sslPeerCertificate;
+    this.values = peerCertificate === undefined ? createContextValues() : createContextValues().set(peerCertificateKey, peerCertificate);
+  }
+
+  get method(): DescMethod {
+    return this.rt.method;
+  }
+
+  get service(): DescService {
+    return this.rt.service;
+  }
+
+  get url(): string {
+    return `http://${this.call.getHost()}${this.rt.path}`;
+  }
+
+  /** Binary ("-bin") values arrive base64-encoded, as on the wire and as connect-node presents them. */
+  get requestHeader(): Headers {
+    return (this.reqHeader ??= new Headers(this.call.metadata.toHttp2Headers() as Record<string, string>));
+  }
+
+  get responseHeader(): Headers {
+    return (this.resHeader ??= new Headers());
+  }
+
+  get responseTrailer(): Headers {
+    return (this.resTrailer ??= new Headers());
+  }
+
+  /** Response headers or trailers a handler set; undefined when it touched neither (the usual case). */
+  written(which: "header" | "trailer"): Headers | undefined {
+    return which === "header" ? this.resHeader : this.resTrailer;
+  }
+
+  readonly timeoutMs = (): number | undefined => (this.deadlineMs === undefined ? undefined : this.deadlineMs - Date.now());
+
+  get signal(): AbortSignal {
+    if (this.controller !== undefined) return this.controller.signal;
+    const controller = (this.controller = new AbortController());
+    const shutdown = this.rt.shutdownSignal;
+    if (this.done) controller.abort(this.reason);
+    else if (shutdown?.aborted) this.abort(shutdown.reason);
+    else {
+      if (shutdown !== undefined) {
+        this.onShutdown = () => this.abort(shutdown.reason);
+        shutdown.addEventListener("abort", this.onShutdown);
+      }
+      const remaining = this.timeoutMs();
+      if (remaining !== undefined) {
+        const timedOut = () => this.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+        if (remaining <= 0) timedOut();
+        else this.timer = setTimeout(timedOut, remaining);
+      }
+    }
+    return controller.signal;
+  }
+
+  /** Listens to the server's shutdown signal once the signal exists. */
+  private onShutdown: (() => void) | undefined;
+
+  /** Ends the context: the signal (now or when first read) aborts with `reason`. */
+  abort(reason: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    this.reason = reason;
+    clearTimeout(this.timer);
+    if (this.onShutdown !== undefined) this.rt.shutdownSignal?.removeEventListener("abort", this.onShutdown);
+    this.controller?.abort(reason);
+  }
+
+  get aborted(): boolean {
+    return this.done;
+  }
+}
+
 /** grpc-js emits "cancelled" when the client cancels, the connection drops, or the deadline passes. */
 function onCancelled(this: CallWithContext): void {
   const ctx = this[kContext];
-  if (ctx === undefined || ctx.signal.aborted) return;
+  if (ctx === undefined || ctx.aborted) return;
   const remaining = ctx.timeoutMs();
   ctx.abort(
     remaining !== undefined && remaining <= 0
@@ -270,7 +360,7 @@ function normalizeOutput(schema: DescMessage, value: unknown): Message {
  * The final status of a failed call. It must not throw: the call would
  * never end, and the rejection would be unhandled.
  */
-function toStatus(rt: MethodRuntime, reason: unknown, ctx: HandlerContext): Partial<grpc.StatusObject> {
+function toStatus(rt: MethodRuntime, reason: unknown, ctx: CallContext): Partial<grpc.StatusObject> {
   const err = normalizeError(reason, ctx.signal);
   if (isServerFault(err.code) && rt.onError !== undefined) {
     try {
@@ -279,7 +369,7 @@ function toStatus(rt: MethodRuntime, reason: unknown, ctx: HandlerContext): Part
       // A failing log call must not keep the client from its answer.
     }
   }
-  const metadata = toMetadata(ctx.responseTrailer) ?? new grpc.Metadata();
+  const metadata = toMetadata(ctx.written("trailer")) ?? new grpc.Metadata();
   copyHeaders(err.metadata, metadata);
   try {
     const details = encodeGrpcStatusDetails(err);
@@ -291,8 +381,8 @@ function toStatus(rt: MethodRuntime, reason: unknown, ctx: HandlerContext): Part
   return { code: err.code as number, details: err.rawMessage, metadata };
 }
 
-function sendHeader(call: ServerSurfaceCall, ctx: HandlerContext): void {
-  const md = toMetadata(ctx.responseHeader);
+function sendHeader(call: ServerSurfaceCall, ctx: CallContext): void {
+  const md = toMetadata(ctx.written("header"));
   if (md !== undefined) call.sendMetadata(md);
 }
 
@@ -300,8 +390,8 @@ function sendHeader(call: ServerSurfaceCall, ctx: HandlerContext): void {
 const reservedHeaders = new Set(["content-type", "te", "connection", "keep-alive", "transfer-encoding", "upgrade", "host", "content-length"]);
 
 /** Converts handler-set headers to metadata; undefined when there are none (the usual case). */
-function toMetadata(headers: Headers): grpc.Metadata | undefined {
-  if (headers.keys().next().done === true) return undefined;
+function toMetadata(headers: Headers | undefined): grpc.Metadata | undefined {
+  if (headers === undefined || headers.keys().next().done === true) return undefined;
   const md = new grpc.Metadata();
   copyHeaders(headers, md);
   return md;

@@ -19,10 +19,18 @@ interface Observed {
  * A stand-in PolicyService whose Check behaves according to the session id,
  * so each test can drive one path of the adapter.
  */
-function createFakePolicyService(observed: Observed[], started: { notify: () => void }): Partial<ServiceImpl<typeof PolicyService>> {
+function createFakePolicyService(
+  observed: Observed[],
+  started: { notify: () => void },
+  kept: HandlerContext[] = [],
+): Partial<ServiceImpl<typeof PolicyService>> {
   return {
     async check(req: CheckRequest, ctx: HandlerContext) {
       switch (req.sessionId) {
+        case "keep":
+          // Never reads the signal while the call runs.
+          kept.push(ctx);
+          return { actionId: "kept" };
         case "notfound":
           throw new ConnectError("session notfound does not exist", Code.NotFound);
         case "odd":
@@ -60,9 +68,10 @@ describe("createGrpcJsService: one implementation on both stacks", { timeout: 20
   const observed: Observed[] = [];
   let started = deferred();
   const startedHook = { notify: () => started.resolve() };
+  const kept: HandlerContext[] = [];
 
   before(async () => {
-    const mounted: MountedService[] = [mountService(PolicyService, createFakePolicyService(observed, startedHook))];
+    const mounted: MountedService[] = [mountService(PolicyService, createFakePolicyService(observed, startedHook, kept))];
     stacks = await startStacks(mounted);
   });
   after(() => stacks.close());
@@ -198,6 +207,21 @@ describe("createGrpcJsService: one implementation on both stacks", { timeout: 20
         await waitFor(() => observed.length === 1);
         assert.ok([Code.DeadlineExceeded, Code.Canceled].includes(ConnectError.from(observed[0]!.reason).code), name);
         assert.ok(observed[0]!.timeoutMs! <= 200, name);
+      } finally {
+        client.close();
+      }
+    }
+  });
+
+  test("a signal first read after the call completed is already aborted, with the completion as its reason", async () => {
+    for (const { name, grpcAddress } of stackUrls(stacks)) {
+      kept.length = 0;
+      const client = grpcJsClient(PolicyService, grpcAddress);
+      try {
+        await grpcJsUnary(client, "check", checkRequest("keep"));
+        assert.equal(kept.length, 1, name);
+        assert.equal(kept[0]!.signal.aborted, true, name);
+        assert.equal(ConnectError.from(kept[0]!.signal.reason).code, Code.Canceled, name);
       } finally {
         client.close();
       }
