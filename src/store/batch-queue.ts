@@ -40,14 +40,13 @@ interface Pending<Q, R> {
 export class BatchQueue<Q, R> {
   private readonly queues: Pending<Q, R>[][];
   private readonly busy: boolean[];
+  private nextShard = 0;
 
   constructor(private readonly o: BatchQueueOptions<Q, R>) {
     const shards = Math.max(1, o.shards ?? 1);
     this.queues = Array.from({ length: shards }, () => []);
     this.busy = Array.from({ length: shards }, () => false);
   }
-
-  private nextShard = 0;
 
   /** The number of queues; {@link submit} takes a shard below it. */
   get shards(): number {
