@@ -414,7 +414,7 @@ export class LeaseLedger {
       }
 
       // 4. Lifetime limits used up by what was committed end the session.
-      const live = sessionIds.map((id) => locked.sessions.get(id)).filter((s) => s !== undefined && !isTerminal(s.status)) as LockedSession[];
+      const live = sessionIds.map((id) => locked.sessions.get(id)).filter((s): s is LockedSession => s !== undefined && !isTerminal(s.status));
       const ending = [...(await lifetimesUsedUp(tx, live))];
       if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
       // A window limit a sidecar's decision ran into is told like the store's own.
