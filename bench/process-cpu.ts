@@ -70,3 +70,56 @@ export function cpuCells(cpuMs: Record<string, number> | undefined, calls: numbe
   const us = labels.map((l) => ((cpuMs[l] ?? 0) * 1000) / calls);
   return [...us, us.reduce((a, b) => a + b, 0)].map((v) => (v === 0 ? "–" : v.toFixed(0)));
 }
+
+/** CPU ticks the whole machine spent busy, and in all, so far (/proc/stat); undefined without /proc. */
+function machineTicks(): { busy: number; all: number } | undefined {
+  if (!HAS_PROC) return undefined;
+  // user nice system idle iowait irq softirq steal (guest time is already in user).
+  const t = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const all = t.reduce((a, b) => a + b, 0);
+  return { busy: all - t[3]! - t[4]!, all };
+}
+
+/**
+ * Time a process's main thread has spent runnable but waiting for a CPU,
+ * in ms (/proc/<pid>/task/<pid>/schedstat, whose second field is exactly
+ * that); 0 once it is gone.
+ */
+function runQueueWaitMsOf(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").split(" ")[1]) / 1e6;
+  } catch {
+    return 0;
+  }
+}
+
+/** What {@link measureContention} saw: the machine's busy share, and how long the process waited for a CPU. */
+export interface Contention {
+  /** Share of both cores' time that was busy (any process), in percent. */
+  readonly machineBusyPct: number;
+  /** Share of the run the process's main thread was ready to run but waiting for a CPU, in percent. */
+  readonly waitingPct: number;
+}
+
+/**
+ * Runs `fn` and measures how contended the CPU was meanwhile: on a machine
+ * whose cores every process here shares, a latency figure means little
+ * without it (a call that is ready but not running waits however fast the
+ * code is). Undefined without /proc.
+ */
+export async function measureContention<T>(pid: number, fn: () => Promise<T>): Promise<{ value: T; contention: Contention | undefined }> {
+  const m0 = machineTicks();
+  const w0 = runQueueWaitMsOf(pid);
+  const t0 = performance.now();
+  const value = await fn();
+  const m1 = machineTicks();
+  if (m0 === undefined || m1 === undefined) return { value, contention: undefined };
+  const wallMs = performance.now() - t0;
+  return {
+    value,
+    contention: {
+      machineBusyPct: ((m1.busy - m0.busy) / Math.max(1, m1.all - m0.all)) * 100,
+      waitingPct: ((runQueueWaitMsOf(pid) - w0) / wallMs) * 100,
+    },
+  };
+}

@@ -7,8 +7,10 @@
  *      no-op @grpc/grpc-js server, closed loop (--optimize-for speed), and
  *      lease mode again as deploy/ runs it (what its memory settings cost); then lease mode and no-op
  *      open loop at half of lease mode's maximum, for latency at a load
- *      with headroom. Afterwards the books are checked: what was allowed
- *      equals what the store committed.
+ *      with headroom, with how busy the cores were meanwhile and how long
+ *      the server was ready to run but waiting for one (latency on shared
+ *      cores is mostly that). Afterwards the books are checked: what was
+ *      allowed equals what the store committed.
  *   2. Revocation propagation across 20 sidecars: time from the revoke
  *      call until the change is in each sidecar's cache (then each is
  *      asked, and none may allow the session).
@@ -46,7 +48,7 @@ import { createPostgresDatabase } from "../test/helpers/databases.js";
 import { freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../test/helpers/server-process.js";
 import { AMOUNT, CHECK_PATH, encodeCheck, printTable, startBaseline } from "./bench-helpers.js";
 import { type LoadResult, runGrpcLoad, runGrpcLoadInChild } from "./grpc-load.js";
-import { cpuCells, measureCpu, pidsNamed } from "./process-cpu.js";
+import { type Contention, cpuCells, measureContention, measureCpu, pidsNamed } from "./process-cpu.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
@@ -208,12 +210,18 @@ async function main(): Promise<void> {
     const leaseDeployHot = deployRun.r;
     rows.push({ target: `sidecar, lease mode, ${DEPLOYED.label}`, scenario: "1 hot session, max", ...deployRun, books: "" });
     const half = Math.round(leaseHot.perSecond / 2);
-    const leaseHalf = await load(lease.grpcAddress, [hot], { rate: half, keep: true });
+    // Open loop, and what the CPU was doing meanwhile (see the table below).
+    const halfRows: { target: string; r: LoadResult; contention: Contention | undefined }[] = [];
+    const leaseHalfRun = await measureContention(lease.proc.pid!, () => load(lease.grpcAddress, [hot], { rate: half, keep: true }));
+    const leaseHalf = leaseHalfRun.value;
     rows.push({ target: "sidecar, lease mode", scenario: `1 hot session, ${half}/s (half of max)`, r: leaseHalf, books: "" });
+    halfRows.push({ target: "sidecar, lease mode", r: leaseHalf, contention: leaseHalfRun.contention });
     const noop2 = await startBaseline("noop");
     try {
       await load(noop2.address, [{ id: "warmup", auth: {} }], { total: WARMUP });
-      rows.push({ target: "no-op @grpc/grpc-js", scenario: `${half}/s`, r: await load(noop2.address, [{ id: "s", auth: {} }], { rate: half }), books: "n/a" });
+      const noopHalf = await measureContention(noop2.proc.pid!, () => load(noop2.address, [{ id: "s", auth: {} }], { rate: half }));
+      rows.push({ target: "no-op @grpc/grpc-js", scenario: `${half}/s`, r: noopHalf.value, books: "n/a" });
+      halfRows.push({ target: "no-op @grpc/grpc-js", r: noopHalf.value, contention: noopHalf.contention });
     } finally {
       noop2.proc.kill("SIGTERM");
     }
@@ -255,6 +263,19 @@ async function main(): Promise<void> {
     printTable(
       ["target", "scenario", "decisions/s", "server (sidecar or no-op)", "control plane", "PostgreSQL", "load generator", "all"],
       rows.filter((x) => x.cpu !== undefined).map((x) => [x.target, x.scenario, x.r.perSecond.toFixed(0), ...cpuCells(x.cpu, x.r.requests, cpuLabels)]),
+    );
+    console.log(`\n# At ${half}/s (half of lease mode's max), open loop: how busy the machine's cores were, and how long the server was ready to run but waiting for one\n`);
+    const pctCell = (v: number | undefined) => (v === undefined ? "n/a" : `${v.toFixed(1)}%`);
+    printTable(
+      ["target", "decisions/s", "p50 ms", "p99 ms", "machine busy", "server main thread waiting for a CPU"],
+      halfRows.map((x) => [
+        x.target,
+        x.r.perSecond.toFixed(0),
+        x.r.p50Ms.toFixed(2),
+        x.r.p99Ms.toFixed(2),
+        pctCell(x.contention?.machineBusyPct),
+        pctCell(x.contention?.waitingPct),
+      ]),
     );
 
     // ---- 2. revocation across SIDECARS sidecars ----

@@ -5,9 +5,9 @@ import { setFlagsFromString } from "node:v8";
  * `--optimize-for-size`: the heap grows more slowly and is collected and
  * shrunk sooner. A sidecar runs beside every agent, so its resident memory
  * is multiplied by the pod count; measured with 100,000 cached sessions it
- * saves ~17–22 MB of RSS (135 against 152 MB in one run, 134 against 156 in
- * another) for 10–21% fewer lease-mode decisions/s (README, sidecar
- * benchmark).
+ * saves ~17–33 MB of RSS (135 against 152 MB in one run, 134 against 156 in
+ * another, 133 against 166 in a third) for 10–21% fewer lease-mode
+ * decisions/s (README, sidecar benchmark).
  *
  * Set here, at run time, rather than on node's command line: Node refuses
  * this flag in NODE_OPTIONS, and the image's one ENTRYPOINT serves every

@@ -253,7 +253,7 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = withAuthFlags({
       default: "memory",
       arg: "memory|speed",
       choices: ["memory", "speed"],
-      help: "memory: V8 collects garbage sooner and keeps a smaller heap (one sidecar runs beside every agent; ~17–22 MB less at 100,000 sessions, for 10–21% fewer decisions/s); speed: V8's defaults",
+      help: "memory: V8 collects garbage sooner and keeps a smaller heap (one sidecar runs beside every agent; ~17–33 MB less at 100,000 sessions, for 10–21% fewer decisions/s); speed: V8's defaults",
     },
     ...common,
   ],
