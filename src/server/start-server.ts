@@ -49,6 +49,7 @@ import { createGrpcServer } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
+import { StartSteps } from "./start-steps.js";
 import type { Logger } from "./logger.js";
 import { DEFAULT_DATA_DIR } from "./role-flags.js";
 
@@ -151,19 +152,23 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     o.databaseUrl !== undefined ? createPgDatabase({ connectionString: o.databaseUrl }) : await createPgliteDatabase(o.dataDir),
     metrics,
   );
-  const applied = await migrate(db);
+  const steps = new StartSteps();
+  steps.opened(() => db.close());
+  const applied = await steps.run(() => migrate(db));
   if (applied.length > 0) log.info({ applied }, "migrated");
   readiness.set("store", true);
   // Tokens are issued whether or not they are required, so an agent is
   // written once for both modes; the signing key lives in the store.
-  const auth = await createAuth({ db, now: o.now, tokenTtlMs: o.sessionTokenTtlMs });
+  const auth = await steps.run(() => createAuth({ db, now: o.now, tokenTtlMs: o.sessionTokenTtlMs }));
   const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs });
   // Sidecars watch sessions through this replica's one feed of changes.
   const webhookStore = createWebhookStore({ db, now: o.now });
-  const feed = await createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") });
+  const feed = await steps.run(() => createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") }));
+  steps.opened(() => feed.stop());
   // WatchApproval and WatchEvents streams wait on this replica's one LISTEN per channel.
   const approvalWatch = createNotifyWatch({ db, channel: APPROVAL_CHANNEL });
   const eventWatch = createNotifyWatch({ db, channel: EVENT_CHANNEL });
+  steps.opened(() => Promise.all([approvalWatch.stop(), eventWatch.stop()]));
   const auditCheckpointer = createAuditCheckpointer({ db, key: auditKey, now: o.now, retentionMs: o.auditRetentionMs });
 
   const described = [
@@ -196,19 +201,25 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   ] as Mounted[];
   // With --require-auth every Warden service checks credentials (one
   // without access rules stops the start); health and reflection stay open.
-  const served = o.requireAuth === true ? guardServices(mounted, auth) : mounted;
+  const served = await steps.run(() => (o.requireAuth === true ? guardServices(mounted, auth) : mounted));
 
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
   // Up before the main listeners, so probes hear "not ready" rather than nothing while they start.
-  const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
-  const grpcServer = await createGrpcServer(o.grpcAddress, served, { onError, credentials: createServerCredentials(o.tls) });
-  const connectServer = await createConnectServer(
-    o.httpAddress,
-    (router: ConnectRouter) => {
-      for (const m of served) router.service(m.service, m.impl);
-    },
-    { onError, httpRoutes: routes, tls: o.tls === undefined ? undefined : readListenerTls(o.tls) },
+  const healthAddress = o.healthAddress;
+  const healthListener = healthAddress === undefined ? undefined : await steps.run(() => startHealthListener(healthAddress, { health, routes }));
+  steps.opened(() => healthListener?.close(0));
+  const grpcServer = await steps.run(() => createGrpcServer(o.grpcAddress, served, { onError, credentials: createServerCredentials(o.tls) }));
+  steps.opened(() => grpcServer.close(0));
+  const connectServer = await steps.run(() =>
+    createConnectServer(
+      o.httpAddress,
+      (router: ConnectRouter) => {
+        for (const m of served) router.service(m.service, m.impl);
+      },
+      { onError, httpRoutes: routes, tls: o.tls === undefined ? undefined : readListenerTls(o.tls) },
+    ),
   );
+  steps.opened(() => connectServer.close(0));
   for (const m of mounted) health.set(m.service.typeName, "SERVING");
   readiness.set("listeners", true);
 
@@ -238,7 +249,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   }, o.sweepIntervalMs);
   timer.unref();
   // Holds and sessions that lapsed while the server was down go at once.
-  await store.sweep();
+  await steps.run(() => store.sweep());
   // Checkpoints, one at a time like sweeps; a failure is retried next tick.
   let checkpointing: Promise<void> | undefined;
   const checkpoint = () => {

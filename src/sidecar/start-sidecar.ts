@@ -20,6 +20,7 @@ import { createReadiness } from "../observability/readiness.js";
 import { startHealthListener } from "../observability/start-health-listener.js";
 import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
 import type { Logger } from "../server/logger.js";
+import { StartSteps } from "../server/start-steps.js";
 import { createConnectServer } from "../transport/connect-server.js";
 import { createGrpcServer } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
@@ -184,22 +185,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     { service: ServerReflectionV1Alpha, impl: createReflectionServiceV1Alpha(described) },
   ] as Mounted[];
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
-  const healthListener = o.healthAddress === undefined ? undefined : await startHealthListener(o.healthAddress, { health, routes });
-  const grpcServer = await createGrpcServer(o.grpcAddress, mounted, { onError });
-  const connectServer = await createConnectServer(
-    o.httpAddress,
-    (router: ConnectRouter) => {
-      for (const m of mounted) router.service(m.service, m.impl);
-    },
-    { onError, httpRoutes: routes },
-  );
-  readiness.set("listeners", true);
-
-  syncClient.start();
-  reports.start();
-  engine.start();
-  // Messages only arrive after syncClient.start() below, when this exists.
-  const updateReadiness = () => {
+  function updateReadiness(): void {
     const fresh = syncClient.fresh();
     readiness.set(
       "sync",
@@ -207,7 +193,35 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       !syncClient.synced ? "waiting for the first message from the control plane" : fresh ? undefined : `control plane unheard for ${syncClient.staleness()} ms`,
     );
     metrics.setCacheSize(cache.size, cache.bytes);
-  };
+  }
+
+  // The watch stream first: connecting to the control plane and waiting
+  // for its first message overlaps with binding the listeners, and ready
+  // needs both. Calls cannot arrive before the listeners exist.
+  const steps = new StartSteps();
+  syncClient.start();
+  reports.start();
+  engine.start();
+  steps.opened(() => {
+    engine?.stop();
+    reports.stop();
+    return syncClient.stop();
+  });
+  const healthAddress = o.healthAddress;
+  const healthListener = healthAddress === undefined ? undefined : await steps.run(() => startHealthListener(healthAddress, { health, routes }));
+  steps.opened(() => healthListener?.close(0));
+  const grpcServer = await steps.run(() => createGrpcServer(o.grpcAddress, mounted, { onError }));
+  steps.opened(() => grpcServer.close(0));
+  const connectServer = await steps.run(() =>
+    createConnectServer(
+      o.httpAddress,
+      (router: ConnectRouter) => {
+        for (const m of mounted) router.service(m.service, m.impl);
+      },
+      { onError, httpRoutes: routes },
+    ),
+  );
+  readiness.set("listeners", true);
   updateReadiness();
   const readinessTimer = setInterval(updateReadiness, 100);
   readinessTimer.unref();

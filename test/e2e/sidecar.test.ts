@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -378,5 +380,29 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     } finally {
       for (const c of clients) c.close();
     }
+  });
+
+  test("a sidecar whose port is taken exits 1 with the reason, though its watch stream and health listener had already started", async () => {
+    // The watch starts before the listeners bind (it overlaps the bind),
+    // and the health listener binds before the gRPC one. A bind that fails
+    // must stop both, or either would keep the process running with
+    // nothing served.
+    const taken = sidecars[0]!.grpcAddress;
+    const proc = spawn(
+      process.execPath,
+      ["--import", "tsx", "src/cli/main.ts", "sidecar", "--control-plane", `http://127.0.0.1:${cpPort}`, "--agent-id", AGENT,
+        "--control-plane-token-file", tokenFile, "--health-listen", "127.0.0.1:0", "--grpc-listen", taken, "--http-listen", "127.0.0.1:0"],
+      { cwd: join(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let stderr = "";
+    let stdout = "";
+    proc.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    proc.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+    const [code, signal] = (await once(proc, "exit")) as [number | null, string | null];
+    clearTimeout(timer);
+    assert.equal(signal, null, `the sidecar did not exit on its own; stderr: ${stderr}`);
+    assert.equal(code, 1, stderr);
+    assert.match(stderr, /^warden: .*(EADDRINUSE|in use)/m, `stdout: ${stdout}`);
   });
 });
