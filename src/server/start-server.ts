@@ -45,7 +45,7 @@ import { createPgDatabase } from "../store/pg-database.js";
 import { createPgliteDatabase } from "../store/pglite-database.js";
 import { createWardenStore, type WardenStore } from "../store/warden-store.js";
 import { createConnectServer } from "../transport/connect-server.js";
-import { createGrpcServer } from "../transport/grpc-server.js";
+import { createGrpcServer, routeGrpcJsLogs } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
@@ -135,6 +135,7 @@ interface Mounted {
  */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.logger;
+  routeGrpcJsLogs(log);
   // The audit checkpoint key first, before anything is opened: a replica
   // that cannot sign must not start (its changes would go unsigned), and a
   // bad key file must fail the start at once, with nothing left running.

@@ -22,7 +22,7 @@ import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
 import type { Logger } from "../server/logger.js";
 import { StartSteps } from "../server/start-steps.js";
 import { createConnectServer } from "../transport/connect-server.js";
-import { createGrpcServer } from "../transport/grpc-server.js";
+import { createGrpcServer, routeGrpcJsLogs } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
@@ -93,6 +93,7 @@ interface Mounted {
  */
 export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   const log = o.logger;
+  routeGrpcJsLogs(log);
   const transport = createGrpcTransport({
     baseUrl: o.controlPlaneUrl,
     interceptors: o.controlPlaneTransport?.interceptors,

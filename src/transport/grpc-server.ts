@@ -19,6 +19,29 @@ export function mountService<S extends DescService>(service: S, impl: Partial<Se
   return { service, impl: impl as unknown as MountedService["impl"] };
 }
 
+/** Where {@link routeGrpcJsLogs} sends grpc-js's messages: a logger's three levels. */
+export interface GrpcJsLogSink {
+  error(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+/**
+ * Sends @grpc/grpc-js's own messages (a failed bind, a broken connection)
+ * to the role's structured log instead of grpc-js's default, bare lines on
+ * stderr, so that every line a role writes is JSON and a failed start
+ * prints only its one `warden:` line there. grpc-js's logger is one per
+ * process, as a role is. Its verbosity is still grpc-js's own (errors
+ * only, unless GRPC_VERBOSITY says otherwise).
+ */
+export function routeGrpcJsLogs(log: GrpcJsLogSink): void {
+  const at =
+    (level: keyof GrpcJsLogSink) =>
+    (message?: unknown, ...rest: unknown[]) =>
+      log[level]({ component: "grpc-js" }, [message, ...rest].map(String).join(" "));
+  grpc.setLogger({ error: at("error"), info: at("info"), debug: at("debug") });
+}
+
 /** Options of {@link createGrpcServer}. */
 export interface GrpcServerOptions extends Omit<GrpcJsServiceOptions, "shutdownSignal"> {
   /** Passed to `new grpc.Server()`, e.g. message size limits or keepalive. */
