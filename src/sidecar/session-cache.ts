@@ -108,8 +108,11 @@ export class SessionCache {
   private readonly terms = new LRUCache<string, SessionTerms>(countBound(10_000));
 
   constructor(private readonly o: SessionCacheOptions) {
+    // Bounded by bytes here and by count in applySession, not with `max`:
+    // lru-cache preallocates `max` slots before anything is stored, which
+    // for 100,000 sessions took ~16 ms of every sidecar's start (see
+    // countBound for the sidecar's other caches).
     this.lru = new LRUCache<string, CachedSession>({
-      max: o.maxSessions,
       maxSize: o.maxBytes,
       sizeCalculation: (s) => 200 + 2 * (s.sessionId.length + s.agentId.length) + 40 * s.ancestorIds.length,
       dispose: (value, _key, reason) => {
@@ -192,6 +195,8 @@ export class SessionCache {
     const next = this.toCached(st);
     if (cur !== undefined) next.lastActivityMs = Math.max(next.lastActivityMs, cur.lastActivityMs);
     this.lru.set(st.sessionId, next, { noDisposeOnSet: true });
+    // The count bound: the least recently used leaves, told like any eviction.
+    if (this.lru.size > this.o.maxSessions) this.lru.pop();
     if (cur !== undefined) this.o.onChange?.(cur, next);
   }
 
