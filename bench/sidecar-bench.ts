@@ -58,6 +58,8 @@ const REVOCATIONS = Number(process.env.BENCH_REVOCATIONS ?? 10);
 const CACHED = Number(process.env.BENCH_CACHED_SESSIONS ?? 100_000);
 /** Calls before the no-op ceiling is measured: it runs first, and this load generator's JIT must be warm too. */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 10_000);
+/** Starts timed per build: on this machine one start varies by ±50 ms, so the median wants more than a handful. */
+const START_RUNS = 9;
 const ROOT = join(import.meta.dirname, "..");
 const AGENT = "bench-agent";
 /**
@@ -328,14 +330,14 @@ async function main(): Promise<void> {
     // Before the memory run: filling 100,000 sessions leaves the control
     // plane and PostgreSQL busy storing their records for a while, and a
     // starting sidecar syncs from that control plane.
-    console.log("\n# Start to ready: process spawn until gRPC health says SERVING (5 runs each)\n");
+    console.log(`\n# Start to ready: process spawn until gRPC health says SERVING (${START_RUNS} runs each)\n`);
     const startRows: string[][] = [];
     for (const [label, args] of [
       ["compiled (node dist/cli/main.js)", [join(ROOT, "dist/cli/main.js")]],
       ["development (node --import tsx)", ["--import", "tsx", join(ROOT, "src/cli/main.ts")]],
     ] as const) {
       const times: number[] = [];
-      for (let i = 0; i < 5; i++) times.push(await startToReady([...args], cpUrl));
+      for (let i = 0; i < START_RUNS; i++) times.push(await startToReady([...args], cpUrl));
       times.sort((a, b) => a - b);
       startRows.push([label, pct(times, 0.5).toFixed(0), times.at(-1)!.toFixed(0)]);
     }
