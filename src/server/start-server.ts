@@ -249,6 +249,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       });
   }, o.sweepIntervalMs);
   timer.unref();
+  steps.opened(() => clearInterval(timer));
   // Holds and sessions that lapsed while the server was down go at once.
   await steps.run(() => store.sweep());
   // Checkpoints, one at a time like sweeps; a failure is retried next tick.

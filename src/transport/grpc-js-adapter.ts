@@ -122,7 +122,6 @@ interface MethodRuntime {
   readonly shutdownSignal: AbortSignal | undefined;
 }
 
-
 function createSerializer(schema: DescMessage): grpc.serialize<Message> {
   return (message) => {
     const bytes = toBinary(schema, message);
