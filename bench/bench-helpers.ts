@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { CheckRequestSchema } from "../src/gen/warden/v1/policy_service_pb.js";
+import type { LoadResult } from "./grpc-load.js";
 
 /** 1.00 USD: every benchmark call spends this. */
 export const AMOUNT = 1_000_000n;
@@ -32,4 +33,35 @@ export function printTable(header: string[], rows: string[][]): void {
   console.log(`| ${header.join(" | ")} |`);
   console.log(`|${header.map(() => "---").join("|")}|`);
   for (const r of rows) console.log(`| ${r.join(" | ")} |`);
+}
+
+/** Warm-up rounds: the most, and how close the last two must agree to stop. */
+const MAX_WARM_ROUNDS = 8;
+const STEADY_WITHIN = 0.05;
+
+/**
+ * Runs warm-up rounds until the server is steady: until a round's rate is
+ * within 5% of the one before (at most 8 rounds). A server process speeds up
+ * over its first tens of thousands of calls, as V8 optimizes the hot code
+ * and grows its young generation, and a sidecar's lease slices grow with
+ * its spend rate; measured before that, a figure is of the warm-up, not of
+ * the server (a sidecar in lease mode made 4,900/s in its first round of
+ * 20,000 calls and 6,600/s from the third on). Every target gets the same
+ * rule, so the ratios compare steady states. Returns the rounds, to print
+ * (the ramp) and to count (their calls are real decisions).
+ */
+export async function warmUntilSteady(round: () => Promise<LoadResult>): Promise<LoadResult[]> {
+  const rounds = [await round()];
+  while (rounds.length < MAX_WARM_ROUNDS) {
+    const r = await round();
+    const prev = rounds.at(-1)!.perSecond;
+    rounds.push(r);
+    if (Math.abs(r.perSecond - prev) <= prev * STEADY_WITHIN) break;
+  }
+  return rounds;
+}
+
+/** "4871 → 6102 → 6588/s": a warm-up's rounds, for the log. */
+export function rampOf(rounds: readonly LoadResult[]): string {
+  return `${rounds.map((r) => r.perSecond.toFixed(0)).join(" → ")}/s`;
 }
