@@ -1,5 +1,6 @@
 import pg from "pg";
 import type { Database, Queryable } from "./database.js";
+import { HotStatements } from "./hot-statements.js";
 
 /** Options of {@link createPgDatabase}. */
 export interface PgDatabaseOptions {
@@ -20,15 +21,17 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
   // An idle client's error (e.g. the server restarting) must not crash the
   // process; the next query gets a fresh connection.
   pool.on("error", () => {});
+  // Frequent statements are prepared per connection (see hot-statements.ts).
+  const hot = new HotStatements();
   return {
     kind: "postgres",
     parallelism: max,
-    query: (sql, params) => pool.query(sql, params as unknown[]) as never,
+    query: (sql, params) => pool.query(hot.config(sql, params)) as never,
     async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
       const client = await pool.connect();
       try {
         await client.query("BEGIN");
-        const result = await fn({ query: (sql, params) => client.query(sql, params as unknown[]) as never });
+        const result = await fn({ query: (sql, params) => client.query(hot.config(sql, params)) as never });
         await client.query("COMMIT");
         client.release();
         return result;
