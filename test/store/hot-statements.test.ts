@@ -68,6 +68,13 @@ describe("createPgDatabase: hot statements on a real PostgreSQL", () => {
     );
   });
 
+  it("every connection plans each run for its parameters, so no plan made on a small table outlives its growth", async () => {
+    const modes = await Promise.all(
+      [0, 1].map(() => db.transaction(async (tx) => (await tx.query<{ plan_cache_mode: string }>("SHOW plan_cache_mode")).rows[0]!.plan_cache_mode)),
+    );
+    assert.deepEqual(modes, ["force_custom_plan", "force_custom_plan"]);
+  });
+
   it("a prepared statement outlives a rolled-back transaction, and a failing one fails cleanly each time", async () => {
     const sql = "SELECT 10 / $1::int AS v";
     for (let i = 0; i < 4; i++) {
