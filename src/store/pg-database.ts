@@ -17,18 +17,16 @@ export interface PgDatabaseOptions {
  */
 export function createPgDatabase(options: PgDatabaseOptions): Database {
   const max = options.maxConnections ?? 8;
-  const pool = new pg.Pool({ connectionString: options.connectionString, max });
-  // An idle client's error (e.g. the server restarting) must not crash the
-  // process; the next query gets a fresh connection.
-  pool.on("error", () => {});
   // Frequent statements are prepared per connection (see hot-statements.ts),
   // and planned for their parameters on every run: a generic plan, made
   // once while a table is small, would scan the whole table for ever
-  // after, as nothing re-plans it until the table is next analyzed. This
-  // SET is queued before any query on the new connection.
-  pool.on("connect", (client) => {
-    client.query("SET plan_cache_mode = force_custom_plan").catch(() => undefined);
-  });
+  // after, as nothing re-plans it until the table is next analyzed. The
+  // setting travels in the startup message (an `options` parameter in the
+  // URL replaces it).
+  const pool = new pg.Pool({ connectionString: options.connectionString, max, options: "-c plan_cache_mode=force_custom_plan" });
+  // An idle client's error (e.g. the server restarting) must not crash the
+  // process; the next query gets a fresh connection.
+  pool.on("error", () => {});
   const hot = new HotStatements();
   return {
     kind: "postgres",
