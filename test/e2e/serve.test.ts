@@ -171,5 +171,11 @@ for (const driver of DRIVERS) {
       const connectHealth = createClient(Health, createGrpcTransport({ baseUrl: server.httpUrl }));
       assert.equal((await connectHealth.check({ service: "" })).status, HealthCheckResponse_ServingStatus.SERVING);
     });
+
+    // Last: everything above ran. Logs are JSON lines on stdout; a driver's
+    // or the runtime's warning on stderr would bypass them.
+    test("all of the above wrote nothing on stderr", () => {
+      assert.equal(server.stderr(), "");
+    });
   });
 }

@@ -18,6 +18,8 @@ export interface ServerProcess {
   readonly proc: ChildProcess;
   /** Log lines so far, parsed. */
   readonly logs: Record<string, unknown>[];
+  /** What the process wrote on stderr so far. */
+  stderr(): string;
   /** SIGTERM and wait for exit; resolves with the exit code. */
   stop(): Promise<number | null>;
   /** SIGKILL and wait. */
@@ -115,6 +117,7 @@ export async function startWardenProcess(
     httpUrl: `http://127.0.0.1:${ports.httpPort}`,
     proc,
     logs,
+    stderr: () => stderr,
     async stop() {
       proc.kill("SIGTERM");
       return exited;
