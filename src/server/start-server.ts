@@ -1,9 +1,9 @@
 import { join } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
-import type { ConnectRouter, ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import { createAuth } from "../auth/create-auth.js";
 import { guardServices } from "../auth/guard-services.js";
-import { createServerCredentials, readListenerTls, type ServerTlsFiles } from "../auth/server-tls.js";
+import type { ServerTlsFiles } from "../auth/server-tls.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection, ServerReflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { AgentService, file_warden_v1_agent_service } from "../gen/warden/v1/agent_service_pb.js";
@@ -30,7 +30,6 @@ import { createSyncService } from "../control-plane/sync-service.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { createObservabilityRoutes } from "../observability/observability-routes.js";
 import { createReadiness, type Readiness } from "../observability/readiness.js";
-import { startHealthListener } from "../observability/start-health-listener.js";
 import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
 import { withQueryMetrics } from "../observability/with-query-metrics.js";
 import { createAgentService } from "../services/agent-service.js";
@@ -44,11 +43,11 @@ import { migrate } from "../store/migrate.js";
 import { createPgDatabase } from "../store/pg-database.js";
 import { createPgliteDatabase } from "../store/pglite-database.js";
 import { createWardenStore, type WardenStore } from "../store/warden-store.js";
-import { createConnectServer } from "../transport/connect-server.js";
-import { createGrpcServer, routeGrpcJsLogs } from "../transport/grpc-server.js";
+import { routeGrpcJsLogs } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
+import { bindListeners } from "./bind-listeners.js";
 import { StartSteps } from "./start-steps.js";
 import type { Logger } from "./logger.js";
 import { DEFAULT_DATA_DIR } from "./role-flags.js";
@@ -205,22 +204,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const served = await steps.run(() => (o.requireAuth === true ? guardServices(mounted, auth) : mounted));
 
   const onError = (err: unknown, method: string) => log.error({ err, method }, "handler failed");
-  // Up before the main listeners, so probes hear "not ready" rather than nothing while they start.
-  const healthAddress = o.healthAddress;
-  const healthListener = healthAddress === undefined ? undefined : await steps.run(() => startHealthListener(healthAddress, { health, routes }));
-  steps.opened(() => healthListener?.close(0));
-  const grpcServer = await steps.run(() => createGrpcServer(o.grpcAddress, served, { onError, credentials: createServerCredentials(o.tls) }));
-  steps.opened(() => grpcServer.close(0));
-  const connectServer = await steps.run(() =>
-    createConnectServer(
-      o.httpAddress,
-      (router: ConnectRouter) => {
-        for (const m of served) router.service(m.service, m.impl);
-      },
-      { onError, httpRoutes: routes, tls: o.tls === undefined ? undefined : readListenerTls(o.tls) },
-    ),
-  );
-  steps.opened(() => connectServer.close(0));
+  const { grpc: grpcServer, connect: connectServer, health: healthListener } = await bindListeners(steps, {
+    grpcAddress: o.grpcAddress,
+    httpAddress: o.httpAddress,
+    healthAddress: o.healthAddress,
+    services: served,
+    health,
+    routes,
+    onError,
+    tls: o.tls,
+  });
   for (const m of mounted) health.set(m.service.typeName, "SERVING");
   readiness.set("listeners", true);
 

@@ -1,7 +1,7 @@
 import { hostname } from "node:os";
 import { type DescService, toJson } from "@bufbuild/protobuf";
 import type { JSONWebKeySet } from "jose";
-import { type ConnectRouter, createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
+import { createClient, type Interceptor, type ServiceImpl } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { CalendarSpanCache } from "../core/windows.js";
 import { file_grpc_health_v1_health, Health } from "../gen/grpc/health/v1/health_pb.js";
@@ -17,12 +17,11 @@ import { createSidecarApprovalService } from "./sidecar-approval-service.js";
 import { createMetrics, type Metrics } from "../observability/metrics.js";
 import { createObservabilityRoutes } from "../observability/observability-routes.js";
 import { createReadiness } from "../observability/readiness.js";
-import { startHealthListener } from "../observability/start-health-listener.js";
 import { withDecisionMetrics } from "../observability/with-decision-metrics.js";
 import type { Logger } from "../server/logger.js";
+import { bindListeners } from "../server/bind-listeners.js";
 import { StartSteps } from "../server/start-steps.js";
-import { createConnectServer } from "../transport/connect-server.js";
-import { createGrpcServer, routeGrpcJsLogs } from "../transport/grpc-server.js";
+import { routeGrpcJsLogs } from "../transport/grpc-server.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
@@ -208,20 +207,15 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     reports.stop();
     return syncClient.stop();
   });
-  const healthAddress = o.healthAddress;
-  const healthListener = healthAddress === undefined ? undefined : await steps.run(() => startHealthListener(healthAddress, { health, routes }));
-  steps.opened(() => healthListener?.close(0));
-  const grpcServer = await steps.run(() => createGrpcServer(o.grpcAddress, mounted, { onError }));
-  steps.opened(() => grpcServer.close(0));
-  const connectServer = await steps.run(() =>
-    createConnectServer(
-      o.httpAddress,
-      (router: ConnectRouter) => {
-        for (const m of mounted) router.service(m.service, m.impl);
-      },
-      { onError, httpRoutes: routes },
-    ),
-  );
+  const { grpc: grpcServer, connect: connectServer, health: healthListener } = await bindListeners(steps, {
+    grpcAddress: o.grpcAddress,
+    httpAddress: o.httpAddress,
+    healthAddress: o.healthAddress,
+    services: mounted,
+    health,
+    routes,
+    onError,
+  });
   readiness.set("listeners", true);
   updateReadiness();
   const readinessTimer = setInterval(updateReadiness, 100);
