@@ -74,6 +74,13 @@ export interface WardenStoreOptions {
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
 
+/**
+ * Every fork below session $1, at any depth. Written to match the partial
+ * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
+ * scan the whole table.
+ */
+export const DESCENDANTS_SQL = "SELECT session_id FROM sessions WHERE ancestor_ids @> ARRAY[$1::text] AND ancestor_ids <> '{}'";
+
 function notFound(field: string, what: string, id: string): ConnectError {
   return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
 }
@@ -322,7 +329,7 @@ export class WardenStore {
     if (chain === undefined) throw notFound("session_id", "session", sessionId);
     let descendants: string[] = [];
     if (withDescendants) {
-      const d = await tx.query<{ session_id: string }>("SELECT session_id FROM sessions WHERE $1 = ANY(ancestor_ids)", [sessionId]);
+      const d = await tx.query<{ session_id: string }>(DESCENDANTS_SQL, [sessionId]);
       descendants = d.rows.map((r) => r.session_id);
     }
     const ids = [...new Set([sessionId, ...chain.ancestor_ids, ...descendants])].sort();

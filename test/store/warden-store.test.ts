@@ -8,7 +8,7 @@ import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js"
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
+import { createWardenStore, DESCENDANTS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -184,6 +184,31 @@ for (const driver of DRIVERS) {
       // Revoking the parent ends the fork too.
       await store.terminate(parent.sessionId, SessionStatus.REVOKED, "done");
       assert.equal((await store.getSession(child.sessionId)).status, SessionStatus.REVOKED);
+    });
+
+    test("ending a session ends its forks at every depth, found through the ancestor index", async () => {
+      const id = agent();
+      const root = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      const other = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      const fork = (parent: string) =>
+        store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent, policy: { currencyCode: "USD" } }), NO_HASH);
+      const child = await fork(root.sessionId);
+      const grandchild = await fork(child.sessionId);
+      const cousin = await fork(other.sessionId);
+      const { rows } = await t.db.query<{ session_id: string }>(DESCENDANTS_SQL, [root.sessionId]);
+      assert.deepEqual(rows.map((r) => r.session_id).sort(), [child.sessionId, grandchild.sessionId].sort());
+      await store.terminate(root.sessionId, SessionStatus.REVOKED, "done");
+      for (const s of [child, grandchild]) assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.REVOKED);
+      for (const s of [other, cousin]) assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.ACTIVE);
+      // The lookup can use the partial index: with sequential scans priced
+      // out, the plan names it. A lookup the index cannot serve (such as
+      // `$1 = ANY(ancestor_ids)`) plans a sequential scan whatever the price.
+      const plan = await t.db.transaction(async (tx) => {
+        await tx.query("SET LOCAL enable_seqscan = off");
+        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${DESCENDANTS_SQL.replace("$1::text", "'x'::text")}`);
+        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
+      });
+      assert.match(plan, /sessions_by_ancestor/);
     });
 
     test("an agent policy spans all of its sessions", async () => {
