@@ -79,6 +79,30 @@ const DEFAULT_PAGE = 50;
  * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
  * scan the whole table.
  */
+/**
+ * Moves the idle check time ($1: now) of up to $2 live sessions that were
+ * active since it to their new idle deadline. Rows another transaction
+ * holds are skipped, not waited for (next sweep's), so this takes no part
+ * in the store's lock order.
+ */
+export const REARM_IDLE_CHECKS_SQL = `UPDATE sessions SET idle_check_time = last_activity_time + idle_timeout_ms * interval '1 millisecond'
+  WHERE session_id IN (
+    SELECT session_id FROM sessions
+     WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
+       AND last_activity_time + idle_timeout_ms * interval '1 millisecond' > $1::timestamptz
+     LIMIT $2 FOR UPDATE SKIP LOCKED)`;
+
+/**
+ * Live sessions past their expiry or idle deadline at $1, up to $2 of each:
+ * two range scans, of sessions_live and sessions_idle_check.
+ */
+export const LAPSED_SESSIONS_SQL = `(SELECT session_id FROM sessions WHERE status IN (1, 2) AND expire_time <= $1::timestamptz LIMIT $2)
+  UNION
+  (SELECT session_id FROM sessions
+    WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
+      AND last_activity_time + idle_timeout_ms * interval '1 millisecond' <= $1::timestamptz
+    LIMIT $2)`;
+
 export const DESCENDANTS_SQL = "SELECT session_id FROM sessions WHERE ancestor_ids @> ARRAY[$1::text] AND ancestor_ids <> '{}'";
 
 function notFound(field: string, what: string, id: string): ConnectError {
@@ -257,9 +281,11 @@ export class WardenStore {
     const { rows } = await tx.query(
       `INSERT INTO sessions (session_id, agent_id, parent_session_id, ancestor_ids, owner, description, labels, policy,
                              status, status_reason, create_time, update_time, expire_time, idle_timeout_ms,
-                             last_activity_time, end_time, request_count, error_count, denial_count, processing_ns)
+                             last_activity_time, end_time, request_count, error_count, denial_count, processing_ns,
+                             idle_check_time)
        VALUES ($1, $2, $3, $4::text[], $5, $6, $7::jsonb, decode($8, 'base64'), $9, $10, $11::timestamptz,
-               $12::timestamptz, $13::timestamptz, $14, $15::timestamptz, $16::timestamptz, $17, $18, $19, $20)
+               $12::timestamptz, $13::timestamptz, $14::bigint, $15::timestamptz, $16::timestamptz, $17, $18, $19, $20,
+               $15::timestamptz + $14::bigint * interval '1 millisecond')
        ON CONFLICT (session_id) DO NOTHING RETURNING session_id`,
       [
         s.sessionId,
@@ -940,13 +966,10 @@ export class WardenStore {
    */
   async sweep(limit = 500): Promise<{ sessions: number; holds: number; approvals: number; leases: ReconcileResult }> {
     const nowMs = this.now();
-    const lapsed = await this.db.query<{ session_id: string }>(
-      `SELECT session_id FROM sessions WHERE status IN (1, 2)
-          AND (expire_time <= $1::timestamptz
-               OR (idle_timeout_ms IS NOT NULL AND last_activity_time + idle_timeout_ms * interval '1 millisecond' <= $1::timestamptz))
-        LIMIT ${limit}`,
-      [iso(nowMs)],
-    );
+    // Sessions active since their idle check time get the new one; then
+    // both lapse tests are index range scans (see 010_idle_deadline.sql).
+    await this.db.query(REARM_IDLE_CHECKS_SQL, [iso(nowMs), limit]);
+    const lapsed = await this.db.query<{ session_id: string }>(LAPSED_SESSIONS_SQL, [iso(nowMs), limit]);
     let sessions = 0;
     for (const { session_id } of lapsed.rows) {
       sessions += await this.db.transaction((tx) =>

@@ -8,7 +8,7 @@ import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js"
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import { createWardenStore, DESCENDANTS_SQL, type WardenStore } from "../../src/store/warden-store.js";
+import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -145,6 +145,70 @@ for (const driver of DRIVERS) {
       assert.equal((await store.sweep()).sessions, 1);
       assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXPIRED);
     });
+
+    test("the sweeper moves an active session's idle check time, and finds lapses through indexes", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(5000) }), NO_HASH);
+      const checkTime = async () =>
+        (await t.db.query<{ idle_check_time: Date }>("SELECT idle_check_time FROM sessions WHERE session_id = $1", [s.sessionId])).rows[0]!.idle_check_time.getTime();
+      const start = clock.now();
+      assert.equal(await checkTime(), start + 5000);
+      clock.advance(4000);
+      assert.equal((await check(s.sessionId, USD(1))).decision!.outcome, Outcome.ALLOW);
+      // Past the first deadline, but active since: not ended, checked again at the new one.
+      clock.advance(2000);
+      assert.equal((await store.sweep()).sessions, 0);
+      assert.equal(await checkTime(), start + 9000);
+      clock.advance(3000);
+      assert.equal((await store.sweep()).sessions, 1);
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXPIRED);
+      // Neither statement reads every live session: with sequential scans
+      // priced out, both plans name the partial indexes.
+      const plans = await t.db.transaction(async (tx) => {
+        await tx.query("SET LOCAL enable_seqscan = off");
+        const out: string[] = [];
+        for (const sql of [REARM_IDLE_CHECKS_SQL, LAPSED_SESSIONS_SQL]) {
+          const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${sql.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500")}`);
+          out.push(r.rows.map((x) => x["QUERY PLAN"]).join("\n"));
+        }
+        return out;
+      });
+      assert.match(plans[0]!, /sessions_idle_check/);
+      assert.match(plans[1]!, /sessions_live/);
+      assert.match(plans[1]!, /sessions_idle_check/);
+    });
+
+    if (driver === "postgres") {
+      test("a sweep skips a session another transaction holds instead of waiting for it", async () => {
+        const s = await store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(5000) }), NO_HASH);
+        clock.advance(4000);
+        await check(s.sessionId, USD(1));
+        clock.advance(2000);
+        let release!: () => void;
+        const held = new Promise<void>((r) => (release = r));
+        let locked!: () => void;
+        const isLocked = new Promise<void>((r) => (locked = r));
+        const holder = t.db.transaction(async (tx) => {
+          await tx.query("SELECT 1 FROM sessions WHERE session_id = $1 FOR UPDATE", [s.sessionId]);
+          locked();
+          await held;
+        });
+        await isLocked;
+        try {
+          const swept = await Promise.race([store.sweep(), new Promise<"waited">((r) => setTimeout(() => r("waited"), 5000))]);
+          assert.notEqual(swept, "waited", "the sweep waited for the held row");
+        } finally {
+          release();
+          await holder;
+        }
+        const { rows } = await t.db.query<{ idle_check_time: Date }>("SELECT idle_check_time FROM sessions WHERE session_id = $1", [s.sessionId]);
+        // Skipped while held; the next sweep moves it.
+        assert.equal(rows[0]!.idle_check_time.getTime(), clock.now() - 6000 + 5000);
+        await store.sweep();
+        assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.ACTIVE);
+        const after = await t.db.query<{ idle_check_time: Date }>("SELECT idle_check_time FROM sessions WHERE session_id = $1", [s.sessionId]);
+        assert.equal(after.rows[0]!.idle_check_time.getTime(), clock.now() - 2000 + 5000);
+      });
+    }
 
     test("lifetime action limit exhausts the session", async () => {
       const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxActions: 2n } }), NO_HASH);
