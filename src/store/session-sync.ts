@@ -89,6 +89,15 @@ export async function readSessionStates(q: Queryable, sessionIds: readonly strin
   return out;
 }
 
+/**
+ * Sessions of agent $1 (every agent when NULL) changed after revision $2 up
+ * to $3, oldest first, at most $4. With an agent it is a range of
+ * sessions_by_revision, without one a range of sessions_revision
+ * (migration 011).
+ */
+export const CHANGED_SESSIONS_SQL = `SELECT ${STATE_COLUMNS} FROM sessions
+  WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT $4`;
+
 /** Changes to sessions and agent policies after a revision. */
 export interface SessionChanges {
   readonly sessions: SessionState[];
@@ -113,10 +122,7 @@ export async function readChanges(db: Database, agentId: string | undefined, fro
   return db.transaction(async (q) => {
     await q.query("SELECT pg_advisory_xact_lock(7734001)");
     const upTo = await currentRevision(q);
-    const { rows } = await q.query<StateRow>(
-      `SELECT ${STATE_COLUMNS} FROM sessions WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT ${limit}`,
-      [agentId ?? null, fromRevision.toString(), upTo.toString()],
-    );
+    const { rows } = await q.query<StateRow>(CHANGED_SESSIONS_SQL, [agentId ?? null, fromRevision.toString(), upTo.toString(), limit]);
     // A full page may stop short of upTo: resume from its last row.
     const revision = rows.length === limit ? BigInt(rows.at(-1)!.revision) : upTo;
     const agents = await q.query<{ agent_id: string; policy: Uint8Array | null; revision: string }>(

@@ -19,6 +19,7 @@ import {
 import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
+import { CHANGED_SESSIONS_SQL } from "../../src/store/session-sync.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -349,6 +350,31 @@ for (const driver of DRIVERS) {
       assert.equal(state.sessions[0]!.sessionId, s.sessionId);
       assert.equal(state.agent!.agentId, a);
       void payment;
+    });
+
+    test("every agent's changes come from a range of a revision index, not a walk of all sessions", async () => {
+      const [a, b] = [agent(), agent()];
+      const from = await store.revision();
+      const sa = await store.createSession(sessionRequest(a, {}), NO_HASH);
+      const sb = await store.createSession(sessionRequest(b, {}), NO_HASH);
+      await store.setPaused(sa.sessionId, true, "x");
+      const all = await store.changes(undefined, from);
+      assert.deepEqual(
+        all.sessions.map((x) => x.sessionId),
+        [sb.sessionId, sa.sessionId],
+        "in revision order: b's creation, then a's pause",
+      );
+      assert.deepEqual((await store.changes(a, from)).sessions.map((x) => x.sessionId), [sa.sessionId]);
+      const plan = (agentId: string) =>
+        t.db.transaction(async (tx) => {
+          await tx.query("SET LOCAL enable_seqscan = off");
+          const sql = CHANGED_SESSIONS_SQL.replaceAll("$1", agentId).replace("$2", "0").replace("$3", "10").replace("$4", "1000");
+          const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${sql}`);
+          return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
+        });
+      // Without an agent the range is on sessions_revision (the other
+      // index leads with agent_id, and would be walked end to end).
+      assert.match(await plan("NULL"), /sessions_revision .*\n.*Index Cond: \(\(revision > /);
     });
   });
 }
