@@ -51,6 +51,15 @@ export function usageAddresses(sessionId: string, policy: CompiledPolicy, nowMs:
 }
 
 /**
+ * What the leases of sessions $1 hold and wrote off, by session. Released
+ * leases hold nothing (a CHECK in migration 012), so only active and
+ * reconciled ones are read, through the partial index leases_by_session:
+ * not every lease the sessions were ever granted.
+ */
+export const LEASE_TOTALS_SQL = `SELECT session_id, sum(held_value) AS hv, sum(held_actions) AS ha, sum(written_off_value) AS wv, sum(written_off_actions) AS wa
+  FROM leases WHERE session_id = ANY($1::text[]) AND status IN (1, 3) GROUP BY session_id`;
+
+/**
  * Builds API sessions from rows, with usage read from the counters of the
  * windows that contain `nowMs` (one query for all rows).
  */
@@ -67,11 +76,9 @@ export async function sessionsOf(
     rows.flatMap((r, i) => usageAddresses(r.session_id, compiled[i]!, nowMs, spans)),
   );
   const leased = new Map<string, { hv: string; ha: string; wv: string; wa: string }>();
-  const { rows: leaseRows } = await q.query<{ session_id: string; hv: string; ha: string; wv: string; wa: string }>(
-    `SELECT session_id, sum(held_value) AS hv, sum(held_actions) AS ha, sum(written_off_value) AS wv, sum(written_off_actions) AS wa
-       FROM leases WHERE session_id = ANY($1::text[]) GROUP BY session_id`,
-    [rows.map((r) => r.session_id)],
-  );
+  const { rows: leaseRows } = await q.query<{ session_id: string; hv: string; ha: string; wv: string; wa: string }>(LEASE_TOTALS_SQL, [
+    rows.map((r) => r.session_id),
+  ]);
   for (const l of leaseRows) leased.set(l.session_id, l);
   return rows.map((r, i) => {
     const policy = compiled[i]!;

@@ -19,6 +19,7 @@ import {
 import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
+import { LEASE_TOTALS_SQL } from "../../src/store/session-row.js";
 import { CHANGED_SESSIONS_SQL } from "../../src/store/session-sync.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
@@ -200,6 +201,32 @@ for (const driver of DRIVERS) {
       assert.equal(d.valueUsedMicros, USD(30), "not charged twice");
       assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(30));
       await assertLedgerConsistent(t.db);
+    });
+
+    test("a session's lease totals come from its active and written-off leases, through an index", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      for (let i = 0; i < 3; i++) {
+        const l = (await acquire(s.sessionId, USD(10)))!;
+        await report(rep(s.sessionId, l, { records: [record("check", USD(1))], release: true }));
+      }
+      const active = (await acquire(s.sessionId, USD(20)))!;
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueLeasedMicros, active.valueMicros, "released leases hold nothing");
+      assert.equal(u.valueCommittedMicros, USD(3));
+      // The store refuses a released lease that holds or wrote off anything,
+      // which is what lets the totals skip released leases.
+      const released = await t.db.query<{ lease_id: string }>("SELECT lease_id FROM leases WHERE session_id = $1 AND status = 2 LIMIT 1", [s.sessionId]);
+      await assert.rejects(
+        t.db.query("UPDATE leases SET held_value = 1 WHERE lease_id = $1", [released.rows[0]!.lease_id]),
+        /leases_released_hold_nothing/,
+      );
+      const plan = await t.db.transaction(async (tx) => {
+        await tx.query("SET LOCAL enable_seqscan = off");
+        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${LEASE_TOTALS_SQL.replace("$1::text[]", `ARRAY['${s.sessionId}']`)}`);
+        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
+      });
+      assert.match(plan, /leases_by_session/);
+      await report(rep(s.sessionId, active, { release: true }));
     });
 
     test("no lease for a paused, ended or lapsed session", async () => {
