@@ -38,7 +38,9 @@ export async function countersOf(tx: Queryable, rows: readonly { readonly charge
 /**
  * Rows that hold money: open authorizations, and actions waiting for an
  * approval (which hold their amount; older rows of that status, from
- * before approvals held anything, hold nothing).
+ * before approvals held anything, hold nothing). The partial index
+ * actions_open_by_session (migration 013) has this very predicate: change
+ * both together.
  */
 export const OPEN_HOLDS_SQL = `(status = ${ActionStatus.HELD} OR (status = ${ActionStatus.NEEDS_APPROVAL} AND held_value > 0))`;
 

@@ -8,6 +8,7 @@ import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js"
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
 import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
@@ -273,6 +274,24 @@ for (const driver of DRIVERS) {
         return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
       });
       assert.match(plan, /sessions_by_ancestor/);
+    });
+
+    test("ending a session finds its open holds through an index of open holds, not its every action", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      for (let i = 0; i < 3; i++) await check(s.sessionId, USD(1));
+      const held = await authorize(s.sessionId, USD(20));
+      const plan = await t.db.transaction(async (tx) => {
+        await tx.query("SET LOCAL enable_seqscan = off");
+        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN SELECT action_id FROM actions WHERE session_id = ANY(ARRAY['${s.sessionId}']) AND ${OPEN_HOLDS_SQL}`);
+        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
+      });
+      assert.match(plan, /actions_open_by_session/);
+      await store.terminate(s.sessionId, SessionStatus.REVOKED, "done");
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueHeldMicros, 0n, "the hold was released");
+      assert.equal(got.usage!.valueCommittedMicros, USD(3));
+      const actions = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
+      assert.equal(actions.actions.find((a) => a.actionId === held.authorizationId)!.status, ActionStatus.VOIDED);
     });
 
     test("an agent policy spans all of its sessions", async () => {
