@@ -363,23 +363,30 @@ export class WardenStore {
     return fn(locked.sessions.get(sessionId)!, locked.sessions, descendants);
   }
 
-  /** Ends a session (and its forks) in a terminal status; open holds are released. */
+  /**
+   * Ends a session (and its forks) in a terminal status; open holds are released.
+   *
+   * This and the other changes sidecars must see (pause, resume, extend)
+   * return the session as read after the commit, not inside the
+   * transaction: the commit (and its NOTIFY to every replica's change
+   * feed) then comes three queries sooner, and the locks go sooner too.
+   */
   async terminate(sessionId: string, status: SessionStatus, reason: string): Promise<Session> {
-    return this.db.transaction((tx) =>
+    await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
         }
         const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
         await endSessions(tx, [sessionId, ...live], status, reason, this.now());
-        return this.getSession(sessionId, tx);
       }),
     );
+    return this.getSession(sessionId);
   }
 
   /** Pauses or resumes a session. */
   async setPaused(sessionId: string, paused: boolean, reason: string): Promise<Session> {
-    return this.db.transaction((tx) =>
+    await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, false, async (s) => {
         const from = paused ? SessionStatus.ACTIVE : SessionStatus.PAUSED;
         if (s.status !== from || lapse(sessionScope(s), this.now()) !== undefined) {
@@ -400,14 +407,14 @@ export class WardenStore {
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
           nowMs: this.now(),
         });
-        return this.getSession(sessionId, tx);
       }),
     );
+    return this.getSession(sessionId);
   }
 
   /** Moves a live session's expiry later. */
   async extendSession(req: ExtendSessionRequest): Promise<Session> {
-    return this.db.transaction((tx) =>
+    await this.db.transaction((tx) =>
       this.withLocked(tx, req.sessionId, false, async (s) => {
         const nowMs = this.now();
         if (isTerminal(s.status) || lapse(sessionScope(s), nowMs) !== undefined) {
@@ -435,9 +442,9 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
-        return this.getSession(req.sessionId, tx);
       }),
     );
+    return this.getSession(req.sessionId);
   }
 
   /** Forks a child session whose limits fit in what its parents have left. */
