@@ -74,22 +74,20 @@ export interface WardenStoreOptions {
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
 
-/**
- * Every fork below session $1, at any depth. Written to match the partial
- * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
- * scan the whole table.
- */
+/** When a session goes idle, from what the store last saw (see 010_idle_deadline.sql). */
+const IDLE_DEADLINE = "last_activity_time + idle_timeout_ms * interval '1 millisecond'";
+
 /**
  * Moves the idle check time ($1: now) of up to $2 live sessions that were
  * active since it to their new idle deadline. Rows another transaction
  * holds are skipped, not waited for (next sweep's), so this takes no part
  * in the store's lock order.
  */
-export const REARM_IDLE_CHECKS_SQL = `UPDATE sessions SET idle_check_time = last_activity_time + idle_timeout_ms * interval '1 millisecond'
+export const REARM_IDLE_CHECKS_SQL = `UPDATE sessions SET idle_check_time = ${IDLE_DEADLINE}
   WHERE session_id IN (
     SELECT session_id FROM sessions
      WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
-       AND last_activity_time + idle_timeout_ms * interval '1 millisecond' > $1::timestamptz
+       AND ${IDLE_DEADLINE} > $1::timestamptz
      LIMIT $2 FOR UPDATE SKIP LOCKED)`;
 
 /**
@@ -100,9 +98,14 @@ export const LAPSED_SESSIONS_SQL = `(SELECT session_id FROM sessions WHERE statu
   UNION
   (SELECT session_id FROM sessions
     WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
-      AND last_activity_time + idle_timeout_ms * interval '1 millisecond' <= $1::timestamptz
+      AND ${IDLE_DEADLINE} <= $1::timestamptz
     LIMIT $2)`;
 
+/**
+ * Every fork below session $1, at any depth. Written to match the partial
+ * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
+ * scan the whole table.
+ */
 export const DESCENDANTS_SQL = "SELECT session_id FROM sessions WHERE ancestor_ids @> ARRAY[$1::text] AND ancestor_ids <> '{}'";
 
 function notFound(field: string, what: string, id: string): ConnectError {

@@ -25,6 +25,7 @@ import { createWardenStore, type WardenStore } from "../../src/store/warden-stor
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { planWithoutSeqScans } from "../helpers/query-plan.js";
 
 const NO_HASH = new Uint8Array(0);
 
@@ -220,11 +221,7 @@ for (const driver of DRIVERS) {
         t.db.query("UPDATE leases SET held_value = 1 WHERE lease_id = $1", [released.rows[0]!.lease_id]),
         /leases_released_hold_nothing/,
       );
-      const plan = await t.db.transaction(async (tx) => {
-        await tx.query("SET LOCAL enable_seqscan = off");
-        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${LEASE_TOTALS_SQL.replace("$1::text[]", `ARRAY['${s.sessionId}']`)}`);
-        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
-      });
+      const plan = await planWithoutSeqScans(t.db, LEASE_TOTALS_SQL.replace("$1::text[]", `ARRAY['${s.sessionId}']`));
       assert.match(plan, /leases_by_session/);
       await report(rep(s.sessionId, active, { release: true }));
     });
@@ -393,12 +390,7 @@ for (const driver of DRIVERS) {
       );
       assert.deepEqual((await store.changes(a, from)).sessions.map((x) => x.sessionId), [sa.sessionId]);
       const plan = (agentId: string) =>
-        t.db.transaction(async (tx) => {
-          await tx.query("SET LOCAL enable_seqscan = off");
-          const sql = CHANGED_SESSIONS_SQL.replaceAll("$1", agentId).replace("$2", "0").replace("$3", "10").replace("$4", "1000");
-          const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${sql}`);
-          return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
-        });
+        planWithoutSeqScans(t.db, CHANGED_SESSIONS_SQL.replaceAll("$1", agentId).replace("$2", "0").replace("$3", "10").replace("$4", "1000"));
       // Without an agent the range is on sessions_revision (the other
       // index leads with agent_id, and would be walked end to end).
       assert.match(await plan("NULL"), /sessions_revision .*\n.*Index Cond: \(\(revision > /);

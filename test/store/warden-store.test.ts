@@ -13,6 +13,7 @@ import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, REARM_IDLE_CHE
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import { planWithoutSeqScans } from "../helpers/query-plan.js";
 
 const NO_HASH = new Uint8Array(0);
 
@@ -164,15 +165,10 @@ for (const driver of DRIVERS) {
       assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.EXPIRED);
       // Neither statement reads every live session: with sequential scans
       // priced out, both plans name the partial indexes.
-      const plans = await t.db.transaction(async (tx) => {
-        await tx.query("SET LOCAL enable_seqscan = off");
-        const out: string[] = [];
-        for (const sql of [REARM_IDLE_CHECKS_SQL, LAPSED_SESSIONS_SQL]) {
-          const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${sql.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500")}`);
-          out.push(r.rows.map((x) => x["QUERY PLAN"]).join("\n"));
-        }
-        return out;
-      });
+      const plans: string[] = [];
+      for (const sql of [REARM_IDLE_CHECKS_SQL, LAPSED_SESSIONS_SQL]) {
+        plans.push(await planWithoutSeqScans(t.db, sql.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500")));
+      }
       assert.match(plans[0]!, /sessions_idle_check/);
       assert.match(plans[1]!, /sessions_live/);
       assert.match(plans[1]!, /sessions_idle_check/);
@@ -268,11 +264,7 @@ for (const driver of DRIVERS) {
       // The lookup can use the partial index: with sequential scans priced
       // out, the plan names it. A lookup the index cannot serve (such as
       // `$1 = ANY(ancestor_ids)`) plans a sequential scan whatever the price.
-      const plan = await t.db.transaction(async (tx) => {
-        await tx.query("SET LOCAL enable_seqscan = off");
-        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN ${DESCENDANTS_SQL.replace("$1::text", "'x'::text")}`);
-        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
-      });
+      const plan = await planWithoutSeqScans(t.db, DESCENDANTS_SQL.replace("$1::text", "'x'::text"));
       assert.match(plan, /sessions_by_ancestor/);
     });
 
@@ -280,11 +272,7 @@ for (const driver of DRIVERS) {
       const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       for (let i = 0; i < 3; i++) await check(s.sessionId, USD(1));
       const held = await authorize(s.sessionId, USD(20));
-      const plan = await t.db.transaction(async (tx) => {
-        await tx.query("SET LOCAL enable_seqscan = off");
-        const r = await tx.query<{ "QUERY PLAN": string }>(`EXPLAIN SELECT action_id FROM actions WHERE session_id = ANY(ARRAY['${s.sessionId}']) AND ${OPEN_HOLDS_SQL}`);
-        return r.rows.map((x) => x["QUERY PLAN"]).join("\n");
-      });
+      const plan = await planWithoutSeqScans(t.db, `SELECT action_id FROM actions WHERE session_id = ANY(ARRAY['${s.sessionId}']) AND ${OPEN_HOLDS_SQL}`);
       assert.match(plan, /actions_open_by_session/);
       await store.terminate(s.sessionId, SessionStatus.REVOKED, "done");
       const got = await store.getSession(s.sessionId);
