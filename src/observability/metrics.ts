@@ -11,6 +11,9 @@ export const DECISION_DURATION_BUCKETS: readonly number[] = [
   0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
 ];
 
+/** How often the event-loop delay histogram (`nodejs_eventloop_lag_*`) samples, in ms. */
+export const EVENT_LOOP_SAMPLE_MS = 100;
+
 /** Upper bounds (seconds) of `warden_store_query_duration_seconds`: 50 µs (PGlite) to 10 s (a stuck lock). */
 export const STORE_QUERY_DURATION_BUCKETS: readonly number[] = [
   0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -79,8 +82,11 @@ export interface Metrics {
   recordDecisionError(method: string, code: string): void;
   /** Counts one session-cache lookup in `warden_cache_requests_total`. */
   recordCacheLookup(hit: boolean): void;
-  /** Sets `warden_cache_sessions` and `warden_cache_bytes`. */
-  setCacheSize(sessions: number, bytes: number): void;
+  /**
+   * Where `warden_cache_sessions` and `warden_cache_bytes` come from: read
+   * at scrape time, so nothing has to poll the cache to keep them current.
+   */
+  watchCacheSize(read: () => { sessions: number; bytes: number }): void;
   /** Adds to `warden_lease_operations_total{op}`. */
   recordLeaseOperation(op: LeaseOperation, count?: number): void;
   /**
@@ -121,7 +127,11 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   const registry = new Registry();
   const registers = [registry];
   const now = options.now ?? Date.now;
-  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry });
+  // The event-loop delay histogram samples every 100 ms, not every 10 ms
+  // (the default): its timer wakes the process each time, and at 10 ms
+  // that was most of an idle sidecar's CPU. Stalls of 100 ms and more are
+  // still all caught; shorter ones, in proportion to their length.
+  if (options.processMetrics ?? true) collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
 
   // Decisions: per method, a count per (outcome, reason) pair not yet handed
   // to the counter, keyed by a small integer so a lookup allocates nothing.
@@ -171,8 +181,23 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   // Both series exist from the start, so rate() and hit ratios work at once.
   cacheRequests.inc({ result: "hit" }, 0);
   cacheRequests.inc({ result: "miss" }, 0);
-  const cacheSessions = new Gauge({ name: "warden_cache_sessions", help: "Sessions in the cache.", registers });
-  const cacheBytes = new Gauge({ name: "warden_cache_bytes", help: "Estimated memory taken by the cached sessions.", registers });
+  let readCacheSize: (() => { sessions: number; bytes: number }) | undefined;
+  new Gauge({
+    name: "warden_cache_sessions",
+    help: "Sessions in the cache.",
+    registers,
+    collect() {
+      this.set(readCacheSize?.().sessions ?? 0);
+    },
+  });
+  new Gauge({
+    name: "warden_cache_bytes",
+    help: "Estimated memory taken by the cached sessions.",
+    registers,
+    collect() {
+      this.set(readCacheSize?.().bytes ?? 0);
+    },
+  });
 
   const leaseOps = new Counter({
     name: "warden_lease_operations_total",
@@ -248,9 +273,8 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
       if (hit) cacheHits++;
       else cacheMisses++;
     },
-    setCacheSize(sessions, bytes) {
-      cacheSessions.set(sessions);
-      cacheBytes.set(bytes);
+    watchCacheSize(read) {
+      readCacheSize = read;
     },
     recordLeaseOperation(op, count = 1) {
       leaseOpChildren.get(op)?.inc(count);

@@ -231,7 +231,7 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = withAuthFlags({
       env: "WARDEN_REPORT_INTERVAL_MS",
       default: "50",
       arg: "MS",
-      help: "how often decisions made from leases are sent to the control plane",
+      help: "longest a decision made from a lease waits before it is sent to the control plane",
     },
     {
       name: "cache-max-sessions",

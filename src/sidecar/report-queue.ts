@@ -28,13 +28,19 @@ export interface ReportQueueOptions {
   readonly onSent?: (records: number) => void;
 }
 
+/** Longest wait between tries while sends fail. */
+const MAX_RETRY_MS = 1000;
+
 /**
  * Decisions a sidecar made from its leases, on their way to the store.
  *
- * Every `intervalMs` all that is pending goes in one ReportLeases call (one
- * transaction in the store). What fails stays queued, in order, and goes
- * with the next send: nothing is dropped while the process lives, and a
- * retried send is harmless because the store keys records by action id.
+ * At most `intervalMs` after something is queued, all that is pending goes
+ * in one ReportLeases call (one transaction in the store). The timer runs
+ * only while something waits: an idle sidecar is not woken 20 times a
+ * second to find nothing to send. What fails stays queued, in order, and
+ * goes with the next send, tried again after a backoff (doubling from
+ * `intervalMs`, up to 1 s): nothing is dropped while the process lives, and
+ * a retried send is harmless because the store keys records by action id.
  * Within a session and lease, records come before settlements and the
  * release, which is the order the store applies them in.
  */
@@ -42,12 +48,24 @@ export class ReportQueue {
   private pending = new Map<string, Pending>();
   private inFlight: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private started = false;
   private failures = 0;
 
   constructor(private readonly o: ReportQueueOptions) {}
 
   start(): void {
-    this.timer = setInterval(() => void this.flush(), this.o.intervalMs);
+    this.started = true;
+    this.arm();
+  }
+
+  /** Sets the send timer, if the queue runs, holds something, and none is set. */
+  private arm(): void {
+    if (!this.started || this.timer !== undefined || this.pending.size === 0) return;
+    const delay = this.failures === 0 ? this.o.intervalMs : Math.min(MAX_RETRY_MS, this.o.intervalMs * 2 ** this.failures);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.flush();
+    }, delay);
     this.timer.unref();
   }
 
@@ -76,6 +94,7 @@ export class ReportQueue {
     if (p === undefined) {
       p = { sessionId, leaseId, records: [], settlements: [], release: false };
       this.pending.set(key, p);
+      this.arm();
     }
     return p;
   }
@@ -88,7 +107,6 @@ export class ReportQueue {
   async flush(): Promise<void> {
     while (this.inFlight !== undefined) await this.inFlight;
     if (this.pending.size === 0) return;
-    // Back off after failures: skip ticks, up to ~5 s between tries.
     const batch = this.pending;
     this.pending = new Map();
     const reports = [...batch.values()]
@@ -124,6 +142,8 @@ export class ReportQueue {
         this.inFlight = undefined;
       });
     await this.inFlight;
+    // What came meanwhile, or a failed batch put back: its own timer.
+    this.arm();
   }
 
   /** Sends until nothing is pending or `deadline` (epoch ms) passes. */
@@ -136,6 +156,8 @@ export class ReportQueue {
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    this.started = false;
+    clearTimeout(this.timer);
+    this.timer = undefined;
   }
 }

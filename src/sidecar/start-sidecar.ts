@@ -117,6 +117,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       engine?.onSessionChange(before, after);
     },
   });
+  metrics.watchCacheSize(() => ({ sessions: cache.size, bytes: cache.bytes }));
   const reports = new ReportQueue({
     holder,
     send: (req) => sync.reportLeases(req),
@@ -137,9 +138,10 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     onMessage: (lagMs, revision) => {
       metrics.markSyncContact();
       metrics.recordSyncApplied(revision, Math.max(0, lagMs) / 1000);
-      // Ready the moment the first message lands, not at the next tick.
+      // Ready the moment the first message lands (or the first after a stale spell).
       if (!readiness.ready) updateReadiness();
     },
+    onStale: () => updateReadiness(),
   });
   engine = new SidecarEngine({
     cache,
@@ -190,9 +192,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     readiness.set(
       "sync",
       syncClient.synced && fresh,
-      !syncClient.synced ? "waiting for the first message from the control plane" : fresh ? undefined : `control plane unheard for ${syncClient.staleness()} ms`,
+      !syncClient.synced ? "waiting for the first message from the control plane" : fresh ? undefined : `control plane unheard for over ${o.stalenessBoundMs} ms (the staleness bound)`,
     );
-    metrics.setCacheSize(cache.size, cache.bytes);
   }
 
   // The watch stream first: connecting to the control plane and waiting
@@ -217,9 +218,9 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     onError,
   });
   readiness.set("listeners", true);
+  // From here readiness changes only on events: a message (onMessage), the
+  // staleness bound passing (onStale), shutdown. No timer polls it.
   updateReadiness();
-  const readinessTimer = setInterval(updateReadiness, 100);
-  readinessTimer.unref();
 
   return {
     grpcPort: grpcServer.port,
@@ -232,7 +233,6 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     metrics,
     healthPort: healthListener?.port,
     async close(graceMs = 10_000) {
-      clearInterval(readinessTimer);
       readiness.shutdown();
       const deadline = Date.now() + graceMs;
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);

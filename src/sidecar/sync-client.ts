@@ -15,7 +15,15 @@ export interface SyncClientOptions {
   /** Called with every message: how far behind the sender's clock it arrived. */
   readonly onMessage?: (lagMs: number, revision: bigint) => void;
   readonly onConnected?: (connected: boolean) => void;
+  /**
+   * Called when the view turns stale: the staleness bound passed with
+   * nothing heard. (It turns fresh again with the next message.)
+   */
+  readonly onStale?: () => void;
 }
+
+/** setTimeout's longest delay; a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
  * Keeps the session cache in step with the control plane over one
@@ -37,6 +45,12 @@ export class SyncClient {
   /** Cuts a backoff wait short. */
   private retryNow: (() => void) | undefined;
   private lastNudgeMs = 0;
+  /**
+   * Fires when the bound passes after the last contact; every message
+   * pushes it back. A timer instead of polling, so an idle sidecar does not
+   * wake up just to learn that nothing changed.
+   */
+  private staleTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly o: SyncClientOptions) {
     this.now = o.now ?? Date.now;
@@ -83,11 +97,28 @@ export class SyncClient {
 
   start(): void {
     this.running = this.loop();
+    this.armStaleTimer();
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.staleTimer);
     this.abort.abort();
     await this.running;
+  }
+
+  /** Sets the stale timer for the moment the bound passes, from the last contact. */
+  private armStaleTimer(): void {
+    const left = this.o.stalenessBoundMs - this.staleness() + 1;
+    this.staleTimer = setTimeout(() => this.checkStale(), Math.min(MAX_TIMER_MS, Math.max(1, left)));
+    this.staleTimer.unref();
+  }
+
+  private checkStale(): void {
+    if (this.abort.signal.aborted) return;
+    // The timer's clock and `now` can differ by a millisecond: if the bound
+    // has not quite passed, wait for the rest.
+    if (this.fresh()) this.armStaleTimer();
+    else this.o.onStale?.();
   }
 
   private async loop(): Promise<void> {
@@ -103,6 +134,8 @@ export class SyncClient {
         )) {
           attempt = 0;
           this.lastContactMs = this.now();
+          // Its duration is the whole bound (plus 1 ms) from now.
+          this.staleTimer?.refresh();
           if (!this.connected) {
             this.connected = true;
             this.o.onConnected?.(true);

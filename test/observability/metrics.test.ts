@@ -94,7 +94,8 @@ describe("createMetrics", () => {
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "query" }), 0);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "transaction" }), 0);
 
-    m.setCacheSize(42, 123_456);
+    let cached = { sessions: 42, bytes: 123_456 };
+    m.watchCacheSize(() => cached);
     m.recordLeaseOperation("grant");
     m.recordLeaseOperation("return", 3);
     m.recordReconciledMicros(12_500_000n);
@@ -103,6 +104,11 @@ describe("createMetrics", () => {
     s = await samples(m);
     assert.equal(valueOf(s, "warden_cache_sessions"), 42);
     assert.equal(valueOf(s, "warden_cache_bytes"), 123_456);
+    // Read at scrape time: the next scrape sees the cache as it is then.
+    cached = { sessions: 7, bytes: 900 };
+    s = await samples(m);
+    assert.equal(valueOf(s, "warden_cache_sessions"), 7);
+    assert.equal(valueOf(s, "warden_cache_bytes"), 900);
     assert.equal(valueOf(s, "warden_lease_operations_total", { op: "grant" }), 1);
     assert.equal(valueOf(s, "warden_lease_operations_total", { op: "return" }), 3);
     assert.equal(valueOf(s, "warden_lease_reconciled_micros_total"), 12_500_000);

@@ -76,3 +76,41 @@ test("drain keeps trying until everything is sent or the deadline passes", async
   assert.equal(await stuck.drain(Date.now() + 300), false);
   assert.equal(stuck.size, 1, "still held, never dropped");
 });
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test("once started, what is queued goes out within the interval unasked; failed sends are retried with a backoff", async () => {
+  const sends: number[] = [];
+  let up = true;
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 20,
+    send: async () => {
+      sends.push(Date.now());
+      if (!up) throw new Error("unavailable");
+      return { rejected: [] };
+    },
+  });
+  q.start();
+  try {
+    q.record("s1", "lse_1", record());
+    for (let i = 0; i < 100 && q.size > 0; i++) await sleep(10);
+    assert.equal(q.size, 0, "sent by the queue's own timer");
+    assert.equal(sends.length, 1);
+    await sleep(200);
+    assert.equal(sends.length, 1, "nothing queued, nothing sent");
+
+    up = false;
+    q.record("s1", "lse_1", record());
+    await sleep(1000);
+    // At a steady 20 ms that would be ~50 tries; doubling from 20 ms, 5.
+    const tries = sends.length - 1;
+    assert.ok(tries >= 2 && tries <= 8, `${tries} tries in 1 s while the control plane was away`);
+    assert.equal(q.size, 1, "still queued");
+    up = true;
+    for (let i = 0; i < 300 && q.size > 0; i++) await sleep(10);
+    assert.equal(q.size, 0, "sent once the control plane is back");
+  } finally {
+    q.stop();
+  }
+});
