@@ -26,6 +26,14 @@ interface EndpointRow {
   update_time: Date;
 }
 
+/**
+ * A pending delivery of a disabled endpoint is parked: due at 'infinity',
+ * beyond every claim's range of the due index, until enableEndpoint makes
+ * it due again. Left due, every claim on every replica would walk past all
+ * of them on each tick, for as long as the endpoint stayed disabled.
+ */
+const PARKED = "next_attempt_time = 'infinity'";
+
 // Never the secret: it leaves the store only to sign (claimDue) and once on create.
 const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time";
 
@@ -124,7 +132,8 @@ export class WebhookStore {
 
   /**
    * Re-enables an endpoint: its failure count starts again and deliveries
-   * still pending are due at once (ones abandoned stay abandoned).
+   * still pending (parked while it was disabled) are due at once; ones
+   * abandoned stay abandoned.
    */
   async enableEndpoint(endpointId: string): Promise<WebhookEndpoint> {
     const nowMs = this.now();
@@ -235,7 +244,12 @@ export class WebhookStore {
         [d.endpointId],
       );
       const ep = rows[0];
-      if (ep === undefined || ep.status !== 1) return undefined;
+      if (ep === undefined) return undefined;
+      if (ep.status !== 1) {
+        // Disabled while this attempt was in flight: the delivery waits with the rest.
+        await tx.query(`UPDATE webhook_deliveries SET ${PARKED} WHERE endpoint_id = $1 AND event_id = $2 AND status = 1`, [d.endpointId, d.eventId]);
+        return undefined;
+      }
       const reason =
         nextAttemptMs === undefined
           ? `event ${d.eventId} was abandoned after ${d.attempts + 1} attempts over the retry period; last error: ${error.slice(0, 200)}`
@@ -247,6 +261,7 @@ export class WebhookStore {
         "UPDATE webhook_endpoints SET status = 2, disabled_reason = $2, update_time = $3::timestamptz WHERE endpoint_id = $1",
         [d.endpointId, reason, iso(nowMs)],
       );
+      await tx.query(`UPDATE webhook_deliveries SET ${PARKED} WHERE endpoint_id = $1 AND status = 1`, [d.endpointId]);
       return reason;
     });
   }

@@ -230,5 +230,32 @@ for (const driver of DRIVERS) {
       assert.equal((await hooks.claimDue(10, 30_000)).length, 2);
       await hooks.deleteEndpoint(ep.endpoint.endpointId);
     });
+
+    test("a disabled endpoint's pending deliveries wait outside the claims' range until it is enabled again", async () => {
+      const ep = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url: "http://127.0.0.1:9/p", eventTypes: ["session.created"] }));
+      const id = ep.endpoint.endpointId;
+      for (let i = 0; i < 3; i++) await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      // The range of the due index a claim reads: pending and due by now.
+      const dueNow = async () =>
+        (
+          await t.db.query<{ n: number }>(
+            "SELECT count(*)::int AS n FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 1 AND next_attempt_time <= $2::timestamptz",
+            [id, new Date(clock.now()).toISOString()],
+          )
+        ).rows[0]!.n;
+      assert.equal(await dueNow(), 3);
+      const [a, b] = await hooks.claimDue(2, 30_000);
+      // A's failure disables the endpoint; B is still in flight meanwhile.
+      assert.match((await hooks.markFailed(a!, "HTTP 503", clock.now() + 10_000, 1)) ?? "", /consecutive failed deliveries/);
+      // B fails after that: it joins the others instead of coming due in 10 s.
+      assert.equal(await hooks.markFailed(b!, "HTTP 503", clock.now() + 10_000, 1), undefined);
+      clock.advance(86_400_000);
+      assert.equal(await dueNow(), 0, "none of them in any claim's range, however long it stays disabled");
+      assert.deepEqual(await hooks.claimDue(10, 30_000), []);
+      await hooks.enableEndpoint(id);
+      assert.equal(await dueNow(), 3, "all due at once when enabled");
+      assert.equal((await hooks.claimDue(10, 30_000)).length, 3);
+      await hooks.deleteEndpoint(id);
+    });
   });
 }
