@@ -350,17 +350,17 @@ export class WardenStore {
     withDescendants: boolean,
     fn: (s: LockedSession, locked: Map<string, LockedSession>, descendants: string[]) => Promise<T>,
   ): Promise<T> {
-    const { rows } = await tx.query<{ agent_id: string; ancestor_ids: string[] }>(
-      "SELECT agent_id, ancestor_ids FROM sessions WHERE session_id = $1",
+    // The forks come in the same statement: one round trip less while
+    // nothing is locked yet, on every revoke, end and expiry.
+    const { rows } = await tx.query<{ agent_id: string; ancestor_ids: string[]; descendants?: string[] }>(
+      withDescendants
+        ? `SELECT agent_id, ancestor_ids, ARRAY(${DESCENDANTS_SQL}) AS descendants FROM sessions WHERE session_id = $1`
+        : "SELECT agent_id, ancestor_ids FROM sessions WHERE session_id = $1",
       [sessionId],
     );
     const chain = rows[0];
     if (chain === undefined) throw notFound("session_id", "session", sessionId);
-    let descendants: string[] = [];
-    if (withDescendants) {
-      const d = await tx.query<{ session_id: string }>(DESCENDANTS_SQL, [sessionId]);
-      descendants = d.rows.map((r) => r.session_id);
-    }
+    const descendants = chain.descendants ?? [];
     const ids = [...new Set([sessionId, ...chain.ancestor_ids, ...descendants])].sort();
     const locked = await lockScopes(tx, ids, [chain.agent_id], this.policies);
     return fn(locked.sessions.get(sessionId)!, locked.sessions, descendants);
