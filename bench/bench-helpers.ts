@@ -12,9 +12,12 @@ export const AMOUNT = 1_000_000n;
 export const CHECK_PATH = "/warden.v1.PolicyService/Check";
 
 /** A serialized CheckRequest of {@link AMOUNT} for a session, to `merchant`. */
-export function encodeCheck(sessionId: string, merchant = "bench"): Buffer {
+export function encodeCheck(sessionId: string, merchant = "bench", idempotencyKey = ""): Buffer {
   return Buffer.from(
-    toBinary(CheckRequestSchema, create(CheckRequestSchema, { sessionId, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT }, merchant } })),
+    toBinary(
+      CheckRequestSchema,
+      create(CheckRequestSchema, { sessionId, action: { type: "payment", amount: { currencyCode: "USD", amountMicros: AMOUNT }, merchant }, idempotencyKey }),
+    ),
   );
 }
 

@@ -2,8 +2,10 @@
  * `npm run bench:sidecar`: the sidecar, in one run, against a control plane
  * on the local PostgreSQL, every process on loopback:
  *
- *   1. Check over gRPC on a warm cache: a sidecar in lease mode, a sidecar
- *      in exact mode (every decision through the control plane) and a
+ *   1. Check over gRPC on a warm cache: a sidecar in lease mode (also with
+ *      a new idempotency key on every call, which the sidecar first looks
+ *      up in the store), a sidecar in exact mode (every decision through
+ *      the control plane) and a
  *      no-op @grpc/grpc-js server, closed loop (--optimize-for speed), and
  *      lease mode again as deploy/ runs it (what its memory settings cost); then lease mode and no-op
  *      open loop at half of lease mode's maximum, for latency at a load
@@ -116,6 +118,26 @@ function load(address: string, sessions: BenchSession[], o: { total?: number; ra
   });
 }
 
+/**
+ * Closed loop on one session, every call with an idempotency key never used
+ * before: what a sidecar pays to ask the store for a first answer (it has
+ * none) before deciding.
+ */
+let keysUsed = 0;
+function loadKeyed(address: string, session: BenchSession, total: number): Promise<LoadResult> {
+  const batch = ++keysUsed;
+  return runGrpcLoad({
+    address,
+    path: CHECK_PATH,
+    request: (i) => encodeCheck(session.id, "bench", `bench-${batch}-${i}`),
+    headers: () => session.auth,
+    total,
+    concurrency: CONCURRENCY,
+    connections: CONNECTIONS,
+    keepResponses: true,
+  });
+}
+
 const allowedOf = (r: LoadResult) => r.responses.filter((b) => fromBinary(CheckResponseSchema, b).decision?.outcome === Outcome.ALLOW).length;
 
 let tokenFile = "";
@@ -212,6 +234,10 @@ async function main(): Promise<void> {
     const exactRun = await measured(exact.proc, () => load(exact.grpcAddress, [hot], { total: Math.min(REQUESTS, 5000), keep: true }));
     const exactHot = exactRun.r;
     rows.push({ target: "sidecar, exact mode", scenario: "1 hot session, max", ...exactRun, books: "" });
+    await warm("lease mode, a new idempotency key per call", () => loadKeyed(lease.grpcAddress, hot, WARMUP / 5));
+    const keyedRun = await measured(lease.proc, () => loadKeyed(lease.grpcAddress, hot, Math.min(REQUESTS, 10_000)));
+    const leaseKeyed = keyedRun.r;
+    rows.push({ target: "sidecar, lease mode", scenario: "1 hot session, a new idempotency key per call, max", ...keyedRun, books: "" });
     // The same as deployed (the RSS below is measured that way): what its
     // memory settings cost in speed.
     const leaseDeploy = await startWardenProcess("sidecar", sidecarArgs(cpUrl, ["--optimize-for", DEPLOYED.optimizeFor]), DEPLOYED.nodeFlags, "compiled");
@@ -243,7 +269,7 @@ async function main(): Promise<void> {
     await exact.stop();
     await leaseDeploy.stop();
     procs.length = 0;
-    const allowed = [leaseHot, leaseSpread, exactHot, leaseDeployHot, leaseHalf].reduce((n, r) => n + allowedOf(r), 0);
+    const allowed = [leaseHot, leaseSpread, exactHot, leaseKeyed, leaseDeployHot, leaseHalf].reduce((n, r) => n + allowedOf(r), 0);
     const { rows: c } = await db.query<{ v: string }>(
       "SELECT coalesce(sum(lifetime_committed_value), 0) AS v FROM scope_usage WHERE scope_key LIKE 's:%'",
     );

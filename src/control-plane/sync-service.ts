@@ -36,6 +36,9 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
     async reportLeases(req) {
       return { rejected: await store.leases.report(req) };
     },
+    async getFirstAnswers(req) {
+      return { answers: await store.firstAnswers(req.keys) };
+    },
     async *watchSessions(req, ctx) {
       const queue: FeedBatch[] = [];
       let wakeUp: (() => void) | undefined;

@@ -23,8 +23,9 @@ import {
   type VoidRequest,
 } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
-import { type Lease, LeaseRecordSchema, type SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import { type FirstAnswer, type IdempotencyKeyRef, IdempotencyKeyRefSchema, type Lease, LeaseRecordSchema, type SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import { decisionToProto } from "../store/decision-proto.js";
+import { BatchQueue } from "../store/batch-queue.js";
 import { newId } from "../store/ids.js";
 import { countBound } from "./count-bound.js";
 import type { CachedSession, SessionCache } from "./session-cache.js";
@@ -49,6 +50,8 @@ const ALLOWED: Decision = create(DecisionSchema, { outcome: Outcome.ALLOW, messa
 
 /** A lease leaves use this long before its expiry (a tenth of its life, at most 1 s), against clock skew. */
 const MAX_LEASE_SKEW_MS = 1000;
+/** Longest wait for the store's first answer to a key before deciding here. */
+const FIRST_ANSWER_TIMEOUT_MS = 1000;
 /** A lease nobody spent from for this long goes back to the store. */
 const LEASE_IDLE_MS = 5000;
 /** How long beyond its own expiry the store keeps a hold placed here, so its capture report arrives first. */
@@ -168,6 +171,21 @@ export class SidecarEngine {
   private readonly settledHolds = new LRUCache<string, "captured" | "voided">({ ...countBound(100_000), ttl: 10 * 60_000 });
   /** First answers of idempotent calls made here, by "session|key". */
   private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>(countBound(100_000));
+  /** Keyed decisions in flight, by "session|key" (see decideOnce). */
+  private readonly keyed = new Map<string, Promise<AuthorizeResponse | CheckResponse>>();
+  /**
+   * Lookups of first answers: those asked while one call is in flight go
+   * together in the next, so under load a call costs a share of a round
+   * trip, and alone it goes at once.
+   */
+  private readonly lookups = new BatchQueue<IdempotencyKeyRef, FirstAnswer>({
+    maxBatch: 1000,
+    run: async (keys) => {
+      // Short: a control plane that does not answer soon is treated as away.
+      const res = await this.o.controlPlane.sync.getFirstAnswers({ keys: [...keys] }, { timeoutMs: FIRST_ANSWER_TIMEOUT_MS });
+      return keys.map((_, i) => ({ i, ok: true as const, value: res.answers[i]! }));
+    },
+  });
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
 
@@ -205,12 +223,35 @@ export class SidecarEngine {
 
   /** Authorize; `onPath` learns which way it was decided (for metrics). */
   authorize(req: AuthorizeRequest, hash: Uint8Array, onPath?: (path: DecisionPath) => void): Promise<AuthorizeResponse> {
-    return this.decide("authorize", req, hash, onPath) as Promise<AuthorizeResponse>;
+    return this.decideOnce("authorize", req, hash, onPath) as Promise<AuthorizeResponse>;
   }
 
   /** Check; `onPath` learns which way it was decided (for metrics). */
   check(req: CheckRequest, hash: Uint8Array, onPath?: (path: DecisionPath) => void): Promise<CheckResponse> {
-    return this.decide("check", req, hash, onPath) as Promise<CheckResponse>;
+    return this.decideOnce("check", req, hash, onPath) as Promise<CheckResponse>;
+  }
+
+  /**
+   * Decides a call, one at a time per idempotency key: a second call with a
+   * key waits for the first and then gets its answer, instead of both
+   * deciding at once. Calls without a key go straight through.
+   */
+  private async decideOnce(
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash: Uint8Array,
+    onPath?: (path: DecisionPath) => void,
+  ): Promise<AuthorizeResponse | CheckResponse> {
+    if (req.idempotencyKey === "") return this.decide(method, req, hash, onPath);
+    const k = `${req.sessionId}|${req.idempotencyKey}`;
+    for (let running = this.keyed.get(k); running !== undefined; running = this.keyed.get(k)) await running.catch(() => undefined);
+    const p = this.decide(method, req, hash, onPath);
+    this.keyed.set(k, p);
+    try {
+      return await p;
+    } finally {
+      if (this.keyed.get(k) === p) this.keyed.delete(k);
+    }
   }
 
   private async decide(
@@ -230,6 +271,8 @@ export class SidecarEngine {
       this.o.stale?.();
       return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
     }
+    const first = await this.firstAnswer(req.sessionId, req.idempotencyKey, method, hash);
+    if (first !== undefined) return decodeResponse(method, first);
 
     let s: CachedSession;
     try {
@@ -603,6 +646,29 @@ export class SidecarEngine {
       throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
     }
     return prior.response;
+  }
+
+  /**
+   * The store's first answer to a key this sidecar has not answered: the
+   * call may be a retry of one answered by another sidecar, or by this one
+   * before it restarted. Without the control plane there is no one to ask,
+   * and the call is decided here (see README, "Idempotency in a sidecar").
+   */
+  private async firstAnswer(sessionId: string, key: string, method: string, hash: Uint8Array): Promise<Uint8Array | undefined> {
+    if (key === "") return undefined;
+    let res: FirstAnswer;
+    try {
+      res = await this.lookups.submit(create(IdempotencyKeyRefSchema, { sessionId, idempotencyKey: key }));
+      this.o.contact?.(true);
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (!isUnreachable(e)) throw e;
+      this.o.contact?.(false);
+      return undefined;
+    }
+    if (!res.found) return undefined;
+    this.remember(sessionId, key, res.method, res.requestHash, res.response);
+    return this.replay(sessionId, key, method, hash);
   }
 
   private remember(sessionId: string, key: string, method: string, hash: Uint8Array, response: Uint8Array): void {

@@ -60,7 +60,7 @@ import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { currentRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
-import type { GetSessionStateResponse } from "../gen/warden/v1/sync_service_pb.js";
+import { type FirstAnswer, FirstAnswerSchema, type GetSessionStateResponse, type IdempotencyKeyRef } from "../gen/warden/v1/sync_service_pb.js";
 
 /** Options of {@link createWardenStore}. */
 export interface WardenStoreOptions {
@@ -164,6 +164,19 @@ export class WardenStore {
   /** A session, its parents and its agent's policy, as a sidecar caches them. */
   sessionState(sessionId: string): Promise<GetSessionStateResponse> {
     return this.stateReads.submitAny(sessionId);
+  }
+
+  /**
+   * The stored first answers to sessions' idempotency keys (Authorize and
+   * Check keys live in their session's scope), in the order asked, for a
+   * sidecar that has not answered those keys itself.
+   */
+  async firstAnswers(keys: readonly IdempotencyKeyRef[]): Promise<FirstAnswer[]> {
+    const hits = await loadIdempotency(this.db, keys.map((k) => ({ scope: `s:${k.sessionId}`, key: k.idempotencyKey })));
+    return keys.map((k) => {
+      const hit = hits.get(`s:${k.sessionId}|${k.idempotencyKey}`);
+      return create(FirstAnswerSchema, hit === undefined ? {} : { found: true, method: hit.method, requestHash: hit.hash, response: hit.response });
+    });
   }
 
   /** Changes after a revision, for one agent or all. */

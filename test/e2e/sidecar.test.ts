@@ -326,6 +326,56 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     }
   });
 
+  test("a retry with an idempotency key gets the first answer on any sidecar, restarted or not, and is charged once", async () => {
+    await allReady();
+    const session = await createSession({ daily: { maxValueMicros: USD(1000) } });
+    const clients = sidecars.map((s) => grpcClient(PolicyService, s.grpcAddress, 0, session.auth));
+    try {
+      const check = { sessionId: session.sessionId, action: payment(USD(5)), idempotencyKey: "order-1" };
+      const first = await clients[0]!.check(check);
+      assert.equal(first.decision.outcome, Outcome.ALLOW);
+      // Calls with one key at once on one sidecar: one decision, one answer.
+      const burst = await Promise.all(Array.from({ length: 20 }, () => clients[2]!.check({ ...check, idempotencyKey: "burst-1" })));
+      assert.equal(new Set(burst.map((r) => r.actionId as string)).size, 1);
+      // Once the first sidecar's record is in the store (the report
+      // interval), every other sidecar answers a retry with its answer.
+      await until("the records to reach the store", async () => (await committed(session.sessionId)).ledger === USD(10));
+      for (const c of clients.slice(1)) {
+        const again = await c.check(check);
+        assert.equal(again.actionId, first.actionId, "the first answer, not a second decision");
+      }
+      const auth = { sessionId: session.sessionId, action: payment(USD(20)), idempotencyKey: "hold-1" };
+      const hold = await clients[1]!.authorize(auth);
+      assert.equal(hold.decision.outcome, Outcome.ALLOW);
+      // A sidecar that restarts loses what it remembered; the store has it.
+      const restarted = await startSidecar();
+      const old = sidecars[1]!;
+      sidecars[1] = restarted;
+      await old.stop();
+      await allReady();
+      const fresh = grpcClient(PolicyService, restarted.grpcAddress, 0, session.auth);
+      try {
+        const again = await fresh.authorize(auth);
+        assert.equal(again.authorizationId, hold.authorizationId);
+        const captured = await fresh.capture({ sessionId: session.sessionId, authorizationId: hold.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(20) } });
+        assert.equal(captured.authorization.capturedAmount.amountMicros, USD(20));
+        // The same key for another request is refused, as in the store.
+        const reused = await fresh.check({ ...check, action: payment(USD(6)) }).catch((e: { code: number; details: string }) => e);
+        assert.equal((reused as { code: number }).code, 3);
+        assert.match((reused as { details: string }).details, /idempotency_key: "order-1" was already used for a different request/);
+      } finally {
+        fresh.close();
+      }
+      await until("the capture to reach the store", async () => (await committed(session.sessionId)).ledger === USD(30));
+      const { rows } = await db.query<{ n: string }>("SELECT count(*) AS n FROM actions WHERE session_id = $1", [session.sessionId]);
+      assert.equal(rows[0]!.n, "3", "one action per key");
+      await settled(session.sessionId);
+      assert.equal((await committed(session.sessionId)).value, USD(30), "charged once each");
+    } finally {
+      for (const c of clients) c.close();
+    }
+  });
+
   test("a burst on a cold session is decided from leases, not call by call through the control plane", async () => {
     await allReady();
     const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });

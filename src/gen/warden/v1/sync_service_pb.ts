@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file warden/v1/sync_service.proto.
  */
 export const file_warden_v1_sync_service: GenFile = /*@__PURE__*/
-  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAiuAEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCgxDb3VudGVyVXNhZ2USEQoJc2NvcGVfa2V5GAEgASgJEiEKBndpbmRvdxgCIAEoDjIRLndhcmRlbi52MS5XaW5kb3cSHAoUd2luZG93X3N0YXJ0X3VuaXhfbXMYAyABKAMSFAoMdmFsdWVfbWljcm9zGAQgASgDEg8KB2FjdGlvbnMYBSABKAMi1AEKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoMdmFsdWVfbWljcm9zGAMgASgDSACIAQESFAoHYWN0aW9ucxgEIAEoA0gBiAEBEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgV1c2FnZRgGIAMoCzIXLndhcmRlbi52MS5Db3VudGVyVXNhZ2VCDwoNX3ZhbHVlX21pY3Jvc0IKCghfYWN0aW9ucyKFAgoTQWNxdWlyZUxlYXNlUmVxdWVzdBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSGgoGaG9sZGVyGAIgASgJQgq6SAdyBRABGIABEiUKFGRlc2lyZWRfdmFsdWVfbWljcm9zGAMgASgDQge6SAQiAigAEiAKD2Rlc2lyZWRfYWN0aW9ucxgEIAEoA0IHukgEIgIoABIhChBtaW5fdmFsdWVfbWljcm9zGAUgASgDQge6SAQiAigAEiYKA3R0bBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI3ChRBY3F1aXJlTGVhc2VSZXNwb25zZRIfCgVsZWFzZRgBIAEoCzIQLndhcmRlbi52MS5MZWFzZSKbAwoLTGVhc2VSZWNvcmQSLAoJYWN0aW9uX2lkGAEgASgJQhm6SBZyFDISXmFjdF9bYS16MC05XXsyNn0kEicKBm1ldGhvZBgCIAEoCUIXukgUchJSCWF1dGhvcml6ZVIFY2hlY2sSKQoGYWN0aW9uGAMgASgLMhEud2FyZGVuLnYxLkFjdGlvbkIGukgDyAEBEi0KCGRlY2lzaW9uGAQgASgLMhMud2FyZGVuLnYxLkRlY2lzaW9uQga6SAPIAQESNwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESNAoQaG9sZF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoQcHJvY2Vzc2luZ19uYW5vcxgHIAEoA0IHukgEIgIoABIhCg9pZGVtcG90ZW5jeV9rZXkYCCABKAlCCLpIBXIDGIABEhQKDHJlcXVlc3RfaGFzaBgJIAEoDBIQCghyZXNwb25zZRgKIAEoDCKxAQoPTGVhc2VTZXR0bGVtZW50EjMKEGF1dGhvcml6YXRpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJAoOY2FwdHVyZV9taWNyb3MYAiABKANCB7pIBCICKABIAIgBARIwCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBQhEKD19jYXB0dXJlX21pY3JvcyLKAQoLTGVhc2VSZXBvcnQSPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEhAKCGxlYXNlX2lkGAIgASgJEicKB3JlY29yZHMYAyADKAsyFi53YXJkZW4udjEuTGVhc2VSZWNvcmQSLwoLc2V0dGxlbWVudHMYBCADKAsyGi53YXJkZW4udjEuTGVhc2VTZXR0bGVtZW50Eg8KB3JlbGVhc2UYBSABKAgiWgoTUmVwb3J0TGVhc2VzUmVxdWVzdBIaCgZob2xkZXIYASABKAlCCrpIB3IFEAEYgAESJwoHcmVwb3J0cxgCIAMoCzIWLndhcmRlbi52MS5MZWFzZVJlcG9ydCIoChRSZXBvcnRMZWFzZXNSZXNwb25zZRIQCghyZWplY3RlZBgBIAMoCTLkAgoLU3luY1NlcnZpY2USXQoPR2V0U2Vzc2lvblN0YXRlEiEud2FyZGVuLnYxLkdldFNlc3Npb25TdGF0ZVJlcXVlc3QaIi53YXJkZW4udjEuR2V0U2Vzc2lvblN0YXRlUmVzcG9uc2UiA5ACARJUCg1XYXRjaFNlc3Npb25zEh8ud2FyZGVuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0GiAud2FyZGVuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABEk8KDEFjcXVpcmVMZWFzZRIeLndhcmRlbi52MS5BY3F1aXJlTGVhc2VSZXF1ZXN0Gh8ud2FyZGVuLnYxLkFjcXVpcmVMZWFzZVJlc3BvbnNlEk8KDFJlcG9ydExlYXNlcxIeLndhcmRlbi52MS5SZXBvcnRMZWFzZXNSZXF1ZXN0Gh8ud2FyZGVuLnYxLlJlcG9ydExlYXNlc1Jlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
+  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAiuAEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCgxDb3VudGVyVXNhZ2USEQoJc2NvcGVfa2V5GAEgASgJEiEKBndpbmRvdxgCIAEoDjIRLndhcmRlbi52MS5XaW5kb3cSHAoUd2luZG93X3N0YXJ0X3VuaXhfbXMYAyABKAMSFAoMdmFsdWVfbWljcm9zGAQgASgDEg8KB2FjdGlvbnMYBSABKAMi1AEKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoMdmFsdWVfbWljcm9zGAMgASgDSACIAQESFAoHYWN0aW9ucxgEIAEoA0gBiAEBEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgV1c2FnZRgGIAMoCzIXLndhcmRlbi52MS5Db3VudGVyVXNhZ2VCDwoNX3ZhbHVlX21pY3Jvc0IKCghfYWN0aW9ucyKFAgoTQWNxdWlyZUxlYXNlUmVxdWVzdBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSGgoGaG9sZGVyGAIgASgJQgq6SAdyBRABGIABEiUKFGRlc2lyZWRfdmFsdWVfbWljcm9zGAMgASgDQge6SAQiAigAEiAKD2Rlc2lyZWRfYWN0aW9ucxgEIAEoA0IHukgEIgIoABIhChBtaW5fdmFsdWVfbWljcm9zGAUgASgDQge6SAQiAigAEiYKA3R0bBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI3ChRBY3F1aXJlTGVhc2VSZXNwb25zZRIfCgVsZWFzZRgBIAEoCzIQLndhcmRlbi52MS5MZWFzZSKbAwoLTGVhc2VSZWNvcmQSLAoJYWN0aW9uX2lkGAEgASgJQhm6SBZyFDISXmFjdF9bYS16MC05XXsyNn0kEicKBm1ldGhvZBgCIAEoCUIXukgUchJSCWF1dGhvcml6ZVIFY2hlY2sSKQoGYWN0aW9uGAMgASgLMhEud2FyZGVuLnYxLkFjdGlvbkIGukgDyAEBEi0KCGRlY2lzaW9uGAQgASgLMhMud2FyZGVuLnYxLkRlY2lzaW9uQga6SAPIAQESNwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESNAoQaG9sZF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoQcHJvY2Vzc2luZ19uYW5vcxgHIAEoA0IHukgEIgIoABIhCg9pZGVtcG90ZW5jeV9rZXkYCCABKAlCCLpIBXIDGIABEhQKDHJlcXVlc3RfaGFzaBgJIAEoDBIQCghyZXNwb25zZRgKIAEoDCKxAQoPTGVhc2VTZXR0bGVtZW50EjMKEGF1dGhvcml6YXRpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJAoOY2FwdHVyZV9taWNyb3MYAiABKANCB7pIBCICKABIAIgBARIwCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBQhEKD19jYXB0dXJlX21pY3JvcyLKAQoLTGVhc2VSZXBvcnQSPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEhAKCGxlYXNlX2lkGAIgASgJEicKB3JlY29yZHMYAyADKAsyFi53YXJkZW4udjEuTGVhc2VSZWNvcmQSLwoLc2V0dGxlbWVudHMYBCADKAsyGi53YXJkZW4udjEuTGVhc2VTZXR0bGVtZW50Eg8KB3JlbGVhc2UYBSABKAgiWgoTUmVwb3J0TGVhc2VzUmVxdWVzdBIaCgZob2xkZXIYASABKAlCCrpIB3IFEAEYgAESJwoHcmVwb3J0cxgCIAMoCzIWLndhcmRlbi52MS5MZWFzZVJlcG9ydCIoChRSZXBvcnRMZWFzZXNSZXNwb25zZRIQCghyZWplY3RlZBgBIAMoCSJ4ChFJZGVtcG90ZW5jeUtleVJlZhI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSIwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJQgq6SAdyBRABGIABIlEKFkdldEZpcnN0QW5zd2Vyc1JlcXVlc3QSNwoEa2V5cxgBIAMoCzIcLndhcmRlbi52MS5JZGVtcG90ZW5jeUtleVJlZkILukgIkgEFCAEQ6AciVAoLRmlyc3RBbnN3ZXISDQoFZm91bmQYASABKAgSDgoGbWV0aG9kGAIgASgJEhQKDHJlcXVlc3RfaGFzaBgDIAEoDBIQCghyZXNwb25zZRgEIAEoDCJCChdHZXRGaXJzdEFuc3dlcnNSZXNwb25zZRInCgdhbnN3ZXJzGAEgAygLMhYud2FyZGVuLnYxLkZpcnN0QW5zd2VyMsMDCgtTeW5jU2VydmljZRJdCg9HZXRTZXNzaW9uU3RhdGUSIS53YXJkZW4udjEuR2V0U2Vzc2lvblN0YXRlUmVxdWVzdBoiLndhcmRlbi52MS5HZXRTZXNzaW9uU3RhdGVSZXNwb25zZSIDkAIBElQKDVdhdGNoU2Vzc2lvbnMSHy53YXJkZW4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaIC53YXJkZW4udjEuV2F0Y2hTZXNzaW9uc1Jlc3BvbnNlMAESTwoMQWNxdWlyZUxlYXNlEh4ud2FyZGVuLnYxLkFjcXVpcmVMZWFzZVJlcXVlc3QaHy53YXJkZW4udjEuQWNxdWlyZUxlYXNlUmVzcG9uc2USTwoMUmVwb3J0TGVhc2VzEh4ud2FyZGVuLnYxLlJlcG9ydExlYXNlc1JlcXVlc3QaHy53YXJkZW4udjEuUmVwb3J0TGVhc2VzUmVzcG9uc2USXQoPR2V0Rmlyc3RBbnN3ZXJzEiEud2FyZGVuLnYxLkdldEZpcnN0QW5zd2Vyc1JlcXVlc3QaIi53YXJkZW4udjEuR2V0Rmlyc3RBbnN3ZXJzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
 
 /**
  * SessionState is one session as a sidecar's cache holds it.
@@ -608,6 +608,112 @@ export const ReportLeasesResponseSchema: GenMessage<ReportLeasesResponse> = /*@_
   messageDesc(file_warden_v1_sync_service, 14);
 
 /**
+ * IdempotencyKeyRef names one idempotency key of a session.
+ *
+ * @generated from message warden.v1.IdempotencyKeyRef
+ */
+export type IdempotencyKeyRef = Message<"warden.v1.IdempotencyKeyRef"> & {
+  /**
+   * @generated from field: string session_id = 1;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string idempotency_key = 2;
+   */
+  idempotencyKey: string;
+};
+
+/**
+ * Describes the message warden.v1.IdempotencyKeyRef.
+ * Use `create(IdempotencyKeyRefSchema)` to create a new message.
+ */
+export const IdempotencyKeyRefSchema: GenMessage<IdempotencyKeyRef> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 15);
+
+/**
+ * GetFirstAnswersRequest lists the keys to look up.
+ *
+ * @generated from message warden.v1.GetFirstAnswersRequest
+ */
+export type GetFirstAnswersRequest = Message<"warden.v1.GetFirstAnswersRequest"> & {
+  /**
+   * @generated from field: repeated warden.v1.IdempotencyKeyRef keys = 1;
+   */
+  keys: IdempotencyKeyRef[];
+};
+
+/**
+ * Describes the message warden.v1.GetFirstAnswersRequest.
+ * Use `create(GetFirstAnswersRequestSchema)` to create a new message.
+ */
+export const GetFirstAnswersRequestSchema: GenMessage<GetFirstAnswersRequest> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 16);
+
+/**
+ * FirstAnswer is the stored first answer to one key, when there is one.
+ *
+ * @generated from message warden.v1.FirstAnswer
+ */
+export type FirstAnswer = Message<"warden.v1.FirstAnswer"> & {
+  /**
+   * Whether the store holds an answer for the key; the rest is empty if not.
+   *
+   * @generated from field: bool found = 1;
+   */
+  found: boolean;
+
+  /**
+   * The method the key was first used with: "authorize" or "check".
+   *
+   * @generated from field: string method = 2;
+   */
+  method: string;
+
+  /**
+   * SHA-256 of the first request's canonical bytes, to tell a retry from a
+   * reuse of the key for another request.
+   *
+   * @generated from field: bytes request_hash = 3;
+   */
+  requestHash: Uint8Array;
+
+  /**
+   * The first answer in protobuf binary: an AuthorizeResponse or a
+   * CheckResponse, as `method` says.
+   *
+   * @generated from field: bytes response = 4;
+   */
+  response: Uint8Array;
+};
+
+/**
+ * Describes the message warden.v1.FirstAnswer.
+ * Use `create(FirstAnswerSchema)` to create a new message.
+ */
+export const FirstAnswerSchema: GenMessage<FirstAnswer> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 17);
+
+/**
+ * GetFirstAnswersResponse has one answer per key, in the order asked.
+ *
+ * @generated from message warden.v1.GetFirstAnswersResponse
+ */
+export type GetFirstAnswersResponse = Message<"warden.v1.GetFirstAnswersResponse"> & {
+  /**
+   * @generated from field: repeated warden.v1.FirstAnswer answers = 1;
+   */
+  answers: FirstAnswer[];
+};
+
+/**
+ * Describes the message warden.v1.GetFirstAnswersResponse.
+ * Use `create(GetFirstAnswersResponseSchema)` to create a new message.
+ */
+export const GetFirstAnswersResponseSchema: GenMessage<GetFirstAnswersResponse> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 18);
+
+/**
  * SyncService is the control plane's internal API for sidecars: the session
  * state a sidecar decides from, a stream of changes to it, and budget leases
  * (design.md §4). Agents do not call it; their sidecar does.
@@ -661,6 +767,20 @@ export const SyncService: GenService<{
     methodKind: "unary";
     input: typeof ReportLeasesRequestSchema;
     output: typeof ReportLeasesResponseSchema;
+  },
+  /**
+   * GetFirstAnswers returns the answers the store holds for idempotency keys
+   * of sessions, in the order asked. A sidecar asks before deciding calls
+   * whose keys it has not answered itself, so a retry that reaches a
+   * restarted or another sidecar gets the first answer instead of being
+   * charged again. Keys asked at about the same time go in one call.
+   *
+   * @generated from rpc warden.v1.SyncService.GetFirstAnswers
+   */
+  getFirstAnswers: {
+    methodKind: "unary";
+    input: typeof GetFirstAnswersRequestSchema;
+    output: typeof GetFirstAnswersResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_warden_v1_sync_service, 0);
