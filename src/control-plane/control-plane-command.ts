@@ -32,6 +32,7 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     auditKeyFile: values["audit-key"],
     auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
     auditRetentionMs: nonNegativeInt(values, "audit-retention"),
+    idempotencyRetentionMs: nonNegativeInt(values, "idempotency-retention"),
     // A cluster's system of record is never open: API keys on admin calls,
     // session tokens (or agent credentials) on decisions.
     requireAuth: true,

@@ -97,6 +97,13 @@ const store: FlagSpec[] = [
     arg: "MS",
     help: "how long after a session ended its audit records are kept, then removed under a signed checkpoint (0: forever; default 365 days; sessions and actions stay)",
   },
+  {
+    name: "idempotency-retention",
+    env: "WARDEN_IDEMPOTENCY_RETENTION_MS",
+    default: String(24 * 60 * 60 * 1000),
+    arg: "MS",
+    help: "how long after a session ended the first answers to its idempotency keys are kept, then removed by the sweeper (0: forever; default 24 hours); a retry after that gets \"session has ended\", never a second charge",
+  },
 ];
 
 const leaseGrace: FlagSpec = {

@@ -28,6 +28,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
     auditKeyFile: values["audit-key"],
     auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
     auditRetentionMs: nonNegativeInt(values, "audit-retention"),
+    idempotencyRetentionMs: nonNegativeInt(values, "idempotency-retention"),
     requireAuth,
     sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
     logger,

@@ -102,6 +102,8 @@ export interface ServerOptions {
   readonly auditCheckpointIntervalMs?: number;
   /** How long after its session ended a chain is kept (`--audit-retention`); 0 keeps it forever (the default here). */
   readonly auditRetentionMs?: number;
+  /** How long after its session ended an idempotency key is kept (`--idempotency-retention`); 0 keeps it forever. Default 24 hours. */
+  readonly idempotencyRetentionMs?: number;
 }
 
 /** A running `warden serve`. */
@@ -160,7 +162,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // Tokens are issued whether or not they are required, so an agent is
   // written once for both modes; the signing key lives in the store.
   const auth = await steps.run(() => createAuth({ db, now: o.now, tokenTtlMs: o.sessionTokenTtlMs }));
-  const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs });
+  const store = createWardenStore({ db, now: o.now, leaseReconcileGraceMs: o.leaseReconcileGraceMs, idempotencyRetentionMs: o.idempotencyRetentionMs });
   // Sidecars watch sessions through this replica's one feed of changes.
   const webhookStore = createWebhookStore({ db, now: o.now });
   const feed = await steps.run(() => createChangeFeed({ store, onError: (err) => log.warn({ err }, "change feed read failed") }));
@@ -229,9 +231,17 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
           metrics.recordLeaseOperation("reconcile", leases.leases);
           metrics.recordReconciledMicros(leases.writtenOffValue);
         }
-        if (r.sessions + r.holds + r.approvals + leases.leases > 0) {
+        if (r.sessions + r.holds + r.approvals + leases.leases + r.keysPruned > 0) {
           log.info(
-            { sessions: r.sessions, holds: r.holds, approvals: r.approvals, leasesReconciled: leases.leases, writtenOffMicros: String(leases.writtenOffValue), writtenOffActions: String(leases.writtenOffActions) },
+            {
+              sessions: r.sessions,
+              holds: r.holds,
+              approvals: r.approvals,
+              leasesReconciled: leases.leases,
+              writtenOffMicros: String(leases.writtenOffValue),
+              writtenOffActions: String(leases.writtenOffActions),
+              idempotencyKeysPrunedSessions: r.keysPruned,
+            },
             "swept",
           );
         }

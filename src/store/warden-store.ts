@@ -69,7 +69,16 @@ export interface WardenStoreOptions {
   readonly now?: () => number;
   /** How long past its expiry an unreleased lease is written off (see LeaseLedger). */
   readonly leaseReconcileGraceMs?: number;
+  /**
+   * How long after a session ended its idempotency keys are kept before a
+   * sweep removes them (see 014_idempotency_retention.sql); 0 keeps them
+   * forever. Default 24 hours.
+   */
+  readonly idempotencyRetentionMs?: number;
 }
+
+/** Default of {@link WardenStoreOptions.idempotencyRetentionMs}: 24 hours. */
+export const DEFAULT_IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
@@ -102,6 +111,22 @@ export const LAPSED_SESSIONS_SQL = `(SELECT session_id FROM sessions WHERE statu
     LIMIT $2)`;
 
 /**
+ * Removes the session-scoped idempotency keys of up to $2 sessions that
+ * ended at or before $1 and still have them, and marks those sessions: one
+ * range of sessions_keys_due, then each session's keys by the primary
+ * key's prefix. Sessions another transaction holds are left for the next
+ * sweep (SKIP LOCKED), so this waits on no one.
+ */
+export const PRUNE_IDEMPOTENCY_KEYS_SQL = `WITH due AS (
+    SELECT session_id FROM sessions
+     WHERE end_time IS NOT NULL AND NOT keys_pruned AND end_time <= $1::timestamptz
+     ORDER BY end_time LIMIT $2
+     FOR UPDATE SKIP LOCKED),
+  gone AS (DELETE FROM idempotency_keys i USING due WHERE i.scope = 's:' || due.session_id)
+  UPDATE sessions s SET keys_pruned = true FROM due WHERE s.session_id = due.session_id
+  RETURNING s.session_id`;
+
+/**
  * Every fork below session $1, at any depth. Written to match the partial
  * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
  * scan the whole table.
@@ -127,6 +152,7 @@ function validatePolicy(policy: SessionPolicy, field: string): void {
 export class WardenStore {
   readonly db: Database;
   readonly now: () => number;
+  private readonly idempotencyRetentionMs: number;
   readonly spans = new CalendarSpanCache();
   readonly policies = new PolicyCache();
   /** Budget leases of sidecars. */
@@ -138,6 +164,7 @@ export class WardenStore {
   constructor(opts: WardenStoreOptions) {
     this.db = opts.db;
     this.now = opts.now ?? Date.now;
+    this.idempotencyRetentionMs = opts.idempotencyRetentionMs ?? DEFAULT_IDEMPOTENCY_RETENTION_MS;
     this.stateReads = new BatchQueue({
       maxBatch: 256,
       shards: Math.min(2, this.db.parallelism),
@@ -984,10 +1011,12 @@ export class WardenStore {
   // ---- sweeping --------------------------------------------------------
 
   /**
-   * Expires sessions past their expiry or idle timeout, and releases holds
-   * past their TTL or of ended sessions. Idempotent; safe on every replica.
+   * Expires sessions past their expiry or idle timeout, releases holds
+   * past their TTL or of ended sessions, and removes the idempotency keys
+   * of sessions ended longer ago than the retention (`keysPruned`: how many
+   * sessions'). Idempotent; safe on every replica.
    */
-  async sweep(limit = 500): Promise<{ sessions: number; holds: number; approvals: number; leases: ReconcileResult }> {
+  async sweep(limit = 500): Promise<{ sessions: number; holds: number; approvals: number; leases: ReconcileResult; keysPruned: number }> {
     const nowMs = this.now();
     // Sessions active since their idle check time get the new one; then
     // both lapse tests are index range scans (see 010_idle_deadline.sql).
@@ -1031,7 +1060,11 @@ export class WardenStore {
     );
     for (const { approval_id } of due.rows) await this.expireApproval(approval_id);
     const leases = await this.leases.reconcile(limit);
-    return { sessions, holds: holds.rows.length, approvals: due.rows.length, leases };
+    // Keys of sessions that ended long enough ago: no retry can charge
+    // them any more (their session has ended), and they stay forever else.
+    const keysPruned =
+      this.idempotencyRetentionMs > 0 ? (await this.db.query(PRUNE_IDEMPOTENCY_KEYS_SQL, [iso(nowMs - this.idempotencyRetentionMs), limit])).rows.length : 0;
+    return { sessions, holds: holds.rows.length, approvals: due.rows.length, leases, keysPruned };
   }
 }
 

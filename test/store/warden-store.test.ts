@@ -10,7 +10,7 @@ import { ActionStatus, type AuthorizeResponse, type CheckResponse, CheckResponse
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
-import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
+import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -125,7 +125,7 @@ for (const driver of DRIVERS) {
       assert.equal((await authorize(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
       clock.advance(61_000);
       await rejects(store.capture({ sessionId: s.sessionId, authorizationId: b.authorizationId, idempotencyKey: "" } as never, NO_HASH), Code.FailedPrecondition, /expired/);
-      assert.deepEqual(await store.sweep(), { sessions: 0, holds: 1, approvals: 0, leases: { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n } });
+      assert.deepEqual(await store.sweep(), { sessions: 0, holds: 1, approvals: 0, leases: { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n }, keysPruned: 0 });
       const cRecord = (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.find((x) => x.actionId === c.authorizationId)!;
       assert.equal(cRecord.status, ActionStatus.EXPIRED);
       assert.equal((await store.getSession(s.sessionId)).usage!.actionsHeld, 0n);
@@ -188,6 +188,35 @@ for (const driver of DRIVERS) {
       assert.match(plans[0]!, /sessions_idle_check/);
       assert.match(plans[1]!, /sessions_live/);
       assert.match(plans[1]!, /sessions_idle_check/);
+    });
+
+    test("the sweep removes an ended session's idempotency keys once the retention has passed, through an index", async () => {
+      const kept = createWardenStore({ db: t.db, now: clock.now, idempotencyRetentionMs: 60_000 });
+      const live = await kept.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const ended = await kept.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const checkOn = (sessionId: string, key: string) =>
+        kept.decide({ method: "check", sessionId, action: payment(USD(2)), idempotencyKey: key, requestHash: new Uint8Array([7]) }) as Promise<CheckResponse>;
+      const keysOf = async (sessionId: string) =>
+        (await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM idempotency_keys WHERE scope = $1", [`s:${sessionId}`])).rows[0]!.n;
+      const first = await checkOn(ended.sessionId, "r-1");
+      await checkOn(live.sessionId, "r-2");
+      await kept.terminate(ended.sessionId, SessionStatus.COMPLETED, "done");
+      // Within the retention a retry still gets its first answer.
+      await kept.sweep();
+      assert.equal(await keysOf(ended.sessionId), 1);
+      assert.equal((await checkOn(ended.sessionId, "r-1")).actionId, first.actionId);
+      clock.advance(60_001);
+      assert.ok((await kept.sweep()).keysPruned >= 1);
+      assert.equal(await keysOf(ended.sessionId), 0, "gone once the retention passed");
+      assert.equal(await keysOf(live.sessionId), 1, "a live session keeps its keys");
+      // Then a retry is refused as on any ended session: never a second charge.
+      await rejects(checkOn(ended.sessionId, "r-1"), Code.FailedPrecondition, /ended/);
+      assert.equal((await kept.getSession(ended.sessionId)).usage!.valueCommittedMicros, USD(2));
+      // A session is pruned once; the sweep's read is a range of the partial index.
+      const again = await kept.sweep();
+      assert.equal(again.keysPruned, 0);
+      const plan = await planWithoutSeqScans(t.db, PRUNE_IDEMPOTENCY_KEYS_SQL.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500"));
+      assert.match(plan, /sessions_keys_due/);
     });
 
     if (driver === "postgres") {
