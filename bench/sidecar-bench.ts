@@ -3,8 +3,8 @@
  * on the local PostgreSQL, every process on loopback:
  *
  *   1. Check over gRPC on a warm cache: a sidecar in lease mode (also with
- *      a new idempotency key on every call, which the sidecar first looks
- *      up in the store), a sidecar in exact mode (every decision through
+ *      a new idempotency key on every call, which the sidecar first claims
+ *      in the store), a sidecar in exact mode (every decision through
  *      the control plane) and a
  *      no-op @grpc/grpc-js server, closed loop (--optimize-for speed), and
  *      lease mode again as deploy/ runs it (what its memory settings cost); then lease mode and no-op
@@ -120,8 +120,8 @@ function load(address: string, sessions: BenchSession[], o: { total?: number; ra
 
 /**
  * Closed loop on one session, every call with an idempotency key never used
- * before: what a sidecar pays to ask the store for a first answer (it has
- * none) before deciding.
+ * before: what a sidecar pays to claim the key in the store (there is no
+ * first answer yet) before deciding.
  */
 let keysUsed = 0;
 function loadKeyed(address: string, session: BenchSession, total: number): Promise<LoadResult> {

@@ -80,7 +80,7 @@ export const SYNC_SERVICE_ACCESS: AccessTable<typeof SyncService> = {
   watchSessions: { roles: ADMIN_AND_AGENT, scope: ownAgent },
   acquireLease: { roles: ADMIN_AND_AGENT, scope: ownSession },
   reportLeases: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: r.reports.map((x) => x.sessionId) }) },
-  getFirstAnswers: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: r.keys.map((k) => k.sessionId) }) },
+  claimIdempotencyKeys: { roles: ADMIN_AND_AGENT, scope: (r) => ({ sessionIds: r.claims.map((c) => c.sessionId) }) },
 };
 
 /**

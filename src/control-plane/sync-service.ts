@@ -36,8 +36,8 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
     async reportLeases(req) {
       return { rejected: await store.leases.report(req) };
     },
-    async getFirstAnswers(req) {
-      return { answers: await store.firstAnswers(req.keys) };
+    async claimIdempotencyKeys(req) {
+      return { results: await store.claimKeys(req.claims) };
     },
     async *watchSessions(req, ctx) {
       const queue: FeedBatch[] = [];

@@ -1,5 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import {
+  type ClaimRelease,
+  ClaimReleaseSchema,
   type LeaseRecord,
   type LeaseSettlement,
   LeaseReportSchema,
@@ -14,6 +16,7 @@ interface Pending {
   records: LeaseRecord[];
   settlements: LeaseSettlement[];
   release: boolean;
+  releasedClaims: ClaimRelease[];
 }
 
 /** Options of {@link ReportQueue}. */
@@ -41,8 +44,9 @@ const MAX_RETRY_MS = 1000;
  * goes with the next send, tried again after a backoff (doubling from
  * `intervalMs`, up to 1 s): nothing is dropped while the process lives, and
  * a retried send is harmless because the store keys records by action id.
- * Within a session and lease, records come before settlements and the
- * release, which is the order the store applies them in.
+ * Within a session and lease, records come before settlements, released
+ * idempotency-key claims and the release, which is the order the store
+ * applies them in.
  */
 export class ReportQueue {
   private pending = new Map<string, Pending>();
@@ -72,7 +76,7 @@ export class ReportQueue {
   /** Records and settlements not yet acknowledged by the store. */
   get size(): number {
     let n = 0;
-    for (const p of this.pending.values()) n += p.records.length + p.settlements.length + (p.release ? 1 : 0);
+    for (const p of this.pending.values()) n += p.records.length + p.settlements.length + p.releasedClaims.length + (p.release ? 1 : 0);
     return n;
   }
 
@@ -88,11 +92,16 @@ export class ReportQueue {
     this.entry(sessionId, leaseId).release = true;
   }
 
+  /** Gives back the claim of an idempotency key whose call ended without a record. */
+  releaseClaim(sessionId: string, idempotencyKey: string, actionId: string): void {
+    this.entry(sessionId, "").releasedClaims.push(create(ClaimReleaseSchema, { idempotencyKey, actionId }));
+  }
+
   private entry(sessionId: string, leaseId: string): Pending {
     const key = `${sessionId}|${leaseId}`;
     let p = this.pending.get(key);
     if (p === undefined) {
-      p = { sessionId, leaseId, records: [], settlements: [], release: false };
+      p = { sessionId, leaseId, records: [], settlements: [], release: false, releasedClaims: [] };
       this.pending.set(key, p);
       this.arm();
     }
@@ -112,7 +121,16 @@ export class ReportQueue {
     const reports = [...batch.values()]
       // Settlements of a session go after the records of its leases.
       .sort((a, b) => (a.leaseId === "" ? 1 : 0) - (b.leaseId === "" ? 1 : 0))
-      .map((p) => create(LeaseReportSchema, { sessionId: p.sessionId, leaseId: p.leaseId, records: p.records, settlements: p.settlements, release: p.release }));
+      .map((p) =>
+        create(LeaseReportSchema, {
+          sessionId: p.sessionId,
+          leaseId: p.leaseId,
+          records: p.records,
+          settlements: p.settlements,
+          release: p.release,
+          releasedClaims: p.releasedClaims,
+        }),
+      );
     const records = reports.reduce((n, r) => n + r.records.length, 0);
     this.inFlight = this.o
       .send(create(ReportLeasesRequestSchema, { holder: this.o.holder, reports }))
@@ -132,6 +150,7 @@ export class ReportQueue {
             else {
               old.records.push(...p.records);
               old.settlements.push(...p.settlements);
+              old.releasedClaims.push(...p.releasedClaims);
               old.release ||= p.release;
             }
           }

@@ -23,9 +23,18 @@ import {
   type VoidRequest,
 } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
-import { type FirstAnswer, type IdempotencyKeyRef, IdempotencyKeyRefSchema, type Lease, LeaseRecordSchema, type SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import {
+  type IdempotencyKeyClaim,
+  IdempotencyKeyClaimSchema,
+  type IdempotencyKeyClaimResult,
+  IdempotencyKeyState,
+  type Lease,
+  LeaseRecordSchema,
+  type SyncService,
+} from "../gen/warden/v1/sync_service_pb.js";
 import { decisionToProto } from "../store/decision-proto.js";
 import { BatchQueue } from "../store/batch-queue.js";
+import { replayFirstAnswer } from "../store/idempotency.js";
 import { newId } from "../store/ids.js";
 import { countBound } from "./count-bound.js";
 import type { CachedSession, SessionCache } from "./session-cache.js";
@@ -50,8 +59,8 @@ const ALLOWED: Decision = create(DecisionSchema, { outcome: Outcome.ALLOW, messa
 
 /** A lease leaves use this long before its expiry (a tenth of its life, at most 1 s), against clock skew. */
 const MAX_LEASE_SKEW_MS = 1000;
-/** Longest wait for the store's first answer to a key before deciding here. */
-const FIRST_ANSWER_TIMEOUT_MS = 1000;
+/** Longest wait for the store's claim of a key (or its first answer) before deciding here. */
+const CLAIM_TIMEOUT_MS = 1000;
 /** A lease nobody spent from for this long goes back to the store. */
 const LEASE_IDLE_MS = 5000;
 /** How long beyond its own expiry the store keeps a hold placed here, so its capture report arrives first. */
@@ -103,6 +112,12 @@ interface LocalHold {
   readonly createMs: number;
   readonly action: AuthorizeRequest["action"];
   readonly decision: Decision;
+}
+
+/** A call's claim of its idempotency key: open until its record is queued or the claim is given back. */
+interface Claim {
+  readonly actionId: string;
+  open: boolean;
 }
 
 /** The calls a sidecar makes to the control plane. */
@@ -174,16 +189,16 @@ export class SidecarEngine {
   /** Keyed decisions in flight, by "session|key" (see decideOnce). */
   private readonly keyed = new Map<string, Promise<AuthorizeResponse | CheckResponse>>();
   /**
-   * Lookups of first answers: those asked while one call is in flight go
+   * Claims of idempotency keys: those asked while one call is in flight go
    * together in the next, so under load a call costs a share of a round
    * trip, and alone it goes at once.
    */
-  private readonly lookups = new BatchQueue<IdempotencyKeyRef, FirstAnswer>({
+  private readonly claims = new BatchQueue<IdempotencyKeyClaim, IdempotencyKeyClaimResult>({
     maxBatch: 1000,
-    run: async (keys) => {
+    run: async (claims) => {
       // Short: a control plane that does not answer soon is treated as away.
-      const res = await this.o.controlPlane.sync.getFirstAnswers({ keys: [...keys] }, { timeoutMs: FIRST_ANSWER_TIMEOUT_MS });
-      return keys.map((_, i) => ({ i, ok: true as const, value: res.answers[i]! }));
+      const res = await this.o.controlPlane.sync.claimIdempotencyKeys({ claims: [...claims] }, { timeoutMs: CLAIM_TIMEOUT_MS });
+      return claims.map((_, i) => ({ i, ok: true as const, value: res.results[i]! }));
     },
   });
   private readonly now: () => number;
@@ -271,9 +286,31 @@ export class SidecarEngine {
       this.o.stale?.();
       return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
     }
-    const first = await this.firstAnswer(req.sessionId, req.idempotencyKey, method, hash);
-    if (first !== undefined) return decodeResponse(method, first);
+    // In exact mode the store decides every call under its own idempotency.
+    if (req.idempotencyKey === "" || this.o.exactOnly) return this.decideHere(method, req, hash, path, started, undefined);
+    const claimed = await this.claim(method, req, hash);
+    if (claimed instanceof Uint8Array) return decodeResponse(method, claimed);
+    if (claimed === undefined) return this.decideHere(method, req, hash, path, started, undefined);
+    // The key is this call's to answer: its record (under the claimed
+    // action id) turns the claim into the first answer. Every other way out
+    // gives the claim back, so a retry is not told "in progress" until the
+    // claim lapses.
+    const claim = { actionId: claimed.actionId, open: true };
+    try {
+      return await this.decideHere(method, req, hash, path, started, claim);
+    } finally {
+      if (claim.open) this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, claim.actionId);
+    }
+  }
 
+  private async decideHere(
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash: Uint8Array,
+    path: (p: DecisionPath) => void,
+    started: bigint,
+    claim: Claim | undefined,
+  ): Promise<AuthorizeResponse | CheckResponse> {
     let s: CachedSession;
     try {
       const got = this.o.cache.get(req.sessionId);
@@ -295,10 +332,10 @@ export class SidecarEngine {
     // Unusual shapes (a parent not cached, another currency) are the
     // store's to answer, with its exact message.
     if (scopes === undefined || (action.amount !== undefined && action.amount.currencyCode !== s.policy.currency)) {
-      return this.exact(path, method, req);
+      return this.exact(path, method, req, hash, claim);
     }
 
-    if (this.o.exactOnly) return this.exact(path, method, req, hash);
+    if (this.o.exactOnly) return this.exact(path, method, req, hash, claim);
     const nowMs = this.now();
     const sl = this.sessionLeases(req.sessionId);
     let lease = this.usable(sl.current, amount, nowMs);
@@ -330,15 +367,15 @@ export class SidecarEngine {
       this.spend(req.sessionId, sl, lease, amount, nowMs);
       s.lastActivityMs = nowMs;
       path("lease");
-      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), lease.id, nowMs, started);
+      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), lease.id, nowMs, started, claim);
     }
     // An approval is the store's to create (it holds the amount while a
     // person decides), so NEEDS_APPROVAL goes through the control plane.
     if (ev.outcome === Outcome.DENY && ev.reasons.some((r) => CERTAIN_REASONS.has(r))) {
       path("local");
-      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), "", nowMs, started);
+      return this.answer(method, req, hash, s, ev.outcome, decisionToProto(ev), "", nowMs, started, claim);
     }
-    return this.exact(path, method, req, hash);
+    return this.exact(path, method, req, hash, claim);
   }
 
   /** Settles a hold placed here, or passes the call on for one placed by the control plane. */
@@ -530,8 +567,11 @@ export class SidecarEngine {
     leaseId: string,
     nowMs: number,
     started: bigint,
+    claim: Claim | undefined,
   ): AuthorizeResponse | CheckResponse {
-    const actionId = newId("act", nowMs);
+    // A claimed key is answered by this action's record.
+    const actionId = claim?.actionId ?? newId("act", nowMs);
+    if (claim !== undefined) claim.open = false;
     const allowed = outcome === Outcome.ALLOW;
     const held = method === "authorize";
     const action = req.action!;
@@ -582,26 +622,35 @@ export class SidecarEngine {
   /**
    * Decides through the control plane, exactly, after giving back this
    * session's lease (the store would otherwise count it against the very
-   * request that did not fit in it).
+   * request that did not fit in it) and the call's claim of its key (the
+   * store would otherwise answer that a call with it is in progress).
    */
   private async exact(
     path: (p: DecisionPath) => void,
     method: Method,
     req: AuthorizeRequest | CheckRequest,
-    hash?: Uint8Array,
+    hash: Uint8Array,
+    claim: Claim | undefined,
   ): Promise<AuthorizeResponse | CheckResponse> {
     const started = process.hrtime.bigint();
     const sl = this.leases.get(req.sessionId);
+    let tell = false;
+    if (claim?.open) {
+      this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, claim.actionId);
+      claim.open = false;
+      tell = true;
+    }
     if (sl?.current !== undefined) {
       this.release(req.sessionId, sl);
-      await this.o.reports.flush();
+      tell = true;
     }
+    if (tell) await this.o.reports.flush();
     try {
       const init = { sessionId: req.sessionId, action: req.action, idempotencyKey: req.idempotencyKey };
       const res = method === "authorize" ? await this.o.controlPlane.policy.authorize(init) : await this.o.controlPlane.policy.check(init);
       this.o.contact?.(true);
       path("exact");
-      if (hash !== undefined && req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, encodeResponse(method, res));
+      if (req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, encodeResponse(method, res));
       return res;
     } catch (err) {
       const e = ConnectError.from(err);
@@ -649,16 +698,29 @@ export class SidecarEngine {
   }
 
   /**
-   * The store's first answer to a key this sidecar has not answered: the
-   * call may be a retry of one answered by another sidecar, or by this one
-   * before it restarted. Without the control plane there is no one to ask,
-   * and the call is decided here (see README, "Idempotency in a sidecar").
+   * Claims a key this sidecar has not answered, in the store, before the
+   * call is decided here: the call may be a retry of one answered by
+   * another sidecar, or by this one before it restarted (then the store's
+   * first answer comes back, as bytes), or one being decided elsewhere now
+   * (ABORTED: the caller retries and then gets its answer). Without the
+   * control plane there is no one to ask, and the call is decided here
+   * unclaimed (undefined; see README, "Idempotency in a sidecar").
    */
-  private async firstAnswer(sessionId: string, key: string, method: string, hash: Uint8Array): Promise<Uint8Array | undefined> {
-    if (key === "") return undefined;
-    let res: FirstAnswer;
+  private async claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | { actionId: string } | undefined> {
+    const actionId = newId("act", this.now());
+    const key = req.idempotencyKey;
+    let res: IdempotencyKeyClaimResult;
     try {
-      res = await this.lookups.submit(create(IdempotencyKeyRefSchema, { sessionId, idempotencyKey: key }));
+      res = await this.claims.submit(
+        create(IdempotencyKeyClaimSchema, {
+          sessionId: req.sessionId,
+          idempotencyKey: key,
+          method,
+          requestHash: hash,
+          actionId,
+          ttl: durationFromMs(this.o.leaseTtlMs),
+        }),
+      );
       this.o.contact?.(true);
     } catch (err) {
       const e = ConnectError.from(err);
@@ -666,9 +728,19 @@ export class SidecarEngine {
       this.o.contact?.(false);
       return undefined;
     }
-    if (!res.found) return undefined;
-    this.remember(sessionId, key, res.method, res.requestHash, res.response);
-    return this.replay(sessionId, key, method, hash);
+    switch (res.state) {
+      case IdempotencyKeyState.CLAIMED:
+        return { actionId };
+      case IdempotencyKeyState.ANSWERED:
+        this.remember(req.sessionId, key, res.method, res.requestHash, res.response);
+        return this.replay(req.sessionId, key, method, hash);
+      case IdempotencyKeyState.IN_PROGRESS:
+        // Not an answer: ABORTED, or INVALID_ARGUMENT for another request, as the store says it.
+        return replayFirstAnswer({ method: res.method, hash: res.requestHash }, method, hash, key, (b) => b);
+      default:
+        // The store does not know the session: the cache says so next.
+        return undefined;
+    }
   }
 
   private remember(sessionId: string, key: string, method: string, hash: Uint8Array, response: Uint8Array): void {

@@ -180,6 +180,7 @@ export class DecisionBatcher {
     const seen = await loadIdempotency(
       tx,
       keyed.map((p) => ({ scope: `s:${p.req.sessionId}`, key: p.req.idempotencyKey })),
+      nowMs,
     );
 
     const actions: ActionRow[] = [];
@@ -338,7 +339,7 @@ export class DecisionBatcher {
           const bytes = held
             ? toBinary(AuthorizeResponseSchema, response as AuthorizeResponse)
             : toBinary(CheckResponseSchema, response as CheckResponse);
-          const entry = { scope: `s:${req.sessionId}`, key: req.idempotencyKey, method: req.method, requestHash: req.requestHash, response: bytes };
+          const entry = { scope: `s:${req.sessionId}`, key: req.idempotencyKey, method: req.method, requestHash: req.requestHash, response: bytes, actionId };
           newKeys.push(entry);
           batchKeys.set(`${entry.scope}|${entry.key}`, { hash: entry.requestHash, method: entry.method, index: i, response: bytes });
         }

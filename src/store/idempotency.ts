@@ -2,12 +2,14 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Queryable } from "./database.js";
 
-/** A stored first answer. */
+/** A stored first answer, or a live claim of a sidecar deciding the key. */
 export interface IdempotencyHit {
   readonly method: string;
   readonly hash: Uint8Array;
-  /** The first answer in protobuf binary. */
+  /** The first answer in protobuf binary; absent while the key is claimed. */
   readonly response?: Uint8Array;
+  /** A claim: the action whose record will answer it, and when it lapses. */
+  readonly claim?: { readonly actionId: string; readonly expireMs: number };
 }
 
 /** A first answer to store with the change it answers. */
@@ -17,11 +19,14 @@ export interface PendingIdempotency {
   readonly method: string;
   readonly requestHash: Uint8Array;
   readonly response: Uint8Array;
+  /** The action the answer is of, when it is one (a claim by it is filled). */
+  readonly actionId?: string;
 }
 
 /**
- * The first answer to a retried call, decoded; or INVALID_ARGUMENT when the
- * key was first used for another method or another request.
+ * The first answer to a retried call, decoded; INVALID_ARGUMENT when the
+ * key was first used for another method or another request; ABORTED while
+ * a sidecar that claimed the key is still deciding it (the caller retries).
  */
 export function replayFirstAnswer<T>(
   prior: IdempotencyHit,
@@ -32,8 +37,9 @@ export function replayFirstAnswer<T>(
 ): T {
   const same =
     prior.method === method && prior.hash.length === requestHash.length && timingSafeEqual(prior.hash, requestHash);
-  if (!same || prior.response === undefined) {
-    throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
+  if (!same) throw new ConnectError(`idempotency_key: "${key}" was already used for a different request`, Code.InvalidArgument);
+  if (prior.response === undefined) {
+    throw new ConnectError(`idempotency_key: a call with "${key}" is still being decided; retry it`, Code.Aborted);
   }
   return decode(prior.response);
 }
@@ -43,22 +49,118 @@ export function hashRequest(bytes: Uint8Array): Uint8Array {
   return createHash("sha256").update(bytes).digest();
 }
 
-/** Reads stored answers for (scope, key) pairs, keyed "scope|key". */
+interface KeyRow {
+  scope: string;
+  key: string;
+  method: string;
+  request_hash: Uint8Array;
+  response: Uint8Array | null;
+  action_id: string | null;
+  claim_expire_time: Date | null;
+}
+
+function hitOf(r: KeyRow): IdempotencyHit {
+  return r.response !== null
+    ? { method: r.method, hash: r.request_hash, response: r.response }
+    : { method: r.method, hash: r.request_hash, claim: { actionId: r.action_id!, expireMs: r.claim_expire_time!.getTime() } };
+}
+
+/**
+ * Reads stored answers and live claims for (scope, key) pairs, keyed
+ * "scope|key". A lapsed claim reads as no row: the key is free again (see
+ * {@link IDEMPOTENCY_UPSERT}).
+ */
 export async function loadIdempotency(
   tx: Queryable,
   keys: readonly { scope: string; key: string }[],
+  nowMs: number,
 ): Promise<Map<string, IdempotencyHit>> {
   const out = new Map<string, IdempotencyHit>();
   if (keys.length === 0) return out;
-  const { rows } = await tx.query<{ scope: string; key: string; method: string; request_hash: Uint8Array; response: Uint8Array }>(
-    `SELECT i.scope, i.key, i.method, i.request_hash, i.response
+  const { rows } = await tx.query<KeyRow>(
+    `SELECT i.scope, i.key, i.method, i.request_hash, i.response, i.action_id, i.claim_expire_time
        FROM idempotency_keys i
-       JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key`,
-    [keys.map((k) => k.scope), keys.map((k) => k.key)],
+       JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key
+      WHERE i.response IS NOT NULL OR i.claim_expire_time > $3::timestamptz`,
+    [keys.map((k) => k.scope), keys.map((k) => k.key), new Date(nowMs).toISOString()],
   );
-  for (const r of rows) out.set(`${r.scope}|${r.key}`, { method: r.method, hash: r.request_hash, response: r.response });
+  for (const r of rows) out.set(`${r.scope}|${r.key}`, hitOf(r));
   return out;
 }
+
+/** One key a sidecar asks to claim (see {@link claimIdempotencyKeys}). */
+export interface KeyClaim {
+  readonly scope: string;
+  readonly key: string;
+  readonly method: string;
+  readonly requestHash: Uint8Array;
+  readonly actionId: string;
+  readonly expireMs: number;
+}
+
+/**
+ * Claims keys for actions about to be decided, in one statement: a key
+ * with no row, or only a lapsed claim, becomes a claim by the action; one
+ * already claimed by the same action stays so (a retried claim call). For
+ * the others the row as it stands is returned: a first answer, or another
+ * action's live claim. The caller holds the keys' sessions locked (FOR
+ * SHARE), so a store decision on the same session, which locks it for
+ * update and reads its keys under that lock, never misses a claim made
+ * after its read.
+ */
+export async function claimIdempotencyKeys(
+  tx: Queryable,
+  claims: readonly KeyClaim[],
+  nowMs: number,
+): Promise<{ claimed: Set<string>; held: Map<string, IdempotencyHit> }> {
+  const { rows } = await tx.query<{ scope: string; key: string }>(
+    `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time, action_id, claim_expire_time)
+     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), NULL, $7::timestamptz, u.action_id, u.expire
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS u(scope, key, method, h, action_id, expire)
+     ON CONFLICT (scope, key) DO UPDATE
+        SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, create_time = EXCLUDED.create_time,
+            action_id = EXCLUDED.action_id, claim_expire_time = EXCLUDED.claim_expire_time
+      WHERE idempotency_keys.response IS NULL
+        AND (idempotency_keys.claim_expire_time <= EXCLUDED.create_time OR idempotency_keys.action_id = EXCLUDED.action_id)
+     RETURNING scope, key`,
+    [
+      claims.map((c) => c.scope),
+      claims.map((c) => c.key),
+      claims.map((c) => c.method),
+      claims.map((c) => Buffer.from(c.requestHash).toString("base64")),
+      claims.map((c) => c.actionId),
+      claims.map((c) => new Date(c.expireMs).toISOString()),
+      new Date(nowMs).toISOString(),
+    ],
+  );
+  const claimed = new Set(rows.map((r) => `${r.scope}|${r.key}`));
+  const others = claims.filter((c) => !claimed.has(`${c.scope}|${c.key}`));
+  return { claimed, held: await loadIdempotency(tx, others, nowMs) };
+}
+
+/** Gives back claims whose calls ended without a record: only a claim still held by that action goes. */
+export async function releaseClaims(tx: Queryable, releases: readonly { scope: string; key: string; actionId: string }[]): Promise<void> {
+  if (releases.length === 0) return;
+  await tx.query(
+    `DELETE FROM idempotency_keys i USING unnest($1::text[], $2::text[], $3::text[]) AS u(scope, key, action_id)
+      WHERE i.scope = u.scope AND i.key = u.key AND i.action_id = u.action_id AND i.response IS NULL`,
+    [releases.map((r) => r.scope), releases.map((r) => r.key), releases.map((r) => r.actionId)],
+  );
+}
+
+/**
+ * How first answers are stored over what may be there: a claim by the
+ * answering action is filled, and a lapsed claim (its sidecar never
+ * reported) is replaced. Any other row stays: a first answer is never
+ * overwritten, and another action's live claim is that action's to fill.
+ * The store's own decisions read their keys under their sessions' lock
+ * first, so for them this never meets a row it should not have.
+ */
+const IDEMPOTENCY_UPSERT = `ON CONFLICT (scope, key) DO UPDATE
+        SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
+            create_time = EXCLUDED.create_time, action_id = EXCLUDED.action_id, claim_expire_time = NULL
+      WHERE idempotency_keys.response IS NULL
+        AND (idempotency_keys.action_id = EXCLUDED.action_id OR idempotency_keys.claim_expire_time <= EXCLUDED.create_time)`;
 
 /** Stores first answers in the same transaction as the change they answer. */
 export async function saveIdempotency(tx: Queryable, entries: readonly PendingIdempotency[], nowMs: number): Promise<void> {
@@ -70,6 +172,9 @@ export async function saveIdempotency(tx: Queryable, entries: readonly PendingId
 /** The statement of {@link saveIdempotency}, its parameters appended to `params`; undefined when empty. */
 export function saveIdempotencySql(entries: readonly PendingIdempotency[], nowMs: number, params: unknown[]): string | undefined {
   if (entries.length === 0) return undefined;
+  // One row per key: an upsert may not touch a row twice in one statement.
+  const seen = new Set<string>();
+  entries = entries.filter((e) => !seen.has(`${e.scope}|${e.key}`) && seen.add(`${e.scope}|${e.key}`) !== undefined);
   const n = params.length;
   params.push(
     entries.map((e) => e.scope),
@@ -78,8 +183,11 @@ export function saveIdempotencySql(entries: readonly PendingIdempotency[], nowMs
     entries.map((e) => Buffer.from(e.requestHash).toString("base64")),
     entries.map((e) => Buffer.from(e.response).toString("base64")),
     new Date(nowMs).toISOString(),
+    entries.map((e) => e.actionId ?? null),
   );
-  return `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time)
-     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), decode(u.r, 'base64'), $${n + 6}::timestamptz
-       FROM unnest($${n + 1}::text[], $${n + 2}::text[], $${n + 3}::text[], $${n + 4}::text[], $${n + 5}::text[]) AS u(scope, key, method, h, r)`;
+  return `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time, action_id)
+     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), decode(u.r, 'base64'), $${n + 6}::timestamptz, u.action_id
+       FROM unnest($${n + 1}::text[], $${n + 2}::text[], $${n + 3}::text[], $${n + 4}::text[], $${n + 5}::text[], $${n + 7}::text[])
+            AS u(scope, key, method, h, r, action_id)
+     ${IDEMPOTENCY_UPSERT}`;
 }

@@ -8,6 +8,10 @@ import { ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.j
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import {
   type AcquireLeaseRequest,
+  type IdempotencyKeyClaim,
+  type IdempotencyKeyClaimResult,
+  IdempotencyKeyClaimResultSchema,
+  IdempotencyKeyState,
   CounterUsageSchema,
   type Lease,
   LeaseSchema,
@@ -19,7 +23,7 @@ import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, re
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
-import { saveIdempotencySql } from "./idempotency.js";
+import { claimIdempotencyKeys, releaseClaims, saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
@@ -115,6 +119,57 @@ export class LeaseLedger {
    */
   acquire(req: AcquireLeaseRequest): Promise<Lease | undefined> {
     return this.grants.submit(req);
+  }
+
+  /**
+   * Claims idempotency keys for sidecars about to decide calls with them
+   * (see SyncService.ClaimIdempotencyKeys), in the order asked. A claim
+   * lasts as long as a lease the sidecar takes now could stay unreconciled
+   * (its TTL plus the reconcile grace): until then its record may still
+   * come; after that the sidecar is presumed dead, its lease's unreported
+   * rest written off, and a retry is decided again.
+   */
+  async claimKeys(claims: readonly IdempotencyKeyClaim[]): Promise<IdempotencyKeyClaimResult[]> {
+    const nowMs = this.now();
+    const asked = new Set<string>();
+    for (const [i, c] of claims.entries()) {
+      const k = `${c.sessionId}|${c.idempotencyKey}`;
+      if (asked.has(k)) throw new ConnectError(`claims[${i}]: key "${c.idempotencyKey}" of session "${c.sessionId}" is asked twice`, Code.InvalidArgument);
+      asked.add(k);
+    }
+    const { known, claimed, held } = await this.db.transaction(async (tx) => {
+      // Shared locks on the sessions: a store decision or a report on them
+      // (which lock them for update) waits for the claims, or they for it.
+      const { rows } = await tx.query<{ session_id: string }>(
+        "SELECT session_id FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR SHARE",
+        [[...new Set(claims.map((c) => c.sessionId))]],
+      );
+      const known = new Set(rows.map((r) => r.session_id));
+      const keys = claims
+        .filter((c) => known.has(c.sessionId))
+        .map((c) => ({
+          scope: `s:${c.sessionId}`,
+          key: c.idempotencyKey,
+          method: c.method,
+          requestHash: c.requestHash,
+          actionId: c.actionId,
+          expireMs: nowMs + Math.min(c.ttl === undefined ? 30_000 : durationMs(c.ttl), MAX_LEASE_TTL_MS) + this.graceMs,
+        }));
+      return { known, ...(keys.length === 0 ? { claimed: new Set<string>(), held: new Map() } : await claimIdempotencyKeys(tx, keys, nowMs)) };
+    });
+    return claims.map((c) => {
+      const k = `s:${c.sessionId}|${c.idempotencyKey}`;
+      if (!known.has(c.sessionId)) return create(IdempotencyKeyClaimResultSchema, {});
+      if (claimed.has(k)) return create(IdempotencyKeyClaimResultSchema, { state: IdempotencyKeyState.CLAIMED });
+      const hit = held.get(k)!;
+      return create(IdempotencyKeyClaimResultSchema, {
+        state: hit.response !== undefined ? IdempotencyKeyState.ANSWERED : IdempotencyKeyState.IN_PROGRESS,
+        method: hit.method,
+        requestHash: hit.hash,
+        response: hit.response,
+        claimExpireTime: hit.claim === undefined ? undefined : timestampFromMs(hit.claim.expireMs),
+      });
+    });
   }
 
   /** Grants in request order, each seeing the reserves of those before it. */
@@ -355,7 +410,8 @@ export class LeaseLedger {
           ],
         );
       }
-      // A key the store already has keeps its first answer.
+      // A key the store already has keeps its first answer; a claim by the
+      // record's action becomes it (idempotency.ts).
       const params: unknown[] = [];
       const keySql = saveIdempotencySql(
         records
@@ -366,11 +422,20 @@ export class LeaseLedger {
             method: record.method,
             requestHash: record.requestHash,
             response: record.response,
+            actionId: record.actionId,
           })),
         nowMs,
         params,
       );
-      if (keySql !== undefined) await tx.query(`${keySql} ON CONFLICT DO NOTHING`, params);
+      if (keySql !== undefined) await tx.query(keySql, params);
+      // Claims whose calls ended without a record, after the records (a
+      // claim filled above is no longer one, and stays).
+      await releaseClaims(
+        tx,
+        req.reports.flatMap((rep) =>
+          locked.sessions.has(rep.sessionId) ? rep.releasedClaims.map((c) => ({ scope: `s:${rep.sessionId}`, key: c.idempotencyKey, actionId: c.actionId })) : [],
+        ),
+      );
 
       // 2. Settlements of holds the sidecar placed, all locked in one read
       // and applied in a few statements; each is judged in report order

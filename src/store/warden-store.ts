@@ -60,7 +60,7 @@ import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { currentRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
-import { type FirstAnswer, FirstAnswerSchema, type GetSessionStateResponse, type IdempotencyKeyRef } from "../gen/warden/v1/sync_service_pb.js";
+import { type GetSessionStateResponse, type IdempotencyKeyClaim, type IdempotencyKeyClaimResult } from "../gen/warden/v1/sync_service_pb.js";
 
 /** Options of {@link createWardenStore}. */
 export interface WardenStoreOptions {
@@ -193,17 +193,9 @@ export class WardenStore {
     return this.stateReads.submitAny(sessionId);
   }
 
-  /**
-   * The stored first answers to sessions' idempotency keys (Authorize and
-   * Check keys live in their session's scope), in the order asked, for a
-   * sidecar that has not answered those keys itself.
-   */
-  async firstAnswers(keys: readonly IdempotencyKeyRef[]): Promise<FirstAnswer[]> {
-    const hits = await loadIdempotency(this.db, keys.map((k) => ({ scope: `s:${k.sessionId}`, key: k.idempotencyKey })));
-    return keys.map((k) => {
-      const hit = hits.get(`s:${k.sessionId}|${k.idempotencyKey}`);
-      return create(FirstAnswerSchema, hit === undefined ? {} : { found: true, method: hit.method, requestHash: hit.hash, response: hit.response });
-    });
+  /** Claims idempotency keys for a sidecar about to decide (lease-ledger.ts, claimKeys). */
+  claimKeys(claims: readonly IdempotencyKeyClaim[]): Promise<IdempotencyKeyClaimResult[]> {
+    return this.leases.claimKeys(claims);
   }
 
   /** Changes after a revision, for one agent or all. */
@@ -248,7 +240,7 @@ export class WardenStore {
     const scope = `a:${req.agentId}`;
     const out = await this.db.transaction(async (tx) => {
       if (req.idempotencyKey !== "") {
-        const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
+        const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
         if (prior !== undefined) return replayFirstAnswer(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
       }
       await tx.query(
@@ -498,7 +490,7 @@ export class WardenStore {
     return this.db.transaction((tx) =>
       this.withLocked(tx, req.parentSessionId, false, async (parent, locked) => {
         if (req.idempotencyKey !== "") {
-          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }])).get(`${scope}|${req.idempotencyKey}`);
+          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
           if (prior !== undefined) return replayFirstAnswer(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
         }
         if (parent.status !== SessionStatus.ACTIVE || lapse(sessionScope(parent), nowMs) !== undefined) {
@@ -854,7 +846,7 @@ export class WardenStore {
     const result = await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, false, async (s) => {
         if (key !== "") {
-          const prior = (await loadIdempotency(tx, [{ scope, key }])).get(`${scope}|${key}`);
+          const prior = (await loadIdempotency(tx, [{ scope, key }], nowMs)).get(`${scope}|${key}`);
           if (prior !== undefined) {
             return { record: replayFirstAnswer(prior, verb, requestHash, key, (b) => fromBinary(ActionRecordSchema, b)) };
           }

@@ -44,7 +44,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
   let adminSecret: string;
   let tokenFile: string;
 
-  const startSidecar = () =>
+  const startSidecar = (...extra: string[]) =>
     startWardenProcess("sidecar", [
       "--control-plane",
       `http://127.0.0.1:${cpPort}`,
@@ -58,6 +58,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       "2000",
       "--staleness-bound",
       "2500",
+      ...extra,
     ]);
 
   before(async () => {
@@ -373,6 +374,56 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       assert.equal((await committed(session.sessionId)).value, USD(30), "charged once each");
     } finally {
       for (const c of clients) c.close();
+    }
+  });
+
+  test("a retry that reaches another sidecar before the first answer is stored is told it is in progress, never decided twice", async () => {
+    await allReady();
+    const session = await createSession({ daily: { maxValueMicros: USD(1000) } });
+    // A sidecar that reports only when it stops: its answer stays unstored
+    // for as long as the test wants.
+    const slow = await startSidecar("--report-interval", "600000");
+    const first = grpcClient(PolicyService, slow.grpcAddress, 0, session.auth);
+    const other = grpcClient(PolicyService, sidecars[0]!.grpcAddress, 0, session.auth);
+    try {
+      const check = { sessionId: session.sessionId, action: payment(USD(7)), idempotencyKey: "order-slow" };
+      const answer = await first.check(check);
+      assert.equal(answer.decision.outcome, Outcome.ALLOW);
+      const during = await other.check(check).catch((e: { code: number; details: string }) => e);
+      assert.equal((during as { code: number }).code, 10, "ABORTED: retry later");
+      assert.match((during as { details: string }).details, /idempotency_key: a call with "order-slow" is still being decided; retry it/);
+      // Another request under the key is refused as such even now.
+      const reused = await other.check({ ...check, action: payment(USD(8)) }).catch((e: { code: number; details: string }) => e);
+      assert.equal((reused as { code: number }).code, 3);
+      // The first sidecar stops (its records go to the store): the retry
+      // gets the first answer.
+      first.close();
+      await slow.stop();
+      const after = await other.check(check);
+      assert.equal(after.actionId, answer.actionId, "the first answer, not a second decision");
+      await settled(session.sessionId);
+      assert.equal((await committed(session.sessionId)).value, USD(7), "charged once");
+
+      // A keyed call no lease can cover (the store leases at most half of
+      // what is left) goes through the control plane: the sidecar gives its
+      // claim back first, or the store would answer "in progress" to it.
+      const tight = await createSession({ lifetime: { maxValueMicros: USD(10) } });
+      const near = grpcClient(PolicyService, sidecars[1]!.grpcAddress, 0, tight.auth);
+      const elsewhere = grpcClient(PolicyService, sidecars[2]!.grpcAddress, 0, tight.auth);
+      try {
+        const big = { sessionId: tight.sessionId, action: payment(USD(6)), idempotencyKey: "order-big" };
+        const exact = await near.check(big);
+        assert.equal(exact.decision.outcome, Outcome.ALLOW);
+        assert.equal((await elsewhere.check(big)).actionId, exact.actionId, "stored with the decision: replayed at once");
+        assert.equal((await near.check({ ...big, idempotencyKey: "order-big-2" })).decision.outcome, Outcome.DENY);
+        assert.equal((await committed(tight.sessionId)).value, USD(6));
+      } finally {
+        near.close();
+        elsewhere.close();
+      }
+    } finally {
+      first.close();
+      other.close();
     }
   });
 

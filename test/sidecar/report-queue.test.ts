@@ -33,12 +33,14 @@ test("a failed report stays queued, in order, ahead of what came meanwhile; noth
   const first = [record(), record()];
   for (const r of first) q.record("s1", "lse_1", r);
   q.settle("s1", { $typeName: "warden.v1.LeaseSettlement", authorizationId: first[0]!.actionId, captureMicros: USD(1), time: timestampFromMs(Date.now()) });
+  q.releaseClaim("s1", "key-1", "act_1");
   await q.flush();
   assert.equal(sent.length, 0);
-  assert.equal(q.size, 3, "kept after the failure");
+  assert.equal(q.size, 4, "kept after the failure");
   const later = record();
   q.record("s1", "lse_1", later);
   q.release("s1", "lse_1");
+  q.releaseClaim("s1", "key-2", "act_2");
   up = true;
   await q.flush();
   assert.equal(q.size, 0);
@@ -51,9 +53,17 @@ test("a failed report stays queued, in order, ahead of what came meanwhile; noth
     "first the failed batch, then what came meanwhile",
   );
   assert.equal(lease.release, true);
-  // Settlements travel after the records of their session's leases.
+  // Settlements and released claims travel after the records of their
+  // session's leases (a claim is filled by a record, never released first).
   assert.equal(reports.at(-1)!.leaseId, "");
   assert.equal(reports.at(-1)!.settlements.length, 1);
+  assert.deepEqual(
+    reports.at(-1)!.releasedClaims.map((c) => [c.idempotencyKey, c.actionId]),
+    [
+      ["key-1", "act_1"],
+      ["key-2", "act_2"],
+    ],
+  );
   await q.flush();
   assert.equal(sent.length, 1, "nothing left to send twice");
 });

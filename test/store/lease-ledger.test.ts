@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { DecisionSchema, Outcome, Window } from "../../src/gen/warden/v1/decision_pb.js";
-import { ActionStatus } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ActionStatus, type CheckResponse, CheckResponseSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import {
   AcquireLeaseRequestSchema,
+  IdempotencyKeyClaimSchema,
+  IdempotencyKeyState,
   type Lease,
   type LeaseRecord,
   LeaseRecordSchema,
@@ -68,7 +70,16 @@ for (const driver of DRIVERS) {
         processingNanos: 1000n,
       });
     const report = (...reports: LeaseReport[]) => store.leases.report(create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports }));
-    const rep = (sessionId: string, lease: Lease | undefined, init: { records?: LeaseRecord[]; settlements?: MessageInitShape<typeof LeaseSettlementSchema>[]; release?: boolean }) =>
+    const rep = (
+      sessionId: string,
+      lease: Lease | undefined,
+      init: {
+        records?: LeaseRecord[];
+        settlements?: MessageInitShape<typeof LeaseSettlementSchema>[];
+        release?: boolean;
+        releasedClaims?: { idempotencyKey: string; actionId: string }[];
+      },
+    ) =>
       create(LeaseReportSchema, { sessionId, leaseId: lease?.leaseId ?? "", ...init });
     const day = async (sessionId: string) => (await store.getSession(sessionId)).usage!.windows.find((w) => w.window === Window.DAY)!;
 
@@ -128,6 +139,81 @@ for (const driver of DRIVERS) {
       assert.equal(d.valueUsedMicros, USD(15));
       const actions = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
       assert.equal(actions.actions.length, 3);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("an idempotency key is claimed by one action, answered by its record, freed by its release or when it lapses", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(40)))!;
+      const hash = (b: number) => new Uint8Array(32).fill(b);
+      const act = () => newId("act", clock.ms);
+      const claim = (key: string, actionId: string, h = hash(1), sessionId = s.sessionId, ttlMs = 30_000) =>
+        create(IdempotencyKeyClaimSchema, { sessionId, idempotencyKey: key, method: "check", requestHash: h, actionId, ttl: durationFromMs(ttlMs) });
+      const state = async (key: string, actionId = act(), ttlMs = 30_000) => (await store.claimKeys([claim(key, actionId, hash(1), s.sessionId, ttlMs)]))[0]!;
+      const check = (key: string, h: Uint8Array) =>
+        store.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(1)), idempotencyKey: key, requestHash: h }) as Promise<CheckResponse>;
+      const keyed = (actionId: string, key: string, amount: bigint) => ({
+        ...record("check", amount),
+        actionId,
+        idempotencyKey: key,
+        requestHash: hash(1),
+        response: toBinary(CheckResponseSchema, create(CheckResponseSchema, { actionId })),
+      });
+      const fails = (p: Promise<unknown>, code: Code, msg: RegExp) =>
+        assert.rejects(p, (e: unknown) => ConnectError.from(e).code === code && msg.test(ConnectError.from(e).rawMessage));
+
+      // The first action claims; an unknown session claims nothing.
+      const a1 = act();
+      const [won, unknown] = await store.claimKeys([claim("k1", a1), claim("k1", a1, hash(1), "ses_unknown")]);
+      assert.equal(won!.state, IdempotencyKeyState.CLAIMED);
+      assert.equal(unknown!.state, IdempotencyKeyState.UNSPECIFIED);
+      // Another action (a retry on another sidecar) is told it is in
+      // progress, with the claim's request and when it lapses (TTL + the
+      // reconcile grace, 1 s here); the claiming action's own retry keeps it.
+      const busy = await state("k1");
+      assert.equal(busy.state, IdempotencyKeyState.IN_PROGRESS);
+      assert.deepEqual([...busy.requestHash], [...hash(1)]);
+      assert.equal(timestampMs(busy.claimExpireTime!), clock.ms + 31_000);
+      assert.equal((await state("k1", a1)).state, IdempotencyKeyState.CLAIMED);
+      // The store's own decisions respect the claim: in progress, or a
+      // different request.
+      await fails(check("k1", hash(1)), Code.Aborted, /idempotency_key: a call with "k1" is still being decided/);
+      await fails(check("k1", hash(2)), Code.InvalidArgument, /idempotency_key: "k1" was already used for a different request/);
+      await fails(store.claimKeys([claim("k9", act()), claim("k9", act())]), Code.InvalidArgument, /claims\[1\]: key "k9"/);
+
+      // The claiming action's record answers the key; a record of another
+      // action with it (decided unclaimed, offline) does not take a live claim.
+      const a2 = act();
+      assert.equal((await state("k2", a2)).state, IdempotencyKeyState.CLAIMED);
+      await report(rep(s.sessionId, l, { records: [keyed(a1, "k1", USD(10)), keyed(act(), "k2", USD(3))] }));
+      const answered = await state("k1");
+      assert.equal(answered.state, IdempotencyKeyState.ANSWERED);
+      assert.equal(fromBinary(CheckResponseSchema, answered.response).actionId, a1);
+      assert.equal((await check("k1", hash(1))).actionId, a1, "the store replays it too");
+      assert.equal((await state("k2")).state, IdempotencyKeyState.IN_PROGRESS);
+
+      // A release frees only the releasing action's claim.
+      await report(rep(s.sessionId, undefined, { releasedClaims: [{ idempotencyKey: "k2", actionId: act() }] }));
+      assert.equal((await state("k2")).state, IdempotencyKeyState.IN_PROGRESS, "not a2's release");
+      await report(rep(s.sessionId, undefined, { releasedClaims: [{ idempotencyKey: "k2", actionId: a2 }] }));
+      // This claim and the next last 1 ms (+ the 1 s grace): a sidecar with
+      // short leases.
+      assert.equal((await state("k2", act(), 1)).state, IdempotencyKeyState.CLAIMED);
+
+      // A claim whose sidecar never reports lapses: the key is free again,
+      // for another claim or for the store's own decision.
+      await report(rep(s.sessionId, l, { release: true }));
+      assert.equal((await state("k3", act(), 1)).state, IdempotencyKeyState.CLAIMED);
+      assert.equal((await state("k2")).state, IdempotencyKeyState.IN_PROGRESS);
+      clock.advance(1_001);
+      assert.equal((await state("k2")).state, IdempotencyKeyState.CLAIMED);
+      const decided = await check("k3", hash(1));
+      assert.equal(decided.decision!.outcome, Outcome.ALLOW);
+      const k3 = await state("k3");
+      assert.equal(k3.state, IdempotencyKeyState.ANSWERED);
+      assert.equal(fromBinary(CheckResponseSchema, k3.response).actionId, decided.actionId);
+      // Charged: the reported records (10 + 3) and the one store decision.
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(14));
       await assertLedgerConsistent(t.db);
     });
 

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { create, fromBinary } from "@bufbuild/protobuf";
-import { IdempotencyKeyRefSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
@@ -70,21 +69,6 @@ for (const driver of DRIVERS) {
       for (const r of again) assert.equal(r.actionId, first.actionId);
       assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(40));
       await rejects(check(s.sessionId, USD(41), "k-1"), Code.InvalidArgument, /idempotency_key/);
-    });
-
-    test("firstAnswers gives sessions' stored answers to keys, in the order asked, for a sidecar to replay", async () => {
-      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
-      const other = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
-      const first = await check(s.sessionId, USD(3), "k-first");
-      const ref = (sessionId: string, idempotencyKey: string) => create(IdempotencyKeyRefSchema, { sessionId, idempotencyKey });
-      // Keys belong to their session; an unknown key is simply not found.
-      const [never, got, elsewhere] = await store.firstAnswers([ref(s.sessionId, "k-never"), ref(s.sessionId, "k-first"), ref(other.sessionId, "k-first")]);
-      assert.equal(got!.found, true);
-      assert.equal(got!.method, "check");
-      assert.deepEqual([...got!.requestHash], [Number(USD(3) % 256n)], "the hash the first call was stored with");
-      assert.equal(fromBinary(CheckResponseSchema, got!.response).actionId, first.actionId);
-      assert.equal(never!.found, false);
-      assert.equal(elsewhere!.found, false);
     });
 
     test("authorize holds, capture commits part and releases the rest", async () => {

@@ -2,8 +2,8 @@
 // @generated from file warden/v1/sync_service.proto (package warden.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file warden/v1/sync_service.proto.
  */
 export const file_warden_v1_sync_service: GenFile = /*@__PURE__*/
-  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAiuAEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCgxDb3VudGVyVXNhZ2USEQoJc2NvcGVfa2V5GAEgASgJEiEKBndpbmRvdxgCIAEoDjIRLndhcmRlbi52MS5XaW5kb3cSHAoUd2luZG93X3N0YXJ0X3VuaXhfbXMYAyABKAMSFAoMdmFsdWVfbWljcm9zGAQgASgDEg8KB2FjdGlvbnMYBSABKAMi1AEKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoMdmFsdWVfbWljcm9zGAMgASgDSACIAQESFAoHYWN0aW9ucxgEIAEoA0gBiAEBEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgV1c2FnZRgGIAMoCzIXLndhcmRlbi52MS5Db3VudGVyVXNhZ2VCDwoNX3ZhbHVlX21pY3Jvc0IKCghfYWN0aW9ucyKFAgoTQWNxdWlyZUxlYXNlUmVxdWVzdBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSGgoGaG9sZGVyGAIgASgJQgq6SAdyBRABGIABEiUKFGRlc2lyZWRfdmFsdWVfbWljcm9zGAMgASgDQge6SAQiAigAEiAKD2Rlc2lyZWRfYWN0aW9ucxgEIAEoA0IHukgEIgIoABIhChBtaW5fdmFsdWVfbWljcm9zGAUgASgDQge6SAQiAigAEiYKA3R0bBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI3ChRBY3F1aXJlTGVhc2VSZXNwb25zZRIfCgVsZWFzZRgBIAEoCzIQLndhcmRlbi52MS5MZWFzZSKbAwoLTGVhc2VSZWNvcmQSLAoJYWN0aW9uX2lkGAEgASgJQhm6SBZyFDISXmFjdF9bYS16MC05XXsyNn0kEicKBm1ldGhvZBgCIAEoCUIXukgUchJSCWF1dGhvcml6ZVIFY2hlY2sSKQoGYWN0aW9uGAMgASgLMhEud2FyZGVuLnYxLkFjdGlvbkIGukgDyAEBEi0KCGRlY2lzaW9uGAQgASgLMhMud2FyZGVuLnYxLkRlY2lzaW9uQga6SAPIAQESNwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESNAoQaG9sZF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoQcHJvY2Vzc2luZ19uYW5vcxgHIAEoA0IHukgEIgIoABIhCg9pZGVtcG90ZW5jeV9rZXkYCCABKAlCCLpIBXIDGIABEhQKDHJlcXVlc3RfaGFzaBgJIAEoDBIQCghyZXNwb25zZRgKIAEoDCKxAQoPTGVhc2VTZXR0bGVtZW50EjMKEGF1dGhvcml6YXRpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJAoOY2FwdHVyZV9taWNyb3MYAiABKANCB7pIBCICKABIAIgBARIwCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBQhEKD19jYXB0dXJlX21pY3JvcyLKAQoLTGVhc2VSZXBvcnQSPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEhAKCGxlYXNlX2lkGAIgASgJEicKB3JlY29yZHMYAyADKAsyFi53YXJkZW4udjEuTGVhc2VSZWNvcmQSLwoLc2V0dGxlbWVudHMYBCADKAsyGi53YXJkZW4udjEuTGVhc2VTZXR0bGVtZW50Eg8KB3JlbGVhc2UYBSABKAgiWgoTUmVwb3J0TGVhc2VzUmVxdWVzdBIaCgZob2xkZXIYASABKAlCCrpIB3IFEAEYgAESJwoHcmVwb3J0cxgCIAMoCzIWLndhcmRlbi52MS5MZWFzZVJlcG9ydCIoChRSZXBvcnRMZWFzZXNSZXNwb25zZRIQCghyZWplY3RlZBgBIAMoCSJ4ChFJZGVtcG90ZW5jeUtleVJlZhI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSIwoPaWRlbXBvdGVuY3lfa2V5GAIgASgJQgq6SAdyBRABGIABIlEKFkdldEZpcnN0QW5zd2Vyc1JlcXVlc3QSNwoEa2V5cxgBIAMoCzIcLndhcmRlbi52MS5JZGVtcG90ZW5jeUtleVJlZkILukgIkgEFCAEQ6AciVAoLRmlyc3RBbnN3ZXISDQoFZm91bmQYASABKAgSDgoGbWV0aG9kGAIgASgJEhQKDHJlcXVlc3RfaGFzaBgDIAEoDBIQCghyZXNwb25zZRgEIAEoDCJCChdHZXRGaXJzdEFuc3dlcnNSZXNwb25zZRInCgdhbnN3ZXJzGAEgAygLMhYud2FyZGVuLnYxLkZpcnN0QW5zd2VyMsMDCgtTeW5jU2VydmljZRJdCg9HZXRTZXNzaW9uU3RhdGUSIS53YXJkZW4udjEuR2V0U2Vzc2lvblN0YXRlUmVxdWVzdBoiLndhcmRlbi52MS5HZXRTZXNzaW9uU3RhdGVSZXNwb25zZSIDkAIBElQKDVdhdGNoU2Vzc2lvbnMSHy53YXJkZW4udjEuV2F0Y2hTZXNzaW9uc1JlcXVlc3QaIC53YXJkZW4udjEuV2F0Y2hTZXNzaW9uc1Jlc3BvbnNlMAESTwoMQWNxdWlyZUxlYXNlEh4ud2FyZGVuLnYxLkFjcXVpcmVMZWFzZVJlcXVlc3QaHy53YXJkZW4udjEuQWNxdWlyZUxlYXNlUmVzcG9uc2USTwoMUmVwb3J0TGVhc2VzEh4ud2FyZGVuLnYxLlJlcG9ydExlYXNlc1JlcXVlc3QaHy53YXJkZW4udjEuUmVwb3J0TGVhc2VzUmVzcG9uc2USXQoPR2V0Rmlyc3RBbnN3ZXJzEiEud2FyZGVuLnYxLkdldEZpcnN0QW5zd2Vyc1JlcXVlc3QaIi53YXJkZW4udjEuR2V0Rmlyc3RBbnN3ZXJzUmVzcG9uc2UiA5ACAWIGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
+  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAiuAEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCgxDb3VudGVyVXNhZ2USEQoJc2NvcGVfa2V5GAEgASgJEiEKBndpbmRvdxgCIAEoDjIRLndhcmRlbi52MS5XaW5kb3cSHAoUd2luZG93X3N0YXJ0X3VuaXhfbXMYAyABKAMSFAoMdmFsdWVfbWljcm9zGAQgASgDEg8KB2FjdGlvbnMYBSABKAMi1AEKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoMdmFsdWVfbWljcm9zGAMgASgDSACIAQESFAoHYWN0aW9ucxgEIAEoA0gBiAEBEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgV1c2FnZRgGIAMoCzIXLndhcmRlbi52MS5Db3VudGVyVXNhZ2VCDwoNX3ZhbHVlX21pY3Jvc0IKCghfYWN0aW9ucyKFAgoTQWNxdWlyZUxlYXNlUmVxdWVzdBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSGgoGaG9sZGVyGAIgASgJQgq6SAdyBRABGIABEiUKFGRlc2lyZWRfdmFsdWVfbWljcm9zGAMgASgDQge6SAQiAigAEiAKD2Rlc2lyZWRfYWN0aW9ucxgEIAEoA0IHukgEIgIoABIhChBtaW5fdmFsdWVfbWljcm9zGAUgASgDQge6SAQiAigAEiYKA3R0bBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI3ChRBY3F1aXJlTGVhc2VSZXNwb25zZRIfCgVsZWFzZRgBIAEoCzIQLndhcmRlbi52MS5MZWFzZSKbAwoLTGVhc2VSZWNvcmQSLAoJYWN0aW9uX2lkGAEgASgJQhm6SBZyFDISXmFjdF9bYS16MC05XXsyNn0kEicKBm1ldGhvZBgCIAEoCUIXukgUchJSCWF1dGhvcml6ZVIFY2hlY2sSKQoGYWN0aW9uGAMgASgLMhEud2FyZGVuLnYxLkFjdGlvbkIGukgDyAEBEi0KCGRlY2lzaW9uGAQgASgLMhMud2FyZGVuLnYxLkRlY2lzaW9uQga6SAPIAQESNwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESNAoQaG9sZF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoQcHJvY2Vzc2luZ19uYW5vcxgHIAEoA0IHukgEIgIoABIhCg9pZGVtcG90ZW5jeV9rZXkYCCABKAlCCLpIBXIDGIABEhQKDHJlcXVlc3RfaGFzaBgJIAEoDBIQCghyZXNwb25zZRgKIAEoDCKxAQoPTGVhc2VTZXR0bGVtZW50EjMKEGF1dGhvcml6YXRpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJAoOY2FwdHVyZV9taWNyb3MYAiABKANCB7pIBCICKABIAIgBARIwCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBQhEKD19jYXB0dXJlX21pY3JvcyL8AQoLTGVhc2VSZXBvcnQSPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEhAKCGxlYXNlX2lkGAIgASgJEicKB3JlY29yZHMYAyADKAsyFi53YXJkZW4udjEuTGVhc2VSZWNvcmQSLwoLc2V0dGxlbWVudHMYBCADKAsyGi53YXJkZW4udjEuTGVhc2VTZXR0bGVtZW50Eg8KB3JlbGVhc2UYBSABKAgSMAoPcmVsZWFzZWRfY2xhaW1zGAYgAygLMhcud2FyZGVuLnYxLkNsYWltUmVsZWFzZSJaChNSZXBvcnRMZWFzZXNSZXF1ZXN0EhoKBmhvbGRlchgBIAEoCUIKukgHcgUQARiAARInCgdyZXBvcnRzGAIgAygLMhYud2FyZGVuLnYxLkxlYXNlUmVwb3J0IigKFFJlcG9ydExlYXNlc1Jlc3BvbnNlEhAKCHJlamVjdGVkGAEgAygJIrgCChNJZGVtcG90ZW5jeUtleUNsYWltEj4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JBIjCg9pZGVtcG90ZW5jeV9rZXkYAiABKAlCCrpIB3IFEAEYgAESJwoGbWV0aG9kGAMgASgJQhe6SBRyElIJYXV0aG9yaXplUgVjaGVjaxIdCgxyZXF1ZXN0X2hhc2gYBCABKAxCB7pIBHoCaCASPQoJYWN0aW9uX2lkGAUgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSNQoDdHRsGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg26SAqqAQciAwisAioAIloKG0NsYWltSWRlbXBvdGVuY3lLZXlzUmVxdWVzdBI7CgZjbGFpbXMYASADKAsyHi53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlDbGFpbUILukgIkgEFCAEQ6AciuQEKGUlkZW1wb3RlbmN5S2V5Q2xhaW1SZXN1bHQSLQoFc3RhdGUYASABKA4yHi53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlTdGF0ZRIOCgZtZXRob2QYAiABKAkSFAoMcmVxdWVzdF9oYXNoGAMgASgMEhAKCHJlc3BvbnNlGAQgASgMEjUKEWNsYWltX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVChxDbGFpbUlkZW1wb3RlbmN5S2V5c1Jlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlDbGFpbVJlc3VsdCJyCgxDbGFpbVJlbGVhc2USIwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJQgq6SAdyBRABGIABEj0KCWFjdGlvbl9pZBgCIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kKqoBChNJZGVtcG90ZW5jeUtleVN0YXRlEiUKIUlERU1QT1RFTkNZX0tFWV9TVEFURV9VTlNQRUNJRklFRBAAEiEKHUlERU1QT1RFTkNZX0tFWV9TVEFURV9DTEFJTUVEEAESIgoeSURFTVBPVEVOQ1lfS0VZX1NUQVRFX0FOU1dFUkVEEAISJQohSURFTVBPVEVOQ1lfS0VZX1NUQVRFX0lOX1BST0dSRVNTEAMy0gMKC1N5bmNTZXJ2aWNlEl0KD0dldFNlc3Npb25TdGF0ZRIhLndhcmRlbi52MS5HZXRTZXNzaW9uU3RhdGVSZXF1ZXN0GiIud2FyZGVuLnYxLkdldFNlc3Npb25TdGF0ZVJlc3BvbnNlIgOQAgESVAoNV2F0Y2hTZXNzaW9ucxIfLndhcmRlbi52MS5XYXRjaFNlc3Npb25zUmVxdWVzdBogLndhcmRlbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJPCgxBY3F1aXJlTGVhc2USHi53YXJkZW4udjEuQWNxdWlyZUxlYXNlUmVxdWVzdBofLndhcmRlbi52MS5BY3F1aXJlTGVhc2VSZXNwb25zZRJPCgxSZXBvcnRMZWFzZXMSHi53YXJkZW4udjEuUmVwb3J0TGVhc2VzUmVxdWVzdBofLndhcmRlbi52MS5SZXBvcnRMZWFzZXNSZXNwb25zZRJsChRDbGFpbUlkZW1wb3RlbmN5S2V5cxImLndhcmRlbi52MS5DbGFpbUlkZW1wb3RlbmN5S2V5c1JlcXVlc3QaJy53YXJkZW4udjEuQ2xhaW1JZGVtcG90ZW5jeUtleXNSZXNwb25zZSIDkAICYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
 
 /**
  * SessionState is one session as a sidecar's cache holds it.
@@ -552,6 +552,13 @@ export type LeaseReport = Message<"warden.v1.LeaseReport"> & {
    * @generated from field: bool release = 5;
    */
   release: boolean;
+
+  /**
+   * Idempotency-key claims of this session given back (after the records).
+   *
+   * @generated from field: repeated warden.v1.ClaimRelease released_claims = 6;
+   */
+  releasedClaims: ClaimRelease[];
 };
 
 /**
@@ -608,11 +615,11 @@ export const ReportLeasesResponseSchema: GenMessage<ReportLeasesResponse> = /*@_
   messageDesc(file_warden_v1_sync_service, 14);
 
 /**
- * IdempotencyKeyRef names one idempotency key of a session.
+ * IdempotencyKeyClaim asks for one idempotency key of a session.
  *
- * @generated from message warden.v1.IdempotencyKeyRef
+ * @generated from message warden.v1.IdempotencyKeyClaim
  */
-export type IdempotencyKeyRef = Message<"warden.v1.IdempotencyKeyRef"> & {
+export type IdempotencyKeyClaim = Message<"warden.v1.IdempotencyKeyClaim"> & {
   /**
    * @generated from field: string session_id = 1;
    */
@@ -622,96 +629,197 @@ export type IdempotencyKeyRef = Message<"warden.v1.IdempotencyKeyRef"> & {
    * @generated from field: string idempotency_key = 2;
    */
   idempotencyKey: string;
+
+  /**
+   * The method of the call: "authorize" or "check".
+   *
+   * @generated from field: string method = 3;
+   */
+  method: string;
+
+  /**
+   * SHA-256 of the call's canonical bytes, to tell a retry from a reuse of
+   * the key for another request.
+   *
+   * @generated from field: bytes request_hash = 4;
+   */
+  requestHash: Uint8Array;
+
+  /**
+   * The action id the decision will have: its record, when reported, turns
+   * the claim into the first answer.
+   *
+   * @generated from field: string action_id = 5;
+   */
+  actionId: string;
+
+  /**
+   * How long the caller's leases last: a claim whose holder never reports
+   * lapses when a lease taken now would have been reconciled.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 6;
+   */
+  ttl?: Duration | undefined;
 };
 
 /**
- * Describes the message warden.v1.IdempotencyKeyRef.
- * Use `create(IdempotencyKeyRefSchema)` to create a new message.
+ * Describes the message warden.v1.IdempotencyKeyClaim.
+ * Use `create(IdempotencyKeyClaimSchema)` to create a new message.
  */
-export const IdempotencyKeyRefSchema: GenMessage<IdempotencyKeyRef> = /*@__PURE__*/
+export const IdempotencyKeyClaimSchema: GenMessage<IdempotencyKeyClaim> = /*@__PURE__*/
   messageDesc(file_warden_v1_sync_service, 15);
 
 /**
- * GetFirstAnswersRequest lists the keys to look up.
+ * ClaimIdempotencyKeysRequest lists the keys to claim.
  *
- * @generated from message warden.v1.GetFirstAnswersRequest
+ * @generated from message warden.v1.ClaimIdempotencyKeysRequest
  */
-export type GetFirstAnswersRequest = Message<"warden.v1.GetFirstAnswersRequest"> & {
+export type ClaimIdempotencyKeysRequest = Message<"warden.v1.ClaimIdempotencyKeysRequest"> & {
   /**
-   * @generated from field: repeated warden.v1.IdempotencyKeyRef keys = 1;
+   * @generated from field: repeated warden.v1.IdempotencyKeyClaim claims = 1;
    */
-  keys: IdempotencyKeyRef[];
+  claims: IdempotencyKeyClaim[];
 };
 
 /**
- * Describes the message warden.v1.GetFirstAnswersRequest.
- * Use `create(GetFirstAnswersRequestSchema)` to create a new message.
+ * Describes the message warden.v1.ClaimIdempotencyKeysRequest.
+ * Use `create(ClaimIdempotencyKeysRequestSchema)` to create a new message.
  */
-export const GetFirstAnswersRequestSchema: GenMessage<GetFirstAnswersRequest> = /*@__PURE__*/
+export const ClaimIdempotencyKeysRequestSchema: GenMessage<ClaimIdempotencyKeysRequest> = /*@__PURE__*/
   messageDesc(file_warden_v1_sync_service, 16);
 
 /**
- * FirstAnswer is the stored first answer to one key, when there is one.
+ * IdempotencyKeyClaimResult is the store's answer for one key.
  *
- * @generated from message warden.v1.FirstAnswer
+ * @generated from message warden.v1.IdempotencyKeyClaimResult
  */
-export type FirstAnswer = Message<"warden.v1.FirstAnswer"> & {
+export type IdempotencyKeyClaimResult = Message<"warden.v1.IdempotencyKeyClaimResult"> & {
   /**
-   * Whether the store holds an answer for the key; the rest is empty if not.
-   *
-   * @generated from field: bool found = 1;
+   * @generated from field: warden.v1.IdempotencyKeyState state = 1;
    */
-  found: boolean;
+  state: IdempotencyKeyState;
 
   /**
-   * The method the key was first used with: "authorize" or "check".
+   * ANSWERED and IN_PROGRESS: the method and request hash the key was first
+   * used with.
    *
    * @generated from field: string method = 2;
    */
   method: string;
 
   /**
-   * SHA-256 of the first request's canonical bytes, to tell a retry from a
-   * reuse of the key for another request.
-   *
    * @generated from field: bytes request_hash = 3;
    */
   requestHash: Uint8Array;
 
   /**
-   * The first answer in protobuf binary: an AuthorizeResponse or a
-   * CheckResponse, as `method` says.
+   * ANSWERED: the first answer in protobuf binary, an AuthorizeResponse or a
+   * CheckResponse as `method` says.
    *
    * @generated from field: bytes response = 4;
    */
   response: Uint8Array;
+
+  /**
+   * IN_PROGRESS: when the other claim lapses if its holder never reports.
+   *
+   * @generated from field: google.protobuf.Timestamp claim_expire_time = 5;
+   */
+  claimExpireTime?: Timestamp | undefined;
 };
 
 /**
- * Describes the message warden.v1.FirstAnswer.
- * Use `create(FirstAnswerSchema)` to create a new message.
+ * Describes the message warden.v1.IdempotencyKeyClaimResult.
+ * Use `create(IdempotencyKeyClaimResultSchema)` to create a new message.
  */
-export const FirstAnswerSchema: GenMessage<FirstAnswer> = /*@__PURE__*/
+export const IdempotencyKeyClaimResultSchema: GenMessage<IdempotencyKeyClaimResult> = /*@__PURE__*/
   messageDesc(file_warden_v1_sync_service, 17);
 
 /**
- * GetFirstAnswersResponse has one answer per key, in the order asked.
+ * ClaimIdempotencyKeysResponse has one result per claim, in the order asked.
  *
- * @generated from message warden.v1.GetFirstAnswersResponse
+ * @generated from message warden.v1.ClaimIdempotencyKeysResponse
  */
-export type GetFirstAnswersResponse = Message<"warden.v1.GetFirstAnswersResponse"> & {
+export type ClaimIdempotencyKeysResponse = Message<"warden.v1.ClaimIdempotencyKeysResponse"> & {
   /**
-   * @generated from field: repeated warden.v1.FirstAnswer answers = 1;
+   * @generated from field: repeated warden.v1.IdempotencyKeyClaimResult results = 1;
    */
-  answers: FirstAnswer[];
+  results: IdempotencyKeyClaimResult[];
 };
 
 /**
- * Describes the message warden.v1.GetFirstAnswersResponse.
- * Use `create(GetFirstAnswersResponseSchema)` to create a new message.
+ * Describes the message warden.v1.ClaimIdempotencyKeysResponse.
+ * Use `create(ClaimIdempotencyKeysResponseSchema)` to create a new message.
  */
-export const GetFirstAnswersResponseSchema: GenMessage<GetFirstAnswersResponse> = /*@__PURE__*/
+export const ClaimIdempotencyKeysResponseSchema: GenMessage<ClaimIdempotencyKeysResponse> = /*@__PURE__*/
   messageDesc(file_warden_v1_sync_service, 18);
+
+/**
+ * ClaimRelease gives back a claim whose call ended without a record (an
+ * error, or a decision passed on to PolicyService).
+ *
+ * @generated from message warden.v1.ClaimRelease
+ */
+export type ClaimRelease = Message<"warden.v1.ClaimRelease"> & {
+  /**
+   * @generated from field: string idempotency_key = 1;
+   */
+  idempotencyKey: string;
+
+  /**
+   * @generated from field: string action_id = 2;
+   */
+  actionId: string;
+};
+
+/**
+ * Describes the message warden.v1.ClaimRelease.
+ * Use `create(ClaimReleaseSchema)` to create a new message.
+ */
+export const ClaimReleaseSchema: GenMessage<ClaimRelease> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 19);
+
+/**
+ * IdempotencyKeyState is what the store holds for a key.
+ *
+ * @generated from enum warden.v1.IdempotencyKeyState
+ */
+export enum IdempotencyKeyState {
+  /**
+   * The session is not known: nothing was claimed.
+   *
+   * @generated from enum value: IDEMPOTENCY_KEY_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The key is the caller's to decide: claimed now (or already by this
+   * action id).
+   *
+   * @generated from enum value: IDEMPOTENCY_KEY_STATE_CLAIMED = 1;
+   */
+  CLAIMED = 1,
+
+  /**
+   * The key has a first answer: replay it.
+   *
+   * @generated from enum value: IDEMPOTENCY_KEY_STATE_ANSWERED = 2;
+   */
+  ANSWERED = 2,
+
+  /**
+   * Another call with the key is being decided and has not been reported.
+   *
+   * @generated from enum value: IDEMPOTENCY_KEY_STATE_IN_PROGRESS = 3;
+   */
+  IN_PROGRESS = 3,
+}
+
+/**
+ * Describes the enum warden.v1.IdempotencyKeyState.
+ */
+export const IdempotencyKeyStateSchema: GenEnum<IdempotencyKeyState> = /*@__PURE__*/
+  enumDesc(file_warden_v1_sync_service, 0);
 
 /**
  * SyncService is the control plane's internal API for sidecars: the session
@@ -769,18 +877,22 @@ export const SyncService: GenService<{
     output: typeof ReportLeasesResponseSchema;
   },
   /**
-   * GetFirstAnswers returns the answers the store holds for idempotency keys
-   * of sessions, in the order asked. A sidecar asks before deciding calls
-   * whose keys it has not answered itself, so a retry that reaches a
-   * restarted or another sidecar gets the first answer instead of being
-   * charged again. Keys asked at about the same time go in one call.
+   * ClaimIdempotencyKeys is asked by a sidecar before it decides calls whose
+   * idempotency keys it has not answered itself. For each key it returns the
+   * store's first answer, if there is one; otherwise it records that the
+   * caller is deciding the key (a claim, named by the action id the decision
+   * will have), so that a retry reaching another sidecar meanwhile is told
+   * the call is in progress instead of being decided and charged again. The
+   * claim turns into the first answer when the decision's record is
+   * reported, and is given back (LeaseReport.released_claims) when the call
+   * ends without one. Keys asked at about the same time go in one call.
    *
-   * @generated from rpc warden.v1.SyncService.GetFirstAnswers
+   * @generated from rpc warden.v1.SyncService.ClaimIdempotencyKeys
    */
-  getFirstAnswers: {
+  claimIdempotencyKeys: {
     methodKind: "unary";
-    input: typeof GetFirstAnswersRequestSchema;
-    output: typeof GetFirstAnswersResponseSchema;
+    input: typeof ClaimIdempotencyKeysRequestSchema;
+    output: typeof ClaimIdempotencyKeysResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_warden_v1_sync_service, 0);
