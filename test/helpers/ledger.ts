@@ -47,6 +47,12 @@ export async function assertLedgerConsistent(db: Queryable): Promise<void> {
          OR coalesce(u.ca, 0) <> coalesce(e.ca, 0) OR coalesce(u.ha, 0) <> coalesce(e.ha, 0)
      END`);
   assert.equal(rows[0]!.n, "0", "usage counters disagree with the action ledger");
+  // What the foreign key used to enforce (migration 016): no action of a
+  // session the store does not have.
+  const orphans = await db.query<{ n: string }>(
+    "SELECT count(*) AS n FROM actions a WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = a.session_id)",
+  );
+  assert.equal(orphans.rows[0]!.n, "0", "actions of sessions that do not exist");
 }
 
 /** No hold is still open past its expiry. */
