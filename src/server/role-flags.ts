@@ -102,7 +102,7 @@ const store: FlagSpec[] = [
     env: "WARDEN_IDEMPOTENCY_RETENTION_MS",
     default: String(24 * 60 * 60 * 1000),
     arg: "MS",
-    help: "how long after a session ended the first answers to its idempotency keys are kept, then removed by the sweeper (0: forever; default 24 hours); a retry after that gets \"session has ended\", never a second charge",
+    help: "how long after a session ended the first answers to its idempotency keys are kept, and a CreateSession key after it was used, then removed by the sweeper (0: forever; default 24 hours); a retry after that gets \"session has ended\", never a second charge (a CreateSession retry creates a new session)",
   },
 ];
 

@@ -127,6 +127,17 @@ export const PRUNE_IDEMPOTENCY_KEYS_SQL = `WITH due AS (
   RETURNING s.session_id`;
 
 /**
+ * CreateSession keys (agent scope) used longer ago than $1, oldest first, at
+ * most $2 of them. An agent never ends, so these go by age: a CreateSession
+ * retried after the retention creates a new session (nothing is charged
+ * for creating one). Its read is a range of the partial index of migration
+ * 017, whose predicate this repeats word for word.
+ */
+export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM idempotency_keys WHERE scope LIKE 'a:%' AND create_time <= $1::timestamptz ORDER BY create_time LIMIT $2))
+  RETURNING scope`;
+
+/**
  * Every fork below session $1, at any depth. Written to match the partial
  * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
  * scan the whole table.
@@ -1054,8 +1065,13 @@ export class WardenStore {
     const leases = await this.leases.reconcile(limit);
     // Keys of sessions that ended long enough ago: no retry can charge
     // them any more (their session has ended), and they stay forever else.
-    const keysPruned =
-      this.idempotencyRetentionMs > 0 ? (await this.db.query(PRUNE_IDEMPOTENCY_KEYS_SQL, [iso(nowMs - this.idempotencyRetentionMs), limit])).rows.length : 0;
+    // Agents' CreateSession keys go by age.
+    let keysPruned = 0;
+    if (this.idempotencyRetentionMs > 0) {
+      const before = iso(nowMs - this.idempotencyRetentionMs);
+      keysPruned += (await this.db.query(PRUNE_IDEMPOTENCY_KEYS_SQL, [before, limit])).rows.length;
+      keysPruned += (await this.db.query(PRUNE_AGENT_KEYS_SQL, [before, limit])).rows.length;
+    }
     return { sessions, holds: holds.rows.length, approvals: due.rows.length, leases, keysPruned };
   }
 }

@@ -9,7 +9,7 @@ import { ActionStatus, type AuthorizeResponse, type CheckResponse, CheckResponse
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
-import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
+import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -201,6 +201,27 @@ for (const driver of DRIVERS) {
       assert.equal(again.keysPruned, 0);
       const plan = await planWithoutSeqScans(t.db, PRUNE_IDEMPOTENCY_KEYS_SQL.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500"));
       assert.match(plan, /sessions_keys_due/);
+    });
+
+    test("the sweep removes agents' CreateSession keys once the retention has passed since they were used, through an index", async () => {
+      const kept = createWardenStore({ db: t.db, now: clock.now, idempotencyRetentionMs: 60_000 });
+      const id = agent();
+      const keysOf = async () => (await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM idempotency_keys WHERE scope = $1", [`a:${id}`])).rows[0]!.n;
+      const old = sessionRequest(id, {}, { idempotencyKey: "create-old" });
+      const first = await kept.createSession(old, new Uint8Array([1]));
+      clock.advance(30_000);
+      await kept.createSession(sessionRequest(id, {}, { idempotencyKey: "create-new" }), new Uint8Array([2]));
+      // Within the retention a retry gets the session it created.
+      assert.equal((await kept.createSession(old, new Uint8Array([1]))).sessionId, first.sessionId);
+      await kept.sweep();
+      assert.equal(await keysOf(), 2);
+      clock.advance(30_001);
+      assert.ok((await kept.sweep()).keysPruned >= 1);
+      assert.equal(await keysOf(), 1, "the older key went, the newer one stays");
+      // After it, the key is free: a retry creates another session.
+      assert.notEqual((await kept.createSession(old, new Uint8Array([1]))).sessionId, first.sessionId);
+      const plan = await planWithoutSeqScans(t.db, PRUNE_AGENT_KEYS_SQL.replaceAll("$1::timestamptz", "now()").replaceAll("$2", "500"));
+      assert.match(plan, /idempotency_keys_agent_by_time/);
     });
 
     if (driver === "postgres") {
