@@ -90,7 +90,7 @@ export async function loadIdempotency(
 
 /** One key a sidecar asks to claim (see {@link claimIdempotencyKeys}). */
 export interface KeyClaim {
-  readonly scope: string;
+  readonly sessionId: string;
   readonly key: string;
   readonly method: string;
   readonly requestHash: Uint8Array;
@@ -98,44 +98,64 @@ export interface KeyClaim {
   readonly expireMs: number;
 }
 
+/** What {@link claimIdempotencyKeys} found, by "s:<session>|<key>". */
+export interface ClaimOutcome {
+  /** Now claimed by the asking action (or already were, by it). */
+  readonly claimed: Set<string>;
+  /** A first answer, or another action's live claim. */
+  readonly held: Map<string, IdempotencyHit>;
+}
+
 /**
- * Claims keys for actions about to be decided, in one statement: a key
- * with no row, or only a lapsed claim, becomes a claim by the action; one
- * already claimed by the same action stays so (a retried claim call). For
- * the others the row as it stands is returned: a first answer, or another
- * action's live claim. The caller holds the keys' sessions locked (FOR
- * SHARE), so a store decision on the same session, which locks it for
- * update and reads its keys under that lock, never misses a claim made
- * after its read.
+ * Claims session keys for actions about to be decided: a key with no row,
+ * or only a lapsed claim, becomes a claim by the action; one already
+ * claimed by the same action stays so (a retried claim call). For the
+ * others the row as it stands is read: a first answer, or another action's
+ * live claim. Keys of sessions the store does not have are in neither.
+ *
+ * One statement, committed on its own (no transaction: under load this is
+ * one round trip per batch of claims instead of four). It locks the keys'
+ * sessions FOR SHARE before it writes, so a store decision on the same
+ * session, which locks it for update and reads its keys under that lock,
+ * either sees the claim or is waited for and then met as a conflict (an
+ * insert's conflict check sees rows committed after its snapshot). The
+ * rows that were not claimed are read by a second statement, which sees
+ * what committed meanwhile; a key that then has no row at all (its claim
+ * was given back in between) is tried once more.
  */
-export async function claimIdempotencyKeys(
-  tx: Queryable,
-  claims: readonly KeyClaim[],
-  nowMs: number,
-): Promise<{ claimed: Set<string>; held: Map<string, IdempotencyHit> }> {
-  const { rows } = await tx.query<{ scope: string; key: string }>(
-    `INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time, action_id, claim_expire_time)
-     SELECT u.scope, u.key, u.method, decode(u.h, 'base64'), NULL, $7::timestamptz, u.action_id, u.expire
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS u(scope, key, method, h, action_id, expire)
-     ON CONFLICT (scope, key) DO UPDATE
-        SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, create_time = EXCLUDED.create_time,
-            action_id = EXCLUDED.action_id, claim_expire_time = EXCLUDED.claim_expire_time
-      WHERE idempotency_keys.response IS NULL
-        AND (idempotency_keys.claim_expire_time <= EXCLUDED.create_time OR idempotency_keys.action_id = EXCLUDED.action_id)
-     RETURNING scope, key`,
-    [
-      claims.map((c) => c.scope),
-      claims.map((c) => c.key),
-      claims.map((c) => c.method),
-      claims.map((c) => Buffer.from(c.requestHash).toString("base64")),
-      claims.map((c) => c.actionId),
-      claims.map((c) => new Date(c.expireMs).toISOString()),
-      new Date(nowMs).toISOString(),
-    ],
-  );
-  const claimed = new Set(rows.map((r) => `${r.scope}|${r.key}`));
-  const others = claims.filter((c) => !claimed.has(`${c.scope}|${c.key}`));
-  return { claimed, held: await loadIdempotency(tx, others, nowMs) };
+export async function claimIdempotencyKeys(db: Queryable, claims: readonly KeyClaim[], nowMs: number): Promise<ClaimOutcome> {
+  const claimed = new Set<string>();
+  const held = new Map<string, IdempotencyHit>();
+  let pending = claims;
+  for (let attempt = 0; attempt < 2 && pending.length > 0; attempt++) {
+    const { rows } = await db.query<{ scope: string; key: string }>(
+      `WITH locked AS (SELECT session_id FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR SHARE)
+       INSERT INTO idempotency_keys (scope, key, method, request_hash, response, create_time, action_id, claim_expire_time)
+       SELECT 's:' || u.session_id, u.key, u.method, decode(u.h, 'base64'), NULL, $7::timestamptz, u.action_id, u.expire
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS u(session_id, key, method, h, action_id, expire)
+         JOIN locked l ON l.session_id = u.session_id
+       ON CONFLICT (scope, key) DO UPDATE
+          SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, create_time = EXCLUDED.create_time,
+              action_id = EXCLUDED.action_id, claim_expire_time = EXCLUDED.claim_expire_time
+        WHERE idempotency_keys.response IS NULL
+          AND (idempotency_keys.claim_expire_time <= EXCLUDED.create_time OR idempotency_keys.action_id = EXCLUDED.action_id)
+       RETURNING scope, key`,
+      [
+        pending.map((c) => c.sessionId),
+        pending.map((c) => c.key),
+        pending.map((c) => c.method),
+        pending.map((c) => Buffer.from(c.requestHash).toString("base64")),
+        pending.map((c) => c.actionId),
+        pending.map((c) => new Date(c.expireMs).toISOString()),
+        new Date(nowMs).toISOString(),
+      ],
+    );
+    for (const r of rows) claimed.add(`${r.scope}|${r.key}`);
+    const others = pending.filter((c) => !claimed.has(`s:${c.sessionId}|${c.key}`));
+    for (const [k, hit] of await loadIdempotency(db, others.map((c) => ({ scope: `s:${c.sessionId}`, key: c.key })), nowMs)) held.set(k, hit);
+    pending = others.filter((c) => !held.has(`s:${c.sessionId}|${c.key}`));
+  }
+  return { claimed, held };
 }
 
 /** Gives back claims whose calls ended without a record: only a claim still held by that action goes. */

@@ -137,31 +137,24 @@ export class LeaseLedger {
       if (asked.has(k)) throw new ConnectError(`claims[${i}]: key "${c.idempotencyKey}" of session "${c.sessionId}" is asked twice`, Code.InvalidArgument);
       asked.add(k);
     }
-    const { known, claimed, held } = await this.db.transaction(async (tx) => {
-      // Shared locks on the sessions: a store decision or a report on them
-      // (which lock them for update) waits for the claims, or they for it.
-      const { rows } = await tx.query<{ session_id: string }>(
-        "SELECT session_id FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR SHARE",
-        [[...new Set(claims.map((c) => c.sessionId))]],
-      );
-      const known = new Set(rows.map((r) => r.session_id));
-      const keys = claims
-        .filter((c) => known.has(c.sessionId))
-        .map((c) => ({
-          scope: `s:${c.sessionId}`,
-          key: c.idempotencyKey,
-          method: c.method,
-          requestHash: c.requestHash,
-          actionId: c.actionId,
-          expireMs: nowMs + Math.min(c.ttl === undefined ? 30_000 : durationMs(c.ttl), MAX_LEASE_TTL_MS) + this.graceMs,
-        }));
-      return { known, ...(keys.length === 0 ? { claimed: new Set<string>(), held: new Map() } : await claimIdempotencyKeys(tx, keys, nowMs)) };
-    });
+    const { claimed, held } = await claimIdempotencyKeys(
+      this.db,
+      claims.map((c) => ({
+        sessionId: c.sessionId,
+        key: c.idempotencyKey,
+        method: c.method,
+        requestHash: c.requestHash,
+        actionId: c.actionId,
+        expireMs: nowMs + Math.min(c.ttl === undefined ? 30_000 : durationMs(c.ttl), MAX_LEASE_TTL_MS) + this.graceMs,
+      })),
+      nowMs,
+    );
     return claims.map((c) => {
       const k = `s:${c.sessionId}|${c.idempotencyKey}`;
-      if (!known.has(c.sessionId)) return create(IdempotencyKeyClaimResultSchema, {});
       if (claimed.has(k)) return create(IdempotencyKeyClaimResultSchema, { state: IdempotencyKeyState.CLAIMED });
-      const hit = held.get(k)!;
+      const hit = held.get(k);
+      // Neither: the store does not have the session.
+      if (hit === undefined) return create(IdempotencyKeyClaimResultSchema, {});
       return create(IdempotencyKeyClaimResultSchema, {
         state: hit.response !== undefined ? IdempotencyKeyState.ANSWERED : IdempotencyKeyState.IN_PROGRESS,
         method: hit.method,

@@ -30,6 +30,7 @@ import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { planWithoutSeqScans } from "../helpers/query-plan.js";
 
 const NO_HASH = new Uint8Array(0);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 for (const driver of DRIVERS) {
   describe(`LeaseLedger on ${driver}`, () => {
@@ -215,6 +216,42 @@ for (const driver of DRIVERS) {
       // Charged: the reported records (10 + 3) and the one store decision.
       assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(14));
       await assertLedgerConsistent(t.db);
+    });
+
+    test("a claim and a store decision racing for one key: one of them has it, never both", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(1000) } }), NO_HASH);
+      const hash = new Uint8Array(32).fill(5);
+      const outcomes = await Promise.all(
+        Array.from({ length: 40 }, async (_, i) => {
+          const key = `race-${i}`;
+          // Staggered both ways, so that either may come first.
+          const [decideAfter, claimAfter] = i % 2 === 0 ? [0, i % 5] : [i % 5, 0];
+          const decide = async () => {
+            await sleep(decideAfter);
+            try {
+              return ((await store.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(1)), idempotencyKey: key, requestHash: hash })) as CheckResponse).actionId;
+            } catch (e) {
+              return ConnectError.from(e).code;
+            }
+          };
+          const claimIt = async () => {
+            await sleep(claimAfter);
+            const claim = create(IdempotencyKeyClaimSchema, { sessionId: s.sessionId, idempotencyKey: key, method: "check", requestHash: hash, actionId: newId("act", clock.ms), ttl: durationFromMs(30_000) });
+            return (await store.claimKeys([claim]))[0];
+          };
+          const [decided, claim] = await Promise.all([decide(), claimIt()]);
+          return { decided, state: claim!.state, answer: claim!.response.length > 0 ? fromBinary(CheckResponseSchema, claim!.response).actionId : undefined };
+        }),
+      );
+      for (const o of outcomes) {
+        if (o.state === IdempotencyKeyState.CLAIMED) assert.equal(o.decided, Code.Aborted, "the store waited for the claim");
+        else {
+          assert.equal(o.state, IdempotencyKeyState.ANSWERED);
+          assert.equal(o.answer, o.decided, "the claim found the store's answer");
+        }
+      }
+      const charged = outcomes.filter((o) => typeof o.decided === "string").length;
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(charged));
     });
 
     test("a record repeated within one report (or across two reports of one request) is charged once", async () => {
