@@ -197,8 +197,25 @@ export class SidecarEngine {
     maxBatch: 1000,
     run: async (claims) => {
       // Short: a control plane that does not answer soon is treated as away.
-      const res = await this.o.controlPlane.sync.claimIdempotencyKeys({ claims: [...claims] }, { timeoutMs: CLAIM_TIMEOUT_MS });
-      return claims.map((_, i) => ({ i, ok: true as const, value: res.results[i]! }));
+      const ask = async (batch: readonly IdempotencyKeyClaim[]) =>
+        (await this.o.controlPlane.sync.claimIdempotencyKeys({ claims: [...batch] }, { timeoutMs: CLAIM_TIMEOUT_MS })).results;
+      try {
+        const results = await ask(claims);
+        return claims.map((_, i) => ({ i, ok: true as const, value: results[i]! }));
+      } catch (err) {
+        const e = ConnectError.from(err);
+        if (claims.length === 1 || isUnreachable(e)) throw e;
+        // One claim the control plane refuses (a session it does not know,
+        // or another agent's) must not fail the calls it was batched with.
+        return Promise.all(
+          claims.map((c, i) =>
+            ask([c]).then(
+              (r) => ({ i, ok: true as const, value: r[0]! }),
+              (one: unknown) => ({ i, ok: false as const, error: ConnectError.from(one) }),
+            ),
+          ),
+        );
+      }
     },
   });
   private readonly now: () => number;

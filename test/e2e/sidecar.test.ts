@@ -427,6 +427,41 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     }
   });
 
+  test("a keyed call the control plane refuses (another agent's session) fails alone, not the calls claimed with it", async () => {
+    await allReady();
+    const own = await createSession({ daily: { maxValueMicros: USD(1000) } });
+    const res = await admin.createSession(
+      create(CreateSessionRequestSchema, { agentId: "another-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
+    );
+    const foreign = { sessionId: res.session.sessionId as string, auth: { authorization: `Bearer ${res.sessionToken as string}` } };
+    const mine = grpcClient(PolicyService, sidecars[3]!.grpcAddress, 0, own.auth);
+    const theirs = grpcClient(PolicyService, sidecars[3]!.grpcAddress, 0, foreign.auth);
+    try {
+      // Fired together, so their key claims go to the control plane in
+      // the same batches.
+      const calls = Array.from({ length: 21 }, (_, i) =>
+        i === 10
+          ? theirs.check({ sessionId: foreign.sessionId, action: payment(USD(1)), idempotencyKey: "k-foreign" }).then(
+              () => "allowed",
+              (e: { code: number }) => e.code,
+            )
+          : mine.check({ sessionId: own.sessionId, action: payment(USD(1)), idempotencyKey: `k-${i}` }).then(
+              (r: { decision: { outcome: number } }) => r.decision.outcome,
+              (e: { code: number; details: string }) => e.details,
+            ),
+      );
+      const results = await Promise.all(calls);
+      assert.equal(results[10], 7, "PERMISSION_DENIED: another agent's session");
+      assert.deepEqual(
+        results.filter((_, i) => i !== 10),
+        Array.from({ length: 20 }, () => Outcome.ALLOW),
+      );
+    } finally {
+      mine.close();
+      theirs.close();
+    }
+  });
+
   test("a burst on a cold session is decided from leases, not call by call through the control plane", async () => {
     await allReady();
     const session = await createSession({ daily: { maxValueMicros: USD(100_000) } });
