@@ -689,18 +689,24 @@ export class SidecarEngine {
     const nowMs = this.now();
     const decision = create(DecisionSchema, { outcome: Outcome.DENY, reasons: [Reason.CONTROL_PLANE_UNAVAILABLE], message: `deny: ${why}` });
     const actionId = newId("act", nowMs);
-    this.o.reports.record(
-      req.sessionId,
-      "",
-      create(LeaseRecordSchema, {
-        actionId,
-        method,
-        action: req.action,
-        decision,
-        createTime: timestampFromMs(nowMs),
-        processingNanos: process.hrtime.bigint() - started,
-      }),
-    );
+    // Recorded only for a cached session, which the control plane gave
+    // this sidecar and so is its agent's. Any other may not be (a token is
+    // valid for its own session, whoever's agent it is), and a report the
+    // store refuses would hold back every record sent with it.
+    if (this.o.cache.peek(req.sessionId) !== undefined) {
+      this.o.reports.record(
+        req.sessionId,
+        "",
+        create(LeaseRecordSchema, {
+          actionId,
+          method,
+          action: req.action,
+          decision,
+          createTime: timestampFromMs(nowMs),
+          processingNanos: process.hrtime.bigint() - started,
+        }),
+      );
+    }
     return method === "authorize" ? create(AuthorizeResponseSchema, { decision }) : create(CheckResponseSchema, { decision, actionId });
   }
 

@@ -244,6 +244,13 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       await until("the sidecar to allow", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth).catch(() => undefined))?.decision.outcome === Outcome.ALLOW);
       const warm = await spend(client, session, 20, USD(1), 1);
       assert.equal(warm.allowed, 20, warm.why);
+      // Another agent's session, with its valid token: this sidecar cannot
+      // serve it, and while offline must not queue a record the store
+      // would refuse (with every record sent alongside).
+      const other = await admin.createSession(
+        create(CreateSessionRequestSchema, { agentId: "another-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
+      );
+      const otherAuth = { authorization: `Bearer ${other.sessionToken as string}` };
       await cp.stop();
       const offline = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(offline.decision.outcome, Outcome.ALLOW, "still within the lease and the staleness bound");
@@ -252,9 +259,17 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       const denied = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(denied.decision.outcome, Outcome.DENY);
       assert.deepEqual(denied.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
+      const foreign = await client.check({ sessionId: other.session.sessionId, action: payment(USD(1)) }, {}, otherAuth);
+      assert.deepEqual(foreign.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
       cp = await startOnPort();
       await until("the sidecar to recover", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome === Outcome.ALLOW);
       await until("readiness", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
+      // What was decided offline reaches the store (the denial above, and
+      // any while it recovered).
+      await until("the offline denials to reach the store", async () => {
+        const { rows } = await db.query<{ n: string }>("SELECT count(*) AS n FROM actions WHERE session_id = $1 AND outcome = $2", [session.sessionId, Outcome.DENY]);
+        return Number(rows[0]!.n) >= 1;
+      });
     } finally {
       client.close();
       health.close();
