@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type ClaimRelease,
   ClaimReleaseSchema,
@@ -27,12 +28,27 @@ export interface ReportQueueOptions {
   readonly intervalMs: number;
   readonly onRejected?: (rejected: string[]) => void;
   readonly onError?: (err: unknown) => void;
+  /** Called when the store first refuses a session's reports outright (they stay queued, apart). */
+  readonly onRefused?: (sessionId: string, err: ConnectError) => void;
   /** Called after every successful send. */
   readonly onSent?: (records: number) => void;
 }
 
 /** Longest wait between tries while sends fail. */
 const MAX_RETRY_MS = 1000;
+
+/** Errors that say the store will refuse the same report again, whatever it is sent with. */
+const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.PermissionDenied, Code.FailedPrecondition, Code.OutOfRange]);
+
+function isRefusal(err: ConnectError): boolean {
+  return REFUSALS.has(err.code);
+}
+
+function bySession(groups: Map<string, Map<string, Pending>>, key: string, p: Pending): void {
+  let g = groups.get(p.sessionId);
+  if (g === undefined) groups.set(p.sessionId, (g = new Map()));
+  g.set(key, p);
+}
 
 /**
  * Decisions a sidecar made from its leases, on their way to the store.
@@ -54,6 +70,9 @@ export class ReportQueue {
   private timer: NodeJS.Timeout | undefined;
   private started = false;
   private failures = 0;
+  /** Sessions whose reports the store refused outright: sent alone, at most once a MAX_RETRY_MS. */
+  private readonly refused = new Set<string>();
+  private refusedRetryAt = 0;
 
   constructor(private readonly o: ReportQueueOptions) {}
 
@@ -65,7 +84,9 @@ export class ReportQueue {
   /** Sets the send timer, if the queue runs, holds something, and none is set. */
   private arm(): void {
     if (!this.started || this.timer !== undefined || this.pending.size === 0) return;
-    const delay = this.failures === 0 ? this.o.intervalMs : Math.min(MAX_RETRY_MS, this.o.intervalMs * 2 ** this.failures);
+    let delay = this.failures === 0 ? this.o.intervalMs : Math.min(MAX_RETRY_MS, this.o.intervalMs * 2 ** this.failures);
+    // Only refused sessions' reports left: nothing to send before their retry.
+    if ([...this.pending.values()].every((p) => this.refused.has(p.sessionId))) delay = Math.max(delay, this.refusedRetryAt - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.flush();
@@ -118,7 +139,60 @@ export class ReportQueue {
     if (this.pending.size === 0) return;
     const batch = this.pending;
     this.pending = new Map();
-    const reports = [...batch.values()]
+    this.inFlight = this.sendBatch(batch).finally(() => {
+      this.inFlight = undefined;
+    });
+    await this.inFlight;
+    // What came meanwhile, or a failed batch put back: its own timer.
+    this.arm();
+  }
+
+  /**
+   * Sends a batch: the sessions the store refused before each alone (and
+   * only once their retry is due), the rest together. A report the store
+   * refuses outright (a session it will not take from this sidecar, a
+   * malformed record) would otherwise be put back and sent again with
+   * everything queued after it, and refused again, for good: nothing more
+   * would reach the store. So a refused batch of several sessions is sent
+   * again session by session; those refused alone stay queued, apart.
+   */
+  private async sendBatch(batch: Map<string, Pending>): Promise<void> {
+    const now = Date.now();
+    const together = new Map<string, Pending>();
+    const apart = new Map<string, Map<string, Pending>>();
+    for (const [key, p] of batch) {
+      if (!this.refused.has(p.sessionId)) together.set(key, p);
+      else if (now >= this.refusedRetryAt) bySession(apart, key, p);
+      else this.putBack(new Map([[key, p]]));
+    }
+    if (apart.size > 0) this.refusedRetryAt = now + MAX_RETRY_MS;
+    if (together.size > 0) {
+      const err = await this.send(together);
+      if (err === undefined) this.failures = 0;
+      else if (!isRefusal(err)) {
+        this.failures++;
+        this.putBack(together);
+      } else {
+        for (const [key, p] of together) bySession(apart, key, p);
+      }
+    }
+    for (const [sessionId, entries] of apart) {
+      const err = await this.send(entries);
+      if (err === undefined) {
+        this.refused.delete(sessionId);
+        continue;
+      }
+      if (isRefusal(err) && !this.refused.has(sessionId)) {
+        this.refused.add(sessionId);
+        this.o.onRefused?.(sessionId, err);
+      }
+      this.putBack(entries);
+    }
+  }
+
+  /** One ReportLeases call; returns why it failed, or undefined. */
+  private async send(entries: Map<string, Pending>): Promise<ConnectError | undefined> {
+    const reports = [...entries.values()]
       // Settlements of a session go after the records of its leases.
       .sort((a, b) => (a.leaseId === "" ? 1 : 0) - (b.leaseId === "" ? 1 : 0))
       .map((p) =>
@@ -131,45 +205,38 @@ export class ReportQueue {
           releasedClaims: p.releasedClaims,
         }),
       );
-    const records = reports.reduce((n, r) => n + r.records.length, 0);
-    this.inFlight = this.o
-      .send(create(ReportLeasesRequestSchema, { holder: this.o.holder, reports }))
-      .then(
-        (res) => {
-          this.failures = 0;
-          if (res.rejected.length > 0) this.o.onRejected?.(res.rejected);
-          this.o.onSent?.(records);
-        },
-        (err: unknown) => {
-          this.failures++;
-          this.o.onError?.(err);
-          // Put the batch back in front of what came meanwhile.
-          for (const [key, p] of this.pending) {
-            const old = batch.get(key);
-            if (old === undefined) batch.set(key, p);
-            else {
-              old.records.push(...p.records);
-              old.settlements.push(...p.settlements);
-              old.releasedClaims.push(...p.releasedClaims);
-              old.release ||= p.release;
-            }
-          }
-          this.pending = batch;
-        },
-      )
-      .finally(() => {
-        this.inFlight = undefined;
-      });
-    await this.inFlight;
-    // What came meanwhile, or a failed batch put back: its own timer.
-    this.arm();
+    try {
+      const res = await this.o.send(create(ReportLeasesRequestSchema, { holder: this.o.holder, reports }));
+      if (res.rejected.length > 0) this.o.onRejected?.(res.rejected);
+      this.o.onSent?.(reports.reduce((n, r) => n + r.records.length, 0));
+      return undefined;
+    } catch (err) {
+      this.o.onError?.(err);
+      return ConnectError.from(err);
+    }
+  }
+
+  /** Puts entries back in front of what came meanwhile, in order. */
+  private putBack(entries: Map<string, Pending>): void {
+    const merged = new Map(entries);
+    for (const [key, p] of this.pending) {
+      const old = merged.get(key);
+      if (old === undefined) merged.set(key, p);
+      else {
+        old.records.push(...p.records);
+        old.settlements.push(...p.settlements);
+        old.releasedClaims.push(...p.releasedClaims);
+        old.release ||= p.release;
+      }
+    }
+    this.pending = merged;
   }
 
   /** Sends until nothing is pending or `deadline` (epoch ms) passes. */
   async drain(deadline: number): Promise<boolean> {
     while (this.pending.size > 0 && Date.now() < deadline) {
       await this.flush();
-      if (this.pending.size > 0) await new Promise((r) => setTimeout(r, Math.min(200, 50 * this.failures)));
+      if (this.pending.size > 0) await new Promise((r) => setTimeout(r, Math.min(200, 50 * Math.max(1, this.failures))));
     }
     return this.pending.size === 0;
   }

@@ -124,6 +124,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     intervalMs: o.reportIntervalMs,
     onRejected: (rejected) => log.warn({ rejected }, "store refused settlements"),
     onError: (err) => log.debug({ err }, "report failed; kept for the next try"),
+    onRefused: (sessionId, err) =>
+      log.error({ sessionId, err: err.rawMessage }, "control plane refuses this session's reports; kept apart and retried each second, the others go on"),
   });
   const syncClient = new SyncClient({
     sync,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { LeaseRecordSchema, type ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
@@ -123,4 +124,42 @@ test("once started, what is queued goes out within the interval unasked; failed 
   } finally {
     q.stop();
   }
+});
+
+test("a session whose reports the store refuses outright is set apart: the others still reach it, and it stays queued", async () => {
+  const stored: string[] = [];
+  let accept = false;
+  const refusedSessions: string[] = [];
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 1_000_000,
+    send: async (req) => {
+      if (!accept && req.reports.some((r) => r.sessionId === "foreign")) {
+        throw new ConnectError('session "foreign" belongs to another agent', Code.PermissionDenied);
+      }
+      for (const r of req.reports) for (const rec of r.records) stored.push(`${r.sessionId}:${rec.actionId}`);
+      return { rejected: [] };
+    },
+    onRefused: (sessionId) => refusedSessions.push(sessionId),
+  });
+  const [a, b, c, d] = [record(), record(), record(), record()];
+  q.record("s1", "lse_1", a);
+  q.record("foreign", "", b);
+  q.record("s2", "lse_2", c);
+  await q.flush();
+  assert.deepEqual(stored.sort(), [`s1:${a.actionId}`, `s2:${c.actionId}`].sort(), "the others were sent again without it");
+  assert.deepEqual(refusedSessions, ["foreign"]);
+  assert.equal(q.size, 1, "kept, not dropped");
+  // Later records go on without it, and it is not retried before its time.
+  q.record("s1", "lse_1", d);
+  await q.flush();
+  assert.ok(stored.includes(`s1:${d.actionId}`));
+  assert.equal(q.size, 1);
+  // Once the store takes it, it goes (after the retry delay of a second).
+  accept = true;
+  await sleep(1100);
+  await q.flush();
+  assert.equal(q.size, 0);
+  assert.ok(stored.includes(`foreign:${b.actionId}`));
+  assert.deepEqual(refusedSessions, ["foreign"], "told once");
 });
