@@ -23,6 +23,14 @@ export const STORE_QUERY_DURATION_BUCKETS: readonly number[] = [
 export type LeaseOperation = "grant" | "renew" | "return" | "expire" | "reconcile";
 
 /**
+ * What a sidecar's claim of an idempotency key found, the `result` label of
+ * `warden_idempotency_claims_total`: the key claimed for this call, a first
+ * answer replayed, another call still deciding it (ABORTED), or no claim
+ * (the control plane unreachable, so the call was decided unclaimed).
+ */
+export type ClaimResult = "claimed" | "answered" | "in_progress" | "unclaimed";
+
+/**
  * What {@link Metrics.recordDecision} reads of a decision: a
  * `warden.v1.Decision` message, or the init object a handler may return.
  */
@@ -89,6 +97,8 @@ export interface Metrics {
   watchCacheSize(read: () => { sessions: number; bytes: number }): void;
   /** Adds to `warden_lease_operations_total{op}`. */
   recordLeaseOperation(op: LeaseOperation, count?: number): void;
+  /** Adds one to `warden_idempotency_claims_total{result}`. */
+  recordClaim(result: ClaimResult): void;
   /**
    * Adds to `warden_lease_reconciled_micros_total`: budget (micros) that
    * came back from leases when they were reconciled. Negative amounts are
@@ -210,6 +220,17 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     leaseOps.inc({ op }, 0);
     leaseOpChildren.set(op, leaseOps.labels({ op }));
   }
+  const claims = new Counter({
+    name: "warden_idempotency_claims_total",
+    help: "A sidecar's claims of idempotency keys, by result (claimed, answered, in_progress, unclaimed).",
+    labelNames: ["result"] as const,
+    registers,
+  });
+  const claimChildren = new Map<string, { inc(n?: number): void }>();
+  for (const result of ["claimed", "answered", "in_progress", "unclaimed"] satisfies ClaimResult[]) {
+    claims.inc({ result }, 0);
+    claimChildren.set(result, claims.labels({ result }));
+  }
   const reconciled = new Counter({
     name: "warden_lease_reconciled_micros_total",
     help: "Budget (micros) returned from leases when they were reconciled.",
@@ -278,6 +299,9 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     },
     recordLeaseOperation(op, count = 1) {
       leaseOpChildren.get(op)?.inc(count);
+    },
+    recordClaim(result) {
+      claimChildren.get(result)?.inc();
     },
     recordReconciledMicros(micros) {
       const n = Number(micros);

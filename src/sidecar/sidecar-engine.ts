@@ -36,6 +36,7 @@ import { decisionToProto } from "../store/decision-proto.js";
 import { BatchQueue } from "../store/batch-queue.js";
 import { replayFirstAnswer } from "../store/idempotency.js";
 import { newId } from "../store/ids.js";
+import type { ClaimResult } from "../observability/metrics.js";
 import { countBound } from "./count-bound.js";
 import type { CachedSession, SessionCache } from "./session-cache.js";
 import type { ReportQueue } from "./report-queue.js";
@@ -134,6 +135,8 @@ export interface EngineEvents {
   lease?(op: "grant" | "renew" | "return"): void;
   /** Which path a decision took: from a lease, denied locally, or through the control plane. */
   path?(path: DecisionPath): void;
+  /** What the claim of a call's idempotency key found. */
+  claim?(result: ClaimResult): void;
 }
 
 /** Options of {@link SidecarEngine}. */
@@ -749,19 +752,24 @@ export class SidecarEngine {
       const e = ConnectError.from(err);
       if (!isUnreachable(e)) throw e;
       this.o.contact?.(false);
+      this.o.events?.claim?.("unclaimed");
       return undefined;
     }
     switch (res.state) {
       case IdempotencyKeyState.CLAIMED:
+        this.o.events?.claim?.("claimed");
         return { actionId };
       case IdempotencyKeyState.ANSWERED:
+        this.o.events?.claim?.("answered");
         this.remember(req.sessionId, key, res.method, res.requestHash, res.response);
         return this.replay(req.sessionId, key, method, hash);
       case IdempotencyKeyState.IN_PROGRESS:
+        this.o.events?.claim?.("in_progress");
         // Not an answer: ABORTED, or INVALID_ARGUMENT for another request, as the store says it.
         return replayFirstAnswer({ method: res.method, hash: res.requestHash }, method, hash, key, (b) => b);
       default:
         // The store does not know the session: the cache says so next.
+        this.o.events?.claim?.("unclaimed");
         return undefined;
     }
   }

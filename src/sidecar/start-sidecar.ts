@@ -162,6 +162,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
         o.events?.lease?.(op);
       },
       path: o.events?.path,
+      claim: (result) => metrics.recordClaim(result),
     },
   });
 

@@ -407,6 +407,8 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       const during = await other.check(check).catch((e: { code: number; details: string }) => e);
       assert.equal((during as { code: number }).code, 10, "ABORTED: retry later");
       assert.match((during as { details: string }).details, /idempotency_key: a call with "order-slow" is still being decided; retry it/);
+      const scrape = async () => parseSamples(await (await fetch(`${sidecars[0]!.httpUrl}/metrics`)).text());
+      assert.ok((valueOf(await scrape(), "warden_idempotency_claims_total", { result: "in_progress" }) ?? 0) >= 1, "counted");
       // Another request under the key is refused as such even now.
       const reused = await other.check({ ...check, action: payment(USD(8)) }).catch((e: { code: number; details: string }) => e);
       assert.equal((reused as { code: number }).code, 3);

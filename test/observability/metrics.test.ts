@@ -91,6 +91,7 @@ describe("createMetrics", () => {
     assert.equal(valueOf(s, "warden_cache_requests_total", { result: "hit" }), 0);
     assert.equal(valueOf(s, "warden_cache_requests_total", { result: "miss" }), 0);
     for (const op of ["grant", "renew", "return", "expire", "reconcile"]) assert.equal(valueOf(s, "warden_lease_operations_total", { op }), 0);
+    for (const result of ["claimed", "answered", "in_progress", "unclaimed"]) assert.equal(valueOf(s, "warden_idempotency_claims_total", { result }), 0);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "query" }), 0);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "transaction" }), 0);
 
@@ -98,6 +99,9 @@ describe("createMetrics", () => {
     m.watchCacheSize(() => cached);
     m.recordLeaseOperation("grant");
     m.recordLeaseOperation("return", 3);
+    m.recordClaim("in_progress");
+    m.recordClaim("claimed");
+    m.recordClaim("claimed");
     m.recordReconciledMicros(12_500_000n);
     m.recordReconciledMicros(-5); // ignored: a counter never goes down
     m.observeStoreQuery("transaction", 0.004);
@@ -111,6 +115,8 @@ describe("createMetrics", () => {
     assert.equal(valueOf(s, "warden_cache_bytes"), 900);
     assert.equal(valueOf(s, "warden_lease_operations_total", { op: "grant" }), 1);
     assert.equal(valueOf(s, "warden_lease_operations_total", { op: "return" }), 3);
+    assert.equal(valueOf(s, "warden_idempotency_claims_total", { result: "claimed" }), 2);
+    assert.equal(valueOf(s, "warden_idempotency_claims_total", { result: "in_progress" }), 1);
     assert.equal(valueOf(s, "warden_lease_reconciled_micros_total"), 12_500_000);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "transaction" }), 1);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_bucket", { op: "transaction", le: "0.0025" }), 0);
