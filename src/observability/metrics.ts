@@ -209,28 +209,32 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     },
   });
 
-  const leaseOps = new Counter({
-    name: "warden_lease_operations_total",
-    help: "Budget lease operations, by op (grant, renew, return, expire, reconcile).",
-    labelNames: ["op"] as const,
-    registers,
-  });
-  const leaseOpChildren = new Map<string, { inc(n?: number): void }>();
-  for (const op of ["grant", "renew", "return", "expire", "reconcile"] satisfies LeaseOperation[]) {
-    leaseOps.inc({ op }, 0);
-    leaseOpChildren.set(op, leaseOps.labels({ op }));
-  }
-  const claims = new Counter({
-    name: "warden_idempotency_claims_total",
-    help: "A sidecar's claims of idempotency keys, by result (claimed, answered, in_progress, unclaimed).",
-    labelNames: ["result"] as const,
-    registers,
-  });
-  const claimChildren = new Map<string, { inc(n?: number): void }>();
-  for (const result of ["claimed", "answered", "in_progress", "unclaimed"] satisfies ClaimResult[]) {
-    claims.inc({ result }, 0);
-    claimChildren.set(result, claims.labels({ result }));
-  }
+  /**
+   * A counter with one label whose values are all known: each series
+   * exists at 0 from the start (so rates start at zero), and its child is
+   * resolved once, not per increment.
+   */
+  const enumCounter = <V extends string>(name: string, help: string, label: string, values: readonly V[]) => {
+    const counter = new Counter({ name, help, labelNames: [label], registers });
+    const children = new Map<string, { inc(n?: number): void }>();
+    for (const v of values) {
+      counter.inc({ [label]: v }, 0);
+      children.set(v, counter.labels({ [label]: v }));
+    }
+    return (v: V, n = 1) => children.get(v)?.inc(n);
+  };
+  const leaseOp = enumCounter<LeaseOperation>(
+    "warden_lease_operations_total",
+    "Budget lease operations, by op (grant, renew, return, expire, reconcile).",
+    "op",
+    ["grant", "renew", "return", "expire", "reconcile"],
+  );
+  const claim = enumCounter<ClaimResult>(
+    "warden_idempotency_claims_total",
+    "A sidecar's claims of idempotency keys, by result (claimed, answered, in_progress, unclaimed).",
+    "result",
+    ["claimed", "answered", "in_progress", "unclaimed"],
+  );
   const reconciled = new Counter({
     name: "warden_lease_reconciled_micros_total",
     help: "Budget (micros) returned from leases when they were reconciled.",
@@ -298,10 +302,10 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
       readCacheSize = read;
     },
     recordLeaseOperation(op, count = 1) {
-      leaseOpChildren.get(op)?.inc(count);
+      leaseOp(op, count);
     },
     recordClaim(result) {
-      claimChildren.get(result)?.inc();
+      claim(result);
     },
     recordReconciledMicros(micros) {
       const n = Number(micros);

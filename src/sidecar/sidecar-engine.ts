@@ -289,7 +289,7 @@ export class SidecarEngine {
     }
   }
 
-  private async decide(
+  private decide(
     method: Method,
     req: AuthorizeRequest | CheckRequest,
     hash: Uint8Array,
@@ -301,21 +301,32 @@ export class SidecarEngine {
     };
     const started = process.hrtime.bigint();
     const replay = this.replay(req.sessionId, req.idempotencyKey, method, hash);
-    if (replay !== undefined) return decodeResponse(method, replay);
+    if (replay !== undefined) return Promise.resolve(decodeResponse(method, replay));
     if (!this.o.fresh()) {
       this.o.stale?.();
-      return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
+      return Promise.resolve(this.unavailable(path, method, req, started, "the control plane has been unreachable for too long"));
     }
-    // In exact mode the store decides every call under its own idempotency.
+    // Not a layer more than needed on the hot path: calls without a key go
+    // straight on. In exact mode the store decides every call under its
+    // own idempotency.
     if (req.idempotencyKey === "" || this.o.exactOnly) return this.decideHere(method, req, hash, path, started, undefined);
-    const claimed = await this.claim(method, req, hash);
-    if (claimed instanceof Uint8Array) return decodeResponse(method, claimed);
-    if (claimed === undefined) return this.decideHere(method, req, hash, path, started, undefined);
+    return this.decideClaimed(method, req, hash, path, started);
+  }
+
+  private async decideClaimed(
+    method: Method,
+    req: AuthorizeRequest | CheckRequest,
+    hash: Uint8Array,
+    path: (p: DecisionPath) => void,
+    started: bigint,
+  ): Promise<AuthorizeResponse | CheckResponse> {
+    const claim = await this.claim(method, req, hash);
+    if (claim instanceof Uint8Array) return decodeResponse(method, claim);
+    if (claim === undefined) return this.decideHere(method, req, hash, path, started, undefined);
     // The key is this call's to answer: its record (under the claimed
     // action id) turns the claim into the first answer. Every other way out
     // gives the claim back, so a retry is not told "in progress" until the
     // claim lapses.
-    const claim = { actionId: claimed.actionId, open: true };
     try {
       return await this.decideHere(method, req, hash, path, started, claim);
     } finally {
@@ -732,7 +743,7 @@ export class SidecarEngine {
    * control plane there is no one to ask, and the call is decided here
    * unclaimed (undefined; see README, "Idempotency in a sidecar").
    */
-  private async claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | { actionId: string } | undefined> {
+  private async claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | Claim | undefined> {
     const actionId = newId("act", this.now());
     const key = req.idempotencyKey;
     let res: IdempotencyKeyClaimResult;
@@ -758,7 +769,7 @@ export class SidecarEngine {
     switch (res.state) {
       case IdempotencyKeyState.CLAIMED:
         this.o.events?.claim?.("claimed");
-        return { actionId };
+        return { actionId, open: true };
       case IdempotencyKeyState.ANSWERED:
         this.o.events?.claim?.("answered");
         this.remember(req.sessionId, key, res.method, res.requestHash, res.response);

@@ -8,8 +8,8 @@ export interface IdempotencyHit {
   readonly hash: Uint8Array;
   /** The first answer in protobuf binary; absent while the key is claimed. */
   readonly response?: Uint8Array;
-  /** A claim: the action whose record will answer it, and when it lapses. */
-  readonly claim?: { readonly actionId: string; readonly expireMs: number };
+  /** While claimed: when the claim lapses if its action is never reported. */
+  readonly claimExpireMs?: number;
 }
 
 /** A first answer to store with the change it answers. */
@@ -55,14 +55,13 @@ interface KeyRow {
   method: string;
   request_hash: Uint8Array;
   response: Uint8Array | null;
-  action_id: string | null;
   claim_expire_time: Date | null;
 }
 
 function hitOf(r: KeyRow): IdempotencyHit {
   return r.response !== null
     ? { method: r.method, hash: r.request_hash, response: r.response }
-    : { method: r.method, hash: r.request_hash, claim: { actionId: r.action_id!, expireMs: r.claim_expire_time!.getTime() } };
+    : { method: r.method, hash: r.request_hash, claimExpireMs: r.claim_expire_time!.getTime() };
 }
 
 /**
@@ -78,7 +77,7 @@ export async function loadIdempotency(
   const out = new Map<string, IdempotencyHit>();
   if (keys.length === 0) return out;
   const { rows } = await tx.query<KeyRow>(
-    `SELECT i.scope, i.key, i.method, i.request_hash, i.response, i.action_id, i.claim_expire_time
+    `SELECT i.scope, i.key, i.method, i.request_hash, i.response, i.claim_expire_time
        FROM idempotency_keys i
        JOIN unnest($1::text[], $2::text[]) AS k(scope, key) ON i.scope = k.scope AND i.key = k.key
       WHERE i.response IS NOT NULL OR i.claim_expire_time > $3::timestamptz`,
@@ -97,6 +96,21 @@ export interface KeyClaim {
   readonly actionId: string;
   readonly expireMs: number;
 }
+
+/**
+ * How a key row is written over what may be there, by a claim (response
+ * NULL, an expiry) or a first answer (a response, no expiry): a claim by
+ * the same action is renewed or filled, and a lapsed claim (its sidecar
+ * never reported) is replaced. Any other row stays: a first answer is never
+ * overwritten, and another action's live claim is that action's to fill.
+ * The store's own decisions read their keys under their sessions' lock
+ * first, so for them this never meets a row it should not have.
+ */
+const IDEMPOTENCY_UPSERT = `ON CONFLICT (scope, key) DO UPDATE
+        SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
+            create_time = EXCLUDED.create_time, action_id = EXCLUDED.action_id, claim_expire_time = EXCLUDED.claim_expire_time
+      WHERE idempotency_keys.response IS NULL
+        AND (idempotency_keys.action_id = EXCLUDED.action_id OR idempotency_keys.claim_expire_time <= EXCLUDED.create_time)`;
 
 /** What {@link claimIdempotencyKeys} found, by "s:<session>|<key>". */
 export interface ClaimOutcome {
@@ -134,11 +148,7 @@ export async function claimIdempotencyKeys(db: Queryable, claims: readonly KeyCl
        SELECT 's:' || u.session_id, u.key, u.method, decode(u.h, 'base64'), NULL, $7::timestamptz, u.action_id, u.expire
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) AS u(session_id, key, method, h, action_id, expire)
          JOIN locked l ON l.session_id = u.session_id
-       ON CONFLICT (scope, key) DO UPDATE
-          SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, create_time = EXCLUDED.create_time,
-              action_id = EXCLUDED.action_id, claim_expire_time = EXCLUDED.claim_expire_time
-        WHERE idempotency_keys.response IS NULL
-          AND (idempotency_keys.claim_expire_time <= EXCLUDED.create_time OR idempotency_keys.action_id = EXCLUDED.action_id)
+       ${IDEMPOTENCY_UPSERT}
        RETURNING scope, key`,
       [
         pending.map((c) => c.sessionId),
@@ -167,20 +177,6 @@ export async function releaseClaims(tx: Queryable, releases: readonly { scope: s
     [releases.map((r) => r.scope), releases.map((r) => r.key), releases.map((r) => r.actionId)],
   );
 }
-
-/**
- * How first answers are stored over what may be there: a claim by the
- * answering action is filled, and a lapsed claim (its sidecar never
- * reported) is replaced. Any other row stays: a first answer is never
- * overwritten, and another action's live claim is that action's to fill.
- * The store's own decisions read their keys under their sessions' lock
- * first, so for them this never meets a row it should not have.
- */
-const IDEMPOTENCY_UPSERT = `ON CONFLICT (scope, key) DO UPDATE
-        SET method = EXCLUDED.method, request_hash = EXCLUDED.request_hash, response = EXCLUDED.response,
-            create_time = EXCLUDED.create_time, action_id = EXCLUDED.action_id, claim_expire_time = NULL
-      WHERE idempotency_keys.response IS NULL
-        AND (idempotency_keys.action_id = EXCLUDED.action_id OR idempotency_keys.claim_expire_time <= EXCLUDED.create_time)`;
 
 /** Stores first answers in the same transaction as the change they answer. */
 export async function saveIdempotency(tx: Queryable, entries: readonly PendingIdempotency[], nowMs: number): Promise<void> {

@@ -160,7 +160,7 @@ export class LeaseLedger {
         method: hit.method,
         requestHash: hit.hash,
         response: hit.response,
-        claimExpireTime: hit.claim === undefined ? undefined : timestampFromMs(hit.claim.expireMs),
+        claimExpireTime: hit.claimExpireMs === undefined ? undefined : timestampFromMs(hit.claimExpireMs),
       });
     });
   }
