@@ -35,7 +35,7 @@ import {
 import { decisionToProto } from "../store/decision-proto.js";
 import { BatchQueue } from "../store/batch-queue.js";
 import { replayFirstAnswer } from "../store/idempotency.js";
-import { newId } from "../store/ids.js";
+import { idTimeMs, newId } from "../store/ids.js";
 import type { ClaimResult } from "../observability/metrics.js";
 import { countBound } from "./count-bound.js";
 import type { CachedSession, SessionCache } from "./session-cache.js";
@@ -62,6 +62,13 @@ const ALLOWED: Decision = create(DecisionSchema, { outcome: Outcome.ALLOW, messa
 const MAX_LEASE_SKEW_MS = 1000;
 /** Longest wait for the store's claim of a key (or its first answer) before deciding here. */
 const CLAIM_TIMEOUT_MS = 1000;
+/**
+ * How long after a hold was placed a capture or void of it, coming to a
+ * sidecar that did not place it, keeps asking the control plane: the
+ * placing sidecar reports within its --report-interval (50 ms by default),
+ * or after a backoff if a send failed.
+ */
+const UNREPORTED_HOLD_WAIT_MS = 2000;
 /** A lease nobody spent from for this long goes back to the store. */
 const LEASE_IDLE_MS = 5000;
 /** How long beyond its own expiry the store keeps a hold placed here, so its capture report arrives first. */
@@ -434,10 +441,7 @@ export class SidecarEngine {
       );
     }
     const h = this.holds.get(req.authorizationId);
-    if (h === undefined || h.sessionId !== req.sessionId) {
-      const res = verb === "capture" ? await this.o.controlPlane.policy.capture(req as CaptureRequest) : await this.o.controlPlane.policy.void(req as VoidRequest);
-      return res.authorization!;
-    }
+    if (h === undefined || h.sessionId !== req.sessionId) return this.settleElsewhere(verb, req);
     const nowMs = this.now();
     if (nowMs >= h.expireMs) {
       this.holds.delete(req.authorizationId);
@@ -480,6 +484,29 @@ export class SidecarEngine {
     });
     this.remember(req.sessionId, req.idempotencyKey, verb, hash, toBinary(ActionRecordSchema, record));
     return record;
+  }
+
+  /**
+   * Settles a hold this sidecar does not have, through the control plane.
+   * One placed by another sidecar (the agent's work moved, or a retry went
+   * elsewhere) reaches the store only with that sidecar's next report, so
+   * a capture that comes quickly would be told it does not exist. While
+   * the id is younger than {@link UNREPORTED_HOLD_WAIT_MS}, NOT_FOUND is
+   * taken to mean "not reported yet" and asked again; after that it stands.
+   */
+  private async settleElsewhere(verb: "capture" | "void", req: CaptureRequest | VoidRequest): Promise<ActionRecord> {
+    const placedMs = idTimeMs(req.authorizationId);
+    for (let delayMs = 25; ; delayMs *= 2) {
+      try {
+        const res = verb === "capture" ? await this.o.controlPlane.policy.capture(req as CaptureRequest) : await this.o.controlPlane.policy.void(req as VoidRequest);
+        return res.authorization!;
+      } catch (err) {
+        const e = ConnectError.from(err);
+        const waitedEnough = placedMs === undefined || this.now() + delayMs > placedMs + UNREPORTED_HOLD_WAIT_MS;
+        if (e.code !== Code.NotFound || !e.rawMessage.startsWith("authorization_id:") || waitedEnough) throw e;
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+    }
   }
 
   // ---- leases ------------------------------------------------------------

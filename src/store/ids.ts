@@ -36,3 +36,19 @@ function base32(n: number, count: number): string {
 export function newId(prefix: string, nowMs: number): string {
   return `${prefix}_${base32(nowMs, 10)}${base32(random40(), 8)}${base32(random40(), 8)}`;
 }
+
+/**
+ * The creation time (ms) encoded in an id from {@link newId}, or undefined
+ * when `id` is not one (a client-chosen session id, say).
+ */
+export function idTimeMs(id: string): number | undefined {
+  const at = id.indexOf("_");
+  if (at < 0 || id.length !== at + 27) return undefined;
+  let ms = 0;
+  for (let i = at + 1; i < at + 11; i++) {
+    const digit = ALPHABET.indexOf(id[i]!);
+    if (digit < 0) return undefined;
+    ms = ms * 32 + digit;
+  }
+  return ms;
+}

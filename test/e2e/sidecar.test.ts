@@ -13,6 +13,7 @@ import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { createApiKeys } from "../../src/auth/api-keys.js";
 import type { Database } from "../../src/store/database.js";
+import { newId } from "../../src/store/ids.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { payment, USD } from "../helpers/fixtures.js";
@@ -339,6 +340,49 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       await assertLedgerConsistent(db);
     } finally {
       client.close();
+    }
+  });
+
+  test("a hold placed on one sidecar is captured through another before the first has reported it", async () => {
+    await allReady();
+    const session = await createSession({ daily: { maxValueMicros: USD(1000) } });
+    // Reports 700 ms after a decision: the capture elsewhere comes first.
+    const placing = await startSidecar("--report-interval", "700");
+    const here = grpcClient(PolicyService, placing.grpcAddress, 0, session.auth);
+    const elsewhere = grpcClient(PolicyService, sidecars[1]!.grpcAddress, 0, session.auth);
+    try {
+      const held = await here.authorize({ sessionId: session.sessionId, action: payment(USD(10)) });
+      assert.equal(held.decision.outcome, Outcome.ALLOW);
+      const unreported = await db.query("SELECT 1 FROM actions WHERE action_id = $1", [held.authorizationId]);
+      assert.equal(unreported.rows.length, 0, "not in the store yet");
+      const captured = await elsewhere.capture({
+        sessionId: session.sessionId,
+        authorizationId: held.authorizationId,
+        amount: { currencyCode: "USD", amountMicros: USD(4) },
+      });
+      assert.equal(captured.authorization.capturedAmount.amountMicros, USD(4));
+      const { rows } = await db.query<{ status: number; captured_value: string }>("SELECT status, captured_value FROM actions WHERE action_id = $1", [
+        held.authorizationId,
+      ]);
+      assert.deepEqual(rows.map((r) => [Number(r.status), BigInt(r.captured_value)]), [[2, USD(4)]]);
+      // An authorization nobody placed is still NOT_FOUND: at once when its
+      // id is old, after the wait for a report when it looks new.
+      const old = await elsewhere.capture({ sessionId: session.sessionId, authorizationId: "act_00000000000000000000000000" }).catch((e: { code: number }) => e);
+      assert.equal((old as { code: number }).code, 5);
+      const t0 = Date.now();
+      const young = await elsewhere.capture({ sessionId: session.sessionId, authorizationId: newId("act", Date.now()) }).catch((e: { code: number; details: string }) => e);
+      assert.equal((young as { code: number }).code, 5);
+      assert.match((young as { details: string }).details, /^authorization_id: /);
+      assert.ok(Date.now() - t0 >= 1000, "waited for a report that never came");
+      here.close();
+      await placing.stop();
+      await settled(session.sessionId);
+      assert.equal((await committed(session.sessionId)).ledger, USD(4));
+      await assertLedgerConsistent(db);
+    } finally {
+      here.close();
+      elsewhere.close();
+      await placing.stop();
     }
   });
 
