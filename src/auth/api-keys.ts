@@ -18,6 +18,18 @@ const LAST_USED_RESOLUTION_MS = 60_000;
 
 const DEFAULT_PAGE = 50;
 
+/**
+ * How long a key that authenticated is believed without reading it again.
+ * Sidecars call the control plane with their key on every report, lease
+ * and claim, and in exact mode on every decision: without this, each call
+ * cost a read. A key revoked elsewhere (another replica, `warden keys
+ * revoke`) stops working within this long; revoked through this process,
+ * at once.
+ */
+export const AUTHENTICATED_KEY_TTL_MS = 1000;
+/** Keys remembered at once; there are few, so this only bounds a flood of valid keys. */
+const AUTHENTICATED_KEYS_MAX = 10_000;
+
 /** An API key's metadata, as stored (never its secret). */
 export interface ApiKeyRecord {
   readonly keyId: string;
@@ -119,6 +131,10 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
   // number of keys, which is small.
   const lastWritten = new Map<string, number>();
 
+  // `keyId:sha256(secret)` → the principal and until when it is believed.
+  // Only what a read just confirmed goes in; failures are always read.
+  const authenticated = new Map<string, { principal: Principal; untilMs: number }>();
+
   function touch(keyId: string, t: number): void {
     const last = lastWritten.get(keyId);
     if (last !== undefined && t - last < LAST_USED_RESOLUTION_MS) return;
@@ -146,6 +162,15 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
     async authenticate(key) {
       const parsed = parseApiKey(key);
       if (parsed === undefined) throw invalidKey();
+      const presented = sha256(parsed.secret);
+      const memoKey = `${parsed.keyId}:${presented.toString("base64")}`;
+      const t = now();
+      const memo = authenticated.get(memoKey);
+      if (memo !== undefined && t < memo.untilMs) {
+        touch(parsed.keyId, t);
+        return memo.principal;
+      }
+      authenticated.delete(memoKey);
       const { rows } = await db.query<ApiKeyRow>(
         "SELECT key_id, secret_sha256, role, agent_id, revoke_time FROM api_keys WHERE key_id = $1",
         [parsed.keyId],
@@ -153,12 +178,14 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
       const row = rows[0];
       // Hash the presented secret even when the id is unknown, so timing
       // does not tell which ids exist.
-      const presented = sha256(parsed.secret);
       const stored = row === undefined ? Buffer.alloc(32) : Buffer.from(row.secret_sha256);
       const matches = stored.length === presented.length && timingSafeEqual(stored, presented);
       if (row === undefined || !matches || row.revoke_time !== null || !isRole(row.role)) throw invalidKey();
-      touch(row.key_id, now());
-      return { keyId: row.key_id, role: row.role, agentId: row.agent_id ?? undefined, via: "api-key" };
+      touch(row.key_id, t);
+      const principal: Principal = { keyId: row.key_id, role: row.role, agentId: row.agent_id ?? undefined, via: "api-key" };
+      if (authenticated.size >= AUTHENTICATED_KEYS_MAX) authenticated.clear();
+      authenticated.set(memoKey, { principal, untilMs: t + AUTHENTICATED_KEY_TTL_MS });
+      return principal;
     },
 
     async list(o = {}) {
@@ -188,6 +215,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
         [keyId, iso(now())],
       );
       if (rows[0] === undefined) throw new ConnectError(`key_id: API key "${keyId}" not found`, Code.NotFound);
+      for (const k of authenticated.keys()) if (k.startsWith(`${keyId}:`)) authenticated.delete(k);
       return recordOf(rows[0]);
     },
   };

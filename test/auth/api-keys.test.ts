@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { createApiKeys, parseApiKey, type ApiKeys } from "../../src/auth/api-keys.js";
+import { AUTHENTICATED_KEY_TTL_MS, createApiKeys, parseApiKey, type ApiKeys } from "../../src/auth/api-keys.js";
 import { createAuth } from "../../src/auth/create-auth.js";
 import { createSigningKeys } from "../../src/auth/signing-keys.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
@@ -63,6 +63,24 @@ for (const driver of DRIVERS) {
       clock.advance(5000);
       assert.equal((await keys.revoke(key.keyId)).revokeTime, revoked.revokeTime);
       await rejectsWith(keys.revoke(`key_${"1".repeat(26)}`), Code.NotFound, /key_id/);
+    });
+
+    test("a key that authenticated is read again after a second; revoked here it stops at once, elsewhere within that second", async () => {
+      const { key, secret } = await keys.create({ role: "agent", agentId: "agent-memo" });
+      const principal = await keys.authenticate(secret);
+      // Another replica (or `warden keys revoke`): its own instance on the same store.
+      const elsewhere = createApiKeys({ db: t.db, now: clock.now });
+      await elsewhere.revoke(key.keyId);
+      assert.deepEqual(await keys.authenticate(secret), principal, "believed for up to AUTHENTICATED_KEY_TTL_MS");
+      // A wrong secret under the same id is still read, and refused.
+      await rejectsWith(keys.authenticate(`wdn_${key.keyId}_${"B".repeat(43)}`), Code.Unauthenticated, /^invalid API key$/);
+      clock.advance(AUTHENTICATED_KEY_TTL_MS);
+      await rejectsWith(keys.authenticate(secret), Code.Unauthenticated, /^invalid API key$/);
+
+      const second = await keys.create({ role: "admin" });
+      await keys.authenticate(second.secret);
+      await keys.revoke(second.key.keyId);
+      await rejectsWith(keys.authenticate(second.secret), Code.Unauthenticated, /^invalid API key$/);
     });
 
     test("list pages newest first and hides revoked keys unless asked", async () => {
