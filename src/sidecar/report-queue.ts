@@ -86,7 +86,7 @@ export class ReportQueue {
     if (!this.started || this.timer !== undefined || this.pending.size === 0) return;
     let delay = this.failures === 0 ? this.o.intervalMs : Math.min(MAX_RETRY_MS, this.o.intervalMs * 2 ** this.failures);
     // Only refused sessions' reports left: nothing to send before their retry.
-    if ([...this.pending.values()].every((p) => this.refused.has(p.sessionId))) delay = Math.max(delay, this.refusedRetryAt - Date.now());
+    if (this.refused.size > 0 && [...this.pending.values()].every((p) => this.refused.has(p.sessionId))) delay = Math.max(delay, this.refusedRetryAt - Date.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.flush();
