@@ -73,6 +73,7 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
               revision: sent,
               sessions: ch.sessions,
               agent: ch.agents[0],
+              settledHolds: ch.settledHolds,
               sendTime: timestampNow(),
             });
             if (ch.sessions.length < 1000) break;
@@ -99,7 +100,7 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
           const mine = filterBatch(batch, req.agentId);
           sent = batch.revision;
           // Batches of other agents only move the revision; the heartbeat says so.
-          if (mine.sessions.length > 0 || mine.agent !== undefined) yield mine;
+          if (mine.sessions.length > 0 || mine.agent !== undefined || mine.settledHolds.length > 0) yield mine;
         }
       } finally {
         unsubscribe();
@@ -115,6 +116,7 @@ function filterBatch(b: FeedBatch, agentId: string): WatchSessionsResponse {
     revision: b.revision,
     sessions: b.sessions.filter((s) => s.agentId === agentId),
     agent: b.agents.find((a) => a.agentId === agentId),
+    settledHolds: b.settledHolds.filter((h) => h.agentId === agentId),
     sendTime: timestampNow(),
   });
 }

@@ -30,6 +30,7 @@ import {
   IdempotencyKeyState,
   type Lease,
   LeaseRecordSchema,
+  type SettledHold,
   type SyncService,
 } from "../gen/warden/v1/sync_service_pb.js";
 import { decisionToProto } from "../store/decision-proto.js";
@@ -596,6 +597,21 @@ export class SidecarEngine {
     this.o.reports.release(sessionId, sl.current.id);
     sl.current = undefined;
     this.o.events?.lease?.("return");
+  }
+
+  /**
+   * Forgets holds placed here that the store has settled since (a capture
+   * or void that reached the control plane through another sidecar, told
+   * by the watch stream): a second settlement here is then refused, as
+   * the store would refuse it, instead of being answered as if first.
+   */
+  settledElsewhere(holds: readonly SettledHold[]): void {
+    for (const h of holds) {
+      const mine = this.holds.get(h.authorizationId);
+      if (mine === undefined || mine.sessionId !== h.sessionId) continue;
+      this.holds.delete(h.authorizationId);
+      this.settledHolds.set(h.authorizationId, h.status === ActionStatus.CAPTURED ? "captured" : "voided");
+    }
   }
 
   private housekeep(): void {

@@ -144,6 +144,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       if (!readiness.ready) updateReadiness();
     },
     onStale: () => updateReadiness(),
+    onSettledHolds: (holds) => engine?.settledElsewhere(holds),
   });
   engine = new SidecarEngine({
     cache,

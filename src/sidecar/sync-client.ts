@@ -1,6 +1,6 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import type { Client } from "@connectrpc/connect";
-import type { SyncService } from "../gen/warden/v1/sync_service_pb.js";
+import type { SettledHold, SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import type { SessionCache } from "./session-cache.js";
 
 /** Options of {@link SyncClient}. */
@@ -20,6 +20,8 @@ export interface SyncClientOptions {
    * nothing heard. (It turns fresh again with the next message.)
    */
   readonly onStale?: () => void;
+  /** Called with holds this agent's sidecars placed that the store settled (see SidecarEngine.settledElsewhere). */
+  readonly onSettledHolds?: (holds: readonly SettledHold[]) => void;
 }
 
 /** setTimeout's longest delay; a longer one would fire at once. */
@@ -143,6 +145,7 @@ export class SyncClient {
           if (msg.reset) this.o.cache.clear();
           for (const s of msg.sessions) this.o.cache.applySession(s);
           if (msg.agent !== undefined) this.o.cache.applyAgent(msg.agent);
+          if (msg.settledHolds.length > 0) this.o.onSettledHolds?.(msg.settledHolds);
           if (msg.revision > this.revision || msg.reset) this.revision = msg.revision;
           this.synced = true;
           this.o.onMessage?.(msg.sendTime === undefined ? 0 : this.now() - timestampMs(msg.sendTime), this.revision);

@@ -311,7 +311,7 @@ export class LeaseLedger {
           throw new ConnectError(`reports.lease_id: record ${record.actionId} was allowed from a lease this session does not have`, Code.InvalidArgument);
         }
       }
-      const fresh = await insertRecords(tx, records, nowMs);
+      const fresh = await insertRecords(tx, records, req.holder, nowMs);
       const usage = await countersOf(tx, [...new Set(records.flatMap(({ lease }) => (lease === undefined ? [] : [lease])))]);
       const leaseDelta = new Map<string, { hv: bigint; ha: bigint; wv: bigint; wa: bigint; uv: bigint; ua: bigint }>();
       const activity = new Map<string, { requests: number; denials: number; ns: bigint; lastMs: number }>();
@@ -583,6 +583,7 @@ async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "rele
 async function insertRecords(
   tx: Queryable,
   records: readonly { record: LeaseRecord; s: LockedSession; lease: LeaseRow | undefined }[],
+  holder: string,
   nowMs: number,
 ): Promise<Set<string>> {
   if (records.length === 0) return new Set();
@@ -654,13 +655,13 @@ async function insertRecords(
   }
   const { rows } = await tx.query<{ action_id: string }>(
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
-                          amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time)
+                          amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time, placed_by)
      SELECT u.id, u.session, u.agent, u.method, decode(u.action, 'base64'), decode(u.decision, 'base64'), u.outcome, u.status,
             u.currency, u.amount, u.held, u.captured,
             -- Copied from the lease row (locked above), not sent and parsed
             -- per record: ~600 bytes of JSON a record on three scopes.
             coalesce((SELECT l.charges FROM leases l WHERE l.lease_id = u.lease_id), '[]'::jsonb),
-            u.created, $16::timestamptz, u.hold_expire
+            u.created, $16::timestamptz, u.hold_expire, $17
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[],
                    $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[], $15::timestamptz[])
          AS u(id, session, agent, method, action, decision, outcome, status, currency, amount, held, captured, lease_id, created, hold_expire)
@@ -683,6 +684,9 @@ async function insertRecords(
       cols.created,
       cols.holdExpire,
       iso(nowMs),
+      // Which sidecar placed a hold: its settlement by the store is sent
+      // back to it (settle_revision, migration 018).
+      holder,
     ],
   );
   const fresh = new Set(rows.map((r) => r.action_id));

@@ -10,7 +10,10 @@ import {
   GetSessionStateResponseSchema,
   type SessionState,
   SessionStateSchema,
+  type SettledHold,
+  SettledHoldSchema,
 } from "../gen/warden/v1/sync_service_pb.js";
+import type { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import type { Database, Queryable } from "./database.js";
 
 interface StateRow {
@@ -98,10 +101,20 @@ export async function readSessionStates(q: Queryable, sessionIds: readonly strin
 export const CHANGED_SESSIONS_SQL = `SELECT ${STATE_COLUMNS} FROM sessions
   WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3 ORDER BY revision LIMIT $4`;
 
+/**
+ * Holds of agent $1 (every agent when NULL) that sidecars placed and the
+ * store settled after revision $2 up to $3: a range of
+ * actions_settled_by_revision, which holds only such rows.
+ */
+export const SETTLED_HOLDS_SQL = `SELECT action_id, session_id, agent_id, status FROM actions
+  WHERE settle_revision > $2 AND settle_revision <= $3 AND ($1::text IS NULL OR agent_id = $1) ORDER BY settle_revision`;
+
 /** Changes to sessions and agent policies after a revision. */
 export interface SessionChanges {
   readonly sessions: SessionState[];
   readonly agents: AgentState[];
+  /** Holds sidecars placed that the store settled in this range (migration 018). */
+  readonly settledHolds: SettledHold[];
   /** Everything up to here is included. */
   readonly revision: bigint;
 }
@@ -129,6 +142,18 @@ export async function readChanges(db: Database, agentId: string | undefined, fro
       "SELECT agent_id, policy, revision FROM agents WHERE ($1::text IS NULL OR agent_id = $1) AND revision > $2 AND revision <= $3",
       [agentId ?? null, fromRevision.toString(), revision.toString()],
     );
-    return { sessions: rows.map(stateOf), agents: agents.rows.map(agentOf), revision };
+    const settled = await q.query<{ action_id: string; session_id: string; agent_id: string; status: number }>(SETTLED_HOLDS_SQL, [
+      agentId ?? null,
+      fromRevision.toString(),
+      revision.toString(),
+    ]);
+    return {
+      sessions: rows.map(stateOf),
+      agents: agents.rows.map(agentOf),
+      settledHolds: settled.rows.map((r) =>
+        create(SettledHoldSchema, { authorizationId: r.action_id, sessionId: r.session_id, agentId: r.agent_id, status: r.status as ActionStatus }),
+      ),
+      revision,
+    };
   });
 }

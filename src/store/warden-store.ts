@@ -877,6 +877,10 @@ export class WardenStore {
         if (key !== "") {
           await saveIdempotency(tx, [{ scope, key, method: verb, requestHash, response: toBinary(ActionRecordSchema, record) }], nowMs);
         }
+        // A hold a sidecar placed (the call came through another sidecar):
+        // the watch tells the placing one, which would otherwise settle it
+        // again (migration 018). A revision is taken last, after every row lock.
+        await tx.query("UPDATE actions SET settle_revision = warden_next_revision() WHERE action_id = $1 AND placed_by IS NOT NULL", [actionId]);
         return { record };
       }),
     );

@@ -343,7 +343,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     }
   });
 
-  test("a hold placed on one sidecar is captured through another before the first has reported it", async () => {
+  test("a hold placed on one sidecar is captured through another before the first has reported it, and the first then refuses to settle it again", async () => {
     await allReady();
     const session = await createSession({ daily: { maxValueMicros: USD(1000) } });
     // Reports 700 ms after a decision: the capture elsewhere comes first.
@@ -365,6 +365,15 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
         held.authorizationId,
       ]);
       assert.deepEqual(rows.map((r) => [Number(r.status), BigInt(r.captured_value)]), [[2, USD(4)]]);
+      // The placing sidecar is told by its watch stream (within the bound
+      // revocations have): a second capture there is refused, not answered
+      // as if it were the first, and so is a void.
+      await sleep(1000);
+      const twice = await here.capture({ sessionId: session.sessionId, authorizationId: held.authorizationId }).catch((e: { code: number; details: string }) => e);
+      assert.equal((twice as { code: number }).code, 9, "FAILED_PRECONDITION");
+      assert.match((twice as { details: string }).details, /was already captured/);
+      const voided = await here.void({ sessionId: session.sessionId, authorizationId: held.authorizationId }).catch((e: { code: number }) => e);
+      assert.equal((voided as { code: number }).code, 9);
       // An authorization nobody placed is still NOT_FOUND: at once when its
       // id is old, after the wait for a report when it looks new.
       const old = await elsewhere.capture({ sessionId: session.sessionId, authorizationId: "act_00000000000000000000000000" }).catch((e: { code: number }) => e);

@@ -22,7 +22,7 @@ import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
 import { LEASE_TOTALS_SQL } from "../../src/store/session-row.js";
-import { CHANGED_SESSIONS_SQL } from "../../src/store/session-sync.js";
+import { CHANGED_SESSIONS_SQL, SETTLED_HOLDS_SQL } from "../../src/store/session-sync.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -497,6 +497,39 @@ for (const driver of DRIVERS) {
       assert.equal(state.sessions[0]!.sessionId, s.sessionId);
       assert.equal(state.agent!.agentId, a);
       void payment;
+    });
+
+    test("a hold a sidecar placed and the store then settled is in the changes, once; the store's own holds are not", async () => {
+      const a = agent();
+      const s = await store.createSession(sessionRequest(a, { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const [captured, voided, settledHere] = [record("authorize", USD(10)), record("authorize", USD(5)), record("authorize", USD(3))];
+      await report(rep(s.sessionId, l, { records: [captured, voided, settledHere] }));
+      const from = await store.revision();
+      // The sidecar's own settlement comes in its report: nobody needs telling.
+      await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: settledHere.actionId, captureMicros: USD(3), time: timestampFromMs(clock.ms) }] }));
+      const own = await store.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(1)), idempotencyKey: "", requestHash: NO_HASH });
+      assert.equal((await store.changes(a, from)).settledHolds.length, 0);
+      // Captures and voids through the control plane (another sidecar).
+      const settle = { sessionId: s.sessionId, idempotencyKey: "" };
+      await store.capture({ ...settle, authorizationId: captured.actionId, amount: { currencyCode: "USD", amountMicros: USD(4) } } as never, NO_HASH);
+      await store.void({ ...settle, authorizationId: voided.actionId } as never, NO_HASH);
+      await store.capture({ ...settle, authorizationId: (own as { authorizationId: string }).authorizationId } as never, NO_HASH);
+      const ch = await store.changes(a, from);
+      assert.deepEqual(
+        ch.settledHolds.map((h) => [h.authorizationId, h.sessionId, h.agentId, h.status]),
+        [
+          [captured.actionId, s.sessionId, a, ActionStatus.CAPTURED],
+          [voided.actionId, s.sessionId, a, ActionStatus.VOIDED],
+        ],
+      );
+      assert.ok(ch.revision > from);
+      assert.equal((await store.changes(a, ch.revision)).settledHolds.length, 0, "told once");
+      assert.equal((await store.changes(`${a}-other`, from)).settledHolds.length, 0, "only to its agent");
+      assert.equal((await store.changes(undefined, from)).settledHolds.length, 2, "and to a feed of every agent");
+      const plan = await planWithoutSeqScans(t.db, SETTLED_HOLDS_SQL.replaceAll("$1", "NULL").replace("$2", "0").replace("$3", "10"));
+      assert.match(plan, /actions_settled_by_revision/);
+      await report(rep(s.sessionId, l, { release: true }));
     });
 
     test("every agent's changes come from a range of a revision index, not a walk of all sessions", async () => {

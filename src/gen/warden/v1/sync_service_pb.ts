@@ -11,7 +11,7 @@ import type { Decision, Window } from "./decision_pb.js";
 import { file_warden_v1_decision } from "./decision_pb.js";
 import type { SessionPolicy } from "./policy_pb.js";
 import { file_warden_v1_policy } from "./policy_pb.js";
-import type { Action } from "./policy_service_pb.js";
+import type { Action, ActionStatus } from "./policy_service_pb.js";
 import { file_warden_v1_policy_service } from "./policy_service_pb.js";
 import type { SessionStatus } from "./session_pb.js";
 import { file_warden_v1_session } from "./session_pb.js";
@@ -21,7 +21,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file warden/v1/sync_service.proto.
  */
 export const file_warden_v1_sync_service: GenFile = /*@__PURE__*/
-  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAiuAEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIokBCgxDb3VudGVyVXNhZ2USEQoJc2NvcGVfa2V5GAEgASgJEiEKBndpbmRvdxgCIAEoDjIRLndhcmRlbi52MS5XaW5kb3cSHAoUd2luZG93X3N0YXJ0X3VuaXhfbXMYAyABKAMSFAoMdmFsdWVfbWljcm9zGAQgASgDEg8KB2FjdGlvbnMYBSABKAMi1AEKBUxlYXNlEhAKCGxlYXNlX2lkGAEgASgJEhIKCnNlc3Npb25faWQYAiABKAkSGQoMdmFsdWVfbWljcm9zGAMgASgDSACIAQESFAoHYWN0aW9ucxgEIAEoA0gBiAEBEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBImCgV1c2FnZRgGIAMoCzIXLndhcmRlbi52MS5Db3VudGVyVXNhZ2VCDwoNX3ZhbHVlX21pY3Jvc0IKCghfYWN0aW9ucyKFAgoTQWNxdWlyZUxlYXNlUmVxdWVzdBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSGgoGaG9sZGVyGAIgASgJQgq6SAdyBRABGIABEiUKFGRlc2lyZWRfdmFsdWVfbWljcm9zGAMgASgDQge6SAQiAigAEiAKD2Rlc2lyZWRfYWN0aW9ucxgEIAEoA0IHukgEIgIoABIhChBtaW5fdmFsdWVfbWljcm9zGAUgASgDQge6SAQiAigAEiYKA3R0bBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI3ChRBY3F1aXJlTGVhc2VSZXNwb25zZRIfCgVsZWFzZRgBIAEoCzIQLndhcmRlbi52MS5MZWFzZSKbAwoLTGVhc2VSZWNvcmQSLAoJYWN0aW9uX2lkGAEgASgJQhm6SBZyFDISXmFjdF9bYS16MC05XXsyNn0kEicKBm1ldGhvZBgCIAEoCUIXukgUchJSCWF1dGhvcml6ZVIFY2hlY2sSKQoGYWN0aW9uGAMgASgLMhEud2FyZGVuLnYxLkFjdGlvbkIGukgDyAEBEi0KCGRlY2lzaW9uGAQgASgLMhMud2FyZGVuLnYxLkRlY2lzaW9uQga6SAPIAQESNwoLY3JlYXRlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQESNAoQaG9sZF9leHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIQoQcHJvY2Vzc2luZ19uYW5vcxgHIAEoA0IHukgEIgIoABIhCg9pZGVtcG90ZW5jeV9rZXkYCCABKAlCCLpIBXIDGIABEhQKDHJlcXVlc3RfaGFzaBgJIAEoDBIQCghyZXNwb25zZRgKIAEoDCKxAQoPTGVhc2VTZXR0bGVtZW50EjMKEGF1dGhvcml6YXRpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJAoOY2FwdHVyZV9taWNyb3MYAiABKANCB7pIBCICKABIAIgBARIwCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIGukgDyAEBQhEKD19jYXB0dXJlX21pY3JvcyL8AQoLTGVhc2VSZXBvcnQSPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEhAKCGxlYXNlX2lkGAIgASgJEicKB3JlY29yZHMYAyADKAsyFi53YXJkZW4udjEuTGVhc2VSZWNvcmQSLwoLc2V0dGxlbWVudHMYBCADKAsyGi53YXJkZW4udjEuTGVhc2VTZXR0bGVtZW50Eg8KB3JlbGVhc2UYBSABKAgSMAoPcmVsZWFzZWRfY2xhaW1zGAYgAygLMhcud2FyZGVuLnYxLkNsYWltUmVsZWFzZSJaChNSZXBvcnRMZWFzZXNSZXF1ZXN0EhoKBmhvbGRlchgBIAEoCUIKukgHcgUQARiAARInCgdyZXBvcnRzGAIgAygLMhYud2FyZGVuLnYxLkxlYXNlUmVwb3J0IigKFFJlcG9ydExlYXNlc1Jlc3BvbnNlEhAKCHJlamVjdGVkGAEgAygJIrgCChNJZGVtcG90ZW5jeUtleUNsYWltEj4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JBIjCg9pZGVtcG90ZW5jeV9rZXkYAiABKAlCCrpIB3IFEAEYgAESJwoGbWV0aG9kGAMgASgJQhe6SBRyElIJYXV0aG9yaXplUgVjaGVjaxIdCgxyZXF1ZXN0X2hhc2gYBCABKAxCB7pIBHoCaCASPQoJYWN0aW9uX2lkGAUgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSNQoDdHRsGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQg26SAqqAQciAwisAioAIloKG0NsYWltSWRlbXBvdGVuY3lLZXlzUmVxdWVzdBI7CgZjbGFpbXMYASADKAsyHi53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlDbGFpbUILukgIkgEFCAEQ6AciuQEKGUlkZW1wb3RlbmN5S2V5Q2xhaW1SZXN1bHQSLQoFc3RhdGUYASABKA4yHi53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlTdGF0ZRIOCgZtZXRob2QYAiABKAkSFAoMcmVxdWVzdF9oYXNoGAMgASgMEhAKCHJlc3BvbnNlGAQgASgMEjUKEWNsYWltX2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJVChxDbGFpbUlkZW1wb3RlbmN5S2V5c1Jlc3BvbnNlEjUKB3Jlc3VsdHMYASADKAsyJC53YXJkZW4udjEuSWRlbXBvdGVuY3lLZXlDbGFpbVJlc3VsdCJyCgxDbGFpbVJlbGVhc2USIwoPaWRlbXBvdGVuY3lfa2V5GAEgASgJQgq6SAdyBRABGIABEj0KCWFjdGlvbl9pZBgCIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kKqoBChNJZGVtcG90ZW5jeUtleVN0YXRlEiUKIUlERU1QT1RFTkNZX0tFWV9TVEFURV9VTlNQRUNJRklFRBAAEiEKHUlERU1QT1RFTkNZX0tFWV9TVEFURV9DTEFJTUVEEAESIgoeSURFTVBPVEVOQ1lfS0VZX1NUQVRFX0FOU1dFUkVEEAISJQohSURFTVBPVEVOQ1lfS0VZX1NUQVRFX0lOX1BST0dSRVNTEAMy0gMKC1N5bmNTZXJ2aWNlEl0KD0dldFNlc3Npb25TdGF0ZRIhLndhcmRlbi52MS5HZXRTZXNzaW9uU3RhdGVSZXF1ZXN0GiIud2FyZGVuLnYxLkdldFNlc3Npb25TdGF0ZVJlc3BvbnNlIgOQAgESVAoNV2F0Y2hTZXNzaW9ucxIfLndhcmRlbi52MS5XYXRjaFNlc3Npb25zUmVxdWVzdBogLndhcmRlbi52MS5XYXRjaFNlc3Npb25zUmVzcG9uc2UwARJPCgxBY3F1aXJlTGVhc2USHi53YXJkZW4udjEuQWNxdWlyZUxlYXNlUmVxdWVzdBofLndhcmRlbi52MS5BY3F1aXJlTGVhc2VSZXNwb25zZRJPCgxSZXBvcnRMZWFzZXMSHi53YXJkZW4udjEuUmVwb3J0TGVhc2VzUmVxdWVzdBofLndhcmRlbi52MS5SZXBvcnRMZWFzZXNSZXNwb25zZRJsChRDbGFpbUlkZW1wb3RlbmN5S2V5cxImLndhcmRlbi52MS5DbGFpbUlkZW1wb3RlbmN5S2V5c1JlcXVlc3QaJy53YXJkZW4udjEuQ2xhaW1JZGVtcG90ZW5jeUtleXNSZXNwb25zZSIDkAICYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
+  fileDesc("Chx3YXJkZW4vdjEvc3luY19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEiygIKDFNlc3Npb25TdGF0ZRISCgpzZXNzaW9uX2lkGAEgASgJEhAKCGFnZW50X2lkGAIgASgJEhQKDGFuY2VzdG9yX2lkcxgDIAMoCRIoCgZwb2xpY3kYBCABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIoCgZzdGF0dXMYBSABKA4yGC53YXJkZW4udjEuU2Vzc2lvblN0YXR1cxIvCgtleHBpcmVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoMaWRsZV90aW1lb3V0GAcgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjYKEmxhc3RfYWN0aXZpdHlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcmV2aXNpb24YCSABKAMiWgoKQWdlbnRTdGF0ZRIQCghhZ2VudF9pZBgBIAEoCRIoCgZwb2xpY3kYAiABKAsyGC53YXJkZW4udjEuU2Vzc2lvblBvbGljeRIQCghyZXZpc2lvbhgDIAEoAyJYChZHZXRTZXNzaW9uU3RhdGVSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JCJ8ChdHZXRTZXNzaW9uU3RhdGVSZXNwb25zZRIpCghzZXNzaW9ucxgBIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAiABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRIQCghyZXZpc2lvbhgDIAEoAyJ0ChRXYXRjaFNlc3Npb25zUmVxdWVzdBI8CghhZ2VudF9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEh4KDWZyb21fcmV2aXNpb24YAiABKANCB7pIBCICKAAi5wEKFVdhdGNoU2Vzc2lvbnNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIpCghzZXNzaW9ucxgCIAMoCzIXLndhcmRlbi52MS5TZXNzaW9uU3RhdGUSJAoFYWdlbnQYAyABKAsyFS53YXJkZW4udjEuQWdlbnRTdGF0ZRINCgVyZXNldBgEIAEoCBItCglzZW5kX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KDXNldHRsZWRfaG9sZHMYBiADKAsyFi53YXJkZW4udjEuU2V0dGxlZEhvbGQidgoLU2V0dGxlZEhvbGQSGAoQYXV0aG9yaXphdGlvbl9pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJEhAKCGFnZW50X2lkGAMgASgJEicKBnN0YXR1cxgEIAEoDjIXLndhcmRlbi52MS5BY3Rpb25TdGF0dXMiiQEKDENvdW50ZXJVc2FnZRIRCglzY29wZV9rZXkYASABKAkSIQoGd2luZG93GAIgASgOMhEud2FyZGVuLnYxLldpbmRvdxIcChR3aW5kb3dfc3RhcnRfdW5peF9tcxgDIAEoAxIUCgx2YWx1ZV9taWNyb3MYBCABKAMSDwoHYWN0aW9ucxgFIAEoAyLUAQoFTGVhc2USEAoIbGVhc2VfaWQYASABKAkSEgoKc2Vzc2lvbl9pZBgCIAEoCRIZCgx2YWx1ZV9taWNyb3MYAyABKANIAIgBARIUCgdhY3Rpb25zGAQgASgDSAGIAQESLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKBXVzYWdlGAYgAygLMhcud2FyZGVuLnYxLkNvdW50ZXJVc2FnZUIPCg1fdmFsdWVfbWljcm9zQgoKCF9hY3Rpb25zIoUCChNBY3F1aXJlTGVhc2VSZXF1ZXN0Ej4KCnNlc3Npb25faWQYASABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JBIaCgZob2xkZXIYAiABKAlCCrpIB3IFEAEYgAESJQoUZGVzaXJlZF92YWx1ZV9taWNyb3MYAyABKANCB7pIBCICKAASIAoPZGVzaXJlZF9hY3Rpb25zGAQgASgDQge6SAQiAigAEiEKEG1pbl92YWx1ZV9taWNyb3MYBSABKANCB7pIBCICKAASJgoDdHRsGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIjcKFEFjcXVpcmVMZWFzZVJlc3BvbnNlEh8KBWxlYXNlGAEgASgLMhAud2FyZGVuLnYxLkxlYXNlIpsDCgtMZWFzZVJlY29yZBIsCglhY3Rpb25faWQYASABKAlCGbpIFnIUMhJeYWN0X1thLXowLTldezI2fSQSJwoGbWV0aG9kGAIgASgJQhe6SBRyElIJYXV0aG9yaXplUgVjaGVjaxIpCgZhY3Rpb24YAyABKAsyES53YXJkZW4udjEuQWN0aW9uQga6SAPIAQESLQoIZGVjaXNpb24YBCABKAsyEy53YXJkZW4udjEuRGVjaXNpb25CBrpIA8gBARI3CgtjcmVhdGVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBrpIA8gBARI0ChBob2xkX2V4cGlyZV90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIhChBwcm9jZXNzaW5nX25hbm9zGAcgASgDQge6SAQiAigAEiEKD2lkZW1wb3RlbmN5X2tleRgIIAEoCUIIukgFcgMYgAESFAoMcmVxdWVzdF9oYXNoGAkgASgMEhAKCHJlc3BvbnNlGAogASgMIrEBCg9MZWFzZVNldHRsZW1lbnQSMwoQYXV0aG9yaXphdGlvbl9pZBgBIAEoCUIZukgWchQyEl5hY3RfW2EtejAtOV17MjZ9JBIkCg5jYXB0dXJlX21pY3JvcxgCIAEoA0IHukgEIgIoAEgAiAEBEjAKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQga6SAPIAQFCEQoPX2NhcHR1cmVfbWljcm9zIvwBCgtMZWFzZVJlcG9ydBI+CgpzZXNzaW9uX2lkGAEgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQSEAoIbGVhc2VfaWQYAiABKAkSJwoHcmVjb3JkcxgDIAMoCzIWLndhcmRlbi52MS5MZWFzZVJlY29yZBIvCgtzZXR0bGVtZW50cxgEIAMoCzIaLndhcmRlbi52MS5MZWFzZVNldHRsZW1lbnQSDwoHcmVsZWFzZRgFIAEoCBIwCg9yZWxlYXNlZF9jbGFpbXMYBiADKAsyFy53YXJkZW4udjEuQ2xhaW1SZWxlYXNlIloKE1JlcG9ydExlYXNlc1JlcXVlc3QSGgoGaG9sZGVyGAEgASgJQgq6SAdyBRABGIABEicKB3JlcG9ydHMYAiADKAsyFi53YXJkZW4udjEuTGVhc2VSZXBvcnQiKAoUUmVwb3J0TGVhc2VzUmVzcG9uc2USEAoIcmVqZWN0ZWQYASADKAkiuAIKE0lkZW1wb3RlbmN5S2V5Q2xhaW0SPgoKc2Vzc2lvbl9pZBgBIAEoCUIqukgnciUyI15bQS1aYS16MC05XVtBLVphLXowLTlfLjotXXswLDEyN30kEiMKD2lkZW1wb3RlbmN5X2tleRgCIAEoCUIKukgHcgUQARiAARInCgZtZXRob2QYAyABKAlCF7pIFHISUglhdXRob3JpemVSBWNoZWNrEh0KDHJlcXVlc3RfaGFzaBgEIAEoDEIHukgEegJoIBI9CglhY3Rpb25faWQYBSABKAlCKrpIJ3IlMiNeW0EtWmEtejAtOV1bQS1aYS16MC05Xy46LV17MCwxMjd9JBI1CgN0dGwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDbpICqoBByIDCKwCKgAiWgobQ2xhaW1JZGVtcG90ZW5jeUtleXNSZXF1ZXN0EjsKBmNsYWltcxgBIAMoCzIeLndhcmRlbi52MS5JZGVtcG90ZW5jeUtleUNsYWltQgu6SAiSAQUIARDoByK5AQoZSWRlbXBvdGVuY3lLZXlDbGFpbVJlc3VsdBItCgVzdGF0ZRgBIAEoDjIeLndhcmRlbi52MS5JZGVtcG90ZW5jeUtleVN0YXRlEg4KBm1ldGhvZBgCIAEoCRIUCgxyZXF1ZXN0X2hhc2gYAyABKAwSEAoIcmVzcG9uc2UYBCABKAwSNQoRY2xhaW1fZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlUKHENsYWltSWRlbXBvdGVuY3lLZXlzUmVzcG9uc2USNQoHcmVzdWx0cxgBIAMoCzIkLndhcmRlbi52MS5JZGVtcG90ZW5jeUtleUNsYWltUmVzdWx0InIKDENsYWltUmVsZWFzZRIjCg9pZGVtcG90ZW5jeV9rZXkYASABKAlCCrpIB3IFEAEYgAESPQoJYWN0aW9uX2lkGAIgASgJQiq6SCdyJTIjXltBLVphLXowLTldW0EtWmEtejAtOV8uOi1dezAsMTI3fSQqqgEKE0lkZW1wb3RlbmN5S2V5U3RhdGUSJQohSURFTVBPVEVOQ1lfS0VZX1NUQVRFX1VOU1BFQ0lGSUVEEAASIQodSURFTVBPVEVOQ1lfS0VZX1NUQVRFX0NMQUlNRUQQARIiCh5JREVNUE9URU5DWV9LRVlfU1RBVEVfQU5TV0VSRUQQAhIlCiFJREVNUE9URU5DWV9LRVlfU1RBVEVfSU5fUFJPR1JFU1MQAzLSAwoLU3luY1NlcnZpY2USXQoPR2V0U2Vzc2lvblN0YXRlEiEud2FyZGVuLnYxLkdldFNlc3Npb25TdGF0ZVJlcXVlc3QaIi53YXJkZW4udjEuR2V0U2Vzc2lvblN0YXRlUmVzcG9uc2UiA5ACARJUCg1XYXRjaFNlc3Npb25zEh8ud2FyZGVuLnYxLldhdGNoU2Vzc2lvbnNSZXF1ZXN0GiAud2FyZGVuLnYxLldhdGNoU2Vzc2lvbnNSZXNwb25zZTABEk8KDEFjcXVpcmVMZWFzZRIeLndhcmRlbi52MS5BY3F1aXJlTGVhc2VSZXF1ZXN0Gh8ud2FyZGVuLnYxLkFjcXVpcmVMZWFzZVJlc3BvbnNlEk8KDFJlcG9ydExlYXNlcxIeLndhcmRlbi52MS5SZXBvcnRMZWFzZXNSZXF1ZXN0Gh8ud2FyZGVuLnYxLlJlcG9ydExlYXNlc1Jlc3BvbnNlEmwKFENsYWltSWRlbXBvdGVuY3lLZXlzEiYud2FyZGVuLnYxLkNsYWltSWRlbXBvdGVuY3lLZXlzUmVxdWVzdBonLndhcmRlbi52MS5DbGFpbUlkZW1wb3RlbmN5S2V5c1Jlc3BvbnNlIgOQAgJiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp, file_warden_v1_decision, file_warden_v1_policy, file_warden_v1_policy_service, file_warden_v1_session]);
 
 /**
  * SessionState is one session as a sidecar's cache holds it.
@@ -238,6 +238,15 @@ export type WatchSessionsResponse = Message<"warden.v1.WatchSessionsResponse"> &
    * @generated from field: google.protobuf.Timestamp send_time = 5;
    */
   sendTime?: Timestamp | undefined;
+
+  /**
+   * Holds that sidecars placed and the control plane then settled (a
+   * capture or void that reached it through another sidecar), so the
+   * sidecar that placed one stops settling it itself.
+   *
+   * @generated from field: repeated warden.v1.SettledHold settled_holds = 6;
+   */
+  settledHolds: SettledHold[];
 };
 
 /**
@@ -246,6 +255,42 @@ export type WatchSessionsResponse = Message<"warden.v1.WatchSessionsResponse"> &
  */
 export const WatchSessionsResponseSchema: GenMessage<WatchSessionsResponse> = /*@__PURE__*/
   messageDesc(file_warden_v1_sync_service, 5);
+
+/**
+ * SettledHold is a hold a sidecar placed that the store settled.
+ *
+ * @generated from message warden.v1.SettledHold
+ */
+export type SettledHold = Message<"warden.v1.SettledHold"> & {
+  /**
+   * @generated from field: string authorization_id = 1;
+   */
+  authorizationId: string;
+
+  /**
+   * @generated from field: string session_id = 2;
+   */
+  sessionId: string;
+
+  /**
+   * @generated from field: string agent_id = 3;
+   */
+  agentId: string;
+
+  /**
+   * CAPTURED or VOIDED.
+   *
+   * @generated from field: warden.v1.ActionStatus status = 4;
+   */
+  status: ActionStatus;
+};
+
+/**
+ * Describes the message warden.v1.SettledHold.
+ * Use `create(SettledHoldSchema)` to create a new message.
+ */
+export const SettledHoldSchema: GenMessage<SettledHold> = /*@__PURE__*/
+  messageDesc(file_warden_v1_sync_service, 6);
 
 /**
  * CounterUsage is committed plus held usage of one window of one scope.
@@ -288,7 +333,7 @@ export type CounterUsage = Message<"warden.v1.CounterUsage"> & {
  * Use `create(CounterUsageSchema)` to create a new message.
  */
 export const CounterUsageSchema: GenMessage<CounterUsage> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 6);
+  messageDesc(file_warden_v1_sync_service, 7);
 
 /**
  * Lease is a slice of budget a sidecar may spend on its own.
@@ -341,7 +386,7 @@ export type Lease = Message<"warden.v1.Lease"> & {
  * Use `create(LeaseSchema)` to create a new message.
  */
 export const LeaseSchema: GenMessage<Lease> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 7);
+  messageDesc(file_warden_v1_sync_service, 8);
 
 /**
  * AcquireLeaseRequest sizes a wish; the store grants what is safe.
@@ -391,7 +436,7 @@ export type AcquireLeaseRequest = Message<"warden.v1.AcquireLeaseRequest"> & {
  * Use `create(AcquireLeaseRequestSchema)` to create a new message.
  */
 export const AcquireLeaseRequestSchema: GenMessage<AcquireLeaseRequest> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 8);
+  messageDesc(file_warden_v1_sync_service, 9);
 
 /**
  * AcquireLeaseResponse carries the grant, if any.
@@ -412,7 +457,7 @@ export type AcquireLeaseResponse = Message<"warden.v1.AcquireLeaseResponse"> & {
  * Use `create(AcquireLeaseResponseSchema)` to create a new message.
  */
 export const AcquireLeaseResponseSchema: GenMessage<AcquireLeaseResponse> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 9);
+  messageDesc(file_warden_v1_sync_service, 10);
 
 /**
  * LeaseRecord is one decision a sidecar made from a lease.
@@ -485,7 +530,7 @@ export type LeaseRecord = Message<"warden.v1.LeaseRecord"> & {
  * Use `create(LeaseRecordSchema)` to create a new message.
  */
 export const LeaseRecordSchema: GenMessage<LeaseRecord> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 10);
+  messageDesc(file_warden_v1_sync_service, 11);
 
 /**
  * LeaseSettlement captures or voids a hold a sidecar placed from a lease.
@@ -516,7 +561,7 @@ export type LeaseSettlement = Message<"warden.v1.LeaseSettlement"> & {
  * Use `create(LeaseSettlementSchema)` to create a new message.
  */
 export const LeaseSettlementSchema: GenMessage<LeaseSettlement> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 11);
+  messageDesc(file_warden_v1_sync_service, 12);
 
 /**
  * LeaseReport is what one sidecar did with one session since its last report.
@@ -566,7 +611,7 @@ export type LeaseReport = Message<"warden.v1.LeaseReport"> & {
  * Use `create(LeaseReportSchema)` to create a new message.
  */
 export const LeaseReportSchema: GenMessage<LeaseReport> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 12);
+  messageDesc(file_warden_v1_sync_service, 13);
 
 /**
  * ReportLeasesRequest carries reports of many sessions, applied in one
@@ -591,7 +636,7 @@ export type ReportLeasesRequest = Message<"warden.v1.ReportLeasesRequest"> & {
  * Use `create(ReportLeasesRequestSchema)` to create a new message.
  */
 export const ReportLeasesRequestSchema: GenMessage<ReportLeasesRequest> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 13);
+  messageDesc(file_warden_v1_sync_service, 14);
 
 /**
  * ReportLeasesResponse says what the store now holds for each lease reported.
@@ -612,7 +657,7 @@ export type ReportLeasesResponse = Message<"warden.v1.ReportLeasesResponse"> & {
  * Use `create(ReportLeasesResponseSchema)` to create a new message.
  */
 export const ReportLeasesResponseSchema: GenMessage<ReportLeasesResponse> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 14);
+  messageDesc(file_warden_v1_sync_service, 15);
 
 /**
  * IdempotencyKeyClaim asks for one idempotency key of a session.
@@ -667,7 +712,7 @@ export type IdempotencyKeyClaim = Message<"warden.v1.IdempotencyKeyClaim"> & {
  * Use `create(IdempotencyKeyClaimSchema)` to create a new message.
  */
 export const IdempotencyKeyClaimSchema: GenMessage<IdempotencyKeyClaim> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 15);
+  messageDesc(file_warden_v1_sync_service, 16);
 
 /**
  * ClaimIdempotencyKeysRequest lists the keys to claim.
@@ -686,7 +731,7 @@ export type ClaimIdempotencyKeysRequest = Message<"warden.v1.ClaimIdempotencyKey
  * Use `create(ClaimIdempotencyKeysRequestSchema)` to create a new message.
  */
 export const ClaimIdempotencyKeysRequestSchema: GenMessage<ClaimIdempotencyKeysRequest> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 16);
+  messageDesc(file_warden_v1_sync_service, 17);
 
 /**
  * IdempotencyKeyClaimResult is the store's answer for one key.
@@ -733,7 +778,7 @@ export type IdempotencyKeyClaimResult = Message<"warden.v1.IdempotencyKeyClaimRe
  * Use `create(IdempotencyKeyClaimResultSchema)` to create a new message.
  */
 export const IdempotencyKeyClaimResultSchema: GenMessage<IdempotencyKeyClaimResult> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 17);
+  messageDesc(file_warden_v1_sync_service, 18);
 
 /**
  * ClaimIdempotencyKeysResponse has one result per claim, in the order asked.
@@ -752,7 +797,7 @@ export type ClaimIdempotencyKeysResponse = Message<"warden.v1.ClaimIdempotencyKe
  * Use `create(ClaimIdempotencyKeysResponseSchema)` to create a new message.
  */
 export const ClaimIdempotencyKeysResponseSchema: GenMessage<ClaimIdempotencyKeysResponse> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 18);
+  messageDesc(file_warden_v1_sync_service, 19);
 
 /**
  * ClaimRelease gives back a claim whose call ended without a record (an
@@ -777,7 +822,7 @@ export type ClaimRelease = Message<"warden.v1.ClaimRelease"> & {
  * Use `create(ClaimReleaseSchema)` to create a new message.
  */
 export const ClaimReleaseSchema: GenMessage<ClaimRelease> = /*@__PURE__*/
-  messageDesc(file_warden_v1_sync_service, 19);
+  messageDesc(file_warden_v1_sync_service, 20);
 
 /**
  * IdempotencyKeyState is what the store holds for a key.
