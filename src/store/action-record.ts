@@ -7,7 +7,7 @@ import { type ActionRecord, ActionRecordSchema, ActionSchema, type ActionStatus 
 
 /** The columns of `actions` every reader selects. */
 export const ACTION_COLUMNS = `action_id, seq, session_id, agent_id, method, action, decision, status, currency, amount,
-  held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id`;
+  held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id, placed_by`;
 
 /** A row of `actions`. */
 export interface ActionRow {
@@ -28,6 +28,8 @@ export interface ActionRow {
   update_time: Date;
   hold_expire_time: Date | null;
   approval_id?: string | null;
+  /** The sidecar that reported it (migration 018); null when the store decided it. */
+  placed_by?: string | null;
 }
 
 /** An `actions` row as the API's `ActionRecord`. */

@@ -880,7 +880,7 @@ export class WardenStore {
         // A hold a sidecar placed (the call came through another sidecar):
         // the watch tells the placing one, which would otherwise settle it
         // again (migration 018). A revision is taken last, after every row lock.
-        await tx.query("UPDATE actions SET settle_revision = warden_next_revision() WHERE action_id = $1 AND placed_by IS NOT NULL", [actionId]);
+        if (h.placed_by != null) await tx.query("UPDATE actions SET settle_revision = warden_next_revision() WHERE action_id = $1", [actionId]);
         return { record };
       }),
     );
