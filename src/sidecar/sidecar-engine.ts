@@ -605,7 +605,7 @@ export class SidecarEngine {
    * by the watch stream): a second settlement here is then refused, as
    * the store would refuse it, instead of being answered as if first.
    */
-  settledElsewhere(holds: readonly SettledHold[]): void {
+  forgetSettledHolds(holds: readonly SettledHold[]): void {
     for (const h of holds) {
       const mine = this.holds.get(h.authorizationId);
       if (mine === undefined || mine.sessionId !== h.sessionId) continue;

@@ -144,7 +144,7 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       if (!readiness.ready) updateReadiness();
     },
     onStale: () => updateReadiness(),
-    onSettledHolds: (holds) => engine?.settledElsewhere(holds),
+    onSettledHolds: (holds) => engine?.forgetSettledHolds(holds),
   });
   engine = new SidecarEngine({
     cache,

@@ -20,7 +20,7 @@ export interface SyncClientOptions {
    * nothing heard. (It turns fresh again with the next message.)
    */
   readonly onStale?: () => void;
-  /** Called with holds this agent's sidecars placed that the store settled (see SidecarEngine.settledElsewhere). */
+  /** Called with holds this agent's sidecars placed that the store settled (see SidecarEngine.forgetSettledHolds). */
   readonly onSettledHolds?: (holds: readonly SettledHold[]) => void;
 }
 

@@ -28,7 +28,7 @@ export interface ActionRow {
   update_time: Date;
   hold_expire_time: Date | null;
   approval_id?: string | null;
-  /** The sidecar that reported it (migration 018); null when the store decided it. */
+  /** The sidecar that placed and reported this hold (migration 018); null for everything else. */
   placed_by?: string | null;
 }
 

@@ -661,7 +661,7 @@ async function insertRecords(
             -- Copied from the lease row (locked above), not sent and parsed
             -- per record: ~600 bytes of JSON a record on three scopes.
             coalesce((SELECT l.charges FROM leases l WHERE l.lease_id = u.lease_id), '[]'::jsonb),
-            u.created, $16::timestamptz, u.hold_expire, $17
+            u.created, $16::timestamptz, u.hold_expire, CASE WHEN u.status = ${ActionStatus.HELD} THEN $17::text END
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[],
                    $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[], $15::timestamptz[])
          AS u(id, session, agent, method, action, decision, outcome, status, currency, amount, held, captured, lease_id, created, hold_expire)
@@ -684,8 +684,9 @@ async function insertRecords(
       cols.created,
       cols.holdExpire,
       iso(nowMs),
-      // Which sidecar placed a hold: its settlement by the store is sent
-      // back to it (settle_revision, migration 018).
+      // Which sidecar placed a hold (only holds: nothing else is settled
+      // later): its settlement by the store is sent back to it
+      // (settle_revision, migration 018).
       holder,
     ],
   );
