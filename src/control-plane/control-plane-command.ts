@@ -1,8 +1,9 @@
 import { serverTlsFromFlags } from "../auth/server-tls.js";
 import { createLogger, redactUrl } from "../server/logger.js";
-import { parseRoleFlags, nonNegativeInt, positiveInt, usageOf } from "../server/role-flags.js";
+import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
 import { startServer } from "../server/start-server.js";
+import { storeServerOptions } from "../server/store-server-options.js";
 
 /**
  * `warden control-plane`: the system of record for a cluster. It serves
@@ -21,24 +22,12 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
   const logger = createLogger(values["log-level"]!);
   const databaseUrl = values["database-url"];
   const server = await startServer({
-    grpcAddress: values["grpc-listen"]!,
-    httpAddress: values["http-listen"]!,
-    dataDir: values["data-dir"]!,
-    databaseUrl,
-    sweepIntervalMs: positiveInt(values, "sweep-interval"),
-    webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
+    ...storeServerOptions(values, logger),
     leaseReconcileGraceMs: positiveInt(values, "lease-reconcile-grace"),
-    healthAddress: values["health-listen"],
-    auditKeyFile: values["audit-key"],
-    auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
-    auditRetentionMs: nonNegativeInt(values, "audit-retention"),
-    idempotencyRetentionMs: nonNegativeInt(values, "idempotency-retention"),
     // A cluster's system of record is never open: API keys on admin calls,
     // session tokens (or agent credentials) on decisions.
     requireAuth: true,
-    sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
     tls: serverTlsFromFlags(values),
-    logger,
   });
   runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
   logger.info(

@@ -1,7 +1,8 @@
 import { createLogger, redactUrl } from "./logger.js";
-import { booleanFlag, parseRoleFlags, nonNegativeInt, positiveInt, usageOf } from "./role-flags.js";
+import { booleanFlag, parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
 import { runUntilSignal } from "./run-until-signal.js";
 import { startServer } from "./start-server.js";
+import { storeServerOptions } from "./store-server-options.js";
 
 /**
  * `warden serve`: parses flags and environment, starts the servers, and
@@ -17,22 +18,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
   const logger = createLogger(values["log-level"]!);
   const databaseUrl = values["database-url"];
   const requireAuth = booleanFlag(values, "require-auth");
-  const server = await startServer({
-    grpcAddress: values["grpc-listen"]!,
-    httpAddress: values["http-listen"]!,
-    dataDir: values["data-dir"]!,
-    databaseUrl,
-    sweepIntervalMs: positiveInt(values, "sweep-interval"),
-    webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
-    healthAddress: values["health-listen"],
-    auditKeyFile: values["audit-key"],
-    auditCheckpointIntervalMs: positiveInt(values, "audit-checkpoint-interval"),
-    auditRetentionMs: nonNegativeInt(values, "audit-retention"),
-    idempotencyRetentionMs: nonNegativeInt(values, "idempotency-retention"),
-    requireAuth,
-    sessionTokenTtlMs: positiveInt(values, "session-token-ttl"),
-    logger,
-  });
+  const server = await startServer({ ...storeServerOptions(values, logger), requireAuth });
   // Handlers first: a SIGTERM right after "listening" must drain, not kill.
   runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
   logger.info(
