@@ -50,10 +50,15 @@ export interface MetricsOptions {
    */
   readonly processMetrics?: boolean;
   /**
-   * Export the sync gauges (`warden_control_plane_connected`,
-   * `warden_sync_lag_seconds`, `warden_sync_staleness_seconds`,
-   * `warden_sync_revision`). Only a sidecar has a control plane to follow;
-   * elsewhere a constant `connected 0` would read as an outage. Default false.
+   * Export a sidecar's families: the sync gauges
+   * (`warden_control_plane_connected`, `warden_sync_lag_seconds`,
+   * `warden_sync_staleness_seconds`, `warden_sync_staleness_bound_seconds`,
+   * `warden_sync_revision`) and those of its reports to the control plane
+   * (`warden_report_backlog`, `warden_report_backlog_age_seconds`,
+   * `warden_reports_total`, `warden_reported_records_total`,
+   * `warden_report_settlements_rejected_total`). Only a sidecar has a
+   * control plane to follow; elsewhere a constant `connected 0` would read
+   * as an outage. Default false.
    */
   readonly sync?: boolean;
   /** Clock (epoch ms) for the staleness gauge; the wall clock by default. */
@@ -100,9 +105,10 @@ export interface Metrics {
   /** Adds one to `warden_idempotency_claims_total{result}`. */
   recordClaim(result: ClaimResult): void;
   /**
-   * Adds to `warden_lease_reconciled_micros_total`: budget (micros) that
-   * came back from leases when they were reconciled. Negative amounts are
-   * ignored (a counter only grows).
+   * Adds to `warden_lease_reconciled_micros_total`: the unreported budget
+   * (micros) of leases written off as spent when they were reconciled (their
+   * sidecar stopped reporting, and may have allowed it). Negative amounts
+   * are ignored (a counter only grows).
    */
   recordReconciledMicros(micros: bigint | number): void;
   /**
@@ -125,7 +131,24 @@ export interface Metrics {
   markSyncContact(): void;
   /** Observes one store statement or transaction in `warden_store_query_duration_seconds`. */
   observeStoreQuery(op: StoreOperation, seconds: number): void;
+  /** `warden_sync_staleness_bound_seconds`: past this staleness the sidecar denies spending. */
+  setStalenessBound(seconds: number): void;
+  /**
+   * Where `warden_report_backlog` (entries the store has not acknowledged)
+   * and `warden_report_backlog_age_seconds` (how long the oldest has
+   * waited) come from: read at scrape time.
+   */
+  watchReportBacklog(read: () => { entries: number; oldestAgeMs: number }): void;
+  /** Adds one to `warden_reports_total{result}`: a ReportLeases call and how it went. */
+  recordReportSend(result: ReportResult): void;
+  /** Adds to `warden_reported_records_total`: decision records the store acknowledged. */
+  recordReportedRecords(count: number): void;
+  /** Adds to `warden_report_settlements_rejected_total`: captures or voids the store refused. */
+  recordRejectedSettlements(count: number): void;
 }
+
+/** How a sidecar's report went, the `result` label of `warden_reports_total`. */
+export type ReportResult = "sent" | "failed" | "refused";
 
 /**
  * Creates the registry of every `warden_*` metric family (see
@@ -214,8 +237,8 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
    * exists at 0 from the start (so rates start at zero), and its child is
    * resolved once, not per increment.
    */
-  const enumCounter = <V extends string>(name: string, help: string, label: string, values: readonly V[]) => {
-    const counter = new Counter({ name, help, labelNames: [label], registers });
+  const enumCounter = <V extends string>(name: string, help: string, label: string, values: readonly V[], to = registers) => {
+    const counter = new Counter({ name, help, labelNames: [label], registers: to });
     const children = new Map<string, { inc(n?: number): void }>();
     for (const v of values) {
       counter.inc({ [label]: v }, 0);
@@ -237,7 +260,7 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
   );
   const reconciled = new Counter({
     name: "warden_lease_reconciled_micros_total",
-    help: "Budget (micros) returned from leases when they were reconciled.",
+    help: "Unreported budget (micros) of leases written off as spent when they were reconciled (their sidecar stopped reporting).",
     registers,
   });
 
@@ -260,6 +283,41 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     },
   });
   const revision = new Gauge({ name: "warden_sync_revision", help: "Revision of the latest change applied from the control plane.", registers: syncRegisters });
+  const stalenessBound = new Gauge({
+    name: "warden_sync_staleness_bound_seconds",
+    help: "Past this staleness (--staleness-bound) the sidecar denies spending with CONTROL_PLANE_UNAVAILABLE.",
+    registers: syncRegisters,
+  });
+  let readBacklog: (() => { entries: number; oldestAgeMs: number }) | undefined;
+  new Gauge({
+    name: "warden_report_backlog",
+    help: "Decision records, settlements and releases the control plane has not acknowledged yet: what a crash of this sidecar would lose.",
+    registers: syncRegisters,
+    collect() {
+      this.set(readBacklog?.().entries ?? 0);
+    },
+  });
+  new Gauge({
+    name: "warden_report_backlog_age_seconds",
+    help: "How long the oldest entry of warden_report_backlog has waited (0 when there is none).",
+    registers: syncRegisters,
+    collect() {
+      this.set((readBacklog?.().oldestAgeMs ?? 0) / 1000);
+    },
+  });
+  const reportSend = enumCounter<ReportResult>(
+    "warden_reports_total",
+    "ReportLeases calls to the control plane, by result (sent; failed: kept and retried; refused: the store refused a session's report, kept apart).",
+    "result",
+    ["sent", "failed", "refused"],
+    syncRegisters,
+  );
+  const reportedRecords = new Counter({ name: "warden_reported_records_total", help: "Decision records the control plane acknowledged.", registers: syncRegisters });
+  const rejectedSettlements = new Counter({
+    name: "warden_report_settlements_rejected_total",
+    help: "Captures or voids made here that the store refused (see the sidecar's log).",
+    registers: syncRegisters,
+  });
 
   const storeDurations = new Histogram({
     name: "warden_store_query_duration_seconds",
@@ -325,6 +383,21 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     },
     observeStoreQuery(op, seconds) {
       storeChildren[op].observe(seconds);
+    },
+    setStalenessBound(seconds) {
+      stalenessBound.set(seconds);
+    },
+    watchReportBacklog(read) {
+      readBacklog = read;
+    },
+    recordReportSend(result) {
+      reportSend(result);
+    },
+    recordReportedRecords(count) {
+      if (count > 0) reportedRecords.inc(count);
+    },
+    recordRejectedSettlements(count) {
+      if (count > 0) rejectedSettlements.inc(count);
     },
   };
 }

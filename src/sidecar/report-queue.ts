@@ -18,6 +18,8 @@ interface Pending {
   settlements: LeaseSettlement[];
   release: boolean;
   releasedClaims: ClaimRelease[];
+  /** When its first entry was queued (epoch ms): the age of what waits longest. */
+  since: number;
 }
 
 /** Options of {@link ReportQueue}. */
@@ -32,6 +34,10 @@ export interface ReportQueueOptions {
   readonly onRefused?: (sessionId: string, err: ConnectError) => void;
   /** Called after every successful send. */
   readonly onSent?: (records: number) => void;
+  /** Called after every send, with how it went ("refused": the store refused a session's report outright). */
+  readonly onSend?: (result: "sent" | "failed" | "refused") => void;
+  /** Epoch ms; the wall clock by default. */
+  readonly now?: () => number;
 }
 
 /** Longest wait between tries while sends fail. */
@@ -42,6 +48,11 @@ const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.PermissionDe
 
 function isRefusal(err: ConnectError): boolean {
   return REFUSALS.has(err.code);
+}
+
+/** Records, settlements, released claims and the release of one entry. */
+function entriesOf(p: Pending): number {
+  return p.records.length + p.settlements.length + p.releasedClaims.length + (p.release ? 1 : 0);
 }
 
 function bySession(groups: Map<string, Map<string, Pending>>, key: string, p: Pending): void {
@@ -66,6 +77,8 @@ function bySession(groups: Map<string, Map<string, Pending>>, key: string, p: Pe
  */
 export class ReportQueue {
   private pending = new Map<string, Pending>();
+  /** The batch being sent: not yet acknowledged, so part of the backlog. */
+  private sending: Map<string, Pending> | undefined;
   private inFlight: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private started = false;
@@ -74,7 +87,11 @@ export class ReportQueue {
   private readonly refused = new Set<string>();
   private refusedRetryAt = 0;
 
-  constructor(private readonly o: ReportQueueOptions) {}
+  private readonly now: () => number;
+
+  constructor(private readonly o: ReportQueueOptions) {
+    this.now = o.now ?? Date.now;
+  }
 
   start(): void {
     this.started = true;
@@ -86,7 +103,7 @@ export class ReportQueue {
     if (!this.started || this.timer !== undefined || this.pending.size === 0) return;
     let delay = this.failures === 0 ? this.o.intervalMs : Math.min(MAX_RETRY_MS, this.o.intervalMs * 2 ** this.failures);
     // Only refused sessions' reports left: nothing to send before their retry.
-    if (this.refused.size > 0 && [...this.pending.values()].every((p) => this.refused.has(p.sessionId))) delay = Math.max(delay, this.refusedRetryAt - Date.now());
+    if (this.refused.size > 0 && [...this.pending.values()].every((p) => this.refused.has(p.sessionId))) delay = Math.max(delay, this.refusedRetryAt - this.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.flush();
@@ -97,8 +114,27 @@ export class ReportQueue {
   /** Records and settlements not yet acknowledged by the store. */
   get size(): number {
     let n = 0;
-    for (const p of this.pending.values()) n += p.records.length + p.settlements.length + p.releasedClaims.length + (p.release ? 1 : 0);
+    for (const p of this.pending.values()) n += entriesOf(p);
     return n;
+  }
+
+  /**
+   * What the store has not acknowledged yet, queued or being sent: how many
+   * entries, and how long the oldest has waited (0 when none). This is what
+   * a crash of this process would lose (design.md §4: the lease it came
+   * from counts as spent until it is reconciled), and its age is the
+   * report delay as it stands.
+   */
+  backlog(): { entries: number; oldestAgeMs: number } {
+    let entries = 0;
+    let oldest = Infinity;
+    for (const batch of [this.pending, this.sending]) {
+      for (const p of batch?.values() ?? []) {
+        entries += entriesOf(p);
+        if (p.since < oldest) oldest = p.since;
+      }
+    }
+    return { entries, oldestAgeMs: entries === 0 ? 0 : Math.max(0, this.now() - oldest) };
   }
 
   record(sessionId: string, leaseId: string, r: LeaseRecord): void {
@@ -122,7 +158,7 @@ export class ReportQueue {
     const key = `${sessionId}|${leaseId}`;
     let p = this.pending.get(key);
     if (p === undefined) {
-      p = { sessionId, leaseId, records: [], settlements: [], release: false, releasedClaims: [] };
+      p = { sessionId, leaseId, records: [], settlements: [], release: false, releasedClaims: [], since: this.now() };
       this.pending.set(key, p);
       this.arm();
     }
@@ -139,7 +175,9 @@ export class ReportQueue {
     if (this.pending.size === 0) return;
     const batch = this.pending;
     this.pending = new Map();
+    this.sending = batch;
     this.inFlight = this.sendBatch(batch).finally(() => {
+      this.sending = undefined;
       this.inFlight = undefined;
     });
     await this.inFlight;
@@ -157,7 +195,7 @@ export class ReportQueue {
    * again session by session; those refused alone stay queued, apart.
    */
   private async sendBatch(batch: Map<string, Pending>): Promise<void> {
-    const now = Date.now();
+    const now = this.now();
     const together = new Map<string, Pending>();
     const apart = new Map<string, Map<string, Pending>>();
     for (const [key, p] of batch) {
@@ -170,9 +208,11 @@ export class ReportQueue {
       const err = await this.send(together);
       if (err === undefined) this.failures = 0;
       else if (!isRefusal(err)) {
+        this.o.onSend?.("failed");
         this.failures++;
         this.putBack(together);
       } else {
+        this.o.onSend?.("refused");
         for (const [key, p] of together) bySession(apart, key, p);
       }
     }
@@ -182,6 +222,7 @@ export class ReportQueue {
         this.refused.delete(sessionId);
         continue;
       }
+      this.o.onSend?.(isRefusal(err) ? "refused" : "failed");
       if (isRefusal(err) && !this.refused.has(sessionId)) {
         this.refused.add(sessionId);
         this.o.onRefused?.(sessionId, err);
@@ -207,7 +248,10 @@ export class ReportQueue {
       );
     try {
       const res = await this.o.send(create(ReportLeasesRequestSchema, { holder: this.o.holder, reports }));
+      // Acknowledged: no longer part of the backlog.
+      for (const key of entries.keys()) this.sending?.delete(key);
       if (res.rejected.length > 0) this.o.onRejected?.(res.rejected);
+      this.o.onSend?.("sent");
       this.o.onSent?.(reports.reduce((n, r) => n + r.records.length, 0));
       return undefined;
     } catch (err) {
@@ -218,11 +262,14 @@ export class ReportQueue {
 
   /** Puts entries back in front of what came meanwhile, in order. */
   private putBack(entries: Map<string, Pending>): void {
+    // Queued again: counted in the backlog once, from the queue.
+    for (const key of entries.keys()) this.sending?.delete(key);
     const merged = new Map(entries);
     for (const [key, p] of this.pending) {
       const old = merged.get(key);
       if (old === undefined) merged.set(key, p);
       else {
+        old.since = Math.min(old.since, p.since);
         old.records.push(...p.records);
         old.settlements.push(...p.settlements);
         old.releasedClaims.push(...p.releasedClaims);

@@ -136,7 +136,9 @@ export interface ControlPlaneClients {
 }
 
 /** How a decision was made: from a lease, decided here without usage, by the control plane, or refused for want of it. */
-export type DecisionPath = "lease" | "local" | "exact" | "unavailable";
+export const DECISION_PATHS = ["lease", "local", "exact", "unavailable"] as const;
+/** One of {@link DECISION_PATHS}: the `path` label of a sidecar's decision metrics. */
+export type DecisionPath = (typeof DECISION_PATHS)[number];
 
 /** What the engine reports for metrics; every hook optional. */
 export interface EngineEvents {

@@ -118,15 +118,22 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     },
   });
   metrics.watchCacheSize(() => ({ sessions: cache.size, bytes: cache.bytes }));
+  metrics.setStalenessBound(o.stalenessBoundMs / 1000);
   const reports = new ReportQueue({
     holder,
     send: (req) => sync.reportLeases(req),
     intervalMs: o.reportIntervalMs,
-    onRejected: (rejected) => log.warn({ rejected }, "store refused settlements"),
+    onRejected: (rejected) => {
+      metrics.recordRejectedSettlements(rejected.length);
+      log.warn({ rejected }, "store refused settlements");
+    },
     onError: (err) => log.debug({ err }, "report failed; kept for the next try"),
+    onSend: (result) => metrics.recordReportSend(result),
+    onSent: (records) => metrics.recordReportedRecords(records),
     onRefused: (sessionId, err) =>
       log.error({ sessionId, err: err.rawMessage }, "control plane refuses this session's reports; kept apart and retried each second, the others go on"),
   });
+  metrics.watchReportBacklog(() => reports.backlog());
   const syncClient = new SyncClient({
     sync,
     cache,

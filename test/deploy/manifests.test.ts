@@ -94,6 +94,9 @@ test("the manifests and kustomizations deploy the image of this package version"
   assert.ok(wardens.length > 0, "no container runs the warden image");
   for (const w of wardens) assert.equal(w.container.image, `${WARDEN_IMAGE}:${pkg.version}`, where(w));
   for (const { file, doc } of manifests.filter((m) => m.doc.kind === "Kustomization")) {
+    // Only a kustomization that deploys Warden containers pins their image
+    // (deploy/monitoring/ has alert rules only).
+    if (!wardens.some((w) => dirname(w.file) === dirname(file))) continue;
     const entry = ((doc.images ?? []) as { name: string; newTag?: string }[]).find((i) => i.name === WARDEN_IMAGE);
     assert.equal(entry?.newTag, pkg.version, `${file}: images entry for ${WARDEN_IMAGE}`);
   }

@@ -255,6 +255,14 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       await cp.stop();
       const offline = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(offline.decision.outcome, Outcome.ALLOW, "still within the lease and the staleness bound");
+      // Its record waits in the sidecar, and the metrics say so: what a
+      // crash now would lose, and for how long it has waited.
+      const scrape = async () => parseSamples(await (await fetch(`${sidecars[1]!.httpUrl}/metrics`)).text());
+      await until("the report to fail and stay queued", async () => (valueOf(await scrape(), "warden_reports_total", { result: "failed" }) ?? 0) >= 1);
+      const waiting = await scrape();
+      assert.ok((valueOf(waiting, "warden_report_backlog") ?? 0) >= 1, "the offline record is in the backlog");
+      assert.ok((valueOf(waiting, "warden_report_backlog_age_seconds") ?? 0) > 0);
+      assert.equal(valueOf(waiting, "warden_control_plane_connected"), 0);
       // Past the staleness bound readiness drops, and spending is denied.
       await until("the staleness bound to pass", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.NOT_SERVING);
       const denied = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
@@ -265,6 +273,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       cp = await startOnPort();
       await until("the sidecar to recover", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome === Outcome.ALLOW);
       await until("readiness", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
+      await until("the backlog to reach the store", async () => valueOf(await scrape(), "warden_report_backlog") === 0);
       // What was decided offline reaches the store (the denial above, and
       // any while it recovered).
       await until("the offline denials to reach the store", async () => {

@@ -151,6 +151,37 @@ describe("createMetrics", () => {
     assert.equal(valueOf(await samples(m), "warden_sync_staleness_seconds"), 0);
   });
 
+  test("a sidecar's report families, only on request: backlog read at scrape time, sends by result, records and refused settlements", async () => {
+    const plain = await samples(createMetrics({ processMetrics: false }));
+    for (const name of ["warden_report_backlog", "warden_reports_total", "warden_sync_staleness_bound_seconds"]) assert.equal(valueOf(plain, name), undefined, name);
+
+    const m = createMetrics({ processMetrics: false, sync: true });
+    let s = await samples(m);
+    assert.equal(valueOf(s, "warden_report_backlog"), 0);
+    assert.equal(valueOf(s, "warden_report_backlog_age_seconds"), 0);
+    for (const result of ["sent", "failed", "refused"]) assert.equal(valueOf(s, "warden_reports_total", { result }), 0, result);
+    let backlog = { entries: 12, oldestAgeMs: 2_500 };
+    m.watchReportBacklog(() => backlog);
+    m.setStalenessBound(10);
+    m.recordReportSend("sent");
+    m.recordReportSend("failed");
+    m.recordReportSend("failed");
+    m.recordReportedRecords(40);
+    m.recordReportedRecords(2);
+    m.recordRejectedSettlements(1);
+    s = await samples(m);
+    assert.equal(valueOf(s, "warden_report_backlog"), 12);
+    assert.equal(valueOf(s, "warden_report_backlog_age_seconds"), 2.5);
+    assert.equal(valueOf(s, "warden_sync_staleness_bound_seconds"), 10);
+    assert.equal(valueOf(s, "warden_reports_total", { result: "sent" }), 1);
+    assert.equal(valueOf(s, "warden_reports_total", { result: "failed" }), 2);
+    assert.equal(valueOf(s, "warden_reports_total", { result: "refused" }), 0);
+    assert.equal(valueOf(s, "warden_reported_records_total"), 42);
+    assert.equal(valueOf(s, "warden_report_settlements_rejected_total"), 1);
+    backlog = { entries: 0, oldestAgeMs: 0 };
+    assert.equal(valueOf(await samples(m), "warden_report_backlog"), 0);
+  });
+
   test("each instance has its own registry; process metrics are on by default", async () => {
     const a = createMetrics();
     const b = createMetrics();

@@ -163,3 +163,60 @@ test("a session whose reports the store refuses outright is set apart: the other
   assert.ok(stored.includes(`foreign:${b.actionId}`));
   assert.deepEqual(refusedSessions, ["foreign"], "told once");
 });
+
+test("the backlog counts what the store has not acknowledged, queued or in flight, and how long the oldest has waited", async () => {
+  let nowMs = 1_000_000;
+  let release: ((v: { rejected: string[] }) => void) | undefined;
+  let fail = true;
+  const results: string[] = [];
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 1_000_000,
+    now: () => nowMs,
+    send: () => (fail ? Promise.reject(new Error("unavailable")) : new Promise((r) => (release = r))),
+    onSend: (result) => results.push(result),
+  });
+  assert.deepEqual(q.backlog(), { entries: 0, oldestAgeMs: 0 });
+  q.record("s1", "lse_1", record());
+  nowMs += 300;
+  q.record("s2", "lse_2", record());
+  q.release("s2", "lse_2");
+  assert.deepEqual(q.backlog(), { entries: 3, oldestAgeMs: 300 });
+  // A failed send puts everything back, with its age.
+  await q.flush();
+  nowMs += 200;
+  assert.deepEqual(q.backlog(), { entries: 3, oldestAgeMs: 500 });
+  // Sent but not acknowledged yet: still backlog, counted once; what
+  // comes meanwhile adds to it.
+  fail = false;
+  const sending = q.flush();
+  q.record("s1", "lse_1", record());
+  nowMs += 100;
+  assert.deepEqual(q.backlog(), { entries: 4, oldestAgeMs: 600 });
+  release!({ rejected: [] });
+  await sending;
+  assert.deepEqual(q.backlog(), { entries: 1, oldestAgeMs: 100 }, "only what came during the send");
+  const last = q.flush();
+  release!({ rejected: [] });
+  await last;
+  assert.deepEqual(q.backlog(), { entries: 0, oldestAgeMs: 0 });
+  assert.deepEqual(results, ["failed", "sent", "sent"]);
+});
+
+test("a send the store refuses is told as refused, apart from failures", async () => {
+  const results: string[] = [];
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 1_000_000,
+    send: async () => {
+      throw new ConnectError("no", Code.PermissionDenied);
+    },
+    onSend: (result) => results.push(result),
+  });
+  q.record("s1", "lse_1", record());
+  q.record("s2", "lse_2", record());
+  await q.flush();
+  // Together, then each session alone.
+  assert.deepEqual(results, ["refused", "refused", "refused"]);
+  assert.equal(q.backlog().entries, 2, "kept");
+});
