@@ -15,6 +15,11 @@ function count(n: bigint, noun: string): string {
   return `${n} ${noun}${n === 1n ? "" : "s"}`;
 }
 
+/** A circuit-breaker threshold, left out when off (0 or unset). */
+function breaker(n: number | undefined, noun: string, suffix: string): string | undefined {
+  return n ? `${count(BigInt(n), noun)}${suffix}` : undefined;
+}
+
 /**
  * Formats a policy as indented `key value` lines. Unset limits are left
  * out (they mean "no limit"); the calendar settings are always shown with
@@ -38,6 +43,8 @@ export function formatPolicy(policy: SessionPolicy, indent = "  "): string {
       ["time zone", policy.timeZone || "UTC"],
       ["week starts", policy.weekStart === 0 ? "monday" : enumWord(WeekdaySchema, policy.weekStart)],
       ["hold ttl", formatDuration(policy.holdTtl) ?? "15m"],
+      ["pause after", breaker(policy.circuitBreaker?.pauseAfterDenialsInARow, "denial", " in a row")],
+      ["fail after", breaker(policy.circuitBreaker?.failAfterErrors, "failed request", "")],
     ],
     indent,
   );

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import {
   type ApprovalTimeoutOutcome,
   ApprovalTimeoutOutcomeSchema,
+  CircuitBreakerSchema,
   SessionPolicySchema,
   WindowLimitSchema,
   type SessionPolicy,
@@ -36,6 +37,8 @@ export const POLICY_FLAGS: readonly FlagSpec[] = [
   { name: "time-zone", type: "string", value: "ZONE", description: "IANA zone of the calendar windows (default UTC)" },
   { name: "week-start", type: "string", value: "DAY", description: "first day of the week window (default monday)" },
   { name: "hold-ttl", type: "string", value: "DURATION", description: "how long an uncaptured hold lives (default 15m)" },
+  { name: "pause-after-denials", type: "string", value: "N", description: "pause the session after N denials in a row (circuit breaker)" },
+  { name: "fail-after-errors", type: "string", value: "N", description: "end the session as failed after N failed requests (circuit breaker)" },
 ];
 
 function windowLimit(flags: ParsedFlags, valueFlag: string, actionsFlag: string): WindowLimit | undefined {
@@ -55,6 +58,13 @@ function nonEmpty(flag: string, items: string[]): string[] {
     if (item.trim() === "") throw new CliError(`--${flag}: value must not be empty`);
   }
   return items;
+}
+
+/** A breaker threshold: a whole number up to the proto's bound of 1,000,000; 0 is off. */
+function parseThreshold(flag: string, text: string): number {
+  const n = parseCount(flag, text);
+  if (n > 1_000_000n) throw new CliError(`${flag}: must be at most 1000000`);
+  return Number(n);
 }
 
 /** A duration flag between 1s and 7d (the proto's bounds for TTLs). */
@@ -82,6 +92,8 @@ export function buildPolicy(flags: ParsedFlags, defaultCurrency?: string): Sessi
   const holdTtl = flags.string("hold-ttl");
   const approvalTtl = flags.string("approval-ttl");
   const approvalTimeout = flags.string("approval-timeout");
+  const pauseAfter = flags.string("pause-after-denials");
+  const failAfter = flags.string("fail-after-errors");
   return create(SessionPolicySchema, {
     currencyCode: currency !== undefined ? parseCurrency("--currency", currency) : (defaultCurrency ?? ""),
     lifetime: windowLimit(flags, "max-total", "max-actions"),
@@ -99,5 +111,12 @@ export function buildPolicy(flags: ParsedFlags, defaultCurrency?: string): Sessi
     approvalTtl: approvalTtl === undefined ? undefined : parseTtl("--approval-ttl", approvalTtl),
     approvalTimeoutOutcome:
       approvalTimeout === undefined ? undefined : (parseEnumWord("--approval-timeout", ApprovalTimeoutOutcomeSchema, approvalTimeout) as ApprovalTimeoutOutcome),
+    circuitBreaker:
+      pauseAfter === undefined && failAfter === undefined
+        ? undefined
+        : create(CircuitBreakerSchema, {
+            pauseAfterDenialsInARow: pauseAfter === undefined ? 0 : parseThreshold("--pause-after-denials", pauseAfter),
+            failAfterErrors: failAfter === undefined ? 0 : parseThreshold("--fail-after-errors", failAfter),
+          }),
   });
 }

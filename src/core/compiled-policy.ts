@@ -36,6 +36,10 @@ export interface CompiledPolicy {
   readonly approveOnTimeout: boolean;
   /** True when any window has a limit, so usage must be tracked and locked. */
   readonly hasWindowLimits: boolean;
+  /** Denials in a row that pause a session; 0: never (see circuit-breaker.ts). */
+  readonly pauseAfterDenials: number;
+  /** Failed requests that end a session as FAILED; 0: never. */
+  readonly failAfterErrors: number;
 }
 
 /** Hold lifetime when the policy does not set one. */
@@ -74,6 +78,8 @@ export function compilePolicy(policy: SessionPolicy): CompiledPolicy {
     approvalTtlMs: durationMsOr(policy.approvalTtl, DEFAULT_APPROVAL_TTL_MS),
     approveOnTimeout: policy.approvalTimeoutOutcome === ApprovalTimeoutOutcome.APPROVE,
     hasWindowLimits: Object.values(limits).some((l) => l.maxValue !== undefined || l.maxActions !== undefined),
+    pauseAfterDenials: policy.circuitBreaker?.pauseAfterDenialsInARow ?? 0,
+    failAfterErrors: policy.circuitBreaker?.failAfterErrors ?? 0,
   };
 }
 
@@ -97,4 +103,6 @@ export const EMPTY_POLICY: CompiledPolicy = {
   approvalTtlMs: DEFAULT_APPROVAL_TTL_MS,
   approveOnTimeout: false,
   hasWindowLimits: false,
+  pauseAfterDenials: 0,
+  failAfterErrors: 0,
 };

@@ -23,7 +23,7 @@ export function createPolicyService(store: WardenStore): ServiceImpl<typeof Poli
   /** Counts an error against the session, then rethrows it. */
   const counted = (sessionId: string) => (err: unknown) => {
     const e = ConnectError.from(err);
-    if (e.code !== Code.NotFound) store.recordError(sessionId);
+    if (e.code !== Code.NotFound) void store.recordError(sessionId);
     throw e;
   };
   return {

@@ -29,6 +29,7 @@ import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvent
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
+import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
 /** One Authorize or Check waiting for its batch. */
 export interface DecideRequest {
@@ -260,6 +261,13 @@ export class DecisionBatcher {
             delta.statusReason = "lifetime limit used up";
           }
         }
+        // The circuit breaker: a run of denials pauses an active session;
+        // the calls after it in this batch already find it paused.
+        s.denialRun = denialRun(s.denialRun, ev.outcome);
+        if (s.status === SessionStatus.ACTIVE && trips(s.denialRun, tripThreshold(scopes.map((sc) => sc.policy), "pauseAfterDenials"))) {
+          s.status = SessionStatus.PAUSED;
+          delta.statusReason = breakerPauseReason(s.denialRun);
+        }
         delta.status = s.status;
 
         const actionId = newId("act", nowMs);
@@ -373,6 +381,13 @@ export class DecisionBatcher {
     // Events last, after every row lock: each takes a position (see outbox.ts).
     const told = await recordLimitNotices(tx, notices, this.told);
     await recordEvents(tx, requestedEvents(approvals));
+    // Sessions the circuit breaker paused: their events, as a manual pause has.
+    await recordEvents(
+      tx,
+      [...touched.values()]
+        .filter((d) => d.status === SessionStatus.PAUSED && d.statusReason !== undefined)
+        .map((d) => ({ type: "session.paused", sessionId: d.sessionId, agentId: d.session.agentId, data: { status: "PAUSED", reason: d.statusReason }, nowMs })),
+    );
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, under the locks already held, like every other ending.
     const endedDeltas = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status));
@@ -507,11 +522,12 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
         processing_ns = s.processing_ns + u.processing_ns,
         status = u.status,
         status_reason = COALESCE(u.status_reason, s.status_reason),
-        end_time = CASE WHEN u.status <> s.status AND u.status NOT IN (1, 2) THEN $8::timestamptz ELSE s.end_time END,
+        denial_run = u.denial_run,
+        end_time = CASE WHEN u.status <> s.status AND u.status NOT IN (1, 2) THEN $9::timestamptz ELSE s.end_time END,
         revision = CASE WHEN u.status <> s.status THEN warden_next_revision() ELSE s.revision END,
-        update_time = CASE WHEN u.status <> s.status THEN $8::timestamptz ELSE s.update_time END
-       FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::smallint[], $7::text[])
-         AS u(session_id, last_activity_time, requests, denials, processing_ns, status, status_reason)
+        update_time = CASE WHEN u.status <> s.status THEN $9::timestamptz ELSE s.update_time END
+       FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::smallint[], $7::text[], $8::integer[])
+         AS u(session_id, last_activity_time, requests, denials, processing_ns, status, status_reason, denial_run)
       WHERE s.session_id = u.session_id`,
     [
       ds.map((d) => d.sessionId),
@@ -521,6 +537,7 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
       ds.map((d) => d.processingNs.toString()),
       ds.map((d) => d.status),
       ds.map((d) => d.statusReason ?? null),
+      ds.map((d) => d.session.denialRun),
       iso(nowMs),
     ],
   );

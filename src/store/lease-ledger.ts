@@ -23,9 +23,11 @@ import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, re
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
-import { claimIdempotencyKeys, releaseClaims, saveIdempotencySql } from "./idempotency.js";
+import { claimIdempotencyKeys, releaseClaims, saveIdempotency, saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
+import { recordEvents } from "./outbox.js";
+import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { type Counter, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
@@ -387,12 +389,20 @@ export class LeaseLedger {
           ],
         );
       }
+      // The circuit breaker counts the sidecar's decisions as they were made.
+      const tripped = breakerRuns(
+        records.filter(({ record }) => fresh.has(record.actionId)),
+        locked.sessions,
+        locked.agents,
+      );
       if (activity.size > 0) {
         const ids = [...activity.keys()];
         await tx.query(
           `UPDATE sessions s SET request_count = s.request_count + u.requests, denial_count = s.denial_count + u.denials,
-                  processing_ns = s.processing_ns + u.ns, last_activity_time = greatest(s.last_activity_time, u.last_time)
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[]) AS u(session_id, requests, denials, ns, last_time)
+                  processing_ns = s.processing_ns + u.ns, last_activity_time = greatest(s.last_activity_time, u.last_time),
+                  denial_run = u.denial_run
+             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::integer[])
+                  AS u(session_id, requests, denials, ns, last_time, denial_run)
             WHERE s.session_id = u.session_id`,
           [
             ids,
@@ -400,6 +410,7 @@ export class LeaseLedger {
             ids.map((id) => activity.get(id)!.denials),
             ids.map((id) => activity.get(id)!.ns.toString()),
             ids.map((id) => iso(activity.get(id)!.lastMs)),
+            ids.map((id) => locked.sessions.get(id)!.denialRun),
           ],
         );
       }
@@ -475,6 +486,14 @@ export class LeaseLedger {
       const live = sessionIds.map((id) => locked.sessions.get(id)).filter((s): s is LockedSession => s !== undefined && !isTerminal(s.status));
       const ending = [...(await lifetimesUsedUp(tx, live))];
       if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      // 5. A session the circuit breaker tripped on (and that did not just
+      // end) is paused, as a person would pause it; its sidecars see it on
+      // the watch stream and give their leases back.
+      await pauseSessions(
+        tx,
+        tripped.filter((s) => !ending.includes(s.sessionId)),
+        nowMs,
+      );
       // A window limit a sidecar's decision ran into is told like the store's own.
       const notices = records
         .filter(({ record }) => fresh.has(record.actionId))
@@ -518,6 +537,57 @@ export class LeaseLedger {
     }
     return { leases: n, writtenOffValue, writtenOffActions };
   }
+}
+
+/**
+ * Runs the circuit breaker over reported decisions, per session in the
+ * order they were made: updates each session's denial run and returns the
+ * active sessions whose run reached their threshold.
+ */
+function breakerRuns(
+  records: readonly { record: LeaseRecord; s: LockedSession }[],
+  sessions: Map<string, LockedSession>,
+  agents: Map<string, LockedAgent>,
+): LockedSession[] {
+  const bySession = new Map<string, LeaseRecord[]>();
+  for (const { record, s } of records) {
+    const list = bySession.get(s.sessionId) ?? [];
+    list.push(record);
+    bySession.set(s.sessionId, list);
+  }
+  const tripped: LockedSession[] = [];
+  for (const [id, list] of bySession) {
+    const s = sessions.get(id)!;
+    const agent = agents.get(s.agentId);
+    const threshold = tripThreshold(
+      [s.policy, ...s.ancestorIds.map((a) => sessions.get(a)!.policy), ...(agent === undefined ? [] : [agent.policy])],
+      "pauseAfterDenials",
+    );
+    let trip = false;
+    for (const r of list.sort((a, b) => timestampMs(a.createTime!) - timestampMs(b.createTime!))) {
+      s.denialRun = denialRun(s.denialRun, r.decision!.outcome);
+      trip ||= s.status === SessionStatus.ACTIVE && trips(s.denialRun, threshold);
+    }
+    if (trip) tripped.push(s);
+  }
+  return tripped;
+}
+
+/** Pauses active sessions the circuit breaker tripped on, with their events. */
+async function pauseSessions(tx: Queryable, sessions: readonly LockedSession[], nowMs: number): Promise<void> {
+  if (sessions.length === 0) return;
+  const reasons = sessions.map((s) => breakerPauseReason(s.denialRun));
+  await tx.query(
+    `UPDATE sessions s SET status = ${SessionStatus.PAUSED}, status_reason = u.reason, update_time = $3::timestamptz, revision = warden_next_revision()
+       FROM unnest($1::text[], $2::text[]) AS u(session_id, reason)
+      WHERE s.session_id = u.session_id AND s.status = ${SessionStatus.ACTIVE}`,
+    [sessions.map((s) => s.sessionId), reasons, iso(nowMs)],
+  );
+  for (const s of sessions) s.status = SessionStatus.PAUSED;
+  await recordEvents(
+    tx,
+    sessions.map((s, i) => ({ type: "session.paused", sessionId: s.sessionId, agentId: s.agentId, data: { status: "PAUSED", reason: reasons[i] }, nowMs })),
+  );
 }
 
 /**

@@ -12,6 +12,7 @@ export const EVENT_TYPES = [
   "session.revoked",
   "session.expired",
   "session.exhausted",
+  "session.failed",
   "session.completed",
   "session.limit_reached",
   "approval.requested",
@@ -51,6 +52,8 @@ export function endEventType(status: SessionStatus): EventType | undefined {
       return "session.expired";
     case SessionStatus.EXHAUSTED:
       return "session.exhausted";
+    case SessionStatus.FAILED:
+      return "session.failed";
     default:
       return undefined;
   }

@@ -18,6 +18,8 @@ export interface LockedSession {
   lastActivityMs: number;
   readonly revision: bigint;
   readonly policy: CompiledPolicy;
+  /** Denials in a row so far (migration 019): the circuit breaker's count. */
+  denialRun: number;
 }
 
 /** An agent row read under its lock. */
@@ -37,6 +39,7 @@ interface SessionLockRow {
   last_activity_time: Date;
   revision: string;
   policy: Uint8Array;
+  denial_run: number;
 }
 
 interface AgentLockRow {
@@ -83,7 +86,7 @@ export async function lockScopes(
   if (sessionIds.length > 0) {
     const { rows } = await tx.query<SessionLockRow>(
       `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
-              last_activity_time, revision, policy
+              last_activity_time, revision, policy, denial_run
          FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`,
       [[...new Set(sessionIds)]],
     );
@@ -99,6 +102,7 @@ export async function lockScopes(
         lastActivityMs: r.last_activity_time.getTime(),
         revision,
         policy: policies.get(`s:${r.session_id}`, revision, r.policy),
+        denialRun: r.denial_run,
       });
     }
   }

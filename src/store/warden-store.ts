@@ -54,6 +54,7 @@ import {
 } from "./approval-ledger.js";
 import { type Approval, ApprovalStatus, type ListApprovalsRequest } from "../gen/warden/v1/approval_service_pb.js";
 import type { Money } from "../gen/warden/v1/money_pb.js";
+import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
@@ -226,9 +227,36 @@ export class WardenStore {
     return this.batcher.decide(req);
   }
 
-  /** Counts a failed request against a session's usage; best effort. */
-  recordError(sessionId: string): void {
-    this.db.query("UPDATE sessions SET error_count = error_count + 1 WHERE session_id = $1", [sessionId]).catch(() => {});
+  /**
+   * Counts a failed request against a session's usage, and ends the session
+   * as FAILED when that reaches its circuit breaker's `fail_after_errors`
+   * (the lowest of the session's, its parents' and its agent's). Best
+   * effort: the caller is answered with its error either way. Resolves
+   * when done (tests wait on it; the service does not).
+   */
+  async recordError(sessionId: string): Promise<void> {
+    try {
+      const { rows } = await this.db.query<{ error_count: string; status: number; ancestor_ids: string[]; agent_id: string }>(
+        "UPDATE sessions SET error_count = error_count + 1 WHERE session_id = $1 RETURNING error_count, status, ancestor_ids, agent_id",
+        [sessionId],
+      );
+      const r = rows[0];
+      if (r === undefined || isTerminal(r.status)) return;
+      const scopes = await this.db.query<{ key: string; revision: string; policy: Uint8Array | null }>(
+        `SELECT 's:' || session_id AS key, revision, policy FROM sessions WHERE session_id = ANY($1::text[])
+         UNION ALL SELECT 'a:' || agent_id, revision, policy FROM agents WHERE agent_id = $2`,
+        [[sessionId, ...r.ancestor_ids], r.agent_id],
+      );
+      const threshold = tripThreshold(
+        scopes.rows.map((p) => this.policies.get(p.key, BigInt(p.revision), p.policy)),
+        "failAfterErrors",
+      );
+      if (!trips(BigInt(r.error_count), threshold)) return;
+      await this.terminate(sessionId, SessionStatus.FAILED, breakerFailReason(BigInt(r.error_count)));
+    } catch {
+      // Counting is best effort, and a session that ended meanwhile (a
+      // concurrent error tripped it first) stays as it ended.
+    }
   }
 
   // ---- sessions --------------------------------------------------------
@@ -442,7 +470,8 @@ export class WardenStore {
           );
         }
         await tx.query(
-          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision()
+          // A resume starts the circuit breaker's count of denials again.
+          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision(), denial_run = 0
             WHERE session_id = $1`,
           [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
         );

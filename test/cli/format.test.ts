@@ -154,6 +154,7 @@ describe("sessions, actions, agents", () => {
     timeZone: "Europe/Berlin",
     weekStart: Weekday.SUNDAY,
     holdTtl: durationFromMs(1_800_000),
+    circuitBreaker: { pauseAfterDenialsInARow: 3, failAfterErrors: 1 },
   });
   const session = create(SessionSchema, {
     sessionId: "ses-1",
@@ -180,6 +181,8 @@ describe("sessions, actions, agents", () => {
         "  time zone          Europe/Berlin",
         "  week starts        sunday",
         "  hold ttl           30m",
+        "  pause after        3 denials in a row",
+        "  fail after         1 failed request",
       ].join("\n"),
     );
   });

@@ -29,6 +29,8 @@ describe("buildPolicy", () => {
       "--time-zone", "Europe/Berlin",
       "--week-start", "sunday",
       "--hold-ttl", "30m",
+      "--pause-after-denials", "5",
+      "--fail-after-errors", "20",
     ]);
     assert.equal(p.currencyCode, "EUR");
     assert.equal(p.maxPerTransactionMicros, 50_000_000n);
@@ -47,6 +49,15 @@ describe("buildPolicy", () => {
     assert.equal(p.timeZone, "Europe/Berlin");
     assert.equal(p.weekStart, Weekday.SUNDAY);
     assert.equal(p.holdTtl?.seconds, 1800n);
+    assert.equal(p.circuitBreaker?.pauseAfterDenialsInARow, 5);
+    assert.equal(p.circuitBreaker?.failAfterErrors, 20);
+  });
+
+  test("one breaker flag leaves the other threshold off", () => {
+    const p = policy(["--fail-after-errors", "3"], "USD");
+    assert.equal(p.circuitBreaker?.failAfterErrors, 3);
+    assert.equal(p.circuitBreaker?.pauseAfterDenialsInARow, 0);
+    assert.equal(policy([], "USD").circuitBreaker, undefined);
   });
 
   test("an unset limit stays unset (no limit); zero is kept (nothing may be spent)", () => {
@@ -88,6 +99,8 @@ describe("buildPolicy", () => {
     [["--hold-ttl", "500ms"], "--hold-ttl: must be at least 1s"],
     [["--hold-ttl", "15"], '--hold-ttl: "15"'],
     [["--allow-merchant", ""], "--allow-merchant: value must not be empty"],
+    [["--pause-after-denials", "three"], '--pause-after-denials: "three"'],
+    [["--fail-after-errors", "1000001"], "--fail-after-errors: must be at most 1000000"],
   ];
   for (const [argv, prefix] of errors) {
     test(`${argv.join(" ")} fails naming the flag`, () => {

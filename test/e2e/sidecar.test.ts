@@ -9,6 +9,7 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { createApiKeys } from "../../src/auth/api-keys.js";
@@ -559,6 +560,29 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       client.close();
     }
     await until("the burst to reach the store", async () => (await committed(session.sessionId)).ledger === USD(200));
+  });
+
+  test("the circuit breaker pauses a session over denials a sidecar made itself, and every sidecar then refuses it", async () => {
+    await allReady();
+    const session = await createSession({ maxPerTransactionMicros: USD(10), circuitBreaker: { pauseAfterDenialsInARow: 3 } });
+    const [one, two] = [grpcClient(PolicyService, sidecars[0]!.grpcAddress, 0, session.auth), grpcClient(PolicyService, sidecars[1]!.grpcAddress, 0, session.auth)];
+    try {
+      // Over the per-transaction limit: denied in the sidecar, no store call.
+      for (let i = 0; i < 3; i++) {
+        const d = (await one.check({ sessionId: session.sessionId, action: payment(USD(20)) })).decision;
+        assert.deepEqual(d.reasons, [Reason.LIMIT_PER_TRANSACTION]);
+      }
+      // Reported, counted, paused; the change reaches the other sidecar.
+      await until("the other sidecar to see the pause", async () =>
+        (await two.check({ sessionId: session.sessionId, action: payment(USD(20)) })).decision.reasons.includes(Reason.SESSION_PAUSED),
+      );
+      const s = (await admin.getSession({ sessionId: session.sessionId })).session;
+      assert.equal(s.status, SessionStatus.PAUSED);
+      assert.equal(s.statusReason, "circuit breaker: 3 denials in a row");
+    } finally {
+      one.close();
+      two.close();
+    }
   });
 
   test("revocation through another control-plane replica reaches every sidecar within a second", async () => {

@@ -13,7 +13,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file warden/v1/policy.proto.
  */
 export const file_warden_v1_policy: GenFile = /*@__PURE__*/
-  fileDesc("ChZ3YXJkZW4vdjEvcG9saWN5LnByb3RvEgl3YXJkZW4udjEifQoLV2luZG93TGltaXQSJgoQbWF4X3ZhbHVlX21pY3JvcxgBIAEoA0IHukgEIgIoAEgAiAEBEiEKC21heF9hY3Rpb25zGAIgASgDQge6SAQiAigASAGIAQFCEwoRX21heF92YWx1ZV9taWNyb3NCDgoMX21heF9hY3Rpb25zIrAGCg1TZXNzaW9uUG9saWN5EigKDWN1cnJlbmN5X2NvZGUYASABKAlCEbpIDnIMMgpeW0EtWl17M30kEigKCGxpZmV0aW1lGAIgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiUKBWRhaWx5GAMgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiYKBndlZWtseRgEIAEoCzIWLndhcmRlbi52MS5XaW5kb3dMaW1pdBInCgdtb250aGx5GAUgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EjAKGm1heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zGAYgASgDQge6SAQiAigASACIAQESMwodcmVxdWlyZV9hcHByb3ZhbF9hYm92ZV9taWNyb3MYByABKANCB7pIBCICKABIAYgBARItChFhbGxvd2VkX21lcmNoYW50cxgIIAMoCUISukgPkgEMEOgHIgdyBRABGIACEi0KEWJsb2NrZWRfbWVyY2hhbnRzGAkgAygJQhK6SA+SAQwQ6AciB3IFEAEYgAISLgoUYWxsb3dlZF9hY3Rpb25fdHlwZXMYCiADKAlCELpIDZIBChBkIgZyBBABGEASGgoJdGltZV96b25lGAsgASgJQge6SARyAhhAEjAKCndlZWtfc3RhcnQYDCABKA4yEi53YXJkZW4udjEuV2Vla2RheUIIukgFggECEAESPQoIaG9sZF90dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CELpIDaoBCiIECID1JDICCAESQQoMYXBwcm92YWxfdHRsGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiA9SQyAggBEk0KGGFwcHJvdmFsX3RpbWVvdXRfb3V0Y29tZRgPIAEoDjIhLndhcmRlbi52MS5BcHByb3ZhbFRpbWVvdXRPdXRjb21lQgi6SAWCAQIQAUIdChtfbWF4X3Blcl90cmFuc2FjdGlvbl9taWNyb3NCIAoeX3JlcXVpcmVfYXBwcm92YWxfYWJvdmVfbWljcm9zKosBChZBcHByb3ZhbFRpbWVvdXRPdXRjb21lEigKJEFQUFJPVkFMX1RJTUVPVVRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEiEKHUFQUFJPVkFMX1RJTUVPVVRfT1VUQ09NRV9ERU5ZEAESJAogQVBQUk9WQUxfVElNRU9VVF9PVVRDT01FX0FQUFJPVkUQAiq2AQoHV2Vla2RheRIXChNXRUVLREFZX1VOU1BFQ0lGSUVEEAASEgoOV0VFS0RBWV9NT05EQVkQARITCg9XRUVLREFZX1RVRVNEQVkQAhIVChFXRUVLREFZX1dFRE5FU0RBWRADEhQKEFdFRUtEQVlfVEhVUlNEQVkQBBISCg5XRUVLREFZX0ZSSURBWRAFEhQKEFdFRUtEQVlfU0FUVVJEQVkQBhISCg5XRUVLREFZX1NVTkRBWRAHYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration]);
+  fileDesc("ChZ3YXJkZW4vdjEvcG9saWN5LnByb3RvEgl3YXJkZW4udjEifQoLV2luZG93TGltaXQSJgoQbWF4X3ZhbHVlX21pY3JvcxgBIAEoA0IHukgEIgIoAEgAiAEBEiEKC21heF9hY3Rpb25zGAIgASgDQge6SAQiAigASAGIAQFCEwoRX21heF92YWx1ZV9taWNyb3NCDgoMX21heF9hY3Rpb25zIuQGCg1TZXNzaW9uUG9saWN5EigKDWN1cnJlbmN5X2NvZGUYASABKAlCEbpIDnIMMgpeW0EtWl17M30kEigKCGxpZmV0aW1lGAIgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiUKBWRhaWx5GAMgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EiYKBndlZWtseRgEIAEoCzIWLndhcmRlbi52MS5XaW5kb3dMaW1pdBInCgdtb250aGx5GAUgASgLMhYud2FyZGVuLnYxLldpbmRvd0xpbWl0EjAKGm1heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zGAYgASgDQge6SAQiAigASACIAQESMwodcmVxdWlyZV9hcHByb3ZhbF9hYm92ZV9taWNyb3MYByABKANCB7pIBCICKABIAYgBARItChFhbGxvd2VkX21lcmNoYW50cxgIIAMoCUISukgPkgEMEOgHIgdyBRABGIACEi0KEWJsb2NrZWRfbWVyY2hhbnRzGAkgAygJQhK6SA+SAQwQ6AciB3IFEAEYgAISLgoUYWxsb3dlZF9hY3Rpb25fdHlwZXMYCiADKAlCELpIDZIBChBkIgZyBBABGEASGgoJdGltZV96b25lGAsgASgJQge6SARyAhhAEjAKCndlZWtfc3RhcnQYDCABKA4yEi53YXJkZW4udjEuV2Vla2RheUIIukgFggECEAESPQoIaG9sZF90dGwYDSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CELpIDaoBCiIECID1JDICCAESQQoMYXBwcm92YWxfdHRsGA4gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhC6SA2qAQoiBAiA9SQyAggBEk0KGGFwcHJvdmFsX3RpbWVvdXRfb3V0Y29tZRgPIAEoDjIhLndhcmRlbi52MS5BcHByb3ZhbFRpbWVvdXRPdXRjb21lQgi6SAWCAQIQARIyCg9jaXJjdWl0X2JyZWFrZXIYECABKAsyGS53YXJkZW4udjEuQ2lyY3VpdEJyZWFrZXJCHQobX21heF9wZXJfdHJhbnNhY3Rpb25fbWljcm9zQiAKHl9yZXF1aXJlX2FwcHJvdmFsX2Fib3ZlX21pY3JvcyJnCg5DaXJjdWl0QnJlYWtlchIvChxwYXVzZV9hZnRlcl9kZW5pYWxzX2luX2Ffcm93GAEgASgNQgm6SAYqBBjAhD0SJAoRZmFpbF9hZnRlcl9lcnJvcnMYAiABKA1CCbpIBioEGMCEPSqLAQoWQXBwcm92YWxUaW1lb3V0T3V0Y29tZRIoCiRBUFBST1ZBTF9USU1FT1VUX09VVENPTUVfVU5TUEVDSUZJRUQQABIhCh1BUFBST1ZBTF9USU1FT1VUX09VVENPTUVfREVOWRABEiQKIEFQUFJPVkFMX1RJTUVPVVRfT1VUQ09NRV9BUFBST1ZFEAIqtgEKB1dlZWtkYXkSFwoTV0VFS0RBWV9VTlNQRUNJRklFRBAAEhIKDldFRUtEQVlfTU9OREFZEAESEwoPV0VFS0RBWV9UVUVTREFZEAISFQoRV0VFS0RBWV9XRURORVNEQVkQAxIUChBXRUVLREFZX1RIVVJTREFZEAQSEgoOV0VFS0RBWV9GUklEQVkQBRIUChBXRUVLREFZX1NBVFVSREFZEAYSEgoOV0VFS0RBWV9TVU5EQVkQB2IGcHJvdG8z", [file_buf_validate_validate, file_google_protobuf_duration]);
 
 /**
  * WindowLimit bounds what may be spent within one window. An unset field
@@ -163,6 +163,13 @@ export type SessionPolicy = Message<"warden.v1.SessionPolicy"> & {
    * @generated from field: warden.v1.ApprovalTimeoutOutcome approval_timeout_outcome = 15;
    */
   approvalTimeoutOutcome: ApprovalTimeoutOutcome;
+
+  /**
+   * Stops a session whose agent keeps failing (design.md §5): unset, never.
+   *
+   * @generated from field: warden.v1.CircuitBreaker circuit_breaker = 16;
+   */
+  circuitBreaker?: CircuitBreaker | undefined;
 };
 
 /**
@@ -171,6 +178,42 @@ export type SessionPolicy = Message<"warden.v1.SessionPolicy"> & {
  */
 export const SessionPolicySchema: GenMessage<SessionPolicy> = /*@__PURE__*/
   messageDesc(file_warden_v1_policy, 1);
+
+/**
+ * CircuitBreaker stops a session that misbehaves, without waiting for a
+ * person to notice. Zero turns a trip off. In an agent's policy it applies
+ * to each of the agent's sessions, and in a parent's to its forks; where
+ * several scopes set one, the lowest threshold trips first.
+ *
+ * @generated from message warden.v1.CircuitBreaker
+ */
+export type CircuitBreaker = Message<"warden.v1.CircuitBreaker"> & {
+  /**
+   * PAUSE the session (reversibly; ResumeSession starts the count again)
+   * after this many DENY decisions in a row: an agent retrying against a
+   * limit or a blocked merchant waits for a person instead of looping.
+   * Any ALLOW or NEEDS_APPROVAL resets the count.
+   *
+   * @generated from field: uint32 pause_after_denials_in_a_row = 1;
+   */
+  pauseAfterDenialsInARow: number;
+
+  /**
+   * End the session as FAILED (terminal: open holds are released) once
+   * this many of its requests have failed with an error, e.g. a wrong
+   * currency, a capture above the hold or of a hold already settled.
+   *
+   * @generated from field: uint32 fail_after_errors = 2;
+   */
+  failAfterErrors: number;
+};
+
+/**
+ * Describes the message warden.v1.CircuitBreaker.
+ * Use `create(CircuitBreakerSchema)` to create a new message.
+ */
+export const CircuitBreakerSchema: GenMessage<CircuitBreaker> = /*@__PURE__*/
+  messageDesc(file_warden_v1_policy, 2);
 
 /**
  * Weekday names the first day of a calendar week.

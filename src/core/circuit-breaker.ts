@@ -1,0 +1,42 @@
+import { Outcome } from "../gen/warden/v1/decision_pb.js";
+import type { CompiledPolicy } from "./compiled-policy.js";
+
+/**
+ * The circuit breaker of design.md §5: a session whose agent keeps being
+ * denied is PAUSED (a person resumes it), and one whose requests keep
+ * failing with errors ends as FAILED. Pure: the store applies it under the
+ * session's lock, to decisions in the order they were made.
+ */
+
+/** What a breaker counts to: denials in a row, or failed requests. */
+export type BreakerKind = "pauseAfterDenials" | "failAfterErrors";
+
+/**
+ * The threshold that trips first among a decision's scopes (the session,
+ * its parents, its agent): the lowest one set. 0 when none sets one.
+ */
+export function tripThreshold(policies: Iterable<Pick<CompiledPolicy, BreakerKind>>, kind: BreakerKind): number {
+  let out = 0;
+  for (const p of policies) if (p[kind] > 0 && (out === 0 || p[kind] < out)) out = p[kind];
+  return out;
+}
+
+/** Denials in a row after one more decision: a DENY adds one, anything else starts over. */
+export function denialRun(run: number, outcome: Outcome): number {
+  return outcome === Outcome.DENY ? run + 1 : 0;
+}
+
+/** Whether a count has reached a threshold (0: the breaker is off). */
+export function trips(count: number | bigint, threshold: number): boolean {
+  return threshold > 0 && count >= threshold;
+}
+
+/** The status reason of a session the breaker paused. */
+export function breakerPauseReason(run: number): string {
+  return `circuit breaker: ${run} denials in a row`;
+}
+
+/** The status reason of a session the breaker ended as FAILED. */
+export function breakerFailReason(errors: number | bigint): string {
+  return `circuit breaker: ${errors} failed requests`;
+}

@@ -1,0 +1,6 @@
+-- The circuit breaker (policy.proto, CircuitBreaker): a session is paused
+-- after a run of denials. The run is counted here, under the session's row
+-- lock, by every writer of decisions (the batcher, and sidecars' reports);
+-- any other outcome, and a resume, set it back to zero. Failed requests
+-- already count in error_count.
+ALTER TABLE sessions ADD COLUMN denial_run integer NOT NULL DEFAULT 0;
