@@ -82,6 +82,8 @@ export interface SessionCacheOptions {
   readonly onLookup?: (hit: boolean) => void;
   /** Called when a session leaves the cache or changes, so leases can go back. */
   readonly onChange?: (before: CachedSession, after: CachedSession | undefined) => void;
+  /** Called when a known agent's policy changes, so its sessions' leases can go back. */
+  readonly onAgentChange?: (agentId: string) => void;
 }
 
 /**
@@ -204,10 +206,10 @@ export class SessionCache {
   applyAgent(a: AgentState): void {
     const cur = this.agents.get(a.agentId);
     if (cur !== undefined && cur.revision >= a.revision) return;
-    this.agents.set(a.agentId, {
-      revision: a.revision,
-      scope: { scope: Scope.AGENT, id: a.agentId, key: `a:${a.agentId}`, policy: a.policy === undefined ? EMPTY_POLICY : this.compile(a.policy) },
-    });
+    const policy = a.policy === undefined ? EMPTY_POLICY : this.compile(a.policy);
+    this.agents.set(a.agentId, { revision: a.revision, scope: { scope: Scope.AGENT, id: a.agentId, key: `a:${a.agentId}`, policy } });
+    // Policies are interned, so an unchanged one is the same object.
+    if (cur !== undefined && cur.scope.policy !== policy) this.o.onAgentChange?.(a.agentId);
   }
 
   /** Forgets everything (the store was replaced). */

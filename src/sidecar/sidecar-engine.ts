@@ -30,6 +30,7 @@ import {
   IdempotencyKeyState,
   type Lease,
   LeaseRecordSchema,
+  LeaseSettlementSchema,
   type SettledHold,
   type SyncService,
 } from "../gen/warden/v1/sync_service_pb.js";
@@ -72,8 +73,6 @@ const CLAIM_TIMEOUT_MS = 1000;
 const UNREPORTED_HOLD_WAIT_MS = 2000;
 /** A lease nobody spent from for this long goes back to the store. */
 const LEASE_IDLE_MS = 5000;
-/** How long beyond its own expiry the store keeps a hold placed here, so its capture report arrives first. */
-const HOLD_GRACE_MS = 60_000;
 /** Leases are sized to cover this much of the recent spend rate. */
 const LEASE_HORIZON_S = 2;
 /**
@@ -259,11 +258,35 @@ export class SidecarEngine {
     return n;
   }
 
-  /** A session changed or left the cache: give its lease back if it can no longer spend. */
+  /**
+   * A session changed or left the cache: give its lease back if it can no
+   * longer spend. A lease also reserves in every parent's windows, so a
+   * parent that stopped or changed its policy takes its forks' leases
+   * back too (they were sized under the old terms).
+   */
   onSessionChange(before: CachedSession, after: CachedSession | undefined): void {
     const sl = this.leases.get(before.sessionId);
-    if (sl?.current === undefined) return;
-    if (after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy) this.release(before.sessionId, sl);
+    const stale = after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy;
+    if (sl?.current !== undefined && stale) this.release(before.sessionId, sl);
+    if (after !== undefined && stale) this.releaseWhere((s) => s.ancestorIds.includes(before.sessionId));
+  }
+
+  /**
+   * An agent's policy changed: every lease of its sessions was sized (and
+   * reserved in the store) under the old one, so it goes back and the next
+   * decision leases under the new limits. Without this a limit set on an
+   * agent while its leases were out would not bind until they ran dry.
+   */
+  onAgentChange(agentId: string): void {
+    this.releaseWhere((s) => s.agentId === agentId);
+  }
+
+  private releaseWhere(pred: (s: CachedSession) => boolean): void {
+    for (const [sessionId, sl] of this.leases) {
+      if (sl.current === undefined) continue;
+      const s = this.o.cache.peek(sessionId);
+      if (s !== undefined && pred(s)) this.release(sessionId, sl);
+    }
   }
 
   /** Authorize; `onPath` learns which way it was decided (for metrics). */
@@ -445,6 +468,13 @@ export class SidecarEngine {
     }
     const h = this.holds.get(req.authorizationId);
     if (h === undefined || h.sessionId !== req.sessionId) return this.settleElsewhere(verb, req);
+    // The store released this hold when the session ended: a capture
+    // answered here would be money spent that the ledger never keeps.
+    const s = this.o.cache.peek(req.sessionId);
+    if (s !== undefined && isTerminal(s.status)) {
+      this.holds.delete(req.authorizationId);
+      throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
+    }
     const nowMs = this.now();
     if (nowMs >= h.expireMs) {
       this.holds.delete(req.authorizationId);
@@ -465,12 +495,6 @@ export class SidecarEngine {
     }
     this.holds.delete(req.authorizationId);
     this.settledHolds.set(req.authorizationId, verb === "capture" ? "captured" : "voided");
-    this.o.reports.settle(req.sessionId, {
-      $typeName: "warden.v1.LeaseSettlement",
-      authorizationId: req.authorizationId,
-      captureMicros: verb === "capture" ? captured : undefined,
-      time: timestampFromMs(nowMs),
-    });
     const record = create(ActionRecordSchema, {
       actionId: req.authorizationId,
       sessionId: h.sessionId,
@@ -485,7 +509,20 @@ export class SidecarEngine {
       holdExpireTime: timestampFromMs(h.expireMs),
       method: "authorize",
     });
-    this.remember(req.sessionId, req.idempotencyKey, verb, hash, toBinary(ActionRecordSchema, record));
+    const response = req.idempotencyKey === "" ? new Uint8Array(0) : toBinary(ActionRecordSchema, record);
+    this.remember(req.sessionId, req.idempotencyKey, verb, hash, response);
+    // The key goes with the settlement, so a retry elsewhere gets this answer.
+    this.o.reports.settle(
+      req.sessionId,
+      create(LeaseSettlementSchema, {
+        authorizationId: req.authorizationId,
+        captureMicros: verb === "capture" ? captured : undefined,
+        time: timestampFromMs(nowMs),
+        idempotencyKey: req.idempotencyKey,
+        requestHash: req.idempotencyKey === "" ? new Uint8Array(0) : hash,
+        response,
+      }),
+    );
     return record;
   }
 
@@ -685,7 +722,9 @@ export class SidecarEngine {
         // are left out, as they would double what each report encodes.
         decision: allowed ? ALLOWED : decision,
         createTime: timestampFromMs(nowMs),
-        holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs + HOLD_GRACE_MS),
+        // Its true expiry: the store waits SIDECAR_HOLD_GRACE_MS past it for
+        // this sidecar's capture before the sweeper expires it.
+        holdExpireTime: holdExpireMs === undefined ? undefined : timestampFromMs(holdExpireMs),
         processingNanos: process.hrtime.bigint() - started,
         idempotencyKey: req.idempotencyKey,
         requestHash: hash,

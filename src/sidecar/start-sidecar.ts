@@ -116,6 +116,10 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       if (after !== undefined) log.debug({ sessionId: after.sessionId, status: after.status, revision: after.revision }, "session changed");
       engine?.onSessionChange(before, after);
     },
+    onAgentChange: (agentId) => {
+      log.debug({ agentId }, "agent policy changed");
+      engine?.onAgentChange(agentId);
+    },
   });
   metrics.watchCacheSize(() => ({ sessions: cache.size, bytes: cache.bytes }));
   metrics.setStalenessBound(o.stalenessBoundMs / 1000);

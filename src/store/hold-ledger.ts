@@ -44,6 +44,14 @@ export async function countersOf(tx: Queryable, rows: readonly { readonly charge
  */
 export const OPEN_HOLDS_SQL = `(status = ${ActionStatus.HELD} OR (status = ${ActionStatus.NEEDS_APPROVAL} AND held_value > 0))`;
 
+/**
+ * How long past its expiry the store keeps open a hold a sidecar placed
+ * (placed_by set): the sidecar may have captured it just before it expired
+ * and not reported that yet. Elsewhere it is refused as expired from its
+ * true expiry on; only the sweeper waits.
+ */
+export const SIDECAR_HOLD_GRACE_MS = 60_000;
+
 /** Whether an action row holds money; see {@link OPEN_HOLDS_SQL}. */
 export function isOpenHold(h: ActionRow): boolean {
   return h.status === ActionStatus.HELD || (h.status === ActionStatus.NEEDS_APPROVAL && BigInt(h.held_value) > 0n);

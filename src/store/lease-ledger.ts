@@ -453,17 +453,21 @@ export class LeaseLedger {
       }
       const captures: { hold: ActionRow; amountMicros: bigint }[] = [];
       const voids: ActionRow[] = [];
+      const accepted: typeof settling = [];
       for (const { st, sessionId } of settling) {
         const h = holds.get(st.authorizationId);
         if (h === undefined || h.session_id !== sessionId || h.status !== ActionStatus.HELD) {
           rejected.push(`${st.authorizationId}: ${h === undefined || h.session_id !== sessionId ? "not found" : `is ${ActionStatus[h.status]}`}`);
           continue;
         }
+        if (st.captureMicros !== undefined && st.captureMicros > BigInt(h.held_value)) {
+          rejected.push(`${st.authorizationId}: capture above the held amount`);
+          continue;
+        }
+        accepted.push({ st, sessionId });
         if (st.captureMicros === undefined) {
           voids.push(h);
           holds.set(h.action_id, { ...h, status: ActionStatus.VOIDED });
-        } else if (st.captureMicros > BigInt(h.held_value)) {
-          rejected.push(`${st.authorizationId}: capture above the held amount`);
         } else {
           captures.push({ hold: h, amountMicros: st.captureMicros });
           holds.set(h.action_id, { ...h, status: ActionStatus.CAPTURED });
@@ -471,6 +475,21 @@ export class LeaseLedger {
       }
       await releaseHolds(tx, voids, ActionStatus.VOIDED, nowMs);
       await captureHolds(tx, captures, nowMs);
+      // A keyed Capture or Void answered by the sidecar keeps its answer
+      // here, for a retry that lands on another sidecar or the control plane.
+      await saveIdempotency(
+        tx,
+        accepted
+          .filter(({ st }) => st.idempotencyKey !== "")
+          .map(({ st, sessionId }) => ({
+            scope: `s:${sessionId}`,
+            key: st.idempotencyKey,
+            method: st.captureMicros === undefined ? "void" : "capture",
+            requestHash: st.requestHash,
+            response: st.response,
+          })),
+        nowMs,
+      );
 
       // 3. Releases: what is left goes back to every window it reserved in.
       const releasing = req.reports

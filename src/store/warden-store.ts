@@ -36,7 +36,7 @@ import { appendAudit } from "./audit-log.js";
 import type { Database, Queryable } from "./database.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
-import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds } from "./hold-ledger.js";
+import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds, SIDECAR_HOLD_GRACE_MS } from "./hold-ledger.js";
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { recordEvent } from "./outbox.js";
@@ -279,6 +279,11 @@ export class WardenStore {
     const scope = `a:${req.agentId}`;
     const out = await this.db.transaction(async (tx) => {
       if (req.idempotencyKey !== "") {
+        // Nothing else serializes two creates with one key (there is no row
+        // to lock yet): without this, concurrent retries each miss the key
+        // and each create a session with its own budget. The two-int4 key
+        // space is apart from the bigint locks of the migrations.
+        await tx.query("SELECT pg_advisory_xact_lock(7734002, hashtext($1))", [`${scope}|${req.idempotencyKey}`]);
         const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
         if (prior !== undefined) return replayFirstAnswer(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
       }
@@ -895,8 +900,11 @@ export class WardenStore {
         if (h === undefined) throw notFound("authorization_id", `authorization in session "${sessionId}"`, actionId);
         if (h.status !== ActionStatus.HELD) throw closedHoldError(h, verb);
         if (h.hold_expire_time !== null && h.hold_expire_time.getTime() <= nowMs) {
-          // Expire it now, keep that, and tell the caller.
-          await releaseHolds(tx, [h], ActionStatus.EXPIRED, nowMs);
+          // Expire it now, keep that, and tell the caller; one a sidecar
+          // placed stays open through its grace, for that sidecar's report.
+          if (!h.placed_by || h.hold_expire_time.getTime() + SIDECAR_HOLD_GRACE_MS <= nowMs) {
+            await releaseHolds(tx, [h], ActionStatus.EXPIRED, nowMs);
+          }
           return { error: closedHoldError({ ...h, status: ActionStatus.EXPIRED }, verb) };
         }
         await apply(tx, h, s, nowMs);
@@ -1076,8 +1084,9 @@ export class WardenStore {
     const holds = await this.db.query<{ action_id: string; session_id: string }>(
       `SELECT action_id, session_id FROM actions
         WHERE status = ${ActionStatus.HELD} AND hold_expire_time <= $1::timestamptz
+          AND (placed_by IS NULL OR hold_expire_time <= $2::timestamptz)
         ORDER BY hold_expire_time LIMIT ${limit}`,
-      [iso(nowMs)],
+      [iso(nowMs), iso(nowMs - SIDECAR_HOLD_GRACE_MS)],
     );
     const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
     for (const [sessionId, rows] of bySession) {

@@ -4,7 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
-import { LeaseRecordSchema, type ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { LeaseRecordSchema, LeaseSettlementSchema, type ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { ReportQueue } from "../../src/sidecar/report-queue.js";
 import { newId } from "../../src/store/ids.js";
 import { payment, USD } from "../helpers/fixtures.js";
@@ -33,7 +33,7 @@ test("a failed report stays queued, in order, ahead of what came meanwhile; noth
   });
   const first = [record(), record()];
   for (const r of first) q.record("s1", "lse_1", r);
-  q.settle("s1", { $typeName: "warden.v1.LeaseSettlement", authorizationId: first[0]!.actionId, captureMicros: USD(1), time: timestampFromMs(Date.now()) });
+  q.settle("s1", create(LeaseSettlementSchema, { authorizationId: first[0]!.actionId, captureMicros: USD(1), time: timestampFromMs(Date.now()) }));
   q.releaseClaim("s1", "key-1", "act_1");
   await q.flush();
   assert.equal(sent.length, 0);

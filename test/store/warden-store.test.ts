@@ -395,6 +395,16 @@ for (const driver of DRIVERS) {
       await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
     });
 
+    test("a CreateSession retried while the first is still running creates one session, not one budget per retry", async () => {
+      const id = agent();
+      const req = sessionRequest(id, { lifetime: { maxValueMicros: USD(100) } }, { idempotencyKey: "create-once" });
+      const hash = new Uint8Array([7]);
+      const made = await Promise.all([store.createSession(req, hash), store.createSession(req, hash), store.createSession(req, hash)]);
+      assert.deepEqual(new Set(made.map((s) => s.sessionId)).size, 1, "every retry got the first answer");
+      const { rows } = await t.db.query<{ n: number }>("SELECT count(*)::int AS n FROM sessions WHERE agent_id = $1", [id]);
+      assert.equal(rows[0]!.n, 1);
+    });
+
     // Last: it moves the shared clock half a day on.
     test("a hold settled after its day rolled over changes lifetime, not the new day", async () => {
       // 2 minutes before midnight UTC.

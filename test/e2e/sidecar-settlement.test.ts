@@ -1,0 +1,225 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
+import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
+import { ActionStatus, PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { type RunningServer, startServer } from "../../src/server/start-server.js";
+import { createLogger } from "../../src/server/logger.js";
+import { type RunningSidecar, startSidecar } from "../../src/sidecar/start-sidecar.js";
+import { createPostgresDatabase } from "../helpers/databases.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs = 15_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await fn()) return;
+    await sleep(25);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+async function code(p: Promise<unknown>): Promise<{ code: Code | "ok"; message: string }> {
+  try {
+    await p;
+    return { code: "ok", message: "" };
+  } catch (e) {
+    const c = ConnectError.from(e);
+    return { code: c.code, message: c.rawMessage };
+  }
+}
+
+/**
+ * A control plane (`warden serve` without auth, on PostgreSQL, which mounts
+ * SyncService) and in-process sidecars pointed at its gRPC port, as
+ * start-sidecar.ts wires them for `warden sidecar`.
+ */
+describe("holds and leases of sessions whose terms changed, settled through sidecars", () => {
+  let pgdb: { url: string; drop(): Promise<void> };
+  let cp: RunningServer;
+  const sidecars: RunningSidecar[] = [];
+  let admin: Client<typeof SessionService>;
+
+  const newSidecar = async (agentId: string, reportIntervalMs = 20) => {
+    const s = await startSidecar({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
+      agentId,
+      stalenessBoundMs: 5_000,
+      leaseTtlMs: 10_000,
+      reportIntervalMs,
+      cacheMaxSessions: 1000,
+      cacheMaxBytes: 1 << 24,
+      logger: createLogger("silent"),
+      requireSessionTokens: false,
+    });
+    sidecars.push(s);
+    await until("the sidecar to sync", () => s.sync.synced && s.sync.fresh());
+    return s;
+  };
+  const policyOf = (s: RunningSidecar) => createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${s.grpcPort}` }));
+  const actionRow = async (id: string) =>
+    (await cp.store.db.query<{ status: number; captured_value: string }>("SELECT status, captured_value FROM actions WHERE action_id = $1", [id])).rows[0];
+
+  before(async () => {
+    pgdb = await createPostgresDatabase();
+    cp = await startServer({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      dataDir: "",
+      databaseUrl: pgdb.url,
+      sweepIntervalMs: 200,
+      logger: createLogger("silent"),
+      leaseReconcileGraceMs: 500,
+    });
+    admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
+  });
+  after(async () => {
+    for (const s of sidecars) await s.close(2000);
+    await cp?.close(0);
+    await pgdb?.drop();
+  });
+
+  test("a hold of a revoked session is refused on its sidecar, as the store released it", async () => {
+    const agent = "revoked-hold";
+    const sc = await newSidecar(agent);
+    const policy = policyOf(sc);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    const held = await policy.authorize({ sessionId, action: payment(USD(40)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    await admin.revokeSession({ sessionId, reason: "stop" });
+    // The sidecar learns of the revocation (as it does within its bound).
+    await until("the sidecar to see the revocation", async () => (await code(policy.check({ sessionId, action: payment(USD(1)) }))).code === Code.FailedPrecondition);
+    // The store voided the hold when the session ended (endSessions): the
+    // control plane would refuse to capture it now.
+    const captured = await code(policy.capture({ sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(40) } }));
+    assert.equal(captured.code, Code.FailedPrecondition);
+    assert.match(captured.message, /has ended \(REVOKED\)/);
+    // Nothing the sidecar reports afterwards changes the ledger.
+    await sleep(200);
+    assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.VOIDED);
+  });
+
+  test("agent limit: a hold of a revoked session is not captured on its sidecar, so the agent cannot spend past its limit", async () => {
+    const agent = "revoked-hold-agent";
+    await createClient(AgentService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` })).updateAgentPolicy({
+      agentId: agent,
+      policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) } },
+    });
+    const sc = await newSidecar(agent);
+    const policy = policyOf(sc);
+    const s1 = (await admin.createSession(sessionRequest(agent, {}))).session!.sessionId;
+    const s2 = (await admin.createSession(sessionRequest(agent, {}))).session!.sessionId;
+    const held = await policy.authorize({ sessionId: s1, action: payment(USD(40)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    await admin.revokeSession({ sessionId: s1, reason: "stop" });
+    await until("the sidecar to see the revocation", async () => (await code(policy.check({ sessionId: s1, action: payment(USD(1)) }))).code === Code.FailedPrecondition);
+    let acknowledged = 0n;
+    const capture = await code(policy.capture({ sessionId: s1, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(40) } }));
+    if (capture.code === "ok") acknowledged += USD(40);
+    assert.equal(capture.code, Code.FailedPrecondition, "the store released the hold when the session ended; the sidecar refuses it too");
+    // The agent's other session spends what the agent has left.
+    for (let i = 0; i < 30; i++) {
+      const r = await policy.check({ sessionId: s2, action: payment(USD(5)) });
+      if (r.decision?.outcome === Outcome.ALLOW) acknowledged += USD(5);
+    }
+    await sleep(300);
+    const { rows } = await cp.store.db.query<{ v: string }>("SELECT day_committed_value AS v FROM scope_usage WHERE scope_key = $1", [`a:${agent}`]);
+    assert.ok(
+      acknowledged <= USD(100),
+      `the agent's daily limit is 100 USD; the sidecar acknowledged ${acknowledged / 1_000_000n} USD of captures and checks (the store counts ${BigInt(rows[0]!.v) / 1_000_000n} USD committed)`,
+    );
+  });
+
+  test("a hold past its expiry is refused on every sidecar, not only the one that placed it", async () => {
+    const agent = "expired-hold";
+    const placing = await newSidecar(agent);
+    const other = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) }, holdTtl: durationFromMs(1000) }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(placing).authorize({ sessionId, action: payment(USD(30)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    const expiresAt = Number(held.holdExpireTime!.seconds) * 1000 + held.holdExpireTime!.nanos / 1e6;
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    await sleep(Math.max(0, expiresAt - Date.now()) + 300);
+    const here = await code(policyOf(placing).capture({ sessionId, authorizationId: held.authorizationId }));
+    assert.equal(here.code, Code.FailedPrecondition, "expired, says the placing sidecar");
+    assert.match(here.message, /has expired/);
+    const elsewhere = await code(policyOf(other).capture({ sessionId, authorizationId: held.authorizationId }));
+    assert.deepEqual(
+      elsewhere,
+      { code: Code.FailedPrecondition, message: elsewhere.message },
+      `a hold past its hold_expire_time (${new Date(expiresAt).toISOString()}) must not be captured; the other sidecar answered ${elsewhere.code === "ok" ? "OK" : Code[elsewhere.code as Code]}`,
+    );
+  });
+
+  test("a capture retried with its idempotency key on another sidecar gets the first answer", async () => {
+    const agent = "capture-key";
+    const a = await newSidecar(agent);
+    const b = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(a).authorize({ sessionId, action: payment(USD(20)), idempotencyKey: "auth-1" });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    const req = { sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(15) }, idempotencyKey: "cap-1" };
+    const first = await policyOf(a).capture(req);
+    assert.equal(first.authorization?.status, ActionStatus.CAPTURED);
+    await until("the capture to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.CAPTURED);
+    // The agent's retry (its connection dropped before the answer) lands on another pod.
+    const retry = await code(policyOf(b).capture(req));
+    assert.deepEqual(retry, { code: "ok", message: "" }, "the same key with the same request returns the first answer (design.md §4)");
+  });
+
+  test("an agent limit set while unlimited leases are out is not overspent by the agent's sessions", async () => {
+    const agent = "agent-policy";
+    const agents = createClient(AgentService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
+    const sc = await newSidecar(agent);
+    const policy = policyOf(sc);
+    // Sessions with no value limit of their own: leases of no fixed value.
+    const s1 = (await admin.createSession(sessionRequest(agent, { maxPerTransactionMicros: USD(100) }))).session!.sessionId;
+    const s2 = (await admin.createSession(sessionRequest(agent, { maxPerTransactionMicros: USD(100) }))).session!.sessionId;
+    for (const sessionId of [s1, s2]) assert.equal((await policy.check({ sessionId, action: payment(USD(1)) })).decision?.outcome, Outcome.ALLOW);
+    // The person sets a daily limit of 10 USD on the agent.
+    const updated = await agents.updateAgentPolicy({ agentId: agent, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(10) } } });
+    await until("the sidecar to see the agent's policy", () => {
+      const s = sc.cache.peek(s1);
+      const scopes = s === undefined ? undefined : sc.cache.scopesOf(s);
+      return scopes?.at(-1)?.policy.limits.day.maxValue === USD(10);
+    });
+    assert.ok(updated.agent !== undefined);
+    let allowed = 2n;
+    for (let i = 0; i < 15; i++) {
+      for (const sessionId of [s1, s2]) {
+        if ((await policy.check({ sessionId, action: payment(USD(1)) })).decision?.outcome === Outcome.ALLOW) allowed += 1n;
+      }
+    }
+    await sleep(300);
+    const { rows } = await cp.store.db.query<{ v: string }>("SELECT day_committed_value AS v FROM scope_usage WHERE scope_key = $1", [`a:${agent}`]);
+    assert.ok(allowed <= 10n, `the agent's daily limit is 10 USD; the sidecar allowed ${allowed} USD (the store has ${BigInt(rows[0]!.v) / 1_000_000n} USD committed)`);
+  });
+
+  test("a paused parent takes its fork's lease back at once, not when the lease idles out", async () => {
+    const agent = "paused-parent";
+    const sc = await newSidecar(agent);
+    const policy = policyOf(sc);
+    const parent = (await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }))).session!.sessionId;
+    const fork = (await admin.forkSession({ parentSessionId: parent, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(500) } }, expiration: { case: "ttl", value: durationFromMs(600_000) } }))
+      .session!.sessionId;
+    assert.equal((await policy.check({ sessionId: fork, action: payment(USD(1)) })).decision?.outcome, Outcome.ALLOW);
+    const activeLeases = async () =>
+      (await cp.store.db.query<{ n: number }>("SELECT count(*)::int AS n FROM leases WHERE session_id = $1 AND status = 1", [fork])).rows[0]!.n;
+    await until("the fork's lease to reach the store", async () => (await activeLeases()) === 1);
+    await admin.pauseSession({ sessionId: parent, reason: "look" });
+    // Well under the 5 s a lease nobody spends from takes to go back.
+    await until("the fork's lease to go back", async () => (await activeLeases()) === 0, 2_000);
+  });
+});
