@@ -709,7 +709,9 @@ export class WardenStore {
           if (v < 0n) throw new ConnectError("snapshot.counters: counters cannot be negative", Code.InvalidArgument);
         }
       }
-      if (snap.counters.length > 0) {
+      const compiled = compilePolicy(s.policy!);
+      const holds = snap.actions.filter((a) => a.status === ActionStatus.HELD);
+      if (snap.counters.length > 0 || holds.length > 0) {
         // Only the newest window of each kind is kept: older ones no longer
         // limit anything (see usage-counters.ts).
         const scopeKey = `s:${s.sessionId}`;
@@ -721,9 +723,20 @@ export class WardenStore {
           if (!Number.isNaN(w.startMs) && w.window !== "lifetime" && startMs < w.startMs) continue;
           w.startMs = startMs;
           w.committedValue = c.committedValueMicros;
-          w.heldValue = c.heldValueMicros;
           w.committedActions = c.committedActions;
-          w.heldActions = c.heldActions;
+        }
+        // What is held is what the restored holds hold, not the snapshot's
+        // totals: those also count pending approvals and sidecars' leases,
+        // which are not carried over and which nothing here could release.
+        for (const a of holds) {
+          for (const kind of WINDOW_KINDS) {
+            const w = windows[kind];
+            const startMs = spanOf(compiled, kind, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS;
+            if (Number.isNaN(w.startMs)) w.startMs = startMs;
+            if (w.startMs !== startMs) continue;
+            w.heldValue += a.heldAmount?.amountMicros ?? 0n;
+            w.heldActions += 1n;
+          }
         }
         await saveCounters(tx, usage);
       }
@@ -748,13 +761,15 @@ export class WardenStore {
             a.status,
             a.heldAmount?.currencyCode || s.policy!.currencyCode,
             (a.action?.amount?.amountMicros ?? 0n).toString(),
-            (a.heldAmount?.amountMicros ?? 0n).toString(),
+            // A pending approval comes back as history holding nothing: its
+            // approval is not carried over, so nobody could decide it here.
+            (a.status === ActionStatus.HELD ? (a.heldAmount?.amountMicros ?? 0n) : 0n).toString(),
             (a.capturedAmount?.amountMicros ?? 0n).toString(),
             // A restored hold charges the session's own counters only: its
             // parents and agent are not part of the snapshot.
             JSON.stringify(
               a.status === ActionStatus.HELD
-                ? WINDOW_KINDS.map((w) => [`s:${s.sessionId}`, w, spanOf(compilePolicy(s.policy!), w, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS])
+                ? WINDOW_KINDS.map((w) => [`s:${s.sessionId}`, w, spanOf(compiled, w, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS])
                 : [],
             ),
             iso(ms(a.createTime, nowMs)),

@@ -827,7 +827,10 @@ export const SessionService: GenService<{
     output: typeof ExportSessionResponseSchema;
   },
   /**
-   * ImportSession recreates a session from a snapshot.
+   * ImportSession recreates a session from a snapshot: its committed usage,
+   * its open holds (capturable there) and its history. A pending approval
+   * comes back as history holding nothing (the approval is not carried),
+   * and a sidecar's lease is not carried either.
    *
    * @generated from rpc warden.v1.SessionService.ImportSession
    */
