@@ -24,6 +24,7 @@ import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeA
 import { appendStatement } from "./append-statement.js";
 import { BatchQueue, type Settled as BatchSettled } from "./batch-queue.js";
 import { newId } from "./ids.js";
+import { endForksOf } from "./end-forks.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
@@ -98,8 +99,13 @@ export class DecisionBatcher {
       shards: opts.shards ?? Math.min(2, opts.db.parallelism),
       maxBatch: opts.maxBatch ?? 512,
       run: async (batch) => {
-        const { settled, told } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
+        const { settled, told, ended } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
         for (const k of told) this.told.set(k, true);
+        // Their forks end with them before anyone is answered. Committed
+        // either way: should this fail, the forks decide nothing meanwhile
+        // (their parent's status denies them) and the sweeper ends them at
+        // their own expiry, which is never after their parent's.
+        if (ended.length > 0) await endForksOf(this.opts.db, this.opts.policies, ended, this.opts.now).catch(() => {});
         return settled;
       },
     });
@@ -133,7 +139,7 @@ export class DecisionBatcher {
     for (const r of rows) this.chains.set(r.session_id, { agentId: r.agent_id, ancestorIds: r.ancestor_ids });
   }
 
-  private async decideAll(tx: Queryable, batch: readonly Pending[]): Promise<{ settled: Settled[]; told: string[] }> {
+  private async decideAll(tx: Queryable, batch: readonly Pending[]): Promise<{ settled: Settled[]; told: string[]; ended: string[] }> {
     const { now, policies, spans } = this.opts;
     const nowMs = now();
     const settled: Settled[] = [];
@@ -255,10 +261,17 @@ export class DecisionBatcher {
           s.lastActivityMs = nowMs;
         }
         if (ev.outcome === Outcome.ALLOW && !held) {
-          const life = counters.get(`s:${s.sessionId}|lifetime|${LIFETIME_START_MS}`);
-          if (life !== undefined && isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) {
-            s.status = SessionStatus.EXHAUSTED;
-            delta.statusReason = "lifetime limit used up";
+          // A fork's spend counts in its parents' lifetimes too: whichever
+          // of the chain that used up ends (a parent's forks end with it).
+          for (const id of [s.sessionId, ...s.ancestorIds]) {
+            const c = locked.sessions.get(id);
+            const life = counters.get(`s:${id}|lifetime|${LIFETIME_START_MS}`);
+            if (c === undefined || isTerminal(c.status) || life === undefined) continue;
+            if (!isExhausted(c.policy, { value: life.committedValue, actions: life.committedActions })) continue;
+            c.status = SessionStatus.EXHAUSTED;
+            const d = c === s ? delta : touch(touched, c);
+            d.status = c.status;
+            d.statusReason = "lifetime limit used up";
           }
         }
         // The circuit breaker: a run of denials pauses an active session;
@@ -411,7 +424,7 @@ export class DecisionBatcher {
         })),
       );
     }
-    return { settled, told };
+    return { settled, told, ended };
   }
 }
 

@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { isExhausted, LIFETIME_START_MS } from "../core/evaluate.js";
+import { isExhausted, isTerminal, LIFETIME_START_MS } from "../core/evaluate.js";
 import { formatMoney } from "../core/money.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
@@ -122,15 +122,16 @@ export function closedHoldError(h: ActionRow, verb: "capture" | "void"): Connect
 
 /**
  * Commits `amountMicros` of an open hold and releases the rest. Returns
- * whether the session's lifetime limit is now used up (EXHAUSTED).
+ * the sessions of `chain` (the hold's session and its parents, locked)
+ * whose lifetime limit is now used up: they become EXHAUSTED.
  */
 export async function captureHold(
   tx: Queryable,
   h: ActionRow,
   amountMicros: bigint,
-  session: LockedSession,
+  chain: readonly LockedSession[],
   nowMs: number,
-): Promise<boolean> {
+): Promise<string[]> {
   const held = BigInt(h.held_value);
   if (amountMicros > held) {
     throw new ConnectError(
@@ -139,10 +140,16 @@ export async function captureHold(
     );
   }
   const counters = await captureHolds(tx, [{ hold: h, amountMicros }], nowMs);
-  // The hold charged its session's lifetime window, so it was just read.
-  const life = counters.scopes.get(`s:${session.sessionId}`)?.lifetime;
-  if (life === undefined) return (await lifetimesUsedUp(tx, [session])).size > 0;
-  return isExhausted(session.policy, { value: life.committedValue, actions: life.committedActions });
+  // The hold charged the lifetime window of every session of its chain,
+  // so each was just read; a fork's spend uses up its parents' too.
+  const out: string[] = [];
+  for (const s of chain) {
+    if (isTerminal(s.status)) continue;
+    const life = counters.scopes.get(`s:${s.sessionId}`)?.lifetime;
+    const used = life === undefined ? (await lifetimesUsedUp(tx, [s])).size > 0 : isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions });
+    if (used) out.push(s.sessionId);
+  }
+  return out;
 }
 
 /**
@@ -224,8 +231,10 @@ export async function lifetimesUsedUp(tx: Queryable, sessions: readonly Pick<Loc
  * Moves locked sessions to a terminal `status`, releases their open holds
  * and records a session event for each (in this transaction: the outbox).
  * The first id is the session the change was asked of; the others are its
- * forks ended with it, whose events say so (`ended_with`). Callers lock
- * the sessions (and their ancestors and agents) first.
+ * forks ended with it, whose events say so (`ended_with`). With `endedWith`
+ * every id is a fork of that session, which ended earlier (see
+ * end-forks.ts). Callers lock the sessions (and their ancestors and
+ * agents) first.
  */
 export async function endSessions(
   tx: Queryable,
@@ -233,6 +242,7 @@ export async function endSessions(
   status: SessionStatus,
   reason: string,
   nowMs: number,
+  endedWith?: string,
 ): Promise<void> {
   if (sessionIds.length === 0) return;
   // Action rows are locked before the revision is taken: a revision's
@@ -247,7 +257,7 @@ export async function endSessions(
   );
   const type = endEventType(status);
   if (type !== undefined) {
-    const root = sessionIds[0]!;
+    const root = endedWith ?? sessionIds[0]!;
     // In the callers' order (the root first), not the UPDATE's.
     const agents = new Map(rows.map((r) => [r.session_id, r.agent_id]));
     await recordEvents(

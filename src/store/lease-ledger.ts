@@ -26,6 +26,7 @@ import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js
 import { claimIdempotencyKeys, releaseClaims, saveIdempotency, saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
+import { endForksOf } from "./end-forks.js";
 import { recordEvents } from "./outbox.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
@@ -284,7 +285,7 @@ export class LeaseLedger {
     const nowMs = this.now();
     const sessionIds = [...new Set(req.reports.map((r) => r.sessionId))];
     if (sessionIds.length === 0) return [];
-    const { rejected, told } = await this.db.transaction(async (tx) => {
+    const { rejected, told, ending } = await this.db.transaction(async (tx) => {
       const locked = await lockChains(tx, sessionIds, this.policies);
       const leaseIds = [...new Set(req.reports.map((r) => r.leaseId).filter((id) => id !== ""))];
       const leases = new Map<string, LeaseRow>();
@@ -501,10 +502,12 @@ export class LeaseLedger {
         await settleLeases(tx, rows, "release", nowMs);
       }
 
-      // 4. Lifetime limits used up by what was committed end the session.
-      const live = sessionIds.map((id) => locked.sessions.get(id)).filter((s): s is LockedSession => s !== undefined && !isTerminal(s.status));
+      // 4. Lifetime limits used up by what was committed end the session,
+      // or a parent (a fork's spend counts in its parents' lifetimes); each
+      // ends on its own, its forks after the commit.
+      const live = [...locked.sessions.values()].filter((s) => !isTerminal(s.status));
       const ending = [...(await lifetimesUsedUp(tx, live))];
-      if (ending.length > 0) await endSessions(tx, ending, SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      for (const id of ending) await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
       // 5. A session the circuit breaker tripped on (and that did not just
       // end) is paused, as a person would pause it; its sidecars see it on
       // the watch stream and give their leases back.
@@ -519,9 +522,10 @@ export class LeaseLedger {
         .flatMap(({ record, s }) =>
           limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId: record.actionId, decision: record.decision! }, nowMs),
         );
-      return { rejected, told: await recordLimitNotices(tx, notices, this.told) };
+      return { rejected, told: await recordLimitNotices(tx, notices, this.told), ending };
     });
     for (const k of told) this.told.set(k, true);
+    await endForksOf(this.db, this.policies, ending, this.now);
     return rejected;
   }
 
@@ -539,6 +543,7 @@ export class LeaseLedger {
     let writtenOffValue = 0n;
     let writtenOffActions = 0n;
     let n = 0;
+    const exhausted: string[] = [];
     for (const { lease_id, session_id } of due.rows) {
       await this.db.transaction(async (tx) => {
         const locked = await lockChains(tx, [session_id], this.policies);
@@ -548,12 +553,15 @@ export class LeaseLedger {
         writtenOffActions += BigInt(rows[0]!.held_actions);
         n++;
         await settleLeases(tx, rows, "write-off", nowMs);
-        const s = locked.sessions.get(session_id)!;
-        if (!isTerminal(s.status) && (await lifetimesUsedUp(tx, [s])).size > 0) {
-          await endSessions(tx, [session_id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+        // What was written off counts in the whole chain's lifetimes.
+        const live = [...locked.sessions.values()].filter((s) => !isTerminal(s.status));
+        for (const id of await lifetimesUsedUp(tx, live)) {
+          await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+          exhausted.push(id);
         }
       });
     }
+    await endForksOf(this.db, this.policies, exhausted, this.now);
     return { leases: n, writtenOffValue, writtenOffActions };
   }
 }

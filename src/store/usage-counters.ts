@@ -78,7 +78,9 @@ export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): S
 /**
  * How an address whose window is not the stored one is read:
  * - "current": an address is the window in effect at some time. A newer
- *   window than the stored one starts from zero (and is stored on save); an
+ *   window than the stored one starts from zero (and is stored on save),
+ *   unless it starts sooner than a window of its kind can last (another
+ *   calendar): then the stored counts carry over into it; an
  *   older one (a replica whose clock lags) reads and charges the stored,
  *   newer window, which is never less than the truth: no overspend.
  * - "exact": an address is a window a hold was charged to. Only the stored
@@ -86,6 +88,19 @@ export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): S
  *   counter whose changes are never saved (that window no longer limits).
  */
 export type AddressMode = "current" | "exact";
+
+const HOUR_MS = 3_600_000;
+/**
+ * The shortest a window of each kind lasts in any time zone: a day across a
+ * DST change (23 h), a week holding one, a February holding one. Two
+ * starts of one calendar are never nearer than this.
+ */
+const SHORTEST_WINDOW_MS: Record<WindowKind, number> = {
+  day: 23 * HOUR_MS,
+  week: (7 * 24 - 1) * HOUR_MS,
+  month: (28 * 24 - 1) * HOUR_MS,
+  lifetime: Infinity,
+};
 
 /** Counters of some scopes, keyed by {@link counterKey} of the addresses asked for. */
 export class UsageSet {
@@ -127,8 +142,14 @@ export async function loadCounters(
     for (const a of addresses) {
       const c = out.scopes.get(a.scopeKey)![a.window];
       if (Number.isNaN(c.startMs) || a.startMs > c.startMs) {
+        // A start nearer than the shortest window of its kind is not the
+        // next window but the same time under another calendar (an agent's
+        // policy moved to another time zone or week start): what was spent
+        // in the stored window may lie in the new one, so it carries over.
+        // Never less than the truth; at most until the window rolls over.
+        const rolled = Number.isNaN(c.startMs) || a.startMs - c.startMs >= SHORTEST_WINDOW_MS[a.window];
         c.startMs = a.startMs;
-        c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+        if (rolled) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
       }
     }
   }

@@ -37,6 +37,7 @@ import type { Database, Queryable } from "./database.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
 import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds, SIDECAR_HOLD_GRACE_MS } from "./hold-ledger.js";
+import { DESCENDANTS_SQL, endForksOf } from "./end-forks.js";
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
 import { recordEvent } from "./outbox.js";
@@ -138,12 +139,6 @@ export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = A
     SELECT ctid FROM idempotency_keys WHERE scope LIKE 'a:%' AND create_time <= $1::timestamptz ORDER BY create_time LIMIT $2))
   RETURNING scope`;
 
-/**
- * Every fork below session $1, at any depth. Written to match the partial
- * index sessions_by_ancestor (migration 009): `= ANY(ancestor_ids)` would
- * scan the whole table.
- */
-export const DESCENDANTS_SQL = "SELECT session_id FROM sessions WHERE ancestor_ids @> ARRAY[$1::text] AND ancestor_ids <> '{}'";
 
 function notFound(field: string, what: string, id: string): ConnectError {
   return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
@@ -876,21 +871,25 @@ export class WardenStore {
 
   /** Commits up to the held amount of an authorization; releases the rest. */
   async capture(req: CaptureRequest, requestHash: Uint8Array): Promise<ActionRecord> {
-    return this.settleHold("capture", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, async (tx, h, s, nowMs) => {
+    return this.settleHold("capture", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, async (tx, h, s, locked, nowMs) => {
       const amount = req.amount;
       if (amount !== undefined && amount.currencyCode !== h.currency) {
         throw new ConnectError(`amount.currency_code: ${amount.currencyCode} differs from the authorization's ${h.currency}`, Code.InvalidArgument);
       }
-      const exhausted = await captureHold(tx, h, amount?.amountMicros ?? BigInt(h.held_value), s, nowMs);
-      if (exhausted) await endSessions(tx, [s.sessionId], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      const chain = [s, ...s.ancestorIds.map((a) => locked.get(a)!)];
+      const used = await captureHold(tx, h, amount?.amountMicros ?? BigInt(h.held_value), chain, nowMs);
+      // Each ends on its own (none is the other's ended_with); their forks after the commit.
+      for (const id of used) await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      return used;
     });
   }
 
   /** Releases an authorization's hold. */
   async void(req: VoidRequest, requestHash: Uint8Array): Promise<ActionRecord> {
-    return this.settleHold("void", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, (tx, h, _s, nowMs) =>
-      releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs),
-    );
+    return this.settleHold("void", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, async (tx, h, _s, _locked, nowMs) => {
+      await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
+      return [];
+    });
   }
 
   private async settleHold(
@@ -899,12 +898,15 @@ export class WardenStore {
     actionId: string,
     key: string,
     requestHash: Uint8Array,
-    apply: (tx: Queryable, h: ActionRow, s: LockedSession, nowMs: number) => Promise<void>,
+    /** Settles the hold; returns the sessions that settling ended. */
+    apply: (tx: Queryable, h: ActionRow, s: LockedSession, locked: Map<string, LockedSession>, nowMs: number) => Promise<string[]>,
   ): Promise<ActionRecord> {
     const nowMs = this.now();
     const scope = `s:${sessionId}`;
+    // Sessions this settlement ended, or found ended with live forks: those end after the commit.
+    let ended: string[] = [];
     const result = await this.db.transaction((tx) =>
-      this.withLocked(tx, sessionId, false, async (s) => {
+      this.withLocked(tx, sessionId, false, async (s, locked) => {
         if (key !== "") {
           const prior = (await loadIdempotency(tx, [{ scope, key }], nowMs)).get(`${scope}|${key}`);
           if (prior !== undefined) {
@@ -914,6 +916,20 @@ export class WardenStore {
         const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [actionId, sessionId]);
         if (h === undefined) throw notFound("authorization_id", `authorization in session "${sessionId}"`, actionId);
         if (h.status !== ActionStatus.HELD) throw closedHoldError(h, verb);
+        // A session past its expiry or idle timeout has ended, whether or
+        // not the sweeper got to it: end it now, releasing this hold, as a
+        // decision would. One whose parent ended is ending with it.
+        const why = lapse(sessionScope(s), nowMs);
+        if (why !== undefined) {
+          await endSessions(tx, [sessionId], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          ended = [sessionId];
+          return { error: new ConnectError(`session_id: session "${sessionId}" has ended (EXPIRED)`, Code.FailedPrecondition) };
+        }
+        const parentEnded = s.ancestorIds.find((a) => isTerminal(locked.get(a)!.status));
+        if (parentEnded !== undefined) {
+          ended = [parentEnded];
+          return { error: new ConnectError(`session_id: session "${sessionId}" has ended with its parent "${parentEnded}"`, Code.FailedPrecondition) };
+        }
         if (h.hold_expire_time !== null && h.hold_expire_time.getTime() <= nowMs) {
           // Expire it now, keep that, and tell the caller; one a sidecar
           // placed stays open through its grace, for that sidecar's report.
@@ -922,7 +938,7 @@ export class WardenStore {
           }
           return { error: closedHoldError({ ...h, status: ActionStatus.EXPIRED }, verb) };
         }
-        await apply(tx, h, s, nowMs);
+        ended = await apply(tx, h, s, locked, nowMs);
         await tx.query("UPDATE sessions SET last_activity_time = $2::timestamptz WHERE session_id = $1", [sessionId, iso(nowMs)]);
         const [after] = await lockActions(tx, "action_id = $1", [actionId]);
         const record = actionRecordOf(after!);
@@ -936,6 +952,7 @@ export class WardenStore {
         return { record };
       }),
     );
+    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now);
     if ("error" in result) throw result.error;
     return result.record;
   }
@@ -1026,8 +1043,23 @@ export class WardenStore {
     const owner = rows[0]?.session_id;
     if (owner === undefined || (sessionId !== "" && owner !== sessionId)) throw notFound("approval_id", "approval", approvalId);
     const nowMs = this.now();
+    let ended: string[] = [];
     const failure = await this.db.transaction((tx) =>
-      this.withLocked(tx, owner, false, async (s) => {
+      this.withLocked(tx, owner, false, async (s, chain) => {
+        // A session past its expiry or idle timeout has ended even if the
+        // sweeper has not got to it: end it now (which cancels this
+        // approval), as a decision would, rather than charge it.
+        const why = lapse(sessionScope(s), nowMs);
+        if (why !== undefined) {
+          await endSessions(tx, [owner], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          ended = [owner];
+          return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session has ended (EXPIRED)`, Code.FailedPrecondition);
+        }
+        const parentEnded = s.ancestorIds.find((id) => isTerminal(chain.get(id)!.status));
+        if (parentEnded !== undefined) {
+          ended = [parentEnded];
+          return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session ended with its parent "${parentEnded}"`, Code.FailedPrecondition);
+        }
         const locked = (await lockApproval(tx, approvalId))!;
         const a = locked.approval;
         if (a.status !== ApprovalStatus.PENDING) return verb === undefined ? undefined : decidedError(a, verb);
@@ -1046,6 +1078,7 @@ export class WardenStore {
         return undefined;
       }),
     );
+    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now);
     if (failure !== undefined) throw failure;
     return this.getApproval(approvalId);
   }

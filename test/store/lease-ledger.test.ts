@@ -379,6 +379,23 @@ for (const driver of DRIVERS) {
       assert.equal(got.status, SessionStatus.ACTIVE);
     });
 
+    test("a fork's capture, reported, that uses up its parent's lifetime exhausts the parent, and the fork ends with it", async () => {
+      const parent = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(20) } }), NO_HASH);
+      const fork = await store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      const l = (await acquire(fork.sessionId, USD(10)))!;
+      assert.equal(l.valueMicros, USD(10));
+      const hold = record("authorize", USD(10));
+      await report(rep(fork.sessionId, l, { records: [hold], release: true }));
+      const direct = (await store.decide({ method: "check", sessionId: parent.sessionId, action: payment(USD(10)), idempotencyKey: "", requestHash: NO_HASH })) as CheckResponse;
+      assert.equal(direct.decision!.outcome, Outcome.ALLOW);
+      assert.equal((await store.getSession(parent.sessionId)).status, SessionStatus.ACTIVE, "10 committed, 10 held by the fork");
+      await report(rep(fork.sessionId, undefined, { settlements: [{ authorizationId: hold.actionId, captureMicros: USD(10), time: timestampFromMs(clock.ms) }] }));
+      const p = await store.getSession(parent.sessionId);
+      assert.deepEqual([SessionStatus[p.status], p.statusReason], ["EXHAUSTED", "lifetime limit used up"]);
+      const f = await store.getSession(fork.sessionId);
+      assert.deepEqual([SessionStatus[f.status], f.statusReason], ["EXHAUSTED", "lifetime limit used up"], "the fork ended with its parent");
+    });
+
     test("concurrent grants never reserve more than the limit", async () => {
       const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
       const leases = await Promise.all(Array.from({ length: 30 }, () => acquire(s.sessionId, USD(30))));

@@ -9,7 +9,8 @@ import { ActionStatus, type AuthorizeResponse, type CheckResponse, CheckResponse
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
-import { createWardenStore, DESCENDANTS_SQL, LAPSED_SESSIONS_SQL, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
+import { DESCENDANTS_SQL } from "../../src/store/end-forks.js";
+import { createWardenStore, LAPSED_SESSIONS_SQL, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
