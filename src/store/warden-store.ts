@@ -140,6 +140,12 @@ export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = A
   RETURNING scope`;
 
 
+/** Whether a policy limits money (so its currency must match the amounts it is checked against). */
+function limitsValue(policy: SessionPolicy): boolean {
+  const c = compilePolicy(policy);
+  return WINDOW_KINDS.some((w) => c.limits[w].maxValue !== undefined) || c.maxPerTransaction !== undefined;
+}
+
 function notFound(field: string, what: string, id: string): ConnectError {
   return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
 }
@@ -315,14 +321,12 @@ export class WardenStore {
   }
 
   private async checkAgentCurrency(tx: Queryable, agentId: string, policy: SessionPolicy): Promise<void> {
-    const { rows } = await tx.query<{ policy: Uint8Array | null }>("SELECT policy FROM agents WHERE agent_id = $1", [agentId]);
+    // FOR SHARE: an agent policy changing its currency meanwhile waits (see updateAgentPolicy).
+    const { rows } = await tx.query<{ policy: Uint8Array | null }>("SELECT policy FROM agents WHERE agent_id = $1 FOR SHARE", [agentId]);
     const bytes = rows[0]?.policy ?? null;
     if (bytes === null) return;
     const agentPolicy = fromBinary(SessionPolicySchema, bytes);
-    const limitsValue = compilePolicy(agentPolicy);
-    const hasValueLimit =
-      WINDOW_KINDS.some((w) => limitsValue.limits[w].maxValue !== undefined) || limitsValue.maxPerTransaction !== undefined;
-    if (hasValueLimit && agentPolicy.currencyCode !== policy.currencyCode) {
+    if (limitsValue(agentPolicy) && agentPolicy.currencyCode !== policy.currencyCode) {
       throw new ConnectError(
         `policy.currency_code: ${policy.currencyCode} differs from agent ${agentId}'s policy currency ${agentPolicy.currencyCode}`,
         Code.FailedPrecondition,
@@ -847,6 +851,22 @@ export class WardenStore {
       const { rows } = await tx.query<{ revision: string }>("SELECT revision FROM agents WHERE agent_id = $1 FOR UPDATE", [req.agentId]);
       if (req.etag !== "" && req.etag !== `"${rows[0]!.revision}"`) {
         throw new ConnectError(`etag: agent "${req.agentId}" changed since it was read`, Code.Aborted);
+      }
+      // An agent's value limits are in its currency and bind every session
+      // it has: one in another currency would be checked against a limit
+      // in the wrong unit. A session's policy never changes, so its
+      // distinct policies are few.
+      if (limitsValue(req.policy!)) {
+        const live = await tx.query<{ policy: Uint8Array }>("SELECT DISTINCT policy FROM sessions WHERE agent_id = $1 AND status IN (1, 2)", [req.agentId]);
+        for (const r of live.rows) {
+          const currency = fromBinary(SessionPolicySchema, r.policy).currencyCode;
+          if (currency !== req.policy!.currencyCode) {
+            throw new ConnectError(
+              `policy.currency_code: ${req.policy!.currencyCode} differs from ${currency}, the currency of agent ${req.agentId}'s active or paused sessions`,
+              Code.FailedPrecondition,
+            );
+          }
+        }
       }
       await tx.query(
         "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = warden_next_revision() WHERE agent_id = $1",

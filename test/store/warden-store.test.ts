@@ -347,6 +347,19 @@ for (const driver of DRIVERS) {
       await rejects(store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD" }, etag: '"999"' })), Code.Aborted, /etag/);
     });
 
+    test("an agent's value limits must be in the currency of its live sessions, both ways", async () => {
+      const id = agent();
+      const s = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      const eur = (policy: object) => store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "EUR", ...policy } }));
+      await rejects(eur({ daily: { maxValueMicros: USD(50) } }), Code.FailedPrecondition, /policy.currency_code: EUR differs from USD/);
+      await rejects(eur({ maxPerTransactionMicros: USD(5) }), Code.FailedPrecondition, /policy.currency_code/);
+      // Action counts alone have no unit; an ended session no longer counts.
+      await eur({ daily: { maxActions: 5n } });
+      await store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
+      await eur({ daily: { maxValueMicros: USD(50) } });
+      await rejects(store.createSession(sessionRequest(id, {}), NO_HASH), Code.FailedPrecondition, /policy.currency_code: USD differs from agent/);
+    });
+
     test("export and import round-trip a session with its history", async () => {
       const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }, { labels: { team: "a" } }), NO_HASH);
       await check(s.sessionId, USD(10));
