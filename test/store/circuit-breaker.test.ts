@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DecisionSchema, Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
@@ -8,41 +8,28 @@ import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { AcquireLeaseRequestSchema, LeaseRecordSchema, LeaseReportSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { newId } from "../../src/store/ids.js";
-import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
-import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
-import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { DRIVERS } from "../helpers/databases.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
 
 for (const driver of DRIVERS) {
   describe(`circuit breaker on ${driver}`, () => {
-    let t: TestDatabase;
-    let clock: ManualClock;
-    let store: WardenStore;
-    let n = 0;
-    const agent = () => `breaker-agent-${driver}-${++n}`;
-    before(async () => {
-      t = await openTestDatabase(driver);
-      clock = new ManualClock();
-      store = createWardenStore({ db: t.db, now: clock.now });
-    });
-    after(async () => {
-      await assertLedgerConsistent(t.db);
-      await t.drop();
-    });
+    const suite = storeSuite(driver, "breaker-agent");
+    const { agent } = suite;
 
     /** A session that denies anything above 10 USD a call. */
     const session = (breaker: { pauseAfterDenialsInARow?: number; failAfterErrors?: number }, agentId = agent()) =>
-      store.createSession(sessionRequest(agentId, { maxPerTransactionMicros: USD(10), circuitBreaker: breaker }), NO_HASH);
+      suite.store.createSession(sessionRequest(agentId, { maxPerTransactionMicros: USD(10), circuitBreaker: breaker }), NO_HASH);
     const check = async (sessionId: string, amount: bigint) =>
-      ((await store.decide({ method: "check", sessionId, action: payment(amount), idempotencyKey: "", requestHash: NO_HASH })) as CheckResponse).decision!;
+      ((await suite.store.decide({ method: "check", sessionId, action: payment(amount), idempotencyKey: "", requestHash: NO_HASH })) as CheckResponse).decision!;
     const status = async (sessionId: string) => {
-      const s = await store.getSession(sessionId);
+      const s = await suite.store.getSession(sessionId);
       return [SessionStatus[s.status], s.statusReason];
     };
     const events = async (sessionId: string) =>
-      (await t.db.query<{ type: string; data: { reason?: string } }>("SELECT type, data FROM events WHERE session_id = $1 ORDER BY seq", [sessionId])).rows.map(
+      (await suite.t.db.query<{ type: string; data: { reason?: string } }>("SELECT type, data FROM events WHERE session_id = $1 ORDER BY seq", [sessionId])).rows.map(
         (r) => `${r.type}${r.data.reason === undefined ? "" : `: ${r.data.reason}`}`,
       );
 
@@ -58,7 +45,7 @@ for (const driver of DRIVERS) {
       assert.deepEqual(after.reasons, [Reason.SESSION_PAUSED]);
       assert.deepEqual((await events(s.sessionId)).slice(1), ["session.paused: circuit breaker: 3 denials in a row"]);
       // A person resumes it, and the count starts over.
-      await store.setPaused(s.sessionId, false, "looked into it");
+      await suite.store.setPaused(s.sessionId, false, "looked into it");
       await check(s.sessionId, USD(20));
       await check(s.sessionId, USD(20));
       assert.deepEqual(await status(s.sessionId), ["ACTIVE", "looked into it"]);
@@ -79,7 +66,7 @@ for (const driver of DRIVERS) {
       const agentId = agent();
       const own = await session({ pauseAfterDenialsInARow: 5 }, agentId);
       const none = await session({}, agentId);
-      await store.updateAgentPolicy(
+      await suite.store.updateAgentPolicy(
         create(UpdateAgentPolicyRequestSchema, { agentId, policy: { currencyCode: "USD", circuitBreaker: { pauseAfterDenialsInARow: 2 } } }),
       );
       for (const id of [own.sessionId, none.sessionId]) {
@@ -98,37 +85,37 @@ for (const driver of DRIVERS) {
 
     test("failed requests up to fail_after_errors end the session as FAILED, releasing its holds", async () => {
       const s = await session({ failAfterErrors: 2 });
-      const hold = (await store.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(4)), idempotencyKey: "", requestHash: NO_HASH })) as AuthorizeResponse;
+      const hold = (await suite.store.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(4)), idempotencyKey: "", requestHash: NO_HASH })) as AuthorizeResponse;
       assert.equal(hold.decision!.outcome, Outcome.ALLOW);
-      await store.recordError(s.sessionId);
+      await suite.store.recordError(s.sessionId);
       assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");
-      await store.recordError(s.sessionId);
+      await suite.store.recordError(s.sessionId);
       assert.deepEqual(await status(s.sessionId), ["FAILED", "circuit breaker: 2 failed requests"]);
-      const { rows } = await t.db.query<{ status: number }>("SELECT status FROM actions WHERE action_id = $1", [hold.authorizationId]);
+      const { rows } = await suite.t.db.query<{ status: number }>("SELECT status FROM actions WHERE action_id = $1", [hold.authorizationId]);
       assert.equal(rows[0]!.status, ActionStatus.VOIDED, "its hold went back");
       assert.ok((await events(s.sessionId)).includes("session.failed: circuit breaker: 2 failed requests"));
       // Later errors count, and change nothing.
-      await store.recordError(s.sessionId);
-      assert.equal((await store.getSession(s.sessionId)).usage!.errorCount, 3n);
+      await suite.store.recordError(s.sessionId);
+      assert.equal((await suite.store.getSession(s.sessionId)).usage!.errorCount, 3n);
       assert.deepEqual((await status(s.sessionId))[0], "FAILED");
     });
 
     test("a sidecar's reported denials count too, in the order they were made", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
-      const lease = (await store.leases.acquire(
+      const lease = (await suite.store.leases.acquire(
         create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
       ))!;
       const record = (outcome: Outcome, atMs: number) =>
         create(LeaseRecordSchema, {
-          actionId: newId("act", clock.ms + atMs),
+          actionId: newId("act", suite.clock.ms + atMs),
           method: "check",
           action: payment(outcome === Outcome.ALLOW ? USD(1) : USD(20)),
           decision: create(DecisionSchema, { outcome, message: "x" }),
-          createTime: timestampFromMs(clock.ms + atMs),
+          createTime: timestampFromMs(suite.clock.ms + atMs),
           processingNanos: 1000n,
         });
       const report = (...records: ReturnType<typeof record>[]) =>
-        store.leases.report(
+        suite.store.leases.report(
           create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records })] }),
         );
       // Sent out of order; made as DENY, ALLOW, DENY, DENY: a run of two.
@@ -139,10 +126,10 @@ for (const driver of DRIVERS) {
       assert.deepEqual(await status(s.sessionId), ["PAUSED", "circuit breaker: 3 denials in a row"]);
       assert.deepEqual((await events(s.sessionId)).slice(1), ["session.paused: circuit breaker: 3 denials in a row"]);
       // A retried report counts nothing twice.
-      await store.setPaused(s.sessionId, false, "resumed");
+      await suite.store.setPaused(s.sessionId, false, "resumed");
       await report(fifth);
       assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");
-      const { rows } = await t.db.query<{ denial_run: number }>("SELECT denial_run FROM sessions WHERE session_id = $1", [s.sessionId]);
+      const { rows } = await suite.t.db.query<{ denial_run: number }>("SELECT denial_run FROM sessions WHERE session_id = $1", [s.sessionId]);
       assert.equal(rows[0]!.denial_run, 0);
     });
   });
