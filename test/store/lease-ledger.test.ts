@@ -20,6 +20,7 @@ import {
 } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
+import { SIDECAR_HOLD_GRACE_MS } from "../../src/store/hold-ledger.js";
 import { newId } from "../../src/store/ids.js";
 import { LEASE_TOTALS_SQL } from "../../src/store/session-row.js";
 import { CHANGED_SESSIONS_SQL, SETTLED_HOLDS_SQL } from "../../src/store/session-sync.js";
@@ -290,6 +291,29 @@ for (const driver of DRIVERS) {
       const a = await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never);
       assert.deepEqual(a.actions.map((x) => x.status).sort(), [ActionStatus.CAPTURED, ActionStatus.VOIDED].sort());
       await assertLedgerConsistent(t.db);
+    });
+
+    test("a sidecar's hold expires at its expiry everywhere but the sweeper, which waits the grace for its capture report", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const late = record("authorize", USD(20), Outcome.ALLOW, 1_000);
+      const lapsed = record("authorize", USD(10), Outcome.ALLOW, 1_000);
+      await report(rep(s.sessionId, l, { records: [late, lapsed], release: true }));
+      const status = async (id: string) => (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.find((a) => a.actionId === id)!.status;
+      clock.advance(2_000);
+      // Past its expiry: the control plane refuses it, as its sidecar does...
+      await assert.rejects(store.capture({ sessionId: s.sessionId, authorizationId: late.actionId, idempotencyKey: "" } as never, NO_HASH), /has expired/);
+      // ...but keeps it open, and so does the sweeper, for the sidecar's
+      // capture made before the expiry and reported after it.
+      await store.sweep();
+      assert.equal(await status(late.actionId), ActionStatus.HELD);
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: late.actionId, captureMicros: USD(20), time: timestampFromMs(clock.ms - 1_500) }] })), []);
+      assert.equal(await status(late.actionId), ActionStatus.CAPTURED);
+      // Past the grace the sweeper expires what was never reported.
+      clock.advance(SIDECAR_HOLD_GRACE_MS);
+      await store.sweep();
+      assert.equal(await status(lapsed.actionId), ActionStatus.EXPIRED);
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(20));
     });
 
     test("an allowed record without a lease is refused and changes nothing", async () => {
