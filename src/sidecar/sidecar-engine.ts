@@ -469,8 +469,10 @@ export class SidecarEngine {
     const h = this.holds.get(req.authorizationId);
     if (h === undefined || h.sessionId !== req.sessionId) return this.settleElsewhere(verb, req);
     // The store released this hold when the session ended: a capture
-    // answered here would be money spent that the ledger never keeps.
-    const s = this.o.cache.peek(req.sessionId);
+    // answered here would be money spent that the ledger never keeps. A
+    // session evicted since is fetched again; offline, the hold is
+    // settled from what this sidecar knows.
+    const s = await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined);
     if (s !== undefined && isTerminal(s.status)) {
       this.holds.delete(req.authorizationId);
       throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);

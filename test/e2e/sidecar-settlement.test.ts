@@ -45,7 +45,7 @@ describe("holds and leases of sessions whose terms changed, settled through side
   const sidecars: RunningSidecar[] = [];
   let admin: Client<typeof SessionService>;
 
-  const newSidecar = async (agentId: string, reportIntervalMs = 20) => {
+  const newSidecar = async (agentId: string, reportIntervalMs = 20, cacheMaxSessions = 1000) => {
     const s = await startSidecar({
       grpcAddress: "127.0.0.1:0",
       httpAddress: "127.0.0.1:0",
@@ -54,7 +54,7 @@ describe("holds and leases of sessions whose terms changed, settled through side
       stalenessBoundMs: 5_000,
       leaseTtlMs: 10_000,
       reportIntervalMs,
-      cacheMaxSessions: 1000,
+      cacheMaxSessions,
       cacheMaxBytes: 1 << 24,
       logger: createLogger("silent"),
       requireSessionTokens: false,
@@ -105,6 +105,24 @@ describe("holds and leases of sessions whose terms changed, settled through side
     assert.match(captured.message, /has ended \(REVOKED\)/);
     // Nothing the sidecar reports afterwards changes the ledger.
     await sleep(200);
+    assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.VOIDED);
+  });
+
+  test("a hold of a session revoked after it left the sidecar's cache is refused too: the session is fetched again", async () => {
+    const agent = "evicted-hold";
+    const sc = await newSidecar(agent, 20, 1);
+    const policy = policyOf(sc);
+    const first = (await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }))).session!.sessionId;
+    const second = (await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }))).session!.sessionId;
+    const held = await policy.authorize({ sessionId: first, action: payment(USD(40)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    // A cache of one session: deciding for the second evicts the first.
+    assert.equal((await policy.check({ sessionId: second, action: payment(USD(1)) })).decision?.outcome, Outcome.ALLOW);
+    assert.equal(sc.cache.peek(first), undefined);
+    await admin.revokeSession({ sessionId: first, reason: "stop" });
+    const captured = await code(policy.capture({ sessionId: first, authorizationId: held.authorizationId }));
+    assert.deepEqual(captured, { code: Code.FailedPrecondition, message: `session_id: session "${first}" has ended (REVOKED)` });
     assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.VOIDED);
   });
 
