@@ -1,4 +1,4 @@
-import { Outcome } from "../gen/warden/v1/decision_pb.js";
+import { Outcome, Reason } from "../gen/warden/v1/decision_pb.js";
 import type { CompiledPolicy } from "./compiled-policy.js";
 
 /**
@@ -21,9 +21,33 @@ export function tripThreshold(policies: Iterable<Pick<CompiledPolicy, BreakerKin
   return out;
 }
 
-/** Denials in a row after one more decision: a DENY adds one, anything else starts over. */
-export function denialRun(run: number, outcome: Outcome): number {
-  return outcome === Outcome.DENY ? run + 1 : 0;
+/**
+ * Denials for the session's state (paused, ended, a parent stopped) or for
+ * an unreachable control plane, rather than for what the agent asked. A
+ * sidecar keeps denying a paused session's calls and reports them after
+ * its next resume: counted, they would trip the breaker again at once.
+ */
+const STATE_REASONS: ReadonlySet<Reason> = new Set([
+  Reason.SESSION_PAUSED,
+  Reason.SESSION_EXPIRED,
+  Reason.SESSION_IDLE_TIMEOUT,
+  Reason.SESSION_REVOKED,
+  Reason.SESSION_COMPLETED,
+  Reason.SESSION_EXHAUSTED,
+  Reason.SESSION_FAILED,
+  Reason.PARENT_INACTIVE,
+  Reason.CONTROL_PLANE_UNAVAILABLE,
+]);
+
+/**
+ * Denials in a row after one more decision: a DENY adds one, anything else
+ * starts over, and a DENY only for the session's state leaves the count as
+ * it was.
+ */
+export function denialRun(run: number, outcome: Outcome, reasons: readonly Reason[]): number {
+  if (outcome !== Outcome.DENY) return 0;
+  if (reasons.length > 0 && reasons.every((r) => STATE_REASONS.has(r))) return run;
+  return run + 1;
 }
 
 /** Whether a count has reached a threshold (0: the breaker is off). */

@@ -276,7 +276,7 @@ export class DecisionBatcher {
         }
         // The circuit breaker: a run of denials pauses an active session;
         // the calls after it in this batch already find it paused.
-        s.denialRun = denialRun(s.denialRun, ev.outcome);
+        s.denialRun = denialRun(s.denialRun, ev.outcome, ev.reasons);
         if (s.status === SessionStatus.ACTIVE && trips(s.denialRun, tripThreshold(scopes.map((sc) => sc.policy), "pauseAfterDenials"))) {
           s.status = SessionStatus.PAUSED;
           delta.statusReason = breakerPauseReason(s.denialRun);

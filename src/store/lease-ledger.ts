@@ -592,7 +592,7 @@ function breakerRuns(
     );
     let trip = false;
     for (const r of list.sort((a, b) => timestampMs(a.createTime!) - timestampMs(b.createTime!))) {
-      s.denialRun = denialRun(s.denialRun, r.decision!.outcome);
+      s.denialRun = denialRun(s.denialRun, r.decision!.outcome, r.decision!.reasons);
       trip ||= s.status === SessionStatus.ACTIVE && trips(s.denialRun, threshold);
     }
     if (trip) tripped.push(s);

@@ -131,6 +131,23 @@ for (const driver of DRIVERS) {
       assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");
       const { rows } = await suite.t.db.query<{ denial_run: number }>("SELECT denial_run FROM sessions WHERE session_id = $1", [s.sessionId]);
       assert.equal(rows[0]!.denial_run, 0);
+      // The agent kept calling while the session was paused: its sidecar
+      // denied for the pause, and those reports land after a resume. They
+      // are about the session's state, not the agent's requests: they
+      // neither count nor break a run, or a resume would trip it again.
+      await suite.store.setPaused(s.sessionId, true, "look");
+      const paused = (atMs: number) => {
+        const r = record(Outcome.DENY, atMs);
+        r.decision = create(DecisionSchema, { outcome: Outcome.DENY, reasons: [Reason.SESSION_PAUSED], message: "paused" });
+        return r;
+      };
+      await suite.store.setPaused(s.sessionId, false, "resumed");
+      await report(paused(6), paused(7), paused(8), paused(9));
+      assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");
+      await report(record(Outcome.DENY, 10), paused(11), record(Outcome.DENY, 12));
+      assert.deepEqual((await status(s.sessionId))[0], "ACTIVE", "a run of two, the pause denial between them aside");
+      await report(record(Outcome.DENY, 13));
+      assert.deepEqual(await status(s.sessionId), ["PAUSED", "circuit breaker: 3 denials in a row"]);
     });
   });
 }
