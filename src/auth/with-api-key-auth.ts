@@ -123,6 +123,19 @@ export function withApiKeyAuth<S extends DescService>(
     return principal;
   }
 
+  /**
+   * A response stream outlives the check that opened it: its key is
+   * authenticated again (through the same short memo) before each message,
+   * so the open streams of a revoked key end with UNAUTHENTICATED at their
+   * next message (a watch's heartbeat at the latest).
+   */
+  async function* stillAdmitted(messages: AsyncIterable<unknown>, ctx: HandlerContext): AsyncIterable<unknown> {
+    for await (const m of messages) {
+      await principalOf(ctx);
+      yield m;
+    }
+  }
+
   for (const method of service.methods) {
     const fn = source[method.localName];
     if (typeof fn !== "function") continue;
@@ -146,7 +159,7 @@ export function withApiKeyAuth<S extends DescService>(
         wrapped[method.localName] = async function* (req, ctx) {
           const principal = await admit(procedure, access, ctx);
           await checkScope(procedure, access, principal, req);
-          yield* fn.call(impl, req, ctx) as AsyncIterable<unknown>;
+          yield* stillAdmitted(fn.call(impl, req, ctx) as AsyncIterable<unknown>, ctx);
         };
         break;
       case "client_streaming":
@@ -158,7 +171,10 @@ export function withApiKeyAuth<S extends DescService>(
       case "bidi_streaming":
         wrapped[method.localName] = async function* (reqs, ctx) {
           const principal = await admit(procedure, access, ctx);
-          yield* fn.call(impl, checkEach(reqs as AsyncIterable<unknown>, (r) => checkScope(procedure, access, principal, r)), ctx) as AsyncIterable<unknown>;
+          yield* stillAdmitted(
+            fn.call(impl, checkEach(reqs as AsyncIterable<unknown>, (r) => checkScope(procedure, access, principal, r)), ctx) as AsyncIterable<unknown>,
+            ctx,
+          );
         };
         break;
     }

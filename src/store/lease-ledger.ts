@@ -442,6 +442,17 @@ export class LeaseLedger {
         ),
       );
 
+      // A hold a sidecar placed before it heard that its session (or a
+      // parent) had ended arrives after the ending released the others:
+      // it goes back now too, as nothing may settle it.
+      const orphaned = records
+        .filter(({ record }) => fresh.has(record.actionId) && record.method === "authorize" && record.decision!.outcome === Outcome.ALLOW)
+        .filter(({ s }) => [s, ...s.ancestorIds.map((a) => locked.sessions.get(a)!)].some((c) => isTerminal(c.status)))
+        .map(({ record }) => record.actionId);
+      if (orphaned.length > 0) {
+        await releaseHolds(tx, await lockActions(tx, `action_id = ANY($1::text[]) AND status = ${ActionStatus.HELD}`, [orphaned]), ActionStatus.VOIDED, nowMs);
+      }
+
       // 2. Settlements of holds the sidecar placed, all locked in one read
       // and applied in a few statements; each is judged in report order
       // (a second settlement of one hold finds it settled by the first).
@@ -493,10 +504,13 @@ export class LeaseLedger {
       );
 
       // 3. Releases: what is left goes back to every window it reserved in.
+      // Only the report's own session's lease: the access check vouched
+      // for the session, not for whatever lease id came with it.
       const releasing = req.reports
         .filter((rep) => rep.release)
-        .map((rep) => leases.get(rep.leaseId))
-        .filter((l): l is LeaseRow => l !== undefined && l.status === LeaseStatus.ACTIVE);
+        .map((rep) => ({ rep, l: leases.get(rep.leaseId) }))
+        .filter(({ rep, l }) => l !== undefined && l.session_id === rep.sessionId && l.status === LeaseStatus.ACTIVE)
+        .map(({ l }) => l!);
       if (releasing.length > 0) {
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[])`, [releasing.map((l) => l.lease_id)]);
         await settleLeases(tx, rows, "release", nowMs);
@@ -513,7 +527,7 @@ export class LeaseLedger {
       // the watch stream and give their leases back.
       await pauseSessions(
         tx,
-        tripped.filter((s) => !ending.includes(s.sessionId)),
+        tripped.filter((t) => !ending.includes(t.session.sessionId)),
         nowMs,
       );
       // A window limit a sidecar's decision ran into is told like the store's own.
@@ -575,14 +589,14 @@ function breakerRuns(
   records: readonly { record: LeaseRecord; s: LockedSession }[],
   sessions: Map<string, LockedSession>,
   agents: Map<string, LockedAgent>,
-): LockedSession[] {
+): { session: LockedSession; run: number }[] {
   const bySession = new Map<string, LeaseRecord[]>();
   for (const { record, s } of records) {
     const list = bySession.get(s.sessionId) ?? [];
     list.push(record);
     bySession.set(s.sessionId, list);
   }
-  const tripped: LockedSession[] = [];
+  const tripped: { session: LockedSession; run: number }[] = [];
   for (const [id, list] of bySession) {
     const s = sessions.get(id)!;
     const agent = agents.get(s.agentId);
@@ -590,20 +604,22 @@ function breakerRuns(
       [s.policy, ...s.ancestorIds.map((a) => sessions.get(a)!.policy), ...(agent === undefined ? [] : [agent.policy])],
       "pauseAfterDenials",
     );
-    let trip = false;
+    let tripRun: number | undefined;
     for (const r of list.sort((a, b) => timestampMs(a.createTime!) - timestampMs(b.createTime!))) {
       s.denialRun = denialRun(s.denialRun, r.decision!.outcome, r.decision!.reasons);
-      trip ||= s.status === SessionStatus.ACTIVE && trips(s.denialRun, threshold);
+      if (tripRun === undefined && s.status === SessionStatus.ACTIVE && trips(s.denialRun, threshold)) tripRun = s.denialRun;
     }
-    if (trip) tripped.push(s);
+    // Said with the run that tripped it, not what later records made of it.
+    if (tripRun !== undefined) tripped.push({ session: s, run: tripRun });
   }
   return tripped;
 }
 
 /** Pauses active sessions the circuit breaker tripped on, with their events. */
-async function pauseSessions(tx: Queryable, sessions: readonly LockedSession[], nowMs: number): Promise<void> {
-  if (sessions.length === 0) return;
-  const reasons = sessions.map((s) => breakerPauseReason(s.denialRun));
+async function pauseSessions(tx: Queryable, tripped: readonly { session: LockedSession; run: number }[], nowMs: number): Promise<void> {
+  if (tripped.length === 0) return;
+  const sessions = tripped.map((t) => t.session);
+  const reasons = tripped.map((t) => breakerPauseReason(t.run));
   await tx.query(
     `UPDATE sessions s SET status = ${SessionStatus.PAUSED}, status_reason = u.reason, update_time = $3::timestamptz, revision = warden_next_revision()
        FROM unnest($1::text[], $2::text[]) AS u(session_id, reason)

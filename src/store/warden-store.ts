@@ -140,6 +140,31 @@ export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = A
   RETURNING scope`;
 
 
+/**
+ * Whether a locked session can no longer settle holds or have approvals
+ * decided: it or a parent has ended, or is past its expiry or idle timeout
+ * though the sweeper has not got to it, in which case it ends here
+ * (EXPIRED, releasing its holds), as a decision would end it. Returns the
+ * session that ended (whose forks must then end too) and how to say so.
+ */
+async function endedChain(
+  tx: Queryable,
+  s: LockedSession,
+  locked: Map<string, LockedSession>,
+  nowMs: number,
+): Promise<{ sessionId: string; why: string } | undefined> {
+  for (const c of [s, ...s.ancestorIds.map((a) => locked.get(a)!)]) {
+    if (!isTerminal(c.status)) {
+      const lapsed = lapse(sessionScope(c), nowMs);
+      if (lapsed === undefined) continue;
+      await endSessions(tx, [c.sessionId], SessionStatus.EXPIRED, lapsed === "time" ? "expired" : "idle timeout", nowMs);
+      c.status = SessionStatus.EXPIRED;
+    }
+    return { sessionId: c.sessionId, why: c === s ? `has ended (${SessionStatus[c.status]})` : `has ended with its parent "${c.sessionId}" (${SessionStatus[c.status]})` };
+  }
+  return undefined;
+}
+
 /** Whether a policy limits money (so its currency must match the amounts it is checked against). */
 function limitsValue(policy: SessionPolicy): boolean {
   const c = compilePolicy(policy);
@@ -936,19 +961,15 @@ export class WardenStore {
         const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [actionId, sessionId]);
         if (h === undefined) throw notFound("authorization_id", `authorization in session "${sessionId}"`, actionId);
         if (h.status !== ActionStatus.HELD) throw closedHoldError(h, verb);
-        // A session past its expiry or idle timeout has ended, whether or
-        // not the sweeper got to it: end it now, releasing this hold, as a
-        // decision would. One whose parent ended is ending with it.
-        const why = lapse(sessionScope(s), nowMs);
-        if (why !== undefined) {
-          await endSessions(tx, [sessionId], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
-          ended = [sessionId];
-          return { error: new ConnectError(`session_id: session "${sessionId}" has ended (EXPIRED)`, Code.FailedPrecondition) };
-        }
-        const parentEnded = s.ancestorIds.find((a) => isTerminal(locked.get(a)!.status));
-        if (parentEnded !== undefined) {
-          ended = [parentEnded];
-          return { error: new ConnectError(`session_id: session "${sessionId}" has ended with its parent "${parentEnded}"`, Code.FailedPrecondition) };
+        const wasEnded = isTerminal(s.status);
+        const refused = await endedChain(tx, s, locked, nowMs);
+        if (refused !== undefined) {
+          ended = [refused.sessionId];
+          // A hold still open in a session that had ended (a sidecar's
+          // record reported late) goes back now; one the lapse just ended
+          // was released with it, and a fork's goes with the fork.
+          if (wasEnded) await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
+          return { error: new ConnectError(`session_id: session "${sessionId}" ${refused.why}`, Code.FailedPrecondition) };
         }
         if (h.hold_expire_time !== null && h.hold_expire_time.getTime() <= nowMs) {
           // Expire it now, keep that, and tell the caller; one a sidecar
@@ -972,7 +993,9 @@ export class WardenStore {
         return { record };
       }),
     );
-    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now);
+    // Committed either way: should ending the forks fail, they decide
+    // nothing meanwhile and the sweeper ends them at their own expiry.
+    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now).catch(() => {});
     if ("error" in result) throw result.error;
     return result.record;
   }
@@ -1066,23 +1089,15 @@ export class WardenStore {
     let ended: string[] = [];
     const failure = await this.db.transaction((tx) =>
       this.withLocked(tx, owner, false, async (s, chain) => {
-        // A session past its expiry or idle timeout has ended even if the
-        // sweeper has not got to it: end it now (which cancels this
-        // approval), as a decision would, rather than charge it.
-        const why = lapse(sessionScope(s), nowMs);
-        if (why !== undefined) {
-          await endSessions(tx, [owner], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
-          ended = [owner];
-          return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session has ended (EXPIRED)`, Code.FailedPrecondition);
-        }
-        const parentEnded = s.ancestorIds.find((id) => isTerminal(chain.get(id)!.status));
-        if (parentEnded !== undefined) {
-          ended = [parentEnded];
-          return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session ended with its parent "${parentEnded}"`, Code.FailedPrecondition);
-        }
         const locked = (await lockApproval(tx, approvalId))!;
         const a = locked.approval;
         if (a.status !== ApprovalStatus.PENDING) return verb === undefined ? undefined : decidedError(a, verb);
+        // Ending the session (here, if it lapsed) cancels this approval.
+        const refused = await endedChain(tx, s, chain, nowMs);
+        if (refused !== undefined) {
+          ended = [refused.sessionId];
+          return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session ${refused.why}`, Code.FailedPrecondition);
+        }
         if (a.expire_time.getTime() <= nowMs) {
           const timeout = timeoutVerdict(a);
           await settleApproval(tx, locked, timeout, s.policy.holdTtlMs, nowMs);
@@ -1098,7 +1113,7 @@ export class WardenStore {
         return undefined;
       }),
     );
-    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now);
+    if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now).catch(() => {});
     if (failure !== undefined) throw failure;
     return this.getApproval(approvalId);
   }

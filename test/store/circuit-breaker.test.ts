@@ -100,6 +100,38 @@ for (const driver of DRIVERS) {
       assert.deepEqual((await status(s.sessionId))[0], "FAILED");
     });
 
+    test("a sidecar's report that trips the breaker pauses with the run that tripped it", async () => {
+      const s = await suite.store.createSession(sessionRequest(agent(), { maxPerTransactionMicros: USD(10), circuitBreaker: { pauseAfterDenialsInARow: 3 } }), NO_HASH);
+      const lease = (await suite.store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
+      ))!;
+      const record = (outcome: Outcome, atMs: number) =>
+        create(LeaseRecordSchema, {
+          actionId: newId("act", suite.clock.ms + atMs),
+          method: "check",
+          action: payment(outcome === Outcome.ALLOW ? USD(1) : USD(20)),
+          decision: create(DecisionSchema, { outcome, message: "x" }),
+          createTime: timestampFromMs(suite.clock.ms + atMs),
+          processingNanos: 1000n,
+        });
+      // Three denials in a row (the store would have paused here), then an
+      // ALLOW the sidecar made before it heard of the pause.
+      await suite.store.leases.report(
+        create(ReportLeasesRequestSchema, {
+          holder: "sidecar-1",
+          reports: [
+            create(LeaseReportSchema, {
+              sessionId: s.sessionId,
+              leaseId: lease.leaseId,
+              records: [record(Outcome.DENY, 1), record(Outcome.DENY, 2), record(Outcome.DENY, 3), record(Outcome.ALLOW, 4)],
+            }),
+          ],
+        }),
+      );
+      const after = await suite.store.getSession(s.sessionId);
+      assert.deepEqual([SessionStatus[after.status], after.statusReason], ["PAUSED", "circuit breaker: 3 denials in a row"]);
+    });
+
     test("a sidecar's reported denials count too, in the order they were made", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
       const lease = (await suite.store.leases.acquire(

@@ -1,18 +1,30 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
-import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
+import { DecisionSchema, Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { AcquireLeaseRequestSchema, LeaseRecordSchema, LeaseReportSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { newId } from "../../src/store/ids.js";
 import { DRIVERS } from "../helpers/databases.js";
-import { sessionRequest, USD } from "../helpers/fixtures.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
+const outcome = (p: Promise<unknown>) =>
+  p.then(
+    (r) => `ok ${ActionStatus[(r as { status: ActionStatus }).status] ?? ""}`,
+    (e: unknown) => Code[ConnectError.from(e).code],
+  );
+const code = (p: Promise<unknown>) =>
+  p.then(
+    (r) => `ok ${ActionStatus[(r as { status: ActionStatus }).status] ?? ""}`,
+    (e: unknown) => `${Code[ConnectError.from(e).code]}: ${ConnectError.from(e).rawMessage}`,
+  );
 
 for (const driver of DRIVERS) {
   describe(`session endings and calendars on ${driver}`, () => {
@@ -85,6 +97,85 @@ for (const driver of DRIVERS) {
       });
       const after = await suite.store.getSession(s.sessionId);
       assert.deepEqual([SessionStatus[after.status], after.usage!.valueCommittedMicros, after.usage!.valueHeldMicros], ["EXPIRED", 0n, 0n]);
+    });
+
+    test("a fork's hold cannot be captured once its parent has lapsed (idle), whether or not the sweeper ran", async () => {
+      const mk = async () => {
+        const parent = await suite.store.createSession(
+          sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) }, holdTtl: durationFromMs(3_600_000) }, { idleTimeout: durationFromMs(60_000) }),
+          NO_HASH,
+        );
+        const child = await suite.store.forkSession(
+          create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", holdTtl: durationFromMs(3_600_000) } }),
+          NO_HASH,
+        );
+        const hold = await authorize(child.sessionId, USD(50));
+        assert.equal(hold.decision!.outcome, Outcome.ALLOW);
+        return { parent, child, hold };
+      };
+      const a = await mk();
+      const b = await mk();
+      // The parents see no activity of their own (a fork's does not count), so they go idle.
+      suite.clock.advance(61_000);
+      // a: nobody swept yet.
+      const early = await outcome(capture(a.child.sessionId, a.hold.authorizationId));
+      // b: the sweeper got there first: parent and fork EXPIRED, the hold released.
+      await suite.store.sweep();
+      const late = await outcome(capture(b.child.sessionId, b.hold.authorizationId));
+      assert.equal(late, Code[Code.FailedPrecondition]);
+      const pa = await suite.store.getSession(a.parent.sessionId);
+      assert.equal(early, late, `the same capture before the sweep must get the same answer (parent a: ${SessionStatus[pa.status]}, committed ${pa.usage!.valueCommittedMicros})`);
+    });
+
+    test("deciding an approval of a REVOKED session after its expiry time leaves it REVOKED", async () => {
+      const s = await suite.store.createSession(
+        sessionRequest(agent(), { requireApprovalAboveMicros: USD(10) }, { expiration: { case: "ttl", value: durationFromMs(60_000) } }),
+        NO_HASH,
+      );
+      const r = await check(s.sessionId, USD(50));
+      assert.equal(r.decision!.outcome, Outcome.NEEDS_APPROVAL);
+      await suite.store.terminate(s.sessionId, SessionStatus.REVOKED, "stolen key");
+      suite.clock.advance(61_000);
+      // The approval was canceled when the session ended: deciding it again fails.
+      const answer = await code(suite.store.approveApproval(r.approvalId, "key_alice", ""));
+      const after = await suite.store.getSession(s.sessionId);
+      const ends = (await suite.t.db.query<{ type: string }>("SELECT type FROM events WHERE session_id = $1 AND type LIKE 'session.%' ORDER BY seq", [s.sessionId])).rows.map((e) => e.type);
+      assert.deepEqual(
+        [SessionStatus[after.status], after.statusReason, ends],
+        ["REVOKED", "stolen key", ["session.created", "session.revoked"]],
+        `a terminal status changed (approve answered: ${answer})`,
+      );
+      assert.match(answer, /^FailedPrecondition: .*already CANCELED/);
+    });
+
+    test("a sidecar hold reported after its session was revoked cannot be captured at the control plane", async () => {
+      const s = await suite.store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const lease = (await suite.store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(40), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
+      ))!;
+      assert.ok(lease !== undefined);
+      // The sidecar authorizes from its lease, then the session is revoked
+      // before its report reaches the store.
+      const actionId = newId("act", suite.clock.ms);
+      const record = create(LeaseRecordSchema, {
+        actionId,
+        method: "authorize",
+        action: payment(USD(20)),
+        decision: create(DecisionSchema, { outcome: Outcome.ALLOW, message: "allowed" }),
+        createTime: timestampFromMs(suite.clock.ms),
+        holdExpireTime: timestampFromMs(suite.clock.ms + 15 * 60_000),
+        processingNanos: 1000n,
+      });
+      suite.clock.advance(10);
+      await suite.store.terminate(s.sessionId, SessionStatus.REVOKED, "revoked");
+      suite.clock.advance(10);
+      await suite.store.leases.report(
+        create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records: [record] })] }),
+      );
+      // README: "later calls on an ended session fail with FAILED_PRECONDITION".
+      const answer = await code(suite.store.capture({ sessionId: s.sessionId, authorizationId: actionId, idempotencyKey: "" } as never, NO_HASH));
+      const after = await suite.store.getSession(s.sessionId);
+      assert.match(answer, /^FailedPrecondition/, `capture on a REVOKED session; committed now ${after.usage!.valueCommittedMicros}`);
     });
 
     test("a session exhausted by a capture ends its forks", async () => {
