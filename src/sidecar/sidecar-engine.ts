@@ -400,6 +400,12 @@ export class SidecarEngine {
     }
 
     if (this.o.exactOnly) return this.exact(path, method, req, hash, claim);
+    // Checked again: the claim or the fetch above may have waited out the
+    // rest of the bound, and past it nothing is spent from a lease.
+    if (!this.o.fresh()) {
+      this.o.stale?.();
+      return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
+    }
     const nowMs = this.now();
     const sl = this.sessionLeases(req.sessionId);
     let lease = this.usable(sl.current, amount, nowMs);
