@@ -1,13 +1,11 @@
 import { create, type DescEnum } from "@bufbuild/protobuf";
 import { DurationSchema, timestampFromDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
-import { parseDecimalMicros } from "../core/money.js";
+import { INT64_MAX, parseDecimalMicros } from "../core/money.js";
 import { Weekday } from "../gen/warden/v1/policy_pb.js";
 import { CliError } from "./cli-error.js";
 
 // Value parsers for flag text. Each takes the flag's name (with dashes) so
 // that every error says which flag was wrong; none of them does I/O.
-
-const INT64_MAX = 9_223_372_036_854_775_807n;
 
 const NANOS_PER_UNIT: Record<string, bigint> = {
   ms: 1_000_000n,

@@ -1,7 +1,7 @@
 import { Outcome, Reason, Scope, Window } from "../gen/warden/v1/decision_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { type CompiledPolicy, WINDOW_KINDS, type WindowKind } from "./compiled-policy.js";
-import { formatMoney } from "./money.js";
+import { formatMoney, INT64_MAX } from "./money.js";
 import type { CalendarSpanCache, Span } from "./windows.js";
 
 /** Committed plus held usage of one window. */
@@ -269,6 +269,12 @@ export function evaluate(input: EvaluateInput): Evaluation {
           WINDOW_ENUM[window],
           `${window} value limit of ${who} would be exceeded (limit ${formatMoney(limit.maxValue, p.currency)}, used ${formatMoney(used.value, p.currency)}, asked ${formatMoney(action.amountMicros, p.currency)})`,
         );
+      }
+      // A scope's lifetime holds all of its spend: past int64 no counter,
+      // column or reply could carry it. A lifetime value limit (itself an
+      // int64) already stops it short.
+      if (window === "lifetime" && limit.maxValue === undefined && used.value + action.amountMicros > INT64_MAX) {
+        violate(Reason.AMOUNT_OUT_OF_RANGE, scope, WINDOW_ENUM[window], `the total of ${who} would pass the largest amount that can be counted`);
       }
       if (limit.maxActions !== undefined && used.actions + 1n > limit.maxActions) {
         violate(ACTION_REASON[window], scope, WINDOW_ENUM[window], `${window} action limit of ${who} would be exceeded (limit ${limit.maxActions}, used ${used.actions})`);

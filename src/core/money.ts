@@ -1,6 +1,9 @@
 /** Micros per major unit: amounts are integers of millionths. */
 export const MICROS_PER_UNIT = 1_000_000n;
 
+/** The largest amount in micros: usage counters, columns and proto fields are all int64. */
+export const INT64_MAX = 9_223_372_036_854_775_807n;
+
 const DECIMAL = /^(-)?(\d+)(?:\.(\d{1,6}))?$/;
 
 /**

@@ -171,6 +171,9 @@ function limitsValue(policy: SessionPolicy): boolean {
   return WINDOW_KINDS.some((w) => c.limits[w].maxValue !== undefined) || c.maxPerTransaction !== undefined;
 }
 
+/** The last millisecond of 9999-12-31 UTC: later times cannot be stored as a timestamp everyone reads alike. */
+const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+
 function notFound(field: string, what: string, id: string): ConnectError {
   return new ConnectError(`${field}: ${what} "${id}" not found`, Code.NotFound);
 }
@@ -301,6 +304,7 @@ export class WardenStore {
     const expireMs =
       req.expiration.case === "ttl" ? nowMs + durationMs(req.expiration.value) : timestampMs(req.expiration.value!);
     if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
+    if (expireMs > MAX_TIME_MS) throw new ConnectError("ttl: the session would end after 9999-12-31", Code.InvalidArgument);
     const sessionId = req.sessionId || newId("ses", nowMs);
     const scope = `a:${req.agentId}`;
     const out = await this.db.transaction(async (tx) => {
@@ -529,6 +533,8 @@ export class WardenStore {
         if (expireMs <= s.expireMs) {
           throw new ConnectError("expire_time: must be later than the current expiry", Code.InvalidArgument);
         }
+        // Each part is in range (validation.ts); their sum may not be.
+        if (expireMs > MAX_TIME_MS) throw new ConnectError("extend_by: the session would end after 9999-12-31", Code.InvalidArgument);
         for (const a of s.ancestorIds) {
           const parent = await tx.query<{ expire_time: Date }>("SELECT expire_time FROM sessions WHERE session_id = $1", [a]);
           if (expireMs > parent.rows[0]!.expire_time.getTime()) {

@@ -2,6 +2,7 @@ import type { DescMessage, DescService, Message } from "@bufbuild/protobuf";
 import { pathToString } from "@bufbuild/protobuf/reflect";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { createValidator, type Validator, type Violation, violationsToProto } from "@bufbuild/protovalidate";
+import { firstMalformed } from "./well-formed.js";
 
 /** Options of {@link withValidation}. */
 export interface ValidationOptions {
@@ -19,6 +20,9 @@ export interface ValidationOptions {
  * same error: INVALID_ARGUMENT, a message naming each field path and rule
  * (e.g. `invalid request: action.amount: amount_micros must be greater
  * than zero`), and the violations as a `buf.validate.Violations` detail.
+ *
+ * Then every string must be free of NUL characters and every time within
+ * protobuf's range (see well-formed.ts), with the same error.
  *
  * Streaming requests are validated message by message as the handler reads
  * them. Methods missing from `impl` stay missing (UNIMPLEMENTED).
@@ -101,8 +105,11 @@ function nativeRegexMatch(pattern: string, against: string): boolean {
 function assertValid(validator: Validator, schema: DescMessage, message: Message): void {
   const result = validator.validate(schema, message);
   switch (result.kind) {
-    case "valid":
+    case "valid": {
+      const malformed = firstMalformed(schema, message);
+      if (malformed !== undefined) throw new ConnectError(`invalid request: ${malformed}`, Code.InvalidArgument);
       return;
+    }
     case "invalid": {
       const [proto, desc] = violationsToProto(result.violations);
       throw new ConnectError(`invalid request: ${formatViolations(result.violations)}`, Code.InvalidArgument, undefined, [{ desc, value: proto }]);

@@ -104,6 +104,15 @@ interface Trigger {
 
 /** One input per reason that produces that reason and nothing else. */
 const TRIGGERS: Partial<Record<Reason, Trigger>> = {
+  [Reason.AMOUNT_OUT_OF_RANGE]: {
+    // No value limit anywhere, and a total already near int64's largest.
+    build: () => {
+      const s = session({ policy: policy({}) });
+      return { scopes: [s], action: payment(2n), usage: new UsageBook().setNow(s, "lifetime", 2n ** 63n - 2n, 1n) };
+    },
+    outcome: Outcome.DENY,
+    violation: (s) => v(Reason.AMOUNT_OUT_OF_RANGE, s.session, Window.LIFETIME),
+  },
   [Reason.LIMIT_PER_TRANSACTION]: {
     build: () => ({ scopes: [session({ policy: policy({ maxPerTransactionMicros: units(50) }) })], action: payment(units(50) + 1n) }),
     outcome: Outcome.DENY,
@@ -236,6 +245,14 @@ describe("limits at the boundary", () => {
     const s = session({ policy: policy({ daily: { maxValueMicros: units(100), maxActions: 1n } }) });
     assertAllowed(run({ scopes: [s], action: payment(units(100)) }));
     assertDenied(run({ scopes: [s], action: payment(units(100) + 1n) }), [Reason.LIMIT_DAILY_VALUE]);
+  });
+
+  test("a total without a value limit may reach int64's largest exactly, never pass it", () => {
+    const max = 2n ** 63n - 1n;
+    const s = session({ policy: policy({}) });
+    const usage = new UsageBook().setNow(s, "lifetime", max - 10n, 3n);
+    assertAllowed(run({ scopes: [s], action: payment(10n), usage }));
+    assertDenied(run({ scopes: [s], action: payment(11n), usage }), [Reason.AMOUNT_OUT_OF_RANGE]);
   });
 
   test("a limit near int64 max compares exactly (no float rounding)", () => {

@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
+import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { createLogger } from "../../src/server/logger.js";
+import { type RunningServer, startServer } from "../../src/server/start-server.js";
+import { payment, sessionRequest } from "../helpers/fixtures.js";
+import { tempDataDir } from "../helpers/server-process.js";
+
+const INT64_MAX = 9223372036854775807n;
+
+async function outcome(p: Promise<unknown>): Promise<{ code: string; message: string; value?: unknown }> {
+  try {
+    return { code: "OK", message: "", value: await p };
+  } catch (e) {
+    const c = ConnectError.from(e);
+    return { code: Code[c.code], message: c.rawMessage };
+  }
+}
+
+describe("warden serve: NUL characters, out-of-range times, int64 totals", () => {
+  let server: RunningServer;
+  let url: string;
+  const connect = () => createConnectTransport({ baseUrl: url, httpVersion: "1.1" });
+  const grpc = () => createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.grpcPort}` });
+
+  before(async () => {
+    server = await startServer({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      dataDir: tempDataDir(),
+      sweepIntervalMs: 60_000,
+      logger: createLogger("silent"),
+    });
+    url = `http://127.0.0.1:${server.httpPort}`;
+  });
+  after(async () => {
+    await server?.close(0);
+  });
+
+  test("a NUL in one agent's idempotency_key is INVALID_ARGUMENT for that call and fails no other agent's decision", async () => {
+    const sessions = createClient(SessionService, connect());
+    const policy = createClient(PolicyService, connect());
+    const bad = (await sessions.createSession(sessionRequest("nul-agent", {}))).session!.sessionId;
+    const others = await Promise.all(Array.from({ length: 8 }, (_, i) => sessions.createSession(sessionRequest(`bystander-${i}`, {}))));
+    // Concurrent calls, as a busy server sees them.
+    const [badResult, ...bystanders] = await Promise.all([
+      outcome(policy.check({ sessionId: bad, action: payment(1n), idempotencyKey: "k\u0000" })),
+      ...others.map((o) => outcome(policy.check({ sessionId: o.session!.sessionId, action: payment(1n) }))),
+    ]);
+    const failed = bystanders.filter((r) => r.code !== "OK");
+    assert.deepEqual(
+      failed.map((r) => `${r.code}: ${r.message}`),
+      [],
+      `${failed.length} of ${bystanders.length} well-formed decisions of other agents failed because of one agent's malformed key`,
+    );
+    assert.equal(badResult!.code, "InvalidArgument", `the malformed call itself: ${badResult!.code}: ${badResult!.message}`);
+    assert.match(badResult!.message, /idempotency_key/);
+  });
+
+  test("an Authorize whose total would pass int64 is denied, holds nothing, and the session stays readable", async () => {
+    const sessions = createClient(SessionService, grpc());
+    const policy = createClient(PolicyService, grpc());
+    // Only an action-count limit: the value is the agent's business.
+    const sid = (await sessions.createSession(sessionRequest("big-spender", { lifetime: { maxActions: 10n } }))).session!.sessionId;
+    const first = await policy.check({ sessionId: sid, action: payment(INT64_MAX) });
+    assert.equal(first.decision?.outcome, Outcome.ALLOW);
+    const second = await outcome(policy.authorize({ sessionId: sid, action: payment(INT64_MAX) }));
+    const allowed = second.code === "OK" && (second.value as { decision?: { outcome: Outcome } }).decision?.outcome === Outcome.ALLOW;
+    assert.deepEqual(
+      (second.value as { decision?: { reasons: Reason[] } } | undefined)?.decision?.reasons.map((r) => Reason[r]),
+      ["AMOUNT_OUT_OF_RANGE"],
+      `${second.code}: ${second.message}`,
+    );
+    const read = await outcome(sessions.getSession({ sessionId: sid }));
+    assert.equal(read.code, "OK", `after an Authorize answered ${second.code} (${second.message}), GetSession fails: ${read.code}: ${read.message}`);
+    const usage = (read.value as { session: { usage: { valueHeldMicros: bigint; actionsHeld: bigint } } }).session.usage;
+    if (!allowed) {
+      assert.equal(usage.actionsHeld, 0n, `a call answered ${second.code} left a hold of ${usage.actionsHeld} action(s) / ${usage.valueHeldMicros} micros`);
+    }
+  });
+
+  test("out-of-range times and NUL characters in text fields are INVALID_ARGUMENT naming the field, not INTERNAL", async () => {
+    const sessions = createClient(SessionService, connect());
+    const base = { agentId: "edge", policy: { currencyCode: "USD" } };
+    const ttl = { case: "ttl" as const, value: { seconds: 3600n, nanos: 0 } };
+    const cases: [string, string, () => Promise<unknown>][] = [
+      ["expire_time", "expire_time year 318857", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: { case: "expireTime", value: { seconds: 10n ** 13n, nanos: 0 } } }))],
+      ["ttl", "ttl of 10^13 s", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: { case: "ttl", value: { seconds: 10n ** 13n, nanos: 0 } } }))],
+      ["idle_timeout", "idle_timeout of 10^13 s", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: ttl, idleTimeout: { seconds: 10n ** 13n, nanos: 0 } }))],
+      ["description", "description with NUL", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: ttl, description: "a\u0000b" }))],
+      ["labels", "label value with NUL", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: ttl, labels: { team: "a\u0000b" } }))],
+      ["owner", "owner with NUL", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: ttl, owner: "a\u0000b" }))],
+    ];
+    const { session } = await sessions.createSession(sessionRequest("edge", {}));
+    cases.push(["extend_by", "extend_by of 10^13 s", () => sessions.extendSession({ sessionId: session!.sessionId, extension: { case: "extendBy", value: { seconds: 10n ** 13n, nanos: 0 } } })]);
+    const wrong: string[] = [];
+    for (const [field, what, p] of cases) {
+      const r = await outcome(p());
+      if (r.code !== "InvalidArgument" || !r.message.includes(field)) wrong.push(`${what}: ${r.code}: ${r.message}`);
+    }
+    const after = await sessions.listSessions({ agentId: "edge" });
+    assert.deepEqual(wrong, [], "each should be INVALID_ARGUMENT naming its field");
+    assert.equal(after.sessions.length, 1, "none of the malformed creates wrote a session");
+  });
+});
