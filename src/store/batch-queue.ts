@@ -19,6 +19,19 @@ export interface BatchQueueOptions<Q, R> {
 /** PostgreSQL errors after which a whole batch may simply run again (serialization failure, deadlock). */
 const RETRYABLE = new Set(["40001", "40P01"]);
 
+/**
+ * Whether a failed batch's error says the store could not be reached (a
+ * retry may succeed: UNAVAILABLE) rather than that it refused the batch
+ * (a bug or data it cannot take: INTERNAL, as a retry would fail alike).
+ * SQLSTATE classes 08 (connection), 53 (insufficient resources) and 57P
+ * (shutting down), and socket errors, are the store being away; so is an
+ * error without a code (a pool that timed out, a connection that ended).
+ */
+function unreachable(code: string | undefined): boolean {
+  if (code === undefined || /^(08|53|57P)/.test(code)) return true;
+  return !/^[0-9A-Z]{5}$/.test(code);
+}
+
 interface Pending<Q, R> {
   readonly item: Q;
   resolve(r: R): void;
@@ -91,7 +104,7 @@ export class BatchQueue<Q, R> {
       } catch (err) {
         const code = (err as { code?: string }).code;
         if (attempt < 3 && code !== undefined && RETRYABLE.has(code)) continue;
-        const e = ConnectError.from(err, Code.Unavailable);
+        const e = ConnectError.from(err, unreachable(code) ? Code.Unavailable : Code.Internal);
         for (const p of batch) p.reject(e);
         return;
       }

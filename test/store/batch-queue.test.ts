@@ -52,7 +52,7 @@ test("an item that fails alone is rejected alone", async () => {
   assert.equal(ConnectError.from((b as PromiseRejectedResult).reason).code, Code.InvalidArgument);
 });
 
-test("a deadlock or serialization failure runs the batch again, up to three times; other failures reject it as UNAVAILABLE", async () => {
+test("a deadlock or serialization failure runs the batch again, up to three times; other failures reject it, UNAVAILABLE when the store is away", async () => {
   const deadlock = Object.assign(new Error("deadlock detected"), { code: "40P01" });
   const retried = recording((batch, attempt) => {
     if (attempt < 3) throw deadlock;
@@ -76,6 +76,20 @@ test("a deadlock or serialization failure runs the batch again, up to three time
     assert.equal(ConnectError.from((r as PromiseRejectedResult).reason).code, Code.Unavailable);
   }
   assert.equal(broken.batches.length, 1, "not retried");
+
+  // The store refused the data (a NUL in text, a number out of range): a
+  // retry would fail alike, so it is not UNAVAILABLE.
+  const codeOf = async (err: Error) => {
+    const q = recording(() => {
+      throw err;
+    }).q;
+    return Code[ConnectError.from(await q.submit(1).catch((e: unknown) => e)).code];
+  };
+  assert.equal(await codeOf(Object.assign(new Error("invalid byte sequence"), { code: "22021" })), "Internal");
+  assert.equal(await codeOf(Object.assign(new Error("bigint out of range"), { code: "22003" })), "Internal");
+  assert.equal(await codeOf(Object.assign(new Error("connection failure"), { code: "08006" })), "Unavailable");
+  assert.equal(await codeOf(Object.assign(new Error("the database system is shutting down"), { code: "57P03" })), "Unavailable");
+  assert.equal(await codeOf(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" })), "Unavailable");
 });
 
 test("shards run side by side; submitAny spreads items over them", async () => {
