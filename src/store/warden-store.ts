@@ -479,15 +479,25 @@ export class WardenStore {
    * feed) then comes three queries sooner, and the locks go sooner too.
    */
   async terminate(sessionId: string, status: SessionStatus, reason: string): Promise<Session> {
-    await this.db.transaction((tx) =>
+    const lapsed = await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
         }
+        const nowMs = this.now();
         const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
-        await endSessions(tx, [sessionId, ...live], status, reason, this.now());
+        // Past its expiry or idle timeout it ended then, whether or not the
+        // sweeper got to it: it ends EXPIRED (kept), and the caller is told.
+        const why = lapse(sessionScope(s), nowMs);
+        if (why !== undefined) {
+          await endSessions(tx, [sessionId, ...live], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          return true;
+        }
+        await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
+        return false;
       }),
     );
+    if (lapsed) throw new ConnectError(`session_id: session "${sessionId}" has already ended (EXPIRED)`, Code.FailedPrecondition);
     return this.getSession(sessionId);
   }
 

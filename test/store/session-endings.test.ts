@@ -178,6 +178,17 @@ for (const driver of DRIVERS) {
       assert.match(answer, /^FailedPrecondition/, `capture on a REVOKED session; committed now ${after.usage!.valueCommittedMicros}`);
     });
 
+    test("revoking a session past its expiry ends it EXPIRED, with its forks, and says so, whether or not the sweeper ran first", async () => {
+      const s = await suite.store.createSession(
+        sessionRequest(agent(), {}, { expiration: { case: "ttl", value: durationFromMs(60_000) } }),
+        NO_HASH,
+      );
+      const child = await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: s.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      suite.clock.advance(61_000);
+      assert.equal(await code(suite.store.terminate(s.sessionId, SessionStatus.REVOKED, "stop")), `FailedPrecondition: session_id: session "${s.sessionId}" has already ended (EXPIRED)`);
+      for (const id of [s.sessionId, child.sessionId]) assert.equal(SessionStatus[(await suite.store.getSession(id)).status], "EXPIRED");
+    });
+
     test("a session exhausted by a capture ends its forks", async () => {
       const parent = await suite.store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       const child = await suite.store.forkSession(
