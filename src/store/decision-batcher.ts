@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
-import { evaluate, isExhausted, isTerminal, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
+import { evaluate, isExhausted, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import {
@@ -253,6 +253,18 @@ export class DecisionBatcher {
         delta.requests += 1n;
         delta.processingNs += process.hrtime.bigint() - p.enqueuedNs;
         if (ev.outcome === Outcome.DENY) delta.denials += 1n;
+        // A parent past its expiry or idle timeout (its fork is denied
+        // PARENT_INACTIVE) ends here too, as it would on a call of its own,
+        // rather than wait for the sweeper; its forks end after the commit.
+        for (const a of s.ancestorIds) {
+          const p = locked.sessions.get(a);
+          const why = p === undefined || isTerminal(p.status) ? undefined : lapse(sessionScope(p), nowMs);
+          if (why === undefined) continue;
+          p!.status = SessionStatus.EXPIRED;
+          const d = touch(touched, p!);
+          d.status = p!.status;
+          d.statusReason = why === "time" ? "expired" : "idle timeout";
+        }
         if (ev.expire !== undefined) {
           s.status = SessionStatus.EXPIRED;
           delta.statusReason = ev.expire === "time" ? "expired" : "idle timeout";

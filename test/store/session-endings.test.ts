@@ -178,6 +178,20 @@ for (const driver of DRIVERS) {
       assert.match(answer, /^FailedPrecondition/, `capture on a REVOKED session; committed now ${after.usage!.valueCommittedMicros}`);
     });
 
+    test("a fork's decision after its parent went idle ends the parent, and the fork with it, without the sweeper", async () => {
+      const parent = await suite.store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(60_000) }), NO_HASH);
+      const child = await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      const hold = await authorize(child.sessionId, USD(5));
+      suite.clock.advance(61_000);
+      const r = await check(child.sessionId, USD(1));
+      assert.deepEqual(r.decision!.reasons, [Reason.PARENT_INACTIVE]);
+      const p = await suite.store.getSession(parent.sessionId);
+      assert.deepEqual([SessionStatus[p.status], p.statusReason], ["EXPIRED", "idle timeout"]);
+      const f = await suite.store.getSession(child.sessionId);
+      assert.deepEqual([SessionStatus[f.status], f.usage!.valueHeldMicros], ["EXPIRED", 0n], "the fork ended with it, its hold released");
+      assert.match(await code(capture(child.sessionId, hold.authorizationId)), /^FailedPrecondition/);
+    });
+
     test("revoking a session past its expiry ends it EXPIRED, with its forks, and says so, whether or not the sweeper ran first", async () => {
       const s = await suite.store.createSession(
         sessionRequest(agent(), {}, { expiration: { case: "ttl", value: durationFromMs(60_000) } }),
