@@ -613,6 +613,26 @@ export class WardenStore {
               );
             }
           }
+          // Nor may any window of the child ask for more than the parent has
+          // left in its whole lifetime, which every window of it spends from.
+          const life = totalsOf(counters.get(`s:${p.sessionId}|lifetime|${LIFETIME_START_MS}`))!;
+          const pl = p.policy.limits.lifetime;
+          for (const w of WINDOW_KINDS) {
+            const cl = child.limits[w];
+            if (w === "lifetime") continue;
+            if (pl.maxValue !== undefined && cl.maxValue !== undefined && cl.maxValue > pl.maxValue - life.value) {
+              throw new ConnectError(
+                `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left in its lifetime (${formatMoney(pl.maxValue - life.value, child.currency)})`,
+                Code.FailedPrecondition,
+              );
+            }
+            if (pl.maxActions !== undefined && cl.maxActions !== undefined && cl.maxActions > pl.maxActions - life.actions) {
+              throw new ConnectError(
+                `policy.${field[w]}.max_actions: ${cl.maxActions} is more than session "${p.sessionId}" has left in its lifetime (${pl.maxActions - life.actions})`,
+                Code.FailedPrecondition,
+              );
+            }
+          }
           if (p.policy.maxPerTransaction !== undefined && child.maxPerTransaction !== undefined && child.maxPerTransaction > p.policy.maxPerTransaction) {
             throw new ConnectError(
               `policy.max_per_transaction_micros: above the per-transaction limit of session "${p.sessionId}"`,

@@ -283,6 +283,10 @@ for (const driver of DRIVERS) {
       const forkReq = (max: bigint) =>
         create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: max } } });
       await rejects(store.forkSession(forkReq(USD(71)), NO_HASH), Code.FailedPrecondition, /policy\.lifetime\.max_value_micros/);
+      // Nor a shorter window: 71 a day of a parent with 70 left in all.
+      const daily = (max: bigint) =>
+        create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", daily: { maxValueMicros: max } } });
+      await rejects(store.forkSession(daily(USD(71)), NO_HASH), Code.FailedPrecondition, /policy\.daily\.max_value_micros: 71\.00 USD is more than session "\S+" has left in its lifetime \(70\.00 USD\)/);
       const child = await store.forkSession(forkReq(USD(70)), NO_HASH);
       assert.equal(child.parentSessionId, parent.sessionId);
       assert.equal((await check(child.sessionId, USD(50))).decision!.outcome, Outcome.ALLOW);
