@@ -134,6 +134,8 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
   // `keyId:sha256(secret)` → the principal and until when it is believed.
   // Only what a read just confirmed goes in; failures are always read.
   const authenticated = new Map<string, { principal: Principal; untilMs: number }>();
+  /** Revocations made through this instance so far (see authenticate). */
+  let revocations = 0;
 
   function touch(keyId: string, t: number): void {
     const last = lastWritten.get(keyId);
@@ -171,6 +173,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
         return memo.principal;
       }
       authenticated.delete(memoKey);
+      const seen = revocations;
       const { rows } = await db.query<ApiKeyRow>(
         "SELECT key_id, secret_sha256, role, agent_id, revoke_time FROM api_keys WHERE key_id = $1",
         [parsed.keyId],
@@ -184,7 +187,9 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
       touch(row.key_id, t);
       const principal: Principal = { keyId: row.key_id, role: row.role, agentId: row.agent_id ?? undefined, via: "api-key" };
       if (authenticated.size >= AUTHENTICATED_KEYS_MAX) authenticated.clear();
-      authenticated.set(memoKey, { principal, untilMs: t + AUTHENTICATED_KEY_TTL_MS });
+      // A revocation here while the row was being read may have read
+      // before it: believe this answer once, not for the memo's second.
+      if (revocations === seen) authenticated.set(memoKey, { principal, untilMs: t + AUTHENTICATED_KEY_TTL_MS });
       return principal;
     },
 
@@ -215,6 +220,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
         [keyId, iso(now())],
       );
       if (rows[0] === undefined) throw new ConnectError(`key_id: API key "${keyId}" not found`, Code.NotFound);
+      revocations++;
       for (const k of authenticated.keys()) if (k.startsWith(`${keyId}:`)) authenticated.delete(k);
       return recordOf(rows[0]);
     },

@@ -83,6 +83,35 @@ for (const driver of DRIVERS) {
       await rejectsWith(keys.authenticate(second.secret), Code.Unauthenticated, /^invalid API key$/);
     });
 
+    test("a revocation while the key's row is being read is not undone by that read's memo", async () => {
+      // The read of the key row is held until the revocation has run here.
+      let read!: () => void;
+      const readDone = new Promise<void>((r) => (read = r));
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      const db = new Proxy(t.db, {
+        get(target, prop, receiver) {
+          if (prop !== "query") return Reflect.get(target, prop, receiver);
+          return async (sql: string, params?: unknown[]) => {
+            const res = await target.query(sql, params);
+            if (sql.startsWith("SELECT key_id, secret_sha256")) {
+              read();
+              await gate;
+            }
+            return res;
+          };
+        },
+      });
+      const racing = createApiKeys({ db, now: clock.now });
+      const { key, secret } = await racing.create({ role: "auditor" });
+      const first = racing.authenticate(secret);
+      await readDone;
+      await racing.revoke(key.keyId);
+      release();
+      await first; // read before the revocation: answered as read
+      await rejectsWith(racing.authenticate(secret), Code.Unauthenticated, /^invalid API key$/);
+    });
+
     test("list pages newest first and hides revoked keys unless asked", async () => {
       const fresh = await openTestDatabase(driver);
       try {
