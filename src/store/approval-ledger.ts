@@ -119,6 +119,7 @@ export function requestedEvents(rows: readonly NewApproval[]): NewEvent[] {
     data: {
       approval_id: r.approvalId,
       action_id: r.actionId,
+      status: "PENDING",
       amount_micros: r.amount.toString(),
       currency: r.currency,
       expire_time: iso(r.expireMs),

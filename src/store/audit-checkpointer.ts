@@ -67,6 +67,7 @@ export function createAuditCheckpointer(opts: AuditCheckpointerOptions): AuditCh
     const due = await tx.query<{ chain_id: string }>(
       `SELECT c.chain_id FROM audit_chains c JOIN sessions s ON s.session_id = c.chain_id
         WHERE c.seq > c.pruned_seq AND s.end_time IS NOT NULL AND s.end_time <= $1::timestamptz
+          AND c.chain_id NOT LIKE 'agent:%'
         ORDER BY c.chain_id LIMIT ${pruneLimit}`,
       [iso(nowMs - retentionMs)],
     );

@@ -403,6 +403,19 @@ export class DecisionBatcher {
     if (writes.length > 0) {
       await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
     }
+    // A session this batch ended (expired or exhausted) gives its open holds
+    // back now, like every other ending: after the statement above (which
+    // may have inserted some of them), before the events below. Its action
+    // rows are behind the session locks this batch holds, so no other
+    // writer can hold one of them while it waits for the advisory lock the
+    // sessions' new revisions took above.
+    const endedDeltas = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status));
+    const ended = endedDeltas.map((d) => d.sessionId);
+    if (ended.length > 0) {
+      const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
+      await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
+      await cancelApprovalsOf(tx, holds, "session ended", nowMs);
+    }
     // Events last, after every row lock: each takes a position (see outbox.ts).
     const told = await recordLimitNotices(tx, notices, this.told);
     await recordEvents(tx, requestedEvents(approvals));
@@ -413,29 +426,20 @@ export class DecisionBatcher {
         .filter((d) => d.status === SessionStatus.PAUSED && d.statusReason !== undefined)
         .map((d) => ({ type: "session.paused", sessionId: d.sessionId, agentId: d.session.agentId, data: { status: "PAUSED", reason: d.statusReason }, nowMs })),
     );
-    // A session this batch ended (expired or exhausted) gives its open holds
-    // back now, under the locks already held, like every other ending.
-    const endedDeltas = [...touched.values()].filter((d) => d.statusReason !== undefined && isTerminal(d.status));
-    const ended = endedDeltas.map((d) => d.sessionId);
-    if (ended.length > 0) {
-      const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
-      await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
-      await cancelApprovalsOf(tx, holds, "session ended", nowMs);
-      // The sessions the statement above moved to EXPIRED or EXHAUSTED (the
-      // "u.status <> s.status" rows: a delta gets a status reason only when
-      // this batch ends its session): their events, in the same
-      // transaction, like every other ending (see endSessions).
-      await recordEvents(
-        tx,
-        endedDeltas.map((d) => ({
-          type: endEventType(d.status)!,
-          sessionId: d.sessionId,
-          agentId: d.session.agentId,
-          data: { status: SessionStatus[d.status], reason: d.statusReason },
-          nowMs,
-        })),
-      );
-    }
+    // The sessions the statement above moved to EXPIRED or EXHAUSTED (the
+    // "u.status <> s.status" rows: a delta gets a status reason only when
+    // this batch ends its session): their events, in the same
+    // transaction, like every other ending (see endSessions).
+    await recordEvents(
+      tx,
+      endedDeltas.map((d) => ({
+        type: endEventType(d.status)!,
+        sessionId: d.sessionId,
+        agentId: d.session.agentId,
+        data: { status: SessionStatus[d.status], reason: d.statusReason },
+        nowMs,
+      })),
+    );
     return { settled, told, ended };
   }
 }

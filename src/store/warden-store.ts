@@ -171,6 +171,16 @@ function limitsValue(policy: SessionPolicy): boolean {
   return WINDOW_KINDS.some((w) => c.limits[w].maxValue !== undefined) || c.maxPerTransaction !== undefined;
 }
 
+/**
+ * A client-chosen session id must not name an agent's audit chain
+ * (`agent:<id>`, audit-body.ts): a session's records are chained under its
+ * id, and its chain is pruned after it ended, which would take an agent's
+ * policy history with it.
+ */
+function checkSessionId(id: string, field: string): void {
+  if (id.startsWith("agent:")) throw new ConnectError(`${field}: "agent:" starts the names of agents' audit chains, not of sessions`, Code.InvalidArgument);
+}
+
 /** The last millisecond of 9999-12-31 UTC: later times cannot be stored as a timestamp everyone reads alike. */
 const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
 
@@ -306,6 +316,7 @@ export class WardenStore {
     if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
     if (expireMs > MAX_TIME_MS) throw new ConnectError("ttl: the session would end after 9999-12-31", Code.InvalidArgument);
     const sessionId = req.sessionId || newId("ses", nowMs);
+    checkSessionId(sessionId, "session_id");
     const scope = `a:${req.agentId}`;
     const out = await this.db.transaction(async (tx) => {
       if (req.idempotencyKey !== "") {
@@ -651,6 +662,7 @@ export class WardenStore {
           throw new ConnectError("expire_time: a fork cannot outlive its parent session", Code.FailedPrecondition);
         }
         const sessionId = req.sessionId || newId("ses", nowMs);
+        checkSessionId(sessionId, "session_id");
         const { rows } = await tx.query<{ owner: string }>("SELECT owner FROM sessions WHERE session_id = $1", [parent.sessionId]);
         await this.insertSession(tx, {
           sessionId,
@@ -726,6 +738,7 @@ export class WardenStore {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.sessionId) || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.agentId)) {
       throw new ConnectError("snapshot.session.session_id: malformed id", Code.InvalidArgument);
     }
+    checkSessionId(s.sessionId, "snapshot.session.session_id");
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
     const session = await this.db.transaction(async (tx) => {

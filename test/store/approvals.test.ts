@@ -87,6 +87,16 @@ for (const driver of DRIVERS) {
       assert.equal(u.valueHeldMicros, 0n);
     });
 
+    test("approval.requested carries its status, PENDING, like every approval.* event", async () => {
+      const sess = await store.createSession(sessionRequest(agent(), { requireApprovalAboveMicros: USD(100) }), NO_HASH);
+      const r = await check(sess.sessionId, USD(150));
+      const { rows } = await t.db.query<{ data: Record<string, unknown> }>("SELECT data FROM events WHERE session_id = $1 AND type = 'approval.requested'", [sess.sessionId]);
+      assert.deepEqual(
+        rows.map((e) => [e.data.approval_id, e.data.status, e.data.amount_micros, e.data.currency]),
+        [[r.approvalId, "PENDING", USD(150).toString(), "USD"]],
+      );
+    });
+
     test("a pending approval holds the budget: later spending cannot starve it, and it cannot push the session over", async () => {
       const s = await store.createSession(sessionRequest(agent(), approvalPolicy()), NO_HASH);
       const r = await check(s.sessionId, USD(250));

@@ -413,6 +413,20 @@ for (const driver of DRIVERS) {
       await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
     });
 
+    test("a session id may not name an agent's audit chain, in a create, a fork or an import", async () => {
+      const id = agent();
+      await rejects(store.createSession(sessionRequest(id, {}, { sessionId: `agent:${id}` }), NO_HASH), Code.InvalidArgument, /^session_id: "agent:"/);
+      const parent = await store.createSession(sessionRequest(id, {}), NO_HASH);
+      await rejects(
+        store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, sessionId: "agent:x", policy: { currencyCode: "USD" } }), NO_HASH),
+        Code.InvalidArgument,
+        /^session_id: "agent:"/,
+      );
+      const snap = await store.exportSession(parent.sessionId);
+      snap.session!.sessionId = "agent:y";
+      await rejects(store.importSession(snap), Code.InvalidArgument, /^snapshot\.session\.session_id: "agent:"/);
+    });
+
     test("a CreateSession retried while the first is still running creates one session, not one budget per retry", async () => {
       const id = agent();
       const req = sessionRequest(id, { lifetime: { maxValueMicros: USD(100) } }, { idempotencyKey: "create-once" });
