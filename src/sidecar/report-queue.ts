@@ -43,6 +43,15 @@ export interface ReportQueueOptions {
 /** Longest wait between tries while sends fail. */
 const MAX_RETRY_MS = 1000;
 
+/**
+ * Most entries (records, settlements, claims, releases) in one
+ * ReportLeases call. A backlog built up while the control plane was away
+ * (an agent retrying every millisecond leaves thousands of records) would
+ * otherwise go in one message past the transport's limit (4 MiB), be
+ * refused, put back and refused again for good. A record is ~150 bytes.
+ */
+export const MAX_SEND_ENTRIES = 2000;
+
 /** Errors that say the store will refuse the same report again, whatever it is sent with. */
 const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.PermissionDenied, Code.FailedPrecondition, Code.OutOfRange]);
 
@@ -83,6 +92,8 @@ export class ReportQueue {
   private timer: NodeJS.Timeout | undefined;
   private started = false;
   private failures = 0;
+  /** Entries the store has acknowledged, ever: how a flush sees progress. */
+  private acked = 0;
   /** Sessions whose reports the store refused outright: sent alone, at most once a MAX_RETRY_MS. */
   private readonly refused = new Set<string>();
   private refusedRetryAt = 0;
@@ -172,17 +183,67 @@ export class ReportQueue {
    */
   async flush(): Promise<void> {
     while (this.inFlight !== undefined) await this.inFlight;
-    if (this.pending.size === 0) return;
-    const batch = this.pending;
-    this.pending = new Map();
-    this.sending = batch;
-    this.inFlight = this.sendBatch(batch).finally(() => {
-      this.sending = undefined;
-      this.inFlight = undefined;
-    });
-    await this.inFlight;
+    // What is pending now goes, a send of at most MAX_SEND_ENTRIES at a
+    // time, for as long as sends get through.
+    let left = this.size;
+    while (this.pending.size > 0 && left > 0) {
+      const acked = this.acked;
+      const batch = this.takeChunk();
+      this.sending = batch;
+      this.inFlight = this.sendBatch(batch).finally(() => {
+        this.sending = undefined;
+        this.inFlight = undefined;
+      });
+      await this.inFlight;
+      if (this.acked === acked) break;
+      left -= this.acked - acked;
+    }
     // What came meanwhile, or a failed batch put back: its own timer.
     this.arm();
+  }
+
+  /**
+   * Takes what the next send carries: whole sessions, in the order they
+   * were queued, up to {@link MAX_SEND_ENTRIES} (the rest waits for the
+   * next send, due at once). A session's entries go together, since its
+   * settlements must follow the records of the holds they settle. One
+   * session above the limit alone goes in parts: records first, in order;
+   * its settlements, claims and releases with the last of them.
+   */
+  private takeChunk(): Map<string, Pending> {
+    const sessions = new Map<string, Map<string, Pending>>();
+    for (const [key, p] of this.pending) bySession(sessions, key, p);
+    const chunk = new Map<string, Pending>();
+    let n = 0;
+    for (const entries of sessions.values()) {
+      const size = [...entries.values()].reduce((a, p) => a + entriesOf(p), 0);
+      if (n > 0 && n + size > MAX_SEND_ENTRIES) break;
+      if (n === 0 && size > MAX_SEND_ENTRIES && this.takeRecords(entries, chunk)) break;
+      for (const [key, p] of entries) {
+        chunk.set(key, p);
+        this.pending.delete(key);
+      }
+      n += size;
+    }
+    return chunk;
+  }
+
+  /**
+   * Moves up to {@link MAX_SEND_ENTRIES} of a session's records, in order,
+   * into `chunk` as parts of their entries, which stay queued with the
+   * rest. False when it has no records to move (only settlements, claims
+   * and releases, which then go whole).
+   */
+  private takeRecords(entries: Map<string, Pending>, chunk: Map<string, Pending>): boolean {
+    let room = MAX_SEND_ENTRIES;
+    for (const [key, p] of entries) {
+      if (room === 0) break;
+      if (p.records.length === 0) continue;
+      const part = p.records.splice(0, room);
+      room -= part.length;
+      chunk.set(key, { ...p, records: part, settlements: [], releasedClaims: [], release: false });
+    }
+    return chunk.size > 0;
   }
 
   /**
@@ -249,7 +310,10 @@ export class ReportQueue {
     try {
       const res = await this.o.send(create(ReportLeasesRequestSchema, { holder: this.o.holder, reports }));
       // Acknowledged: no longer part of the backlog.
-      for (const key of entries.keys()) this.sending?.delete(key);
+      for (const [key, p] of entries) {
+        this.sending?.delete(key);
+        this.acked += entriesOf(p);
+      }
       if (res.rejected.length > 0) this.o.onRejected?.(res.rejected);
       this.o.onSend?.("sent");
       this.o.onSent?.(reports.reduce((n, r) => n + r.records.length, 0));

@@ -5,7 +5,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { LeaseRecordSchema, LeaseSettlementSchema, type ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
-import { ReportQueue } from "../../src/sidecar/report-queue.js";
+import { MAX_SEND_ENTRIES, ReportQueue } from "../../src/sidecar/report-queue.js";
 import { newId } from "../../src/store/ids.js";
 import { payment, USD } from "../helpers/fixtures.js";
 
@@ -219,4 +219,49 @@ test("a send the store refuses is told as refused, apart from failures", async (
   // Together, then each session alone.
   assert.deepEqual(results, ["refused", "refused", "refused"]);
   assert.equal(q.backlog().entries, 2, "kept");
+});
+
+test("a backlog goes in sends of at most MAX_SEND_ENTRIES, whole sessions in order, a session above it in parts with its settlements last", async () => {
+  const sent: ReportLeasesRequest[] = [];
+  let up = false;
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 1_000_000,
+    send: async (req) => {
+      if (!up) throw new ConnectError("unavailable", Code.Unavailable);
+      sent.push(req);
+      return { rejected: [] };
+    },
+  });
+  // Offline: one busy session (2.5 sends' worth), then many small ones.
+  const big = Array.from({ length: MAX_SEND_ENTRIES * 2 + 500 }, record);
+  for (const r of big) q.record("busy", "lse_1", r);
+  q.settle("busy", create(LeaseSettlementSchema, { authorizationId: big[0]!.actionId, time: timestampFromMs(Date.now()) }));
+  q.release("busy", "lse_1");
+  for (let i = 0; i < 3000; i++) q.record(`small-${i}`, `lse_s${i}`, record());
+  await q.flush();
+  assert.equal(sent.length, 0);
+  up = true;
+  assert.equal(await q.drain(Date.now() + 10_000), true, "everything is sent");
+  const entries = (r: ReportLeasesRequest) => r.reports.reduce((n, p) => n + p.records.length + p.settlements.length + (p.release ? 1 : 0), 0);
+  for (const r of sent) assert.ok(entries(r) <= MAX_SEND_ENTRIES + 2, `a send of ${entries(r)} entries`);
+  const busy = sent.flatMap((r) => r.reports.filter((p) => p.sessionId === "busy"));
+  assert.deepEqual(
+    busy.flatMap((p) => p.records.map((x) => x.actionId)),
+    big.map((x) => x.actionId),
+    "the busy session's records, each once, in order",
+  );
+  // Two parts of 2,000 records, then the rest whole: 500 records with the
+  // release, and the settlement after them.
+  assert.deepEqual(
+    busy.map((p) => [p.records.length, p.settlements.length, p.release]),
+    [
+      [MAX_SEND_ENTRIES, 0, false],
+      [MAX_SEND_ENTRIES, 0, false],
+      [500, 0, true],
+      [0, 1, false],
+    ],
+  );
+  assert.equal(sent.flatMap((r) => r.reports).filter((p) => p.sessionId.startsWith("small-")).length, 3000);
+  assert.equal(q.size, 0);
 });
