@@ -230,7 +230,11 @@ export class LeaseLedger {
         req,
         value: grantValue,
         actions: grantActions,
-        charges: JSON.stringify(addresses.map((a) => [a.scopeKey, a.window, a.startMs])),
+        // The windows actually charged: on a replica whose clock lags, a
+        // window another replica already rolled over reads (and is
+        // charged) as the newer one (usage-counters.ts), and the records,
+        // release and write-off of this lease must find it there.
+        charges: JSON.stringify(addresses.map((a) => [a.scopeKey, a.window, usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!.startMs])),
         expireMs,
       });
       const lease = create(LeaseSchema, {
@@ -244,7 +248,7 @@ export class LeaseLedger {
           return create(CounterUsageSchema, {
             scopeKey: a.scopeKey,
             window: WINDOW_ENUM[a.window],
-            windowStartUnixMs: BigInt(a.startMs),
+            windowStartUnixMs: BigInt(c.startMs),
             valueMicros: c.committedValue + c.heldValue,
             actions: c.committedActions + c.heldActions,
           });

@@ -420,6 +420,36 @@ for (const driver of DRIVERS) {
       assert.deepEqual([SessionStatus[f.status], f.statusReason], ["EXHAUSTED", "lifetime limit used up"], "the fork ended with its parent");
     });
 
+    test("a lease granted by a replica whose clock lags another's is charged, spent and given back in the window the other replica rolled over to", async () => {
+      // Two control-plane replicas on one database; B's clock is 10 s behind A's.
+      const clockA = new ManualClock(Date.UTC(2026, 10, 22, 0, 0, 5));
+      const clockB = new ManualClock(Date.UTC(2026, 10, 21, 23, 59, 55));
+      const a = createWardenStore({ db: t.db, now: clockA.now });
+      const b = createWardenStore({ db: t.db, now: clockB.now });
+      const s = await a.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      // A decides in the new day: the stored day window is now Nov 22.
+      assert.equal((await a.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(10)), idempotencyKey: "", requestHash: NO_HASH })).decision!.outcome, Outcome.ALLOW);
+      // B, still in Nov 21 by its clock, grants a lease: it reserves in the stored window.
+      const lease = (await b.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(20), desiredActions: 100n, minValueMicros: 1n, ttl: durationFromMs(2_000) }),
+      ))!;
+      const dayOf = async () => (await a.getSession(s.sessionId)).usage!.windows.find((w) => w.window === Window.DAY)!;
+      assert.equal((await dayOf()).valueUsedMicros, USD(10) + lease.valueMicros!);
+      assert.equal(lease.usage.find((u) => u.window === Window.DAY)!.windowStartUnixMs, BigInt(Date.UTC(2026, 10, 22)), "the window it was charged in");
+      // The sidecar spends 5 and gives the rest back.
+      const spent = create(LeaseRecordSchema, {
+        actionId: newId("act", clockB.ms),
+        method: "check",
+        action: payment(USD(5)),
+        decision: create(DecisionSchema, { outcome: Outcome.ALLOW, message: "x" }),
+        createTime: timestampFromMs(clockB.ms),
+        processingNanos: 1000n,
+      });
+      await b.leases.report(create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [rep(s.sessionId, lease, { records: [spent], release: true })] }));
+      assert.equal((await a.getSession(s.sessionId)).usage!.valueLeasedMicros, 0n);
+      assert.equal((await dayOf()).valueUsedMicros, USD(15), "what was committed, 10 + 5, and nothing of the lease left held");
+    });
+
     test("concurrent grants never reserve more than the limit", async () => {
       const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
       const leases = await Promise.all(Array.from({ length: 30 }, () => acquire(s.sessionId, USD(30))));
