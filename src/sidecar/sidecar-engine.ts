@@ -109,6 +109,8 @@ interface SessionLeases {
   /** Calls waiting for a lease now, and what they would spend: demand the next grant covers. */
   waiting: number;
   waitingValue: bigint;
+  /** Bumped when the session's terms change: a grant asked for before is sized under the old ones. */
+  generation: number;
 }
 
 interface LocalHold {
@@ -267,7 +269,7 @@ export class SidecarEngine {
   onSessionChange(before: CachedSession, after: CachedSession | undefined): void {
     const sl = this.leases.get(before.sessionId);
     const stale = after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy;
-    if (sl?.current !== undefined && stale) this.release(before.sessionId, sl);
+    if (sl !== undefined && stale) this.renounce(before.sessionId, sl);
     if (after !== undefined && stale) this.releaseWhere((s) => s.ancestorIds.includes(before.sessionId));
   }
 
@@ -283,10 +285,19 @@ export class SidecarEngine {
 
   private releaseWhere(pred: (s: CachedSession) => boolean): void {
     for (const [sessionId, sl] of this.leases) {
-      if (sl.current === undefined) continue;
+      if (sl.current === undefined && sl.acquiring === undefined) continue;
       const s = this.o.cache.peek(sessionId);
-      if (s !== undefined && pred(s)) this.release(sessionId, sl);
+      if (s !== undefined && pred(s)) this.renounce(sessionId, sl);
     }
+  }
+
+  /**
+   * The session's terms changed: its lease goes back, and so will one being
+   * granted now, sized under the old terms (see acquire).
+   */
+  private renounce(sessionId: string, sl: SessionLeases): void {
+    sl.generation++;
+    this.release(sessionId, sl);
   }
 
   /** Authorize; `onPath` learns which way it was decided (for metrics). */
@@ -562,7 +573,7 @@ export class SidecarEngine {
   private sessionLeases(sessionId: string): SessionLeases {
     let sl = this.leases.get(sessionId);
     if (sl === undefined) {
-      sl = { current: undefined, acquiring: undefined, rateValue: 0, rateActions: 0, rateMs: this.now(), waiting: 0, waitingValue: 0n };
+      sl = { current: undefined, acquiring: undefined, rateValue: 0, rateActions: 0, rateMs: this.now(), waiting: 0, waitingValue: 0n, generation: 0 };
       this.leases.set(sessionId, sl);
     }
     return sl;
@@ -604,6 +615,7 @@ export class SidecarEngine {
     if (sl.acquiring !== undefined) return sl.acquiring;
     const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S))) + sl.waitingValue;
     const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S))) + BigInt(sl.waiting);
+    const generation = sl.generation;
     sl.acquiring = this.o.controlPlane.sync
       .acquireLease({
         sessionId,
@@ -617,6 +629,13 @@ export class SidecarEngine {
         (res) => {
           this.o.contact?.(true);
           if (res.lease === undefined) return undefined;
+          // Granted under terms that have changed since it was asked for
+          // (an agent limit set meanwhile): back at once; the call asks again.
+          if (sl.generation !== generation) {
+            this.o.reports.release(sessionId, res.lease.leaseId);
+            this.o.events?.lease?.("return");
+            return undefined;
+          }
           const next = leaseState(res.lease, this.now());
           const prev = sl.current;
           sl.current = next;
