@@ -53,6 +53,20 @@ export function backoffMs(attempts: number, baseMs: number, maxMs: number, rando
  * retry period since the event runs out, when it is abandoned and its
  * endpoint disabled. Secrets and response bodies are never logged.
  */
+/**
+ * A receiver behind basic auth is configured as `https://user:pass@host/…`,
+ * but fetch refuses URLs with credentials: they go as an Authorization
+ * header instead (RFC 7617), the URL without them.
+ */
+export function splitCredentials(raw: string): { url: string; authorization?: string } {
+  const u = new URL(raw);
+  if (u.username === "" && u.password === "") return { url: raw };
+  const pair = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
+  u.username = "";
+  u.password = "";
+  return { url: u.toString(), authorization: `Basic ${Buffer.from(pair).toString("base64")}` };
+}
+
 export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDispatcher {
   const store = o.store;
   const log = o.logger;
@@ -70,13 +84,15 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
     let error: string | undefined;
     try {
       const t = Math.floor(store.now() / 1000);
-      const res = await fetch(d.url, {
+      const { url, authorization } = splitCredentials(d.url);
+      const res = await fetch(url, {
         method: "POST",
         headers: {
           "content-type": "application/json",
           [SIGNATURE_HEADER]: signWebhookBody(d.secret, t, d.body),
           [EVENT_ID_HEADER]: d.eventId,
           "user-agent": "warden-webhooks/1",
+          ...(authorization === undefined ? {} : { authorization }),
         },
         body: d.body,
         redirect: "manual",
@@ -86,7 +102,9 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
       await res.arrayBuffer().catch(() => undefined);
       if (res.status < 200 || res.status > 299) error = `HTTP ${res.status}`;
     } catch (err) {
-      error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      // Stored, logged and shown as the endpoint's disabled reason: never
+      // with the URL's password, should a message quote the URL.
+      error = (err instanceof Error ? `${err.name}: ${err.message}` : String(err)).replaceAll(d.url, redactUrl(d.url));
     }
     // Cut short by stop(): not the endpoint's failure; the claim's lease brings it back.
     if (inFlight.signal.aborted) return;

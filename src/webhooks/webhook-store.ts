@@ -11,6 +11,7 @@ import {
 import type { Database } from "../store/database.js";
 import { newId } from "../store/ids.js";
 import { pageToken, readPageToken } from "../store/page-token.js";
+import { redactUrl } from "../server/logger.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
@@ -37,10 +38,15 @@ const PARKED = "next_attempt_time = 'infinity'";
 // Never the secret: it leaves the store only to sign (claimDue) and once on create.
 const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time";
 
+/** The endpoint's URL as shown: a basic-auth password in it is a secret, like the signing secret, and is never shown back. */
+function shownUrl(url: string): string {
+  return URL.canParse(url) && new URL(url).password !== "" ? redactUrl(url) : url;
+}
+
 function endpointOf(r: EndpointRow): WebhookEndpoint {
   return create(WebhookEndpointSchema, {
     endpointId: r.endpoint_id,
-    url: r.url,
+    url: shownUrl(r.url),
     eventTypes: r.event_types,
     status: r.status as WebhookEndpointStatus,
     disabledReason: r.disabled_reason,
