@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { createApiKeys } from "../../src/auth/api-keys.js";
 import { ApiKeyRole, AuthService } from "../../src/gen/warden/v1/auth_service_pb.js";
@@ -10,18 +10,9 @@ import { EventService } from "../../src/gen/warden/v1/event_service_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SyncService } from "../../src/gen/warden/v1/sync_service_pb.js";
-import { createLogger } from "../../src/server/logger.js";
-import { type RunningServer, startServer } from "../../src/server/start-server.js";
+import type { RunningServer } from "../../src/server/start-server.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { tempDataDir } from "../helpers/server-process.js";
-
-const bearer =
-  (credential: string): Interceptor =>
-  (next) =>
-  (req) => {
-    req.header.set("authorization", `Bearer ${credential}`);
-    return next(req);
-  };
+import { bearer, startTestServer } from "../helpers/server-process.js";
 
 describe("warden serve --require-auth: another agent's lease, a revoked key's open stream", () => {
   let server: RunningServer;
@@ -39,14 +30,7 @@ describe("warden serve --require-auth: another agent's lease, a revoked key's op
   };
 
   before(async () => {
-    server = await startServer({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      dataDir: tempDataDir(),
-      sweepIntervalMs: 60_000,
-      logger: createLogger("silent"),
-      requireAuth: true,
-    });
+    server = await startTestServer({ requireAuth: true });
     url = `http://127.0.0.1:${server.httpPort}`;
     adminKey = (await createApiKeys({ db: server.store.db }).create({ role: "admin" })).secret;
   });

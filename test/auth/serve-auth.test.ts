@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { create, type DescMessage, type DescService, fromBinary, type MessageInitShape, toBinary, toJson } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import type { JSONWebKeySet } from "jose";
@@ -18,7 +18,7 @@ import { createLogger } from "../../src/server/logger.js";
 import { startServer, type RunningServer } from "../../src/server/start-server.js";
 import { DRIVERS, type Driver } from "../helpers/databases.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { createStoreLocation, type StoreLocation } from "../helpers/server-process.js";
+import { bearer, createStoreLocation, type StoreLocation } from "../helpers/server-process.js";
 
 const DAY = 24 * 60 * 60 * 1000;
 
@@ -32,14 +32,6 @@ async function refused(p: Promise<unknown>, code: Code, message?: RegExp): Promi
   });
   return err!;
 }
-
-const bearer =
-  (credential: string): Interceptor =>
-  (next) =>
-  (req) => {
-    req.header.set("authorization", `Bearer ${credential}`);
-    return next(req);
-  };
 
 /** One unary call with a plain @grpc/grpc-js client, as a polyglot agent makes it. */
 async function grpcJsCall<I extends DescMessage, O extends DescMessage>(

@@ -6,10 +6,9 @@ import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
-import { createLogger } from "../../src/server/logger.js";
-import { type RunningServer, startServer } from "../../src/server/start-server.js";
+import type { RunningServer } from "../../src/server/start-server.js";
 import { payment, sessionRequest } from "../helpers/fixtures.js";
-import { tempDataDir } from "../helpers/server-process.js";
+import { startTestServer } from "../helpers/server-process.js";
 
 const INT64_MAX = 9223372036854775807n;
 
@@ -29,13 +28,7 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
   const grpc = () => createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.grpcPort}` });
 
   before(async () => {
-    server = await startServer({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      dataDir: tempDataDir(),
-      sweepIntervalMs: 60_000,
-      logger: createLogger("silent"),
-    });
+    server = await startTestServer();
     url = `http://127.0.0.1:${server.httpPort}`;
   });
   after(async () => {

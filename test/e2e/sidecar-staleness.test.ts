@@ -6,11 +6,11 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
-import { type RunningServer, startServer } from "../../src/server/start-server.js";
+import type { RunningServer } from "../../src/server/start-server.js";
 import { createLogger } from "../../src/server/logger.js";
 import { type RunningSidecar, startSidecar } from "../../src/sidecar/start-sidecar.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { tempDataDir } from "../helpers/server-process.js";
+import { startTestServer } from "../helpers/server-process.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -59,13 +59,7 @@ describe("sidecar: the staleness bound", () => {
   let admin: Client<typeof SessionService>;
 
   before(async () => {
-    cp = await startServer({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      dataDir: tempDataDir(),
-      sweepIntervalMs: 60_000,
-      logger: createLogger("silent"),
-    });
+    cp = await startTestServer();
     admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
     proxy = createSilenceableProxy(cp.grpcPort);
     const port = await proxy.listen();

@@ -7,6 +7,9 @@ import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import { create, type DescService, fromBinary, toBinary } from "@bufbuild/protobuf";
 import * as grpc from "@grpc/grpc-js";
+import type { Interceptor } from "@connectrpc/connect";
+import { createLogger } from "../../src/server/logger.js";
+import { type RunningServer, type ServerOptions, startServer } from "../../src/server/start-server.js";
 import { createPostgresDatabase, type Driver } from "./databases.js";
 
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -219,3 +222,28 @@ export function startWardenCli(httpUrl: string, ...args: string[]): RunningCli {
     },
   };
 }
+
+/**
+ * An in-process `warden serve` on loopback ports and a fresh data dir,
+ * logging nothing, its sweeper slow: what most in-process tests start,
+ * with their own options on top.
+ */
+export function startTestServer(o: Partial<ServerOptions> = {}): Promise<RunningServer> {
+  return startServer({
+    grpcAddress: "127.0.0.1:0",
+    httpAddress: "127.0.0.1:0",
+    dataDir: tempDataDir(),
+    sweepIntervalMs: 60_000,
+    logger: createLogger("silent"),
+    ...o,
+  });
+}
+
+/** A Connect interceptor that presents `credential` as a bearer token. */
+export const bearer =
+  (credential: string): Interceptor =>
+  (next) =>
+  (req) => {
+    req.header.set("authorization", `Bearer ${credential}`);
+    return next(req);
+  };

@@ -19,18 +19,24 @@ const record = () =>
   });
 
 // The send is the network: it fails while the control plane is away.
-test("a failed report stays queued, in order, ahead of what came meanwhile; nothing is dropped or sent twice", async () => {
+/** A queue whose control plane is away until `link.up` is set; what got through is in `sent`. */
+function offlineQueue() {
   const sent: ReportLeasesRequest[] = [];
-  let up = false;
+  const link = { up: false };
   const q = new ReportQueue({
     holder: "h",
     intervalMs: 1_000_000,
     send: async (req) => {
-      if (!up) throw new Error("unavailable");
+      if (!link.up) throw new ConnectError("unavailable", Code.Unavailable);
       sent.push(req);
       return { rejected: [] };
     },
   });
+  return { q, sent, link };
+}
+
+test("a failed report stays queued, in order, ahead of what came meanwhile; nothing is dropped or sent twice", async () => {
+  const { q, sent, link } = offlineQueue();
   const first = [record(), record()];
   for (const r of first) q.record("s1", "lse_1", r);
   q.settle("s1", create(LeaseSettlementSchema, { authorizationId: first[0]!.actionId, captureMicros: USD(1), time: timestampFromMs(Date.now()) }));
@@ -42,7 +48,7 @@ test("a failed report stays queued, in order, ahead of what came meanwhile; noth
   q.record("s1", "lse_1", later);
   q.release("s1", "lse_1");
   q.releaseClaim("s1", "key-2", "act_2");
-  up = true;
+  link.up = true;
   await q.flush();
   assert.equal(q.size, 0);
   assert.equal(sent.length, 1);
@@ -222,17 +228,7 @@ test("a send the store refuses is told as refused, apart from failures", async (
 });
 
 test("a backlog goes in sends of at most MAX_SEND_ENTRIES, whole sessions in order, a session above it in parts with its settlements last", async () => {
-  const sent: ReportLeasesRequest[] = [];
-  let up = false;
-  const q = new ReportQueue({
-    holder: "h",
-    intervalMs: 1_000_000,
-    send: async (req) => {
-      if (!up) throw new ConnectError("unavailable", Code.Unavailable);
-      sent.push(req);
-      return { rejected: [] };
-    },
-  });
+  const { q, sent, link } = offlineQueue();
   // Offline: one busy session (2.5 sends' worth), then many small ones.
   const big = Array.from({ length: MAX_SEND_ENTRIES * 2 + 500 }, record);
   for (const r of big) q.record("busy", "lse_1", r);
@@ -241,7 +237,7 @@ test("a backlog goes in sends of at most MAX_SEND_ENTRIES, whole sessions in ord
   for (let i = 0; i < 3000; i++) q.record(`small-${i}`, `lse_s${i}`, record());
   await q.flush();
   assert.equal(sent.length, 0);
-  up = true;
+  link.up = true;
   assert.equal(await q.drain(Date.now() + 10_000), true, "everything is sent");
   const entries = (r: ReportLeasesRequest) => r.reports.reduce((n, p) => n + p.records.length + p.settlements.length + (p.release ? 1 : 0), 0);
   for (const r of sent) assert.ok(entries(r) <= MAX_SEND_ENTRIES + 2, `a send of ${entries(r)} entries`);

@@ -19,6 +19,22 @@ for (const driver of DRIVERS) {
     const suite = storeSuite(driver, "breaker-agent");
     const { agent } = suite;
 
+    /** A sidecar's lease of a session, to report its decisions against. */
+    const leaseOf = async (sessionId: string) =>
+      (await suite.store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
+      ))!;
+    /** A decision a sidecar made `atMs` after now: 1 USD when allowed, 20 (over the limit) when denied. */
+    const record = (outcome: Outcome, atMs: number) =>
+      create(LeaseRecordSchema, {
+        actionId: newId("act", suite.clock.ms + atMs),
+        method: "check",
+        action: payment(outcome === Outcome.ALLOW ? USD(1) : USD(20)),
+        decision: create(DecisionSchema, { outcome, message: "x" }),
+        createTime: timestampFromMs(suite.clock.ms + atMs),
+        processingNanos: 1000n,
+      });
+
     /** A session that denies anything above 10 USD a call. */
     const session = (breaker: { pauseAfterDenialsInARow?: number; failAfterErrors?: number }, agentId = agent()) =>
       suite.store.createSession(sessionRequest(agentId, { maxPerTransactionMicros: USD(10), circuitBreaker: breaker }), NO_HASH);
@@ -102,18 +118,7 @@ for (const driver of DRIVERS) {
 
     test("a sidecar's report that trips the breaker pauses with the run that tripped it", async () => {
       const s = await suite.store.createSession(sessionRequest(agent(), { maxPerTransactionMicros: USD(10), circuitBreaker: { pauseAfterDenialsInARow: 3 } }), NO_HASH);
-      const lease = (await suite.store.leases.acquire(
-        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
-      ))!;
-      const record = (outcome: Outcome, atMs: number) =>
-        create(LeaseRecordSchema, {
-          actionId: newId("act", suite.clock.ms + atMs),
-          method: "check",
-          action: payment(outcome === Outcome.ALLOW ? USD(1) : USD(20)),
-          decision: create(DecisionSchema, { outcome, message: "x" }),
-          createTime: timestampFromMs(suite.clock.ms + atMs),
-          processingNanos: 1000n,
-        });
+      const lease = await leaseOf(s.sessionId);
       // Three denials in a row (the store would have paused here), then an
       // ALLOW the sidecar made before it heard of the pause.
       await suite.store.leases.report(
@@ -134,18 +139,7 @@ for (const driver of DRIVERS) {
 
     test("a sidecar's reported denials count too, in the order they were made", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
-      const lease = (await suite.store.leases.acquire(
-        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
-      ))!;
-      const record = (outcome: Outcome, atMs: number) =>
-        create(LeaseRecordSchema, {
-          actionId: newId("act", suite.clock.ms + atMs),
-          method: "check",
-          action: payment(outcome === Outcome.ALLOW ? USD(1) : USD(20)),
-          decision: create(DecisionSchema, { outcome, message: "x" }),
-          createTime: timestampFromMs(suite.clock.ms + atMs),
-          processingNanos: 1000n,
-        });
+      const lease = await leaseOf(s.sessionId);
       const report = (...records: ReturnType<typeof record>[]) =>
         suite.store.leases.report(
           create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records })] }),
