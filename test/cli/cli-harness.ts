@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { createRouterTransport, type ServiceImpl } from "@connectrpc/connect";
 import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
+import { ApprovalService } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { WebhookService } from "../../src/gen/warden/v1/webhook_service_pb.js";
@@ -20,6 +21,7 @@ export interface FakeServer {
   readonly policy?: Partial<ServiceImpl<typeof PolicyService>>;
   readonly agents?: Partial<ServiceImpl<typeof AgentService>>;
   readonly webhooks?: Partial<ServiceImpl<typeof WebhookService>>;
+  readonly approvals?: Partial<ServiceImpl<typeof ApprovalService>>;
 }
 
 /** What a command line did. */
@@ -60,6 +62,7 @@ export async function runWarden(argv: string[], server: FakeServer = {}, env: Re
         service(PolicyService, recorded(server.policy ?? {}, calls, baseUrl));
         service(AgentService, recorded(server.agents ?? {}, calls, baseUrl));
         service(WebhookService, recorded(server.webhooks ?? {}, calls, baseUrl));
+        service(ApprovalService, recorded(server.approvals ?? {}, calls, baseUrl));
       }),
   });
   return { code, stdout: out.join("\n"), stderr: err.join("\n"), calls };

@@ -325,6 +325,19 @@ describe("commands against an in-memory server", () => {
     assert.equal((fresh.calls[1]?.request as UpdateAgentPolicyRequest).policy?.currencyCode, "USD");
   });
 
+  test("approvals approve checks --amount before it asks the server anything", async () => {
+    const r = await runWarden(["approvals", "approve", "apr_1", "--amount", "12.3456789"], {
+      approvals: {
+        getApproval() {
+          throw new ConnectError("approval apr_1 not found", Code.NotFound);
+        },
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /--amount/);
+    assert.deepEqual(r.calls, []);
+  });
+
   test("agents set-policy reports other GetAgent errors", async () => {
     const r = await runWarden(["agents", "set-policy", "bot"], {
       agents: {

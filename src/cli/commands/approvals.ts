@@ -109,13 +109,15 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
     async run(ctx) {
       const approvalId = ctx.args[0]!;
       const amountText = ctx.flags.string("amount");
-      // The amount is in the approval's currency: read it first.
+      // Checked before anything is sent; it is in the approval's currency,
+      // which is read next.
+      const micros = amountText === undefined ? undefined : parsePositiveMoneyFlag("--amount", amountText);
       const amount =
-        amountText === undefined
+        micros === undefined
           ? undefined
           : create(MoneySchema, {
               currencyCode: (await ctx.clients().approvals.getApproval({ approvalId })).approval?.amount?.currencyCode ?? "",
-              amountMicros: parsePositiveMoneyFlag("--amount", amountText),
+              amountMicros: micros,
             });
       const res = await ctx.clients().approvals.approveApproval({ approvalId, amount, comment: ctx.flags.string("comment") ?? "" });
       ctx.output(ApproveApprovalResponseSchema, res, () => (res.approval ? formatApproval(res.approval) : ""));
