@@ -80,7 +80,13 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
   const random = o.random ?? Math.random;
   const inFlight = new AbortController();
 
-  async function send(d: ClaimedDelivery): Promise<void> {
+  /**
+   * `counted`: the endpoints whose failure this tick already counted. The
+   * deliveries of one tick go out together, so an endpoint down for a
+   * second fails all of them at once: that is one failure in a row, not
+   * one per queued event (else 20 queued events disable it at once).
+   */
+  async function send(d: ClaimedDelivery, counted: Set<string>): Promise<void> {
     let error: string | undefined;
     try {
       const t = Math.floor(store.now() / 1000);
@@ -115,7 +121,9 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
     const nowMs = store.now();
     const next = nowMs + backoffMs(d.attempts + 1, baseMs, maxBackoff, random);
     const giveUp = next > d.eventMs + retryPeriodMs;
-    const disabled = await store.markFailed(d, error, giveUp ? undefined : next, maxFailures);
+    const first = !counted.has(d.endpointId);
+    counted.add(d.endpointId);
+    const disabled = await store.markFailed(d, error, giveUp ? undefined : next, maxFailures, first);
     const fields = { endpointId: d.endpointId, eventId: d.eventId, url: redactUrl(d.url), attempts: d.attempts + 1, error };
     if (disabled !== undefined) log.warn({ ...fields, reason: disabled }, "webhook endpoint disabled");
     else if (giveUp) log.warn(fields, "webhook delivery abandoned");
@@ -126,8 +134,9 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
   async function tick(): Promise<number> {
     // A lease longer than a request can take, so no other replica re-sends it meanwhile.
     const claimed = await store.claimDue(batchSize, timeoutMs * 3);
+    const counted = new Set<string>();
     await Promise.all(
-      claimed.map((d) => send(d).catch((err: unknown) => log.warn({ err, endpointId: d.endpointId, eventId: d.eventId }, "webhook settle failed"))),
+      claimed.map((d) => send(d, counted).catch((err: unknown) => log.warn({ err, endpointId: d.endpointId, eventId: d.eventId }, "webhook settle failed"))),
     );
     return claimed.length;
   }

@@ -8,7 +8,7 @@ import {
   WebhookEndpointSchema,
   WebhookEndpointStatus,
 } from "../gen/warden/v1/webhook_service_pb.js";
-import type { Database } from "../store/database.js";
+import type { Database, Queryable } from "../store/database.js";
 import { newId } from "../store/ids.js";
 import { pageToken, readPageToken } from "../store/page-token.js";
 import { redactUrl } from "../server/logger.js";
@@ -41,6 +41,17 @@ const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason
 /** The endpoint's URL as shown: a basic-auth password in it is a secret, like the signing secret, and is never shown back. */
 function shownUrl(url: string): string {
   return URL.canParse(url) && new URL(url).password !== "" ? redactUrl(url) : url;
+}
+
+/**
+ * Locks an endpoint's row before any of its deliveries': a failure that
+ * disables the endpoint parks all of its deliveries, and would deadlock
+ * with the settlements of the same tick's other deliveries (each holding
+ * its delivery's row, waiting for the endpoint's) if they locked the other
+ * way round.
+ */
+async function lockEndpoint(tx: Queryable, endpointId: string): Promise<void> {
+  await tx.query("SELECT 1 FROM webhook_endpoints WHERE endpoint_id = $1 FOR UPDATE", [endpointId]);
 }
 
 function endpointOf(r: EndpointRow): WebhookEndpoint {
@@ -221,6 +232,7 @@ export class WebhookStore {
   async markDelivered(d: ClaimedDelivery): Promise<void> {
     const nowMs = this.now();
     await this.db.transaction(async (tx) => {
+      await lockEndpoint(tx, d.endpointId);
       await tx.query(
         `UPDATE webhook_deliveries SET status = 2, attempts = attempts + 1, last_error = '', update_time = $3::timestamptz
           WHERE endpoint_id = $1 AND event_id = $2`,
@@ -236,9 +248,17 @@ export class WebhookStore {
    * event is abandoned or after `maxConsecutiveFailures` failures in a row.
    * Returns the endpoint's disabled reason when this disabled it.
    */
-  async markFailed(d: ClaimedDelivery, error: string, nextAttemptMs: number | undefined, maxConsecutiveFailures: number): Promise<string | undefined> {
+  async markFailed(
+    d: ClaimedDelivery,
+    error: string,
+    nextAttemptMs: number | undefined,
+    maxConsecutiveFailures: number,
+    /** False for a failure of an attempt sent together with one already counted (see the dispatcher's tick). */
+    count = true,
+  ): Promise<string | undefined> {
     const nowMs = this.now();
     return this.db.transaction(async (tx) => {
+      await lockEndpoint(tx, d.endpointId);
       await tx.query(
         `UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $3, status = $4,
                 next_attempt_time = COALESCE($5::timestamptz, next_attempt_time), update_time = $6::timestamptz
@@ -246,8 +266,8 @@ export class WebhookStore {
         [d.endpointId, d.eventId, error.slice(0, 500), nextAttemptMs === undefined ? 3 : 1, nextAttemptMs === undefined ? null : iso(nextAttemptMs), iso(nowMs)],
       );
       const { rows } = await tx.query<{ consecutive_failures: number; status: number }>(
-        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + 1 WHERE endpoint_id = $1 RETURNING consecutive_failures, status",
-        [d.endpointId],
+        "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + $2 WHERE endpoint_id = $1 RETURNING consecutive_failures, status",
+        [d.endpointId, count ? 1 : 0],
       );
       const ep = rows[0];
       if (ep === undefined) return undefined;

@@ -75,5 +75,37 @@ for (const driver of DRIVERS) {
         await dispatcher.stop();
       }
     });
+
+    test("the deliveries one tick sends together count as one failure in a row: a short outage with many events queued does not disable the endpoint", async () => {
+      const clock = new ManualClock();
+      const store = createWardenStore({ db: t.db, now: clock.now });
+      const hooks = createWebhookStore({ db: t.db, now: clock.now });
+      const dispatcher = createWebhookDispatcher({
+        store: hooks,
+        logger: createLogger("silent"),
+        intervalMs: 3_600_000,
+        backoffBaseMs: 1_000,
+        maxBackoffMs: 1_000,
+        maxConsecutiveFailures: 3,
+        random: () => 1,
+      });
+      try {
+        const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url, eventTypes: ["session.created"] }));
+        for (let i = 0; i < 10; i++) await store.createSession(sessionRequest(`agent-burst-${driver}-${i}`, {}), NO_HASH);
+        // Ten deliveries to this endpoint, sent together, all failing.
+        assert.ok((await dispatcher.tick()) >= 10);
+        let ep = await hooks.getEndpoint(endpoint!.endpointId);
+        assert.deepEqual([WebhookEndpointStatus[ep.status], ep.consecutiveFailures], ["ACTIVE", 1]);
+        // Still down at the next two rounds: three failures in a row.
+        for (let i = 0; i < 2; i++) {
+          clock.advance(2_000);
+          await dispatcher.tick();
+        }
+        ep = await hooks.getEndpoint(endpoint!.endpointId);
+        assert.deepEqual([WebhookEndpointStatus[ep.status], ep.consecutiveFailures], ["DISABLED", 3]);
+      } finally {
+        await dispatcher.stop();
+      }
+    });
   });
 }
