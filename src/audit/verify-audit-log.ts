@@ -43,6 +43,12 @@ export interface CheckpointBody {
   readonly heads: readonly (readonly [string, number, string])[];
   /** [chain, seq, hex hash] of each chain whose records retention removed, up to seq. */
   readonly pruned: readonly (readonly [string, number, string])[];
+  /**
+   * The highest log seq when the checkpoint was taken (absent in
+   * checkpoints from before it was kept): every record at or below it
+   * must be covered by a signed head by the next checkpoint.
+   */
+  readonly log_seq?: number;
 }
 
 /** How the log differs from what was chained and signed. */
@@ -91,9 +97,10 @@ function fail(problem: AuditProblem): never {
 function verifyCheckpoints(
   checkpoints: readonly StoredAuditCheckpoint[],
   keys: ReadonlyMap<string, KeyObject>,
-): { signed: Map<string, Head>; pruned: Map<string, Head> } {
+): { signed: Map<string, Head>; pruned: Map<string, Head>; covered: { logSeq: bigint; checkpoint: bigint } | undefined } {
   const signed = new Map<string, Head>();
   const pruned = new Map<string, Head>();
+  const bounds: ({ logSeq: bigint; checkpoint: bigint } | undefined)[] = [];
   let prev = "";
   for (const [i, cp] of checkpoints.entries()) {
     const want = BigInt(i + 1);
@@ -119,9 +126,14 @@ function verifyCheckpoints(
       const s = signed.get(chain);
       if (s === undefined || s.seq <= BigInt(seq)) signed.set(chain, { seq: BigInt(seq), hash, checkpoint: cp.seq });
     }
+    bounds.push(body.log_seq === undefined ? undefined : { logSeq: BigInt(body.log_seq), checkpoint: cp.seq });
     prev = hex(cp.hash);
   }
-  return { signed, pruned };
+  // The log as the checkpoint before the last saw it: by the last one,
+  // every record then committed, or then still committing (it took its
+  // position before it committed), had its chain's head signed. The last
+  // checkpoint's own bound may still have records committing after it.
+  return { signed, pruned, covered: bounds.at(-2) };
 }
 
 /** Whether a record's columns and hash agree with its body; the reason when not. */
@@ -176,7 +188,7 @@ export function verifyAuditLog(
   let unsigned = 0;
   let prunedChains = 0;
   try {
-    const { signed, pruned } = verifyCheckpoints(checkpoints, keys);
+    const { signed, pruned, covered } = verifyCheckpoints(checkpoints, keys);
     prunedChains = pruned.size;
     // Where each (chain, seq) sits in the log, to tell a reordering from a deletion.
     const last = new Map<string, number>();
@@ -232,7 +244,19 @@ export function verifyAuditLog(
       if (s !== undefined && s.seq === r.chainSeq && s.hash !== hex(r.hash)) {
         fail({ kind: "modified", record: name, reason: `${at} was modified: it differs from what checkpoint ${s.checkpoint} signed` });
       }
-      if (s === undefined || r.chainSeq > s.seq) unsigned++;
+      if (s === undefined || r.chainSeq > s.seq) {
+        // A record no checkpoint signed, though one covered its place in
+        // the log: put there afterwards (a forged chain, or a forged record
+        // after a chain's signed head), however well it chains.
+        if (covered !== undefined && r.seq <= covered.logSeq) {
+          fail({
+            kind: "inserted",
+            record: name,
+            reason: `${at} was inserted: checkpoint ${covered.checkpoint} covered the log up to seq ${covered.logSeq}, and no checkpoint since signed this record`,
+          });
+        }
+        unsigned++;
+      }
       st.expected = r.chainSeq + 1n;
       st.prev = hex(r.hash);
       st.lastSeq = r.seq;

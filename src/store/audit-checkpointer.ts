@@ -97,6 +97,9 @@ export function createAuditCheckpointer(opts: AuditCheckpointerOptions): AuditCh
         await tx.query("SELECT pg_advisory_xact_lock($1)", [CHECKPOINT_LOCK]);
         const nowMs = now();
         const pruned = await prune(tx, nowMs);
+        // Read before the heads: a record at or below it that committed in
+        // time has its chain's head among them (see CheckpointBody.log_seq).
+        const logSeq = Number((await tx.query<{ s: string | null }>("SELECT max(seq) AS s FROM audit_records")).rows[0]?.s ?? 0);
         const changed = await tx.query<HeadRow>(
           `SELECT c.chain_id, c.seq, c.hash FROM audit_chains c LEFT JOIN audit_signed s ON s.chain_id = c.chain_id
             WHERE c.seq > coalesce(s.seq, 0) ORDER BY c.chain_id`,
@@ -117,6 +120,7 @@ export function createAuditCheckpointer(opts: AuditCheckpointerOptions): AuditCh
           key_id: key.keyId,
           heads,
           pruned,
+          log_seq: logSeq,
         };
         const text = canonicalJson(body);
         const signature = sign(null, Buffer.from(text, "utf8"), key.privateKey);

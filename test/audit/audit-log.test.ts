@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { chainRecord } from "../../src/audit/audit-body.js";
 import { type AuditKey, loadOrCreateAuditKey } from "../../src/audit/audit-key.js";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
@@ -193,6 +194,27 @@ for (const driver of DRIVERS) {
       assert.match(bad.problem!.reason, /not a trusted key/);
       // The server's own list names the key.
       assert.equal((await verifyStoredLog(t.db)).ok, true);
+    });
+
+    test("a whole chain forged into a part of the log a checkpoint covered is caught as inserted, however well it chains", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      await check(s.sessionId, USD(1));
+      await checkpointer.checkpoint();
+      await check(s.sessionId, USD(2));
+      await checkpointer.checkpoint();
+      assert.equal((await verifyStoredLog(t.db, [key.publicJwk])).ok, true);
+      // A one-record chain of its own, well hashed, dated and placed early in
+      // the log: nothing links to it, so only the checkpoints can tell.
+      const forged = chainRecord({ chain: "ses_forged", seq: 1, type: "approval.approved", time: new Date(clock.now() - DAY).toISOString(), session_id: "ses_forged", agent_id: "nobody", prev: "", data: { approval_id: "apr_x" } });
+      await t.db.query(
+        `INSERT INTO audit_records (seq, chain_id, chain_seq, type, create_time, session_id, agent_id, body, prev_hash, hash)
+         VALUES (0, 'ses_forged', 1, 'approval.approved', $1::timestamptz, 'ses_forged', 'nobody', $2, ''::bytea, $3)`,
+        [new Date(clock.now() - DAY).toISOString(), forged.text, forged.hash],
+      );
+      const v = await verifyStoredLog(t.db, [key.publicJwk]);
+      assert.equal(v.problem?.kind, "inserted", v.problem?.reason ?? "reported intact");
+      assert.match(v.problem!.reason, /^record 1 of chain ses_forged \(log seq 0\) was inserted: checkpoint \d+ covered the log up to seq \d+/);
+      await t.db.query("DELETE FROM audit_records WHERE seq = 0");
     });
 
     test("retention removes the records of sessions ended long ago under a signed checkpoint; verification still passes", async () => {
