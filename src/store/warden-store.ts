@@ -872,6 +872,15 @@ export class WardenStore {
           },
         },
       ]);
+      // Watchers learn of it as of any session new to this store. Last:
+      // an event's position takes the advisory lock (outbox.ts).
+      await recordEvent(tx, {
+        type: "session.created",
+        sessionId: s.sessionId,
+        agentId: s.agentId,
+        data: { status: SessionStatus[s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status], expire_time: iso(ms(s.expireTime, nowMs)), imported: true },
+        nowMs,
+      });
       return this.getSession(s.sessionId, tx);
     });
     this.batcher.forget(s.sessionId);

@@ -33,6 +33,15 @@ for (const driver of DRIVERS) {
       );
       await target.store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
       assert.equal((await target.store.getSession(s.sessionId)).usage!.valueHeldMicros, 0n);
+      // Watchers of the new store hear of the session as of any new one.
+      const { rows } = await target.t.db.query<{ type: string; data: Record<string, unknown> }>("SELECT type, data FROM events WHERE session_id = $1 ORDER BY seq", [s.sessionId]);
+      assert.deepEqual(
+        rows.map((e) => [e.type, e.data.status, e.data.imported]),
+        [
+          ["session.created", "ACTIVE", true],
+          ["session.completed", "COMPLETED", undefined],
+        ],
+      );
     });
 
     test("an exported session's lease reservation does not come back as a hold nothing can release", async () => {
