@@ -136,7 +136,7 @@ for (const driver of DRIVERS) {
       assert.equal(data.action_id, record.actionId);
     });
 
-    test("an agent's policy changes are chained per agent; an import is one record binding the snapshot", async () => {
+    test("an agent's policy changes are chained per agent; an import is a record binding the snapshot, then its event", async () => {
       const id = agent();
       await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(500) } } }));
       await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(400) } } }));
@@ -153,14 +153,15 @@ for (const driver of DRIVERS) {
       snap.counters = [];
       await store.importSession(snap);
       const imported = await chainOf(`${s.sessionId}-copy`);
-      assert.deepEqual(imported.map((r) => r.type), ["session.imported"]);
+      // The record binding the snapshot, then the event telling watchers of the session.
+      assert.deepEqual(imported.map((r) => r.type), ["session.imported", "session.created"]);
       assert.match(dataOf(imported[0]!.body).snapshot_sha256 as string, /^[0-9a-f]{64}$/);
       // The filters: a session's records, an agent's (its sessions' and its own chain), a time range.
       const mine = await chainOf(s.sessionId);
       assert.equal(mine.length, 2);
       assert.deepEqual(await readAuditLog(t.db, { sessionId: s.sessionId }), mine);
       const agents = (await readAuditLog(t.db)).filter((r) => r.agentId === id);
-      assert.equal(agents.length, 5);
+      assert.equal(agents.length, 6);
       assert.deepEqual(await readAuditLog(t.db, { agentId: id }), agents);
       const at = timestampFromMs(clock.ms);
       assert.deepEqual(await readAuditLog(t.db, { agentId: id, startTime: at, endTime: timestampFromMs(clock.ms + 1) }), agents);
