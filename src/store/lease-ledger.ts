@@ -610,6 +610,9 @@ function breakerRuns(
     );
     let tripRun: number | undefined;
     for (const r of list.sort((a, b) => timestampMs(a.createTime!) - timestampMs(b.createTime!))) {
+      // Made before a person last paused or resumed the session: that
+      // started the count over, and these belong to the run before it.
+      if (timestampMs(r.createTime!) < s.denialRunSinceMs) continue;
       s.denialRun = denialRun(s.denialRun, r.decision!.outcome, r.decision!.reasons);
       if (tripRun === undefined && s.status === SessionStatus.ACTIVE && trips(s.denialRun, threshold)) tripRun = s.denialRun;
     }

@@ -20,6 +20,8 @@ export interface LockedSession {
   readonly policy: CompiledPolicy;
   /** Denials in a row so far (migration 019): the circuit breaker's count. */
   denialRun: number;
+  /** When a pause or resume last started the count over (epoch ms); 0 if never. */
+  readonly denialRunSinceMs: number;
 }
 
 /** An agent row read under its lock. */
@@ -40,6 +42,7 @@ interface SessionLockRow {
   revision: string;
   policy: Uint8Array;
   denial_run: number;
+  denial_run_since: Date | null;
 }
 
 interface AgentLockRow {
@@ -86,7 +89,7 @@ export async function lockScopes(
   if (sessionIds.length > 0) {
     const { rows } = await tx.query<SessionLockRow>(
       `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
-              last_activity_time, revision, policy, denial_run
+              last_activity_time, revision, policy, denial_run, denial_run_since
          FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`,
       [[...new Set(sessionIds)]],
     );
@@ -103,6 +106,7 @@ export async function lockScopes(
         revision,
         policy: policies.get(`s:${r.session_id}`, revision, r.policy),
         denialRun: r.denial_run,
+        denialRunSinceMs: r.denial_run_since?.getTime() ?? 0,
       });
     }
   }

@@ -525,7 +525,8 @@ export class WardenStore {
         }
         await tx.query(
           // A resume starts the circuit breaker's count of denials again.
-          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision(), denial_run = 0
+          `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision(),
+                  denial_run = 0, denial_run_since = $4::timestamptz
             WHERE session_id = $1`,
           [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
         );

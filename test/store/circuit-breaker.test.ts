@@ -137,6 +137,23 @@ for (const driver of DRIVERS) {
       assert.deepEqual([SessionStatus[after.status], after.statusReason], ["PAUSED", "circuit breaker: 3 denials in a row"]);
     });
 
+    test("denials a sidecar made before a person resumed the session, reported after, belong to the run before and trip nothing", async () => {
+      const s = await session({ pauseAfterDenialsInARow: 3 });
+      const lease = await leaseOf(s.sessionId);
+      const report = (...records: ReturnType<typeof record>[]) =>
+        suite.store.leases.report(
+          create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records })] }),
+        );
+      await suite.store.setPaused(s.sessionId, true, "look");
+      suite.clock.advance(1_000);
+      await suite.store.setPaused(s.sessionId, false, "go on");
+      // Made in the second before the resume, while the sidecar had not heard of the pause.
+      await report(record(Outcome.DENY, -900), record(Outcome.DENY, -800), record(Outcome.DENY, -700));
+      assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");
+      await report(record(Outcome.DENY, 1), record(Outcome.DENY, 2), record(Outcome.DENY, 3));
+      assert.deepEqual(await status(s.sessionId), ["PAUSED", "circuit breaker: 3 denials in a row"]);
+    });
+
     test("a sidecar's reported denials count too, in the order they were made", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
       const lease = await leaseOf(s.sessionId);

@@ -4,3 +4,6 @@
 -- any other outcome, and a resume, set it back to zero. Failed requests
 -- already count in error_count.
 ALTER TABLE sessions ADD COLUMN denial_run integer NOT NULL DEFAULT 0;
+-- When the run last started over by a person's hand (a pause or a resume):
+-- a sidecar's decisions made before it, reported after it, do not count.
+ALTER TABLE sessions ADD COLUMN denial_run_since timestamptz;
