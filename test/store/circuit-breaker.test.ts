@@ -35,6 +35,10 @@ for (const driver of DRIVERS) {
         processingNanos: 1000n,
       });
 
+    /** A sidecar's report of decisions it made from `lease`. */
+    const reportTo = (sessionId: string, lease: { leaseId: string }, records: ReturnType<typeof record>[]) =>
+      suite.store.leases.report(create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId, leaseId: lease.leaseId, records })] }));
+
     /** A session that denies anything above 10 USD a call. */
     const session = (breaker: { pauseAfterDenialsInARow?: number; failAfterErrors?: number }, agentId = agent()) =>
       suite.store.createSession(sessionRequest(agentId, { maxPerTransactionMicros: USD(10), circuitBreaker: breaker }), NO_HASH);
@@ -140,10 +144,7 @@ for (const driver of DRIVERS) {
     test("denials a sidecar made before a person resumed the session, reported after, belong to the run before and trip nothing", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
       const lease = await leaseOf(s.sessionId);
-      const report = (...records: ReturnType<typeof record>[]) =>
-        suite.store.leases.report(
-          create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records })] }),
-        );
+      const report = (...records: ReturnType<typeof record>[]) => reportTo(s.sessionId, lease, records);
       await suite.store.setPaused(s.sessionId, true, "look");
       suite.clock.advance(1_000);
       await suite.store.setPaused(s.sessionId, false, "go on");
@@ -157,10 +158,7 @@ for (const driver of DRIVERS) {
     test("a sidecar's reported denials count too, in the order they were made", async () => {
       const s = await session({ pauseAfterDenialsInARow: 3 });
       const lease = await leaseOf(s.sessionId);
-      const report = (...records: ReturnType<typeof record>[]) =>
-        suite.store.leases.report(
-          create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: lease.leaseId, records })] }),
-        );
+      const report = (...records: ReturnType<typeof record>[]) => reportTo(s.sessionId, lease, records);
       // Sent out of order; made as DENY, ALLOW, DENY, DENY: a run of two.
       await report(record(Outcome.DENY, 3), record(Outcome.DENY, 1), record(Outcome.ALLOW, 2), record(Outcome.DENY, 4));
       assert.deepEqual((await status(s.sessionId))[0], "ACTIVE");

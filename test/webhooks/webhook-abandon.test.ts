@@ -34,23 +34,20 @@ for (const driver of DRIVERS) {
       await t.drop();
     });
 
-    test("a delivery still failing when the retry period runs out is abandoned, and its endpoint disabled saying so", async () => {
+    /** A store, a dispatcher ticked by hand (jitter pinned) and an endpoint at the receiver, for session.created. */
+    async function setUp(o: Partial<Parameters<typeof createWebhookDispatcher>[0]>) {
       const clock = new ManualClock();
       const store = createWardenStore({ db: t.db, now: clock.now });
       const hooks = createWebhookStore({ db: t.db, now: clock.now });
+      const dispatcher = createWebhookDispatcher({ store: hooks, logger: createLogger("silent"), intervalMs: 3_600_000, random: () => 1, ...o });
+      const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url, eventTypes: ["session.created"] }));
+      return { clock, store, hooks, dispatcher, endpoint };
+    }
+
+    test("a delivery still failing when the retry period runs out is abandoned, and its endpoint disabled saying so", async () => {
       // Failures in a row alone would not disable it: only the retry period can.
-      const dispatcher = createWebhookDispatcher({
-        store: hooks,
-        logger: createLogger("silent"),
-        intervalMs: 3_600_000,
-        retryPeriodMs: 60_000,
-        backoffBaseMs: 10_000,
-        maxBackoffMs: 10_000,
-        maxConsecutiveFailures: 1000,
-        random: () => 1,
-      });
+      const { clock, store, hooks, dispatcher, endpoint } = await setUp({ retryPeriodMs: 60_000, backoffBaseMs: 10_000, maxBackoffMs: 10_000, maxConsecutiveFailures: 1000 });
       try {
-        const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url, eventTypes: ["session.created"] }));
         await store.createSession(sessionRequest("agent-abandon", {}), NO_HASH);
         let attempts = 0;
         // Retries every 10 s (jitter pinned), until the next one would fall past 60 s after the event.
@@ -77,20 +74,8 @@ for (const driver of DRIVERS) {
     });
 
     test("the deliveries one tick sends together count as one failure in a row: a short outage with many events queued does not disable the endpoint", async () => {
-      const clock = new ManualClock();
-      const store = createWardenStore({ db: t.db, now: clock.now });
-      const hooks = createWebhookStore({ db: t.db, now: clock.now });
-      const dispatcher = createWebhookDispatcher({
-        store: hooks,
-        logger: createLogger("silent"),
-        intervalMs: 3_600_000,
-        backoffBaseMs: 1_000,
-        maxBackoffMs: 1_000,
-        maxConsecutiveFailures: 3,
-        random: () => 1,
-      });
+      const { clock, store, hooks, dispatcher, endpoint } = await setUp({ backoffBaseMs: 1_000, maxBackoffMs: 1_000, maxConsecutiveFailures: 3 });
       try {
-        const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url, eventTypes: ["session.created"] }));
         for (let i = 0; i < 10; i++) await store.createSession(sessionRequest(`agent-burst-${driver}-${i}`, {}), NO_HASH);
         // Ten deliveries to this endpoint, sent together, all failing.
         assert.ok((await dispatcher.tick()) >= 10);
