@@ -214,8 +214,20 @@ export class ReportQueue {
     const sessions = new Map<string, Map<string, Pending>>();
     for (const [key, p] of this.pending) bySession(sessions, key, p);
     const chunk = new Map<string, Pending>();
+    const retryRefused = this.now() >= this.refusedRetryAt;
     let n = 0;
-    for (const entries of sessions.values()) {
+    for (const [sessionId, entries] of sessions) {
+      // A session the store refused is never the head of a send, or it
+      // would hold every session queued behind it: it goes along (sent
+      // apart, see sendBatch) when its retry is due, and waits otherwise.
+      if (this.refused.has(sessionId)) {
+        if (!retryRefused) continue;
+        for (const [key, p] of entries) {
+          chunk.set(key, p);
+          this.pending.delete(key);
+        }
+        continue;
+      }
       const size = [...entries.values()].reduce((a, p) => a + entriesOf(p), 0);
       if (n > 0 && n + size > MAX_SEND_ENTRIES) break;
       if (n === 0 && size > MAX_SEND_ENTRIES && this.takeRecords(entries, chunk)) break;

@@ -543,7 +543,8 @@ export class LeaseLedger {
       return { rejected, told: await recordLimitNotices(tx, notices, this.told), ending };
     });
     for (const k of told) this.told.set(k, true);
-    await endForksOf(this.db, this.policies, ending, this.now);
+    // Committed either way: see DecisionBatcher on a failure here.
+    await endForksOf(this.db, this.policies, ending, this.now).catch(() => {});
     return rejected;
   }
 
@@ -579,7 +580,7 @@ export class LeaseLedger {
         }
       });
     }
-    await endForksOf(this.db, this.policies, exhausted, this.now);
+    await endForksOf(this.db, this.policies, exhausted, this.now).catch(() => {});
     return { leases: n, writtenOffValue, writtenOffActions };
   }
 }

@@ -261,3 +261,25 @@ test("a backlog goes in sends of at most MAX_SEND_ENTRIES, whole sessions in ord
   assert.equal(sent.flatMap((r) => r.reports).filter((p) => p.sessionId.startsWith("small-")).length, 3000);
   assert.equal(q.size, 0);
 });
+
+test("a refused session big enough to fill a send never holds up the sessions queued behind it", async () => {
+  const stored: string[] = [];
+  const q = new ReportQueue({
+    holder: "h",
+    intervalMs: 1_000_000,
+    now: () => 0,
+    send: async (req) => {
+      if (req.reports.some((r) => r.sessionId === "foreign")) throw new ConnectError('session "foreign" belongs to another agent', Code.PermissionDenied);
+      for (const r of req.reports) for (const rec of r.records) stored.push(`${r.sessionId}:${rec.actionId}`);
+      return { rejected: [] };
+    },
+  });
+  // A busy session backed up while offline, which the store then refuses for good.
+  for (let i = 0; i < MAX_SEND_ENTRIES - 5; i++) q.record("foreign", "lse_f", record());
+  const mine = Array.from({ length: 6 }, record);
+  for (const r of mine) q.record("s1", "lse_1", r);
+  await q.flush(); // The busy session fills the send, and is refused.
+  await q.flush(); // Its retry is not due: the rest goes.
+  assert.deepEqual(stored, mine.map((r) => `s1:${r.actionId}`));
+  assert.equal(q.size, MAX_SEND_ENTRIES - 5, "the refused session's records stay queued, apart");
+});
