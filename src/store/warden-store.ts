@@ -590,8 +590,14 @@ export class WardenStore {
           const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
           if (prior !== undefined) return replayFirstAnswer(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
         }
-        if (parent.status !== SessionStatus.ACTIVE || lapse(sessionScope(parent), nowMs) !== undefined) {
-          throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active`, Code.FailedPrecondition);
+        // Every ancestor too: a fork under an ended (or lapsed) grandparent
+        // would be ACTIVE under a chain that has ended, and missed by the
+        // ending of its forks, which read them before this one existed.
+        for (const c of [parent, ...parent.ancestorIds.map((a) => locked.get(a)!)]) {
+          if (c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined) {
+            const whose = c === parent ? "" : ` (its parent "${c.sessionId}" is not)`;
+            throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active${whose}`, Code.FailedPrecondition);
+          }
         }
         const child = compilePolicy(req.policy!);
         if (child.currency !== parent.policy.currency) {

@@ -192,6 +192,17 @@ for (const driver of DRIVERS) {
       assert.match(await code(capture(child.sessionId, hold.authorizationId)), /^FailedPrecondition/);
     });
 
+    test("no fork under a grandparent that ended or went idle, though its own parent has not been ended yet", async () => {
+      const root = await suite.store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(60_000) }), NO_HASH);
+      const fork = (parentSessionId: string) => suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      const child = await fork(root.sessionId);
+      suite.clock.advance(61_000);
+      assert.equal(
+        await code(fork(child.sessionId)),
+        `FailedPrecondition: parent_session_id: session "${child.sessionId}" is not active (its parent "${root.sessionId}" is not)`,
+      );
+    });
+
     test("revoking a session past its expiry ends it EXPIRED, with its forks, and says so, whether or not the sweeper ran first", async () => {
       const s = await suite.store.createSession(
         sessionRequest(agent(), {}, { expiration: { case: "ttl", value: durationFromMs(60_000) } }),
