@@ -186,6 +186,14 @@ export function lapse(scope: ScopeState, nowMs: number): "time" | "idle" | undef
   return undefined;
 }
 
+/** The status reason of a session ended by {@link lapse}. */
+export function lapseReason(why: "time" | "idle"): string {
+  return why === "time" ? "expired" : "idle timeout";
+}
+
+/** The status reason of a session whose lifetime limit is used up (see {@link isExhausted}). */
+export const EXHAUSTED_REASON = "lifetime limit used up";
+
 /**
  * Decides one action. Pure: the same inputs give the same answer, with no
  * I/O and no clock of its own. Every limit of every scope in every window is

@@ -489,7 +489,7 @@ export class SidecarEngine {
     // answered here would be money spent that the ledger never keeps. A
     // session evicted since is fetched again; offline, the hold is
     // settled from what this sidecar knows.
-    const s = await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined);
+    const s = this.o.cache.peek(req.sessionId) ?? (await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined));
     if (s !== undefined && isTerminal(s.status)) {
       this.holds.delete(req.authorizationId);
       throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);

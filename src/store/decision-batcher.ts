@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
-import { evaluate, isExhausted, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
+import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapse, lapseReason, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import {
@@ -263,11 +263,11 @@ export class DecisionBatcher {
           p!.status = SessionStatus.EXPIRED;
           const d = touch(touched, p!);
           d.status = p!.status;
-          d.statusReason = why === "time" ? "expired" : "idle timeout";
+          d.statusReason = lapseReason(why);
         }
         if (ev.expire !== undefined) {
           s.status = SessionStatus.EXPIRED;
-          delta.statusReason = ev.expire === "time" ? "expired" : "idle timeout";
+          delta.statusReason = lapseReason(ev.expire);
         } else {
           // A request is activity; a lapsed session stays lapsed.
           s.lastActivityMs = nowMs;
@@ -283,13 +283,14 @@ export class DecisionBatcher {
             c.status = SessionStatus.EXHAUSTED;
             const d = c === s ? delta : touch(touched, c);
             d.status = c.status;
-            d.statusReason = "lifetime limit used up";
+            d.statusReason = EXHAUSTED_REASON;
           }
         }
         // The circuit breaker: a run of denials pauses an active session;
         // the calls after it in this batch already find it paused.
+        // (The threshold is looked up only during a run: most calls end one.)
         s.denialRun = denialRun(s.denialRun, ev.outcome, ev.reasons);
-        if (s.status === SessionStatus.ACTIVE && trips(s.denialRun, tripThreshold(scopes.map((sc) => sc.policy), "pauseAfterDenials"))) {
+        if (s.denialRun > 0 && s.status === SessionStatus.ACTIVE && trips(s.denialRun, tripThreshold(scopes.map((sc) => sc.policy), "pauseAfterDenials"))) {
           s.status = SessionStatus.PAUSED;
           delta.statusReason = breakerPauseReason(s.denialRun);
         }

@@ -2,7 +2,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { durationMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
-import { isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf, WINDOW_ENUM } from "../core/evaluate.js";
+import { EXHAUSTED_REASON, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf, WINDOW_ENUM } from "../core/evaluate.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import { ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
@@ -525,7 +525,7 @@ export class LeaseLedger {
       // ends on its own, its forks after the commit.
       const live = [...locked.sessions.values()].filter((s) => !isTerminal(s.status));
       const ending = [...(await lifetimesUsedUp(tx, live))];
-      for (const id of ending) await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      for (const id of ending) await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
       // 5. A session the circuit breaker tripped on (and that did not just
       // end) is paused, as a person would pause it; its sidecars see it on
       // the watch stream and give their leases back.
@@ -575,7 +575,7 @@ export class LeaseLedger {
         // What was written off counts in the whole chain's lifetimes.
         const live = [...locked.sessions.values()].filter((s) => !isTerminal(s.status));
         for (const id of await lifetimesUsedUp(tx, live)) {
-          await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+          await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
           exhausted.push(id);
         }
       });

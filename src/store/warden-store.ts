@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
-import { budgetsOf, isTerminal, lapse, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
+import { budgetsOf, EXHAUSTED_REASON, isTerminal, lapse, lapseReason, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
 import { formatMoney } from "../core/money.js";
 import { CalendarSpanCache, isValidTimeZone } from "../core/windows.js";
 import { type Agent, AgentSchema, type UpdateAgentPolicyRequest } from "../gen/warden/v1/agent_service_pb.js";
@@ -157,7 +157,7 @@ async function endedChain(
     if (!isTerminal(c.status)) {
       const lapsed = lapse(sessionScope(c), nowMs);
       if (lapsed === undefined) continue;
-      await endSessions(tx, [c.sessionId], SessionStatus.EXPIRED, lapsed === "time" ? "expired" : "idle timeout", nowMs);
+      await endSessions(tx, [c.sessionId], SessionStatus.EXPIRED, lapseReason(lapsed), nowMs);
       c.status = SessionStatus.EXPIRED;
     }
     return { sessionId: c.sessionId, why: c === s ? `has ended (${SessionStatus[c.status]})` : `has ended with its parent "${c.sessionId}" (${SessionStatus[c.status]})` };
@@ -180,6 +180,12 @@ function limitsValue(policy: SessionPolicy): boolean {
 function checkSessionId(id: string, field: string): void {
   if (id.startsWith("agent:")) throw new ConnectError(`${field}: "agent:" starts the names of agents' audit chains, not of sessions`, Code.InvalidArgument);
 }
+
+/** [the fork's window, the parent's window it must fit in] for ForkSession, in the order checked. */
+const FORK_WINDOW_CHECKS: readonly (readonly [WindowKind, WindowKind])[] = [
+  ...WINDOW_KINDS.map((w) => [w, w] as const),
+  ...WINDOW_KINDS.filter((w) => w !== "lifetime").map((w) => [w, "lifetime"] as const),
+];
 
 /** The last millisecond of 9999-12-31 UTC: later times cannot be stored as a timestamp everyone reads alike. */
 const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
@@ -501,7 +507,7 @@ export class WardenStore {
         // sweeper got to it: it ends EXPIRED (kept), and the caller is told.
         const why = lapse(sessionScope(s), nowMs);
         if (why !== undefined) {
-          await endSessions(tx, [sessionId, ...live], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          await endSessions(tx, [sessionId, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
           return true;
         }
         await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
@@ -614,39 +620,22 @@ export class WardenStore {
         const counters = await loadCounters(tx, addresses);
         const field: Record<WindowKind, string> = { day: "daily", week: "weekly", month: "monthly", lifetime: "lifetime" };
         for (const p of chain) {
-          for (const w of WINDOW_KINDS) {
-            const used = totalsOf(counters.get(`s:${p.sessionId}|${w}|${spanOf(p.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS}`))!;
-            const pl = p.policy.limits[w];
+          // Against the parent's same window, then (a shorter window spends
+          // from it too) the parent's whole lifetime.
+          for (const [w, pw] of FORK_WINDOW_CHECKS) {
+            const used = totalsOf(counters.get(`s:${p.sessionId}|${pw}|${spanOf(p.policy, pw, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS}`))!;
+            const pl = p.policy.limits[pw];
             const cl = child.limits[w];
+            const where = pw === w ? "" : " in its lifetime";
             if (pl.maxValue !== undefined && cl.maxValue !== undefined && cl.maxValue > pl.maxValue - used.value) {
               throw new ConnectError(
-                `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left (${formatMoney(pl.maxValue - used.value, child.currency)})`,
+                `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left${where} (${formatMoney(pl.maxValue - used.value, child.currency)})`,
                 Code.FailedPrecondition,
               );
             }
             if (pl.maxActions !== undefined && cl.maxActions !== undefined && cl.maxActions > pl.maxActions - used.actions) {
               throw new ConnectError(
-                `policy.${field[w]}.max_actions: ${cl.maxActions} is more than session "${p.sessionId}" has left (${pl.maxActions - used.actions})`,
-                Code.FailedPrecondition,
-              );
-            }
-          }
-          // Nor may any window of the child ask for more than the parent has
-          // left in its whole lifetime, which every window of it spends from.
-          const life = totalsOf(counters.get(`s:${p.sessionId}|lifetime|${LIFETIME_START_MS}`))!;
-          const pl = p.policy.limits.lifetime;
-          for (const w of WINDOW_KINDS) {
-            const cl = child.limits[w];
-            if (w === "lifetime") continue;
-            if (pl.maxValue !== undefined && cl.maxValue !== undefined && cl.maxValue > pl.maxValue - life.value) {
-              throw new ConnectError(
-                `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left in its lifetime (${formatMoney(pl.maxValue - life.value, child.currency)})`,
-                Code.FailedPrecondition,
-              );
-            }
-            if (pl.maxActions !== undefined && cl.maxActions !== undefined && cl.maxActions > pl.maxActions - life.actions) {
-              throw new ConnectError(
-                `policy.${field[w]}.max_actions: ${cl.maxActions} is more than session "${p.sessionId}" has left in its lifetime (${pl.maxActions - life.actions})`,
+                `policy.${field[w]}.max_actions: ${cl.maxActions} is more than session "${p.sessionId}" has left${where} (${pl.maxActions - used.actions})`,
                 Code.FailedPrecondition,
               );
             }
@@ -989,7 +978,7 @@ export class WardenStore {
       const chain = [s, ...s.ancestorIds.map((a) => locked.get(a)!)];
       const used = await captureHold(tx, h, amount?.amountMicros ?? BigInt(h.held_value), chain, nowMs);
       // Each ends on its own (none is the other's ended_with); their forks after the commit.
-      for (const id of used) await endSessions(tx, [id], SessionStatus.EXHAUSTED, "lifetime limit used up", nowMs);
+      for (const id of used) await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
       return used;
     });
   }
@@ -1221,7 +1210,7 @@ export class WardenStore {
           const why = isTerminal(s.status) ? undefined : lapse(sessionScope(s), nowMs);
           if (why === undefined) return 0;
           const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
-          await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, why === "time" ? "expired" : "idle timeout", nowMs);
+          await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
           return 1;
         }),
       );
