@@ -8,7 +8,8 @@ import {
   type ListAuditRecordsRequest,
 } from "../gen/warden/v1/audit_service_pb.js";
 import { type SigningKey, SigningKeySchema } from "../gen/warden/v1/auth_service_pb.js";
-import type { Queryable } from "./database.js";
+import { advanceAuditCursor, auditPageToken, readAuditPageToken } from "./audit-cursor.js";
+import type { Database } from "./database.js";
 import { pageToken, readPageToken } from "./page-token.js";
 
 const DEFAULT_PAGE = 100;
@@ -23,7 +24,7 @@ export interface AuditStore {
   publicKeys(): Promise<SigningKey[]>;
 }
 
-/** A page token: the last log (or checkpoint) seq of the page before. */
+/** A checkpoint page token: the last checkpoint seq of the page before. */
 function readToken(token: string): bigint | undefined {
   const seq = readPageToken(token, { seq: "integer" })?.seq;
   return seq === undefined ? undefined : BigInt(seq);
@@ -32,7 +33,7 @@ function readToken(token: string): bigint | undefined {
 const writeToken = (seq: string) => pageToken({ seq });
 
 /** Creates the audit log's reads on `db`. */
-export function createAuditStore(db: Queryable): AuditStore {
+export function createAuditStore(db: Database): AuditStore {
   return {
     async listRecords(req) {
       const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
@@ -42,29 +43,46 @@ export function createAuditStore(db: Queryable): AuditStore {
         params.push(v);
         return `$${params.length}`;
       };
-      const after = readToken(req.pageToken);
-      if (after !== undefined) where.push(`seq > ${p(after.toString())}`);
+      const cur = readAuditPageToken(req.pageToken);
+      // Records at or below the cursor that committed since the last page
+      // (audit-cursor.ts), then the rest: one seq range for the index.
+      const marks = [...cur.pending.values()];
+      const from = marks.reduce((m, x) => (x < m ? x : m), cur.after);
+      where.push(`seq > ${p(from.toString())}`);
+      if (cur.pending.size > 0) {
+        where.push(
+          `(seq > ${p(cur.after.toString())} OR EXISTS (SELECT 1 FROM unnest(${p([...cur.pending.keys()].map(String))}::xid8[], ${p(marks.map(String))}::bigint[]) AS w(xid, mark)
+             WHERE w.xid = audit_records.xid AND audit_records.seq > w.mark))`,
+        );
+      }
       // A session's records are exactly its chain's: the chain index serves it.
       if (req.sessionId !== "") where.push(`chain_id = ${p(req.sessionId)}`);
       if (req.agentId !== "") where.push(`agent_id = ${p(req.agentId)}`);
       if (req.startTime !== undefined) where.push(`create_time >= ${p(new Date(timestampMs(req.startTime)).toISOString())}::timestamptz`);
       if (req.endTime !== undefined) where.push(`create_time < ${p(new Date(timestampMs(req.endTime)).toISOString())}::timestamptz`);
-      const { rows } = await db.query<{
-        seq: string;
-        chain_id: string;
-        chain_seq: string;
-        type: string;
-        create_time: Date;
-        session_id: string | null;
-        agent_id: string;
-        body: string;
-        prev_hash: Uint8Array;
-        hash: Uint8Array;
-      }>(
-        `SELECT seq, chain_id, chain_seq, type, create_time, session_id, agent_id, body, prev_hash, hash FROM audit_records
-          ${where.length > 0 ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq LIMIT ${size + 1}`,
-        params,
-      );
+      // One snapshot for the page and the list of transactions still
+      // running, which the cursor then waits for.
+      const { rows, running } = await db.transaction(async (tx) => {
+        await tx.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        const page = await tx.query<{
+          seq: string;
+          chain_id: string;
+          chain_seq: string;
+          type: string;
+          create_time: Date;
+          session_id: string | null;
+          agent_id: string;
+          body: string;
+          prev_hash: Uint8Array;
+          hash: Uint8Array;
+        }>(
+          `SELECT seq, chain_id, chain_seq, type, create_time, session_id, agent_id, body, prev_hash, hash FROM audit_records
+            WHERE ${where.join(" AND ")} ORDER BY seq LIMIT ${size + 1}`,
+          params,
+        );
+        const snap = await tx.query<{ xip: string[] }>("SELECT array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip");
+        return { rows: page.rows, running: snap.rows[0]!.xip.map(BigInt) };
+      });
       const page = rows.slice(0, size);
       return {
         records: page.map((r) =>
@@ -81,7 +99,19 @@ export function createAuditStore(db: Queryable): AuditStore {
             hash: r.hash,
           }),
         ),
-        nextPageToken: rows.length > size ? writeToken(String(page.at(-1)!.seq)) : "",
+        // Empty on the last page, as everywhere: records committed after
+        // it are newer than the listing, like any written after it.
+        nextPageToken:
+          rows.length > size
+            ? auditPageToken(
+                advanceAuditCursor(
+                  cur,
+                  page.map((r) => BigInt(r.seq)),
+                  BigInt(rows[size]!.seq),
+                  running,
+                ),
+              )
+            : "",
       };
     },
 

@@ -5,11 +5,11 @@ import { verifyAuditLog } from "../../src/audit/verify-audit-log.js";
 import { ListAuditRecordsRequestSchema } from "../../src/gen/warden/v1/audit_service_pb.js";
 import { SigningKeySchema } from "../../src/gen/warden/v1/auth_service_pb.js";
 import { createAuditStore } from "../../src/store/audit-store.js";
-import type { Queryable } from "../../src/store/database.js";
+import type { Database } from "../../src/store/database.js";
 
 /** Every audit record, in log order, as the verifier reads it (paging through AuditStore, 7 a page). */
 export async function readAuditLog(
-  db: Queryable,
+  db: Database,
   filter: { sessionId?: string; agentId?: string; startTime?: Timestamp; endTime?: Timestamp } = {},
 ): Promise<StoredAuditRecord[]> {
   const store = createAuditStore(db);
@@ -26,7 +26,7 @@ export async function readAuditLog(
 }
 
 /** Verifies the whole stored log against the given keys (default: the store's own list). */
-export async function verifyStoredLog(db: Queryable, keys?: AuditPublicKey[]): Promise<AuditVerification> {
+export async function verifyStoredLog(db: Database, keys?: AuditPublicKey[]): Promise<AuditVerification> {
   const store = createAuditStore(db);
   const { checkpoints } = await store.listCheckpoints(1000, "");
   const trusted = keys ?? (await store.publicKeys()).map((k) => toJson(SigningKeySchema, k) as AuditPublicKey);
