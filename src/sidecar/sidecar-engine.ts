@@ -490,11 +490,16 @@ export class SidecarEngine {
     // session evicted since is fetched again; offline, the hold is
     // settled from what this sidecar knows.
     const s = this.o.cache.peek(req.sessionId) ?? (await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined));
-    if (s !== undefined && isTerminal(s.status)) {
-      this.holds.delete(req.authorizationId);
-      throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
-    }
+    // Past its expiry the session has ended too, though the sweeper and the
+    // watch have not said so yet: the store ends it EXPIRED on the spot and
+    // releases the hold. (Not its idle timeout: other sidecars' activity
+    // reaches the store, not this cache. Its forks end no later than it.)
     const nowMs = this.now();
+    const status = s === undefined ? undefined : isTerminal(s.status) ? s.status : nowMs >= s.expireMs ? SessionStatus.EXPIRED : undefined;
+    if (status !== undefined) {
+      this.holds.delete(req.authorizationId);
+      throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[status]})`, Code.FailedPrecondition);
+    }
     if (nowMs >= h.expireMs) {
       this.holds.delete(req.authorizationId);
       throw new ConnectError(`authorization_id: cannot ${verb} "${req.authorizationId}": it has expired`, Code.FailedPrecondition);

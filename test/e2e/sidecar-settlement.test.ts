@@ -6,6 +6,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { ActionStatus, PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type RunningServer, startServer } from "../../src/server/start-server.js";
 import { createLogger } from "../../src/server/logger.js";
@@ -239,5 +240,62 @@ describe("holds and leases of sessions whose terms changed, settled through side
     await admin.pauseSession({ sessionId: parent, reason: "look" });
     // Well under the 5 s a lease nobody spends from takes to go back.
     await until("the fork's lease to go back", async () => (await activeLeases()) === 0, 2_000);
+  });
+});
+
+/**
+ * A control plane whose sweeper runs only once a minute: a session past its
+ * expiry is then still ACTIVE in the store's rows and in every sidecar's
+ * cache, as it is between sweeps.
+ */
+describe("holds of sessions past their expiry that the sweeper has not ended yet, on sidecars", () => {
+  let pgdb: { url: string; drop(): Promise<void> };
+  let cp: RunningServer;
+  let sc: RunningSidecar;
+  before(async () => {
+    pgdb = await createPostgresDatabase();
+    cp = await startServer({ grpcAddress: "127.0.0.1:0", httpAddress: "127.0.0.1:0", dataDir: "", databaseUrl: pgdb.url, sweepIntervalMs: 60_000, logger: createLogger("silent") });
+    sc = await startSidecar({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
+      agentId: "lapsed-hold",
+      stalenessBoundMs: 5_000,
+      leaseTtlMs: 10_000,
+      reportIntervalMs: 20,
+      cacheMaxSessions: 1000,
+      cacheMaxBytes: 1 << 24,
+      logger: createLogger("silent"),
+      requireSessionTokens: false,
+    });
+    await until("the sidecar to sync", () => sc.sync.synced && sc.sync.fresh());
+  });
+  after(async () => {
+    await sc?.close(2000);
+    await cp?.close(0);
+    await pgdb?.drop();
+  });
+
+  test("a capture after the session's expiry is refused on the sidecar, as the store ends the session and releases the hold", async () => {
+    const admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
+    const policy = createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${sc.grpcPort}` }));
+    const { session } = await admin.createSession(
+      sessionRequest("lapsed-hold", { daily: { maxValueMicros: USD(1000) }, holdTtl: durationFromMs(600_000) }, { expiration: { case: "ttl", value: durationFromMs(1500) } }),
+    );
+    const sessionId = session!.sessionId;
+    const held = await policy.authorize({ sessionId, action: payment(USD(25)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    const row = async () => (await cp.store.db.query<{ status: number }>("SELECT status FROM actions WHERE action_id = $1", [held.authorizationId])).rows[0];
+    await until("the hold to reach the store", async () => (await row())?.status === ActionStatus.HELD);
+    const expiresAt = Number(session!.expireTime!.seconds) * 1000 + session!.expireTime!.nanos / 1e6;
+    await sleep(Math.max(0, expiresAt - Date.now()) + 100);
+
+    const captured = await code(policy.capture({ sessionId, authorizationId: held.authorizationId }));
+    assert.deepEqual(captured, { code: Code.FailedPrecondition, message: `session_id: session "${sessionId}" has ended (EXPIRED)` });
+    // What the store does with the same capture: the session ends, the hold goes back.
+    const direct = await code(createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` })).capture({ sessionId, authorizationId: held.authorizationId }));
+    assert.equal(direct.code, Code.FailedPrecondition);
+    assert.equal((await row())?.status, ActionStatus.EXPIRED, "released with the session's lapse");
+    assert.equal((await admin.getSession({ sessionId })).session?.status, SessionStatus.EXPIRED);
   });
 });
