@@ -34,7 +34,17 @@ export interface ConnectHandlerOptions extends Omit<ConnectNodeAdapterOptions, "
  */
 export function createConnectHandler(routes: (router: ConnectRouter) => void, options: ConnectHandlerOptions = {}): ConnectHandler {
   const { onError, interceptors = [], ...adapterOptions } = options;
-  const handler = connectNodeAdapter({ ...adapterOptions, routes, interceptors: [createErrorInterceptor(onError), ...interceptors] });
+  const handler = connectNodeAdapter({
+    ...adapterOptions,
+    // connect-es ignores unknown JSON fields by default, and with them enum
+    // names it does not know: a misspelt limit ("dailly") would then create
+    // a session without that limit, and a misspelt status filter list every
+    // session. Here they are INVALID_ARGUMENT naming the field, as the
+    // proto3 JSON mapping asks of a parser by default.
+    jsonOptions: { ignoreUnknownFields: false, ...adapterOptions.jsonOptions },
+    routes,
+    interceptors: [createErrorInterceptor(onError), ...interceptors],
+  });
   return (req, res) => {
     if (isGrpcRequest(req.headers["content-type"])) encodeGrpcMessageLikeGrpcJs(res);
     handler(req, res);

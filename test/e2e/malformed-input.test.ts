@@ -100,4 +100,37 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     assert.deepEqual(wrong, [], "each should be INVALID_ARGUMENT naming its field");
     assert.equal(after.sessions.length, 1, "none of the malformed creates wrote a session");
   });
+
+  test("Connect JSON: an unknown field or enum name is INVALID_ARGUMENT naming it, and writes nothing (a misspelt limit is not no limit)", async () => {
+    const post = async (method: string, body: unknown) => {
+      const r = await fetch(`${url}/warden.v1.SessionService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      return { status: r.status, json: (await r.json()) as { code?: string; message?: string; sessions?: unknown[] } };
+    };
+    const agentId = "json-typos";
+    const misspelt = await post("CreateSession", { agentId, policy: { currencyCode: "USD", dailly: { maxValueMicros: "1000000" } }, ttl: "3600s" });
+    assert.equal(misspelt.json.code, "invalid_argument");
+    assert.match(misspelt.json.message!, /"dailly" is unknown/);
+    const badEnum = await post("CreateSession", { agentId, policy: { currencyCode: "USD", weekStart: "WEEKDAY_SUNDAAY" }, ttl: "3600s" });
+    assert.equal(badEnum.json.code, "invalid_argument");
+    assert.match(badEnum.json.message!, /Weekday.*WEEKDAY_SUNDAAY/);
+    const filter = await post("ListSessions", { agentId, status: "SESSION_STATUS_REVOKD" });
+    assert.equal(filter.json.code, "invalid_argument", "a misspelt status filter does not list every session");
+    assert.equal(((await post("ListSessions", { agentId })).json.sessions ?? []).length, 0, "nothing was created");
+  });
+
+  test("a forged page token is INVALID_ARGUMENT naming page_token on every list, not INTERNAL", async () => {
+    const token = (position: unknown) => Buffer.from(JSON.stringify(position)).toString("base64url");
+    const sessions = createClient(SessionService, grpc());
+    const policy = createClient(PolicyService, connect());
+    const { session } = await sessions.createSession(sessionRequest("forged-token", {}));
+    for (const p of [
+      () => sessions.listSessions({ pageToken: token({ t: 8.64e15, id: "x" }) }),
+      () => sessions.listSessions({ pageToken: token({ t: 1, id: "x\u0000" }) }),
+      () => policy.listActions({ sessionId: session!.sessionId, pageToken: token({ seq: "9999999999999999999" }) }),
+    ]) {
+      const o = await outcome(p());
+      assert.equal(o.code, "InvalidArgument", o.message);
+      assert.match(o.message, /^page_token: /);
+    }
+  });
 });
