@@ -165,10 +165,14 @@ async function endedChain(
   return undefined;
 }
 
-/** Whether a policy limits money (so its currency must match the amounts it is checked against). */
+/**
+ * Whether a policy limits money (so its currency must match the amounts it
+ * is checked against): value limits, and an approval threshold, which is
+ * money too (150 EUR is not "above 100" of a threshold in USD).
+ */
 function limitsValue(policy: SessionPolicy): boolean {
   const c = compilePolicy(policy);
-  return WINDOW_KINDS.some((w) => c.limits[w].maxValue !== undefined) || c.maxPerTransaction !== undefined;
+  return WINDOW_KINDS.some((w) => c.limits[w].maxValue !== undefined) || c.maxPerTransaction !== undefined || c.approvalAbove !== undefined;
 }
 
 /**
@@ -366,7 +370,7 @@ export class WardenStore {
     return out;
   }
 
-  private async checkAgentCurrency(tx: Queryable, agentId: string, policy: SessionPolicy): Promise<void> {
+  private async checkAgentCurrency(tx: Queryable, agentId: string, policy: SessionPolicy, field = "policy.currency_code"): Promise<void> {
     // FOR SHARE: an agent policy changing its currency meanwhile waits (see updateAgentPolicy).
     const { rows } = await tx.query<{ policy: Uint8Array | null }>("SELECT policy FROM agents WHERE agent_id = $1 FOR SHARE", [agentId]);
     const bytes = rows[0]?.policy ?? null;
@@ -374,7 +378,7 @@ export class WardenStore {
     const agentPolicy = fromBinary(SessionPolicySchema, bytes);
     if (limitsValue(agentPolicy) && agentPolicy.currencyCode !== policy.currencyCode) {
       throw new ConnectError(
-        `policy.currency_code: ${policy.currencyCode} differs from agent ${agentId}'s policy currency ${agentPolicy.currencyCode}`,
+        `${field}: ${policy.currencyCode} differs from agent ${agentId}'s policy currency ${agentPolicy.currencyCode}`,
         Code.FailedPrecondition,
       );
     }
@@ -742,6 +746,9 @@ export class WardenStore {
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [s.agentId, iso(nowMs)],
       );
+      // As CreateSession: amounts in another currency than the agent's
+      // value limits would be counted against them as if they were its.
+      await this.checkAgentCurrency(tx, s.agentId, s.policy!, "snapshot.session.policy.currency_code");
       let ancestors: string[] = [];
       let parentId: string | null = null;
       if (s.parentSessionId !== "") {

@@ -357,11 +357,20 @@ for (const driver of DRIVERS) {
       const eur = (policy: object) => store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "EUR", ...policy } }));
       await rejects(eur({ daily: { maxValueMicros: USD(50) } }), Code.FailedPrecondition, /policy.currency_code: EUR differs from USD/);
       await rejects(eur({ maxPerTransactionMicros: USD(5) }), Code.FailedPrecondition, /policy.currency_code/);
+      // An approval threshold is money too: "above 100 EUR" says nothing of USD.
+      await rejects(eur({ requireApprovalAboveMicros: USD(100) }), Code.FailedPrecondition, /policy.currency_code/);
       // Action counts alone have no unit; an ended session no longer counts.
       await eur({ daily: { maxActions: 5n } });
       await store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
       await eur({ daily: { maxValueMicros: USD(50) } });
       await rejects(store.createSession(sessionRequest(id, {}), NO_HASH), Code.FailedPrecondition, /policy.currency_code: USD differs from agent/);
+      // Nor can one come in by ImportSession: a USD snapshot under this EUR-limited agent.
+      const other = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const snap = await store.exportSession(other.sessionId);
+      snap.session!.sessionId = `${other.sessionId}-moved`;
+      snap.session!.agentId = id;
+      await rejects(store.importSession(snap), Code.FailedPrecondition, /snapshot.session.policy.currency_code: USD differs from agent/);
+      await rejects(store.getSession(`${other.sessionId}-moved`), Code.NotFound, /./);
     });
 
     test("export and import round-trip a session with its history", async () => {
