@@ -177,7 +177,12 @@ export class SessionCache {
   /** Stores a fetched session, its parents and its agent. */
   applyState(res: GetSessionStateResponse): void {
     if (res.agent !== undefined) this.applyAgent(res.agent);
-    for (const st of res.sessions) this.applySession(this.raced.get(st.sessionId) ?? st, true);
+    for (const st of res.sessions) {
+      // A watch update that came while this fetch was on its way may be
+      // older than what the fetch read: the newer of the two stands.
+      const raced = this.raced.get(st.sessionId);
+      this.applySession(raced !== undefined && raced.revision > st.revision ? raced : st, true);
+    }
   }
 
   /**

@@ -3,6 +3,7 @@ import { createLogger, redactUrl } from "../server/logger.js";
 import { optimizeFor } from "../server/optimize-for.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
+import { MAX_LEASE_TTL_MS } from "../store/lease-ledger.js";
 import { startSidecar } from "./start-sidecar.js";
 
 /**
@@ -24,6 +25,10 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
   if (credentials.tls !== controlPlaneUrl.startsWith("https://")) {
     throw new Error(`--control-plane: use ${credentials.tls ? "https://" : "http://"} ${credentials.tls ? "with" : "without"} --tls-* files`);
   }
+  const leaseTtlMs = positiveInt(values, "lease-ttl");
+  // The control plane grants no longer leases and takes no longer claims:
+  // above it every keyed call's claim would be refused.
+  if (leaseTtlMs > MAX_LEASE_TTL_MS) throw new Error(`--lease-ttl: ${leaseTtlMs} is above ${MAX_LEASE_TTL_MS} (5 minutes), the longest lease the control plane grants`);
   const sidecar = await startSidecar({
     grpcAddress: values["grpc-listen"]!,
     httpAddress: values["http-listen"]!,
@@ -31,7 +36,7 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
     agentId: values["agent-id"]!,
     decisionMode: mode,
     stalenessBoundMs: positiveInt(values, "staleness-bound"),
-    leaseTtlMs: positiveInt(values, "lease-ttl"),
+    leaseTtlMs,
     reportIntervalMs: positiveInt(values, "report-interval"),
     cacheMaxSessions: positiveInt(values, "cache-max-sessions"),
     cacheMaxBytes: positiveInt(values, "cache-max-bytes"),

@@ -62,3 +62,11 @@ describe("a role whose port is taken", () => {
     });
   }
 });
+
+describe("a sidecar with a lease TTL the control plane would not grant", () => {
+  test("warden sidecar --lease-ttl above 300000 exits 1 naming the flag, before it serves (its keyed calls' claims would all be refused)", async () => {
+    const r = await runToExit(["sidecar", "--control-plane", "http://127.0.0.1:1", "--agent-id", "a", "--lease-ttl", "300001", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^warden: --lease-ttl: 300001 is above 300000/);
+  });
+});

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import type { GetSessionStateResponse } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { type GetSessionStateResponse, GetSessionStateResponseSchema, SessionStateSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { type CachedSession, SessionCache } from "../../src/sidecar/session-cache.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { openTestDatabase, type TestDatabase } from "../helpers/databases.js";
@@ -101,4 +103,35 @@ describe("SessionCache", () => {
     const state: GetSessionStateResponse = await store.sessionState(a.sessionId);
     assert.equal(state.agent!.agentId, "cache-e");
   });
+});
+
+test("a fetch that read a newer state than a watch update arriving meanwhile keeps the newer one", async () => {
+  const state = (revision: bigint, status: SessionStatus) =>
+    create(SessionStateSchema, {
+      sessionId: "ses_rv",
+      agentId: "rv-agent",
+      policy: { currencyCode: "USD" },
+      status,
+      expireTime: timestampFromMs(Date.now() + 3_600_000),
+      lastActivityTime: timestampFromMs(Date.now()),
+      revision,
+    });
+  // Revision 5: paused. Revision 7: resumed. The fetch reads revision 7;
+  // the watch, a little behind, delivers revision 5 while the fetch is on
+  // its way. Deciding from 5 would deny SESSION_PAUSED after the resume.
+  let answer!: () => void;
+  const cache = new SessionCache({
+    maxSessions: 10,
+    maxBytes: 1 << 20,
+    fetch: async () => {
+      await new Promise<void>((r) => (answer = r));
+      return create(GetSessionStateResponseSchema, { sessions: [state(7n, SessionStatus.ACTIVE)], agent: { agentId: "rv-agent", revision: 1n }, revision: 7n });
+    },
+  });
+  const got = cache.get("ses_rv");
+  await new Promise((r) => setImmediate(r));
+  cache.applySession(state(5n, SessionStatus.PAUSED));
+  answer();
+  const s = await got;
+  assert.deepEqual({ status: SessionStatus[s.status], revision: s.revision }, { status: "ACTIVE", revision: 7 });
 });
