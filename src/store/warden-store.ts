@@ -752,7 +752,15 @@ export class WardenStore {
       let ancestors: string[] = [];
       let parentId: string | null = null;
       if (s.parentSessionId !== "") {
-        const { rows } = await tx.query<{ ancestor_ids: string[] }>("SELECT ancestor_ids FROM sessions WHERE session_id = $1", [s.parentSessionId]);
+        const { rows } = await tx.query<{ ancestor_ids: string[]; agent_id: string }>("SELECT ancestor_ids, agent_id FROM sessions WHERE session_id = $1", [s.parentSessionId]);
+        // Ids are chosen by clients, so another agent's session may bear the
+        // parent's id here: a fork spends from its parent, never from that.
+        if (rows[0] !== undefined && rows[0].agent_id !== s.agentId) {
+          throw new ConnectError(
+            `snapshot.session.parent_session_id: session "${s.parentSessionId}" here belongs to another agent, not to ${s.agentId}`,
+            Code.FailedPrecondition,
+          );
+        }
         if (rows[0] !== undefined) {
           parentId = s.parentSessionId;
           ancestors = [s.parentSessionId, ...rows[0].ancestor_ids];

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { ActionStatus, ListActionsRequestSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { AcquireLeaseRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { DRIVERS } from "../helpers/databases.js";
 import { sessionRequest, USD } from "../helpers/fixtures.js";
 import { storeSuite } from "../helpers/store-suite.js";
@@ -63,6 +65,22 @@ for (const driver of DRIVERS) {
       assert.deepEqual([imported.usage!.valueLeasedMicros, imported.usage!.valueHeldMicros], [0n, 0n]);
       await target.store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
       assert.equal((await target.store.getSession(s.sessionId)).usage!.valueHeldMicros, 0n, "an ended imported session holds nothing");
+    });
+
+    test("a fork is not attached under another agent's session that bears its parent's id in the new store", async () => {
+      const owner = source.agent();
+      const parent = await source.store.createSession(sessionRequest(owner, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const fork = await source.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      // Another agent's session in the target happens to have the parent's id.
+      const stranger = target.agent();
+      await target.store.createSession(sessionRequest(stranger, { lifetime: { maxValueMicros: USD(100) } }, { sessionId: parent.sessionId }), NO_HASH);
+      await assert.rejects(target.store.importSession(await source.store.exportSession(fork.sessionId)), (e: unknown) => {
+        const c = ConnectError.from(e);
+        assert.equal(c.code, Code.FailedPrecondition);
+        assert.match(c.rawMessage, /^snapshot.session.parent_session_id: .*another agent/);
+        return true;
+      });
+      await assert.rejects(target.store.getSession(fork.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
     });
   });
 }
