@@ -519,6 +519,8 @@ export class SidecarEngine {
     }
     this.holds.delete(req.authorizationId);
     this.settledHolds.set(req.authorizationId, verb === "capture" ? "captured" : "voided");
+    // Activity, as in the store (the report carries its time there).
+    if (s !== undefined && s.lastActivityMs < nowMs) s.lastActivityMs = nowMs;
     const record = create(ActionRecordSchema, {
       actionId: req.authorizationId,
       sessionId: h.sessionId,

@@ -491,6 +491,21 @@ export class LeaseLedger {
       }
       await releaseHolds(tx, voids, ActionStatus.VOIDED, nowMs);
       await captureHolds(tx, captures, nowMs);
+      // A settlement is activity, as one through the store is: without it a
+      // session whose agent only captured on its sidecar went idle here.
+      // (Never later than now: a sidecar's clock may run ahead.)
+      const settledAt = new Map<string, number>();
+      for (const { st, sessionId } of accepted) {
+        const at = Math.min(st.time === undefined ? nowMs : timestampMs(st.time), nowMs);
+        settledAt.set(sessionId, Math.max(settledAt.get(sessionId) ?? 0, at));
+      }
+      if (settledAt.size > 0) {
+        await tx.query(
+          `UPDATE sessions s SET last_activity_time = greatest(s.last_activity_time, u.at)
+             FROM unnest($1::text[], $2::timestamptz[]) AS u(session_id, at) WHERE s.session_id = u.session_id`,
+          [[...settledAt.keys()], [...settledAt.values()].map(iso)],
+        );
+      }
       // A keyed Capture or Void answered by the sidecar keeps its answer
       // here, for a retry that lands on another sidecar or the control plane.
       await saveIdempotency(

@@ -226,6 +226,31 @@ describe("holds and leases of sessions whose terms changed, settled through side
     assert.ok(allowed <= 10n, `the agent's daily limit is 10 USD; the sidecar allowed ${allowed} USD (the store has ${BigInt(rows[0]!.v) / 1_000_000n} USD committed)`);
   });
 
+  test("a capture through the sidecar is activity: it keeps a session with an idle timeout alive, as a capture through the control plane does", async () => {
+    const agent = "idle-capture";
+    const sc = await newSidecar(agent);
+    const run = async (client: ReturnType<typeof policyOf>) => {
+      const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }, { idleTimeout: durationFromMs(3000) }));
+      const sessionId = session!.sessionId;
+      const held = await client.authorize({ sessionId, action: payment(USD(10)) });
+      assert.equal(held.decision?.outcome, Outcome.ALLOW);
+      await sleep(2000);
+      // The agent pays, 2 s into a 3 s idle timeout; 2 s later it asks again.
+      await client.capture({ sessionId, authorizationId: held.authorizationId });
+      await sleep(2000);
+      const next = await client.check({ sessionId, action: payment(USD(1)) }).then(
+        (r) => (r.decision!.outcome === Outcome.ALLOW ? "ALLOW" : `${Outcome[r.decision!.outcome]} (${r.decision!.message})`),
+        (e: unknown) => Code[ConnectError.from(e).code],
+      );
+      const s = (await admin.getSession({ sessionId })).session!;
+      return `${next}, session ${SessionStatus[s.status]}`;
+    };
+    const cpPolicy = createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
+    const [direct, sidecar] = await Promise.all([run(cpPolicy), run(policyOf(sc))]);
+    assert.equal(direct, "ALLOW, session ACTIVE", "through the control plane, the capture counts as activity");
+    assert.equal(sidecar, direct, "and through the sidecar too");
+  });
+
   test("a paused parent takes its fork's lease back at once, not when the lease idles out", async () => {
     const agent = "paused-parent";
     const sc = await newSidecar(agent);
