@@ -500,7 +500,7 @@ export class WardenStore {
    * feed) then comes three queries sooner, and the locks go sooner too.
    */
   async terminate(sessionId: string, status: SessionStatus, reason: string): Promise<Session> {
-    const lapsed = await this.db.transaction((tx) =>
+    const refused = await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
@@ -512,20 +512,37 @@ export class WardenStore {
         const why = lapse(sessionScope(s), nowMs);
         if (why !== undefined) {
           await endSessions(tx, [sessionId, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
-          return true;
+          return { sessionId, why: "has already ended (EXPIRED)" };
         }
+        // So did a fork whose parent ended or lapsed (see endedChain).
+        const ended = await endedChain(tx, s, locked, nowMs);
+        if (ended !== undefined) return ended;
         await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
-        return false;
+        return undefined;
       }),
     );
-    if (lapsed) throw new ConnectError(`session_id: session "${sessionId}" has already ended (EXPIRED)`, Code.FailedPrecondition);
+    await this.refuseEndedChain(sessionId, refused);
     return this.getSession(sessionId);
+  }
+
+  /**
+   * After the commit that found `sessionId` ended with `refused` (a lapse
+   * kept, or a parent found ended): that session's forks end too, and the
+   * caller is told.
+   */
+  private async refuseEndedChain(sessionId: string, refused: { sessionId: string; why: string } | undefined): Promise<void> {
+    if (refused === undefined) return;
+    if (refused.sessionId !== sessionId) await endForksOf(this.db, this.policies, [refused.sessionId], this.now).catch(() => {});
+    throw new ConnectError(`session_id: session "${sessionId}" ${refused.why}`, Code.FailedPrecondition);
   }
 
   /** Pauses or resumes a session. */
   async setPaused(sessionId: string, paused: boolean, reason: string): Promise<Session> {
-    await this.db.transaction((tx) =>
-      this.withLocked(tx, sessionId, false, async (s) => {
+    const refused = await this.db.transaction((tx) =>
+      this.withLocked(tx, sessionId, false, async (s, locked) => {
+        // A fork whose parent ended or lapsed ended with it (kept).
+        const ended = isTerminal(s.status) || lapse(sessionScope(s), this.now()) !== undefined ? undefined : await endedChain(tx, s, locked, this.now());
+        if (ended !== undefined) return ended;
         const from = paused ? SessionStatus.ACTIVE : SessionStatus.PAUSED;
         if (s.status !== from || lapse(sessionScope(s), this.now()) !== undefined) {
           throw new ConnectError(
@@ -547,19 +564,24 @@ export class WardenStore {
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
           nowMs: this.now(),
         });
+        return undefined;
       }),
     );
+    await this.refuseEndedChain(sessionId, refused);
     return this.getSession(sessionId);
   }
 
   /** Moves a live session's expiry later. */
   async extendSession(req: ExtendSessionRequest): Promise<Session> {
-    await this.db.transaction((tx) =>
-      this.withLocked(tx, req.sessionId, false, async (s) => {
+    const refused = await this.db.transaction((tx) =>
+      this.withLocked(tx, req.sessionId, false, async (s, locked) => {
         const nowMs = this.now();
         if (isTerminal(s.status) || lapse(sessionScope(s), nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
         }
+        // A fork whose parent ended or lapsed ended with it (kept).
+        const ended = await endedChain(tx, s, locked, nowMs);
+        if (ended !== undefined) return ended;
         const expireMs =
           req.extension.case === "extendBy" ? s.expireMs + durationMs(req.extension.value) : timestampMs(req.extension.value!);
         if (expireMs <= s.expireMs) {
@@ -584,8 +606,10 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
+        return undefined;
       }),
     );
+    await this.refuseEndedChain(req.sessionId, refused);
     return this.getSession(req.sessionId);
   }
 

@@ -264,5 +264,25 @@ for (const driver of DRIVERS) {
       const r = await check(s.sessionId, USD(80));
       assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], "160 spent in one New York day against a daily limit of 100");
     });
+
+    test("End, Revoke, Extend and Pause of a fork whose parent went idle fail and end both EXPIRED, whether or not the sweeper ran first", async () => {
+      const results: string[] = [];
+      for (const call of [
+        (id: string) => suite.store.terminate(id, SessionStatus.REVOKED, "stop"),
+        (id: string) => suite.store.terminate(id, SessionStatus.COMPLETED, "done"),
+        (id: string) => suite.store.extendSession({ sessionId: id, extension: { case: "extendBy", value: durationFromMs(60_000) } } as never),
+        (id: string) => suite.store.setPaused(id, true, "hold on"),
+      ]) {
+        const parent = await suite.store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(600_000) }), NO_HASH);
+        const fork = await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+        const grandchild = await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: fork.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+        suite.clock.advance(600_000);
+        // The fork itself was busy; its parent was not.
+        const answer = await code(call(fork.sessionId));
+        const statuses = await Promise.all([parent, fork, grandchild].map(async (x) => SessionStatus[(await suite.store.getSession(x.sessionId)).status]));
+        results.push(`${answer.replace(/"[^"]+"/g, "S")} → ${statuses.join(" ")}`);
+      }
+      assert.deepEqual(results, Array(4).fill('FailedPrecondition: session_id: session S has ended with its parent S (EXPIRED) → EXPIRED EXPIRED EXPIRED'));
+    });
   });
 }
