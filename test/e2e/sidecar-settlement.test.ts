@@ -198,6 +198,29 @@ describe("holds and leases of sessions whose terms changed, settled through side
     assert.deepEqual(retry, { code: "ok", message: "" }, "the same key with the same request returns the first answer (design.md §4)");
   });
 
+  test("a capture retried with its key on the sidecar that placed the hold gets the first answer, after the capture went through another sidecar", async () => {
+    const agent = "capture-key-placing";
+    const placing = await newSidecar(agent);
+    const other = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(placing).authorize({ sessionId, action: payment(USD(20)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    // The agent's work moved to another pod: the capture goes there, and through it to the control plane.
+    const req = { sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(15) }, idempotencyKey: "cap-moved" };
+    const first = await policyOf(other).capture(req);
+    assert.equal(first.authorization?.status, ActionStatus.CAPTURED);
+    // The watch stream tells the placing sidecar, well within a second.
+    await sleep(1000);
+    // The answer was lost on the wire; the retry, same key and request, lands back on the first pod.
+    const retry = await code(policyOf(placing).capture(req));
+    assert.deepEqual(retry, { code: "ok", message: "" }, "the same key with the same request returns the first answer (design.md §4)");
+    // Another key is another request: refused, as the hold was captured.
+    const again = await code(policyOf(placing).capture({ ...req, idempotencyKey: "cap-other" }));
+    assert.equal(again.code, Code.FailedPrecondition);
+  });
+
   test("an agent limit set while unlimited leases are out is not overspent by the agent's sessions", async () => {
     const agent = "agent-policy";
     const agents = createClient(AgentService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
