@@ -31,10 +31,11 @@ export type IsoWeekday = 1 | 2 | 3 | 4 | 5 | 6 | 7;
 
 /**
  * Whether `zone` is an IANA time zone name this runtime knows. Empty means
- * UTC and is valid.
+ * UTC and is valid. A UTC offset ("+05:00") is not a zone name, though
+ * this runtime's Intl takes one: it has no DST, and other runtimes refuse it.
  */
 export function isValidTimeZone(zone: string): boolean {
-  return zone === "" || zone === "UTC" || luxon().IANAZone.isValidZone(zone);
+  return zone === "" || zone === "UTC" || (!/^[+\-\u2212]/.test(zone) && luxon().IANAZone.isValidZone(zone));
 }
 
 /**

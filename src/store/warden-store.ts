@@ -763,6 +763,15 @@ export class WardenStore {
       throw new ConnectError("snapshot.session.session_id: malformed id", Code.InvalidArgument);
     }
     checkSessionId(s.sessionId, "snapshot.session.session_id");
+    // A snapshot is a client's file: what the ledger would choke on later
+    // (an unknown status, a negative amount) is refused here, by name.
+    if (SessionStatus[s.status] === undefined) throw new ConnectError(`snapshot.session.status: ${s.status} is not a session status`, Code.InvalidArgument);
+    for (const [i, a] of snap.actions.entries()) {
+      if (ActionStatus[a.status] === undefined) throw new ConnectError(`snapshot.actions[${i}].status: ${a.status} is not an action status`, Code.InvalidArgument);
+      for (const [field, m] of [["held_amount", a.heldAmount], ["captured_amount", a.capturedAmount]] as const) {
+        if (m !== undefined && m.amountMicros < 0n) throw new ConnectError(`snapshot.actions[${i}].${field}: cannot be negative`, Code.InvalidArgument);
+      }
+    }
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
     const session = await this.db.transaction(async (tx) => {

@@ -82,5 +82,26 @@ for (const driver of DRIVERS) {
       });
       await assert.rejects(target.store.getSession(fork.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
     });
+
+    test("a snapshot with an unknown status or a negative amount is INVALID_ARGUMENT naming the field, and nothing is imported", async () => {
+      const s = await source.store.createSession(sessionRequest(source.agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      await source.authorize(s.sessionId, USD(10));
+      const cases: [string, (snap: Awaited<ReturnType<typeof source.store.exportSession>>) => void, RegExp][] = [
+        ["status", (snap) => (snap.session!.status = 42 as SessionStatus), /^snapshot.session.status: 42 is not a session status/],
+        ["action status", (snap) => (snap.actions[0]!.status = 42 as ActionStatus), /^snapshot.actions\[0\].status: 42/],
+        ["held", (snap) => (snap.actions[0]!.heldAmount!.amountMicros = -USD(5)), /^snapshot.actions\[0\].held_amount: cannot be negative/],
+      ];
+      for (const [name, edit, message] of cases) {
+        const snap = await source.store.exportSession(s.sessionId);
+        edit(snap);
+        await assert.rejects(target.store.importSession(snap), (e: unknown) => {
+          const c = ConnectError.from(e);
+          assert.equal(c.code, Code.InvalidArgument, `${name}: ${c.rawMessage}`);
+          assert.match(c.rawMessage, message);
+          return true;
+        });
+      }
+      await assert.rejects(target.store.getSession(s.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    });
   });
 }
