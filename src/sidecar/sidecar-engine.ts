@@ -479,7 +479,7 @@ export class SidecarEngine {
     const done = this.settledHolds.get(req.authorizationId);
     // Settled elsewhere (told by the watch) under a key: the store keeps
     // that answer for the same key and request, and refuses the rest.
-    if (done !== undefined && req.idempotencyKey !== "" && !this.holds.has(req.authorizationId)) return this.settleElsewhere(verb, req);
+    if (done !== undefined && req.idempotencyKey !== "") return this.settleElsewhere(verb, req);
     if (done !== undefined) {
       throw new ConnectError(
         `authorization_id: cannot ${verb} "${req.authorizationId}": it ${done === "captured" ? "was already captured" : "was voided"}`,
