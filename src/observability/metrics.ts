@@ -112,6 +112,12 @@ export interface Metrics {
    */
   recordReconciledMicros(micros: bigint | number): void;
   /**
+   * Adds to `warden_hold_written_off_micros_total`: the amount of sidecars'
+   * holds the sweeper closed past their expiry and grace with no word from
+   * their sidecar, counted as spent (it may have captured them and died).
+   */
+  recordHoldWrittenOffMicros(micros: bigint | number): void;
+  /**
    * The sidecar's connection to the control plane, in
    * `warden_control_plane_connected`; connecting also counts as contact for
    * the staleness gauge.
@@ -263,6 +269,11 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     help: "Unreported budget (micros) of leases written off as spent when they were reconciled (their sidecar stopped reporting).",
     registers,
   });
+  const holdWrittenOff = new Counter({
+    name: "warden_hold_written_off_micros_total",
+    help: "Amount (micros) of sidecars' holds closed past their expiry with no word from their sidecar, counted as spent.",
+    registers,
+  });
 
   // Registered only on request (see MetricsOptions.sync); the recorders
   // work either way so callers need no branches.
@@ -368,6 +379,10 @@ export function createMetrics(options: MetricsOptions = {}): Metrics {
     recordReconciledMicros(micros) {
       const n = Number(micros);
       if (n > 0) reconciled.inc(n);
+    },
+    recordHoldWrittenOffMicros(micros) {
+      const n = Number(micros);
+      if (n > 0) holdWrittenOff.inc(n);
     },
     setControlPlaneConnected(isConnected) {
       connected.set(isConnected ? 1 : 0);

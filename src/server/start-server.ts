@@ -231,11 +231,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
           metrics.recordLeaseOperation("reconcile", leases.leases);
           metrics.recordReconciledMicros(leases.writtenOffValue);
         }
+        metrics.recordHoldWrittenOffMicros(r.holdsWrittenOff.value);
         if (r.sessions + r.holds + r.approvals + leases.leases + r.keysPruned > 0) {
           log.info(
             {
               sessions: r.sessions,
               holds: r.holds,
+              holdsWrittenOff: r.holdsWrittenOff.holds,
+              holdsWrittenOffMicros: String(r.holdsWrittenOff.value),
               approvals: r.approvals,
               leasesReconciled: leases.leases,
               writtenOffMicros: String(leases.writtenOffValue),

@@ -28,6 +28,7 @@ import {
   IdempotencyKeyClaimSchema,
   type IdempotencyKeyClaimResult,
   IdempotencyKeyState,
+  HoldRelease,
   type Lease,
   LeaseRecordSchema,
   LeaseSettlementSchema,
@@ -193,11 +194,12 @@ export class SidecarEngine {
   private readonly leases = new Map<string, SessionLeases>();
   private readonly holds = new Map<string, LocalHold>();
   /**
-   * Holds settled here, until the store surely has the settlement: a second
-   * capture must not be passed to the control plane, which may still see
-   * the hold open and would capture it again.
+   * Holds settled here (or let go: expired, or their session ended), until
+   * the store surely has the settlement: a second capture must not be
+   * passed to the control plane, which may still see the hold open and
+   * would capture it again.
    */
-  private readonly settledHolds = new LRUCache<string, "captured" | "voided">({ ...countBound(100_000), ttl: 10 * 60_000 });
+  private readonly settledHolds = new LRUCache<string, "captured" | "voided" | "expired" | "ended">({ ...countBound(100_000), ttl: 10 * 60_000 });
   /** First answers of idempotent calls made here, by "session|key". */
   private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>(countBound(100_000));
   /** Keyed decisions in flight, by "session|key" (see decideOnce). */
@@ -239,18 +241,24 @@ export class SidecarEngine {
     this.now = o.now ?? Date.now;
   }
 
-  /** Starts housekeeping: idle and expiring leases go back, lapsed holds are forgotten. */
+  /** Starts housekeeping: idle and expiring leases go back, lapsed holds are reported and forgotten. */
   start(intervalMs = 500): void {
     this.timer = setInterval(() => this.housekeep(), intervalMs);
     this.timer.unref();
   }
 
-  /** Stops housekeeping and queues every lease for release (a clean shutdown). */
+  /**
+   * Stops housekeeping and queues every lease for release, and every hold
+   * placed here for handing back (a clean shutdown): the store then settles
+   * them through the control plane and expires them as its own, instead
+   * of writing them off as a crashed sidecar's.
+   */
   stop(): void {
     clearInterval(this.timer);
     for (const [sessionId, sl] of this.leases) {
       if (sl.current !== undefined) this.release(sessionId, sl);
     }
+    for (const id of [...this.holds.keys()]) this.dropHold(id, HoldRelease.HANDED_BACK);
   }
 
   /** The number of sessions holding a lease now. */
@@ -271,6 +279,11 @@ export class SidecarEngine {
     const stale = after === undefined || after.status !== SessionStatus.ACTIVE || after.policy !== before.policy;
     if (sl !== undefined && stale) this.renounce(before.sessionId, sl);
     if (after !== undefined && stale) this.releaseWhere((s) => s.ancestorIds.includes(before.sessionId));
+    // Nothing settles its holds any more (settle refuses them): the store,
+    // which wrote them off when the session ended, gets them back now.
+    if (after !== undefined && isTerminal(after.status)) {
+      for (const [id, h] of this.holds) if (h.sessionId === after.sessionId) this.dropHold(id, HoldRelease.SESSION_ENDED);
+    }
   }
 
   /**
@@ -480,11 +493,13 @@ export class SidecarEngine {
     // Settled elsewhere (told by the watch) under a key: the store keeps
     // that answer for the same key and request, and refuses the rest.
     if (done !== undefined && req.idempotencyKey !== "") return this.settleElsewhere(verb, req);
+    if (done === "ended") {
+      const status = this.o.cache.peek(req.sessionId)?.status;
+      throw new ConnectError(`session_id: session "${req.sessionId}" has ended${status === undefined ? "" : ` (${SessionStatus[status]})`}`, Code.FailedPrecondition);
+    }
     if (done !== undefined) {
-      throw new ConnectError(
-        `authorization_id: cannot ${verb} "${req.authorizationId}": it ${done === "captured" ? "was already captured" : "was voided"}`,
-        Code.FailedPrecondition,
-      );
+      const why = { captured: "was already captured", voided: "was voided", expired: "has expired" }[done];
+      throw new ConnectError(`authorization_id: cannot ${verb} "${req.authorizationId}": it ${why}`, Code.FailedPrecondition);
     }
     const h = this.holds.get(req.authorizationId);
     if (h === undefined || h.sessionId !== req.sessionId) return this.settleElsewhere(verb, req);
@@ -500,11 +515,11 @@ export class SidecarEngine {
     const nowMs = this.now();
     const status = s === undefined ? undefined : isTerminal(s.status) ? s.status : nowMs >= s.expireMs ? SessionStatus.EXPIRED : undefined;
     if (status !== undefined) {
-      this.holds.delete(req.authorizationId);
+      this.dropHold(req.authorizationId, HoldRelease.SESSION_ENDED);
       throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[status]})`, Code.FailedPrecondition);
     }
     if (nowMs >= h.expireMs) {
-      this.holds.delete(req.authorizationId);
+      this.dropHold(req.authorizationId, HoldRelease.EXPIRED);
       throw new ConnectError(`authorization_id: cannot ${verb} "${req.authorizationId}": it has expired`, Code.FailedPrecondition);
     }
     let captured = 0n;
@@ -697,7 +712,22 @@ export class SidecarEngine {
       if (l !== undefined && (nowMs >= l.expireMs || nowMs - l.lastUseMs >= LEASE_IDLE_MS)) this.release(sessionId, sl);
       if (sl.current === undefined && sl.acquiring === undefined) this.leases.delete(sessionId);
     }
-    for (const [id, h] of this.holds) if (nowMs >= h.expireMs) this.holds.delete(id);
+    for (const [id, h] of this.holds) if (nowMs >= h.expireMs) this.dropHold(id, HoldRelease.EXPIRED);
+  }
+
+  /**
+   * Forgets a hold placed here that nobody settled, and tells the store
+   * why: without this word the store counts it as spent once it must
+   * close it (its sidecar may have crashed after a capture; see
+   * HoldRelease in sync_service.proto).
+   */
+  private dropHold(id: string, why: HoldRelease): void {
+    const h = this.holds.get(id);
+    if (h === undefined) return;
+    this.holds.delete(id);
+    // A settlement asked later is refused here with why, as the store would.
+    if (why !== HoldRelease.HANDED_BACK) this.settledHolds.set(id, why === HoldRelease.EXPIRED ? "expired" : "ended");
+    this.o.reports.settle(h.sessionId, create(LeaseSettlementSchema, { authorizationId: id, time: timestampFromMs(this.now()), release: why }));
   }
 
   // ---- answers -------------------------------------------------------------

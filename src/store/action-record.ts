@@ -7,7 +7,7 @@ import { type ActionRecord, ActionRecordSchema, ActionSchema, type ActionStatus 
 
 /** The columns of `actions` every reader selects. */
 export const ACTION_COLUMNS = `action_id, seq, session_id, agent_id, method, action, decision, status, currency, amount,
-  held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id, placed_by`;
+  held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id, placed_by, written_off_value`;
 
 /** A row of `actions`. */
 export interface ActionRow {
@@ -30,6 +30,8 @@ export interface ActionRow {
   approval_id?: string | null;
   /** The sidecar that placed and reported this hold (migration 018); null for everything else. */
   placed_by?: string | null;
+  /** What the store counted as spent of a sidecar's hold closed without its word (migration 021); null when not. */
+  written_off_value?: string | null;
 }
 
 /** An `actions` row as the API's `ActionRecord`. */
@@ -48,5 +50,6 @@ export function actionRecordOf(r: ActionRow): ActionRecord {
     holdExpireTime: r.hold_expire_time === null ? undefined : timestampFromMs(r.hold_expire_time.getTime()),
     method: r.method,
     approvalId: r.approval_id ?? "",
+    writtenOffAmount: r.written_off_value == null ? undefined : create(MoneySchema, { currencyCode: r.currency, amountMicros: BigInt(r.written_off_value) }),
   });
 }

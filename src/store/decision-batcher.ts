@@ -18,7 +18,7 @@ import {
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
-import { lockActions, OPEN_HOLDS_SQL, releaseHolds } from "./hold-ledger.js";
+import { closeHolds, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement } from "./append-statement.js";
@@ -414,7 +414,7 @@ export class DecisionBatcher {
     const ended = endedDeltas.map((d) => d.sessionId);
     if (ended.length > 0) {
       const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
-      await releaseHolds(tx, holds, ActionStatus.VOIDED, nowMs);
+      await closeHolds(tx, holds, ActionStatus.VOIDED, nowMs);
       await cancelApprovalsOf(tx, holds, "session ended", nowMs);
     }
     // Events last, after every row lock: each takes a position (see outbox.ts).

@@ -48,7 +48,8 @@ export const OPEN_HOLDS_SQL = `(status = ${ActionStatus.HELD} OR (status = ${Act
  * How long past its expiry the store keeps open a hold a sidecar placed
  * (placed_by set): the sidecar may have captured it just before it expired
  * and not reported that yet. Elsewhere it is refused as expired from its
- * true expiry on; only the sweeper waits.
+ * true expiry on; only the sweeper waits, and then writes it off
+ * ({@link closeHolds}) if its sidecar has still said nothing of it.
  */
 export const SIDECAR_HOLD_GRACE_MS = 60_000;
 
@@ -100,6 +101,136 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
         sessionId: h.session_id,
         agentId: h.agent_id,
         data: { authorization_id: h.action_id, currency: h.currency, released_amount_micros: h.held_value },
+        nowMs,
+      })),
+  );
+}
+
+/**
+ * Closes open holds the store must end without their owner's word (their
+ * session ended, or they are past their expiry) into `status` (VOIDED or
+ * EXPIRED). The store's own go back ({@link releaseHolds}). A sidecar's
+ * (placed_by set) is written off instead, counted as spent: its sidecar
+ * may have answered a capture of it that it has not reported yet, and
+ * releasing it would let that money be spent twice. The sidecar's report
+ * turns the write-off into what became of the hold ({@link reverseWriteOffs});
+ * a sidecar that crashed never reports, and the write-off stands
+ * (migration 021). Returns what was written off.
+ */
+export async function closeHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<WrittenOff> {
+  const isSidecars = (h: ActionRow) => h.placed_by != null && h.status === ActionStatus.HELD;
+  await releaseHolds(
+    tx,
+    holds.filter((h) => !isSidecars(h)),
+    status,
+    nowMs,
+  );
+  return writeOffHolds(tx, holds.filter(isSidecars), status, nowMs);
+}
+
+/** Holds written off as spent: their number and amount. */
+export interface WrittenOff {
+  readonly holds: number;
+  readonly value: bigint;
+}
+
+async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<WrittenOff> {
+  if (holds.length === 0) return { holds: 0, value: 0n };
+  const counters = await countersOf(tx, holds);
+  let value = 0n;
+  for (const h of holds) {
+    const held = BigInt(h.held_value);
+    value += held;
+    for (const [scopeKey, window, startMs] of h.charges) {
+      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.heldValue -= held;
+      c.heldActions -= 1n;
+      c.committedValue += held;
+      c.committedActions += 1n;
+    }
+  }
+  await saveCounters(tx, counters);
+  await tx.query(
+    `UPDATE actions SET status = $2, written_off_value = held_value, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
+    [holds.map((h) => h.action_id), status, iso(nowMs)],
+  );
+  await appendAudit(
+    tx,
+    holds.map((h) => ({
+      chain: h.session_id,
+      type: "authorization.written_off",
+      nowMs,
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: { action_id: h.action_id, status: ActionStatus[status], placed_by: h.placed_by, written_off_micros: BigInt(h.held_value).toString(), currency: h.currency },
+    })),
+  );
+  // The authorization is closed, as one released is; its amount is not back.
+  await recordEvents(
+    tx,
+    holds.map((h) => ({
+      type: status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided",
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: { authorization_id: h.action_id, currency: h.currency, released_amount_micros: "0", written_off_amount_micros: h.held_value },
+      nowMs,
+    })),
+  );
+  return { holds: holds.length, value };
+}
+
+/**
+ * Turns written-off holds (see {@link closeHolds}) into what their sidecar
+ * reports became of them: a capture of `amountMicros` commits that much
+ * (status CAPTURED); a release (undefined) gives the whole write-off back.
+ * Each row must be written off (written_off_value set); checked by the caller.
+ */
+export async function reverseWriteOffs(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint | undefined }[], nowMs: number): Promise<void> {
+  if (items.length === 0) return;
+  const counters = await countersOf(tx, items.map((i) => i.hold));
+  for (const { hold: h, amountMicros } of items) {
+    const written = BigInt(h.written_off_value!);
+    for (const [scopeKey, window, startMs] of h.charges) {
+      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.committedValue += (amountMicros ?? 0n) - written;
+      if (amountMicros === undefined) c.committedActions -= 1n;
+    }
+  }
+  await saveCounters(tx, counters);
+  await tx.query(
+    `UPDATE actions a SET status = CASE WHEN u.captured IS NULL THEN a.status ELSE ${ActionStatus.CAPTURED} END,
+            captured_value = coalesce(u.captured, a.captured_value), written_off_value = NULL, update_time = $3::timestamptz
+       FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
+      WHERE a.action_id = u.action_id`,
+    [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros?.toString() ?? null), iso(nowMs)],
+  );
+  await appendAudit(
+    tx,
+    items.map(({ hold: h, amountMicros }) => ({
+      chain: h.session_id,
+      type: amountMicros === undefined ? "authorization.write_off_reversed" : "authorization.captured",
+      nowMs,
+      sessionId: h.session_id,
+      agentId: h.agent_id,
+      data: {
+        action_id: h.action_id,
+        ...(amountMicros === undefined ? {} : { captured_micros: amountMicros.toString() }),
+        released_micros: (BigInt(h.written_off_value!) - (amountMicros ?? 0n)).toString(),
+        was_written_off: true,
+        currency: h.currency,
+      },
+    })),
+  );
+  // Its webhook said it expired (or was voided): a late capture is news.
+  await recordEvents(
+    tx,
+    items
+      .filter((i) => i.amountMicros !== undefined)
+      .map(({ hold: h, amountMicros }) => ({
+        type: "authorization.captured",
+        sessionId: h.session_id,
+        agentId: h.agent_id,
+        data: { authorization_id: h.action_id, currency: h.currency, captured_amount_micros: amountMicros!.toString(), released_amount_micros: "0", was_written_off: true },
         nowMs,
       })),
   );
@@ -228,7 +359,7 @@ export async function lifetimesUsedUp(tx: Queryable, sessions: readonly Pick<Loc
 }
 
 /**
- * Moves locked sessions to a terminal `status`, releases their open holds
+ * Moves locked sessions to a terminal `status`, closes their open holds (closeHolds)
  * and records a session event for each (in this transaction: the outbox).
  * The first id is the session the change was asked of; the others are its
  * forks ended with it, whose events say so (`ended_with`). With `endedWith`
@@ -273,6 +404,6 @@ export async function endSessions(
         })),
     );
   }
-  await releaseHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
+  await closeHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
   await cancelApprovalsOf(tx, holds, `session ${SessionStatus[status]}`, nowMs);
 }

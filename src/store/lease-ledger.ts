@@ -17,9 +17,10 @@ import {
   LeaseSchema,
   type LeaseRecord,
   type ReportLeasesRequest,
+  HoldRelease,
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
-import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds } from "./hold-ledger.js";
+import { captureHolds, closeHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds, reverseWriteOffs } from "./hold-ledger.js";
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
@@ -447,14 +448,15 @@ export class LeaseLedger {
       );
 
       // A hold a sidecar placed before it heard that its session (or a
-      // parent) had ended arrives after the ending released the others:
-      // it goes back now too, as nothing may settle it.
+      // parent) had ended arrives after the ending closed the others: it
+      // is closed now too, and like theirs written off, as the sidecar may
+      // have answered a capture of it (its settlement may follow below).
       const orphaned = records
         .filter(({ record }) => fresh.has(record.actionId) && record.method === "authorize" && record.decision!.outcome === Outcome.ALLOW)
         .filter(({ s }) => [s, ...s.ancestorIds.map((a) => locked.sessions.get(a)!)].some((c) => isTerminal(c.status)))
         .map(({ record }) => record.actionId);
       if (orphaned.length > 0) {
-        await releaseHolds(tx, await lockActions(tx, `action_id = ANY($1::text[]) AND status = ${ActionStatus.HELD}`, [orphaned]), ActionStatus.VOIDED, nowMs);
+        await closeHolds(tx, await lockActions(tx, `action_id = ANY($1::text[]) AND status = ${ActionStatus.HELD}`, [orphaned]), ActionStatus.VOIDED, nowMs);
       }
 
       // 2. Settlements of holds the sidecar placed, all locked in one read
@@ -467,35 +469,61 @@ export class LeaseLedger {
         const ids = [...new Set(settling.map(({ st }) => st.authorizationId))];
         for (const h of await lockActions(tx, "action_id = ANY($1::text[])", [ids])) holds.set(h.action_id, h);
       }
+      // A hold the store wrote off (closeHolds: its session ended, or it
+      // outlived the grace) is still this sidecar's to settle: its word
+      // turns the write-off into a capture or gives it back.
       const captures: { hold: ActionRow; amountMicros: bigint }[] = [];
-      const voids: ActionRow[] = [];
+      const voided: ActionRow[] = [];
+      const expired: ActionRow[] = [];
+      const handedBack: ActionRow[] = [];
+      const reversed: { hold: ActionRow; amountMicros: bigint | undefined }[] = [];
       const accepted: typeof settling = [];
       for (const { st, sessionId } of settling) {
         const h = holds.get(st.authorizationId);
-        if (h === undefined || h.session_id !== sessionId || h.status !== ActionStatus.HELD) {
+        const writtenOff = h?.written_off_value != null;
+        if (h === undefined || h.session_id !== sessionId || (h.status !== ActionStatus.HELD && !writtenOff)) {
           rejected.push(`${st.authorizationId}: ${h === undefined || h.session_id !== sessionId ? "not found" : `is ${ActionStatus[h.status]}`}`);
           continue;
         }
-        if (st.captureMicros !== undefined && st.captureMicros > BigInt(h.held_value)) {
+        if (st.captureMicros !== undefined && st.captureMicros > BigInt(writtenOff ? h.written_off_value! : h.held_value)) {
           rejected.push(`${st.authorizationId}: capture above the held amount`);
           continue;
         }
         accepted.push({ st, sessionId });
-        if (st.captureMicros === undefined) {
-          voids.push(h);
-          holds.set(h.action_id, { ...h, status: ActionStatus.VOIDED });
-        } else {
-          captures.push({ hold: h, amountMicros: st.captureMicros });
+        const capturing = st.captureMicros !== undefined;
+        if (writtenOff) {
+          reversed.push({ hold: h, amountMicros: st.captureMicros });
+          holds.set(h.action_id, { ...h, written_off_value: null, status: capturing ? ActionStatus.CAPTURED : h.status });
+        } else if (capturing) {
+          captures.push({ hold: h, amountMicros: st.captureMicros! });
           holds.set(h.action_id, { ...h, status: ActionStatus.CAPTURED });
+        } else if (st.release === HoldRelease.HANDED_BACK) {
+          handedBack.push(h);
+          holds.set(h.action_id, { ...h, placed_by: null });
+        } else {
+          // A session its sidecar saw end while the hold is open here can
+          // only have lapsed (ended by time, before the sweeper ended it
+          // here): any other ending came from the store and closed it.
+          const status = st.release === HoldRelease.UNSPECIFIED ? ActionStatus.VOIDED : ActionStatus.EXPIRED;
+          (status === ActionStatus.EXPIRED ? expired : voided).push(h);
+          holds.set(h.action_id, { ...h, status });
         }
       }
-      await releaseHolds(tx, voids, ActionStatus.VOIDED, nowMs);
+      await releaseHolds(tx, voided, ActionStatus.VOIDED, nowMs);
+      await releaseHolds(tx, expired, ActionStatus.EXPIRED, nowMs);
       await captureHolds(tx, captures, nowMs);
-      // A settlement is activity, as one through the store is: without it a
-      // session whose agent only captured on its sidecar went idle here.
-      // (Never later than now: a sidecar's clock may run ahead.)
+      await reverseWriteOffs(tx, reversed, nowMs);
+      // The store settles these now (through the control plane) and expires
+      // them as its own: their sidecar no longer has them.
+      if (handedBack.length > 0) {
+        await tx.query("UPDATE actions SET placed_by = NULL WHERE action_id = ANY($1::text[])", [handedBack.map((h) => h.action_id)]);
+      }
+      // An agent's settlement is activity, as one through the store is:
+      // without it a session whose agent only captured on its sidecar went
+      // idle here. (Never later than now: a sidecar's clock may run ahead.)
       const settledAt = new Map<string, number>();
       for (const { st, sessionId } of accepted) {
+        if (st.captureMicros === undefined && st.release !== HoldRelease.UNSPECIFIED) continue;
         const at = Math.min(st.time === undefined ? nowMs : timestampMs(st.time), nowMs);
         settledAt.set(sessionId, Math.max(settledAt.get(sessionId) ?? 0, at));
       }

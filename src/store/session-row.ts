@@ -51,13 +51,19 @@ export function usageAddresses(sessionId: string, policy: CompiledPolicy, nowMs:
 }
 
 /**
- * What the leases of sessions $1 hold and wrote off, by session. Released
+ * What the leases of sessions $1 hold and wrote off, and what the store
+ * wrote off of their sidecars' holds (migration 021), by session. Released
  * leases hold nothing (a CHECK in migration 012), so only active and
  * reconciled ones are read, through the partial index leases_by_session:
- * not every lease the sessions were ever granted.
+ * not every lease the sessions were ever granted; and only written-off
+ * holds, through actions_written_off_by_session.
  */
-export const LEASE_TOTALS_SQL = `SELECT session_id, sum(held_value) AS hv, sum(held_actions) AS ha, sum(written_off_value) AS wv, sum(written_off_actions) AS wa
-  FROM leases WHERE session_id = ANY($1::text[]) AND status IN (1, 3) GROUP BY session_id`;
+export const LEASE_TOTALS_SQL = `SELECT session_id, sum(hv) AS hv, sum(ha) AS ha, sum(wv) AS wv, sum(wa) AS wa FROM (
+    SELECT session_id, held_value AS hv, held_actions AS ha, written_off_value AS wv, written_off_actions AS wa
+      FROM leases WHERE session_id = ANY($1::text[]) AND status IN (1, 3)
+    UNION ALL
+    SELECT session_id, 0, 0, written_off_value, 1 FROM actions WHERE session_id = ANY($1::text[]) AND written_off_value IS NOT NULL
+  ) t GROUP BY session_id`;
 
 /**
  * Builds API sessions from rows, with usage read from the counters of the

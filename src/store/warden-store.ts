@@ -36,7 +36,17 @@ import { appendAudit } from "./audit-log.js";
 import type { Database, Queryable } from "./database.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
-import { captureHold, closedHoldError, endSessions, lockActions, releaseHolds, SIDECAR_HOLD_GRACE_MS } from "./hold-ledger.js";
+import {
+  captureHold,
+  closedHoldError,
+  closeHolds,
+  endSessions,
+  lifetimesUsedUp,
+  lockActions,
+  releaseHolds,
+  SIDECAR_HOLD_GRACE_MS,
+  type WrittenOff,
+} from "./hold-ledger.js";
 import { DESCENDANTS_SQL, endForksOf } from "./end-forks.js";
 import { loadIdempotency, replayFirstAnswer, saveIdempotency } from "./idempotency.js";
 import { newId } from "./ids.js";
@@ -1070,14 +1080,14 @@ export class WardenStore {
           // A hold still open in a session that had ended (a sidecar's
           // record reported late) goes back now; one the lapse just ended
           // was released with it, and a fork's goes with the fork.
-          if (wasEnded) await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
+          if (wasEnded) await closeHolds(tx, [h], ActionStatus.VOIDED, nowMs);
           return { error: new ConnectError(`session_id: session "${sessionId}" ${refused.why}`, Code.FailedPrecondition) };
         }
         if (h.hold_expire_time !== null && h.hold_expire_time.getTime() <= nowMs) {
           // Expire it now, keep that, and tell the caller; one a sidecar
           // placed stays open through its grace, for that sidecar's report.
           if (!h.placed_by || h.hold_expire_time.getTime() + SIDECAR_HOLD_GRACE_MS <= nowMs) {
-            await releaseHolds(tx, [h], ActionStatus.EXPIRED, nowMs);
+            await closeHolds(tx, [h], ActionStatus.EXPIRED, nowMs);
           }
           return { error: closedHoldError({ ...h, status: ActionStatus.EXPIRED }, verb) };
         }
@@ -1245,7 +1255,9 @@ export class WardenStore {
    * of sessions ended longer ago than the retention (`keysPruned`: how many
    * sessions'). Idempotent; safe on every replica.
    */
-  async sweep(limit = 500): Promise<{ sessions: number; holds: number; approvals: number; leases: ReconcileResult; keysPruned: number }> {
+  async sweep(
+    limit = 500,
+  ): Promise<{ sessions: number; holds: number; holdsWrittenOff: WrittenOff; approvals: number; leases: ReconcileResult; keysPruned: number }> {
     const nowMs = this.now();
     // Sessions active since their idle check time get the new one; then
     // both lapse tests are index range scans (see 010_idle_deadline.sql).
@@ -1273,15 +1285,29 @@ export class WardenStore {
         ORDER BY hold_expire_time LIMIT ${limit}`,
       [iso(nowMs), iso(nowMs - SIDECAR_HOLD_GRACE_MS)],
     );
+    // A sidecar's hold past the grace is written off (closeHolds): its
+    // sidecar said nothing of it, and may have crashed after answering a
+    // capture. What that counts as spent can use up a lifetime limit.
     const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
+    const holdsWrittenOff = { holds: 0, value: 0n };
+    const exhausted: string[] = [];
     for (const [sessionId, rows] of bySession) {
       await this.db.transaction((tx) =>
-        this.withLocked(tx, sessionId, false, async (s) => {
-          const locked = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
-          await releaseHolds(tx, locked, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
+        this.withLocked(tx, sessionId, false, async (s, locked) => {
+          const open = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
+          const w = await closeHolds(tx, open, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
+          holdsWrittenOff.holds += w.holds;
+          holdsWrittenOff.value += w.value;
+          if (w.holds === 0) return;
+          const live = [...locked.values()].filter((c) => !isTerminal(c.status));
+          for (const id of await lifetimesUsedUp(tx, live)) {
+            await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
+            exhausted.push(id);
+          }
         }),
       );
     }
+    await endForksOf(this.db, this.policies, exhausted, this.now).catch(() => {});
     // Approvals nobody decided in time get their policy's timeout outcome.
     const due = await this.db.query<{ approval_id: string }>(
       `SELECT approval_id FROM approvals WHERE status = ${ApprovalStatus.PENDING} AND expire_time <= $1::timestamptz
@@ -1299,7 +1325,7 @@ export class WardenStore {
       keysPruned += (await this.db.query(PRUNE_IDEMPOTENCY_KEYS_SQL, [before, limit])).rows.length;
       keysPruned += (await this.db.query(PRUNE_AGENT_KEYS_SQL, [before, limit])).rows.length;
     }
-    return { sessions, holds: holds.rows.length, approvals: due.rows.length, leases, keysPruned };
+    return { sessions, holds: holds.rows.length, holdsWrittenOff, approvals: due.rows.length, leases, keysPruned };
   }
 }
 

@@ -66,7 +66,7 @@ describe("holds and leases of sessions whose terms changed, settled through side
   };
   const policyOf = (s: RunningSidecar) => createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${s.grpcPort}` }));
   const actionRow = async (id: string) =>
-    (await cp.store.db.query<{ status: number; captured_value: string }>("SELECT status, captured_value FROM actions WHERE action_id = $1", [id])).rows[0];
+    (await cp.store.db.query<{ status: number; captured_value: string; written_off_value: string | null }>("SELECT status, captured_value, written_off_value FROM actions WHERE action_id = $1", [id])).rows[0];
 
   before(async () => {
     pgdb = await createPostgresDatabase();
@@ -87,7 +87,7 @@ describe("holds and leases of sessions whose terms changed, settled through side
     await pgdb?.drop();
   });
 
-  test("a hold of a revoked session is refused on its sidecar, as the store released it", async () => {
+  test("a hold of a revoked session is refused on its sidecar, which tells the store it was never captured", async () => {
     const agent = "revoked-hold";
     const sc = await newSidecar(agent);
     const policy = policyOf(sc);
@@ -104,9 +104,47 @@ describe("holds and leases of sessions whose terms changed, settled through side
     const captured = await code(policy.capture({ sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(40) } }));
     assert.equal(captured.code, Code.FailedPrecondition);
     assert.match(captured.message, /has ended \(REVOKED\)/);
-    // Nothing the sidecar reports afterwards changes the ledger.
-    await sleep(200);
+    // The store wrote the hold off when the session ended (the sidecar
+    // might have captured it); the sidecar's word that it did not gives it back.
+    await until("the sidecar's word to reach the store", async () => (await actionRow(held.authorizationId))?.written_off_value === null);
     assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.VOIDED);
+    assert.equal((await admin.getSession({ sessionId })).session?.usage?.valueWrittenOffMicros, 0n);
+  });
+
+  test("a hold that lapses unsettled on its sidecar is reported so: the store closes it then, not a minute later, and counts nothing spent", async () => {
+    const agent = "lapsed-unsettled";
+    const sc = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) }, holdTtl: durationFromMs(1000) }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(sc).authorize({ sessionId, action: payment(USD(30)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    // Without the sidecar's word the store would keep it open 60 s past
+    // its expiry (SIDECAR_HOLD_GRACE_MS), then write it off as spent.
+    await until("the hold to be closed in the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.EXPIRED, 5_000);
+    assert.equal((await actionRow(held.authorizationId))?.written_off_value, null);
+    const u = (await admin.getSession({ sessionId })).session!.usage!;
+    assert.equal(u.valueCommittedMicros, 0n);
+    assert.equal(u.valueHeldMicros, u.valueLeasedMicros, "nothing held but the sidecar's lease");
+  });
+
+  test("a sidecar shut down cleanly hands its holds back: they are captured through another sidecar, or expire with nothing written off", async () => {
+    const agent = "handed-back";
+    const leaving = await newSidecar(agent);
+    const staying = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) }, holdTtl: durationFromMs(1500) }));
+    const sessionId = session!.sessionId;
+    const kept = await policyOf(leaving).authorize({ sessionId, action: payment(USD(20)) });
+    const left = await policyOf(leaving).authorize({ sessionId, action: payment(USD(10)) });
+    sidecars.splice(sidecars.indexOf(leaving), 1);
+    await leaving.close(2000);
+    const placedBy = async (id: string) => (await cp.store.db.query<{ placed_by: string | null }>("SELECT placed_by FROM actions WHERE action_id = $1", [id])).rows[0]?.placed_by;
+    assert.equal(await placedBy(kept.authorizationId), null, "the store owns it now");
+    const captured = await policyOf(staying).capture({ sessionId, authorizationId: kept.authorizationId });
+    assert.equal(captured.authorization?.status, ActionStatus.CAPTURED);
+    // Expired at its expiry by the store's sweeper, as one of its own.
+    await until("the other hold to expire", async () => (await actionRow(left.authorizationId))?.status === ActionStatus.EXPIRED, 5_000);
+    assert.equal((await actionRow(left.authorizationId))?.written_off_value, null);
+    assert.equal((await admin.getSession({ sessionId })).session?.usage?.valueCommittedMicros, USD(20));
   });
 
   test("a hold of a session revoked after it left the sidecar's cache is refused too: the session is fetched again", async () => {
@@ -324,7 +362,7 @@ describe("holds of sessions past their expiry that the sweeper has not ended yet
     await pgdb?.drop();
   });
 
-  test("a capture after the session's expiry is refused on the sidecar, as the store ends the session and releases the hold", async () => {
+  test("a capture after the session's expiry is refused on the sidecar, as the store ends the session and closes the hold", async () => {
     const admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
     const policy = createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${sc.grpcPort}` }));
     const { session } = await admin.createSession(
@@ -343,7 +381,9 @@ describe("holds of sessions past their expiry that the sweeper has not ended yet
     // What the store does with the same capture: the session ends, the hold goes back.
     const direct = await code(createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` })).capture({ sessionId, authorizationId: held.authorizationId }));
     assert.equal(direct.code, Code.FailedPrecondition);
-    assert.equal((await row())?.status, ActionStatus.EXPIRED, "released with the session's lapse");
+    assert.equal((await row())?.status, ActionStatus.EXPIRED, "closed with the session's lapse");
     assert.equal((await admin.getSession({ sessionId })).session?.status, SessionStatus.EXPIRED);
+    // Written off or released, the sidecar's word leaves nothing spent.
+    await until("nothing to be counted spent", async () => (await admin.getSession({ sessionId })).session?.usage?.valueCommittedMicros === 0n);
   });
 });

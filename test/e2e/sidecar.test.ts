@@ -10,7 +10,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { HealthCheckResponse_ServingStatus, Health } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ActionStatus, PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { createApiKeys } from "../../src/auth/api-keys.js";
 import type { Database } from "../../src/store/database.js";
@@ -208,6 +208,42 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     } finally {
       for (const c of clients) c.close();
       sidecars[0] = await startSidecar();
+    }
+  });
+
+  test("a sidecar SIGKILLed right after answering a capture: the store writes the hold off when its session ends, so that money is not spent again", async () => {
+    await allReady();
+    // Reports every 1.5 s: the capture is answered, then lost with the process.
+    const placing = await startSidecar("--report-interval", "1500");
+    const parent = await createSession({ lifetime: { maxValueMicros: USD(100) } });
+    const forked = await admin.forkSession({ parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(100) } } });
+    const fork = { sessionId: forked.session.sessionId as string, auth: { authorization: `Bearer ${forked.sessionToken as string}` } };
+    const onPlacing = grpcClient(PolicyService, placing.grpcAddress);
+    const elsewhere = grpcClient(PolicyService, sidecars[1]!.grpcAddress);
+    try {
+      // From a lease (the store grants at most half of what is left: 50).
+      const held = await onPlacing.authorize({ sessionId: fork.sessionId, action: payment(USD(30)) }, {}, fork.auth);
+      assert.equal(held.decision.outcome, Outcome.ALLOW);
+      const row = async () => (await db.query<{ status: number; written_off_value: string | null }>("SELECT status, written_off_value FROM actions WHERE action_id = $1", [held.authorizationId])).rows[0];
+      await until("the hold to reach the store", async () => (await row()) !== undefined);
+      const captured = await onPlacing.capture({ sessionId: fork.sessionId, authorizationId: held.authorizationId }, {}, fork.auth);
+      assert.equal(captured.authorization.status, ActionStatus.CAPTURED, "the agent was told its 30 USD were captured");
+      await placing.kill();
+      assert.equal((await row())!.status, ActionStatus.HELD, "the capture died with the sidecar, unreported");
+      // The fork ends; its hold must not go back to the parent.
+      await admin.endSession({ sessionId: fork.sessionId, reason: "done" });
+      assert.equal((await row())!.written_off_value, String(USD(30)));
+      // The parent then spends what it has left, through another sidecar.
+      // The dead sidecar's lease keeps its unspent 20 until it is
+      // reconciled, and then writes it off: the parent has 50 left.
+      const rest = await spend(elsewhere, parent, 12, USD(10), 1);
+      assert.ok(rest.allowed * 10 + 30 <= 100, `the parent's lifetime is 100 USD: 30 captured on the killed sidecar, then ${rest.allowed * 10} more allowed`);
+      assert.equal(rest.allowed, 5, rest.why);
+      await settled(parent.sessionId);
+      await assertLedgerConsistent(db);
+    } finally {
+      onPlacing.close();
+      elsewhere.close();
     }
   });
 

@@ -8,7 +8,8 @@ import type { Queryable } from "../../src/store/database.js";
  * to it, and whatever the ledger charged to a window not stored must be to
  * an older window of that kind that has rolled over, never to a newer or an
  * unknown one. Budget leases count like holds (their unspent rest) and, once
- * reconciled, like captures (their written-off rest).
+ * reconciled, like captures (their written-off rest); a sidecar's hold
+ * written off counts like a capture of its whole amount.
  */
 export async function assertLedgerConsistent(db: Queryable): Promise<void> {
   const { rows } = await db.query<{ n: string }>(`
@@ -24,8 +25,10 @@ export async function assertLedgerConsistent(db: Queryable): Promise<void> {
              lifetime_held_actions FROM scope_usage),
     charged AS (
       SELECT c->>0 AS scope_key, c->>1 AS window_kind, to_timestamp((c->>2)::bigint / 1000.0) AS window_start,
-             CASE WHEN a.status = 2 THEN a.captured_value ELSE 0 END AS cv, CASE WHEN a.status = 1 OR (a.status = 6 AND a.held_value > 0) THEN a.held_value ELSE 0 END AS hv,
-             CASE WHEN a.status = 2 THEN 1 ELSE 0 END AS ca, CASE WHEN a.status = 1 OR (a.status = 6 AND a.held_value > 0) THEN 1 ELSE 0 END AS ha
+             CASE WHEN a.status = 2 THEN a.captured_value ELSE coalesce(a.written_off_value, 0) END AS cv,
+             CASE WHEN a.status = 1 OR (a.status = 6 AND a.held_value > 0) THEN a.held_value ELSE 0 END AS hv,
+             CASE WHEN a.status = 2 OR a.written_off_value IS NOT NULL THEN 1 ELSE 0 END AS ca,
+             CASE WHEN a.status = 1 OR (a.status = 6 AND a.held_value > 0) THEN 1 ELSE 0 END AS ha
         FROM actions a, jsonb_array_elements(a.charges) c
       UNION ALL
       -- A lease reserves its unspent rest (held) and, once reconciled,

@@ -104,6 +104,8 @@ describe("createMetrics", () => {
     m.recordClaim("claimed");
     m.recordReconciledMicros(12_500_000n);
     m.recordReconciledMicros(-5); // ignored: a counter never goes down
+    m.recordHoldWrittenOffMicros(3_000_000n);
+    m.recordHoldWrittenOffMicros(0);
     m.observeStoreQuery("transaction", 0.004);
     s = await samples(m);
     assert.equal(valueOf(s, "warden_cache_sessions"), 42);
@@ -118,6 +120,7 @@ describe("createMetrics", () => {
     assert.equal(valueOf(s, "warden_idempotency_claims_total", { result: "claimed" }), 2);
     assert.equal(valueOf(s, "warden_idempotency_claims_total", { result: "in_progress" }), 1);
     assert.equal(valueOf(s, "warden_lease_reconciled_micros_total"), 12_500_000);
+    assert.equal(valueOf(s, "warden_hold_written_off_micros_total"), 3_000_000);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_count", { op: "transaction" }), 1);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_bucket", { op: "transaction", le: "0.0025" }), 0);
     assert.equal(valueOf(s, "warden_store_query_duration_seconds_bucket", { op: "transaction", le: "0.005" }), 1);

@@ -11,6 +11,7 @@ import {
   IdempotencyKeyClaimSchema,
   IdempotencyKeyState,
   type Lease,
+  HoldRelease,
   type LeaseRecord,
   LeaseRecordSchema,
   LeaseSettlementSchema,
@@ -309,11 +310,124 @@ for (const driver of DRIVERS) {
       assert.equal(await status(late.actionId), ActionStatus.HELD);
       assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: late.actionId, captureMicros: USD(20), time: timestampFromMs(clock.ms - 1_500) }] })), []);
       assert.equal(await status(late.actionId), ActionStatus.CAPTURED);
-      // Past the grace the sweeper expires what was never reported.
+      // Past the grace the sweeper closes what was never reported, counting
+      // it as spent (closeHolds): its sidecar may have captured it and died.
       clock.advance(SIDECAR_HOLD_GRACE_MS);
-      await store.sweep();
+      const swept = await store.sweep();
+      assert.deepEqual(swept.holdsWrittenOff, { holds: 1, value: USD(10) });
       assert.equal(await status(lapsed.actionId), ActionStatus.EXPIRED);
-      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(20));
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, USD(30));
+      assert.equal(u.valueWrittenOffMicros, USD(10));
+      assert.equal(u.actionsWrittenOff, 1n);
+      assert.equal(u.valueHeldMicros, 0n);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a sidecar's hold written off by the sweeper becomes what its sidecar reports late: a capture, or nothing spent", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const captured = record("authorize", USD(20), Outcome.ALLOW, 1_000);
+      const lapsed = record("authorize", USD(10), Outcome.ALLOW, 1_000);
+      await report(rep(s.sessionId, l, { records: [captured, lapsed], release: true }));
+      clock.advance(1_000 + SIDECAR_HOLD_GRACE_MS);
+      assert.deepEqual((await store.sweep()).holdsWrittenOff, { holds: 2, value: USD(30) });
+      const actions = async () => new Map((await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.map((a) => [a.actionId, a]));
+      let a = await actions();
+      assert.equal(a.get(captured.actionId)!.writtenOffAmount?.amountMicros, USD(20), "the ledger shows what was written off");
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(30));
+      // The sidecar was cut off, not dead: its word arrives.
+      const at = timestampFromMs(clock.ms - SIDECAR_HOLD_GRACE_MS - 500);
+      const rejected = await report(
+        rep(s.sessionId, undefined, {
+          settlements: [
+            { authorizationId: captured.actionId, captureMicros: USD(15), time: at },
+            { authorizationId: lapsed.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.EXPIRED },
+          ],
+        }),
+      );
+      assert.deepEqual(rejected, []);
+      a = await actions();
+      assert.equal(a.get(captured.actionId)!.status, ActionStatus.CAPTURED);
+      assert.equal(a.get(captured.actionId)!.capturedAmount?.amountMicros, USD(15));
+      assert.equal(a.get(captured.actionId)!.writtenOffAmount, undefined);
+      assert.equal(a.get(lapsed.actionId)!.status, ActionStatus.EXPIRED);
+      assert.equal(a.get(lapsed.actionId)!.writtenOffAmount, undefined);
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, USD(15));
+      assert.equal(u.actionsCommitted, 1n);
+      assert.equal(u.valueWrittenOffMicros, 0n);
+      // Told once: a second word about either is refused.
+      const again = await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: lapsed.actionId, time: timestampFromMs(clock.ms) }] }));
+      assert.deepEqual(again, [`${lapsed.actionId}: is EXPIRED`]);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("ending a session writes off its sidecars' open holds, as a capture may be on its way; the sidecar's word settles them", async () => {
+      const a = agent();
+      await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: a, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) } } }));
+      const s = await store.createSession(sessionRequest(a, {}), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(60)))!;
+      const spent = record("authorize", USD(40));
+      const unspent = record("authorize", USD(10));
+      await report(rep(s.sessionId, l, { records: [spent, unspent], release: true }));
+      await store.terminate(s.sessionId, SessionStatus.REVOKED, "stop");
+      const agentDay = async () => (await store.getAgent(a)).budgets.find((w) => w.window === Window.DAY)!.valueUsedMicros;
+      assert.equal(await agentDay(), USD(50), "the agent's budget still counts both: either may have been captured");
+      // The sidecar reports what it did before it heard, and what it now cannot do.
+      assert.deepEqual(
+        await report(
+          rep(s.sessionId, undefined, {
+            settlements: [
+              { authorizationId: spent.actionId, captureMicros: USD(40), time: timestampFromMs(clock.ms) },
+              { authorizationId: unspent.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.SESSION_ENDED },
+            ],
+          }),
+        ),
+        [],
+      );
+      assert.equal(await agentDay(), USD(40));
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(40));
+      assert.equal(got.usage!.valueWrittenOffMicros, 0n);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a hold reported after its session ended, and captured in the same report, counts as captured", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      await store.terminate(s.sessionId, SessionStatus.REVOKED, "stop");
+      const held = record("authorize", USD(30));
+      assert.deepEqual(
+        await report(rep(s.sessionId, l, { records: [held], settlements: [{ authorizationId: held.actionId, captureMicros: USD(30), time: timestampFromMs(clock.ms) }] })),
+        [],
+      );
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(30), "the sidecar answered that capture before it heard of the revocation");
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a hold handed back by a sidecar shutting down is the store's: captured through the control plane, expired at its expiry with no write-off", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const kept = record("authorize", USD(20), Outcome.ALLOW, 1_000);
+      const left = record("authorize", USD(10), Outcome.ALLOW, 1_000);
+      await report(rep(s.sessionId, l, { records: [kept, left], release: true }));
+      const back = (id: string) => ({ authorizationId: id, time: timestampFromMs(clock.ms), release: HoldRelease.HANDED_BACK });
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [back(kept.actionId), back(left.actionId)] })), []);
+      const { rows } = await t.db.query<{ n: string }>("SELECT count(*) AS n FROM actions WHERE action_id = ANY($1::text[]) AND placed_by IS NOT NULL", [[kept.actionId, left.actionId]]);
+      assert.equal(rows[0]!.n, "0");
+      const cap = await store.capture({ sessionId: s.sessionId, authorizationId: kept.actionId, idempotencyKey: "" } as never, NO_HASH);
+      assert.equal(cap.status, ActionStatus.CAPTURED);
+      // At its expiry, not after the grace, and released, not written off.
+      clock.advance(1_000);
+      const swept = await store.sweep();
+      assert.equal(swept.holds, 1);
+      assert.deepEqual(swept.holdsWrittenOff, { holds: 0, value: 0n });
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, USD(20));
+      assert.equal(u.valueWrittenOffMicros, 0n);
+      await assertLedgerConsistent(t.db);
     });
 
     test("an allowed record without a lease is refused and changes nothing", async () => {
@@ -368,8 +482,9 @@ for (const driver of DRIVERS) {
         t.db.query("UPDATE leases SET held_value = 1 WHERE lease_id = $1", [released.rows[0]!.lease_id]),
         /leases_released_hold_nothing/,
       );
-      const plan = await planWithoutSeqScans(t.db, LEASE_TOTALS_SQL.replace("$1::text[]", `ARRAY['${s.sessionId}']`));
+      const plan = await planWithoutSeqScans(t.db, LEASE_TOTALS_SQL.replaceAll("$1::text[]", `ARRAY['${s.sessionId}']`));
       assert.match(plan, /leases_by_session/);
+      assert.match(plan, /actions_written_off_by_session/);
       await report(rep(s.sessionId, active, { release: true }));
     });
 

@@ -110,7 +110,14 @@ for (const driver of DRIVERS) {
       assert.equal((await authorize(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
       clock.advance(61_000);
       await rejects(store.capture({ sessionId: s.sessionId, authorizationId: b.authorizationId, idempotencyKey: "" } as never, NO_HASH), Code.FailedPrecondition, /expired/);
-      assert.deepEqual(await store.sweep(), { sessions: 0, holds: 1, approvals: 0, leases: { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n }, keysPruned: 0 });
+      assert.deepEqual(await store.sweep(), {
+        sessions: 0,
+        holds: 1,
+        holdsWrittenOff: { holds: 0, value: 0n },
+        approvals: 0,
+        leases: { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n },
+        keysPruned: 0,
+      });
       const cRecord = (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.find((x) => x.actionId === c.authorizationId)!;
       assert.equal(cRecord.status, ActionStatus.EXPIRED);
       assert.equal((await store.getSession(s.sessionId)).usage!.actionsHeld, 0n);

@@ -214,7 +214,10 @@ export type SessionUsage = Message<"warden.v1.SessionUsage"> & {
   /**
    * Of the committed amounts: what leases of this session reserved and
    * their sidecar never reported (it crashed or was cut off past the
-   * lease's expiry), counted as spent since it may have been allowed.
+   * lease's expiry), counted as spent since it may have been allowed; and
+   * holds sidecars placed that the store closed without their word (see
+   * ActionRecord.written_off_amount), counted as spent since they may have
+   * been captured.
    *
    * @generated from field: int64 value_written_off_micros = 12;
    */
