@@ -503,11 +503,38 @@ export class SidecarEngine {
     }
     const h = this.holds.get(req.authorizationId);
     if (h === undefined || h.sessionId !== req.sessionId) return this.settleElsewhere(verb, req);
-    // The store released this hold when the session ended: a capture
-    // answered here would be money spent that the ledger never keeps. A
-    // session evicted since is fetched again; offline, the hold is
-    // settled from what this sidecar knows.
+    if (req.idempotencyKey === "") return this.settleHere(verb, req, hash, amount, h, undefined);
+    // A key this sidecar has not answered may be the store's already (a
+    // decision's, or another settlement's): claimed first, as decisions
+    // claim theirs, so its reuse for another request is refused here too.
+    const claim = await this.claimKey(req.sessionId, req.idempotencyKey, verb, hash, req.authorizationId);
+    if (claim instanceof Uint8Array) return fromBinary(ActionRecordSchema, claim);
+    try {
+      // Settled or let go meanwhile by another call: judged again.
+      if (this.holds.get(req.authorizationId) !== h) {
+        if (claim !== undefined) this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, req.authorizationId);
+        return await this.settle(verb, req, hash, amount);
+      }
+      return await this.settleHere(verb, req, hash, amount, h, claim);
+    } finally {
+      if (claim?.open) this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, req.authorizationId);
+    }
+  }
+
+  private async settleHere(
+    verb: "capture" | "void",
+    req: CaptureRequest | VoidRequest,
+    hash: Uint8Array,
+    amount: CaptureRequest["amount"],
+    h: LocalHold,
+    claim: Claim | undefined,
+  ): Promise<ActionRecord> {
+    // Once its session has ended nothing may settle the hold (the store
+    // closed it then). A session evicted since is fetched again; offline,
+    // the hold is settled from what this sidecar knows.
     const s = this.o.cache.peek(req.sessionId) ?? (await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined));
+    // Settled meanwhile by another call (this one waited for the fetch).
+    if (this.holds.get(req.authorizationId) !== h) return this.settle(verb, req, hash, amount);
     // Past its expiry the session has ended too, though the sweeper and the
     // watch have not said so yet: the store ends it EXPIRED on the spot and
     // releases the hold. (Not its idle timeout: other sidecars' activity
@@ -555,7 +582,9 @@ export class SidecarEngine {
     });
     const response = req.idempotencyKey === "" ? new Uint8Array(0) : toBinary(ActionRecordSchema, record);
     this.remember(req.sessionId, req.idempotencyKey, verb, hash, response);
-    // The key goes with the settlement, so a retry elsewhere gets this answer.
+    // The key goes with the settlement, so a retry elsewhere gets this answer
+    // (and its claim, if any, becomes that answer).
+    if (claim !== undefined) claim.open = false;
     this.o.reports.settle(
       req.sessionId,
       create(LeaseSettlementSchema, {
@@ -894,14 +923,20 @@ export class SidecarEngine {
    * control plane there is no one to ask, and the call is decided here
    * unclaimed (undefined; see README, "Idempotency in a sidecar").
    */
-  private async claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | Claim | undefined> {
-    const actionId = newId("act", this.now());
-    const key = req.idempotencyKey;
+  private claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | Claim | undefined> {
+    return this.claimKey(req.sessionId, req.idempotencyKey, method, hash, newId("act", this.now()));
+  }
+
+  /**
+   * Claims a key for `actionId`: a decision's new action, or the hold a
+   * Capture or Void settles here (its settlement, reported, fills the claim).
+   */
+  private async claimKey(sessionId: string, key: string, method: string, hash: Uint8Array, actionId: string): Promise<Uint8Array | Claim | undefined> {
     let res: IdempotencyKeyClaimResult;
     try {
       res = await this.claims.submit(
         create(IdempotencyKeyClaimSchema, {
-          sessionId: req.sessionId,
+          sessionId,
           idempotencyKey: key,
           method,
           requestHash: hash,
@@ -923,8 +958,8 @@ export class SidecarEngine {
         return { actionId, open: true };
       case IdempotencyKeyState.ANSWERED:
         this.o.events?.claim?.("answered");
-        this.remember(req.sessionId, key, res.method, res.requestHash, res.response);
-        return this.replay(req.sessionId, key, method, hash);
+        this.remember(sessionId, key, res.method, res.requestHash, res.response);
+        return this.replay(sessionId, key, method, hash);
       case IdempotencyKeyState.IN_PROGRESS:
         this.o.events?.claim?.("in_progress");
         // Not an answer: ABORTED, or INVALID_ARGUMENT for another request, as the store says it.

@@ -546,8 +546,18 @@ export class LeaseLedger {
             method: st.captureMicros === undefined ? "void" : "capture",
             requestHash: st.requestHash,
             response: st.response,
+            // The sidecar claimed the key for the hold it settles: filled.
+            actionId: st.authorizationId,
           })),
         nowMs,
+      );
+      // A refused settlement's claim goes back: the key answered nothing.
+      const taken = new Set(accepted.map((a) => a.st));
+      await releaseClaims(
+        tx,
+        settling
+          .filter(({ st }) => st.idempotencyKey !== "" && !taken.has(st))
+          .map(({ st, sessionId }) => ({ scope: `s:${sessionId}`, key: st.idempotencyKey, actionId: st.authorizationId })),
       );
 
       // 3. Releases: what is left goes back to every window it reserved in.

@@ -259,6 +259,30 @@ describe("holds and leases of sessions whose terms changed, settled through side
     assert.equal(again.code, Code.FailedPrecondition);
   });
 
+  test("a keyed capture on the placing sidecar, with a key the store already holds for another request, is INVALID_ARGUMENT and settles nothing", async () => {
+    const agent = "capture-key-reused";
+    const placing = await newSidecar(agent);
+    const other = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    // The agent used the key for a Check, through another pod.
+    const checked = await policyOf(other).check({ sessionId, action: payment(USD(5)), idempotencyKey: "shared" });
+    assert.equal(checked.decision?.outcome, Outcome.ALLOW);
+    await until("the check to reach the store", async () => (await actionRow(checked.actionId))?.status === ActionStatus.CAPTURED);
+    const held = await policyOf(placing).authorize({ sessionId, action: payment(USD(20)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    const reused = await code(policyOf(placing).capture({ sessionId, authorizationId: held.authorizationId, idempotencyKey: "shared" }));
+    assert.deepEqual(reused, { code: Code.InvalidArgument, message: 'idempotency_key: "shared" was already used for a different request' });
+    // Nothing was settled: a capture with its own key goes through, once.
+    const req = { sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(15) }, idempotencyKey: "cap-own" };
+    assert.equal((await policyOf(placing).capture(req)).authorization?.status, ActionStatus.CAPTURED);
+    assert.equal((await policyOf(placing).capture(req)).authorization?.capturedAmount?.amountMicros, USD(15), "its retry gets the first answer");
+    await until("the capture to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.CAPTURED);
+    assert.equal((await actionRow(held.authorizationId))?.captured_value, String(USD(15)));
+    // Its key is the store's answer now: a retry on the other pod gets it.
+    assert.equal((await policyOf(other).capture(req)).authorization?.capturedAmount?.amountMicros, USD(15));
+  });
+
   test("an agent limit set while unlimited leases are out is not overspent by the agent's sessions", async () => {
     const agent = "agent-policy";
     const agents = createClient(AgentService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));

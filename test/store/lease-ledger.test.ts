@@ -4,7 +4,7 @@ import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/p
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { DecisionSchema, Outcome, Window } from "../../src/gen/warden/v1/decision_pb.js";
-import { ActionStatus, type CheckResponse, CheckResponseSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ActionRecordSchema, ActionStatus, type CheckResponse, CheckResponseSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import {
   AcquireLeaseRequestSchema,
@@ -427,6 +427,34 @@ for (const driver of DRIVERS) {
       const u = (await store.getSession(s.sessionId)).usage!;
       assert.equal(u.valueCommittedMicros, USD(20));
       assert.equal(u.valueWrittenOffMicros, 0n);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a key claimed for a capture of a sidecar's hold: its settlement fills the claim; a refused settlement gives it back", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const h1 = record("authorize", USD(20));
+      const h2 = record("authorize", USD(10));
+      await report(rep(s.sessionId, l, { records: [h1, h2] }));
+      const hash = new Uint8Array(32).fill(7);
+      const claim = (key: string, actionId: string) =>
+        store.claimKeys([create(IdempotencyKeyClaimSchema, { sessionId: s.sessionId, idempotencyKey: key, method: "capture", requestHash: hash, actionId, ttl: durationFromMs(30_000) })]);
+      const capture = (authorizationId: string, key: string) => store.capture({ sessionId: s.sessionId, authorizationId, idempotencyKey: key } as never, hash);
+      assert.equal((await claim("cap-1", h1.actionId))[0]!.state, IdempotencyKeyState.CLAIMED);
+      // While the sidecar settles it, the key is in progress everywhere else.
+      await assert.rejects(capture(h1.actionId, "cap-1"), (e: unknown) => ConnectError.from(e).code === Code.Aborted);
+      const response = toBinary(ActionRecordSchema, create(ActionRecordSchema, { actionId: h1.actionId, status: ActionStatus.CAPTURED }));
+      const settle = (id: string, key: string) => ({ authorizationId: id, captureMicros: USD(5), time: timestampFromMs(clock.ms), idempotencyKey: key, requestHash: hash, response });
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [settle(h1.actionId, "cap-1")] })), []);
+      // Filled: a retry through the control plane gets the sidecar's answer.
+      assert.equal((await capture(h1.actionId, "cap-1")).status, ActionStatus.CAPTURED);
+      // A settlement the store refuses (the hold was voided through the
+      // control plane meanwhile) leaves its key free, not in progress.
+      assert.equal((await claim("cap-2", h2.actionId))[0]!.state, IdempotencyKeyState.CLAIMED);
+      await store.void({ sessionId: s.sessionId, authorizationId: h2.actionId, idempotencyKey: "" } as never, NO_HASH);
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [settle(h2.actionId, "cap-2")] })), [`${h2.actionId}: is VOIDED`]);
+      assert.equal((await claim("cap-2", newId("act", clock.ms)))[0]!.state, IdempotencyKeyState.CLAIMED);
+      await report(rep(s.sessionId, l, { release: true }));
       await assertLedgerConsistent(t.db);
     });
 
