@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
-import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapse, lapseReason, LIFETIME_START_MS, type ScopeState, spanOf } from "../core/evaluate.js";
+import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapse, lapseReason, LIFETIME_START_MS, type ScopeState } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import {
@@ -29,7 +29,7 @@ import { endEventType, recordEvents } from "./outbox.js";
 import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
-import { type CounterAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
+import { type CounterAddress, currentAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
 /** One Authorize or Check waiting for its batch. */
@@ -175,7 +175,7 @@ export class DecisionBatcher {
       scopesOf.set(id, scopes);
       for (const sc of scopes) {
         for (const w of WINDOW_KINDS) {
-          addresses.push({ scopeKey: sc.key, window: w, startMs: spanOf(sc.policy, w, nowMs, spans)?.startMs ?? LIFETIME_START_MS });
+          addresses.push(currentAddress(sc.key, sc.policy, w, nowMs, spans));
         }
       }
     }

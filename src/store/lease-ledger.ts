@@ -32,7 +32,7 @@ import { recordEvents } from "./outbox.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import type { CalendarSpanCache } from "../core/windows.js";
-import { type Counter, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+import { type Counter, currentAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -180,7 +180,7 @@ export class LeaseLedger {
       if (chain.some((c) => c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined)) return undefined;
       const scopes = scopesOf(s, locked.sessions, locked.agents.get(s.agentId)!);
       const addresses = scopes.flatMap((sc) =>
-        WINDOW_KINDS.map((w) => ({ scopeKey: sc.key, window: w, startMs: spanOf(sc.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+        WINDOW_KINDS.map((w) => currentAddress(sc.key, sc.policy, w, nowMs, this.spans)),
       );
       return { req, chain, scopes, addresses };
     });

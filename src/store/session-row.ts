@@ -1,7 +1,7 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { DurationSchema, durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { type CompiledPolicy, WINDOW_KINDS } from "../core/compiled-policy.js";
-import { budgetsOf, counterKey, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
+import { budgetsOf, counterKey, LIFETIME_START_MS } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { Scope } from "../gen/warden/v1/decision_pb.js";
 import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
@@ -9,7 +9,7 @@ import { type Session, SessionSchema, type SessionStatus, SessionUsageSchema } f
 import { budgetToProto } from "./decision-proto.js";
 import type { Queryable } from "./database.js";
 import type { PolicyCache } from "./scope-locks.js";
-import { type CounterAddress, loadCounters, totalsOf } from "./usage-counters.js";
+import { type CounterAddress, currentAddress, loadCounters, totalsOf } from "./usage-counters.js";
 
 /** The columns of `sessions` every reader selects. */
 export const SESSION_COLUMNS = `session_id, agent_id, parent_session_id, ancestor_ids, owner, description, labels, policy,
@@ -43,11 +43,7 @@ export interface SessionRow {
 
 /** Addresses of the counters a session's usage shows at `nowMs`. */
 export function usageAddresses(sessionId: string, policy: CompiledPolicy, nowMs: number, spans: CalendarSpanCache): CounterAddress[] {
-  return WINDOW_KINDS.map((w) => ({
-    scopeKey: `s:${sessionId}`,
-    window: w,
-    startMs: spanOf(policy, w, nowMs, spans)?.startMs ?? LIFETIME_START_MS,
-  }));
+  return WINDOW_KINDS.map((w) => currentAddress(`s:${sessionId}`, policy, w, nowMs, spans));
 }
 
 /**

@@ -1,6 +1,5 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import {

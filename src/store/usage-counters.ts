@@ -1,5 +1,6 @@
-import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
-import { counterKey, LIFETIME_START_MS, type Totals } from "../core/evaluate.js";
+import { type CompiledPolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
+import { counterKey, LIFETIME_START_MS, spanOf, type Totals } from "../core/evaluate.js";
+import type { CalendarSpanCache } from "../core/windows.js";
 import type { Queryable } from "./database.js";
 
 /**
@@ -38,6 +39,23 @@ export interface CounterAddress {
   readonly scopeKey: string;
   readonly window: WindowKind;
   readonly startMs: number;
+  /**
+   * The calendar the start was taken under ({@link calendarOf}), for a
+   * window in effect now ("current" mode); unset for lifetime and for
+   * windows holds were charged to.
+   */
+  readonly calendar?: string;
+}
+
+/** A policy's calendar: what its day, week and month windows depend on. */
+export function calendarOf(policy: CompiledPolicy): string {
+  return `${policy.timeZone || "UTC"}|${policy.weekStart}`;
+}
+
+/** The address of the window of `window` in effect at `atMs` under `policy`. */
+export function currentAddress(scopeKey: string, policy: CompiledPolicy, window: WindowKind, atMs: number, spans: CalendarSpanCache): CounterAddress {
+  const span = spanOf(policy, window, atMs, spans);
+  return span === undefined ? { scopeKey, window, startMs: LIFETIME_START_MS } : { scopeKey, window, startMs: span.startMs, calendar: calendarOf(policy) };
 }
 
 /** The stored windows of one scope; `startMs` NaN: never used. */
@@ -52,7 +70,7 @@ const VALUE_PROPS = ["committedValue", "heldValue", "committedActions", "heldAct
 
 /** The columns of `scope_usage` a reader selects, with `prefix` (e.g. "u.") on each. */
 export function usageColumns(prefix = ""): string {
-  const cols = ["scope_key", ...START_COLUMNS.map((w) => `${w}_start`)];
+  const cols = ["scope_key", "calendar", ...START_COLUMNS.map((w) => `${w}_start`)];
   for (const w of WINDOW_KINDS) for (const f of VALUE_FIELDS) cols.push(`${w}_${f}`);
   return cols.map((c) => `${prefix}${c}`).join(", ");
 }
@@ -77,12 +95,14 @@ export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): S
 
 /**
  * How an address whose window is not the stored one is read:
- * - "current": an address is the window in effect at some time. A newer
- *   window than the stored one starts from zero (and is stored on save),
- *   unless it starts sooner than a window of its kind can last (another
- *   calendar): then the stored counts carry over into it; an
- *   older one (a replica whose clock lags) reads and charges the stored,
- *   newer window, which is never less than the truth: no overspend.
+ * - "current": an address is the window in effect at some time, under
+ *   its calendar. Under the stored windows' calendar, a newer window than
+ *   the stored one starts from zero (and is stored on save); an older one
+ *   (a replica whose clock lags) reads and charges the stored, newer
+ *   window, which is never less than the truth: no overspend. Under
+ *   another calendar, the address's window replaces the stored one and
+ *   the stored counts carry over into it, unless it starts after the
+ *   stored one surely ended.
  * - "exact": an address is a window a hold was charged to. Only the stored
  *   window with that very start is live; any other reads as a detached zero
  *   counter whose changes are never saved (that window no longer limits).
@@ -91,14 +111,15 @@ export type AddressMode = "current" | "exact";
 
 const HOUR_MS = 3_600_000;
 /**
- * The shortest a window of each kind lasts in any time zone: a day across a
- * DST change (23 h), a week holding one, a February holding one. Two
- * starts of one calendar are never nearer than this.
+ * The longest a window of each kind lasts in any time zone (a day across a
+ * DST change, by up to 2 h in Antarctica/Troll; a week or a 31-day month
+ * holding one): a window of another calendar starting before the stored
+ * one's start plus this may overlap it.
  */
-const SHORTEST_WINDOW_MS: Record<WindowKind, number> = {
-  day: 23 * HOUR_MS,
-  week: (7 * 24 - 1) * HOUR_MS,
-  month: (28 * 24 - 1) * HOUR_MS,
+const LONGEST_WINDOW_MS: Record<WindowKind, number> = {
+  day: 26 * HOUR_MS,
+  week: (7 * 24 + 2) * HOUR_MS,
+  month: (31 * 24 + 2) * HOUR_MS,
   lifetime: Infinity,
 };
 
@@ -106,6 +127,8 @@ const SHORTEST_WINDOW_MS: Record<WindowKind, number> = {
 export class UsageSet {
   /** Every scope read, with all of its windows: what {@link saveCounters} writes. */
   readonly scopes = new Map<string, ScopeWindows>();
+  /** The calendar each scope's stored windows are in (migration 022); null when unknown. */
+  readonly calendars = new Map<string, string | null>();
   private readonly byKey = new Map<string, Counter>();
 
   /** The counter of an address asked for. */
@@ -135,21 +158,39 @@ export async function loadCounters(
   const rows = new Map<string, UsageRow>();
   const res = await tx.query<UsageRow>(`SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = ANY($1::text[])`, [[...keys]]);
   for (const r of res.rows) rows.set(r.scope_key as string, r);
-  for (const k of keys) out.scopes.set(k, windowsOf(k, rows.get(k)));
+  for (const k of keys) {
+    out.scopes.set(k, windowsOf(k, rows.get(k)));
+    out.calendars.set(k, (rows.get(k)?.calendar as string | null | undefined) ?? null);
+  }
   if (mode === "current") {
-    // A newer window rolls the stored one over first, so that every
-    // address of that kind then maps to the same (newest) window.
+    // The stored calendars, before this read moves any scope to another.
+    const stored = new Map(out.calendars);
     for (const a of addresses) {
+      if (a.calendar === undefined) continue;
       const c = out.scopes.get(a.scopeKey)![a.window];
-      if (Number.isNaN(c.startMs) || a.startMs > c.startMs) {
-        // A start nearer than the shortest window of its kind is not the
-        // next window but the same time under another calendar (an agent's
-        // policy moved to another time zone or week start): what was spent
-        // in the stored window may lie in the new one, so it carries over.
-        // Never less than the truth; at most until the window rolls over.
-        const rolled = Number.isNaN(c.startMs) || a.startMs - c.startMs >= SHORTEST_WINDOW_MS[a.window];
+      const was = stored.get(a.scopeKey) ?? a.calendar;
+      out.calendars.set(a.scopeKey, a.calendar);
+      if (Number.isNaN(c.startMs)) {
         c.startMs = a.startMs;
-        if (rolled) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+      } else if (was === a.calendar) {
+        // The same calendar: a newer window rolls the stored one over, so
+        // every address of that kind then maps to the same (newest)
+        // window; an older one (a replica whose clock lags) reads and
+        // charges the stored, newer window: never less than the truth.
+        if (a.startMs > c.startMs) {
+          c.startMs = a.startMs;
+          c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+        }
+      } else if (a.startMs !== c.startMs) {
+        // Another calendar (an agent's policy moved to another time zone
+        // or week start): its window in effect now replaces the stored one,
+        // earlier or later. What was spent in the stored window may lie in
+        // it, so it carries over unless the new one starts after the
+        // stored one surely ended. Never less than the truth; more at most
+        // until the new window rolls over.
+        const overlaps = a.startMs < c.startMs + LONGEST_WINDOW_MS[a.window];
+        c.startMs = a.startMs;
+        if (!overlaps) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
       }
     }
   }
@@ -185,6 +226,7 @@ export function saveCountersSql(usage: UsageSet, params: unknown[]): string | un
   if (all.length === 0) return undefined;
   const base = params.length;
   params.push(all.map((s) => s.day.scopeKey));
+  params.push(all.map((s) => usage.calendars.get(s.day.scopeKey) ?? null));
   for (const w of START_COLUMNS) {
     params.push(all.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
   }
@@ -195,8 +237,8 @@ export function saveCountersSql(usage: UsageSet, params: unknown[]): string | un
       params.push(all.map((s) => s[w][VALUE_PROPS[i]!].toString()));
     }
   }
-  const cols = ["scope_key", ...START_COLUMNS.map((w) => `${w}_start`), ...valueCols];
-  const types = ["text", "timestamptz", "timestamptz", "timestamptz", ...valueCols.map(() => "bigint")];
+  const cols = ["scope_key", "calendar", ...START_COLUMNS.map((w) => `${w}_start`), ...valueCols];
+  const types = ["text", "text", "timestamptz", "timestamptz", "timestamptz", ...valueCols.map(() => "bigint")];
   return `INSERT INTO scope_usage (${cols.join(", ")})
      SELECT * FROM unnest(${types.map((t, i) => `$${base + i + 1}::${t}[]`).join(", ")})
      ON CONFLICT (scope_key) DO UPDATE SET ${cols.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`;

@@ -68,7 +68,7 @@ import type { Money } from "../gen/warden/v1/money_pb.js";
 import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
-import { loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
+import { currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { currentRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
@@ -653,7 +653,7 @@ export class WardenStore {
         // Each limit of the child must fit in what every ancestor has left.
         const chain = [parent, ...parent.ancestorIds.map((a) => locked.get(a)!)];
         const addresses = chain.flatMap((p) =>
-          WINDOW_KINDS.map((w) => ({ scopeKey: `s:${p.sessionId}`, window: w, startMs: spanOf(p.policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+          WINDOW_KINDS.map((w) => currentAddress(`s:${p.sessionId}`, p.policy, w, nowMs, this.spans)),
         );
         const counters = await loadCounters(tx, addresses);
         const field: Record<WindowKind, string> = { day: "daily", week: "weekly", month: "monthly", lifetime: "lifetime" };
@@ -958,7 +958,7 @@ export class WardenStore {
     const scope = { scope: Scope.AGENT, id: agentId, key: `a:${agentId}`, policy };
     const counters = await loadCounters(
       q,
-      WINDOW_KINDS.map((w) => ({ scopeKey: scope.key, window: w, startMs: spanOf(policy, w, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS })),
+      WINDOW_KINDS.map((w) => currentAddress(scope.key, policy, w, nowMs, this.spans)),
     );
     // budgetsOf reports every window of its first scope; an agent shows only
     // the windows its policy limits.

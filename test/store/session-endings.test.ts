@@ -4,8 +4,8 @@ import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
-import { DecisionSchema, Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
-import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { DecisionSchema, Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
+import { ActionStatus } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { AcquireLeaseRequestSchema, LeaseRecordSchema, LeaseReportSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
@@ -237,6 +237,26 @@ for (const driver of DRIVERS) {
     });
   });
 
+  describe(`a day of 22 hours, on ${driver}`, () => {
+    const suite = storeSuite(driver, "short-day");
+
+    test("the day after Antarctica/Troll's 22-hour DST day starts from zero", async () => {
+      // 29 March 2026 in Troll: from 00:00 UTC (GMT) to 22:00 UTC (00:00 at UTC+2).
+      suite.clock.advance(Date.UTC(2026, 2, 29, 12, 0, 0) - suite.clock.now());
+      const s = await suite.store.createSession(
+        sessionRequest(suite.agent(), { daily: { maxValueMicros: USD(100) }, timeZone: "Antarctica/Troll" }, { expiration: { case: "ttl", value: durationFromMs(86_400_000) } }),
+        NO_HASH,
+      );
+      assert.equal((await suite.check(s.sessionId, USD(80))).decision!.outcome, Outcome.ALLOW);
+      // 22:30 UTC: 00:30 on 30 March there.
+      suite.clock.advance(Date.UTC(2026, 2, 29, 22, 30, 0) - suite.clock.now());
+      const r = await suite.check(s.sessionId, USD(80));
+      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.ALLOW], `a new day: ${r.decision!.message}`);
+      const day = (await suite.store.getSession(s.sessionId)).usage!.windows.find((w) => w.window === Window.DAY)!;
+      assert.equal(day.valueUsedMicros, USD(80));
+    });
+  });
+
   // Not in the describe above: a calendar change carries the old window's
   // counts into the new one, more than the ledger charged to it (never
   // less), so the books are not expected to balance to the micro here.
@@ -263,6 +283,25 @@ for (const driver of DRIVERS) {
       // The 80 spent at 12:00 UTC lies inside today's New York day too.
       const r = await check(s.sessionId, USD(80));
       assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], "160 spent in one New York day against a daily limit of 100");
+    });
+
+    test("an agent policy moved east: the new calendar's day begins at once, and rolls over at its own midnight", async () => {
+      // 10:00 UTC on 6 December: 19:00 in Tokyo, whose day began at 15:00 UTC on the 5th.
+      suite.clock.advance(Date.UTC(2026, 11, 6, 10, 0, 0) - suite.clock.now());
+      const id = agent();
+      const policy = (timeZone: string) => create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) }, timeZone } });
+      await suite.store.updateAgentPolicy(policy(""));
+      const s = await suite.store.createSession(sessionRequest(id, {}, { expiration: { case: "ttl", value: durationFromMs(86_400_000) } }), NO_HASH);
+      assert.equal((await check(s.sessionId, USD(80))).decision!.outcome, Outcome.ALLOW);
+      suite.clock.advance(60_000);
+      await suite.store.updateAgentPolicy(policy("Asia/Tokyo"));
+      // The 80 lies in Tokyo's 6 December too.
+      assert.equal(Outcome[(await check(s.sessionId, USD(30))).decision!.outcome], Outcome[Outcome.DENY]);
+      assert.equal((await check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
+      // 15:30 UTC: 00:30 on 7 December in Tokyo. Nothing was spent in it yet.
+      suite.clock.advance(Date.UTC(2026, 11, 6, 15, 30, 0) - suite.clock.now());
+      const r = await check(s.sessionId, USD(80));
+      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.ALLOW], `Tokyo's 7 December has spent nothing: ${r.decision!.message}`);
     });
 
     test("End, Revoke, Extend and Pause of a fork whose parent went idle fail and end both EXPIRED, whether or not the sweeper ran first", async () => {

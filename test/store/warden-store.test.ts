@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { create, fromBinary } from "@bufbuild/protobuf";
+import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
-import { ActionStatus, type AuthorizeResponse, type CheckResponse, CheckResponseSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ActionStatus, type AuthorizeResponse, type CheckResponse} from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
