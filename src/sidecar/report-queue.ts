@@ -1,10 +1,12 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type DescMessage, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type ClaimRelease,
   ClaimReleaseSchema,
   type LeaseRecord,
+  LeaseRecordSchema,
   type LeaseSettlement,
+  LeaseSettlementSchema,
   LeaseReportSchema,
   type ReportLeasesRequest,
   ReportLeasesRequestSchema,
@@ -45,12 +47,42 @@ const MAX_RETRY_MS = 1000;
 
 /**
  * Most entries (records, settlements, claims, releases) in one
- * ReportLeases call. A backlog built up while the control plane was away
- * (an agent retrying every millisecond leaves thousands of records) would
- * otherwise go in one message past the transport's limit (4 MiB), be
- * refused, put back and refused again for good. A record is ~150 bytes.
+ * ReportLeases call, and most bytes they may encode to. A backlog built up
+ * while the control plane was away (an agent retrying every millisecond
+ * leaves thousands of records), or records carrying an action's metadata
+ * (up to 32 KB each), would otherwise go in one message past the
+ * transport's limit (4 MiB), be refused, put back and refused again for
+ * good. The bytes leave a margin under that limit for the reports' framing.
  */
 export const MAX_SEND_ENTRIES = 2000;
+export const MAX_SEND_BYTES = 3 * 1024 * 1024;
+
+/** The three kinds of item a session's entry lists, in the order the store applies them. */
+const ITEM_FIELDS = [
+  ["records", LeaseRecordSchema],
+  ["settlements", LeaseSettlementSchema],
+  ["releasedClaims", ClaimReleaseSchema],
+] as const;
+
+/** Encoded sizes, each item measured once however often it is looked at. */
+const sizes = new WeakMap<object, number>();
+
+/** What an item adds to a request: its bytes, with its tag and length. */
+function sizeOf(schema: DescMessage, item: object): number {
+  let n = sizes.get(item);
+  if (n === undefined) {
+    n = toBinary(schema, item as never).byteLength + 6;
+    sizes.set(item, n);
+  }
+  return n;
+}
+
+/** The bytes a session's entry adds to a request (its ids and framing counted generously). */
+function bytesOf(p: Pending): number {
+  let n = 512;
+  for (const [field, schema] of ITEM_FIELDS) for (const item of p[field]) n += sizeOf(schema, item);
+  return n;
+}
 
 /** Errors that say the store will refuse the same report again, whatever it is sent with. */
 const REFUSALS = new Set([Code.InvalidArgument, Code.NotFound, Code.PermissionDenied, Code.FailedPrecondition, Code.OutOfRange]);
@@ -204,11 +236,12 @@ export class ReportQueue {
 
   /**
    * Takes what the next send carries: whole sessions, in the order they
-   * were queued, up to {@link MAX_SEND_ENTRIES} (the rest waits for the
-   * next send, due at once). A session's entries go together, since its
-   * settlements must follow the records of the holds they settle. One
-   * session above the limit alone goes in parts: records first, in order;
-   * its settlements, claims and releases with the last of them.
+   * were queued, up to {@link MAX_SEND_ENTRIES} and {@link MAX_SEND_BYTES}
+   * (the rest waits for the next send, due at once). A session's entries go
+   * together, since its settlements must follow the records of the holds
+   * they settle. One session above a limit alone goes in parts, in the
+   * order the store applies them: every record, then settlements, then
+   * released claims, and its releases with the last part.
    */
   private takeChunk(): Map<string, Pending> {
     const sessions = new Map<string, Map<string, Pending>>();
@@ -216,6 +249,7 @@ export class ReportQueue {
     const chunk = new Map<string, Pending>();
     const retryRefused = this.now() >= this.refusedRetryAt;
     let n = 0;
+    let bytes = 0;
     for (const [sessionId, entries] of sessions) {
       // A session the store refused is never the head of a send, or it
       // would hold every session queued behind it: it goes along (sent
@@ -228,34 +262,60 @@ export class ReportQueue {
         }
         continue;
       }
-      const size = [...entries.values()].reduce((a, p) => a + entriesOf(p), 0);
-      if (n > 0 && n + size > MAX_SEND_ENTRIES) break;
-      if (n === 0 && size > MAX_SEND_ENTRIES && this.takeRecords(entries, chunk)) break;
+      let size = 0;
+      let sessionBytes = 0;
+      for (const p of entries.values()) {
+        size += entriesOf(p);
+        sessionBytes += bytesOf(p);
+      }
+      if (n > 0 && (n + size > MAX_SEND_ENTRIES || bytes + sessionBytes > MAX_SEND_BYTES)) break;
+      if (n === 0 && (size > MAX_SEND_ENTRIES || sessionBytes > MAX_SEND_BYTES)) {
+        this.takePart(entries, chunk);
+        break;
+      }
       for (const [key, p] of entries) {
         chunk.set(key, p);
         this.pending.delete(key);
       }
       n += size;
+      bytes += sessionBytes;
     }
     return chunk;
   }
 
   /**
-   * Moves up to {@link MAX_SEND_ENTRIES} of a session's records, in order,
-   * into `chunk` as parts of their entries, which stay queued with the
-   * rest. False when it has no records to move (only settlements, claims
-   * and releases, which then go whole).
+   * Moves into `chunk` what of one session fits in a send, in the order
+   * the store applies it: records (of every lease), then settlements, then
+   * released claims; at least one item. What is left stays queued; an
+   * entry left with nothing but its release goes, with it, once all the
+   * rest has.
    */
-  private takeRecords(entries: Map<string, Pending>, chunk: Map<string, Pending>): boolean {
+  private takePart(entries: Map<string, Pending>, chunk: Map<string, Pending>): void {
     let room = MAX_SEND_ENTRIES;
-    for (const [key, p] of entries) {
-      if (room === 0) break;
-      if (p.records.length === 0) continue;
-      const part = p.records.splice(0, room);
-      room -= part.length;
-      chunk.set(key, { ...p, records: part, settlements: [], releasedClaims: [], release: false });
+    let bytes = MAX_SEND_BYTES;
+    const partOf = (key: string, p: Pending) => {
+      let part = chunk.get(key);
+      if (part === undefined) chunk.set(key, (part = { ...p, records: [], settlements: [], releasedClaims: [], release: false }));
+      return part;
+    };
+    for (const [field, schema] of ITEM_FIELDS) {
+      for (const [key, p] of entries) {
+        const items: object[] = p[field];
+        let i = 0;
+        for (; i < items.length && room > 0; i++) {
+          const size = sizeOf(schema, items[i]!);
+          if (size > bytes && room < MAX_SEND_ENTRIES) break;
+          bytes -= size;
+          room--;
+        }
+        if (i > 0) (partOf(key, p)[field] as object[]).push(...items.splice(0, i));
+        if (items.length > 0) return;
+      }
     }
-    return chunk.size > 0;
+    for (const [key, p] of entries) {
+      if (p.release) partOf(key, p).release = true;
+      this.pending.delete(key);
+    }
   }
 
   /**
