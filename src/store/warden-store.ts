@@ -778,7 +778,7 @@ export class WardenStore {
     if (SessionStatus[s.status] === undefined) throw new ConnectError(`snapshot.session.status: ${s.status} is not a session status`, Code.InvalidArgument);
     for (const [i, a] of snap.actions.entries()) {
       if (ActionStatus[a.status] === undefined) throw new ConnectError(`snapshot.actions[${i}].status: ${a.status} is not an action status`, Code.InvalidArgument);
-      for (const [field, m] of [["held_amount", a.heldAmount], ["captured_amount", a.capturedAmount]] as const) {
+      for (const [field, m] of [["held_amount", a.heldAmount], ["captured_amount", a.capturedAmount], ["written_off_amount", a.writtenOffAmount]] as const) {
         if (m !== undefined && m.amountMicros < 0n) throw new ConnectError(`snapshot.actions[${i}].${field}: cannot be negative`, Code.InvalidArgument);
       }
     }
@@ -789,9 +789,6 @@ export class WardenStore {
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [s.agentId, iso(nowMs)],
       );
-      // As CreateSession: amounts in another currency than the agent's
-      // value limits would be counted against them as if they were its.
-      await this.checkAgentCurrency(tx, s.agentId, s.policy!, "snapshot.session.policy.currency_code");
       let ancestors: string[] = [];
       let parentId: string | null = null;
       if (s.parentSessionId !== "") {
@@ -809,6 +806,12 @@ export class WardenStore {
           ancestors = [s.parentSessionId, ...rows[0].ancestor_ids];
         }
       }
+      // The scopes the import charges besides the session (its parents and
+      // agent), locked in the global order before anything else of theirs.
+      const locked = await lockScopes(tx, ancestors, [s.agentId], this.policies);
+      // As CreateSession: amounts in another currency than the agent's
+      // value limits would be counted against them as if they were its.
+      await this.checkAgentCurrency(tx, s.agentId, s.policy!, "snapshot.session.policy.currency_code");
       const u = s.usage;
       await this.insertSession(tx, {
         sessionId: s.sessionId,
@@ -838,11 +841,21 @@ export class WardenStore {
       }
       const compiled = compilePolicy(s.policy!);
       const holds = snap.actions.filter((a) => a.status === ActionStatus.HELD);
+      // What each restored hold charged (its action's charges), by id.
+      const charges = new Map<string, [string, WindowKind, number][]>(holds.map((a) => [a.actionId, []]));
       if (snap.counters.length > 0 || holds.length > 0) {
         // Only the newest window of each kind is kept: older ones no longer
         // limit anything (see usage-counters.ts).
         const scopeKey = `s:${s.sessionId}`;
-        const usage = await loadCounters(tx, [{ scopeKey, window: "lifetime", startMs: LIFETIME_START_MS }], "exact");
+        const agent = locked.agents.get(s.agentId)!;
+        const chain = [...ancestors.flatMap((id) => locked.sessions.get(id) ?? []).map((p) => ({ key: `s:${p.sessionId}`, policy: p.policy })), { key: `a:${s.agentId}`, policy: agent.policy }];
+        // The parents' and agent's windows in effect now, and at each
+        // hold's time: a hold whose window has rolled over there since
+        // charges it no longer (as one placed then would have).
+        const usage = await loadCounters(tx, [
+          { scopeKey, window: "lifetime", startMs: LIFETIME_START_MS },
+          ...chain.flatMap((c) => [nowMs, ...holds.map((a) => ms(a.createTime, nowMs))].flatMap((at) => WINDOW_KINDS.map((w) => currentAddress(c.key, c.policy, w, at, this.spans)))),
+        ]);
         const windows = usage.scopes.get(scopeKey)!;
         for (const c of snap.counters) {
           const w = windows[c.window as WindowKind];
@@ -852,17 +865,46 @@ export class WardenStore {
           w.committedValue = c.committedValueMicros;
           w.committedActions = c.committedActions;
         }
+        // What the session spent counts against its agent here too, which
+        // has not seen it: in the agent's windows it may lie in (those in
+        // effect now, unless the session's window ended before they began).
+        // Not a re-attached fork's: its parent's counters, imported, hold it.
+        if (parentId === null) {
+          for (const kind of WINDOW_KINDS) {
+            const mine = windows[kind];
+            const theirs = usage.scopes.get(`a:${s.agentId}`)![kind];
+            const endMs = kind === "lifetime" ? Infinity : (spanOf(compiled, kind, mine.startMs, this.spans)?.endMs ?? -Infinity);
+            if (Number.isNaN(mine.startMs) || endMs <= theirs.startMs) continue;
+            theirs.committedValue += mine.committedValue;
+            theirs.committedActions += mine.committedActions;
+          }
+        }
         // What is held is what the restored holds hold, not the snapshot's
         // totals: those also count pending approvals and sidecars' leases,
         // which are not carried over and which nothing here could release.
+        // A hold charges every scope its capture will commit to: the
+        // session, the parents it is re-attached to, its agent.
         for (const a of holds) {
+          const atMs = ms(a.createTime, nowMs);
+          const held = a.heldAmount?.amountMicros ?? 0n;
           for (const kind of WINDOW_KINDS) {
             const w = windows[kind];
-            const startMs = spanOf(compiled, kind, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS;
+            const startMs = spanOf(compiled, kind, atMs, this.spans)?.startMs ?? LIFETIME_START_MS;
             if (Number.isNaN(w.startMs)) w.startMs = startMs;
+            charges.get(a.actionId)!.push([scopeKey, kind, startMs]);
             if (w.startMs !== startMs) continue;
-            w.heldValue += a.heldAmount?.amountMicros ?? 0n;
+            w.heldValue += held;
             w.heldActions += 1n;
+          }
+          for (const c of chain) {
+            for (const kind of WINDOW_KINDS) {
+              const startMs = currentAddress(c.key, c.policy, kind, atMs, this.spans).startMs;
+              const w = usage.scopes.get(c.key)![kind];
+              if (w.startMs !== startMs) continue;
+              charges.get(a.actionId)!.push([c.key, kind, startMs]);
+              w.heldValue += held;
+              w.heldActions += 1n;
+            }
           }
         }
         await saveCounters(tx, usage);
@@ -873,9 +915,9 @@ export class WardenStore {
         }
         const { rows } = await tx.query(
           `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency, amount,
-                                held_value, captured_value, charges, create_time, update_time, hold_expire_time)
+                                held_value, captured_value, charges, create_time, update_time, hold_expire_time, approval_id, written_off_value)
            VALUES ($1, $2, $3, $4, decode($5, 'base64'), decode($6, 'base64'), $7, $8, $9, $10, $11, $12, $13::jsonb,
-                   $14::timestamptz, $15::timestamptz, $16::timestamptz)
+                   $14::timestamptz, $15::timestamptz, $16::timestamptz, $17, $18)
            ON CONFLICT (action_id) DO NOTHING RETURNING action_id`,
           [
             a.actionId,
@@ -892,16 +934,15 @@ export class WardenStore {
             // approval is not carried over, so nobody could decide it here.
             (a.status === ActionStatus.HELD ? (a.heldAmount?.amountMicros ?? 0n) : 0n).toString(),
             (a.capturedAmount?.amountMicros ?? 0n).toString(),
-            // A restored hold charges the session's own counters only: its
-            // parents and agent are not part of the snapshot.
-            JSON.stringify(
-              a.status === ActionStatus.HELD
-                ? WINDOW_KINDS.map((w) => [`s:${s.sessionId}`, w, spanOf(compiled, w, ms(a.createTime, nowMs), this.spans)?.startMs ?? LIFETIME_START_MS])
-                : [],
-            ),
+            JSON.stringify(charges.get(a.actionId) ?? []),
             iso(ms(a.createTime, nowMs)),
             iso(ms(a.updateTime, nowMs)),
             a.holdExpireTime === undefined ? null : iso(timestampMs(a.holdExpireTime)),
+            // History: the approval itself is not carried over.
+            a.approvalId === "" ? null : a.approvalId,
+            // A write-off stays one (in the snapshot's committed counts);
+            // no sidecar here will ever settle it.
+            a.writtenOffAmount === undefined || a.status === ActionStatus.HELD ? null : a.writtenOffAmount.amountMicros.toString(),
           ],
         );
         if (rows.length === 0) throw new ConnectError(`snapshot.actions: action "${a.actionId}" already exists`, Code.AlreadyExists);

@@ -2,14 +2,16 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { DecisionSchema, Outcome, Window } from "../../src/gen/warden/v1/decision_pb.js";
+import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { ActionStatus, ListActionsRequestSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import { AcquireLeaseRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { AcquireLeaseRequestSchema, LeaseRecordSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { DRIVERS } from "../helpers/databases.js";
-import { sessionRequest, USD } from "../helpers/fixtures.js";
+import { newId } from "../../src/store/ids.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
@@ -29,9 +31,9 @@ for (const driver of DRIVERS) {
       assert.equal(imported.usage!.valueHeldMicros, 0n, "no approval was carried over to hold it for");
       const history = (await target.store.listActions(create(ListActionsRequestSchema, { sessionId: s.sessionId }))).actions;
       assert.deepEqual(
-        history.map((a) => [ActionStatus[a.status], a.heldAmount?.amountMicros]),
-        [["NEEDS_APPROVAL", 0n]],
-        "the request is in the imported history, holding nothing",
+        history.map((a) => [ActionStatus[a.status], a.heldAmount?.amountMicros, a.approvalId]),
+        [["NEEDS_APPROVAL", 0n, r.approvalId]],
+        "the request is in the imported history, holding nothing, naming the approval it waited for",
       );
       await target.store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
       assert.equal((await target.store.getSession(s.sessionId)).usage!.valueHeldMicros, 0n);
@@ -102,6 +104,73 @@ for (const driver of DRIVERS) {
         });
       }
       await assert.rejects(target.store.getSession(s.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+    });
+  });
+
+  // The target's books carry imported totals no ledger row of its own
+  // explains (what was spent in the source), so they are not checked here.
+  describe(`ImportSession charges the parents and agent it is imported under, on ${driver}`, () => {
+    const source = storeSuite(driver, "agent-chain");
+    const target = storeSuite(driver, "unused-chain", { ledgerCheck: false });
+    const agentPolicy = (agentId: string) => create(UpdateAgentPolicyRequestSchema, { agentId, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) } } });
+    const agentDay = async (store: typeof target.store, agentId: string) => (await store.getAgent(agentId)).budgets.find((b) => b.window === Window.DAY)!.valueUsedMicros;
+
+    test("a re-attached fork's restored hold is held in its parent and agent too, and its capture spends there", async () => {
+      const owner = source.agent();
+      await source.store.updateAgentPolicy(agentPolicy(owner));
+      await target.store.updateAgentPolicy(agentPolicy(owner));
+      const parent = await source.store.createSession(sessionRequest(owner, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const fork = await source.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      const held = await source.authorize(fork.sessionId, USD(60));
+      assert.equal(held.decision!.outcome, Outcome.ALLOW);
+      await target.store.importSession(await source.store.exportSession(parent.sessionId));
+      await target.store.importSession(await source.store.exportSession(fork.sessionId));
+      assert.equal((await target.store.getSession(parent.sessionId)).usage!.valueHeldMicros, USD(60), "the fork's hold is the parent's too");
+      assert.equal(await agentDay(target.store, owner), USD(60));
+      const r = await target.check(parent.sessionId, USD(50));
+      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], "60 held by the fork and 50 more pass the parent's 100");
+      await target.store.capture({ sessionId: fork.sessionId, authorizationId: held.authorizationId, idempotencyKey: "" } as never, NO_HASH);
+      const p = (await target.store.getSession(parent.sessionId)).usage!;
+      assert.deepEqual([p.valueCommittedMicros, p.valueHeldMicros], [USD(60), 0n]);
+      assert.equal(await agentDay(target.store, owner), USD(60));
+    });
+
+    test("a hold written off in the source stays written off in the import: counted as spent, and shown as such", async () => {
+      const s = await source.store.createSession(sessionRequest(source.agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const lease = (await source.store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId: s.sessionId, holder: "sidecar-1", desiredValueMicros: USD(50), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
+      ))!;
+      const now = source.clock.now();
+      const hold = create(LeaseRecordSchema, {
+        actionId: newId("act", now),
+        method: "authorize",
+        action: payment(USD(30)),
+        decision: create(DecisionSchema, { outcome: Outcome.ALLOW }),
+        createTime: timestampFromMs(now),
+        holdExpireTime: timestampFromMs(now + 60_000),
+      });
+      await source.store.leases.report(create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [{ sessionId: s.sessionId, leaseId: lease.leaseId, records: [hold], release: true }] }));
+      // Ended before its sidecar said anything of the hold: written off.
+      await source.store.terminate(s.sessionId, SessionStatus.COMPLETED, "done");
+      const imported = await target.store.importSession(await source.store.exportSession(s.sessionId));
+      const [action] = (await target.store.listActions(create(ListActionsRequestSchema, { sessionId: s.sessionId }))).actions;
+      assert.deepEqual(
+        [ActionStatus[action!.status], action!.writtenOffAmount?.amountMicros, imported.usage!.valueCommittedMicros, imported.usage!.valueWrittenOffMicros],
+        ["VOIDED", USD(30), USD(30), USD(30)],
+      );
+    });
+
+    test("an imported session's spend counts against its agent's limits in the new store", async () => {
+      const owner = source.agent();
+      await source.store.updateAgentPolicy(agentPolicy(owner));
+      await target.store.updateAgentPolicy(agentPolicy(owner));
+      const s = await source.store.createSession(sessionRequest(owner, {}), NO_HASH);
+      assert.equal((await source.check(s.sessionId, USD(70))).decision!.outcome, Outcome.ALLOW);
+      await target.store.importSession(await source.store.exportSession(s.sessionId));
+      assert.equal(await agentDay(target.store, owner), USD(70));
+      const other = await target.store.createSession(sessionRequest(owner, {}), NO_HASH);
+      assert.equal(Outcome[(await target.check(other.sessionId, USD(40))).decision!.outcome], Outcome[Outcome.DENY], "the agent's day has 30 left");
+      assert.equal((await target.check(other.sessionId, USD(30))).decision!.outcome, Outcome.ALLOW);
     });
   });
 }
