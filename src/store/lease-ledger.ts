@@ -20,7 +20,7 @@ import {
   HoldRelease,
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
-import { captureHolds, closeHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds, reverseWriteOffs } from "./hold-ledger.js";
+import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds, reverseWriteOffs } from "./hold-ledger.js";
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
@@ -448,16 +448,13 @@ export class LeaseLedger {
       );
 
       // A hold a sidecar placed before it heard that its session (or a
-      // parent) had ended arrives after the ending closed the others: it
-      // is closed now too, and like theirs written off, as the sidecar may
-      // have answered a capture of it (its settlement may follow below).
-      const orphaned = records
-        .filter(({ record }) => fresh.has(record.actionId) && record.method === "authorize" && record.decision!.outcome === Outcome.ALLOW)
-        .filter(({ s }) => [s, ...s.ancestorIds.map((a) => locked.sessions.get(a)!)].some((c) => isTerminal(c.status)))
-        .map(({ record }) => record.actionId);
-      if (orphaned.length > 0) {
-        await closeHolds(tx, await lockActions(tx, `action_id = ANY($1::text[]) AND status = ${ActionStatus.HELD}`, [orphaned]), ActionStatus.VOIDED, nowMs);
-      }
+      // parent) had ended arrives after the ending closed the others. It
+      // stays open: the sidecar, alive as this report shows, may have
+      // answered a capture of it (its settlement may follow below), and
+      // says what became of it once it hears of the ending; if it never
+      // does, the sweeper writes it off past its expiry, like any other.
+      // (Written off now, the amount could end a parent EXHAUSTED for good
+      // on a capture that never happened.)
 
       // 2. Settlements of holds the sidecar placed, all locked in one read
       // and applied in a few statements; each is judged in report order
@@ -501,10 +498,14 @@ export class LeaseLedger {
           handedBack.push(h);
           holds.set(h.action_id, { ...h, placed_by: null });
         } else {
-          // A session its sidecar saw end while the hold is open here can
-          // only have lapsed (ended by time, before the sweeper ended it
-          // here): any other ending came from the store and closed it.
-          const status = st.release === HoldRelease.UNSPECIFIED ? ActionStatus.VOIDED : ActionStatus.EXPIRED;
+          // Released as its session ended (VOIDED, or EXPIRED if it
+          // lapsed): a session its sidecar saw end, still active here, can
+          // only have lapsed by time before the sweeper ended it.
+          const ended = locked.sessions.get(sessionId)!;
+          const status =
+            st.release === HoldRelease.UNSPECIFIED || (st.release === HoldRelease.SESSION_ENDED && isTerminal(ended.status) && ended.status !== SessionStatus.EXPIRED)
+              ? ActionStatus.VOIDED
+              : ActionStatus.EXPIRED;
           (status === ActionStatus.EXPIRED ? expired : voided).push(h);
           holds.set(h.action_id, { ...h, status });
         }

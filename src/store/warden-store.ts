@@ -41,7 +41,6 @@ import {
   closedHoldError,
   closeHolds,
   endSessions,
-  lifetimesUsedUp,
   lockActions,
   releaseHolds,
   SIDECAR_HOLD_GRACE_MS,
@@ -1328,27 +1327,20 @@ export class WardenStore {
     );
     // A sidecar's hold past the grace is written off (closeHolds): its
     // sidecar said nothing of it, and may have crashed after answering a
-    // capture. What that counts as spent can use up a lifetime limit.
+    // capture. No session ends EXHAUSTED on that alone: the sidecar, if
+    // only cut off, may still give it back.
     const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
     const holdsWrittenOff = { holds: 0, value: 0n };
-    const exhausted: string[] = [];
     for (const [sessionId, rows] of bySession) {
       await this.db.transaction((tx) =>
-        this.withLocked(tx, sessionId, false, async (s, locked) => {
+        this.withLocked(tx, sessionId, false, async (s) => {
           const open = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
           const w = await closeHolds(tx, open, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
           holdsWrittenOff.holds += w.holds;
           holdsWrittenOff.value += w.value;
-          if (w.holds === 0) return;
-          const live = [...locked.values()].filter((c) => !isTerminal(c.status));
-          for (const id of await lifetimesUsedUp(tx, live)) {
-            await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
-            exhausted.push(id);
-          }
         }),
       );
     }
-    await endForksOf(this.db, this.policies, exhausted, this.now).catch(() => {});
     // Approvals nobody decided in time get their policy's timeout outcome.
     const due = await this.db.query<{ approval_id: string }>(
       `SELECT approval_id FROM approvals WHERE status = ${ApprovalStatus.PENDING} AND expire_time <= $1::timestamptz

@@ -458,6 +458,51 @@ for (const driver of DRIVERS) {
       await assertLedgerConsistent(t.db);
     });
 
+    test("a fork's hold reported after the fork ended stays open for its sidecar's word, and its parent is not ended on it", async () => {
+      const parent = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const fork = await store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      const l = (await acquire(fork.sessionId, USD(50)))!;
+      assert.equal(l.valueMicros, USD(50));
+      // The parent spends the other half itself.
+      const direct = await store.decide({ method: "check", sessionId: parent.sessionId, action: payment(USD(50)), idempotencyKey: "", requestHash: NO_HASH });
+      assert.equal(direct.decision!.outcome, Outcome.ALLOW);
+      // The fork is revoked; its sidecar places a hold from its lease before it hears.
+      await store.terminate(fork.sessionId, SessionStatus.REVOKED, "stop the fork");
+      const hold = record("authorize", USD(50));
+      assert.deepEqual(await report(rep(fork.sessionId, l, { records: [hold] })), []);
+      // Then it hears the fork ended, and says the hold was never captured.
+      assert.deepEqual(
+        await report(rep(fork.sessionId, undefined, { settlements: [{ authorizationId: hold.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.SESSION_ENDED }], release: true })),
+        [],
+      );
+      const [h] = (await store.listActions({ sessionId: fork.sessionId, pageSize: 10, pageToken: "" } as never)).actions;
+      assert.equal(ActionStatus[h!.status], "VOIDED", "released as its revoked session's holds were");
+      const p = await store.getSession(parent.sessionId);
+      assert.equal(p.usage!.valueCommittedMicros, USD(50), "only the parent's own 50 was spent");
+      assert.equal(
+        SessionStatus[p.status],
+        "ACTIVE",
+        `the parent has 50 of its 100 lifetime left, but the provisional write-off ended it (${p.statusReason})`,
+      );
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a hold the sweeper writes off does not end its session EXHAUSTED: the sidecar, only cut off, gives it back", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const direct = await store.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(50)), idempotencyKey: "", requestHash: NO_HASH });
+      assert.equal(direct.decision!.outcome, Outcome.ALLOW);
+      const hold = record("authorize", USD(50), Outcome.ALLOW, 1_000);
+      await report(rep(s.sessionId, l, { records: [hold], release: true }));
+      clock.advance(1_000 + SIDECAR_HOLD_GRACE_MS);
+      assert.deepEqual((await store.sweep()).holdsWrittenOff, { holds: 1, value: USD(50) });
+      // The sidecar was cut off, not dead: its word (the hold lapsed unsettled) arrives.
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: hold.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.EXPIRED }] })), []);
+      const got = await store.getSession(s.sessionId);
+      assert.equal(got.usage!.valueCommittedMicros, USD(50));
+      assert.equal(SessionStatus[got.status], "ACTIVE", `50 of 100 spent, yet the session is ${SessionStatus[got.status]} (${got.statusReason})`);
+    });
+
     test("an allowed record without a lease is refused and changes nothing", async () => {
       const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
       await assert.rejects(report(rep(s.sessionId, undefined, { records: [record("check", USD(1))] })), (e: unknown) => {
