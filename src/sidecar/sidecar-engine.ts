@@ -280,7 +280,8 @@ export class SidecarEngine {
     if (sl !== undefined && stale) this.renounce(before.sessionId, sl);
     if (after !== undefined && stale) this.releaseWhere((s) => s.ancestorIds.includes(before.sessionId));
     // Nothing settles its holds any more (settle refuses them): the store,
-    // which wrote them off when the session ended, gets them back now.
+    // which wrote them off when the session ended (or keeps open one
+    // reported after), hears that none was captured.
     if (after !== undefined && isTerminal(after.status)) {
       for (const [id, h] of this.holds) if (h.sessionId === after.sessionId) this.dropHold(id, HoldRelease.SESSION_ENDED);
     }
@@ -537,7 +538,7 @@ export class SidecarEngine {
     if (this.holds.get(req.authorizationId) !== h) return this.settle(verb, req, hash, amount);
     // Past its expiry the session has ended too, though the sweeper and the
     // watch have not said so yet: the store ends it EXPIRED on the spot and
-    // releases the hold. (Not its idle timeout: other sidecars' activity
+    // closes the hold. (Not its idle timeout: other sidecars' activity
     // reaches the store, not this cache. Its forks end no later than it.)
     const nowMs = this.now();
     const status = s === undefined ? undefined : isTerminal(s.status) ? s.status : nowMs >= s.expireMs ? SessionStatus.EXPIRED : undefined;

@@ -127,6 +127,10 @@ export class SyncClient {
     let attempt = 0;
     while (!this.abort.signal.aborted) {
       try {
+        // A watch from revision 0 starts at the present: a session fetched
+        // before it (a decision can come first) may predate a change the
+        // watch will not send, so its first message drops the cache.
+        let fromZero = this.revision === 0n;
         for await (const msg of this.o.sync.watchSessions(
           { agentId: this.o.agentId, fromRevision: this.revision },
           // The transport's short default deadline is for unary calls; the
@@ -142,7 +146,8 @@ export class SyncClient {
             this.connected = true;
             this.o.onConnected?.(true);
           }
-          if (msg.reset) this.o.cache.clear();
+          if (msg.reset || fromZero) this.o.cache.clear();
+          fromZero = false;
           for (const s of msg.sessions) this.o.cache.applySession(s);
           if (msg.agent !== undefined) this.o.cache.applyAgent(msg.agent);
           if (msg.settledHolds.length > 0) this.o.onSettledHolds?.(msg.settledHolds);

@@ -51,10 +51,24 @@ function agentOf(r: { agent_id: string; policy: Uint8Array | null; revision: str
   });
 }
 
-/** The newest revision handed out so far (0 on a new store). */
+/**
+ * Waits until every revision handed out so far has committed: one is taken
+ * under this lock, held until its transaction ends (004_sync_leases.sql).
+ */
+const REVISION_LOCK_SQL = "SELECT pg_advisory_xact_lock(7734001)";
+
+/** The newest revision handed out so far (0 on a new store), whether or not its change has committed. */
 export async function currentRevision(q: Queryable): Promise<bigint> {
   const { rows } = await q.query<{ last_value: string; is_called: boolean }>("SELECT last_value, is_called FROM sync_revision");
   return rows[0]!.is_called ? BigInt(rows[0]!.last_value) : 0n;
+}
+
+/** {@link currentRevision} once every change up to it has committed. */
+export function committedRevision(db: Database): Promise<bigint> {
+  return db.transaction(async (q) => {
+    await q.query(REVISION_LOCK_SQL);
+    return currentRevision(q);
+  });
 }
 
 /**
@@ -132,7 +146,7 @@ export interface SessionChanges {
  */
 export async function readChanges(db: Database, agentId: string | undefined, fromRevision: bigint, limit = 1000): Promise<SessionChanges> {
   return db.transaction(async (q) => {
-    await q.query("SELECT pg_advisory_xact_lock(7734001)");
+    await q.query(REVISION_LOCK_SQL);
     const upTo = await currentRevision(q);
     const { rows } = await q.query<StateRow>(CHANGED_SESSIONS_SQL, [agentId ?? null, fromRevision.toString(), upTo.toString(), limit]);
     // A full page may stop short of upTo: resume from its last row.

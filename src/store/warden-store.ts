@@ -69,7 +69,7 @@ import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./sco
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
-import { currentRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
+import { committedRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
 import { type GetSessionStateResponse, type IdempotencyKeyClaim, type IdempotencyKeyClaimResult } from "../gen/warden/v1/sync_service_pb.js";
 
@@ -273,9 +273,15 @@ export class WardenStore {
     return readChanges(this.db, agentId, fromRevision, limit);
   }
 
-  /** The newest revision handed out. */
+  /**
+   * The newest revision handed out, once every change up to it has
+   * committed: a revision is taken under an advisory lock held until its
+   * transaction ends (004_sync_leases.sql), so this waits for the lock.
+   * Read without it, a watch starting now (or a change feed) would count a
+   * change still in flight as sent, and never send it.
+   */
   revision(): Promise<bigint> {
-    return currentRevision(this.db);
+    return committedRevision(this.db);
   }
 
   // ---- decisions -------------------------------------------------------

@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
-import { type SyncService, type WatchSessionsResponse, WatchSessionsResponseSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import {
+  GetSessionStateResponseSchema,
+  SessionStateSchema,
+  type SyncService,
+  type WatchSessionsResponse,
+  WatchSessionsResponseSchema,
+} from "../../src/gen/warden/v1/sync_service_pb.js";
 import { SessionCache } from "../../src/sidecar/session-cache.js";
 import { SyncClient } from "../../src/sidecar/sync-client.js";
 
@@ -66,6 +74,45 @@ test("the view turns stale when the bound passes with nothing heard; every messa
     await sleep(BOUND + 500);
     assert.equal(stale.length, 2);
     assert.equal(stale[1]!.fresh, false);
+  } finally {
+    await client.stop();
+  }
+});
+
+test("a session fetched before a watch from revision 0 began is dropped at its first message, since that watch will not send older changes", async () => {
+  const stream = controlledStream();
+  let fetches = 0;
+  const state = create(GetSessionStateResponseSchema, {
+    sessions: [
+      create(SessionStateSchema, {
+        sessionId: "ses_early",
+        agentId: "a",
+        policy: { currencyCode: "USD" },
+        status: SessionStatus.ACTIVE,
+        expireTime: timestampFromMs(Date.now() + 3_600_000),
+        lastActivityTime: timestampFromMs(Date.now()),
+        revision: 1n,
+      }),
+    ],
+    agent: { agentId: "a", revision: 1n },
+    revision: 1n,
+  });
+  const cache = new SessionCache({ maxSessions: 10, maxBytes: 1 << 20, fetch: async () => (fetches++, state) });
+  const client = new SyncClient({ sync: stream.sync, cache, agentId: "a", stalenessBoundMs: 10_000 });
+  // A decision came before the watch's first message: the session is fetched.
+  await cache.get("ses_early");
+  client.start();
+  try {
+    stream.send();
+    for (let i = 0; i < 100 && !client.synced; i++) await sleep(5);
+    assert.equal(client.synced, true);
+    assert.equal(cache.peek("ses_early"), undefined, "fetched again when next asked, after the watch began");
+    // Later messages of that watch keep what was fetched since.
+    await cache.get("ses_early");
+    stream.send();
+    await sleep(20);
+    assert.notEqual(cache.peek("ses_early"), undefined);
+    assert.equal(fetches, 2);
   } finally {
     await client.stop();
   }

@@ -1,0 +1,98 @@
+// Control-plane replicas (WardenStore instances, each with its own pool) on
+// one PostgreSQL database at once. PostgreSQL only: replicas share a server.
+//
+// Interleavings are forced with barriers, not sleeps: a separate connection
+// holds a lock that one replica's transaction needs, the test waits
+// (polling pg_stat_activity) until that transaction is parked on it, lets
+// the other replica act, then releases the barrier.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import pg from "pg";
+import { create } from "@bufbuild/protobuf";
+import { createChangeFeed } from "../../src/control-plane/change-feed.js";
+import { createSyncService } from "../../src/control-plane/sync-service.js";
+import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { type WatchSessionsResponse, WatchSessionsRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import type { Database } from "../../src/store/database.js";
+import { migrate } from "../../src/store/migrate.js";
+import { createPgDatabase } from "../../src/store/pg-database.js";
+import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
+import { createPostgresDatabase } from "../helpers/databases.js";
+import { ManualClock, sessionRequest, USD } from "../helpers/fixtures.js";
+
+const NO_HASH = new Uint8Array(0);
+
+/** Waits until `n` backends of this database wait on a heavyweight lock. */
+async function waitForLockWaiters(c: pg.Client, n: number): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    // Activity stats are a snapshot per transaction, and the barrier's connection is in one.
+    await c.query("SELECT pg_stat_clear_snapshot()");
+    const { rows } = await c.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'");
+    if (Number(rows[0]!.n) >= n) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`never saw ${n} transactions waiting on a lock`);
+}
+
+describe("replicas on one PostgreSQL database", () => {
+  let drop: () => Promise<void>;
+  let dbA: Database;
+  let dbB: Database;
+  let A: WardenStore;
+  let B: WardenStore;
+  let barrier: pg.Client;
+  let n = 0;
+  const agentId = () => `replica-agent-${++n}`;
+  before(async () => {
+    const pgdb = await createPostgresDatabase();
+    dbA = createPgDatabase({ connectionString: pgdb.url });
+    dbB = createPgDatabase({ connectionString: pgdb.url });
+    await migrate(dbA);
+    const clock = new ManualClock(Date.now());
+    A = createWardenStore({ db: dbA, now: clock.now });
+    B = createWardenStore({ db: dbB, now: clock.now });
+    barrier = new pg.Client({ connectionString: pgdb.url });
+    await barrier.connect();
+    drop = () => pgdb.drop();
+  });
+  after(async () => {
+    await barrier.end().catch(() => {});
+    await dbA.close();
+    await dbB.close();
+    await drop();
+  });
+
+  test("a watch started on replica B while replica A's revoke is in flight starts once it committed, and a sidecar then hears of it", async () => {
+    const feed = await createChangeFeed({ store: B, pollIntervalMs: 3_600_000 });
+    const svc = createSyncService({ store: B, feed, heartbeatMs: 20 });
+    const agent = agentId();
+    const s = await A.createSession(sessionRequest(agent, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+    await feed.wake();
+    // A's revoke takes its revision, then waits here (the session's audit chain head).
+    await barrier.query("BEGIN");
+    await barrier.query("SELECT 1 FROM audit_chains WHERE chain_id = $1 FOR UPDATE", [s.sessionId]);
+    const revoke = A.terminate(s.sessionId, SessionStatus.REVOKED, "revoked by a person");
+    await waitForLockWaiters(barrier, 1);
+    // A new sidecar watches from revision 0. Its start waits for the revoke:
+    // counted as sent while uncommitted, the revocation would never be sent,
+    // and a session fetched meanwhile would stay ACTIVE in that sidecar.
+    const ac = new AbortController();
+    const stream = svc.watchSessions!(create(WatchSessionsRequestSchema, { agentId: agent, fromRevision: 0n }), { signal: ac.signal } as never) as AsyncGenerator<WatchSessionsResponse>;
+    try {
+      const first = stream.next();
+      await waitForLockWaiters(barrier, 2);
+      await barrier.query("ROLLBACK");
+      await revoke;
+      const start = (await first).value as WatchSessionsResponse;
+      const state = await B.sessionState(s.sessionId);
+      assert.equal(SessionStatus[state.sessions[0]!.status], "REVOKED", "what the sidecar fetches after the watch began");
+      assert.ok(start.revision >= BigInt(state.sessions[0]!.revision), "the watch starts at or after the revocation's revision");
+    } finally {
+      barrier.query("ROLLBACK").catch(() => {});
+      ac.abort();
+      await stream.return(undefined);
+      await feed.stop();
+    }
+  });
+});
