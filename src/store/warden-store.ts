@@ -537,6 +537,10 @@ export class WardenStore {
       }),
     );
     await this.refuseEndedChain(sessionId, refused);
+    // A fork created meanwhile (on another replica, committed while this
+    // waited for the parent's lock) was not among the forks read before
+    // the locks: it ends now, with its parent.
+    await endForksOf(this.db, this.policies, [sessionId], this.now).catch(() => {});
     return this.getSession(sessionId);
   }
 
@@ -1321,6 +1325,8 @@ export class WardenStore {
         }),
       );
     }
+    // Forks created while those waited for their locks (see terminate).
+    await endForksOf(this.db, this.policies, lapsed.rows.map((r) => r.session_id), this.now).catch(() => {});
     // Every ending of a session releases its holds in the same transaction,
     // so only holds past their TTL are left to find: the partial index on
     // open holds answers this without reading the ledger.

@@ -12,6 +12,7 @@ import { create } from "@bufbuild/protobuf";
 import { createChangeFeed } from "../../src/control-plane/change-feed.js";
 import { createSyncService } from "../../src/control-plane/sync-service.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type WatchSessionsResponse, WatchSessionsRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import type { Database } from "../../src/store/database.js";
 import { migrate } from "../../src/store/migrate.js";
@@ -61,6 +62,27 @@ describe("replicas on one PostgreSQL database", () => {
     await dbA.close();
     await dbB.close();
     await drop();
+  });
+
+  test("a fork created on replica B while replica A revokes its parent ends with the parent", async () => {
+    const parent = await A.createSession(sessionRequest(agentId(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+    // B's fork locks the parent and inserts, then waits here (the revision
+    // lock, which any committing writer holds for a moment).
+    await barrier.query("BEGIN");
+    await barrier.query("SELECT pg_advisory_xact_lock(7734001)");
+    const fork = B.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(10) } } }), NO_HASH);
+    await waitForLockWaiters(barrier, 1);
+    // A's revoke reads the parent's forks (not the new one, uncommitted),
+    // then waits for the parent's row lock, which B's fork holds.
+    const revoke = A.terminate(parent.sessionId, SessionStatus.REVOKED, "revoked by a person");
+    await waitForLockWaiters(barrier, 2);
+    await barrier.query("COMMIT");
+    const child = await fork;
+    assert.equal(SessionStatus[(await revoke).status], "REVOKED");
+    const now = await A.getSession(child.sessionId);
+    assert.equal(SessionStatus[now.status], "REVOKED", `the fork of a revoked session is ${SessionStatus[now.status]}`);
+    const { rows } = await dbA.query<{ data: Record<string, unknown> }>("SELECT data FROM events WHERE session_id = $1 AND type = 'session.revoked'", [child.sessionId]);
+    assert.deepEqual(rows.map((r) => r.data.ended_with), [parent.sessionId], "its event says it ended with its parent");
   });
 
   test("a watch started on replica B while replica A's revoke is in flight starts once it committed, and a sidecar then hears of it", async () => {
