@@ -21,6 +21,12 @@ export interface AuditCheckpointerOptions {
   readonly retentionMs?: number;
   /** Most chains one checkpoint prunes (the rest wait for the next). Default 1000. */
   readonly pruneLimit?: number;
+  /**
+   * Longest a checkpoint waits for the transactions in flight when it read
+   * its log bound (see checkpoint); past it, that checkpoint fails and the
+   * next one tries again. Default 10000.
+   */
+  readonly inFlightWaitMs?: number;
 }
 
 /** What one checkpoint signed. */
@@ -61,6 +67,28 @@ export function createAuditCheckpointer(opts: AuditCheckpointerOptions): AuditCh
   const now = opts.now ?? Date.now;
   const retentionMs = opts.retentionMs ?? 0;
   const pruneLimit = opts.pruneLimit ?? 1000;
+  const inFlightWaitMs = opts.inFlightWaitMs ?? 10_000;
+
+  /**
+   * Waits until none of `xids` (transactions of another session) is in
+   * progress. They may hold audit records at or below the bound just read,
+   * not committed yet: those must be committed (or gone) before the heads
+   * are read, so this very checkpoint signs them. Two checkpoints taken
+   * close together (by two replicas) would otherwise both miss such a
+   * record, and the verifier, which expects a bound covered by the next
+   * checkpoint, would call the record inserted. No row lock is held while
+   * waiting: a transaction waited for may be waiting for one.
+   */
+  async function waitForInFlight(tx: Queryable, xids: string[]): Promise<void> {
+    const deadline = Date.now() + inFlightWaitMs;
+    for (let delayMs = 1; xids.length > 0; delayMs = Math.min(delayMs * 2, 50)) {
+      const { rows } = await tx.query<{ x: string }>("SELECT x::text FROM unnest($1::xid8[]) AS x WHERE pg_xact_status(x) = 'in progress'", [xids]);
+      xids = rows.map((r) => r.x);
+      if (xids.length === 0) return;
+      if (Date.now() >= deadline) throw new Error(`audit checkpoint: ${xids.length} transaction(s) still in progress after ${inFlightWaitMs} ms; the next checkpoint tries again`);
+      await new Promise((r) => setTimeout(r, delayMs));
+    }
+  }
 
   async function prune(tx: Queryable, nowMs: number): Promise<[string, number, string][]> {
     if (retentionMs <= 0) return [];
@@ -96,10 +124,15 @@ export function createAuditCheckpointer(opts: AuditCheckpointerOptions): AuditCh
       return db.transaction(async (tx) => {
         await tx.query("SELECT pg_advisory_xact_lock($1)", [CHECKPOINT_LOCK]);
         const nowMs = now();
+        // Read before the heads, with the transactions in flight then: once
+        // they ended, every record at or below it has its chain's head
+        // among the heads read next (see CheckpointBody.log_seq).
+        const bound = await tx.query<{ s: string | null; xip: string[] }>(
+          "SELECT (SELECT max(seq) FROM audit_records) AS s, array(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x) AS xip",
+        );
+        const logSeq = Number(bound.rows[0]?.s ?? 0);
+        await waitForInFlight(tx, bound.rows[0]?.xip ?? []);
         const pruned = await prune(tx, nowMs);
-        // Read before the heads: a record at or below it that committed in
-        // time has its chain's head among them (see CheckpointBody.log_seq).
-        const logSeq = Number((await tx.query<{ s: string | null }>("SELECT max(seq) AS s FROM audit_records")).rows[0]?.s ?? 0);
         const changed = await tx.query<HeadRow>(
           `SELECT c.chain_id, c.seq, c.hash FROM audit_chains c LEFT JOIN audit_signed s ON s.chain_id = c.chain_id
             WHERE c.seq > coalesce(s.seq, 0) ORDER BY c.chain_id`,

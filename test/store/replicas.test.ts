@@ -7,19 +7,27 @@
 // the other replica act, then releases the barrier.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import pg from "pg";
 import { create } from "@bufbuild/protobuf";
+import { loadOrCreateAuditKey } from "../../src/audit/audit-key.js";
 import { createChangeFeed } from "../../src/control-plane/change-feed.js";
 import { createSyncService } from "../../src/control-plane/sync-service.js";
+import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
+import type { AuthorizeResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type WatchSessionsResponse, WatchSessionsRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { createAuditCheckpointer } from "../../src/store/audit-checkpointer.js";
 import type { Database } from "../../src/store/database.js";
 import { migrate } from "../../src/store/migrate.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
-import { ManualClock, sessionRequest, USD } from "../helpers/fixtures.js";
+import { verifyStoredLog } from "../helpers/audit.js";
+import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
 
 const NO_HASH = new Uint8Array(0);
 
@@ -83,6 +91,42 @@ describe("replicas on one PostgreSQL database", () => {
     assert.equal(SessionStatus[now.status], "REVOKED", `the fork of a revoked session is ${SessionStatus[now.status]}`);
     const { rows } = await dbA.query<{ data: Record<string, unknown> }>("SELECT data FROM events WHERE session_id = $1 AND type = 'session.revoked'", [child.sessionId]);
     assert.deepEqual(rows.map((r) => r.data.ended_with), [parent.sessionId], "its event says it ended with its parent");
+  });
+
+  test("two replicas' checkpoints close together, with a capture in flight, leave a log that verifies", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "warden-replicas-"));
+    try {
+      const ckA = createAuditCheckpointer({ db: dbA, key: await loadOrCreateAuditKey(join(dir, "a.jwk")) });
+      const ckB = createAuditCheckpointer({ db: dbB, key: await loadOrCreateAuditKey(join(dir, "b.jwk")) });
+      const s = await A.createSession(sessionRequest(agentId(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const other = await A.createSession(sessionRequest(agentId(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const hold = (await A.decide({ method: "authorize", sessionId: s.sessionId, action: payment(USD(10)), idempotencyKey: "", requestHash: NO_HASH })) as AuthorizeResponse;
+      assert.equal(hold.decision!.outcome, Outcome.ALLOW);
+      await ckA.checkpoint();
+      // A capture on replica A: its audit record is inserted (its log seq
+      // taken), then it waits to record its event (the revision lock, which
+      // any committing writer holds for a moment: here, the barrier).
+      await barrier.query("BEGIN");
+      await barrier.query("SELECT pg_advisory_xact_lock(7734001)");
+      const capture = A.capture({ sessionId: s.sessionId, authorizationId: hold.authorizationId, idempotencyKey: "" } as never, NO_HASH);
+      await waitForLockWaiters(barrier, 1);
+      // Meanwhile another session's decision commits, and both replicas'
+      // checkpoint timers fire: the first to run waits for the capture to
+      // commit, the other for it (one checkpoint at a time).
+      await B.decide({ method: "check", sessionId: other.sessionId, action: payment(USD(1)), idempotencyKey: "", requestHash: NO_HASH });
+      const both = Promise.all([ckA.checkpoint(), ckB.checkpoint()]);
+      // The capture, and the second checkpoint: without the wait both would
+      // be signed by now, without the capture's record.
+      await waitForLockWaiters(barrier, 2);
+      await barrier.query("COMMIT");
+      await capture;
+      await both;
+      const v = await verifyStoredLog(dbA);
+      assert.equal(v.ok, true, `an untampered log fails verification: ${JSON.stringify(v.problem, (_k, x) => (typeof x === "bigint" ? x.toString() : x))}`);
+    } finally {
+      await barrier.query("ROLLBACK").catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test("a watch started on replica B while replica A's revoke is in flight starts once it committed, and a sidecar then hears of it", async () => {
