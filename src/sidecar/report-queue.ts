@@ -1,4 +1,5 @@
 import { create, type DescMessage, toBinary } from "@bufbuild/protobuf";
+import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type ClaimRelease,
@@ -75,6 +76,14 @@ function sizeOf(schema: DescMessage, item: object): number {
     sizes.set(item, n);
   }
   return n;
+}
+
+/** When the oldest record or settlement of an entry was made (epoch ms), if any has a time. */
+function oldestTime(p: Pending): number | undefined {
+  let t: number | undefined;
+  for (const r of p.records) if (r.createTime !== undefined) t = Math.min(t ?? Infinity, timestampMs(r.createTime));
+  for (const st of p.settlements) if (st.time !== undefined) t = Math.min(t ?? Infinity, timestampMs(st.time));
+  return t;
 }
 
 /** The bytes a session's entry adds to a request (its ids and framing counted generously). */
@@ -254,19 +263,23 @@ export class ReportQueue {
       // A session the store refused is never the head of a send, or it
       // would hold every session queued behind it: it goes along (sent
       // apart, see sendBatch) when its retry is due, and waits otherwise.
-      if (this.refused.has(sessionId)) {
-        if (!retryRefused) continue;
-        for (const [key, p] of entries) {
-          chunk.set(key, p);
-          this.pending.delete(key);
-        }
-        continue;
-      }
       let size = 0;
       let sessionBytes = 0;
       for (const p of entries.values()) {
         size += entriesOf(p);
         sessionBytes += bytesOf(p);
+      }
+      if (this.refused.has(sessionId)) {
+        if (!retryRefused) continue;
+        // Sent apart, in one message of its own: in parts if it is big.
+        if (size > MAX_SEND_ENTRIES || sessionBytes > MAX_SEND_BYTES) this.takePart(entries, chunk);
+        else {
+          for (const [key, p] of entries) {
+            chunk.set(key, p);
+            this.pending.delete(key);
+          }
+        }
+        continue;
       }
       if (n > 0 && (n + size > MAX_SEND_ENTRIES || bytes + sessionBytes > MAX_SEND_BYTES)) break;
       if (n === 0 && (size > MAX_SEND_ENTRIES || sessionBytes > MAX_SEND_BYTES)) {
@@ -308,7 +321,12 @@ export class ReportQueue {
           bytes -= size;
           room--;
         }
-        if (i > 0) (partOf(key, p)[field] as object[]).push(...items.splice(0, i));
+        if (i > 0) {
+          (partOf(key, p)[field] as object[]).push(...items.splice(0, i));
+          // What stays waits since its oldest item was queued, as far as
+          // the items tell (a record's or settlement's time).
+          p.since = Math.max(p.since, oldestTime(p) ?? p.since);
+        }
         if (items.length > 0) return;
       }
     }
@@ -415,13 +433,18 @@ export class ReportQueue {
     this.pending = merged;
   }
 
-  /** Sends until nothing is pending or `deadline` (epoch ms) passes. */
+  /**
+   * Sends until nothing is pending or being sent, or `deadline` (epoch ms)
+   * passes. A send in flight counts: should it fail, what it carried is
+   * queued again and must still go.
+   */
   async drain(deadline: number): Promise<boolean> {
-    while (this.pending.size > 0 && Date.now() < deadline) {
+    const busy = () => this.pending.size > 0 || this.inFlight !== undefined;
+    while (busy() && Date.now() < deadline) {
       await this.flush();
-      if (this.pending.size > 0) await new Promise((r) => setTimeout(r, Math.min(200, 50 * Math.max(1, this.failures))));
+      if (busy()) await new Promise((r) => setTimeout(r, Math.min(200, 50 * Math.max(1, this.failures))));
     }
-    return this.pending.size === 0;
+    return !busy();
   }
 
   stop(): void {

@@ -125,6 +125,9 @@ interface LocalHold {
   readonly decision: Decision;
 }
 
+/** What became of a hold placed here, settled or let go here. */
+type SettledHere = "captured" | "voided" | "expired" | "ended";
+
 /** A call's claim of its idempotency key: open until its record is queued or the claim is given back. */
 interface Claim {
   readonly actionId: string;
@@ -199,7 +202,7 @@ export class SidecarEngine {
    * passed to the control plane, which may still see the hold open and
    * would capture it again.
    */
-  private readonly settledHolds = new LRUCache<string, "captured" | "voided" | "expired" | "ended">({ ...countBound(100_000), ttl: 10 * 60_000 });
+  private readonly settledHolds = new LRUCache<string, SettledHere | "settled elsewhere">({ ...countBound(100_000), ttl: 10 * 60_000 });
   /** First answers of idempotent calls made here, by "session|key". */
   private readonly answers = new LRUCache<string, { method: string; hash: Uint8Array; response: Uint8Array }>(countBound(100_000));
   /** Keyed decisions in flight, by "session|key" (see decideOnce). */
@@ -256,9 +259,16 @@ export class SidecarEngine {
   stop(): void {
     clearInterval(this.timer);
     for (const [sessionId, sl] of this.leases) {
+      // A grant on its way goes back as it lands (see acquire).
+      sl.generation++;
       if (sl.current !== undefined) this.release(sessionId, sl);
     }
     for (const id of [...this.holds.keys()]) this.dropHold(id, HoldRelease.HANDED_BACK);
+  }
+
+  /** Resolves once no lease grant is on its way (each gives its lease back as it lands, after stop). */
+  async settled(): Promise<void> {
+    await Promise.all([...this.leases.values()].map((sl) => sl.acquiring));
   }
 
   /** The number of sessions holding a lease now. */
@@ -491,9 +501,10 @@ export class SidecarEngine {
     const prior = this.replay(req.sessionId, req.idempotencyKey, verb, hash);
     if (prior !== undefined) return fromBinary(ActionRecordSchema, prior);
     const done = this.settledHolds.get(req.authorizationId);
-    // Settled elsewhere (told by the watch) under a key: the store keeps
-    // that answer for the same key and request, and refuses the rest.
-    if (done !== undefined && req.idempotencyKey !== "") return this.settleElsewhere(verb, req);
+    // Settled elsewhere (told by the watch): the store keeps that answer
+    // for its key and request, and refuses the rest. (Settled here, the
+    // store may not have heard yet, and would settle it again.)
+    if (done === "settled elsewhere") return this.settleElsewhere(verb, req);
     if (done === "ended") {
       const status = this.o.cache.peek(req.sessionId)?.status;
       throw new ConnectError(`session_id: session "${req.sessionId}" has ended${status === undefined ? "" : ` (${SessionStatus[status]})`}`, Code.FailedPrecondition);
@@ -731,7 +742,7 @@ export class SidecarEngine {
       const mine = this.holds.get(h.authorizationId);
       if (mine === undefined || mine.sessionId !== h.sessionId) continue;
       this.holds.delete(h.authorizationId);
-      this.settledHolds.set(h.authorizationId, h.status === ActionStatus.CAPTURED ? "captured" : "voided");
+      this.settledHolds.set(h.authorizationId, "settled elsewhere");
     }
   }
 

@@ -251,9 +251,11 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
       readiness.shutdown();
       const deadline = Date.now() + graceMs;
       await Promise.all([grpcServer.close(graceMs), connectServer.close(graceMs)]);
-      // Leases go back and every queued record reaches the store, if it can.
+      // Leases go back (one being granted too, as it lands) and every queued
+      // record reaches the store, if it can.
       engine.stop();
       reports.stop();
+      await engine.settled();
       const drained = await reports.drain(Math.max(deadline, Date.now() + 1000));
       if (!drained) log.error({ pending: reports.size }, "control plane unreachable at shutdown: unreported decisions stay counted as spent until their leases are reconciled");
       await syncClient.stop();
