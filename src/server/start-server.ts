@@ -232,6 +232,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
           metrics.recordReconciledMicros(leases.writtenOffValue);
         }
         metrics.recordHoldWrittenOffMicros(r.holdsWrittenOff.value);
+        // The rest was swept; these are tried again next tick.
+        if (r.failures.length > 0) log.warn({ err: r.failures[0], failures: r.failures.length }, "sweep: some steps failed");
         if (r.sessions + r.holds + r.approvals + leases.leases + r.keysPruned > 0) {
           log.info(
             {

@@ -96,13 +96,13 @@ export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): S
 /**
  * How an address whose window is not the stored one is read:
  * - "current": an address is the window in effect at some time, under
- *   its calendar. Under the stored windows' calendar, a newer window than
- *   the stored one starts from zero (and is stored on save); an older one
- *   (a replica whose clock lags) reads and charges the stored, newer
- *   window, which is never less than the truth: no overspend. Under
- *   another calendar, the address's window replaces the stored one and
- *   the stored counts carry over into it, unless it starts after the
- *   stored one surely ended.
+ *   its calendar. A newer window than the stored one starts from zero (and
+ *   is stored on save); under another calendar than the stored windows'
+ *   the stored counts carry over into it, unless it starts after the stored
+ *   one surely ended. An older one (a replica whose clock lags, another
+ *   calendar's window that began earlier) reads and charges the stored,
+ *   newer window, which is never less than the truth: no overspend. A
+ *   stored window never moves back.
  * - "exact": an address is a window a hold was charged to. Only the stored
  *   window with that very start is live; any other reads as a detached zero
  *   counter whose changes are never saved (that window no longer limits).
@@ -172,26 +172,24 @@ export async function loadCounters(
       out.calendars.set(a.scopeKey, a.calendar);
       if (Number.isNaN(c.startMs)) {
         c.startMs = a.startMs;
-      } else if (was === a.calendar) {
-        // The same calendar: a newer window rolls the stored one over, so
-        // every address of that kind then maps to the same (newest)
-        // window; an older one (a replica whose clock lags) reads and
-        // charges the stored, newer window: never less than the truth.
-        if (a.startMs > c.startMs) {
-          c.startMs = a.startMs;
-          c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
-        }
-      } else if (a.startMs !== c.startMs) {
-        // Another calendar (an agent's policy moved to another time zone
-        // or week start): its window in effect now replaces the stored one,
-        // earlier or later. What was spent in the stored window may lie in
-        // it, so it carries over unless the new one starts after the
-        // stored one surely ended. Never less than the truth; more at most
-        // until the new window rolls over.
-        const overlaps = a.startMs < c.startMs + LONGEST_WINDOW_MS[a.window];
-        c.startMs = a.startMs;
-        if (!overlaps) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+        continue;
       }
+      // A stored window never moves back: its start names what was charged
+      // to it (a hold's charges, read in "exact" mode), and an earlier start
+      // may have been a window of its own, whose counts are gone. An older
+      // address reads and charges the stored, newer window (never less than
+      // the truth): a replica whose clock lags, or another calendar whose
+      // window in effect began earlier (an agent's policy moved east),
+      // whose next window then rolls this one over.
+      if (a.startMs <= c.startMs) continue;
+      // A newer window rolls the stored one over, so every address of that
+      // kind then maps to the same (newest) window. Under another calendar
+      // (an agent's policy moved time zone or week start) what was spent in
+      // the stored window may lie in the new one: it carries over, unless
+      // the new one starts after the stored one surely ended.
+      const carry = was !== a.calendar && a.startMs < c.startMs + LONGEST_WINDOW_MS[a.window];
+      c.startMs = a.startMs;
+      if (!carry) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
     }
   }
   for (const a of addresses) {

@@ -815,9 +815,19 @@ export class WardenStore {
           ancestors = [s.parentSessionId, ...rows[0].ancestor_ids];
         }
       }
+
       // The scopes the import charges besides the session (its parents and
       // agent), locked in the global order before anything else of theirs.
       const locked = await lockScopes(tx, ancestors, [s.agentId], this.policies);
+      // As ForkSession: a fork spends in its parent's currency, or its
+      // amounts would count there as the parent's units.
+      const parentCurrency = parentId === null ? undefined : locked.sessions.get(parentId)?.policy.currency;
+      if (parentCurrency !== undefined && parentCurrency !== s.policy!.currencyCode) {
+        throw new ConnectError(
+          `snapshot.session.policy.currency_code: ${s.policy!.currencyCode} differs from the parent's currency ${parentCurrency} (session "${parentId}")`,
+          Code.InvalidArgument,
+        );
+      }
       // As CreateSession: amounts in another currency than the agent's
       // value limits would be counted against them as if they were its.
       await this.checkAgentCurrency(tx, s.agentId, s.policy!, "snapshot.session.policy.currency_code");
@@ -858,12 +868,13 @@ export class WardenStore {
         const scopeKey = `s:${s.sessionId}`;
         const agent = locked.agents.get(s.agentId)!;
         const chain = [...ancestors.flatMap((id) => locked.sessions.get(id) ?? []).map((p) => ({ key: `s:${p.sessionId}`, policy: p.policy })), { key: `a:${s.agentId}`, policy: agent.policy }];
-        // The parents' and agent's windows in effect now, and at each
-        // hold's time: a hold whose window has rolled over there since
-        // charges it no longer (as one placed then would have).
+        // The parents' and agent's windows in effect now. A hold charges
+        // those that also contain its time (one whose window has rolled
+        // over there since charges it no longer, as one placed then would
+        // not); its time, from the snapshot, never moves them.
         const usage = await loadCounters(tx, [
           { scopeKey, window: "lifetime", startMs: LIFETIME_START_MS },
-          ...chain.flatMap((c) => [nowMs, ...holds.map((a) => ms(a.createTime, nowMs))].flatMap((at) => WINDOW_KINDS.map((w) => currentAddress(c.key, c.policy, w, at, this.spans)))),
+          ...chain.flatMap((c) => WINDOW_KINDS.map((w) => currentAddress(c.key, c.policy, w, nowMs, this.spans))),
         ]);
         const windows = usage.scopes.get(scopeKey)!;
         for (const c of snap.counters) {
@@ -894,7 +905,8 @@ export class WardenStore {
         // A hold charges every scope its capture will commit to: the
         // session, the parents it is re-attached to, its agent.
         for (const a of holds) {
-          const atMs = ms(a.createTime, nowMs);
+          // A time past now (a source clock ahead) is taken as now.
+          const atMs = Math.min(ms(a.createTime, nowMs), nowMs);
           const held = a.heldAmount?.amountMicros ?? 0n;
           for (const kind of WINDOW_KINDS) {
             const w = windows[kind];
@@ -1307,22 +1319,38 @@ export class WardenStore {
    */
   async sweep(
     limit = 500,
-  ): Promise<{ sessions: number; holds: number; holdsWrittenOff: WrittenOff; approvals: number; leases: ReconcileResult; keysPruned: number }> {
+  ): Promise<{ sessions: number; holds: number; holdsWrittenOff: WrittenOff; approvals: number; leases: ReconcileResult; keysPruned: number; failures: unknown[] }> {
     const nowMs = this.now();
+    // One session, hold or approval that cannot be swept (a bug, a
+    // constraint) must not stop every other: each goes in its own
+    // transaction, and what failed is returned, to be logged.
+    const failures: unknown[] = [];
+    const attempt = async <T>(fn: () => Promise<T>, fallback: T): Promise<T> => {
+      try {
+        return await fn();
+      } catch (err) {
+        failures.push(err);
+        return fallback;
+      }
+    };
     // Sessions active since their idle check time get the new one; then
     // both lapse tests are index range scans (see 010_idle_deadline.sql).
     await this.db.query(REARM_IDLE_CHECKS_SQL, [iso(nowMs), limit]);
     const lapsed = await this.db.query<{ session_id: string }>(LAPSED_SESSIONS_SQL, [iso(nowMs), limit]);
     let sessions = 0;
     for (const { session_id } of lapsed.rows) {
-      sessions += await this.db.transaction((tx) =>
-        this.withLocked(tx, session_id, true, async (s, locked, descendants) => {
-          const why = isTerminal(s.status) ? undefined : lapse(sessionScope(s), nowMs);
-          if (why === undefined) return 0;
-          const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
-          await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
-          return 1;
-        }),
+      sessions += await attempt(
+        () =>
+          this.db.transaction((tx) =>
+            this.withLocked(tx, session_id, true, async (s, locked, descendants) => {
+              const why = isTerminal(s.status) ? undefined : lapse(sessionScope(s), nowMs);
+              if (why === undefined) return 0;
+              const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
+              await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
+              return 1;
+            }),
+          ),
+        0,
       );
     }
     // Forks created while those waited for their locks (see terminate).
@@ -1344,13 +1372,17 @@ export class WardenStore {
     const bySession = Map.groupBy(holds.rows, (r) => r.session_id);
     const holdsWrittenOff = { holds: 0, value: 0n };
     for (const [sessionId, rows] of bySession) {
-      await this.db.transaction((tx) =>
-        this.withLocked(tx, sessionId, false, async (s) => {
-          const open = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
-          const w = await closeHolds(tx, open, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
-          holdsWrittenOff.holds += w.holds;
-          holdsWrittenOff.value += w.value;
-        }),
+      await attempt(
+        () =>
+          this.db.transaction((tx) =>
+            this.withLocked(tx, sessionId, false, async (s) => {
+              const open = await lockActions(tx, "action_id = ANY($1::text[]) AND status = $2", [rows.map((r) => r.action_id), ActionStatus.HELD]);
+              const w = await closeHolds(tx, open, isTerminal(s.status) ? ActionStatus.VOIDED : ActionStatus.EXPIRED, nowMs);
+              holdsWrittenOff.holds += w.holds;
+              holdsWrittenOff.value += w.value;
+            }),
+          ),
+        undefined,
       );
     }
     // Approvals nobody decided in time get their policy's timeout outcome.
@@ -1359,8 +1391,8 @@ export class WardenStore {
         ORDER BY expire_time LIMIT ${limit}`,
       [iso(nowMs)],
     );
-    for (const { approval_id } of due.rows) await this.expireApproval(approval_id);
-    const leases = await this.leases.reconcile(limit);
+    for (const { approval_id } of due.rows) await attempt(() => this.expireApproval(approval_id), undefined);
+    const leases = await attempt(() => this.leases.reconcile(limit), { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n });
     // Keys of sessions that ended long enough ago: no retry can charge
     // them any more (their session has ended), and they stay forever else.
     // Agents' CreateSession keys go by age.
@@ -1370,7 +1402,7 @@ export class WardenStore {
       keysPruned += (await this.db.query(PRUNE_IDEMPOTENCY_KEYS_SQL, [before, limit])).rows.length;
       keysPruned += (await this.db.query(PRUNE_AGENT_KEYS_SQL, [before, limit])).rows.length;
     }
-    return { sessions, holds: holds.rows.length, holdsWrittenOff, approvals: due.rows.length, leases, keysPruned };
+    return { sessions, holds: holds.rows.length, holdsWrittenOff, approvals: due.rows.length, leases, keysPruned, failures };
   }
 }
 

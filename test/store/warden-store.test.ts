@@ -117,6 +117,7 @@ for (const driver of DRIVERS) {
         approvals: 0,
         leases: { leases: 0, writtenOffValue: 0n, writtenOffActions: 0n },
         keysPruned: 0,
+        failures: [],
       });
       const cRecord = (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.find((x) => x.actionId === c.authorizationId)!;
       assert.equal(cRecord.status, ActionStatus.EXPIRED);
