@@ -283,50 +283,30 @@ describe("holds and leases of sessions whose terms changed, settled through side
     assert.equal((await policyOf(other).capture(req)).authorization?.capturedAmount?.amountMicros, USD(15));
   });
 
-  test("a second keyed capture of a hold captured on its own sidecar is refused, not captured again through the control plane", async () => {
-    const agent = "capture-twice";
-    const sc = await newSidecar(agent, 60_000);
-    const policy = policyOf(sc);
-    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
-    const sessionId = session!.sessionId;
-    const held = await policy.authorize({ sessionId, action: payment(USD(20)) });
-    assert.equal(held.decision?.outcome, Outcome.ALLOW);
-    // Reports go only when flushed here (a 60 s interval): the hold's record reaches the store.
-    await sc.reports.flush();
-    assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.HELD);
-
-    const first = (await code(policy.capture({ sessionId, authorizationId: held.authorizationId, idempotencyKey: "cap-a" }))).code;
-    // Before the next report (--report-interval), the agent captures again with another key.
-    const second = (await code(policy.capture({ sessionId, authorizationId: held.authorizationId, idempotencyKey: "cap-b" }))).code;
-    await sc.reports.flush();
-    const row = await actionRow(held.authorizationId);
-    assert.deepEqual(
-      { first, second },
-      { first: "ok", second: Code.FailedPrecondition },
-      `one hold acknowledged as captured twice on the sidecar that placed it (store: ${ActionStatus[row!.status]}, captured ${row!.captured_value})`,
-    );
-  });
-
-  test("a keyed capture of a hold voided on its own sidecar is refused, not captured through the control plane", async () => {
-    const agent = "void-then-capture";
-    const sc = await newSidecar(agent, 60_000);
-    const policy = policyOf(sc);
-    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
-    const sessionId = session!.sessionId;
-    const held = await policy.authorize({ sessionId, action: payment(USD(20)) });
-    assert.equal(held.decision?.outcome, Outcome.ALLOW);
-    await sc.reports.flush();
-    assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.HELD);
-
-    const voided = (await code(policy.void({ sessionId, authorizationId: held.authorizationId, idempotencyKey: "void-a" }))).code;
-    const captured = (await code(policy.capture({ sessionId, authorizationId: held.authorizationId, idempotencyKey: "cap-b" }))).code;
-    await sc.reports.flush();
-    const row = await actionRow(held.authorizationId);
-    assert.deepEqual(
-      { voided, captured },
-      { voided: "ok", captured: Code.FailedPrecondition },
-      `the agent was told the hold was voided, yet it was captured (store: ${ActionStatus[row!.status]}, captured ${row!.captured_value})`,
-    );
+  test("a hold captured or voided on its own sidecar is refused a keyed capture there with another key, not captured again through the control plane", async () => {
+    for (const first of ["capture", "void"] as const) {
+      const agent = `${first}-then-capture`;
+      const sc = await newSidecar(agent, 60_000);
+      const policy = policyOf(sc);
+      const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+      const sessionId = session!.sessionId;
+      const held = await policy.authorize({ sessionId, action: payment(USD(20)) });
+      assert.equal(held.decision?.outcome, Outcome.ALLOW);
+      // Reports go only when flushed here (a 60 s interval): the hold's record reaches the store.
+      await sc.reports.flush();
+      assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.HELD);
+      const req = { sessionId, authorizationId: held.authorizationId, idempotencyKey: "first" };
+      const settled = (await code(first === "capture" ? policy.capture(req) : policy.void(req))).code;
+      // Before the next report, the agent captures again with another key.
+      const again = (await code(policy.capture({ ...req, idempotencyKey: "again" }))).code;
+      await sc.reports.flush();
+      const row = await actionRow(held.authorizationId);
+      assert.deepEqual(
+        { settled, again },
+        { settled: "ok", again: Code.FailedPrecondition },
+        `after a ${first} on its own sidecar, the hold was captured again (store: ${ActionStatus[row!.status]}, captured ${row!.captured_value})`,
+      );
+    }
   });
 
   test("an agent limit set while unlimited leases are out is not overspent by the agent's sessions", async () => {
