@@ -99,6 +99,8 @@ export class SessionCache {
   private readonly inflight = new Map<string, Promise<CachedSession>>();
   /** Watch updates that arrived while their session was being fetched. */
   private readonly raced = new Map<string, SessionState>();
+  /** Bumped by {@link clear}: a fetch begun before it is read again. */
+  private cleared = 0;
   private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
   /** Compiled policies by their bytes (base64), and the key each was found under. */
   private readonly policies = new LRUCache<string, CompiledPolicy>(countBound(10_000));
@@ -145,16 +147,27 @@ export class SessionCache {
     if (hit !== undefined) return hit;
     let p = this.inflight.get(sessionId);
     if (p === undefined) {
-      p = this.o
+      const cleared = this.cleared;
+      const fetching: Promise<CachedSession> = this.o
         .fetch(sessionId)
         .then((res) => {
+          // Read before a clear (a watch that starts at the present): it may
+          // predate a change that watch will not send. Read again.
+          if (this.cleared !== cleared) {
+            this.inflight.delete(sessionId);
+            this.raced.delete(sessionId);
+            return this.get(sessionId);
+          }
           this.applyState(res);
           return this.lru.get(sessionId) ?? this.toCached(res.sessions[0]!);
         })
         .finally(() => {
-          this.inflight.delete(sessionId);
-          this.raced.delete(sessionId);
+          if (this.inflight.get(sessionId) === fetching) {
+            this.inflight.delete(sessionId);
+            this.raced.delete(sessionId);
+          }
         });
+      p = fetching;
       this.inflight.set(sessionId, p);
     }
     return p;
@@ -219,6 +232,7 @@ export class SessionCache {
 
   /** Forgets everything (the store was replaced). */
   clear(): void {
+    this.cleared++;
     this.lru.clear();
     this.agents.clear();
     this.terms.clear();

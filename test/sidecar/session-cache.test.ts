@@ -135,3 +135,43 @@ test("a fetch that read a newer state than a watch update arriving meanwhile kee
   const s = await got;
   assert.deepEqual({ status: SessionStatus[s.status], revision: s.revision }, { status: "ACTIVE", revision: 7 });
 });
+
+test("a fetch begun before the cache was cleared (a watch starting at the present) is read again, not stored stale", async () => {
+  const state = (revision: bigint, status: SessionStatus) =>
+    create(GetSessionStateResponseSchema, {
+      sessions: [
+        create(SessionStateSchema, {
+          sessionId: "ses_cl",
+          agentId: "cl-agent",
+          policy: { currencyCode: "USD" },
+          status,
+          expireTime: timestampFromMs(Date.now() + 3_600_000),
+          lastActivityTime: timestampFromMs(Date.now()),
+          revision,
+        }),
+      ],
+      agent: { agentId: "cl-agent", revision: 1n },
+      revision,
+    });
+  // The first read sees the session active; by the second it was revoked
+  // (a change the new watch, starting after it, does not send).
+  const answers = [state(3n, SessionStatus.ACTIVE), state(4n, SessionStatus.REVOKED)];
+  let answer!: () => void;
+  let fetches = 0;
+  const cache = new SessionCache({
+    maxSessions: 10,
+    maxBytes: 1 << 20,
+    fetch: async () => {
+      const res = answers[fetches++]!;
+      if (fetches === 1) await new Promise<void>((r) => (answer = r));
+      return res;
+    },
+  });
+  const got = cache.get("ses_cl");
+  await new Promise((r) => setImmediate(r));
+  cache.clear();
+  answer();
+  const s = await got;
+  assert.deepEqual({ status: SessionStatus[s.status], fetches }, { status: "REVOKED", fetches: 2 });
+  assert.equal(cache.peek("ses_cl")?.status, SessionStatus.REVOKED);
+});
