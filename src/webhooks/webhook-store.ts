@@ -161,8 +161,10 @@ export class WebhookStore {
         [endpointId, iso(nowMs)],
       );
       if (rows[0] === undefined) throw notFound(endpointId);
+      // Only what was parked: a delivery claimed now (its lease ahead) is
+      // being sent by a dispatcher, and one waiting out a backoff keeps it.
       await tx.query(
-        "UPDATE webhook_deliveries SET next_attempt_time = $2::timestamptz, update_time = $2::timestamptz WHERE endpoint_id = $1 AND status = 1",
+        `UPDATE webhook_deliveries SET next_attempt_time = $2::timestamptz, update_time = $2::timestamptz WHERE endpoint_id = $1 AND status = 1 AND ${PARKED}`,
         [endpointId, iso(nowMs)],
       );
       return endpointOf(rows[0]);
@@ -279,7 +281,11 @@ export class WebhookStore {
       const reason =
         nextAttemptMs === undefined
           ? `event ${d.eventId} was abandoned after ${d.attempts + 1} attempts over the retry period; last error: ${error.slice(0, 200)}`
-          : ep.consecutive_failures >= maxConsecutiveFailures
+          : // A delivery that failed that often, with no delivery to the
+            // endpoint succeeding meanwhile: some eight hours of backoff.
+            // (New events failing each round while a receiver restarts do
+            // not add up to it on their own.)
+            ep.consecutive_failures >= maxConsecutiveFailures && d.attempts + 1 >= maxConsecutiveFailures
             ? `${ep.consecutive_failures} consecutive failed deliveries; last error: ${error.slice(0, 200)}`
             : undefined;
       if (reason === undefined) return undefined;
