@@ -31,6 +31,9 @@ export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password !== "") u.password = "***";
+    // An http(s) user name alone is a credential too: a token sent as Basic
+    // auth with no password, as many receivers take API keys.
+    else if (u.username !== "" && (u.protocol === "https:" || u.protocol === "http:")) u.username = "***";
     return u.toString();
   } catch {
     return "[unparseable url]";

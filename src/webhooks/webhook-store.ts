@@ -40,7 +40,7 @@ const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason
 
 /** The endpoint's URL as shown: a basic-auth password in it is a secret, like the signing secret, and is never shown back. */
 function shownUrl(url: string): string {
-  return URL.canParse(url) && new URL(url).password !== "" ? redactUrl(url) : url;
+  return URL.canParse(url) && (new URL(url).password !== "" || new URL(url).username !== "") ? redactUrl(url) : url;
 }
 
 /**

@@ -4,7 +4,7 @@ import { Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { CreateWebhookEndpointRequestSchema } from "../../src/gen/warden/v1/webhook_service_pb.js";
-import { createLogger } from "../../src/server/logger.js";
+import { createLogger, redactUrl } from "../../src/server/logger.js";
 import { createWardenStore } from "../../src/store/warden-store.js";
 import { createWebhookDispatcher } from "../../src/webhooks/webhook-dispatcher.js";
 import { createWebhookStore } from "../../src/webhooks/webhook-store.js";
@@ -84,6 +84,16 @@ describe("webhook receivers behind basic auth", () => {
     const { ep } = await run();
     assert.deepEqual(seen, [{ authorization: `Basic ${Buffer.from(`hookuser:${PASSWORD}`).toString("base64")}` }]);
     assert.equal(ep.url, `http://hookuser:***@127.0.0.1:${port}/hooks`, "the API never shows the password back");
+  });
+
+  test("a token given as the URL's user name alone is shown back and logged as ***, as a password is", async () => {
+    const hooks = createWebhookStore({ db: t.db });
+    const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url: `https://sk_live_token@127.0.0.1:${port}/hooks`, eventTypes: ["session.created"] }));
+    assert.equal(endpoint!.url, `https://***@127.0.0.1:${port}/hooks`);
+    assert.equal((await hooks.getEndpoint(endpoint!.endpointId)).url, `https://***@127.0.0.1:${port}/hooks`);
+    assert.equal(redactUrl(`https://sk_live_token@example.test/x`), "https://***@example.test/x");
+    assert.equal(redactUrl("postgres://postgres@127.0.0.1:5432/test"), "postgres://postgres@127.0.0.1:5432/test", "a database user name is not a secret");
+    await hooks.deleteEndpoint(endpoint!.endpointId);
   });
 
   test("the password of a receiver that cannot be reached never reaches a log line, a delivery's last_error or the endpoint's disabled_reason", async () => {
