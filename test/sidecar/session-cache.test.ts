@@ -105,17 +105,20 @@ describe("SessionCache", () => {
   });
 });
 
+/** A session's state as the store sends it, at a revision. */
+const stateOf = (sessionId: string, agentId: string, revision: bigint, status: SessionStatus) =>
+  create(SessionStateSchema, {
+    sessionId,
+    agentId,
+    policy: { currencyCode: "USD" },
+    status,
+    expireTime: timestampFromMs(Date.now() + 3_600_000),
+    lastActivityTime: timestampFromMs(Date.now()),
+    revision,
+  });
+
 test("a fetch that read a newer state than a watch update arriving meanwhile keeps the newer one", async () => {
-  const state = (revision: bigint, status: SessionStatus) =>
-    create(SessionStateSchema, {
-      sessionId: "ses_rv",
-      agentId: "rv-agent",
-      policy: { currencyCode: "USD" },
-      status,
-      expireTime: timestampFromMs(Date.now() + 3_600_000),
-      lastActivityTime: timestampFromMs(Date.now()),
-      revision,
-    });
+  const state = (revision: bigint, status: SessionStatus) => stateOf("ses_rv", "rv-agent", revision, status);
   // Revision 5: paused. Revision 7: resumed. The fetch reads revision 7;
   // the watch, a little behind, delivers revision 5 while the fetch is on
   // its way. Deciding from 5 would deny SESSION_PAUSED after the resume.
@@ -138,21 +141,7 @@ test("a fetch that read a newer state than a watch update arriving meanwhile kee
 
 test("a fetch begun before the cache was cleared (a watch starting at the present) is read again, not stored stale", async () => {
   const state = (revision: bigint, status: SessionStatus) =>
-    create(GetSessionStateResponseSchema, {
-      sessions: [
-        create(SessionStateSchema, {
-          sessionId: "ses_cl",
-          agentId: "cl-agent",
-          policy: { currencyCode: "USD" },
-          status,
-          expireTime: timestampFromMs(Date.now() + 3_600_000),
-          lastActivityTime: timestampFromMs(Date.now()),
-          revision,
-        }),
-      ],
-      agent: { agentId: "cl-agent", revision: 1n },
-      revision,
-    });
+    create(GetSessionStateResponseSchema, { sessions: [stateOf("ses_cl", "cl-agent", revision, status)], agent: { agentId: "cl-agent", revision: 1n }, revision });
   // The first read sees the session active; by the second it was revoked
   // (a change the new watch, starting after it, does not send).
   const answers = [state(3n, SessionStatus.ACTIVE), state(4n, SessionStatus.REVOKED)];
