@@ -29,6 +29,12 @@ export interface CompiledPolicy {
   readonly allowedActionTypes: ReadonlySet<string> | null;
   readonly timeZone: string;
   readonly weekStart: IsoWeekday;
+  /**
+   * What its day, week and month windows depend on, as one string: "the
+   * same calendar" is a comparison of these (the store keeps it with the
+   * windows' counters, usage-counters.ts).
+   */
+  readonly calendar: string;
   readonly holdTtlMs: number;
   /** How long an approval this policy asks for waits for a person. */
   readonly approvalTtlMs: number;
@@ -64,6 +70,7 @@ export function compilePolicy(policy: SessionPolicy): CompiledPolicy {
     month: pair(policy.monthly),
     lifetime: pair(policy.lifetime),
   };
+  const weekStart = (policy.weekStart === 0 ? 1 : policy.weekStart) as IsoWeekday;
   return {
     currency: policy.currencyCode,
     limits,
@@ -73,7 +80,8 @@ export function compilePolicy(policy: SessionPolicy): CompiledPolicy {
     blockedMerchants: new Set(policy.blockedMerchants),
     allowedActionTypes: policy.allowedActionTypes.length > 0 ? new Set(policy.allowedActionTypes) : null,
     timeZone: policy.timeZone,
-    weekStart: (policy.weekStart === 0 ? 1 : policy.weekStart) as IsoWeekday,
+    weekStart,
+    calendar: `${policy.timeZone || "UTC"}|${weekStart}`,
     holdTtlMs: durationMsOr(policy.holdTtl, DEFAULT_HOLD_TTL_MS),
     approvalTtlMs: durationMsOr(policy.approvalTtl, DEFAULT_APPROVAL_TTL_MS),
     approveOnTimeout: policy.approvalTimeoutOutcome === ApprovalTimeoutOutcome.APPROVE,
@@ -99,6 +107,7 @@ export const EMPTY_POLICY: CompiledPolicy = {
   allowedActionTypes: null,
   timeZone: "",
   weekStart: 1,
+  calendar: "UTC|1",
   holdTtlMs: DEFAULT_HOLD_TTL_MS,
   approvalTtlMs: DEFAULT_APPROVAL_TTL_MS,
   approveOnTimeout: false,

@@ -522,11 +522,6 @@ export class SidecarEngine {
     const claim = await this.claimKey(req.sessionId, req.idempotencyKey, verb, hash, req.authorizationId);
     if (claim instanceof Uint8Array) return fromBinary(ActionRecordSchema, claim);
     try {
-      // Settled or let go meanwhile by another call: judged again.
-      if (this.holds.get(req.authorizationId) !== h) {
-        if (claim !== undefined) this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, req.authorizationId);
-        return await this.settle(verb, req, hash, amount);
-      }
       return await this.settleHere(verb, req, hash, amount, h, claim);
     } finally {
       if (claim?.open) this.o.reports.releaseClaim(req.sessionId, req.idempotencyKey, req.authorizationId);
@@ -545,7 +540,8 @@ export class SidecarEngine {
     // closed it then). A session evicted since is fetched again; offline,
     // the hold is settled from what this sidecar knows.
     const s = this.o.cache.peek(req.sessionId) ?? (await Promise.resolve(this.o.cache.get(req.sessionId)).catch(() => undefined));
-    // Settled meanwhile by another call (this one waited for the fetch).
+    // Settled or let go meanwhile by another call (this one waited for its
+    // key's claim or the session's fetch): judged again.
     if (this.holds.get(req.authorizationId) !== h) return this.settle(verb, req, hash, amount);
     // Past its expiry the session has ended too, though the sweeper and the
     // watch have not said so yet: the store ends it EXPIRED on the spot and

@@ -40,22 +40,17 @@ export interface CounterAddress {
   readonly window: WindowKind;
   readonly startMs: number;
   /**
-   * The calendar the start was taken under ({@link calendarOf}), for a
-   * window in effect now ("current" mode); unset for lifetime and for
+   * The calendar the start was taken under (CompiledPolicy.calendar), for
+   * a window in effect now ("current" mode); unset for lifetime and for
    * windows holds were charged to.
    */
   readonly calendar?: string;
 }
 
-/** A policy's calendar: what its day, week and month windows depend on. */
-export function calendarOf(policy: CompiledPolicy): string {
-  return `${policy.timeZone || "UTC"}|${policy.weekStart}`;
-}
-
 /** The address of the window of `window` in effect at `atMs` under `policy`. */
 export function currentAddress(scopeKey: string, policy: CompiledPolicy, window: WindowKind, atMs: number, spans: CalendarSpanCache): CounterAddress {
   const span = spanOf(policy, window, atMs, spans);
-  return span === undefined ? { scopeKey, window, startMs: LIFETIME_START_MS } : { scopeKey, window, startMs: span.startMs, calendar: calendarOf(policy) };
+  return span === undefined ? { scopeKey, window, startMs: LIFETIME_START_MS } : { scopeKey, window, startMs: span.startMs, calendar: policy.calendar };
 }
 
 /** The stored windows of one scope; `startMs` NaN: never used. */
@@ -163,13 +158,12 @@ export async function loadCounters(
     out.calendars.set(k, (rows.get(k)?.calendar as string | null | undefined) ?? null);
   }
   if (mode === "current") {
-    // The stored calendars, before this read moves any scope to another.
-    const stored = new Map(out.calendars);
     for (const a of addresses) {
       if (a.calendar === undefined) continue;
       const c = out.scopes.get(a.scopeKey)![a.window];
-      const was = stored.get(a.scopeKey) ?? a.calendar;
-      out.calendars.set(a.scopeKey, a.calendar);
+      // The stored calendar: the scope moves to the address's below, after
+      // every address was judged against it.
+      const was = out.calendars.get(a.scopeKey) ?? a.calendar;
       if (Number.isNaN(c.startMs)) {
         c.startMs = a.startMs;
         continue;
@@ -191,6 +185,7 @@ export async function loadCounters(
       c.startMs = a.startMs;
       if (!carry) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
     }
+    for (const a of addresses) if (a.calendar !== undefined) out.calendars.set(a.scopeKey, a.calendar);
   }
   for (const a of addresses) {
     const c = out.scopes.get(a.scopeKey)![a.window];
