@@ -12,8 +12,13 @@
  * Every figure is also given as a ratio to the no-op server. The run is
  * bounded: a fixed number of requests per scenario.
  *
+ * On PostgreSQL the 1,000-session scenario runs again with more calls in
+ * flight (BENCH_WIDE_CONCURRENCY): group commit's batches grow with the
+ * calls waiting, so throughput depends on how many there are.
+ *
  * Env: BENCH_REQUESTS (default 20000), BENCH_CONCURRENCY (64),
- * BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000), BENCH_WARMUP (10000), DATABASE_URL or
+ * BENCH_WIDE_CONCURRENCY (256), BENCH_CONNECTIONS (4), BENCH_SESSIONS (1000),
+ * BENCH_WARMUP (10000), DATABASE_URL or
  * WARDEN_TEST_DATABASE_URL for the PostgreSQL server (default the local one).
  */
 import { fromBinary } from "@bufbuild/protobuf";
@@ -30,6 +35,7 @@ import { cpuCells, measureCpu, pidsNamed } from "./process-cpu.js";
 
 const REQUESTS = Number(process.env.BENCH_REQUESTS ?? 20_000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 64);
+const WIDE_CONCURRENCY = Number(process.env.BENCH_WIDE_CONCURRENCY ?? 256);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 4);
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 1000);
 /**
@@ -68,10 +74,10 @@ async function measured(serverPid: number, run: () => Promise<LoadResult>): Prom
   return { result: value, cpu: cpuMs };
 }
 
-async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false): Promise<LoadResult> {
-  console.error(`  load ${address}: ${total} calls over ${sessionIds.length} session(s)`);
+async function load(address: string, sessionIds: string[], total = REQUESTS, keep = false, concurrency = CONCURRENCY): Promise<LoadResult> {
+  console.error(`  load ${address}: ${total} calls over ${sessionIds.length} session(s), ${concurrency} in flight`);
   const encoded = sessionIds.map((id) => encodeCheck(id));
-  return runGrpcLoad({ address, path: CHECK_PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency: CONCURRENCY, connections: CONNECTIONS, keepResponses: keep });
+  return runGrpcLoad({ address, path: CHECK_PATH, request: (i) => encoded[i % encoded.length]!, total, concurrency, connections: CONNECTIONS, keepResponses: keep });
 }
 
 async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<void> {
@@ -109,6 +115,18 @@ async function benchWarden(driver: "pglite" | "postgres", rows: Row[]): Promise<
       ...spreadRun,
       overspend: await overspend(sessions, many, spreadRun.result, Math.ceil(perSession / 2)),
     });
+    if (driver === "postgres" && WIDE_CONCURRENCY !== CONCURRENCY) {
+      // The same scenario on fresh sessions, with more calls waiting.
+      const wide: string[] = [];
+      for (let i = 0; i < SESSIONS; i++) wide.push(await mk(`agent-${i % 100}`, Math.ceil(perSession / 2)));
+      const wideRun = await measured(server.proc.pid!, () => load(server.grpcAddress, wide, REQUESTS, true, WIDE_CONCURRENCY));
+      rows.push({
+        target: `warden (${driver})`,
+        scenario: `${SESSIONS} sessions, ${WIDE_CONCURRENCY} in flight`,
+        ...wideRun,
+        overspend: await overspend(sessions, wide, wideRun.result, Math.ceil(perSession / 2)),
+      });
+    }
   } finally {
     await server.stop();
     await cleanup();
@@ -136,7 +154,7 @@ async function overspend(
 
 async function main(): Promise<void> {
   const rows: Row[] = [];
-  console.log(`# Check over gRPC: ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight over ${CONNECTIONS} connections\n`);
+  console.log(`# Check over gRPC: ${REQUESTS} requests per scenario, ${CONCURRENCY} in flight (unless the scenario says) over ${CONNECTIONS} connections\n`);
   const noop = await startBaseline("noop");
   try {
     await warm("no-op", () => load(noop.address, ["warmup"], WARMUP));
