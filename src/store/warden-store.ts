@@ -338,8 +338,9 @@ export class WardenStore {
     const nowMs = this.now();
     const expireMs =
       req.expiration.case === "ttl" ? nowMs + durationMs(req.expiration.value) : timestampMs(req.expiration.value!);
-    if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
-    if (expireMs > MAX_TIME_MS) throw new ConnectError("ttl: the session would end after 9999-12-31", Code.InvalidArgument);
+    const expiryField = req.expiration.case === "ttl" ? "ttl" : "expire_time";
+    if (expireMs <= nowMs) throw new ConnectError(`${expiryField}: must be in the future`, Code.InvalidArgument);
+    if (expireMs > MAX_TIME_MS) throw new ConnectError(`${expiryField}: the session would end after 9999-12-31`, Code.InvalidArgument);
     const sessionId = req.sessionId || newId("ses", nowMs);
     checkSessionId(sessionId, "session_id");
     const scope = `a:${req.agentId}`;
@@ -603,15 +604,16 @@ export class WardenStore {
         if (ended !== undefined) return ended;
         const expireMs =
           req.extension.case === "extendBy" ? s.expireMs + durationMs(req.extension.value) : timestampMs(req.extension.value!);
+        const field = req.extension.case === "extendBy" ? "extend_by" : "expire_time";
         if (expireMs <= s.expireMs) {
-          throw new ConnectError("expire_time: must be later than the current expiry", Code.InvalidArgument);
+          throw new ConnectError(`${field}: must be later than the current expiry`, Code.InvalidArgument);
         }
         // Each part is in range (validation.ts); their sum may not be.
-        if (expireMs > MAX_TIME_MS) throw new ConnectError("extend_by: the session would end after 9999-12-31", Code.InvalidArgument);
+        if (expireMs > MAX_TIME_MS) throw new ConnectError(`${field}: the session would end after 9999-12-31`, Code.InvalidArgument);
         for (const a of s.ancestorIds) {
           const parent = await tx.query<{ expire_time: Date }>("SELECT expire_time FROM sessions WHERE session_id = $1", [a]);
           if (expireMs > parent.rows[0]!.expire_time.getTime()) {
-            throw new ConnectError(`expire_time: a fork cannot outlive its parent session "${a}"`, Code.FailedPrecondition);
+            throw new ConnectError(`${field}: a fork cannot outlive its parent session "${a}"`, Code.FailedPrecondition);
           }
         }
         await tx.query(
@@ -700,9 +702,10 @@ export class WardenStore {
             : req.expiration.case === "expireTime"
               ? timestampMs(req.expiration.value)
               : parent.expireMs;
-        if (expireMs <= nowMs) throw new ConnectError("expire_time: must be in the future", Code.InvalidArgument);
+        const expiryField = req.expiration.case === "ttl" ? "ttl" : "expire_time";
+        if (expireMs <= nowMs) throw new ConnectError(`${expiryField}: must be in the future`, Code.InvalidArgument);
         if (expireMs > Math.min(...chain.map((c) => c.expireMs))) {
-          throw new ConnectError("expire_time: a fork cannot outlive its parent session", Code.FailedPrecondition);
+          throw new ConnectError(`${expiryField}: a fork cannot outlive its parent session`, Code.FailedPrecondition);
         }
         const sessionId = req.sessionId || newId("ses", nowMs);
         checkSessionId(sessionId, "session_id");

@@ -91,6 +91,17 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     ];
     const { session } = await sessions.createSession(sessionRequest("edge", {}));
     cases.push(["extend_by", "extend_by of 10^13 s", () => sessions.extendSession({ sessionId: session!.sessionId, extension: { case: "extendBy", value: { seconds: 10n ** 13n, nanos: 0 } } })]);
+    // The store keeps whole milliseconds: under one, a duration would round
+    // to nothing (a session idle the moment it is made).
+    const tiny = { seconds: 0n, nanos: 400_000 };
+    cases.push(
+      ["ttl", "ttl of 0.4 ms", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: { case: "ttl", value: tiny } }))],
+      ["idle_timeout", "idle_timeout of 0.4 ms", () => sessions.createSession(create(CreateSessionRequestSchema, { ...base, expiration: ttl, idleTimeout: tiny }))],
+      ["extend_by", "extend_by of 0.4 ms", () => sessions.extendSession({ sessionId: session!.sessionId, extension: { case: "extendBy", value: tiny } })],
+      ["ttl", "fork ttl of 0.4 ms", () => sessions.forkSession({ parentSessionId: session!.sessionId, policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: tiny } })],
+      ["idle_timeout", "fork idle_timeout of 0.4 ms", () => sessions.forkSession({ parentSessionId: session!.sessionId, policy: { currencyCode: "USD" }, idleTimeout: tiny })],
+      ["expire_time", "extension to a time past 9999-12-31", () => sessions.extendSession({ sessionId: session!.sessionId, extension: { case: "expireTime", value: { seconds: 253402300799n, nanos: 999_999_999 } } })],
+    );
     const wrong: string[] = [];
     for (const [field, what, p] of cases) {
       const r = await outcome(p());
@@ -98,7 +109,7 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     }
     const after = await sessions.listSessions({ agentId: "edge" });
     assert.deepEqual(wrong, [], "each should be INVALID_ARGUMENT naming its field");
-    assert.equal(after.sessions.length, 1, "none of the malformed creates wrote a session");
+    assert.equal(after.sessions.length, 1, "none of the malformed creates or forks wrote a session");
   });
 
   test("Connect JSON: an unknown field or enum name is INVALID_ARGUMENT naming it, and writes nothing (a misspelt limit is not no limit)", async () => {
