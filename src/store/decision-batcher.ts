@@ -414,8 +414,15 @@ export class DecisionBatcher {
     const ended = endedDeltas.map((d) => d.sessionId);
     if (ended.length > 0) {
       const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
-      await closeHolds(tx, holds, ActionStatus.VOIDED, nowMs);
-      await cancelApprovalsOf(tx, holds, "session ended", nowMs);
+      // As every other ending does (hold-ledger.ts endSessions): a lapse
+      // expires the holds, an exhausted session voids them, so the record
+      // is the same whether a decision or the sweeper found the lapse.
+      for (const status of [SessionStatus.EXPIRED, SessionStatus.EXHAUSTED]) {
+        const ids = new Set(endedDeltas.filter((d) => d.status === status).map((d) => d.sessionId));
+        const theirs = holds.filter((h) => ids.has(h.session_id));
+        await closeHolds(tx, theirs, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
+        await cancelApprovalsOf(tx, theirs, `session ${SessionStatus[status]}`, nowMs);
+      }
     }
     // Events last, after every row lock: each takes a position (see outbox.ts).
     const told = await recordLimitNotices(tx, notices, this.told);

@@ -235,6 +235,28 @@ for (const driver of DRIVERS) {
       assert.equal((await check(child.sessionId, USD(100))).decision!.outcome, Outcome.ALLOW);
       assert.equal(SessionStatus[(await suite.store.getSession(parent.sessionId)).status], SessionStatus[SessionStatus.EXHAUSTED]);
     });
+
+    test("a lapse found by a decision expires the session's holds exactly as the sweeper does (EXPIRED, authorization.expired)", async () => {
+      const withHold = async () => {
+        const s = await suite.store.createSession(sessionRequest(agent(), { holdTtl: durationFromMs(3_600_000) }, { idleTimeout: durationFromMs(60_000) }), NO_HASH);
+        assert.equal((await authorize(s.sessionId, USD(5))).decision!.outcome, Outcome.ALLOW);
+        return s.sessionId;
+      };
+      const byDecision = await withHold();
+      const bySweep = await withHold();
+      suite.clock.advance(61_000);
+      assert.deepEqual((await check(byDecision, USD(1))).decision!.reasons, [Reason.SESSION_IDLE_TIMEOUT]);
+      await suite.store.sweep();
+      const record = async (sessionId: string) => {
+        const { actions } = await suite.store.listActions({ sessionId, pageSize: 10, pageToken: "" } as never);
+        const { rows } = await suite.t.db.query<{ type: string }>("SELECT type FROM events WHERE session_id = $1 AND type LIKE 'authorization.%' ORDER BY seq", [sessionId]);
+        const s = await suite.store.getSession(sessionId);
+        return { session: SessionStatus[s.status], reason: s.statusReason, hold: ActionStatus[actions.find((a) => a.method === "authorize")!.status], events: rows.map((r) => r.type) };
+      };
+      const swept = await record(bySweep);
+      assert.deepEqual(swept, { session: "EXPIRED", reason: "idle timeout", hold: "EXPIRED", events: ["authorization.expired"] });
+      assert.deepEqual(await record(byDecision), swept);
+    });
   });
 
   describe(`a day of 22 hours, on ${driver}`, () => {
