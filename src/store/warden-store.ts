@@ -338,9 +338,6 @@ export class WardenStore {
     const nowMs = this.now();
     const expireMs =
       req.expiration.case === "ttl" ? nowMs + durationMs(req.expiration.value) : timestampMs(req.expiration.value!);
-    const expiryField = req.expiration.case === "ttl" ? "ttl" : "expire_time";
-    if (expireMs <= nowMs) throw new ConnectError(`${expiryField}: must be in the future`, Code.InvalidArgument);
-    if (expireMs > MAX_TIME_MS) throw new ConnectError(`${expiryField}: the session would end after 9999-12-31`, Code.InvalidArgument);
     const sessionId = req.sessionId || newId("ses", nowMs);
     checkSessionId(sessionId, "session_id");
     const scope = `a:${req.agentId}`;
@@ -354,6 +351,11 @@ export class WardenStore {
         const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
         if (prior !== undefined) return replayFirstAnswer(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
       }
+      // After the key: a retry that comes after the expire_time it asked
+      // for still gets the first answer, not "must be in the future".
+      const expiryField = req.expiration.case === "ttl" ? "ttl" : "expire_time";
+      if (expireMs <= nowMs) throw new ConnectError(`${expiryField}: must be in the future`, Code.InvalidArgument);
+      if (expireMs > MAX_TIME_MS) throw new ConnectError(`${expiryField}: the session would end after 9999-12-31`, Code.InvalidArgument);
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [req.agentId, iso(nowMs)],

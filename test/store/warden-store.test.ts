@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
@@ -428,6 +428,15 @@ for (const driver of DRIVERS) {
       assert.equal(a.sessionId, b.sessionId);
       await rejects(store.createSession(req, new Uint8Array([2])), Code.InvalidArgument, /idempotency_key/);
       await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
+    });
+
+    test("a CreateSession retried after the expire_time it asked for gets the first answer", async () => {
+      const req = sessionRequest(agent(), {}, { expiration: { case: "expireTime", value: timestampFromMs(clock.ms + 60_000) }, idempotencyKey: "create-late" });
+      const first = await store.createSession(req, new Uint8Array([1]));
+      clock.advance(120_000);
+      assert.equal((await store.createSession(req, new Uint8Array([1]))).sessionId, first.sessionId);
+      // Without the key, the same request is too late.
+      await rejects(store.createSession(sessionRequest(agent(), {}, { expiration: req.expiration }), NO_HASH), Code.InvalidArgument, /^expire_time: must be in the future/);
     });
 
     test("a session id may not name an agent's audit chain, in a create, a fork or an import", async () => {
