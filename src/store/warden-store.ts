@@ -194,11 +194,22 @@ function checkSessionId(id: string, field: string): void {
   if (id.startsWith("agent:")) throw new ConnectError(`${field}: "agent:" starts the names of agents' audit chains, not of sessions`, Code.InvalidArgument);
 }
 
-/** [the fork's window, the parent's window it must fit in] for ForkSession, in the order checked. */
+/**
+ * [the fork's window, the parent's window it must fit in] for ForkSession,
+ * in the order checked: each window against the parent's same one, then
+ * against every longer parent window that always contains it (a day lies
+ * in one week and one month; a week may span two months, so it is not
+ * held to one month's rest).
+ */
 const FORK_WINDOW_CHECKS: readonly (readonly [WindowKind, WindowKind])[] = [
   ...WINDOW_KINDS.map((w) => [w, w] as const),
+  ["day", "week"],
+  ["day", "month"],
   ...WINDOW_KINDS.filter((w) => w !== "lifetime").map((w) => [w, "lifetime"] as const),
 ];
+
+/** How a fork's error names the parent's window it did not fit in, when not its own. */
+const PARENT_WINDOW: Record<WindowKind, string> = { day: " today", week: " this week", month: " this month", lifetime: " in its lifetime" };
 
 /** The last millisecond of 9999-12-31 UTC: later times cannot be stored as a timestamp everyone reads alike. */
 const MAX_TIME_MS = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
@@ -671,13 +682,13 @@ export class WardenStore {
         const counters = await loadCounters(tx, addresses);
         const field: Record<WindowKind, string> = { day: "daily", week: "weekly", month: "monthly", lifetime: "lifetime" };
         for (const p of chain) {
-          // Against the parent's same window, then (a shorter window spends
-          // from it too) the parent's whole lifetime.
+          // Against the parent's same window, then the longer ones a
+          // shorter window spends from too.
           for (const [w, pw] of FORK_WINDOW_CHECKS) {
             const used = totalsOf(counters.get(`s:${p.sessionId}|${pw}|${spanOf(p.policy, pw, nowMs, this.spans)?.startMs ?? LIFETIME_START_MS}`))!;
             const pl = p.policy.limits[pw];
             const cl = child.limits[w];
-            const where = pw === w ? "" : " in its lifetime";
+            const where = pw === w ? "" : PARENT_WINDOW[pw];
             if (pl.maxValue !== undefined && cl.maxValue !== undefined && cl.maxValue > pl.maxValue - used.value) {
               throw new ConnectError(
                 `policy.${field[w]}.max_value_micros: ${formatMoney(cl.maxValue, child.currency)} is more than session "${p.sessionId}" has left${where} (${formatMoney(pl.maxValue - used.value, child.currency)})`,

@@ -310,6 +310,20 @@ for (const driver of DRIVERS) {
       assert.equal((await store.getSession(child.sessionId)).status, SessionStatus.REVOKED);
     });
 
+    test("a fork's daily limit fits in what the parent has left this week and this month; its weekly limit is not held to a month", async () => {
+      const fork = (parentSessionId: string, policy: object) =>
+        store.forkSession(create(ForkSessionRequestSchema, { parentSessionId, policy: { currencyCode: "USD", ...policy } }), NO_HASH);
+      const weekly = await store.createSession(sessionRequest(agent(), { weekly: { maxValueMicros: USD(100) } }), NO_HASH);
+      const monthly = await store.createSession(sessionRequest(agent(), { monthly: { maxValueMicros: USD(100) } }), NO_HASH);
+      await check(weekly.sessionId, USD(95));
+      await check(monthly.sessionId, USD(95));
+      await rejects(fork(weekly.sessionId, { daily: { maxValueMicros: USD(50) } }), Code.FailedPrecondition, /^policy\.daily\.max_value_micros: 50\.00 USD is more than session "\S+" has left this week \(5\.00 USD\)/);
+      await rejects(fork(monthly.sessionId, { daily: { maxValueMicros: USD(50) } }), Code.FailedPrecondition, /^policy\.daily\.max_value_micros: 50\.00 USD is more than session "\S+" has left this month \(5\.00 USD\)/);
+      // A week may run into next month, where the parent's month starts afresh.
+      assert.ok(await fork(monthly.sessionId, { weekly: { maxValueMicros: USD(50) } }));
+      assert.ok(await fork(weekly.sessionId, { daily: { maxValueMicros: USD(5) } }));
+    });
+
     test("ending a session ends its forks at every depth, found through the ancestor index", async () => {
       const id = agent();
       const root = await store.createSession(sessionRequest(id, {}), NO_HASH);
