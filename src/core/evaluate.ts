@@ -172,11 +172,14 @@ export function spanOf(
 
 /**
  * Whether a session is past its expiry or idle timeout at `nowMs`, though
- * its stored status may still say ACTIVE or PAUSED.
+ * its stored status may still say ACTIVE or PAUSED. A paused session does
+ * not idle: its agent was told to stop, and a pause must stay reversible
+ * however long the person takes (resuming restarts the idle clock).
  */
 export function lapse(scope: ScopeState, nowMs: number): "time" | "idle" | undefined {
   if (scope.expireMs !== undefined && nowMs >= scope.expireMs) return "time";
   if (
+    scope.status !== SessionStatus.PAUSED &&
     scope.idleTimeoutMs !== undefined &&
     scope.lastActivityMs !== undefined &&
     nowMs - scope.lastActivityMs >= scope.idleTimeoutMs

@@ -216,6 +216,14 @@ export async function settleApproval(
         WHERE action_id = $1`,
       [h.action_id, ActionStatus.HELD, approved.toString(), iso(nowMs + holdTtlMs), iso(nowMs)],
     );
+    // The agent has been waiting for this answer, not idle: without this a
+    // person who takes longer than the idle timeout hands it a hold its
+    // session ends before it can capture. The caller holds the session's
+    // lock; the idle check time stays a lower bound (010_idle_deadline.sql).
+    await tx.query("UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $2::timestamptz) WHERE session_id = $1", [
+      a.session_id,
+      iso(nowMs),
+    ]);
   } else {
     await releaseHolds(tx, [h], RELEASED_ACTION_STATUS[verdict.kind], nowMs);
   }

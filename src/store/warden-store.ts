@@ -98,8 +98,9 @@ const DEFAULT_PAGE = 50;
 const IDLE_DEADLINE = "last_activity_time + idle_timeout_ms * interval '1 millisecond'";
 
 /**
- * Moves the idle check time ($1: now) of up to $2 live sessions that were
- * active since it to their new idle deadline. Rows another transaction
+ * Moves the idle check time ($1: now) of up to $2 active sessions that were
+ * active since it to their new idle deadline (a paused one does not idle:
+ * see lapse; its resume restarts the clock). Rows another transaction
  * holds are skipped, not waited for (next sweep's), so this takes no part
  * in the store's lock order.
  */
@@ -107,18 +108,19 @@ export const REARM_IDLE_CHECKS_SQL = `UPDATE sessions SET idle_check_time = ${ID
   WHERE session_id IN (
     SELECT session_id FROM sessions
      WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
-       AND ${IDLE_DEADLINE} > $1::timestamptz
+       AND status = 1 AND ${IDLE_DEADLINE} > $1::timestamptz
      LIMIT $2 FOR UPDATE SKIP LOCKED)`;
 
 /**
- * Live sessions past their expiry or idle deadline at $1, up to $2 of each:
- * two range scans, of sessions_live and sessions_idle_check.
+ * Live sessions past their expiry, and active ones past their idle
+ * deadline, at $1, up to $2 of each: two range scans, of sessions_live and
+ * sessions_idle_check.
  */
 export const LAPSED_SESSIONS_SQL = `(SELECT session_id FROM sessions WHERE status IN (1, 2) AND expire_time <= $1::timestamptz LIMIT $2)
   UNION
   (SELECT session_id FROM sessions
     WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
-      AND ${IDLE_DEADLINE} <= $1::timestamptz
+      AND status = 1 AND ${IDLE_DEADLINE} <= $1::timestamptz
     LIMIT $2)`;
 
 /**
@@ -584,11 +586,14 @@ export class WardenStore {
           );
         }
         await tx.query(
-          // A resume starts the circuit breaker's count of denials again.
+          // A resume starts the circuit breaker's count of denials again,
+          // and the idle clock, which stood still while paused (see lapse).
           `UPDATE sessions SET status = $2, status_reason = $3, update_time = $4::timestamptz, revision = warden_next_revision(),
-                  denial_run = 0, denial_run_since = $4::timestamptz
+                  denial_run = 0, denial_run_since = $4::timestamptz,
+                  last_activity_time = CASE WHEN $5 THEN last_activity_time ELSE $4::timestamptz END,
+                  idle_check_time = CASE WHEN $5 THEN idle_check_time ELSE $4::timestamptz END
             WHERE session_id = $1`,
-          [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now())],
+          [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now()), paused],
         );
         await recordEvent(tx, {
           type: paused ? "session.paused" : "session.resumed",

@@ -234,5 +234,23 @@ for (const driver of DRIVERS) {
       assert.equal(u.valueCommittedMicros, USD(1000));
       assert.equal(u.valueHeldMicros, 0n);
     });
+
+    test("an approval counts as activity: a person who took longer than the idle timeout leaves the agent its whole hold to capture", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { requireApprovalAboveMicros: USD(10) }, { idleTimeout: durationFromMs(10 * 60_000) }), NO_HASH);
+      const r = await authorize(s.sessionId, USD(50));
+      assert.equal(r.decision!.outcome, Outcome.NEEDS_APPROVAL);
+      // The agent waits on WatchApproval; a person approves after 9 minutes.
+      clock.advance(9 * 60_000);
+      const a = await store.approveApproval(r.approvalId, "key_alice", "ok");
+      assert.equal(timestampMs(a.holdExpireTime!), clock.ms + 15 * 60_000);
+      // 11 minutes after the ask, 2 after the approval: inside the hold promised.
+      clock.advance(2 * 60_000);
+      await store.sweep();
+      assert.equal((await capture(s.sessionId, a.actionId)).status, ActionStatus.CAPTURED);
+      // Idle again from the capture on: 10 minutes after it, the session lapses.
+      clock.advance(10 * 60_000);
+      await store.sweep();
+      assert.equal(SessionStatus[(await store.getSession(s.sessionId)).status], "EXPIRED");
+    });
   });
 }

@@ -257,6 +257,25 @@ for (const driver of DRIVERS) {
       assert.deepEqual(swept, { session: "EXPIRED", reason: "idle timeout", hold: "EXPIRED", events: ["authorization.expired"] });
       assert.deepEqual(await record(byDecision), swept);
     });
+
+    test("a paused session does not idle: a pause longer than the idle timeout can be resumed, and the resume restarts the idle clock", async () => {
+      const s = await suite.store.createSession(sessionRequest(agent(), {}, { idleTimeout: durationFromMs(15 * 60_000) }), NO_HASH);
+      suite.clock.advance(10 * 60_000);
+      await suite.store.setPaused(s.sessionId, true, "a person looks into it");
+      // The agent obeys the pause and sends nothing; the person takes 20 minutes.
+      suite.clock.advance(20 * 60_000);
+      await suite.store.sweep();
+      assert.equal(SessionStatus[(await suite.store.getSession(s.sessionId)).status], "PAUSED");
+      assert.equal(SessionStatus[(await suite.store.setPaused(s.sessionId, false, "")).status], "ACTIVE");
+      // 14 minutes after the resume the session is still live; 15 after, idle.
+      suite.clock.advance(14 * 60_000);
+      await suite.store.sweep();
+      assert.equal((await check(s.sessionId, USD(1))).decision!.outcome, Outcome.ALLOW);
+      suite.clock.advance(15 * 60_000);
+      await suite.store.sweep();
+      const ended = await suite.store.getSession(s.sessionId);
+      assert.deepEqual([SessionStatus[ended.status], ended.statusReason], ["EXPIRED", "idle timeout"]);
+    });
   });
 
   describe(`a day of 22 hours, on ${driver}`, () => {
