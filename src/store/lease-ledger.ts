@@ -2,6 +2,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { durationMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
+import { formatMoney } from "../core/money.js";
 import { EXHAUSTED_REASON, isTerminal, lapse, LIFETIME_START_MS, type ScopeState, spanOf, WINDOW_ENUM } from "../core/evaluate.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import { ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
@@ -217,7 +218,10 @@ export class LeaseLedger {
       }
       const grantValue = valueLeft === undefined ? undefined : min(req.desiredValueMicros, half(valueLeft));
       const grantActions = actionsLeft === undefined ? undefined : min(req.desiredActions, half(actionsLeft));
-      if (grantValue !== undefined && (grantValue <= 0n || grantValue < req.minValueMicros)) return none;
+      // A lease of no value is useful to actions without an amount (tool
+      // calls, min_value_micros 0): it reserves only their action slots,
+      // and without it each would go through the control plane.
+      if (grantValue !== undefined && grantValue < req.minValueMicros) return none;
       if (grantActions !== undefined && grantActions < 1n) return none;
       if (expireMs <= nowMs) return none;
       for (const a of addresses) {
@@ -306,22 +310,20 @@ export class LeaseLedger {
       // no-op, and a record repeated within this request counts once (the
       // first), as the ledger row it becomes is one.
       const repeated = new Set<string>();
-      const records = req.reports.flatMap((rep) => {
+      const records = req.reports.flatMap((rep, i) => {
         const s = locked.sessions.get(rep.sessionId);
         const lease = leases.get(rep.leaseId);
         if (s === undefined) return [];
-        return rep.records
-          .filter((record) => !repeated.has(record.actionId) && repeated.add(record.actionId))
-          .map((record) => ({ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined }));
+        return rep.records.flatMap((record, j) =>
+          repeated.has(record.actionId) || !repeated.add(record.actionId)
+            ? []
+            : [{ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined, reportPath: `reports[${i}]`, path: `reports[${i}].records[${j}]` }],
+        );
       });
-      for (const { record, lease } of records) {
-        if (record.decision!.outcome === Outcome.ALLOW && lease === undefined) {
-          throw new ConnectError(`reports.lease_id: record ${record.actionId} was allowed from a lease this session does not have`, Code.InvalidArgument);
-        }
-      }
+      await refuseUnfitRecords(tx, records);
       const fresh = await insertRecords(tx, records, req.holder, nowMs);
       const usage = await countersOf(tx, [...new Set(records.flatMap(({ lease }) => (lease === undefined ? [] : [lease])))]);
-      const leaseDelta = new Map<string, { hv: bigint; ha: bigint; wv: bigint; wa: bigint; uv: bigint; ua: bigint }>();
+      const leaseDelta = new Map<string, LeaseDelta>();
       const activity = new Map<string, { requests: number; denials: number; ns: bigint; lastMs: number }>();
       for (const { record, s, lease } of records) {
         if (!fresh.has(record.actionId)) continue;
@@ -334,33 +336,19 @@ export class LeaseLedger {
         if (record.decision!.outcome !== Outcome.ALLOW || lease === undefined) continue;
         const amount = record.action!.amount?.amountMicros ?? 0n;
         const held = record.method === "authorize";
-        const d = leaseDelta.get(lease.lease_id) ?? { hv: 0n, ha: 0n, wv: 0n, wa: 0n, uv: 0n, ua: 0n };
-        leaseDelta.set(lease.lease_id, d);
+        const d = deltaOf(leaseDelta, lease.lease_id);
+        // It fits: refuseUnfitRecords judged these records, or more of
+        // them (those a retried report repeats, which take nothing now).
+        const draw = takeFrom(lease, amount, d, s.policy.currency);
+        if (typeof draw === "string") throw new Error(`record ${record.actionId}${draw}, though it was judged to fit`);
         d.uv += amount;
         d.ua += 1n;
-        // Where the reserve comes from: the lease while it is open; the
-        // write-off once it was reconciled (already counted as spent).
-        let fromHeldV = 0n;
-        let fromHeldA = 0n;
-        let fromWrittenV = 0n;
-        let fromWrittenA = 0n;
-        if (lease.status === LeaseStatus.ACTIVE) {
-          fromHeldV = lease.granted_value === null ? 0n : min(amount, BigInt(lease.held_value) - d.hv);
-          fromHeldA = lease.granted_actions === null ? 0n : min(1n, BigInt(lease.held_actions) - d.ha);
-          d.hv += fromHeldV;
-          d.ha += fromHeldA;
-        } else if (lease.status === LeaseStatus.RECONCILED) {
-          fromWrittenV = min(amount, BigInt(lease.written_off_value) - d.wv);
-          fromWrittenA = min(1n, BigInt(lease.written_off_actions) - d.wa);
-          d.wv += fromWrittenV;
-          d.wa += fromWrittenA;
-        }
         for (const [scopeKey, window, startMs] of lease.charges) {
           const c = usage.get(`${scopeKey}|${window}|${startMs}`)!;
-          c.heldValue -= fromHeldV;
-          c.heldActions -= fromHeldA;
-          c.committedValue -= fromWrittenV;
-          c.committedActions -= fromWrittenA;
+          c.heldValue -= draw.heldValue;
+          c.heldActions -= draw.heldActions;
+          c.committedValue -= draw.writtenOffValue;
+          c.committedActions -= draw.writtenOffActions;
           if (held) {
             c.heldValue += amount;
             c.heldActions += 1n;
@@ -563,11 +551,14 @@ export class LeaseLedger {
 
       // 3. Releases: what is left goes back to every window it reserved in.
       // Only the report's own session's lease: the access check vouched
-      // for the session, not for whatever lease id came with it.
+      // for the session, not for whatever lease id came with it. A lease
+      // the sweeper wrote off meanwhile (its sidecar was cut off, not
+      // dead) comes back too: its records came first (in this report or
+      // before), so what they did not take of the write-off was not spent.
       const releasing = req.reports
         .filter((rep) => rep.release)
         .map((rep) => ({ rep, l: leases.get(rep.leaseId) }))
-        .filter(({ rep, l }) => l !== undefined && l.session_id === rep.sessionId && l.status === LeaseStatus.ACTIVE)
+        .filter(({ rep, l }) => l !== undefined && l.session_id === rep.sessionId && l.status !== LeaseStatus.RELEASED)
         .map(({ l }) => l!);
       if (releasing.length > 0) {
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[])`, [releasing.map((l) => l.lease_id)]);
@@ -616,27 +607,141 @@ export class LeaseLedger {
     let writtenOffValue = 0n;
     let writtenOffActions = 0n;
     let n = 0;
-    const exhausted: string[] = [];
     for (const { lease_id, session_id } of due.rows) {
       await this.db.transaction(async (tx) => {
-        const locked = await lockChains(tx, [session_id], this.policies);
+        // Locked as every writer of the lease's counters locks them (scope-locks.ts).
+        await lockChains(tx, [session_id], this.policies);
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = $1 AND status = 1 FOR UPDATE`, [lease_id]);
         if (rows.length === 0) return;
         writtenOffValue += BigInt(rows[0]!.held_value);
         writtenOffActions += BigInt(rows[0]!.held_actions);
         n++;
         await settleLeases(tx, rows, "write-off", nowMs);
-        // What was written off counts in the whole chain's lifetimes.
-        const live = [...locked.sessions.values()].filter((s) => !isTerminal(s.status));
-        for (const id of await lifetimesUsedUp(tx, live)) {
-          await endSessions(tx, [id], SessionStatus.EXHAUSTED, EXHAUSTED_REASON, nowMs);
-          exhausted.push(id);
-        }
+        // The write-off counts in the chain's lifetimes, but ends no session
+        // EXHAUSTED on its own: the sidecar, if only cut off, may still give
+        // the lease back (report()), and an ended session never comes back.
+        // Spend that then uses a lifetime up ends it as usual.
       });
     }
-    await endForksOf(this.db, this.policies, exhausted, this.now).catch(() => {});
     return { leases: n, writtenOffValue, writtenOffActions };
   }
+}
+
+/** A reported record, where it stands in its request, with its session and the lease it names. */
+interface ReportedRecord {
+  readonly record: LeaseRecord;
+  readonly s: LockedSession;
+  /** Its report's lease, if the session has it. */
+  readonly lease: LeaseRow | undefined;
+  /** Its report's path in the request (`reports[i]`) and its own (`reports[i].records[j]`). */
+  readonly reportPath: string;
+  readonly path: string;
+}
+
+/** What the records of one report took out of a lease, and what they used. */
+interface LeaseDelta {
+  hv: bigint;
+  ha: bigint;
+  wv: bigint;
+  wa: bigint;
+  uv: bigint;
+  ua: bigint;
+}
+
+function deltaOf(deltas: Map<string, LeaseDelta>, leaseId: string): LeaseDelta {
+  let d = deltas.get(leaseId);
+  if (d === undefined) deltas.set(leaseId, (d = { hv: 0n, ha: 0n, wv: 0n, wa: 0n, uv: 0n, ua: 0n }));
+  return d;
+}
+
+/** Where an allowed record's amount and action slot come from. */
+interface Draw {
+  /** The lease's reserve, while it is open. */
+  readonly heldValue: bigint;
+  readonly heldActions: bigint;
+  /** Its write-off, once it was reconciled: already counted as spent. */
+  readonly writtenOffValue: bigint;
+  readonly writtenOffActions: bigint;
+}
+
+/**
+ * Takes what an allowed record of `amount` spends out of its lease, after
+ * what earlier records of the report took (`d`, updated); or says why it
+ * does not fit (the rest of its message, after the record's path). A
+ * sidecar spends from a lease no more than it was granted, so its records
+ * never take more than the lease has left, or, once it was written off,
+ * than the unreported rest it was written off with. A dimension the lease
+ * does not limit (granted unset) reserved nothing and gives nothing.
+ */
+function takeFrom(lease: LeaseRow, amount: bigint, d: LeaseDelta, currency: string): Draw | string {
+  const value = lease.granted_value === null ? 0n : amount;
+  const actions = lease.granted_actions === null ? 0n : 1n;
+  const id = `lease "${lease.lease_id}"`;
+  if (lease.status === LeaseStatus.ACTIVE) {
+    const valueLeft = BigInt(lease.held_value) - d.hv;
+    if (value > valueLeft) return `.action.amount: ${formatMoney(amount, currency)} is more than ${id} has left (${formatMoney(valueLeft, currency)})`;
+    if (actions > BigInt(lease.held_actions) - d.ha) return `: ${id} has no action left for it (it was granted ${lease.granted_actions})`;
+    d.hv += value;
+    d.ha += actions;
+    return { heldValue: value, heldActions: actions, writtenOffValue: 0n, writtenOffActions: 0n };
+  }
+  if (lease.status === LeaseStatus.RECONCILED) {
+    const valueLeft = BigInt(lease.written_off_value) - d.wv;
+    if (value > valueLeft) {
+      return `.action.amount: ${formatMoney(amount, currency)} is more than the unreported rest ${id} was written off with (${formatMoney(valueLeft, currency)})`;
+    }
+    if (actions > BigInt(lease.written_off_actions) - d.wa) return `: ${id} was written off with no action left for it`;
+    d.wv += value;
+    d.wa += actions;
+    return { heldValue: 0n, heldActions: 0n, writtenOffValue: value, writtenOffActions: actions };
+  }
+  return `: ${id} was already released`;
+}
+
+/**
+ * Refuses (INVALID_ARGUMENT, naming the record) a report whose allowed
+ * records a correct sidecar never sends, before anything is written: one
+ * from a lease the session does not have; one in another currency than
+ * its session's (it would be added to counters in that currency); an
+ * authorization without the time its hold lapses (it would hold for ever);
+ * and one that does not fit in its lease ({@link takeFrom}: it would be
+ * committed past the limits the lease was cut from).
+ */
+async function refuseUnfitRecords(tx: Queryable, records: readonly ReportedRecord[]): Promise<void> {
+  const allowed = records.filter(({ record }) => record.decision!.outcome === Outcome.ALLOW);
+  for (const { record, s, lease, reportPath, path } of allowed) {
+    if (lease === undefined) {
+      throw new ConnectError(`${reportPath}.lease_id: record ${record.actionId} was allowed from a lease session "${s.sessionId}" does not have`, Code.InvalidArgument);
+    }
+    const amount = record.action!.amount;
+    if (amount !== undefined && amount.currencyCode !== s.policy.currency) {
+      throw new ConnectError(
+        `${path}.action.amount.currency_code: ${amount.currencyCode} differs from the session's currency ${s.policy.currency}`,
+        Code.InvalidArgument,
+      );
+    }
+    if (record.method === "authorize" && record.holdExpireTime === undefined) {
+      throw new ConnectError(`${path}.hold_expire_time: an allowed authorization must say when its hold lapses`, Code.InvalidArgument);
+    }
+  }
+  const unfit = (stored: ReadonlySet<string>) => {
+    const deltas = new Map<string, LeaseDelta>();
+    for (const { record, s, lease, path } of allowed) {
+      if (stored.has(record.actionId)) continue;
+      const got = takeFrom(lease!, record.action!.amount?.amountMicros ?? 0n, deltaOf(deltas, lease!.lease_id), s.policy.currency);
+      if (typeof got === "string") return `${path}${got}`;
+    }
+    return undefined;
+  };
+  if (unfit(new Set()) === undefined) return;
+  // A record stored before (a retried report) took from its lease then,
+  // and takes nothing now: judged again without those. Read only here: a
+  // correct sidecar's report fits even counted whole.
+  const { rows } = await tx.query<{ action_id: string }>("SELECT action_id FROM actions WHERE action_id = ANY($1::text[])", [
+    allowed.map(({ record }) => record.actionId),
+  ]);
+  const why = unfit(new Set(rows.map((r) => r.action_id)));
+  if (why !== undefined) throw new ConnectError(why, Code.InvalidArgument);
 }
 
 /**
@@ -719,18 +824,22 @@ function scopesOf(s: LockedSession, sessions: Map<string, LockedSession>, agent:
 }
 
 /**
- * Ends locked, active leases: "release" gives the unspent rest back;
- * "write-off" counts it as spent. Either way every window the lease
+ * Ends locked leases: "release" gives back the unspent rest of an active
+ * one, and the rest of a reconciled one's write-off that its records did
+ * not take (its sidecar's release says no more will come); "write-off"
+ * counts an active one's rest as spent. Either way every window the lease
  * reserved in ("exact" mode: a window that rolled over limits nothing) is
- * adjusted, and the lease's reserve becomes zero.
+ * adjusted; a released lease holds and has written off nothing.
  */
 async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "release" | "write-off", nowMs: number): Promise<void> {
-  const open = rows.filter((r) => r.status === LeaseStatus.ACTIVE);
+  const open = rows.filter((r) => r.status === LeaseStatus.ACTIVE || (how === "release" && r.status === LeaseStatus.RECONCILED));
   if (open.length === 0) return;
   const usage: UsageSet = await countersOf(tx, open);
   for (const r of open) {
     const hv = BigInt(r.held_value);
     const ha = BigInt(r.held_actions);
+    const wv = BigInt(r.written_off_value);
+    const wa = BigInt(r.written_off_actions);
     for (const [scopeKey, window, startMs] of r.charges) {
       const c: Counter = usage.get(`${scopeKey}|${window}|${startMs}`)!;
       c.heldValue -= hv;
@@ -738,13 +847,17 @@ async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "rele
       if (how === "write-off") {
         c.committedValue += hv;
         c.committedActions += ha;
+      } else {
+        c.committedValue -= wv;
+        c.committedActions -= wa;
       }
     }
   }
   await saveCounters(tx, usage);
   await tx.query(
     how === "release"
-      ? `UPDATE leases SET status = 2, held_value = 0, held_actions = 0, update_time = $2::timestamptz WHERE lease_id = ANY($1::text[])`
+      ? `UPDATE leases SET status = 2, held_value = 0, held_actions = 0, written_off_value = 0, written_off_actions = 0,
+                update_time = $2::timestamptz WHERE lease_id = ANY($1::text[])`
       : `UPDATE leases SET status = 3, written_off_value = held_value, written_off_actions = held_actions,
                 held_value = 0, held_actions = 0, update_time = $2::timestamptz WHERE lease_id = ANY($1::text[])`,
     [open.map((r) => r.lease_id), iso(nowMs)],

@@ -699,10 +699,13 @@ for (const driver of DRIVERS) {
       await assertLedgerConsistent(t.db);
       // A capture that uses up a lifetime limit ends the session, in a report too.
       const l3 = (await acquire(s2.sessionId, USD(10)))!;
-      const b2 = record("authorize", USD(10));
+      assert.equal(l3.valueMicros, USD(5), "half of the 10 left");
+      const b2 = record("authorize", USD(5));
       await report(rep(s2.sessionId, l3, { records: [b2] }));
-      assert.equal((await store.getSession(s2.sessionId)).status, SessionStatus.ACTIVE, "10 of 20 committed, 10 held");
-      await report(rep(s2.sessionId, l3, { settlements: [{ authorizationId: b2.actionId, captureMicros: USD(10), time: at }] }));
+      const direct = await store.decide({ method: "check", sessionId: s2.sessionId, action: payment(USD(5)), idempotencyKey: "", requestHash: NO_HASH });
+      assert.equal(direct.decision!.outcome, Outcome.ALLOW);
+      assert.equal((await store.getSession(s2.sessionId)).status, SessionStatus.ACTIVE, "15 of 20 committed, 5 held");
+      await report(rep(s2.sessionId, l3, { settlements: [{ authorizationId: b2.actionId, captureMicros: USD(5), time: at }] }));
       const ended = await store.getSession(s2.sessionId);
       assert.equal(ended.status, SessionStatus.EXHAUSTED);
       assert.equal(ended.usage!.valueCommittedMicros, USD(20));
