@@ -168,18 +168,38 @@ export function parseEnumWord(flag: string, schema: DescEnum, text: string): num
 }
 
 /**
- * Checks the server address. `source` names where it came from (`--server`
+ * A server address as an error may show it: the user name and password
+ * (`user:pw@`) as `***`, and the query or fragment as `?…` or `#…` (either
+ * may carry a token). An error line ends up in terminals, CI logs and bug
+ * reports. Works on text that is not a URL too.
+ */
+function shownServer(text: string): string {
+  return text.replace(/^(\s*(?:[a-z][a-z0-9+.-]*:\/\/)?)[^/?#]*@/i, "$1***@").replace(/([?#]).*$/s, "$1…");
+}
+
+/**
+ * Checks the server address and returns it as the URL parser read it,
+ * without a trailing slash. `source` names where it came from (`--server`
  * or `WARDEN_SERVER`) so the message points at what to fix.
  */
 export function parseServerUrl(source: string, text: string): string {
+  const shown = shownServer(text);
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new CliError(`${source}: "${text}" is not a URL such as http://127.0.0.1:8080`);
+    throw new CliError(`${source}: "${shown}" is not a URL such as http://127.0.0.1:8080`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new CliError(`${source}: "${text}" must start with http:// or https://`);
+    throw new CliError(`${source}: "${shown}" must start with http:// or https://`);
   }
-  return text.replace(/\/+$/, "");
+  // Calls go to <server>/<service>/<method>: after a query or a fragment
+  // that path is lost, and every call would fail as a 404. An empty one
+  // ("http://host/?") is not in url.search or url.hash, but is in href.
+  if (/[?#]/.test(url.href)) {
+    throw new CliError(`${source}: "${shown}" must not have a query string or fragment; give only the scheme, host, port and path`);
+  }
+  // The parser's form, not the text: it drops spaces and control characters
+  // around the URL that the transport would otherwise choke on.
+  return url.href.replace(/\/+$/, "");
 }

@@ -1,5 +1,5 @@
 import { timestampMs } from "@bufbuild/protobuf/wkt";
-import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { principalKey } from "../auth/principal.js";
 import { sessionTokenClaimsKey } from "../auth/with-session-token-auth.js";
 import { type ApprovalService, ApprovalStatus } from "../gen/warden/v1/approval_service_pb.js";
@@ -45,7 +45,11 @@ export function createApprovalService(store: WardenStore, watch: NotifyWatch): S
           // Its deadline: settle it here rather than wait for the sweeper.
           await store.expireApproval(req.approvalId);
         } else if (!(await watch.changed(mark, untilExpiry, ctx.signal))) {
-          return;
+          // The call ended (the client canceled, its deadline passed): end with its reason.
+          if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason, Code.Canceled);
+          // The server is shutting down. An OK end would read as "the watch
+          // is over", yet nobody decided: the client must watch again.
+          throw new ConnectError("the server is shutting down while the approval is still pending; watch it again", Code.Unavailable);
         }
         mark = await watch.mark();
         const next = await store.getApproval(req.approvalId);

@@ -1,4 +1,4 @@
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { EventService } from "../gen/warden/v1/event_service_pb.js";
 import type { EventLog } from "../store/event-log.js";
 import type { NotifyWatch } from "../store/notify-watch.js";
@@ -43,7 +43,13 @@ export function createEventService(o: EventServiceOptions): ServiceImpl<typeof E
           yield {};
           lastSentMs = Date.now();
         }
-        if (!(await o.watch.changed(mark, heartbeatMs - (Date.now() - lastSentMs), ctx.signal))) return;
+        if (!(await o.watch.changed(mark, heartbeatMs - (Date.now() - lastSentMs), ctx.signal))) {
+          // The call ended (the client canceled, its deadline passed): end with its reason.
+          if (ctx.signal.aborted) throw ConnectError.from(ctx.signal.reason, Code.Canceled);
+          // The server is shutting down. A watch never ends on its own, so
+          // an OK end would read as "nothing more will come".
+          throw new ConnectError("the server is shutting down; watch again with after_event_id set to the last event received", Code.Unavailable);
+        }
         mark = await o.watch.mark();
       }
     },

@@ -147,4 +147,32 @@ describe("other values", () => {
     throwsCli(() => parseServerUrl("WARDEN_SERVER", "localhost:8080"), "WARDEN_SERVER: ");
     throwsCli(() => parseServerUrl("--server", "not a url"), '--server: "not a url"');
   });
+  test("a server URL is used as it was parsed: spaces around it and a trailing slash go", () => {
+    // The URL parser drops them when it checks the text; the text itself
+    // would then reach the transport as an invalid URL.
+    assert.equal(parseServerUrl("WARDEN_SERVER", "http://127.0.0.1:8080 "), "http://127.0.0.1:8080");
+    assert.equal(parseServerUrl("--server", "\tHTTP://Warden.Example.com:9000/api/ \n"), "http://warden.example.com:9000/api");
+  });
+  test("a server URL with a query string or a fragment is refused, naming where it came from", () => {
+    // Calls go to <server>/<service>/<method>: a query or fragment would make every path wrong.
+    throwsCli(() => parseServerUrl("--server", "http://127.0.0.1:8080?region=eu"), '--server: "http://127.0.0.1:8080?…"', /query string or fragment/);
+    throwsCli(() => parseServerUrl("WARDEN_SERVER", "http://127.0.0.1:8080/#main"), "WARDEN_SERVER: ", /query string or fragment/);
+    throwsCli(() => parseServerUrl("--server", "http://127.0.0.1:8080/?"), "--server: ", /query string or fragment/);
+    throwsCli(() => parseServerUrl("--server", "http://127.0.0.1:8080#"), "--server: ", /query string or fragment/);
+  });
+  test("a server URL's user name, password, query and fragment are never echoed in an error", () => {
+    for (const [text, shown] of [
+      ["http://bob:s3cret@127.0.0.1:8080?region=eu", "http://***@127.0.0.1:8080?…"],
+      ["http://127.0.0.1:8080/?bob=s3cret", "http://127.0.0.1:8080/?…"],
+      ["http://127.0.0.1:8080#bob=s3cret", "http://127.0.0.1:8080#…"],
+      ["ftp://bob:s3cret@host/", "ftp://***@host/"],
+      ["http://s3cret@host#x", "http://***@host#…"],
+      ["http://bob:s3cret@host:99999", "http://***@host:99999"],
+      ["bob:s3cret@host:8080", "***@host:8080"],
+      ["localhost:8080?token=bob-s3cret", "localhost:8080?…"],
+    ]) {
+      throwsCli(() => parseServerUrl("--server", text!), `--server: "${shown}"`);
+      assert.throws(() => parseServerUrl("--server", text!), (e: Error) => !e.message.includes("s3cret") && !e.message.includes("bob"));
+    }
+  });
 });

@@ -5,11 +5,13 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { create, fromJsonString, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { describeError } from "../../src/cli/describe-error.js";
 import { POLICY_FLAGS } from "../../src/cli/policy-flags.js";
 import { COMMANDS, runCli } from "../../src/cli/run-cli.js";
+import { ApprovalStatus } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { Outcome, Reason, Scope, Window } from "../../src/gen/warden/v1/decision_pb.js";
+import { EventService } from "../../src/gen/warden/v1/event_service_pb.js";
 import type { AuthorizeRequest, CheckRequest } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionSchema, SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import {
@@ -336,6 +338,67 @@ describe("commands against an in-memory server", () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /--amount/);
     assert.deepEqual(r.calls, []);
+  });
+
+  test("approvals watch exits 0 when it ends approved, 2 when denied, expired or canceled", async () => {
+    for (const [status, code] of [
+      [ApprovalStatus.APPROVED, 0],
+      [ApprovalStatus.DENIED, 2],
+      [ApprovalStatus.EXPIRED, 2],
+      [ApprovalStatus.CANCELED, 2],
+    ] as const) {
+      const r = await runWarden(["approvals", "watch", "apr_1"], {
+        approvals: {
+          async *watchApproval() {
+            yield { approval: { approvalId: "apr_1", status: ApprovalStatus.PENDING } };
+            yield { approval: { approvalId: "apr_1", status } };
+          },
+        },
+      });
+      assert.equal(r.code, code, `${ApprovalStatus[status]}: ${r.stderr}`);
+      assert.equal(r.stderr, "");
+    }
+  });
+
+  test("approvals watch: a stream that ends while the approval is still pending is an error (exit 1), not a denial (2)", async () => {
+    // What a server that ends the stream OK on shutdown sends.
+    const r = await runWarden(["approvals", "watch", "apr_1"], {
+      approvals: {
+        async *watchApproval() {
+          yield { approval: { approvalId: "apr_1", status: ApprovalStatus.PENDING } };
+        },
+      },
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /status +pending/);
+    assert.equal(r.stderr, "warden: approvals watch: the stream ended before apr_1 was decided; watch it again");
+  });
+
+  test("events watch: a stream that ends before --count events (or at all, without --count) is an error naming where to resume", async () => {
+    const watchEvents = async function* () {
+      yield {};
+      yield { event: { eventId: "evt_1", type: "session.created", sessionId: "ses-1", agentId: "a" } };
+    };
+    const run = async (...args: string[]) => {
+      const out: string[] = [];
+      const err: string[] = [];
+      const code = await runCli(["events", "watch", ...args], {
+        stdout: (t) => out.push(t),
+        stderr: (t) => err.push(t),
+        env: {},
+        transport: () => createRouterTransport(({ service }) => service(EventService, { watchEvents })),
+      });
+      return { code, stdout: out.join("\n"), stderr: err.join("\n") };
+    };
+    const counted = await run("--count", "5");
+    assert.equal(counted.code, 1);
+    assert.match(counted.stdout, /session\.created/);
+    assert.equal(counted.stderr, "warden: events watch: the stream ended after 1 of 5 events; resume with --after evt_1");
+    const endless = await run("--after", "evt_0");
+    assert.equal(endless.code, 1);
+    assert.equal(endless.stderr, "warden: events watch: the stream ended after 0 events; resume with --after evt_1");
+    const enough = await run("--count", "1");
+    assert.equal(enough.code, 0, enough.stderr);
   });
 
   test("agents set-policy reports other GetAgent errors", async () => {

@@ -5,18 +5,22 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { createApiKeys } from "../../src/auth/api-keys.js";
 import { type Approval, ApprovalService, ApprovalStatus } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { ActionStatus, PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { createLogger } from "../../src/server/logger.js";
+import { startSidecar } from "../../src/sidecar/start-sidecar.js";
 import type { Database } from "../../src/store/database.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
-import { payment, USD } from "../helpers/fixtures.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
-import { freePort, type GrpcClient, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
+import { freePort, type GrpcClient, grpcClient, type ServerProcess, startTestServer, startWardenCli, startWardenProcess, storeArgs } from "../helpers/server-process.js";
 
 const AGENT = "agent-approvals-e2e";
 
@@ -232,5 +236,94 @@ describe("approvals end to end: agent through a sidecar, approver at the control
     const u = await usage(s.sessionId);
     assert.equal(u.valueCommittedMicros, USD(1000));
     assert.ok(u.valueCommittedMicros + u.valueHeldMicros <= USD(1000), "never over the limit");
+  });
+});
+
+/**
+ * A control plane that shuts down (a rolling restart) while an approval is
+ * still PENDING: nobody decided, so no watch may end as if it were over.
+ */
+describe("WatchApproval when the control plane shuts down while the approval is pending", () => {
+  /** A running control plane and an approval pending on it. */
+  async function pendingApproval(agentId: string) {
+    const cp = await startTestServer();
+    const t = createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` });
+    const { session } = await createClient(SessionService, t).createSession(sessionRequest(agentId, { requireApprovalAboveMicros: USD(10) }));
+    const r = await createClient(PolicyService, t).authorize({ sessionId: session!.sessionId, action: payment(USD(50)) });
+    assert.equal(r.decision?.outcome, Outcome.NEEDS_APPROVAL);
+    // Closed once, by the test or else after it.
+    let closing: Promise<void> | undefined;
+    const close = (graceMs: number) => (closing ??= cp.close(graceMs));
+    return { cp, close, sessionId: session!.sessionId, approvalId: r.approvalId };
+  }
+
+  /** How a watch stream ended: "OK" after `statuses`, or `CODE: message`. */
+  async function ending(stream: AsyncIterable<{ approval?: Approval }>, first: () => void): Promise<{ statuses: ApprovalStatus[]; end: string }> {
+    const statuses: ApprovalStatus[] = [];
+    try {
+      for await (const m of stream) {
+        statuses.push(m.approval!.status);
+        if (statuses.length === 1) first();
+      }
+      return { statuses, end: "OK" };
+    } catch (e) {
+      const c = ConnectError.from(e);
+      return { statuses, end: `${Code[c.code]}: ${c.rawMessage}` };
+    }
+  }
+
+  test("a watch at the control plane and one through a sidecar end UNAVAILABLE (shutting down), not OK", async () => {
+    const agentId = "agent-approvals-shutdown";
+    const { cp, close, sessionId, approvalId } = await pendingApproval(agentId);
+    const sc = await startSidecar({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
+      agentId,
+      stalenessBoundMs: 5_000,
+      leaseTtlMs: 10_000,
+      reportIntervalMs: 20,
+      cacheMaxSessions: 100,
+      cacheMaxBytes: 1 << 24,
+      logger: createLogger("silent"),
+      requireSessionTokens: false,
+    });
+    try {
+      const direct = createClient(ApprovalService, createConnectTransport({ baseUrl: `http://127.0.0.1:${cp.httpPort}`, httpVersion: "1.1" }));
+      const viaSidecar = createClient(ApprovalService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${sc.grpcPort}` }));
+      let opened = 0;
+      let onBothOpen = () => {};
+      const bothOpen = new Promise<void>((resolve) => (onBothOpen = resolve));
+      const one = () => ++opened === 2 && onBothOpen();
+      const watches = [
+        ending(direct.watchApproval({ approvalId, sessionId }, { timeoutMs: 0 }), one),
+        ending(viaSidecar.watchApproval({ approvalId, sessionId }, { timeoutMs: 0 }), one),
+      ];
+      // Shut down only once both are watching (or one already ended: the assertions say how).
+      await Promise.race([bothOpen, Promise.all(watches)]);
+      await close(5_000);
+      const [atControlPlane, throughSidecar] = await Promise.all(watches);
+      for (const w of [atControlPlane!, throughSidecar!]) {
+        assert.deepEqual(w.statuses, [ApprovalStatus.PENDING]);
+        assert.match(w.end, /^Unavailable: .*shutting down.*watch/, `the stream ended ${w.end} while the approval was still pending`);
+      }
+    } finally {
+      await sc.close(200);
+      await close(0);
+    }
+  });
+
+  test("warden approvals watch exits 1 with one line, not 2 as if denied", async () => {
+    const { cp, close, approvalId } = await pendingApproval("agent-approvals-shutdown-cli");
+    try {
+      const cli = startWardenCli(`http://127.0.0.1:${cp.httpPort}`, "approvals", "watch", approvalId);
+      await cli.printed(/status\s+pending/);
+      const [run] = await Promise.all([cli.done, close(5_000)]);
+      assert.equal(run.code, 1, `exit ${run.code}; stderr: ${run.stderr}`);
+      assert.equal(run.stderr.trim().split("\n").length, 1, run.stderr);
+      assert.match(run.stderr, /^warden: unavailable: .*shutting down/);
+    } finally {
+      await close(0);
+    }
   });
 });

@@ -126,4 +126,17 @@ describe("warden CLI against warden serve", () => {
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /not_found/);
   });
+
+  test("the server address is used as parsed (a trailing space is dropped); one with a query string is refused naming its source", async () => {
+    const spaced = await runWardenCli(`${server.httpUrl} `, "sessions", "get", "no-such-session");
+    assert.equal(spaced.code, 1, spaced.stderr);
+    assert.equal(spaced.stderr.trim().split("\n").length, 1, spaced.stderr);
+    assert.match(spaced.stderr, /^warden: not_found: /, "the call reached the server");
+    const query = await warden(server, "sessions", "get", "no-such-session", "--server", `${server.httpUrl}?region=eu`);
+    assert.equal(query.code, 1, query.stderr);
+    assert.equal(query.stderr.trim().split("\n").length, 1, query.stderr);
+    assert.match(query.stderr, /^warden: --server: ".*\?…" must not have a query string or fragment/);
+    const fragment = await runWardenCli(`${server.httpUrl}/#eu`, "sessions", "get", "no-such-session");
+    assert.match(fragment.stderr, /^warden: WARDEN_SERVER: .* must not have a query string or fragment/);
+  });
 });

@@ -12,8 +12,17 @@ import { runCli } from "../../src/cli/run-cli.js";
 import { createLogger } from "../../src/server/logger.js";
 import { type RunningServer, startServer } from "../../src/server/start-server.js";
 import { DRIVERS } from "../helpers/databases.js";
-import { payment, USD } from "../helpers/fixtures.js";
-import { createStoreLocation, type GrpcClient, grpcClient, type ServerProcess, startServerProcess, tempDataDir } from "../helpers/server-process.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import {
+  createStoreLocation,
+  type GrpcClient,
+  grpcClient,
+  type ServerProcess,
+  startServerProcess,
+  startTestServer,
+  startWardenCli,
+  tempDataDir,
+} from "../helpers/server-process.js";
 
 /** Reads a grpc-js server stream until `done` says so; cancels it then. */
 async function readUntil(stream: grpc.ClientReadableStream<WatchEventsResponse>, done: (events: Event[]) => boolean): Promise<Event[]> {
@@ -214,5 +223,49 @@ describe("WatchEvents over Connect, with heartbeats", () => {
     assert.equal(got[0], undefined, "a heartbeat first, while nothing happened");
     assert.ok(got.filter((e) => e === undefined).length >= 3, "heartbeats while quiet");
     assert.deepEqual(got.filter((e) => e !== undefined).map((e) => e!.type), ["session.created"]);
+  });
+});
+
+describe("WatchEvents when the server shuts down", () => {
+  test("a watch ends UNAVAILABLE (shutting down), not OK; `warden events watch --count 5` exits 1 with one line after 1 of 5", async () => {
+    const server = await startTestServer();
+    let closing: Promise<void> | undefined;
+    const close = (graceMs: number) => (closing ??= server.close(graceMs));
+    try {
+      const transport = createConnectTransport({ baseUrl: `http://127.0.0.1:${server.httpPort}`, httpVersion: "1.1" });
+      const sessionsClient = createClient(SessionService, transport);
+      const client = createClient(EventService, transport);
+      // Both watches resume after a marker's event, so each has one event
+      // to show (the next session's) once it is open, whenever that is.
+      const marker = (await sessionsClient.createSession(sessionRequest("agent-events-shutdown", {}))).session!.sessionId;
+      const from = (await client.listEvents({ filter: { sessionId: marker } })).events[0]!.eventId;
+      const next = (await sessionsClient.createSession(sessionRequest("agent-events-shutdown", {}))).session!.sessionId;
+
+      const cli = startWardenCli(`http://127.0.0.1:${server.httpPort}`, "events", "watch", "--after", from, "--count", "5");
+      const stream = client.watchEvents({ afterEventId: from }, { timeoutMs: 0 })[Symbol.asyncIterator]();
+      assert.equal((await stream.next()).value?.event?.sessionId, next);
+      await cli.printed(new RegExp(next));
+      const [run, end] = await Promise.all([
+        cli.done,
+        (async () => {
+          const rest: unknown[] = [];
+          try {
+            for (let m = await stream.next(); !m.done; m = await stream.next()) rest.push(m.value.event);
+            return `OK after ${rest.length} more`;
+          } catch (e) {
+            const c = ConnectError.from(e);
+            return `${Code[c.code]}: ${c.rawMessage}`;
+          }
+        })(),
+        close(5_000),
+      ]);
+      assert.match(end, /^Unavailable: .*shutting down.*after_event_id/, `the stream ended ${end}`);
+      assert.equal(run.code, 1, `exit ${run.code} after 1 of 5 events; stderr: ${run.stderr}`);
+      assert.equal(run.stderr.trim().split("\n").length, 1, run.stderr);
+      assert.match(run.stderr, /^warden: unavailable: .*shutting down/);
+      assert.equal(run.stdout.trim().split("\n").length, 1, "the one event, printed");
+    } finally {
+      await close(0);
+    }
   });
 });

@@ -12,6 +12,7 @@ import {
 } from "../../gen/warden/v1/approval_service_pb.js";
 import { MoneySchema } from "../../gen/warden/v1/money_pb.js";
 import { ApprovalTimeoutOutcomeSchema } from "../../gen/warden/v1/policy_pb.js";
+import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, type CommandSpec, EXIT_NOT_ALLOWED, EXIT_OK } from "../command.js";
 import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { parseEnumWord, parsePositiveMoneyFlag } from "../flags.js";
@@ -54,6 +55,9 @@ function formatApprovalsTable(approvals: readonly Approval[]): string {
     ]),
   );
 }
+
+/** The decided statuses other than APPROVED: `approvals watch` exits 2 on them. */
+const NOT_APPROVED: readonly ApprovalStatus[] = [ApprovalStatus.DENIED, ApprovalStatus.EXPIRED, ApprovalStatus.CANCELED];
 
 const SESSION_FLAG = { name: "session", type: "string", value: "SESSION_ID", description: "the session the approval belongs to (required with an agent key)" } as const;
 
@@ -154,15 +158,21 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
     name: "approvals watch",
     args: ["APPROVAL_ID"],
     summary: "wait until an approval is decided or expires, printing each change",
-    notes: "Exit code 0 when it ends APPROVED, 2 when it ends denied, expired or canceled, 1 on errors.",
+    notes:
+      "Exit code 0 when it ends APPROVED, 2 when it ends denied, expired or canceled, 1 on errors, including a watch that ends while the approval is still pending (the server shut down: watch again).",
     flags: [SESSION_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
+      const approvalId = ctx.args[0]!;
       let last: Approval | undefined;
-      for await (const res of ctx.clients().approvals.watchApproval({ approvalId: ctx.args[0]!, sessionId: ctx.flags.string("session") ?? "" }, { timeoutMs: 0 })) {
+      for await (const res of ctx.clients().approvals.watchApproval({ approvalId, sessionId: ctx.flags.string("session") ?? "" }, { timeoutMs: 0 })) {
         last = res.approval;
         ctx.output(WatchApprovalResponseSchema, res, () => (res.approval ? `${formatApproval(res.approval)}\n` : ""));
       }
-      return last?.status === ApprovalStatus.APPROVED ? EXIT_OK : EXIT_NOT_ALLOWED;
+      if (last?.status === ApprovalStatus.APPROVED) return EXIT_OK;
+      if (last !== undefined && NOT_APPROVED.includes(last.status)) return EXIT_NOT_ALLOWED;
+      // Nobody decided (an older server ends the stream OK when it shuts
+      // down): exit 2 would tell a script it was denied.
+      throw new CliError(`approvals watch: the stream ended before ${approvalId} was decided; watch it again`);
     },
   },
 ];

@@ -63,7 +63,8 @@ export const EVENT_COMMANDS: readonly CommandSpec[] = [
     name: "events watch",
     args: [],
     summary: "print events as they are committed, one per line, until interrupted",
-    notes: "With --json each event is one line of JSON (JSON Lines). To resume where a watch stopped, pass the last event id with --after.",
+    notes:
+      "With --json each event is one line of JSON (JSON Lines). To resume where a watch stopped, pass the last event id with --after. Exit code 1 when the stream ends before --count events (or at all, without --count): the server shut down.",
     flags: [
       ...FILTER_FLAGS,
       { name: "after", type: "string", value: "EVENT_ID", description: "start after this event (default: from now on)" },
@@ -77,21 +78,26 @@ export const EVENT_COMMANDS: readonly CommandSpec[] = [
       const json = ctx.flags.boolean("json");
       const abort = new AbortController();
       let seen = 0;
+      let lastId = ctx.flags.string("after");
       try {
         const stream = ctx.clients().events.watchEvents(
-          { filter: eventFilterOf(ctx.flags), afterEventId: ctx.flags.string("after") ?? "" },
+          { filter: eventFilterOf(ctx.flags), afterEventId: lastId ?? "" },
           { timeoutMs: 0, signal: abort.signal },
         );
         for await (const res of stream) {
           // A response without an event is a heartbeat: nothing to print.
           if (res.event === undefined) continue;
           ctx.print(json ? toJsonString(EventSchema, res.event) : formatEventLine(res.event));
-          if (count !== undefined && ++seen >= count) break;
+          lastId = res.event.eventId;
+          if (count !== undefined && ++seen >= count) return EXIT_OK;
         }
       } finally {
         abort.abort();
       }
-      return EXIT_OK;
+      // The server ended the stream (an older one does so on shutdown):
+      // the events asked for did not all come, which is no success.
+      const resume = lastId === undefined ? "watch again" : `resume with --after ${lastId}`;
+      throw new CliError(`events watch: the stream ended after ${seen}${count === undefined ? "" : ` of ${count}`} events; ${resume}`);
     },
   },
 ];
