@@ -4,8 +4,11 @@ import type { Database } from "../store/database.js";
 /** The JWS algorithm of session tokens: Ed25519 signatures (RFC 8037). */
 export const SESSION_TOKEN_ALG = "EdDSA";
 
-/** How long the active key is reused before the store is asked again. */
-const ACTIVE_CACHE_MS = 60_000;
+/**
+ * How long the active key is reused before the store is asked again: a
+ * replica may go on signing with a key retired elsewhere for that long.
+ */
+export const ACTIVE_CACHE_MS = 60_000;
 
 /** The key that signs session tokens now. */
 export interface ActiveSigningKey {
@@ -27,10 +30,10 @@ export interface SigningKeys {
    */
   jwks(): Promise<JSONWebKeySet>;
   /**
-   * Retires the active key (it stays published until its tokens expire) and
-   * creates a new one, which signs from now on. Returns the new key's id.
-   * Other replicas switch within a minute; tokens they sign meanwhile with
-   * the retired key stay valid.
+   * Retires the active key and creates a new one, which signs from now on.
+   * Returns the new key's id. Other replicas switch within a minute
+   * ({@link ACTIVE_CACHE_MS}); the retired key stays published until the
+   * tokens they sign with it meanwhile have expired too.
    */
   rotate(): Promise<string>;
 }
@@ -41,8 +44,10 @@ export interface SigningKeysOptions {
   /** Epoch ms; the wall clock by default. */
   readonly now?: () => number;
   /**
-   * How long a retired key stays published: the longest token lifetime,
-   * since a token signed just before retirement is valid that long.
+   * The longest token lifetime. A retired key stays published that long
+   * plus {@link ACTIVE_CACHE_MS}, since a replica that has not yet seen the
+   * rotation signs with it for up to that long, and such a token is valid
+   * its full lifetime.
    */
   readonly retiredKeyLifetimeMs: number;
 }
@@ -125,7 +130,9 @@ export function createSigningKeys(options: SigningKeysOptions): SigningKeys {
     async jwks() {
       const { rows } = await db.query<KeyRow>(
         `SELECT kid, public_jwk FROM signing_keys WHERE retire_time IS NULL OR retire_time > $1 ORDER BY retire_time DESC NULLS FIRST, create_time DESC`,
-        [iso(now() - options.retiredKeyLifetimeMs)],
+        // A token signed by a replica that has not yet seen the rotation
+        // (up to ACTIVE_CACHE_MS after it) lives a full token lifetime too.
+        [iso(now() - options.retiredKeyLifetimeMs - ACTIVE_CACHE_MS)],
       );
       return { keys: rows.map((r) => JSON.parse(r.public_jwk) as JWK) };
     },

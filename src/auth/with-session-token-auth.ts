@@ -26,6 +26,19 @@ export interface SessionTokenAuthOptions<S extends DescService> {
    * say, approve its own approval).
    */
   readonly tokenMethods?: readonly string[];
+  /**
+   * The only agent whose session tokens are served: a sidecar's. A valid
+   * token of another agent's session is PERMISSION_DENIED, since the
+   * sidecar watches only its own agent's sessions and would never hear of
+   * that session's revocation. Default: any agent (the control plane,
+   * which sees every session).
+   */
+  readonly agentId?: string;
+}
+
+/** PERMISSION_DENIED: a session of another agent than the one a sidecar serves. */
+export function anotherAgentsSession(sessionId: string, agentId: string, served: string): ConnectError {
+  return new ConnectError(`session_id: session "${sessionId}" belongs to agent "${agentId}"; this sidecar serves agent "${served}"`, Code.PermissionDenied);
 }
 
 type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
@@ -37,7 +50,9 @@ type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
  * names: the token's `sub` must equal its `session_id`. Otherwise
  * UNAUTHENTICATED: "missing credentials", "invalid token" (bad shape,
  * signature, key, algorithm — including `none` — or type), "token
- * expired", or "token is for another session".
+ * expired", or "token is for another session". A valid token is
+ * PERMISSION_DENIED on a method it may not call (not in `tokenMethods`)
+ * and for another agent than `agentId`.
  *
  * Verification is offline (see createSessionTokenVerifier). Whether the
  * session is still active is not the token's business: the service checks
@@ -64,11 +79,15 @@ export function withSessionTokenAuth<S extends DescService>(
     const route = async (req: unknown, ctx: HandlerContext): Promise<{ target: unknown; call: AnyImpl }> => {
       const token = bearerToken(ctx.requestHeader);
       if (token !== undefined && !token.startsWith(API_KEY_PREFIX)) {
-        if (!tokenAllowed) throw new ConnectError(`a session token cannot call ${method.name}: use an API key`, Code.PermissionDenied);
+        // Verified first: a credential that is no valid token (a typo, an
+        // expired one) is UNAUTHENTICATED on every method, so the client
+        // asks for new credentials rather than for more rights.
         const claims = await options.verifier.verify(token);
+        if (!tokenAllowed) throw new ConnectError(`a session token cannot call ${method.name}: use an API key`, Code.PermissionDenied);
         if (claims.sessionId !== (req as { sessionId: string }).sessionId) {
           throw new ConnectError("token is for another session", Code.Unauthenticated);
         }
+        if (options.agentId !== undefined && claims.agentId !== options.agentId) throw anotherAgentsSession(claims.sessionId, claims.agentId, options.agentId);
         ctx.values.set(sessionTokenClaimsKey, claims);
         return { target: impl, call: fn };
       }

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { MalformedCredentialError } from "../client/create-warden-client.js";
 import { CliError } from "./cli-error.js";
 import { parseArgsError } from "./parse-command-line.js";
 
@@ -28,6 +29,10 @@ function oneLine(text: string): string {
  */
 export function describeError(err: unknown, server?: string): string {
   if (err instanceof CliError) return oneLine(err.message);
+  // The CLI's only credential is its API key: name where it came from.
+  if (err instanceof MalformedCredentialError) {
+    return `--api-key (or WARDEN_API_KEY): not a usable API key: only visible ASCII characters may appear in one, and ${err.reason}`;
+  }
   if (err instanceof ConnectError) {
     const text = `${codeName(err.code)}: ${oneLine(err.rawMessage)}`;
     if (err.code === Code.Unavailable && server !== undefined) {

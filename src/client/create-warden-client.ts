@@ -36,13 +36,52 @@ export function createServiceClients(transport: Transport): WardenClients {
 }
 
 /**
+ * A credential that cannot be sent as a Bearer token. Its message says
+ * what is wrong and where, never the credential itself.
+ */
+export class MalformedCredentialError extends Error {
+  override name = "MalformedCredentialError";
+  constructor(
+    /** What is wrong, e.g. "it holds a line break at character 77". */
+    readonly reason: string,
+  ) {
+    super(`credential: not a usable API key or session token: only visible ASCII characters may appear in one, and ${reason}`);
+  }
+}
+
+/**
+ * What makes `credential` unusable in a header, or undefined when nothing
+ * does. Surrounding whitespace is no fault: `Headers` drops it.
+ */
+function credentialFault(credential: string): string | undefined {
+  const lead = /^[ \t\r\n]*/.exec(credential)![0].length;
+  const rest = credential.slice(lead).replace(/[ \t\r\n]+$/, "");
+  if (rest === "") return "it is blank";
+  const bad = /[^\x21-\x7e]/.exec(rest);
+  if (bad === null) return undefined;
+  const c = bad[0];
+  const what =
+    c === "\n" || c === "\r" ? "a line break" : c === " " || c === "\t" ? "a space" : c < " " || c === "\x7f" ? "a control character" : "a non-ASCII character";
+  return `it holds ${what} at character ${lead + bad.index + 1}`;
+}
+
+/**
  * `transport` with `authorization: Bearer <credential>` on every call (an
  * API key, or an agent's session token), or `transport` itself without
  * one. Wrapping the transport (rather than each call's options) works for
  * any transport, including in-memory ones.
+ *
+ * The credential is checked here, once: keys and tokens are visible ASCII,
+ * and anything else (two lines pasted from a file, say) would fail in
+ * `Headers.set` on every call with a message that repeats the whole
+ * header, secret included. Surrounding whitespace (a file's trailing
+ * newline) is allowed: `Headers` drops it. Throws
+ * {@link MalformedCredentialError}.
  */
 export function withBearer(transport: Transport, credential: string | undefined): Transport {
   if (credential === undefined || credential === "") return transport;
+  const fault = credentialFault(credential);
+  if (fault !== undefined) throw new MalformedCredentialError(fault);
   const withAuth = (header: ConstructorParameters<typeof Headers>[0]) => {
     const h = new Headers(header);
     h.set("authorization", `Bearer ${credential}`);
@@ -63,7 +102,10 @@ export interface WardenClientOptions {
   readonly baseUrl: string;
   /** Wire protocol; default "connect" (HTTP/1.1 or HTTP/2). "grpc" needs the gRPC listener or HTTP/2. */
   readonly protocol?: "connect" | "grpc" | "grpc-web";
-  /** An API key or a session token, sent as `authorization: Bearer …`. */
+  /**
+   * An API key or a session token, sent as `authorization: Bearer …`. One
+   * that is not visible ASCII throws {@link MalformedCredentialError} here.
+   */
   readonly credential?: string;
   /** HTTP version for "connect" and "grpc-web"; default "1.1". gRPC is always HTTP/2. */
   readonly httpVersion?: "1.1" | "2";

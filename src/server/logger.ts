@@ -26,7 +26,14 @@ export function createLogger(level: string = process.env.WARDEN_LOG_LEVEL ?? "in
   );
 }
 
-/** A URL with its password replaced, for logs. */
+/**
+ * Query parameters whose value is a credential: libpq's and node-postgres's
+ * `password`, `sslpassword` and `sslkey`, and, in any URL (a webhook
+ * receiver's, say), anything named like a password, token, secret or key.
+ */
+const SECRET_PARAM = /pass|pwd|token|secret|key|auth|credential|signature|^sig$/i;
+
+/** A URL with its password, and every query parameter that may hold a credential, replaced, for logs. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
@@ -34,6 +41,11 @@ export function redactUrl(url: string): string {
     // An http(s) user name alone is a credential too: a token sent as Basic
     // auth with no password, as many receivers take API keys.
     else if (u.username !== "" && (u.protocol === "https:" || u.protocol === "http:")) u.username = "***";
+    const params = [...u.searchParams];
+    // Rewritten only when needed: re-encoding changes a query's spelling.
+    if (params.some(([name]) => SECRET_PARAM.test(name))) {
+      u.search = new URLSearchParams(params.map(([name, value]): [string, string] => [name, SECRET_PARAM.test(name) ? "***" : value])).toString();
+    }
     return u.toString();
   } catch {
     return "[unparseable url]";

@@ -10,7 +10,7 @@ import { file_warden_v1_policy_service, PolicyService } from "../gen/warden/v1/p
 import { SyncService } from "../gen/warden/v1/sync_service_pb.js";
 import { AuthService, GetSigningKeysResponseSchema } from "../gen/warden/v1/auth_service_pb.js";
 import { createSessionTokenVerifier } from "../auth/session-tokens.js";
-import { withSessionTokenAuth } from "../auth/with-session-token-auth.js";
+import { anotherAgentsSession, withSessionTokenAuth } from "../auth/with-session-token-auth.js";
 import { APPROVAL_TOKEN_METHODS } from "../auth/access-tables.js";
 import { ApprovalService, file_warden_v1_approval_service } from "../gen/warden/v1/approval_service_pb.js";
 import { createSidecarApprovalService } from "./sidecar-approval-service.js";
@@ -110,7 +110,16 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   const cache = new SessionCache({
     maxSessions: o.cacheMaxSessions,
     maxBytes: o.cacheMaxBytes,
-    fetch: (sessionId) => sync.getSessionState({ sessionId }),
+    fetch: async (sessionId) => {
+      const res = await sync.getSessionState({ sessionId });
+      // The control plane answers whatever the sidecar's credential may
+      // read (an admin key reads every agent's sessions), but the watch
+      // covers only this agent: another agent's session would never hear
+      // of its revocation here, so it is never served.
+      const own = res.sessions.find((s) => s.sessionId === sessionId);
+      if (own !== undefined && own.agentId !== o.agentId) throw anotherAgentsSession(sessionId, own.agentId, o.agentId);
+      return res;
+    },
     onLookup: (hit) => metrics.recordCacheLookup(hit),
     onChange: (before, after) => {
       if (after !== undefined) log.debug({ sessionId: after.sessionId, status: after.status, revision: after.revision }, "session changed");
@@ -190,8 +199,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
     const verifier = createSessionTokenVerifier({
       fetchJwks: async () => toJson(GetSigningKeysResponseSchema, await authClient.getSigningKeys({})) as unknown as JSONWebKeySet,
     });
-    decide = withSessionTokenAuth(PolicyService, decide, { verifier }) as typeof decide;
-    approvals = withSessionTokenAuth(ApprovalService, approvals, { verifier, tokenMethods: APPROVAL_TOKEN_METHODS }) as typeof approvals;
+    decide = withSessionTokenAuth(PolicyService, decide, { verifier, agentId: o.agentId }) as typeof decide;
+    approvals = withSessionTokenAuth(ApprovalService, approvals, { verifier, tokenMethods: APPROVAL_TOKEN_METHODS, agentId: o.agentId }) as typeof approvals;
   }
   const described = [file_warden_v1_policy_service, file_warden_v1_approval_service, file_grpc_health_v1_health, file_grpc_reflection_v1_reflection];
   const mounted: Mounted[] = [

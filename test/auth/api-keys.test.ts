@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AUTHENTICATED_KEY_TTL_MS, createApiKeys, parseApiKey, type ApiKeys } from "../../src/auth/api-keys.js";
 import { createAuth } from "../../src/auth/create-auth.js";
-import { createSigningKeys } from "../../src/auth/signing-keys.js";
+import { ACTIVE_CACHE_MS, createSigningKeys } from "../../src/auth/signing-keys.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { ManualClock } from "../helpers/fixtures.js";
 
@@ -173,8 +173,12 @@ for (const driver of DRIVERS) {
         const newKid = await keys2.rotate();
         assert.notEqual(newKid, kids[0]);
         assert.deepEqual((await keys2.jwks()).keys.map((k) => k.kid), [newKid, kids[0]]);
+        // A replica that has not yet re-read the active key signs with the
+        // old one for up to ACTIVE_CACHE_MS more: those tokens live a TTL too.
+        clock.advance(ttl + ACTIVE_CACHE_MS - 1);
+        assert.deepEqual((await keys2.jwks()).keys.map((k) => k.kid), [newKid, kids[0]]);
         // Once every token the old key signed has expired, it is withdrawn.
-        clock.advance(ttl + 1);
+        clock.advance(1);
         assert.deepEqual((await keys2.jwks()).keys.map((k) => k.kid), [newKid]);
       } finally {
         await fresh.drop();

@@ -10,6 +10,7 @@ import { createSessionTokenVerifier } from "../../src/auth/session-tokens.js";
 import { runCli } from "../../src/cli/run-cli.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
+import { ApprovalService } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { ApiKeyRole, AuthService, GetSigningKeysResponseSchema } from "../../src/gen/warden/v1/auth_service_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
@@ -103,6 +104,7 @@ for (const driver of DRIVERS) {
         policy: createClient(PolicyService, t),
         agents: createClient(AgentService, t),
         auth: createClient(AuthService, t),
+        approvals: createClient(ApprovalService, t),
       };
     };
     const cliEnv = (key?: string) => ({ WARDEN_SERVER: url, WARDEN_API_KEY: key });
@@ -190,6 +192,26 @@ for (const driver of DRIVERS) {
       await assert.rejects(cli(["sessions", "list"], cliEnv(auditorKey)), /unauthenticated: invalid API key/);
     });
 
+    test("the CLI given a malformed API key (two lines) fails naming the flag, and never prints the key", async () => {
+      // A key file holding a key and a note, or two keys.
+      for (const [args, env] of [
+        [["sessions", "list", "--api-key", `${adminKey}\nold-key-below`], { WARDEN_SERVER: url }],
+        [["sessions", "list"], cliEnv(`${adminKey}\nold-key-below`)],
+      ] as const) {
+        const out: string[] = [];
+        const code = await runCli([...args], { env, stdout: (t) => out.push(t), stderr: (t) => out.push(t) });
+        assert.equal(code, 1);
+        const printed = out.join("\n");
+        assert.ok(!printed.includes(adminKey.slice(-43)), "the key's secret was printed");
+        assert.equal(
+          printed,
+          `warden: --api-key (or WARDEN_API_KEY): not a usable API key: only visible ASCII characters may appear in one, and it holds a line break at character ${adminKey.length + 1}`,
+        );
+      }
+      // A trailing newline (a file read whole) is no fault.
+      await cli(["sessions", "list"], cliEnv(`${adminKey}\n`));
+    });
+
     test("an agent key may only touch its own agent and its sessions", async () => {
       const me = id("shopper");
       const other = id("courier");
@@ -269,6 +291,26 @@ for (const driver of DRIVERS) {
       await refused(clients(a.sessionToken).policy.check({ sessionId: sc, action: payment(USD(1)) }), Code.Unauthenticated, /another session/);
       // Admin keys may decide too (warden check with WARDEN_API_KEY).
       assert.equal((await admin.policy.check({ sessionId: sa, action: payment(USD(1)) })).decision?.outcome, Outcome.ALLOW);
+    });
+
+    test("ApprovalService's API-key methods: a credential that is no valid token is UNAUTHENTICATED, a valid session token PERMISSION_DENIED", async () => {
+      // UNAUTHENTICATED tells a client to get new credentials; a typo, a
+      // truncated paste or a token of another issuer is not a role.
+      const s = await clients(adminKey).sessions.createSession(sessionRequest(id("agent"), {}));
+      secrets.push(s.sessionToken);
+      const approvalId = "apr_00000000000000000000000000";
+      for (const transport of ["connect", "grpc"] as const) {
+        for (const [credential, code, message] of [
+          ["not-a-real-credential", Code.Unauthenticated, /^invalid token$/],
+          [s.sessionToken.slice(0, -4) + (s.sessionToken.endsWith("AAAA") ? "BBBB" : "AAAA"), Code.Unauthenticated, /^invalid token$/],
+          [s.sessionToken, Code.PermissionDenied, /^a session token cannot call \w+Approvals?: use an API key$/],
+        ] as const) {
+          const approvals = clients(credential, transport).approvals;
+          await refused(approvals.listApprovals({}), code, message);
+          await refused(approvals.approveApproval({ approvalId }), code, message);
+          await refused(approvals.denyApproval({ approvalId }), code, message);
+        }
+      }
     });
 
     test("extending a session keeps its token; an expired token is refused and CreateSessionToken replaces it", async () => {

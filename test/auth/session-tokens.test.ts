@@ -139,6 +139,30 @@ for (const driver of DRIVERS) {
       assert.equal(fetches, 2);
     });
 
+    test("a token a lagging replica signs with the just-retired key verifies until its own expiry, on a replica that loads the key set then", async () => {
+      // A replica re-reads the active key once a minute: after a rotation
+      // elsewhere it signs with the retired key for up to that long.
+      const fresh = await openTestDatabase(driver);
+      try {
+        const at = new ManualClock();
+        const ttl = DAY;
+        const rotating = await createAuth({ db: fresh.db, now: at.now, tokenTtlMs: ttl });
+        const lagging = await createAuth({ db: fresh.db, now: at.now, tokenTtlMs: ttl });
+        const retiredKid = (await lagging.signingKeys.active()).kid;
+        await rotating.signingKeys.rotate();
+        at.advance(59_999); // the last moment the lagging replica still signs with it
+        const { token, expireTime } = await lagging.issuer.issue({ sessionId: "s-lagging", agentId: "shopper-1" });
+        assert.equal(JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid, retiredKid, "signed with the retired key");
+        at.ms = expireTime - 1;
+        const late = await createAuth({ db: fresh.db, now: at.now, tokenTtlMs: ttl });
+        assert.equal((await late.verifier.verify(token)).sessionId, "s-lagging");
+        at.ms = expireTime;
+        await refused(late.verifier.verify(token), Code.Unauthenticated, /^token expired$/);
+      } finally {
+        await fresh.drop();
+      }
+    });
+
     test("a sidecar's PolicyService behind withSessionTokenAuth takes session tokens only", async () => {
       const store = createWardenStore({ db: t.db, now: clock.now });
       const stacks = await startStacks([mountService(PolicyService, withSessionTokenAuth(PolicyService, createPolicyService(store), { verifier: verifier() }))]);

@@ -5,6 +5,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createApiKeys } from "../../src/auth/api-keys.js";
 import { createWardenClient, EVENT_ID_HEADER, SIGNATURE_HEADER, verifyWebhookSignature, WebhookSignatureError } from "../../src/client/index.js";
+import { MalformedCredentialError } from "../../src/client/create-warden-client.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { createLogger } from "../../src/server/logger.js";
 import { type RunningServer, startServer } from "../../src/server/start-server.js";
@@ -46,6 +47,36 @@ describe("the TypeScript client (src/client) against a real server", () => {
       await assert.rejects(anonymous.sessions.getSession({ sessionId }), (e) => ConnectError.from(e).code === Code.Unauthenticated);
     });
   }
+
+  test("a malformed credential (two lines, a space, a non-ASCII character) throws at once, saying what is wrong but never repeating it", async () => {
+    const baseUrl = `http://127.0.0.1:${server.httpPort}`;
+    const { secret } = await createApiKeys({ db: server.store.db }).create({ role: "admin" });
+    const secretPart = secret.slice(-43);
+    const at = secret.length + 1;
+    for (const [credential, why] of [
+      [`${secret}\nold-key-below`, `it holds a line break at character ${at}`],
+      [`${secret} ${secret}`, `it holds a space at character ${at}`],
+      [`${secret}é`, `it holds a non-ASCII character at character ${at}`],
+      [`${secret}\u0000`, `it holds a control character at character ${at}`],
+      [" \n", "it is blank"],
+    ] as const) {
+      for (const protocol of ["connect", "grpc-web", "grpc"] as const) {
+        assert.throws(
+          () => createWardenClient({ baseUrl, protocol, credential }),
+          (e: unknown) => {
+            assert.ok(e instanceof MalformedCredentialError, String(e));
+            assert.match(e.message, /^credential: not a usable API key or session token: only visible ASCII characters may appear in one, and /);
+            assert.ok(e.message.endsWith(`, and ${why}`), e.message);
+            assert.ok(!e.message.includes(secretPart) && !(e.stack ?? "").includes(secretPart), "the credential is not repeated");
+            return true;
+          },
+        );
+      }
+    }
+    // A file's trailing newline is no fault: Headers drops surrounding whitespace.
+    const admin = createWardenClient({ baseUrl, credential: `${secret}\n` });
+    await admin.sessions.listSessions({});
+  });
 
   test("ships webhook verification: a signed body verifies, an altered one or an old one does not", () => {
     const body = JSON.stringify({ id: "evt_x", type: "session.revoked" });

@@ -87,6 +87,21 @@ describe("holds and leases of sessions whose terms changed, settled through side
     await pgdb?.drop();
   });
 
+  test("a sidecar refuses another agent's session it fetched (no token checked here), caching and leasing nothing of it", async () => {
+    // This control plane asks no credentials, so it answers for any
+    // session; the sidecar's watch covers only its agent, and a session it
+    // served would never hear of its revocation.
+    const sc = await newSidecar("fetching-agent");
+    const policy = policyOf(sc);
+    const foreign = (await admin.createSession(sessionRequest("fetched-agent", { daily: { maxValueMicros: USD(1000) } }))).session!.sessionId;
+    const refused = { code: Code.PermissionDenied, message: `session_id: session "${foreign}" belongs to agent "fetched-agent"; this sidecar serves agent "fetching-agent"` };
+    assert.deepEqual(await code(policy.check({ sessionId: foreign, action: payment(USD(1)) })), refused);
+    assert.deepEqual(await code(policy.authorize({ sessionId: foreign, action: payment(USD(1)), idempotencyKey: "k-fetched" })), refused);
+    assert.equal(sc.cache.peek(foreign), undefined);
+    const leases = await cp.store.db.query<{ n: string }>("SELECT count(*) AS n FROM leases WHERE session_id = $1", [foreign]);
+    assert.equal(leases.rows[0]!.n, "0");
+  });
+
   test("a hold of a revoked session is refused on its sidecar, which tells the store it was never captured", async () => {
     const agent = "revoked-hold";
     const sc = await newSidecar(agent);

@@ -16,11 +16,13 @@ import { createApiKeys } from "../../src/auth/api-keys.js";
 import type { Database } from "../../src/store/database.js";
 import { newId } from "../../src/store/ids.js";
 import { createPgDatabase } from "../../src/store/pg-database.js";
+import { createLogger } from "../../src/server/logger.js";
+import { startSidecar as startSidecarInProcess } from "../../src/sidecar/start-sidecar.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { payment, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { parseSamples, valueOf } from "../observability/scrape.js";
-import { type GrpcClient, freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
+import { bearer, type GrpcClient, freePort, grpcClient, type ServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
 
 const AGENT = "agent-sidecar-e2e";
 const SIDECARS = 4;
@@ -44,6 +46,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
   let sidecars: ServerProcess[] = [];
   let admin: GrpcClient;
   let adminSecret: string;
+  let agentSecret: string;
   let tokenFile: string;
 
   const startSidecar = (...extra: string[]) =>
@@ -76,6 +79,7 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
     const agentKey = await keys.create({ role: "agent", agentId: AGENT });
     tokenFile = join(mkdtempSync(join(tmpdir(), "warden-sidecar-")), "token");
     writeFileSync(tokenFile, agentKey.secret);
+    agentSecret = agentKey.secret;
     adminSecret = adminKey.secret;
     admin = grpcClient(SessionService, `127.0.0.1:${cpPort}`, 0, { authorization: `Bearer ${adminKey.secret}` });
     sidecars = await Promise.all(Array.from({ length: SIDECARS }, () => startSidecar()));
@@ -282,8 +286,8 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       await until("the sidecar to allow", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth).catch(() => undefined))?.decision.outcome === Outcome.ALLOW);
       const warm = await spend(client, session, 20, USD(1), 1);
       assert.equal(warm.allowed, 20, warm.why);
-      // Another agent's session, with its valid token: this sidecar cannot
-      // serve it, and while offline must not queue a record the store
+      // Another agent's session, with its valid token: this sidecar does
+      // not serve it, offline either, so it never queues a record the store
       // would refuse (with every record sent alongside).
       const other = await admin.createSession(
         create(CreateSessionRequestSchema, { agentId: "another-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
@@ -305,8 +309,9 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       const denied = await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth);
       assert.equal(denied.decision.outcome, Outcome.DENY);
       assert.deepEqual(denied.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
-      const foreign = await client.check({ sessionId: other.session.sessionId, action: payment(USD(1)) }, {}, otherAuth);
-      assert.deepEqual(foreign.decision.reasons, [Reason.CONTROL_PLANE_UNAVAILABLE]);
+      const foreign = await client.check({ sessionId: other.session.sessionId, action: payment(USD(1)) }, {}, otherAuth).catch((e: { code: number; details: string }) => e);
+      assert.ok(!("decision" in foreign), "refused, not decided");
+      assert.equal(foreign.code, 7, foreign.details);
       cp = await startOnPort();
       await until("the sidecar to recover", async () => (await client.check({ sessionId: session.sessionId, action: payment(USD(1)) }, {}, session.auth)).decision.outcome === Outcome.ALLOW);
       await until("readiness", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
@@ -346,6 +351,41 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
       assert.equal((await call(a.auth)).decision.outcome, Outcome.ALLOW);
     } finally {
       client.close();
+    }
+  });
+
+  test("a sidecar serves only its own agent: another agent's session token is PERMISSION_DENIED, even when its credential (an admin key) could read that session", async () => {
+    // Its watch covers only its agent: a session of another agent served
+    // here would never hear of its revocation, and its lease would keep
+    // spending after it.
+    const adminFile = join(mkdtempSync(join(tmpdir(), "warden-sidecar-admin-")), "token");
+    writeFileSync(adminFile, adminSecret);
+    const own = await createSession({ daily: { maxValueMicros: USD(10) } });
+    const res = await admin.createSession(
+      create(CreateSessionRequestSchema, { agentId: "another-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
+    );
+    const foreign = res.session.sessionId as string;
+    const sidecar = await startSidecar("--control-plane-token-file", adminFile);
+    const client = grpcClient(PolicyService, sidecar.grpcAddress);
+    const health = grpcClient(Health, sidecar.grpcAddress);
+    try {
+      await until("the sidecar to be ready", async () => (await health.check({ service: "" })).status === HealthCheckResponse_ServingStatus.SERVING);
+      for (const call of [
+        () => client.check({ sessionId: foreign, action: payment(USD(1)) }, {}, { authorization: `Bearer ${res.sessionToken as string}` }),
+        () => client.authorize({ sessionId: foreign, action: payment(USD(1)), idempotencyKey: "k-foreign-agent" }, {}, { authorization: `Bearer ${res.sessionToken as string}` }),
+      ]) {
+        const r = await call().catch((e: { code: number; details: string }) => e);
+        assert.ok(!("decision" in r), "refused");
+        assert.equal(r.code, 7, r.details);
+        assert.equal(r.details, `session_id: session "${foreign}" belongs to agent "another-agent"; this sidecar serves agent "${AGENT}"`);
+      }
+      const leases = await db.query<{ n: string }>("SELECT count(*) AS n FROM leases WHERE session_id = $1", [foreign]);
+      assert.equal(leases.rows[0]!.n, "0", "no lease taken on another agent's budget");
+      assert.equal((await client.check({ sessionId: own.sessionId, action: payment(USD(1)) }, {}, own.auth)).decision.outcome, Outcome.ALLOW);
+    } finally {
+      client.close();
+      health.close();
+      await sidecar.stop();
     }
   });
 
@@ -544,37 +584,55 @@ describe("sidecars and a control plane on PostgreSQL, as separate processes", ()
   });
 
   test("a keyed call the control plane refuses (another agent's session) fails alone, not the calls claimed with it", async () => {
-    await allReady();
+    // A sidecar that checks session tokens refuses another agent's session
+    // itself, before any claim. One that does not (in process, tokens off)
+    // claims the key first, and the control plane refuses that claim for
+    // the sidecar's agent key: the case of a claim refused in a batch.
     const own = await createSession({ daily: { maxValueMicros: USD(1000) } });
     const res = await admin.createSession(
       create(CreateSessionRequestSchema, { agentId: "another-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: durationFromMs(3_600_000) } }),
     );
-    const foreign = { sessionId: res.session.sessionId as string, auth: { authorization: `Bearer ${res.sessionToken as string}` } };
-    const mine = grpcClient(PolicyService, sidecars[3]!.grpcAddress, 0, own.auth);
-    const theirs = grpcClient(PolicyService, sidecars[3]!.grpcAddress, 0, foreign.auth);
+    const foreign = res.session.sessionId as string;
+    const sidecar = await startSidecarInProcess({
+      grpcAddress: "127.0.0.1:0",
+      httpAddress: "127.0.0.1:0",
+      controlPlaneUrl: `http://127.0.0.1:${cpPort}`,
+      agentId: AGENT,
+      stalenessBoundMs: 2500,
+      leaseTtlMs: 2000,
+      reportIntervalMs: 20,
+      cacheMaxSessions: 1000,
+      cacheMaxBytes: 1 << 24,
+      logger: createLogger("silent"),
+      requireSessionTokens: false,
+      controlPlaneTransport: { interceptors: [bearer(agentSecret)] },
+    });
+    const client = grpcClient(PolicyService, `127.0.0.1:${sidecar.grpcPort}`);
     try {
+      await until("the sidecar to sync", async () => sidecar.sync.synced && sidecar.sync.fresh());
       // Fired together, so their key claims go to the control plane in
       // the same batches.
       const calls = Array.from({ length: 21 }, (_, i) =>
         i === 10
-          ? theirs.check({ sessionId: foreign.sessionId, action: payment(USD(1)), idempotencyKey: "k-foreign" }).then(
+          ? client.check({ sessionId: foreign, action: payment(USD(1)), idempotencyKey: "k-foreign" }).then(
               () => "allowed",
-              (e: { code: number }) => e.code,
+              (e: { code: number; details: string }) => `${e.code} ${e.details}`,
             )
-          : mine.check({ sessionId: own.sessionId, action: payment(USD(1)), idempotencyKey: `k-${i}` }).then(
+          : client.check({ sessionId: own.sessionId, action: payment(USD(1)), idempotencyKey: `k-${i}` }).then(
               (r: { decision: { outcome: number } }) => r.decision.outcome,
               (e: { code: number; details: string }) => e.details,
             ),
       );
       const results = await Promise.all(calls);
-      assert.equal(results[10], 7, "PERMISSION_DENIED: another agent's session");
+      // PERMISSION_DENIED from the control plane (the claim went there), not the sidecar's own refusal.
+      assert.equal(results[10], `7 session "${foreign}" belongs to another agent`);
       assert.deepEqual(
         results.filter((_, i) => i !== 10),
         Array.from({ length: 20 }, () => Outcome.ALLOW),
       );
     } finally {
-      mine.close();
-      theirs.close();
+      client.close();
+      await sidecar.close(2000);
     }
   });
 
