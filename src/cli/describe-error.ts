@@ -1,6 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { MalformedCredentialError } from "../client/create-warden-client.js";
 import { CliError } from "./cli-error.js";
+import { shownServer } from "./flags.js";
 import { parseArgsError } from "./parse-command-line.js";
 
 /**
@@ -36,7 +37,7 @@ export function describeError(err: unknown, server?: string): string {
   if (err instanceof ConnectError) {
     const text = `${codeName(err.code)}: ${oneLine(err.rawMessage)}`;
     if (err.code === Code.Unavailable && server !== undefined) {
-      return `${text} (is warden serve running at ${server}? set --server or WARDEN_SERVER)`;
+      return `${text} (is warden serve running at ${shownServer(server)}? set --server or WARDEN_SERVER)`;
     }
     return text;
   }

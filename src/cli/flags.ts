@@ -173,7 +173,7 @@ export function parseEnumWord(flag: string, schema: DescEnum, text: string): num
  * may carry a token). An error line ends up in terminals, CI logs and bug
  * reports. Works on text that is not a URL too.
  */
-function shownServer(text: string): string {
+export function shownServer(text: string): string {
   return text.replace(/^(\s*(?:[a-z][a-z0-9+.-]*:\/\/)?)[^/?#]*@/i, "$1***@").replace(/([?#]).*$/s, "$1…");
 }
 

@@ -472,6 +472,15 @@ describe("export and import", () => {
 });
 
 describe("the real transport", () => {
+  test("an unreachable server's address is shown without its user name and password", async () => {
+    const lines: string[] = [];
+    const code = await runCli(["sessions", "get", "ses-1"], { stdout: () => {}, stderr: (t) => lines.push(t), env: { WARDEN_SERVER: "http://bob:s3cret@127.0.0.1:1" } });
+    assert.notEqual(code, 0);
+    assert.equal(lines.length, 1);
+    assert.match(lines[0]!, /\(is warden serve running at http:\/\/\*\*\*@127\.0\.0\.1:1\? /);
+    assert.doesNotMatch(lines[0]!, /s3cret|bob/);
+  });
+
   test("an unreachable server is one clear line with the address tried", async () => {
     const lines: string[] = [];
     const code = await runCli(["sessions", "get", "ses-1", "--server", "http://127.0.0.1:1"], { stdout: () => {}, stderr: (t) => lines.push(t), env: {} });
