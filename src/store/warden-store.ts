@@ -4,7 +4,7 @@ import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbu
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
 import { budgetsOf, EXHAUSTED_REASON, isTerminal, lapse, lapseReason, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
-import { formatMoney } from "../core/money.js";
+import { formatMoney, INT64_MAX } from "../core/money.js";
 import { CalendarSpanCache, isValidTimeZone } from "../core/windows.js";
 import { type Agent, AgentSchema, type UpdateAgentPolicyRequest } from "../gen/warden/v1/agent_service_pb.js";
 import { DecisionSchema, Scope } from "../gen/warden/v1/decision_pb.js";
@@ -806,11 +806,25 @@ export class WardenStore {
     // A snapshot is a client's file: what the ledger would choke on later
     // (an unknown status, a negative amount) is refused here, by name.
     if (SessionStatus[s.status] === undefined) throw new ConnectError(`snapshot.session.status: ${s.status} is not a session status`, Code.InvalidArgument);
+    let heldTotal = 0n;
     for (const [i, a] of snap.actions.entries()) {
       if (ActionStatus[a.status] === undefined) throw new ConnectError(`snapshot.actions[${i}].status: ${a.status} is not an action status`, Code.InvalidArgument);
       for (const [field, m] of [["held_amount", a.heldAmount], ["captured_amount", a.capturedAmount], ["written_off_amount", a.writtenOffAmount]] as const) {
         if (m !== undefined && m.amountMicros < 0n) throw new ConnectError(`snapshot.actions[${i}].${field}: cannot be negative`, Code.InvalidArgument);
+        // Counted in the session's windows, and captured, as its currency.
+        if (m !== undefined && m.currencyCode !== "" && m.currencyCode !== s.policy.currencyCode) {
+          throw new ConnectError(`snapshot.actions[${i}].${field}.currency_code: ${m.currencyCode} differs from the session's currency ${s.policy.currencyCode}`, Code.InvalidArgument);
+        }
       }
+      if (a.status === ActionStatus.HELD) {
+        // The sweeper releases a hold at its expiry: without one, never.
+        if (a.holdExpireTime === undefined) throw new ConnectError(`snapshot.actions[${i}].hold_expire_time: required for an open hold`, Code.InvalidArgument);
+        heldTotal += a.heldAmount?.amountMicros ?? 0n;
+      }
+    }
+    // Every window holds them all: a total past int64 could not be stored.
+    if (heldTotal > INT64_MAX) {
+      throw new ConnectError(`snapshot.actions: the amounts held add up to more than ${INT64_MAX} micros`, Code.InvalidArgument);
     }
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));

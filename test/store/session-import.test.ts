@@ -92,6 +92,19 @@ for (const driver of DRIVERS) {
         ["status", (snap) => (snap.session!.status = 42 as SessionStatus), /^snapshot.session.status: 42 is not a session status/],
         ["action status", (snap) => (snap.actions[0]!.status = 42 as ActionStatus), /^snapshot.actions\[0\].status: 42/],
         ["held", (snap) => (snap.actions[0]!.heldAmount!.amountMicros = -USD(5)), /^snapshot.actions\[0\].held_amount: cannot be negative/],
+        // It would be counted, and later captured, as the session's own currency.
+        ["held currency", (snap) => (snap.actions[0]!.heldAmount!.currencyCode = "EUR"), /^snapshot.actions\[0\].held_amount.currency_code: EUR differs from the session's currency USD/],
+        // No sweep would ever release it.
+        ["hold expiry", (snap) => (snap.actions[0]!.holdExpireTime = undefined), /^snapshot.actions\[0\].hold_expire_time: required for an open hold/],
+        // Each fits in int64; their sum, held in every window, does not.
+        [
+          "held total",
+          (snap) => {
+            snap.actions[0]!.heldAmount!.amountMicros = 2n ** 62n;
+            snap.actions.push({ ...snap.actions[0]!, actionId: `${snap.actions[0]!.actionId}x` });
+          },
+          /^snapshot.actions: the amounts held add up to more than 9223372036854775807 micros/,
+        ],
       ];
       for (const [name, edit, message] of cases) {
         const snap = await source.store.exportSession(s.sessionId);
