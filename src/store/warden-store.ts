@@ -1073,6 +1073,35 @@ export class WardenStore {
     });
   }
 
+  /**
+   * Refuses value limits in one currency while the agent's windows they
+   * would limit hold spend in another: the agent's counters have no unit
+   * (an agent without value limits may run sessions in several
+   * currencies), so 10,000 JPY spent would count as 10,000 USD used. Only
+   * sessions that spent, and were live at or after the start of the
+   * earliest window limited (any time, for a lifetime limit), count.
+   */
+  private async refuseSpendInOtherCurrency(tx: Queryable, agentId: string, policy: SessionPolicy, nowMs: number): Promise<void> {
+    const compiled = compilePolicy(policy);
+    const limited = WINDOW_KINDS.filter((w) => compiled.limits[w].maxValue !== undefined);
+    if (limited.length === 0) return;
+    const since = limited.includes("lifetime") ? null : Math.min(...limited.map((w) => spanOf(compiled, w, nowMs, this.spans)?.startMs ?? nowMs));
+    const { rows } = await tx.query<{ session_id: string; policy: Uint8Array }>(
+      `SELECT s.session_id, s.policy FROM sessions s JOIN scope_usage u ON u.scope_key = 's:' || s.session_id
+        WHERE s.agent_id = $1 AND (u.lifetime_committed_value > 0 OR u.lifetime_held_value > 0)
+          AND ($2::timestamptz IS NULL OR s.end_time IS NULL OR s.end_time >= $2::timestamptz)`,
+      [agentId, since === null ? null : iso(since)],
+    );
+    for (const r of rows) {
+      const currency = fromBinary(SessionPolicySchema, r.policy).currencyCode;
+      if (currency === policy.currencyCode) continue;
+      throw new ConnectError(
+        `policy.currency_code: agent ${agentId}'s ${since === null ? "lifetime" : "current windows"} hold spend in ${currency} (session "${r.session_id}"), which limits in ${policy.currencyCode} would count as ${policy.currencyCode}`,
+        Code.FailedPrecondition,
+      );
+    }
+  }
+
   /** Sets an agent's policy, creating the agent if it is new. */
   async updateAgentPolicy(req: UpdateAgentPolicyRequest): Promise<Agent> {
     validatePolicy(req.policy!, "policy");
@@ -1101,6 +1130,7 @@ export class WardenStore {
             );
           }
         }
+        await this.refuseSpendInOtherCurrency(tx, req.agentId, req.policy!, nowMs);
       }
       await tx.query(
         "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = warden_next_revision() WHERE agent_id = $1",

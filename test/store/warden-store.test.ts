@@ -373,6 +373,22 @@ for (const driver of DRIVERS) {
       await rejects(store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD" }, etag: '"999"' })), Code.Aborted, /etag/);
     });
 
+    test("an agent's value limits in one currency are refused while the windows they limit hold spend in another", async () => {
+      const id = agent();
+      const yen = await store.createSession(sessionRequest(id, { currencyCode: "JPY" }), NO_HASH);
+      await store.decide({ method: "check", sessionId: yen.sessionId, action: payment(10_000n * 1_000_000n, "acme", "JPY"), idempotencyKey: "", requestHash: NO_HASH });
+      await store.terminate(yen.sessionId, SessionStatus.COMPLETED, "done");
+      const usd = (policy: object) => store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", ...policy } }));
+      // 10,000 yen would count as 10,000 dollars of the agent's lifetime, and of this month.
+      await rejects(usd({ lifetime: { maxValueMicros: USD(100) } }), Code.FailedPrecondition, /^policy.currency_code: agent \S+'s lifetime hold spend in JPY \(session "\S+"\)/);
+      await rejects(usd({ monthly: { maxValueMicros: USD(100) } }), Code.FailedPrecondition, /current windows hold spend in JPY/);
+      // Action counts have no unit; and once the yen's month is over, a monthly limit starts clean.
+      await usd({ monthly: { maxActions: 5n } });
+      clock.advance(32 * 24 * 3_600_000);
+      const a = await usd({ monthly: { maxValueMicros: USD(100) } });
+      assert.equal(a.budgets.find((b) => b.window === Window.MONTH)!.valueUsedMicros, 0n);
+    });
+
     test("an agent's value limits must be in the currency of its live sessions, both ways", async () => {
       const id = agent();
       const s = await store.createSession(sessionRequest(id, {}), NO_HASH);
