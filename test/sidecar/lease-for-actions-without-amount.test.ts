@@ -1,17 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { CalendarSpanCache } from "../../src/core/windows.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
-import { type Action, ActionSchema, CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
-import type { AcquireLeaseRequest, AcquireLeaseResponse } from "../../src/gen/warden/v1/sync_service_pb.js";
-import { ReportQueue } from "../../src/sidecar/report-queue.js";
-import { SessionCache } from "../../src/sidecar/session-cache.js";
-import { type ControlPlaneClients, type DecisionPath, SidecarEngine } from "../../src/sidecar/sidecar-engine.js";
+import { ActionSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { inProcessSidecar } from "../helpers/in-process-sidecar.js";
 
 const NO_HASH = new Uint8Array(0);
 let t: TestDatabase;
@@ -25,41 +21,7 @@ after(async () => {
   await t.drop();
 });
 
-/** A sidecar (engine, cache, report queue) talking to the store in process; `exact` counts calls the control plane decided. */
-function sidecar(holder: string) {
-  const sync = {
-    getSessionState: ({ sessionId }: { sessionId: string }) => store.sessionState(sessionId),
-    acquireLease: async (req: AcquireLeaseRequest): Promise<Partial<AcquireLeaseResponse>> => ({ lease: await store.leases.acquire(req) }),
-    reportLeases: async (req: Parameters<WardenStore["leases"]["report"]>[0]) => ({ rejected: await store.leases.report(req) }),
-    claimIdempotencyKeys: async () => ({ results: [] }),
-  };
-  const policy = {
-    check: (init: { sessionId: string; action: never }) =>
-      store.decide({ method: "check", sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }),
-  };
-  const reports = new ReportQueue({ holder, intervalMs: 10, send: (req) => sync.reportLeases(req) });
-  let engine: SidecarEngine | undefined;
-  const cache = new SessionCache({
-    maxSessions: 1000,
-    maxBytes: 64 * 1024 * 1024,
-    fetch: (id) => store.sessionState(id),
-    onChange: (b, a) => engine?.onSessionChange(b, a),
-    onAgentChange: (id) => engine?.onAgentChange(id),
-  });
-  engine = new SidecarEngine({
-    cache,
-    controlPlane: { sync, policy } as unknown as ControlPlaneClients,
-    reports,
-    holder,
-    spans: new CalendarSpanCache(),
-    leaseTtlMs: 30_000,
-    fresh: () => true,
-  });
-  const paths: DecisionPath[] = [];
-  const check = (sessionId: string, action: Action) =>
-    engine.check(create(CheckRequestSchema, { sessionId, action }), NO_HASH, (p) => paths.push(p)) as Promise<CheckResponse>;
-  return { engine, reports, paths, check };
-}
+const sidecar = (holder: string) => inProcessSidecar(store, holder);
 
 const toolCall = () => create(ActionSchema, { type: "tool_call", merchant: "search" });
 

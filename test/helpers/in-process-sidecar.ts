@@ -1,0 +1,63 @@
+import { create } from "@bufbuild/protobuf";
+import { CalendarSpanCache } from "../../src/core/windows.js";
+import { type Action, CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
+import type { AcquireLeaseRequest, AcquireLeaseResponse, Lease } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { ReportQueue } from "../../src/sidecar/report-queue.js";
+import { SessionCache } from "../../src/sidecar/session-cache.js";
+import { type ControlPlaneClients, type DecisionPath, SidecarEngine } from "../../src/sidecar/sidecar-engine.js";
+import type { WardenStore } from "../../src/store/warden-store.js";
+
+const NO_HASH = new Uint8Array(0);
+
+/** Options of {@link inProcessSidecar}. */
+export interface InProcessSidecarOptions {
+  /** Runs between a lease grant's commit and its answer reaching the sidecar (to hold it on the wire). */
+  readonly beforeGrantAnswer?: (lease: Lease | undefined) => Promise<void>;
+}
+
+/**
+ * A sidecar (engine, cache, report queue) wired to `store` in process, as
+ * start-sidecar.ts wires one to a control plane: for tests that need to
+ * step between a sidecar and the store. `paths` lists how each `check` was
+ * decided.
+ */
+export function inProcessSidecar(store: WardenStore, holder: string, o: InProcessSidecarOptions = {}) {
+  const sync = {
+    getSessionState: ({ sessionId }: { sessionId: string }) => store.sessionState(sessionId),
+    acquireLease: async (req: AcquireLeaseRequest): Promise<Partial<AcquireLeaseResponse>> => {
+      const lease = await store.leases.acquire({ ...req, holder } as AcquireLeaseRequest);
+      await o.beforeGrantAnswer?.(lease);
+      return { lease };
+    },
+    reportLeases: async (req: Parameters<WardenStore["leases"]["report"]>[0]) => ({ rejected: await store.leases.report(req) }),
+    claimIdempotencyKeys: async () => ({ results: [] }),
+  };
+  const policy = {
+    check: (init: { sessionId: string; action: never }) =>
+      store.decide({ method: "check", sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }),
+    authorize: (init: { sessionId: string; action: never }) =>
+      store.decide({ method: "authorize", sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }),
+  };
+  const reports = new ReportQueue({ holder, intervalMs: 10, send: (req) => sync.reportLeases(req) });
+  let engine: SidecarEngine | undefined;
+  const cache = new SessionCache({
+    maxSessions: 1000,
+    maxBytes: 64 * 1024 * 1024,
+    fetch: (id) => store.sessionState(id),
+    onChange: (b, a) => engine?.onSessionChange(b, a),
+    onAgentChange: (id) => engine?.onAgentChange(id),
+  });
+  engine = new SidecarEngine({
+    cache,
+    controlPlane: { sync, policy } as unknown as ControlPlaneClients,
+    reports,
+    holder,
+    spans: new CalendarSpanCache(),
+    leaseTtlMs: 30_000,
+    fresh: () => true,
+  });
+  const paths: DecisionPath[] = [];
+  const check = (sessionId: string, action: Action) =>
+    engine.check(create(CheckRequestSchema, { sessionId, action }), NO_HASH, (p) => paths.push(p)) as Promise<CheckResponse>;
+  return { engine, cache, reports, paths, check };
+}
