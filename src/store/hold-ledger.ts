@@ -243,7 +243,8 @@ export function closedHoldError(h: ActionRow, verb: "capture" | "void"): Connect
     [ActionStatus.VOIDED]: "was voided",
     [ActionStatus.EXPIRED]: "has expired",
     [ActionStatus.DENIED]: "was denied, so nothing is held",
-    [ActionStatus.NEEDS_APPROVAL]: "awaits a person's approval; capture it once approved",
+    [ActionStatus.NEEDS_APPROVAL]:
+      verb === "capture" ? "awaits a person's approval; capture it once approved" : "awaits a person's approval; cancel that instead (CancelApproval)",
   };
   return new ConnectError(
     `authorization_id: cannot ${verb} "${h.action_id}": it ${why[h.status] ?? "is not open"}`,

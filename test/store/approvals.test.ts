@@ -68,7 +68,13 @@ for (const driver of DRIVERS) {
       const [action] = (await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions;
       assert.equal(action!.status, ActionStatus.NEEDS_APPROVAL);
       assert.equal(action!.approvalId, r.approvalId);
-      await rejects(capture(s.sessionId, pending.actionId), Code.FailedPrecondition, /awaits a person's approval/);
+      await rejects(capture(s.sessionId, pending.actionId), Code.FailedPrecondition, /awaits a person's approval; capture it once approved/);
+      // Nor voided: the approval is what to cancel.
+      await rejects(
+        store.void({ sessionId: s.sessionId, authorizationId: pending.actionId, idempotencyKey: "" } as never, NO_HASH),
+        Code.FailedPrecondition,
+        /cannot void "\S+": it awaits a person's approval; cancel that instead \(CancelApproval\)/,
+      );
 
       clock.advance(1000);
       const approved = await store.approveApproval(r.approvalId, "key_alice", "ok for the offsite");
