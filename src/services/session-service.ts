@@ -2,6 +2,7 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { SessionTokenIssuer } from "../auth/session-tokens.js";
 import {
   CreateSessionRequestSchema,
+  ExtendSessionRequestSchema,
   ForkSessionRequestSchema,
   type SessionService,
 } from "../gen/warden/v1/session_service_pb.js";
@@ -36,7 +37,7 @@ export function createSessionService(store: WardenStore, options: SessionService
       return store.listSessions(req);
     },
     async extendSession(req) {
-      return { session: await store.extendSession(req) };
+      return { session: await store.extendSession(req, requestHash(ExtendSessionRequestSchema, req)) };
     },
     async endSession(req) {
       return { session: await store.terminate(req.sessionId, SessionStatus.COMPLETED, req.reason || "ended") };

@@ -23,6 +23,7 @@ import {
   CreateSessionResponseSchema,
   type ExtendSessionRequest,
   type ForkSessionRequest,
+  ExtendSessionResponseSchema,
   ForkSessionResponseSchema,
   type ListSessionsRequest,
   type SessionSnapshot,
@@ -610,10 +611,21 @@ export class WardenStore {
   }
 
   /** Moves a live session's expiry later. */
-  async extendSession(req: ExtendSessionRequest): Promise<Session> {
+  async extendSession(req: ExtendSessionRequest, requestHash: Uint8Array = new Uint8Array(0)): Promise<Session> {
+    const scope = `s:${req.sessionId}`;
+    let replayed: Session | undefined;
     const refused = await this.db.transaction((tx) =>
       this.withLocked(tx, req.sessionId, false, async (s, locked) => {
         const nowMs = this.now();
+        // A retry gets the first answer, whatever happened since: extending
+        // by a duration twice would grant the time twice.
+        if (req.idempotencyKey) {
+          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
+          if (prior !== undefined) {
+            replayed = replayFirstAnswer(prior, "extend_session", requestHash, req.idempotencyKey, (b) => fromBinary(ExtendSessionResponseSchema, b).session!);
+            return undefined;
+          }
+        }
         if (isTerminal(s.status) || lapse(sessionScope(s), nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
         }
@@ -645,9 +657,15 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
+        if (req.idempotencyKey) {
+          const session = await this.getSession(req.sessionId, tx);
+          const response = toBinary(ExtendSessionResponseSchema, create(ExtendSessionResponseSchema, { session }));
+          await saveIdempotency(tx, [{ scope, key: req.idempotencyKey, method: "extend_session", requestHash, response }], nowMs);
+        }
         return undefined;
       }),
     );
+    if (replayed !== undefined) return replayed;
     await this.refuseEndedChain(req.sessionId, refused);
     return this.getSession(req.sessionId);
   }

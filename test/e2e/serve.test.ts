@@ -116,6 +116,22 @@ for (const driver of DRIVERS) {
         assert.equal(s!.usage!.valueHeldMicros, 0n);
         const history = await policy.listActions({ sessionId: id, pageSize: 10 });
         assert.equal(history.actions.length, 1);
+        // An extension retried after a lost answer extends once.
+        const grpcSessions = grpcClient(SessionService, server.grpcAddress);
+        try {
+          const extend = { sessionId: id, extension: { case: "extendBy", value: { seconds: 3600n, nanos: 0 } }, idempotencyKey: "extend-1" };
+          const e1 = await grpcSessions.extendSession(extend);
+          const e2 = await grpcSessions.extendSession(extend);
+          assert.equal(e2.session.expireTime.seconds, e1.session.expireTime.seconds);
+          const { session: now } = await sessions.getSession({ sessionId: id });
+          assert.equal(String(now!.expireTime!.seconds), String(e1.session.expireTime.seconds));
+          await assert.rejects(
+            grpcSessions.extendSession({ ...extend, extension: { case: "extendBy", value: { seconds: 60n, nanos: 0 } } }),
+            (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /idempotency_key/.test(e.details),
+          );
+        } finally {
+          grpcSessions.close();
+        }
       } finally {
         policy.close();
       }

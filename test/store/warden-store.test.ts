@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
 import { ActionStatus, type AuthorizeResponse, type CheckResponse} from "../../src/gen/warden/v1/policy_service_pb.js";
-import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
+import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
 import { DESCENDANTS_SQL } from "../../src/store/end-forks.js";
@@ -458,6 +458,23 @@ for (const driver of DRIVERS) {
       assert.equal(a.sessionId, b.sessionId);
       await rejects(store.createSession(req, new Uint8Array([2])), Code.InvalidArgument, /idempotency_key/);
       await rejects(store.createSession(sessionRequest(id, {}, { sessionId: a.sessionId }), NO_HASH), Code.AlreadyExists, /session_id/);
+    });
+
+    test("an ExtendSession retried with its idempotency key extends once and returns the first answer", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const req = create(ExtendSessionRequestSchema, { sessionId: s.sessionId, extension: { case: "extendBy", value: durationFromMs(3_600_000) }, idempotencyKey: "extend-1" });
+      const hash = new Uint8Array([7]);
+      const first = await store.extendSession(req, hash);
+      assert.equal(timestampMs(first.expireTime!), timestampMs(s.expireTime!) + 3_600_000);
+      clock.advance(1000);
+      const retry = await store.extendSession(req, hash);
+      assert.equal(timestampMs(retry.expireTime!), timestampMs(first.expireTime!), "a lost answer's retry extends again");
+      assert.equal(timestampMs((await store.getSession(s.sessionId)).expireTime!), timestampMs(first.expireTime!));
+      // The key names that request only.
+      await rejects(store.extendSession(req, new Uint8Array([8])), Code.InvalidArgument, /idempotency_key/);
+      // Without a key, each call extends.
+      const again = await store.extendSession(create(ExtendSessionRequestSchema, { sessionId: s.sessionId, extension: req.extension }), NO_HASH);
+      assert.equal(timestampMs(again.expireTime!), timestampMs(first.expireTime!) + 3_600_000);
     });
 
     test("a CreateSession retried after the expire_time it asked for gets the first answer", async () => {

@@ -147,9 +147,10 @@ export function buildExtendSessionRequest(sessionId: string, flags: ParsedFlags)
   const by = flags.string("by");
   const until = flags.string("until");
   if (by !== undefined && until !== undefined) throw new CliError("--by and --until cannot be used together");
-  if (by !== undefined) return create(ExtendSessionRequestSchema, { sessionId, extension: { case: "extendBy", value: parseDuration("--by", by) } });
+  const idempotencyKey = flags.string("idempotency-key") ?? "";
+  if (by !== undefined) return create(ExtendSessionRequestSchema, { sessionId, extension: { case: "extendBy", value: parseDuration("--by", by) }, idempotencyKey });
   if (until !== undefined) {
-    return create(ExtendSessionRequestSchema, { sessionId, extension: { case: "expireTime", value: parseTimestamp("--until", until) } });
+    return create(ExtendSessionRequestSchema, { sessionId, extension: { case: "expireTime", value: parseTimestamp("--until", until) }, idempotencyKey });
   }
   throw new CliError("sessions extend needs --by DURATION or --until TIME");
 }
@@ -292,6 +293,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     flags: [
       { name: "by", type: "string", value: "DURATION", description: "add this much to the current expiry" },
       { name: "until", type: "string", value: "TIME", description: "set this expiry (ISO 8601), later than the current one" },
+      IDEMPOTENCY_FLAG,
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
