@@ -80,6 +80,17 @@ describe("formatDecimalMicros", () => {
     assert.equal(formatMoney(12_500_000n, "USD"), "12.50 USD");
     assert.equal(formatMoney(-1n, "EUR"), "-0.000001 EUR");
   });
+
+  test("formatMoney shows a currency's own minor units, and finer micros where the amount has them", () => {
+    assert.equal(formatMoney(1000n * MICROS_PER_UNIT, "JPY"), "1000 JPY");
+    assert.equal(formatMoney(100_500_000n, "JPY"), "100.5 JPY");
+    assert.equal(formatMoney(1_500_000n, "KWD"), "1.500 KWD");
+    assert.equal(formatMoney(1_234_567n, "KWD"), "1.234567 KWD");
+    assert.equal(formatMoney(0n, "JPY"), "0 JPY");
+    assert.equal(formatMoney(-2_000_000n, "BHD"), "-2.000 BHD");
+    // A code the runtime cannot tell gets two.
+    assert.equal(formatMoney(5_000_000n, "XYZ"), "5.00 XYZ");
+  });
 });
 
 describe("round trips", () => {
