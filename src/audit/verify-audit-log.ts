@@ -114,8 +114,8 @@ function verifyCheckpoints(
     } catch {
       return bad("is not JSON");
     }
-    if (canonicalJson(body) !== cp.body) bad("is not in canonical form");
-    if (body.v !== AUDIT_BODY_VERSION || BigInt(body.seq) !== cp.seq || body.key_id !== cp.keyId) bad("disagrees with its columns");
+    if (!isCanonical(body, cp.body)) bad("is not in canonical form");
+    if (body.v !== AUDIT_BODY_VERSION || !Number.isSafeInteger(body.seq) || BigInt(body.seq) !== cp.seq || body.key_id !== cp.keyId) bad("disagrees with its columns");
     if (body.prev !== prev) bad(`does not link to checkpoint ${cp.seq - 1n}`);
     const key = keys.get(cp.keyId);
     if (key === undefined) bad(`is signed by key ${cp.keyId}, which is not a trusted key`);
@@ -136,6 +136,19 @@ function verifyCheckpoints(
   return { signed, pruned, covered: bounds.at(-2) };
 }
 
+/**
+ * Whether `text` is `value` in canonical form. A forged body may hold what
+ * canonical JSON refuses to write (a number past 2^53): not canonical
+ * either, and reported as such rather than thrown.
+ */
+function isCanonical(value: unknown, text: string): boolean {
+  try {
+    return canonicalJson(value) === text;
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a record's columns and hash agree with its body; the reason when not. */
 function integrity(r: StoredAuditRecord): string | undefined {
   if (hex(sha256(r.body)) !== hex(r.hash)) return "its body does not match its hash";
@@ -145,12 +158,12 @@ function integrity(r: StoredAuditRecord): string | undefined {
   } catch {
     return "its body is not JSON";
   }
-  if (canonicalJson(b) !== r.body) return "its body is not in canonical form";
+  if (!isCanonical(b, r.body)) return "its body is not in canonical form";
   const agrees =
     b.v === AUDIT_BODY_VERSION &&
     b.chain === r.chainId &&
-    typeof b.seq === "number" &&
-    BigInt(b.seq) === r.chainSeq &&
+    Number.isSafeInteger(b.seq) &&
+    BigInt(b.seq as number) === r.chainSeq &&
     b.type === r.type &&
     b.time === r.time &&
     b.session_id === (r.sessionId === "" ? null : r.sessionId) &&

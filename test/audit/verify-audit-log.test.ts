@@ -106,6 +106,19 @@ describe("verifyAuditLog", () => {
     assert.deepEqual(v.problem?.record, { chainId: "s1", chainSeq: 2n, seq: 3n });
   });
 
+  test("a body rewritten and rehashed with what canonical JSON cannot hold (a fractional seq, a number past 2^53): modified, not a crash", () => {
+    for (const [from, to] of [
+      ['"seq":2', '"seq":2.5'],
+      ['"amount_micros":"2"', '"amount_micros":90071992547409930'],
+    ] as const) {
+      const body = log[2]!.body.replace(from, to);
+      assert.notEqual(body, log[2]!.body);
+      const v = verifyAuditLog(withRecord(log, 2, { body, hash: sha256(body) }), cps, [PUBLIC]);
+      assert.equal(v.problem?.kind, "modified", `${to}: ${v.problem?.reason}`);
+      assert.deepEqual(v.problem?.record, { chainId: "s1", chainSeq: 2n, seq: 3n });
+    }
+  });
+
   test("a changed column: modified", () => {
     const v = verifyAuditLog(withRecord(log, 1, { type: "session.created" }), cps, [PUBLIC]);
     assert.equal(v.problem?.kind, "modified");
