@@ -35,6 +35,8 @@ export class ChangeFeed {
   private readonly stopListeners = new Set<() => void>();
   /** Set by {@link stop}: watch streams end so a shutdown does not wait on them. */
   stopped = false;
+  /** When a read of the store last succeeded (epoch ms): see {@link readRecently}. */
+  private lastReadOkMs = Date.now();
 
   constructor(private readonly o: ChangeFeedOptions) {}
 
@@ -44,6 +46,17 @@ export class ChangeFeed {
     this.unlisten = await this.o.store.db.listen("warden_sync", () => this.wake());
     this.timer = setInterval(() => this.wake(), this.o.pollIntervalMs ?? 1000);
     this.timer.unref();
+  }
+
+  /**
+   * Whether the feed read the store within its last three polls. A
+   * heartbeat says "nothing changed up to this revision": a replica that
+   * cannot read the store does not know that, and must not say it, or its
+   * sidecars would stay fresh while revocations pass them by; unheard,
+   * they turn stale and fail closed, or reconnect elsewhere.
+   */
+  get readsStore(): boolean {
+    return Date.now() - this.lastReadOkMs <= 3 * (this.o.pollIntervalMs ?? 1000);
   }
 
   /** The revision everything up to which has been handed out. */
@@ -82,6 +95,7 @@ export class ChangeFeed {
           for (const fn of this.subscribers) fn(batch);
           if (changes.sessions.length < 1000) break;
         }
+        this.lastReadOkMs = Date.now();
       } catch (err) {
         this.o.onError?.(err);
       }

@@ -78,6 +78,10 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
             });
             if (ch.sessions.length < 1000) break;
           }
+          // Caught up: say so at once, even with nothing new. A sidecar
+          // that was cut off past its staleness bound denies until it
+          // hears from the stream; a heartbeat later would be a second late.
+          if (sent === req.fromRevision) yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
         }
         while (!ctx.signal.aborted && !feed.stopped) {
           const batch = queue.shift();
@@ -90,7 +94,8 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
               };
             });
             wakeUp = undefined;
-            if (timedOut && feed.current >= sent) {
+            // Only while the feed can read the store: see ChangeFeed.readsStore.
+            if (timedOut && feed.current >= sent && feed.readsStore) {
               sent = feed.current > sent ? feed.current : sent;
               yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
             }
