@@ -33,6 +33,13 @@ export function createLogger(level: string = process.env.WARDEN_LOG_LEVEL ?? "in
  */
 const SECRET_PARAM = /pass|pwd|token|secret|key|auth|credential|signature|^sig$/i;
 
+/** Whether {@link redactUrl} would hide anything of `url`: a password, an http(s) user name, a query parameter named like a credential. */
+export function urlHoldsSecret(url: string): boolean {
+  if (!URL.canParse(url)) return false;
+  const u = new URL(url);
+  return u.password !== "" || u.username !== "" || [...u.searchParams.keys()].some((name) => SECRET_PARAM.test(name));
+}
+
 /** A URL with its password, and every query parameter that may hold a credential, replaced, for logs. */
 export function redactUrl(url: string): string {
   try {

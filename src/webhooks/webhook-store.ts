@@ -11,7 +11,7 @@ import {
 import type { Database, Queryable } from "../store/database.js";
 import { newId } from "../store/ids.js";
 import { pageToken, readPageToken } from "../store/page-token.js";
-import { redactUrl } from "../server/logger.js";
+import { redactUrl, urlHoldsSecret } from "../server/logger.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
@@ -40,7 +40,7 @@ const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason
 
 /** The endpoint's URL as shown: a basic-auth password in it is a secret, like the signing secret, and is never shown back. */
 function shownUrl(url: string): string {
-  return URL.canParse(url) && (new URL(url).password !== "" || new URL(url).username !== "") ? redactUrl(url) : url;
+  return urlHoldsSecret(url) ? redactUrl(url) : url;
 }
 
 /**

@@ -92,6 +92,11 @@ describe("webhook receivers behind basic auth", () => {
     assert.equal(endpoint!.url, `https://***@127.0.0.1:${port}/hooks`);
     assert.equal((await hooks.getEndpoint(endpoint!.endpointId)).url, `https://***@127.0.0.1:${port}/hooks`);
     assert.equal(redactUrl(`https://sk_live_token@example.test/x`), "https://***@example.test/x");
+    // A token in the query (Slack-style hooks, ?token=) is not shown back either.
+    const { endpoint: queried } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url: `https://127.0.0.1:${port}/hooks?token=sk_live_q&team=ops`, eventTypes: ["session.created"] }));
+    assert.equal(queried!.url, `https://127.0.0.1:${port}/hooks?token=***&team=ops`);
+    assert.equal((await hooks.getEndpoint(queried!.endpointId)).url, `https://127.0.0.1:${port}/hooks?token=***&team=ops`);
+    await hooks.deleteEndpoint(queried!.endpointId);
     assert.equal(redactUrl("postgres://postgres@127.0.0.1:5432/test"), "postgres://postgres@127.0.0.1:5432/test", "a database user name is not a secret");
     await hooks.deleteEndpoint(endpoint!.endpointId);
   });
