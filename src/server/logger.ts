@@ -33,27 +33,30 @@ export function createLogger(level: string = process.env.WARDEN_LOG_LEVEL ?? "in
  */
 const SECRET_PARAM = /pass|pwd|token|secret|key|auth|credential|signature|^sig$/i;
 
-/** Whether {@link redactUrl} would hide anything of `url`: a password, an http(s) user name, a query parameter named like a credential. */
-export function urlHoldsSecret(url: string): boolean {
-  if (!URL.canParse(url)) return false;
-  const u = new URL(url);
-  return u.password !== "" || u.username !== "" || [...u.searchParams.keys()].some((name) => SECRET_PARAM.test(name));
-}
-
-/** A URL with its password, and every query parameter that may hold a credential, replaced, for logs. */
+/**
+ * A URL with its password, and every query parameter that may hold a
+ * credential, replaced, for logs and for showing back; one with nothing to
+ * hide exactly as written (re-serializing would change its spelling).
+ */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
-    if (u.password !== "") u.password = "***";
-    // An http(s) user name alone is a credential too: a token sent as Basic
-    // auth with no password, as many receivers take API keys.
-    else if (u.username !== "" && (u.protocol === "https:" || u.protocol === "http:")) u.username = "***";
+    let hidden = false;
+    if (u.password !== "") {
+      u.password = "***";
+      hidden = true;
+    } else if (u.username !== "" && (u.protocol === "https:" || u.protocol === "http:")) {
+      // An http(s) user name alone is a credential too: a token sent as
+      // Basic auth with no password, as many receivers take API keys.
+      u.username = "***";
+      hidden = true;
+    }
     const params = [...u.searchParams];
-    // Rewritten only when needed: re-encoding changes a query's spelling.
     if (params.some(([name]) => SECRET_PARAM.test(name))) {
       u.search = new URLSearchParams(params.map(([name, value]): [string, string] => [name, SECRET_PARAM.test(name) ? "***" : value])).toString();
+      hidden = true;
     }
-    return u.toString();
+    return hidden ? u.toString() : url;
   } catch {
     return "[unparseable url]";
   }

@@ -18,7 +18,7 @@ import {
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
-import { closeHolds, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
+import { closeHoldsOfEnded, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement } from "./append-statement.js";
@@ -26,7 +26,7 @@ import { BatchQueue, type Settled as BatchSettled } from "./batch-queue.js";
 import { newId } from "./ids.js";
 import { endForksOf } from "./end-forks.js";
 import { endEventType, recordEvents } from "./outbox.js";
-import { cancelApprovalsOf, insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
+import { insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, currentAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
@@ -414,14 +414,10 @@ export class DecisionBatcher {
     const ended = endedDeltas.map((d) => d.sessionId);
     if (ended.length > 0) {
       const holds = await lockActions(tx, `session_id = ANY($1::text[]) AND ${OPEN_HOLDS_SQL}`, [ended]);
-      // As every other ending does (hold-ledger.ts endSessions): a lapse
-      // expires the holds, an exhausted session voids them, so the record
-      // is the same whether a decision or the sweeper found the lapse.
+      // The batch ends sessions EXPIRED (a lapse) or EXHAUSTED.
       for (const status of [SessionStatus.EXPIRED, SessionStatus.EXHAUSTED]) {
         const ids = new Set(endedDeltas.filter((d) => d.status === status).map((d) => d.sessionId));
-        const theirs = holds.filter((h) => ids.has(h.session_id));
-        await closeHolds(tx, theirs, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
-        await cancelApprovalsOf(tx, theirs, `session ${SessionStatus[status]}`, nowMs);
+        await closeHoldsOfEnded(tx, holds.filter((h) => ids.has(h.session_id)), status, nowMs);
       }
     }
     // Events last, after every row lock: each takes a position (see outbox.ts).

@@ -405,6 +405,15 @@ export async function endSessions(
         })),
     );
   }
+  await closeHoldsOfEnded(tx, holds, status, nowMs);
+}
+
+/**
+ * Closes the open holds of sessions that ended `status`, as every ending
+ * does, whoever noticed it: a lapse expires them, any other end voids
+ * them (closeHolds); their pending approvals are canceled.
+ */
+export async function closeHoldsOfEnded(tx: Queryable, holds: readonly ActionRow[], status: SessionStatus, nowMs: number): Promise<void> {
   await closeHolds(tx, holds, status === SessionStatus.EXPIRED ? ActionStatus.EXPIRED : ActionStatus.VOIDED, nowMs);
   await cancelApprovalsOf(tx, holds, `session ${SessionStatus[status]}`, nowMs);
 }

@@ -11,7 +11,7 @@ import {
 import type { Database, Queryable } from "../store/database.js";
 import { newId } from "../store/ids.js";
 import { pageToken, readPageToken } from "../store/page-token.js";
-import { redactUrl, urlHoldsSecret } from "../server/logger.js";
+import { redactUrl } from "../server/logger.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
@@ -38,11 +38,6 @@ const PARKED = "next_attempt_time = 'infinity'";
 // Never the secret: it leaves the store only to sign (claimDue) and once on create.
 const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time";
 
-/** The endpoint's URL as shown: a basic-auth password in it is a secret, like the signing secret, and is never shown back. */
-function shownUrl(url: string): string {
-  return urlHoldsSecret(url) ? redactUrl(url) : url;
-}
-
 /**
  * Locks an endpoint's row before any of its deliveries': a failure that
  * disables the endpoint parks all of its deliveries, and would deadlock
@@ -57,7 +52,8 @@ async function lockEndpoint(tx: Queryable, endpointId: string): Promise<void> {
 function endpointOf(r: EndpointRow): WebhookEndpoint {
   return create(WebhookEndpointSchema, {
     endpointId: r.endpoint_id,
-    url: shownUrl(r.url),
+    // Its credentials are secrets, like the signing secret: never shown back.
+    url: redactUrl(r.url),
     eventTypes: r.event_types,
     status: r.status as WebhookEndpointStatus,
     disabledReason: r.disabled_reason,
