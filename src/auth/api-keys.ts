@@ -195,7 +195,8 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
 
     async list(o = {}) {
       const size = o.pageSize === undefined || o.pageSize === 0 ? DEFAULT_PAGE : o.pageSize;
-      const after = readPageToken(o.pageToken ?? "", { t: "number", id: "string" });
+      const query = { show_revoked: o.showRevoked === true };
+      const after = readPageToken(o.pageToken ?? "", { t: "number", id: "string" }, query);
       const where: string[] = [];
       const params: unknown[] = [];
       if (o.showRevoked !== true) where.push("revoke_time IS NULL");
@@ -211,7 +212,7 @@ export function createApiKeys(options: ApiKeysOptions): ApiKeys {
       const page = rows.slice(0, size).map(recordOf);
       const last = page.at(-1);
       const more = rows.length > size && last !== undefined;
-      return { keys: page, nextPageToken: more ? pageToken({ t: last.createTime, id: last.keyId }) : "" };
+      return { keys: page, nextPageToken: more ? pageToken({ t: last.createTime, id: last.keyId }, query) : "" };
     },
 
     async revoke(keyId) {

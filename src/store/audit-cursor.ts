@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { pageToken, readPageToken } from "./page-token.js";
+import { type PageQuery, pageToken, readPageToken } from "./page-token.js";
 
 /**
  * Where a reader of the audit log stands, so that following page tokens
@@ -65,21 +65,25 @@ export function advanceAuditCursor(cur: AuditCursor, listed: readonly bigint[], 
 }
 
 /**
- * The page token for `cur`. Pending transactions are written "xid:gap",
- * gap = after − mark, to keep the token short (they are as many as the
- * transactions running at once, at most the server's connections).
+ * The page token for `cur`, bound to `query` (see {@link pageToken}).
+ * Pending transactions are written "xid:gap", gap = after − mark, to keep
+ * the token short (they are as many as the transactions running at once,
+ * at most the server's connections).
  */
-export function auditPageToken(cur: AuditCursor): string {
+export function auditPageToken(cur: AuditCursor, query: PageQuery): string {
   const p = [...cur.pending].map(([xid, mark]) => `${xid}:${cur.after - mark}`).join(",");
-  return pageToken({ seq: cur.after.toString(), p });
+  return pageToken({ seq: cur.after.toString(), p }, query);
 }
 
 const PENDING = /^(?:\d{1,20}:\d{1,20}(?:,\d{1,20}:\d{1,20})*)?$/;
 
-/** The cursor in a page token from {@link auditPageToken}; LOG_START for "". */
-export function readAuditPageToken(token: string): AuditCursor {
+/**
+ * The cursor in a page token from {@link auditPageToken} for the same
+ * `query`; LOG_START for "".
+ */
+export function readAuditPageToken(token: string, query: PageQuery): AuditCursor {
   // Tokens from before migration 020 carry only the seq.
-  const pos = readPageToken(token, { seq: "integer" }) as { seq: string; p?: unknown } | undefined;
+  const pos = readPageToken(token, { seq: "integer" }, query) as { seq: string; p?: unknown } | undefined;
   if (pos === undefined) return LOG_START;
   const after = BigInt(pos.seq);
   const p = pos.p ?? "";

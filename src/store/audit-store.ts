@@ -26,11 +26,12 @@ export interface AuditStore {
 
 /** A checkpoint page token: the last checkpoint seq of the page before. */
 function readToken(token: string): bigint | undefined {
-  const seq = readPageToken(token, { seq: "integer" })?.seq;
+  // No filters: a token binds to nothing but its shape (its position fields).
+  const seq = readPageToken(token, { seq: "integer" }, {})?.seq;
   return seq === undefined ? undefined : BigInt(seq);
 }
 
-const writeToken = (seq: string) => pageToken({ seq });
+const writeToken = (seq: string) => pageToken({ seq }, {});
 
 /** Creates the audit log's reads on `db`. */
 export function createAuditStore(db: Database): AuditStore {
@@ -43,7 +44,10 @@ export function createAuditStore(db: Database): AuditStore {
         params.push(v);
         return `$${params.length}`;
       };
-      const cur = readAuditPageToken(req.pageToken);
+      // The times as the query compares them (to the millisecond).
+      const at = (t: typeof req.startTime) => (t === undefined ? undefined : new Date(timestampMs(t)).toISOString());
+      const query = { session_id: req.sessionId, agent_id: req.agentId, start_time: at(req.startTime), end_time: at(req.endTime) };
+      const cur = readAuditPageToken(req.pageToken, query);
       // Records at or below the cursor that committed since the last page
       // (audit-cursor.ts), then the rest: one seq range for the index.
       const marks = [...cur.pending.values()];
@@ -58,8 +62,8 @@ export function createAuditStore(db: Database): AuditStore {
       // A session's records are exactly its chain's: the chain index serves it.
       if (req.sessionId !== "") where.push(`chain_id = ${p(req.sessionId)}`);
       if (req.agentId !== "") where.push(`agent_id = ${p(req.agentId)}`);
-      if (req.startTime !== undefined) where.push(`create_time >= ${p(new Date(timestampMs(req.startTime)).toISOString())}::timestamptz`);
-      if (req.endTime !== undefined) where.push(`create_time < ${p(new Date(timestampMs(req.endTime)).toISOString())}::timestamptz`);
+      if (query.start_time !== undefined) where.push(`create_time >= ${p(query.start_time)}::timestamptz`);
+      if (query.end_time !== undefined) where.push(`create_time < ${p(query.end_time)}::timestamptz`);
       // One snapshot for the page and the list of transactions still
       // running, which the cursor then waits for.
       const { rows, running } = await db.transaction(async (tx) => {
@@ -110,6 +114,7 @@ export function createAuditStore(db: Database): AuditStore {
                   BigInt(rows[size]!.seq),
                   running,
                 ),
+                query,
               )
             : "",
       };

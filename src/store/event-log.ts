@@ -77,9 +77,15 @@ export function createEventLog(db: Queryable): EventLog {
       return BigInt(rows[0]?.p ?? 0);
     },
     async list(filter, pageSize, token) {
-      const after = readPageToken(token, { p: "integer" });
+      // As read() takes them: "" is no filter, and types are a set.
+      const query = {
+        "filter.session_id": filter?.sessionId ?? "",
+        "filter.agent_id": filter?.agentId ?? "",
+        "filter.types": [...(filter?.types ?? [])].sort(),
+      };
+      const after = readPageToken(token, { p: "integer" }, query);
       const page = await log.read(filter, BigInt(after?.p ?? 0), pageSize === 0 ? DEFAULT_PAGE : pageSize);
-      return { events: page.events, nextPageToken: page.more ? pageToken({ p: page.last.toString() }) : "" };
+      return { events: page.events, nextPageToken: page.more ? pageToken({ p: page.last.toString() }, query) : "" };
     },
   };
   return log;

@@ -473,7 +473,9 @@ export class WardenStore {
   /** Lists sessions, newest first, with filters and keyset paging. */
   async listSessions(req: ListSessionsRequest): Promise<{ sessions: Session[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken(req.pageToken, { t: "number", id: "string" });
+    // canonicalJson sorts the labels: their order means nothing to `@>`.
+    const query = { agent_id: req.agentId, status: req.status, labels: req.labels };
+    const after = readPageToken(req.pageToken, { t: "number", id: "string" }, query);
     const where: string[] = [];
     const params: unknown[] = [];
     const p = (v: unknown) => {
@@ -493,7 +495,7 @@ export class WardenStore {
     const last = page.at(-1);
     return {
       sessions: await sessionsOf(this.db, page, this.now(), this.spans, this.policies),
-      nextPageToken: rows.length > size && last !== undefined ? pageToken({ t: last.create_time.getTime(), id: last.session_id }) : "",
+      nextPageToken: rows.length > size && last !== undefined ? pageToken({ t: last.create_time.getTime(), id: last.session_id }, query) : "",
     };
   }
 
@@ -1273,7 +1275,8 @@ export class WardenStore {
    */
   async listApprovals(req: ListApprovalsRequest): Promise<{ approvals: Approval[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken(req.pageToken, { r: "number", k: "integer", id: "string" });
+    const query = { session_id: req.sessionId, agent_id: req.agentId, status: req.status };
+    const after = readPageToken(req.pageToken, { r: "number", k: "integer", id: "string" }, query);
     const where: string[] = [];
     const params: unknown[] = [];
     const p = (v: unknown) => {
@@ -1298,7 +1301,7 @@ export class WardenStore {
     const last = page.at(-1);
     return {
       approvals: page.map(approvalOf),
-      nextPageToken: rows.length > size && last !== undefined ? pageToken({ r: last.r, k: String(last.k), id: last.approval_id }) : "",
+      nextPageToken: rows.length > size && last !== undefined ? pageToken({ r: last.r, k: String(last.k), id: last.approval_id }, query) : "",
     };
   }
 
@@ -1378,7 +1381,8 @@ export class WardenStore {
   /** A session's actions, newest first. */
   async listActions(req: ListActionsRequest): Promise<{ actions: ActionRecord[]; nextPageToken: string }> {
     const size = req.pageSize === 0 ? DEFAULT_PAGE : req.pageSize;
-    const after = readPageToken(req.pageToken, { seq: "integer" });
+    const query = { session_id: req.sessionId };
+    const after = readPageToken(req.pageToken, { seq: "integer" }, query);
     const exists = await this.db.query("SELECT 1 FROM sessions WHERE session_id = $1", [req.sessionId]);
     if (exists.rows.length === 0) throw notFound("session_id", "session", req.sessionId);
     const { rows } = await this.db.query<ActionRow>(
@@ -1388,7 +1392,7 @@ export class WardenStore {
     const page = rows.slice(0, size);
     return {
       actions: page.map(actionRecordOf),
-      nextPageToken: rows.length > size ? pageToken({ seq: page.at(-1)!.seq }) : "",
+      nextPageToken: rows.length > size ? pageToken({ seq: page.at(-1)!.seq }, query) : "",
     };
   }
 

@@ -123,7 +123,8 @@ export class WebhookStore {
   /** Lists endpoints, newest first, with keyset paging. */
   async listEndpoints(pageSize: number, token: string): Promise<{ endpoints: WebhookEndpoint[]; nextPageToken: string }> {
     const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
-    const after = readPageToken(token, { id: "string" })?.id;
+    // No filters: a token binds to nothing but its shape (its position fields).
+    const after = readPageToken(token, { id: "string" }, {})?.id;
     // Ids start with their creation time, so id order is creation order.
     const { rows } = await this.db.query<EndpointRow>(
       `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints ${after === undefined ? "" : "WHERE endpoint_id < $1"}
@@ -133,7 +134,7 @@ export class WebhookStore {
     const page = rows.slice(0, size);
     return {
       endpoints: page.map(endpointOf),
-      nextPageToken: rows.length > size ? pageToken({ id: page.at(-1)!.endpoint_id }) : "",
+      nextPageToken: rows.length > size ? pageToken({ id: page.at(-1)!.endpoint_id }, {}) : "",
     };
   }
 

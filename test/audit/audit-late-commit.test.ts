@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { ListAuditRecordsRequestSchema } from "../../src/gen/warden/v1/audit_service_pb.js";
 import { appendAudit } from "../../src/store/audit-log.js";
@@ -78,5 +79,27 @@ describe("audit log paging with a transaction that commits late, on postgres", (
       rest.map((r) => `${r.chainId}#${r.chainSeq}`),
       ["s-late-2#1", "s-late-2#2", "s-late-2#3", "s-late-2#4", "s-late-2#5", "s-early-2#2", "s-early-2#3"],
     );
+  });
+
+  test("a page token only continues the filters it was made for; page_size may change", async () => {
+    const store = createAuditStore(t.db);
+    const since = { seconds: 1n, nanos: 0 };
+    const filter = { agentId: "agent-late", startTime: since };
+    const first = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, pageSize: 2 }));
+    assert.notEqual(first.nextPageToken, "");
+    for (const other of [{ sessionId: "s-early" }, { agentId: "" }, { startTime: undefined }, { endTime: { seconds: 4_000_000_000n, nanos: 0 } }]) {
+      await assert.rejects(
+        store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, ...other, pageSize: 2, pageToken: first.nextPageToken })),
+        (e: unknown) =>
+          e instanceof ConnectError &&
+          e.code === Code.InvalidArgument &&
+          /^page_token: was issued for a different query \(session_id, agent_id, start_time and end_time must be the same as on the first page/.test(e.rawMessage),
+      );
+    }
+    // The same instant as the query compares it (to the millisecond) is the same filter.
+    const rest = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, startTime: { seconds: 1n, nanos: 1 }, pageSize: 100, pageToken: first.nextPageToken }));
+    assert.equal(rest.nextPageToken, "");
+    const all = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, pageSize: 100 }));
+    assert.deepEqual([...first.records, ...rest.records].map((r) => r.seq), all.records.map((r) => r.seq));
   });
 });

@@ -220,6 +220,17 @@ for (const driver of DRIVERS) {
       const pending = await store.listApprovals({ sessionId: "", agentId: id, status: ApprovalStatus.PENDING, pageSize: 0, pageToken: "" } as never);
       assert.deepEqual(pending.approvals.map((a) => a.approvalId), [ids[1], ids[2], ids[4]]);
       await rejects(store.listApprovals({ sessionId: "", agentId: "", status: 0, pageSize: 0, pageToken: "%%%" } as never), Code.InvalidArgument, /page_token/);
+      // A token continues only the filters it was made for; page_size may change.
+      const first = await store.listApprovals({ sessionId: s.sessionId, agentId: "", status: 0, pageSize: 2, pageToken: "" } as never);
+      for (const other of [{ sessionId: "" }, { agentId: id }, { status: ApprovalStatus.PENDING }]) {
+        await rejects(
+          store.listApprovals({ sessionId: s.sessionId, agentId: "", status: 0, ...other, pageSize: 2, pageToken: first.nextPageToken } as never),
+          Code.InvalidArgument,
+          /^page_token: was issued for a different query \(session_id, agent_id and status must be the same as on the first page/,
+        );
+      }
+      const rest = await store.listApprovals({ sessionId: s.sessionId, agentId: "", status: 0, pageSize: 3, pageToken: first.nextPageToken } as never);
+      assert.deepEqual([...first.approvals, ...rest.approvals].map((a) => a.approvalId), [ids[1], ids[2], ids[4], ids[3], ids[0]]);
     });
 
     test("concurrent approvals on one session never overspend", async () => {

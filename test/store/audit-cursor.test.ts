@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { advanceAuditCursor, auditPageToken, LOG_START, readAuditPageToken } from "../../src/store/audit-cursor.js";
 import { pageToken } from "../../src/store/page-token.js";
 
@@ -37,21 +37,33 @@ describe("audit cursor", () => {
     ]);
   });
 
+  const query = { session_id: "", agent_id: "a", start_time: undefined, end_time: undefined };
+  const legacy = (position: object) => Buffer.from(JSON.stringify(position)).toString("base64url");
+
   test("tokens round-trip, and old tokens (a seq only) still read", () => {
     const cur = { after: 1234n, pending: new Map([[18446744073709551615n, 1200n], [7n, 1234n]]) };
-    assert.deepEqual(readAuditPageToken(auditPageToken(cur)), cur);
-    assert.deepEqual(readAuditPageToken(pageToken({ seq: "77" })), { after: 77n, pending: new Map() });
-    assert.deepEqual(readAuditPageToken(""), LOG_START);
+    assert.deepEqual(readAuditPageToken(auditPageToken(cur, query), query), cur);
+    assert.deepEqual(readAuditPageToken(pageToken({ seq: "77" }, query), query), { after: 77n, pending: new Map() });
+    assert.deepEqual(readAuditPageToken(legacy({ seq: "77" }), query), { after: 77n, pending: new Map() });
+    assert.deepEqual(readAuditPageToken("", query), LOG_START);
     const fromStart = advanceAuditCursor(LOG_START, [], 1n, [5n]);
-    assert.deepEqual(readAuditPageToken(auditPageToken(fromStart)), fromStart);
+    assert.deepEqual(readAuditPageToken(auditPageToken(fromStart, query), query), fromStart);
   });
 
   test("a forged token is INVALID_ARGUMENT naming page_token", () => {
     for (const p of ["x:1", "1:", "1:2,", 5, "1:-2", "1:99999999999999999999"]) {
       assert.throws(
-        () => readAuditPageToken(pageToken({ seq: "10", p })),
+        () => readAuditPageToken(pageToken({ seq: "10", p }, query), query),
         (e: unknown) => e instanceof ConnectError && /page_token/.test(e.message),
       );
     }
+  });
+
+  test("a token for other filters is INVALID_ARGUMENT naming page_token", () => {
+    const token = auditPageToken({ after: 10n, pending: new Map([[7n, 3n]]) }, query);
+    assert.throws(
+      () => readAuditPageToken(token, { ...query, start_time: "2025-01-01T00:00:00.000Z" }),
+      (e: unknown) => e instanceof ConnectError && e.code === Code.InvalidArgument && /^page_token: was issued for a different query \(.*start_time/.test(e.rawMessage),
+    );
   });
 });

@@ -450,6 +450,44 @@ for (const driver of DRIVERS) {
       assert.equal(odd.sessions.length, 2);
     });
 
+    test("a ListSessions page token only continues its own filters; page_size may change", async () => {
+      const id = agent();
+      for (let i = 0; i < 5; i++) {
+        clock.advance(1);
+        await store.createSession(sessionRequest(id, {}, { labels: { team: "t", env: "prod" } }), NO_HASH);
+      }
+      const list = (filter: object, pageSize: number, pageToken: string) =>
+        store.listSessions({ agentId: id, status: 0, labels: { team: "t", env: "prod" }, ...filter, pageSize, pageToken } as never);
+      const page1 = await list({}, 2, "");
+      assert.equal(page1.sessions.length, 2);
+      const different = /^page_token: was issued for a different query \(agent_id, status and labels must be the same as on the first page/;
+      for (const other of [{ agentId: agent() }, { status: SessionStatus.ACTIVE }, { labels: { team: "t" } }, { labels: { team: "t", env: "dev" } }]) {
+        await rejects(list(other, 2, page1.nextPageToken), Code.InvalidArgument, different);
+      }
+      // The same filters (labels in another order) with a larger page: the rest, none twice.
+      const page2 = await list({ labels: { env: "prod", team: "t" } }, 10, page1.nextPageToken);
+      assert.equal(page2.nextPageToken, "");
+      const ids = [...page1.sessions, ...page2.sessions].map((s) => s.sessionId);
+      assert.equal(ids.length, 5);
+      assert.equal(new Set(ids).size, 5);
+    });
+
+    test("a ListActions page token from one session is INVALID_ARGUMENT for another", async () => {
+      const a = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const b = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      for (const s of [a, b]) for (let i = 1; i <= 3; i++) await check(s.sessionId, USD(i));
+      const page1 = await store.listActions({ sessionId: a.sessionId, pageSize: 2, pageToken: "" } as never);
+      assert.notEqual(page1.nextPageToken, "");
+      await rejects(
+        store.listActions({ sessionId: b.sessionId, pageSize: 2, pageToken: page1.nextPageToken } as never),
+        Code.InvalidArgument,
+        /^page_token: was issued for a different query \(session_id must be the same as on the first page/,
+      );
+      const page2 = await store.listActions({ sessionId: a.sessionId, pageSize: 5, pageToken: page1.nextPageToken } as never);
+      assert.equal(page2.actions.length, 1);
+      assert.equal(page2.nextPageToken, "");
+    });
+
     test("CreateSession is idempotent per agent and key", async () => {
       const id = agent();
       const req = sessionRequest(id, {}, { idempotencyKey: "create-1" });
