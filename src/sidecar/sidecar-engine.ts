@@ -678,6 +678,10 @@ export class SidecarEngine {
     const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S))) + sl.waitingValue;
     const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S))) + BigInt(sl.waiting);
     const generation = sl.generation;
+    // Named here, so that a grant whose answer is lost can be given back
+    // (see the failure below) instead of staying reserved, unused, until
+    // the store writes it off as spent.
+    const leaseId = newId("lse", this.now());
     sl.acquiring = this.o.controlPlane.sync
       .acquireLease({
         sessionId,
@@ -686,6 +690,7 @@ export class SidecarEngine {
         desiredActions,
         minValueMicros: amount,
         ttl: durationFromMs(this.o.leaseTtlMs),
+        leaseId,
       })
       .then(
         (res) => {
@@ -710,7 +715,14 @@ export class SidecarEngine {
           return next;
         },
         (err: unknown) => {
-          if (isUnreachable(ConnectError.from(err))) this.o.contact?.(false);
+          const e = ConnectError.from(err);
+          if (isUnreachable(e)) this.o.contact?.(false);
+          // The store may have granted it (the answer lost to a reset, a
+          // deadline, a replica killed mid-call): released by its id, it
+          // comes back, or is never granted if the release gets there
+          // first. Not for a call that never left (a control plane that is
+          // down would collect one released id per attempt).
+          if (!neverSent(e)) this.o.reports.release(sessionId, leaseId);
           return undefined;
         },
       )
@@ -1019,6 +1031,29 @@ function leaseState(l: Lease, nowMs: number): LeaseState {
 
 function isUnreachable(e: ConnectError): boolean {
   return e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || e.code === Code.Canceled;
+}
+
+/** System errors of setting up a connection (by the call that failed): before any byte of a request is sent. */
+const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH"]);
+const CONNECT_SYSCALLS = new Set(["connect", "getaddrinfo"]);
+
+/**
+ * Whether a failed call surely never reached the server: connect-node
+ * fails a call whose connection could not be made with UNAVAILABLE and the
+ * socket's error as its cause (a refused one: message "connect
+ * ECONNREFUSED 127.0.0.1:1", cause.code "ECONNREFUSED", cause.syscall
+ * "connect"; an unknown host: cause.code "ENOTFOUND", syscall
+ * "getaddrinfo"). Anything else (a reset, a deadline, a status from a
+ * proxy or the server) may have come after the store committed.
+ */
+function neverSent(e: ConnectError): boolean {
+  if (e.code !== Code.Unavailable) return false;
+  let cause: unknown = e.cause;
+  for (let depth = 0; depth < 4 && cause instanceof Error; depth++, cause = cause.cause) {
+    const { code, syscall } = cause as NodeJS.ErrnoException;
+    if (code !== undefined && CONNECT_ERRORS.has(code) && syscall !== undefined && CONNECT_SYSCALLS.has(syscall)) return true;
+  }
+  return false;
 }
 
 function bigMax(a: bigint, b: bigint): bigint {

@@ -33,12 +33,15 @@ import { recordEvents } from "./outbox.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import type { CalendarSpanCache } from "../core/windows.js";
-import { type Counter, currentAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+import { type Counter, type CounterAddress, currentAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
 /** Lease status in `leases.status`. */
 export const LeaseStatus = { ACTIVE: 1, RELEASED: 2, RECONCILED: 3 } as const;
+
+/** A lease id as newId("lse") makes them (and AcquireLeaseRequest.lease_id takes them). */
+const LEASE_ID = /^lse_[a-z0-9]{26}$/;
 
 /** Longest lease the store grants, whatever a sidecar asks. */
 export const MAX_LEASE_TTL_MS = 5 * 60_000;
@@ -170,30 +173,101 @@ export class LeaseLedger {
     });
   }
 
-  /** Grants in request order, each seeing the reserves of those before it. */
+  /**
+   * Grants in request order, each seeing the reserves of those before it.
+   *
+   * A request may name the id to grant under (AcquireLeaseRequest.lease_id),
+   * so that a grant whose answer was lost costs nothing: asked again, the
+   * id gets the same lease back while it is active and nothing new after;
+   * released first (the sidecar gave up on the call, see report()), it is
+   * never granted. The session locks taken here are the ones report() takes
+   * before it writes a lease of those sessions, so what is read below stays
+   * true until the insert.
+   */
   private async grantAll(tx: Queryable, reqs: readonly AcquireLeaseRequest[]): Promise<Settled<Lease | undefined>[]> {
     const nowMs = this.now();
     const locked = await lockChains(tx, [...new Set(reqs.map((r) => r.sessionId))], this.policies);
+    const named = [...new Set(reqs.map((r) => r.leaseId).filter((id) => id !== ""))];
+    const existing = new Map<string, LeaseRow & { holder: string }>();
+    if (named.length > 0) {
+      const { rows } = await tx.query<LeaseRow & { holder: string }>(`SELECT ${LEASE_COLUMNS}, holder FROM leases WHERE lease_id = ANY($1::text[])`, [named]);
+      for (const r of rows) existing.set(r.lease_id, r);
+    }
     const plans = reqs.map((req) => {
       const s = locked.sessions.get(req.sessionId);
       if (s === undefined) return undefined;
       const chain = [s, ...s.ancestorIds.map((id) => locked.sessions.get(id)!)];
-      if (chain.some((c) => c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined)) return undefined;
+      const active = !chain.some((c) => c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined);
+      // An active lease asked for again is answered with the usage of now,
+      // whatever became of its session meanwhile: its sidecar must hear of
+      // it to give it back.
+      const again = existing.get(req.leaseId);
+      if (!active && (again === undefined || again.status !== LeaseStatus.ACTIVE)) return undefined;
       const scopes = scopesOf(s, locked.sessions, locked.agents.get(s.agentId)!);
       const addresses = scopes.flatMap((sc) =>
         WINDOW_KINDS.map((w) => currentAddress(sc.key, sc.policy, w, nowMs, this.spans)),
       );
-      return { req, chain, scopes, addresses };
+      return { req, chain, scopes, addresses, active };
     });
     const usage = await loadCounters(
       tx,
       plans.flatMap((p) => p?.addresses ?? []),
     );
-    const rows: { leaseId: string; req: AcquireLeaseRequest; value: bigint | undefined; actions: bigint | undefined; charges: string; expireMs: number }[] = [];
-    const settled = plans.map((plan, i): Settled<Lease | undefined> => {
+    const usageAt = (addresses: readonly CounterAddress[]) =>
+      addresses.map((a) => {
+        const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
+        return create(CounterUsageSchema, {
+          scopeKey: a.scopeKey,
+          window: WINDOW_ENUM[a.window],
+          windowStartUnixMs: BigInt(c.startMs),
+          valueMicros: c.committedValue + c.heldValue,
+          actions: c.committedActions + c.heldActions,
+        });
+      });
+    const rows: {
+      leaseId: string;
+      req: AcquireLeaseRequest;
+      addresses: readonly CounterAddress[];
+      value: bigint | undefined;
+      actions: bigint | undefined;
+      charges: string;
+      expireMs: number;
+    }[] = [];
+    /** The answer to each lease id named earlier in this batch: a request naming it again is a replay. */
+    const answered = new Map<string, { req: AcquireLeaseRequest; settled: Settled<Lease | undefined> }>();
+    const settled = reqs.map((req, i): Settled<Lease | undefined> => {
       const none = { i, ok: true, value: undefined } as const;
-      if (plan === undefined) return none;
-      const { req, chain, scopes, addresses } = plan;
+      const id = req.leaseId;
+      const first = answered.get(id);
+      const stored = existing.get(id);
+      const owner = first?.req ?? (stored === undefined ? undefined : { sessionId: stored.session_id, holder: stored.holder });
+      if (owner !== undefined && (owner.sessionId !== req.sessionId || owner.holder !== req.holder)) {
+        return { i, ok: false, error: new ConnectError(`lease_id: "${id}" is a lease of another session or holder`, Code.InvalidArgument) };
+      }
+      if (first !== undefined) return { ...first.settled, i };
+      const answer = (r: Settled<Lease | undefined>) => {
+        if (id !== "") answered.set(id, { req, settled: r });
+        return r;
+      };
+      const plan = plans[i];
+      if (stored !== undefined) {
+        // Granted before (its answer was lost): the same lease, reserving
+        // nothing more, with what it has left (all of it, unless records
+        // came). Released or reconciled, or released before it was ever
+        // granted (a tombstone): nothing.
+        if (stored.status !== LeaseStatus.ACTIVE || plan === undefined) return answer(none);
+        const lease = create(LeaseSchema, {
+          leaseId: id,
+          sessionId: req.sessionId,
+          valueMicros: stored.granted_value === null ? undefined : BigInt(stored.held_value),
+          actions: stored.granted_actions === null ? undefined : BigInt(stored.held_actions),
+          expireTime: timestampFromMs(stored.expire_time.getTime()),
+          usage: usageAt(plan.addresses),
+        });
+        return answer({ i, ok: true, value: lease });
+      }
+      if (plan === undefined || !plan.active) return answer(none);
+      const { chain, scopes, addresses } = plan;
       let valueLeft: bigint | undefined;
       let actionsLeft: bigint | undefined;
       let expireMs = nowMs + Math.min(req.ttl === undefined ? 30_000 : durationMs(req.ttl), MAX_LEASE_TTL_MS);
@@ -221,18 +295,15 @@ export class LeaseLedger {
       // A lease of no value is useful to actions without an amount (tool
       // calls, min_value_micros 0): it reserves only their action slots,
       // and without it each would go through the control plane.
-      if (grantValue !== undefined && grantValue < req.minValueMicros) return none;
-      if (grantActions !== undefined && grantActions < 1n) return none;
-      if (expireMs <= nowMs) return none;
-      for (const a of addresses) {
-        const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
-        c.heldValue += grantValue ?? 0n;
-        c.heldActions += grantActions ?? 0n;
-      }
-      const leaseId = newId("lse", nowMs);
+      if (grantValue !== undefined && grantValue < req.minValueMicros) return answer(none);
+      if (grantActions !== undefined && grantActions < 1n) return answer(none);
+      if (expireMs <= nowMs) return answer(none);
+      reserve(usage, addresses, grantValue ?? 0n, grantActions ?? 0n);
+      const leaseId = id === "" ? newId("lse", nowMs) : id;
       rows.push({
         leaseId,
         req,
+        addresses,
         value: grantValue,
         actions: grantActions,
         // The windows actually charged: on a replica whose clock lags, a
@@ -248,28 +319,23 @@ export class LeaseLedger {
         valueMicros: grantValue,
         actions: grantActions,
         expireTime: timestampFromMs(expireMs),
-        usage: addresses.map((a) => {
-          const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
-          return create(CounterUsageSchema, {
-            scopeKey: a.scopeKey,
-            window: WINDOW_ENUM[a.window],
-            windowStartUnixMs: BigInt(c.startMs),
-            valueMicros: c.committedValue + c.heldValue,
-            actions: c.committedActions + c.heldActions,
-          });
-        }),
+        usage: usageAt(addresses),
       });
-      return { i, ok: true, value: lease };
+      return answer({ i, ok: true, value: lease });
     });
     if (rows.length === 0) return settled;
-    await saveCounters(tx, usage);
-    await tx.query(
+    // Nothing else can have taken a named id of these sessions (locked,
+    // and checked above), but another session's grant may be taking it
+    // right now: that one keeps it, and this grant is undone.
+    const { rows: inserted } = await tx.query<{ lease_id: string }>(
       `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions,
                            charges, create_time, update_time, expire_time)
        SELECT u.lease_id, u.session_id, u.holder, 1, u.granted_value, u.granted_actions,
               coalesce(u.granted_value, 0), coalesce(u.granted_actions, 0), u.charges::jsonb, $7::timestamptz, $7::timestamptz, u.expire_time
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $8::timestamptz[])
-              AS u(lease_id, session_id, holder, granted_value, granted_actions, charges, expire_time)`,
+              AS u(lease_id, session_id, holder, granted_value, granted_actions, charges, expire_time)
+       ON CONFLICT (lease_id) DO NOTHING
+       RETURNING lease_id`,
       [
         rows.map((r) => r.leaseId),
         rows.map((r) => r.req.sessionId),
@@ -281,7 +347,16 @@ export class LeaseLedger {
         rows.map((r) => iso(r.expireMs)),
       ],
     );
-    return settled;
+    const taken = new Set(rows.map((r) => r.leaseId));
+    for (const r of inserted) taken.delete(r.lease_id);
+    for (const r of rows) if (taken.has(r.leaseId)) reserve(usage, r.addresses, -(r.value ?? 0n), -(r.actions ?? 0n));
+    await saveCounters(tx, usage);
+    if (taken.size === 0) return settled;
+    return settled.map((st) =>
+      st.ok && st.value !== undefined && taken.has(st.value.leaseId)
+        ? { i: st.i, ok: false, error: new ConnectError(`lease_id: "${st.value.leaseId}" is a lease of another session or holder`, Code.InvalidArgument) }
+        : st,
+    );
   }
 
   /**
@@ -563,6 +638,28 @@ export class LeaseLedger {
       if (releasing.length > 0) {
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[])`, [releasing.map((l) => l.lease_id)]);
         await settleLeases(tx, rows, "release", nowMs);
+      }
+      // A release of a lease the store does not have: the sidecar named
+      // the id of a grant whose answer it never got, and gave up on it
+      // (AcquireLeaseRequest.lease_id). The grant may still be on its way
+      // (a control plane that has not got to it yet): a released row
+      // holding nothing, under the report's own session, keeps that id
+      // from ever being granted (grantAll), as a release of the lease
+      // would have given it back.
+      const tombstones = new Map<string, string>();
+      for (const rep of req.reports) {
+        if (!rep.release || !LEASE_ID.test(rep.leaseId) || leases.has(rep.leaseId) || tombstones.has(rep.leaseId)) continue;
+        if (locked.sessions.has(rep.sessionId)) tombstones.set(rep.leaseId, rep.sessionId);
+      }
+      if (tombstones.size > 0) {
+        await tx.query(
+          `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions,
+                               charges, create_time, update_time, expire_time)
+           SELECT u.lease_id, u.session_id, $3, ${LeaseStatus.RELEASED}, 0, 0, 0, 0, '[]'::jsonb, $4::timestamptz, $4::timestamptz, $4::timestamptz
+             FROM unnest($1::text[], $2::text[]) AS u(lease_id, session_id)
+           ON CONFLICT (lease_id) DO NOTHING`,
+          [[...tombstones.keys()], [...tombstones.values()], req.holder, iso(nowMs)],
+        );
       }
 
       // 4. Lifetime limits used up by what was committed end the session,
@@ -987,6 +1084,15 @@ async function insertRecords(
     audit.filter((a) => fresh.has(a.data.action_id as string)),
   );
   return fresh;
+}
+
+/** Adds a grant's reserve to the held counters of every window it charges (a negative one takes it back). */
+function reserve(usage: UsageSet, addresses: readonly CounterAddress[], value: bigint, actions: bigint): void {
+  for (const a of addresses) {
+    const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
+    c.heldValue += value;
+    c.heldActions += actions;
+  }
 }
 
 function min(a: bigint, b: bigint): bigint {

@@ -571,6 +571,144 @@ for (const driver of DRIVERS) {
       assert.equal(await acquire(s.sessionId, USD(1)), undefined);
     });
 
+    const acquireNamed = (sessionId: string, leaseId: string, desiredValue: bigint, holder = "sidecar-1") =>
+      store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId, holder, desiredValueMicros: desiredValue, desiredActions: 100n, minValueMicros: 1n, ttl: durationFromMs(30_000), leaseId }),
+      );
+    const leaseRow = async (leaseId: string) =>
+      (
+        await t.db.query<{ session_id: string; status: number; held_value: string; written_off_value: string }>(
+          "SELECT session_id, status, held_value, written_off_value FROM leases WHERE lease_id = $1",
+          [leaseId],
+        )
+      ).rows[0];
+    const refusedNaming = (field: RegExp) => (e: unknown) => {
+      assert.equal(Code[ConnectError.from(e).code], Code[Code.InvalidArgument]);
+      assert.match(ConnectError.from(e).rawMessage, field);
+      return true;
+    };
+
+    test("a grant asked again under the id it was granted under is the same lease, reserved once; once released, nothing", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const id = newId("lse", clock.ms);
+      const l1 = (await acquireNamed(s.sessionId, id, USD(40)))!;
+      assert.equal(l1.leaseId, id, "granted under the id asked for");
+      assert.equal(l1.valueMicros, USD(40));
+      const l2 = (await acquireNamed(s.sessionId, id, USD(40)))!;
+      assert.equal(l2.leaseId, id);
+      assert.equal(l2.valueMicros, USD(40));
+      assert.equal(l2.expireTime!.seconds, l1.expireTime!.seconds);
+      assert.equal((await day(s.sessionId)).valueUsedMicros, USD(40), "reserved once");
+      assert.equal(l2.usage.find((c) => c.scopeKey === `s:${s.sessionId}` && c.window === Window.DAY)!.valueMicros, USD(40));
+      // Spent from, then asked again: what it has left.
+      await report(rep(s.sessionId, l1, { records: [record("check", USD(10))] }));
+      assert.equal((await acquireNamed(s.sessionId, id, USD(40)))!.valueMicros, USD(30));
+      // Asked twice in one batch: the second is a replay of the first.
+      const id2 = newId("lse", clock.ms);
+      const [a, b] = await Promise.all([acquireNamed(s.sessionId, id2, USD(20)), acquireNamed(s.sessionId, id2, USD(20))]);
+      assert.equal(a!.leaseId, id2);
+      assert.equal(b!.leaseId, id2);
+      assert.equal((await day(s.sessionId)).valueUsedMicros, USD(60), "committed 10 + leased 30 + 20, the batch's reserved once");
+      await assertLedgerConsistent(t.db);
+      await report(rep(s.sessionId, l1, { release: true }), rep(s.sessionId, a, { release: true }));
+      assert.equal(await acquireNamed(s.sessionId, id, USD(40)), undefined, "released: nothing new under its id");
+      assert.equal((await day(s.sessionId)).valueUsedMicros, USD(10));
+      assert.equal((await leaseRow(id))!.status, 2);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a release reported for a lease the store does not have keeps its id from ever being granted", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100), maxActions: 10n } }), NO_HASH);
+      const id = newId("lse", clock.ms);
+      // The sidecar gave up on a grant whose answer it lost; the grant
+      // itself reaches the store after its release.
+      assert.deepEqual(await report(create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: id, release: true })), []);
+      assert.deepEqual(await leaseRow(id), { session_id: s.sessionId, status: 2, held_value: "0", written_off_value: "0" });
+      assert.equal(await acquireNamed(s.sessionId, id, USD(40)), undefined, "no lease");
+      const d = await day(s.sessionId);
+      assert.equal(d.valueUsedMicros, 0n, "nothing reserved");
+      assert.equal(d.actionsUsed, 0n);
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueLeasedMicros, 0n);
+      assert.equal(u.valueWrittenOffMicros, 0n);
+      // Released again (a retried report): nothing changes.
+      assert.deepEqual(await report(create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: id, release: true })), []);
+      // Only an id the store could have granted is kept: nothing for
+      // another shape, or for a session the store does not have.
+      await report(create(LeaseReportSchema, { sessionId: s.sessionId, leaseId: "lse_not-one-of-ours", release: true }));
+      assert.equal(await leaseRow("lse_not-one-of-ours"), undefined);
+      const unknown = newId("lse", clock.ms);
+      await report(create(LeaseReportSchema, { sessionId: "no-such-session", leaseId: unknown, release: true }));
+      assert.equal(await leaseRow(unknown), undefined);
+      // Other grants are not disturbed, and a sweep past its expiry finds nothing to write off.
+      assert.equal((await acquire(s.sessionId, USD(20)))!.valueMicros, USD(20));
+      clock.advance(60_000);
+      await store.sweep();
+      assert.equal((await store.getSession(s.sessionId)).usage!.valueWrittenOffMicros, USD(20), "only the real lease is written off");
+      assert.equal((await leaseRow(id))!.status, 2);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("a lease id of another session or holder is refused, naming lease_id, and fails only its own request", async () => {
+      const a = agent();
+      const s1 = await store.createSession(sessionRequest(a, { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const s2 = await store.createSession(sessionRequest(a, { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const id = newId("lse", clock.ms);
+      assert.ok(await acquireNamed(s1.sessionId, id, USD(10)));
+      await assert.rejects(acquireNamed(s2.sessionId, id, USD(10)), refusedNaming(/^lease_id: /));
+      await assert.rejects(acquireNamed(s1.sessionId, id, USD(10), "sidecar-2"), refusedNaming(/^lease_id: /));
+      // In one batch: the first asker has it; the rest of the batch is granted.
+      const id2 = newId("lse", clock.ms);
+      const [first, other, rest] = await Promise.allSettled([
+        acquireNamed(s1.sessionId, id2, USD(10)),
+        acquireNamed(s2.sessionId, id2, USD(10)),
+        acquireNamed(s2.sessionId, newId("lse", clock.ms), USD(10)),
+      ]);
+      assert.equal(first.status === "fulfilled" && first.value?.leaseId, id2);
+      assert.equal(other.status, "rejected");
+      refusedNaming(/^lease_id: /)((other as PromiseRejectedResult).reason);
+      assert.equal(rest.status === "fulfilled" && rest.value?.valueMicros, USD(10));
+      // A released (tombstoned) id is another session's too.
+      const gone = newId("lse", clock.ms);
+      await report(create(LeaseReportSchema, { sessionId: s1.sessionId, leaseId: gone, release: true }));
+      await assert.rejects(acquireNamed(s2.sessionId, gone, USD(10)), refusedNaming(/^lease_id: /));
+      assert.equal((await day(s1.sessionId)).valueUsedMicros, USD(20));
+      assert.equal((await day(s2.sessionId)).valueUsedMicros, USD(10), "only the grant that was answered");
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("an id another session's grant takes while this one is being granted is refused, and this grant undone", async () => {
+      const s1 = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const s2 = await store.createSession(sessionRequest(agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      const id = newId("lse", clock.ms);
+      let granting: Promise<Lease | undefined> | undefined;
+      // Another replica's transaction has inserted the id, not yet
+      // committed: on PostgreSQL this grant reads no such lease, reserves,
+      // and then waits on that insert (on PGlite it runs after the commit).
+      await t.db.transaction(async (tx) => {
+        await tx.query(
+          `INSERT INTO leases (lease_id, session_id, holder, status, granted_value, granted_actions, held_value, held_actions, charges, create_time, update_time, expire_time)
+           VALUES ($1, $2, 'sidecar-1', 2, 0, 0, 0, 0, '[]'::jsonb, now(), now(), now())`,
+          [id, s1.sessionId],
+        );
+        granting = acquireNamed(s2.sessionId, id, USD(10));
+        granting.catch(() => {});
+        if (driver === "postgres") {
+          for (let i = 0; i < 100; i++) {
+            const { rows } = await t.db.query<{ n: string }>(
+              "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO leases%'",
+            );
+            if (rows[0]!.n !== "0") break;
+            await sleep(10);
+          }
+        }
+      });
+      await assert.rejects(granting!, refusedNaming(/^lease_id: /));
+      assert.equal((await day(s2.sessionId)).valueUsedMicros, 0n, "nothing reserved");
+      assert.equal((await leaseRow(id))!.session_id, s1.sessionId);
+      await assertLedgerConsistent(t.db);
+    });
+
     test("a lease never outlives the day it reserved in", async () => {
       const saved = clock.ms;
       clock.ms = Date.UTC(2026, 10, 21, 23, 59, 50);
