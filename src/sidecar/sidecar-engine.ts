@@ -886,17 +886,19 @@ export class SidecarEngine {
     } catch (err) {
       const e = ConnectError.from(err);
       if (!isUnreachable(e)) throw e;
-      // A call that timed out or was canceled may have been decided, and
-      // charged, before its answer was lost: a DENY would tell the agent
-      // otherwise. The outcome is unknown; a retry with the same
-      // idempotency key gets the store's answer.
-      if (e.code !== Code.Unavailable) {
+      // A call that timed out, was canceled or lost its connection after
+      // it was sent may have been decided, and charged, before its answer
+      // was lost: a DENY would tell the agent otherwise. The outcome is
+      // unknown; a retry with the same idempotency key gets the store's
+      // answer. Only a call that never left is surely undecided: that one
+      // fails closed.
+      if (e.code === Code.Unavailable) this.o.contact?.(false);
+      if (!neverSent(e)) {
         throw new ConnectError(
           `the control plane did not answer (${Code[e.code]}): the ${method} may have been decided; retry it with the same idempotency_key to learn its answer`,
           e.code,
         );
       }
-      this.o.contact?.(false);
       return this.unavailable(path, method, req, started, "the control plane is unreachable");
     }
   }

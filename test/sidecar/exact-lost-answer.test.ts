@@ -3,6 +3,7 @@ import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { CalendarSpanCache } from "../../src/core/windows.js";
+import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { CheckRequestSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ReportQueue } from "../../src/sidecar/report-queue.js";
 import { SessionCache } from "../../src/sidecar/session-cache.js";
@@ -15,10 +16,18 @@ const NO_HASH = new Uint8Array(0);
 describe("a sidecar deciding through the control plane, when the answer is lost", () => {
   const s = storeSuite("pglite", "exact-lost", { ledgerCheck: false });
 
-  /** An exact-mode engine whose control plane decides (and commits) each call, then fails it with `code`. */
-  const engineLosing = (code: Code) => {
+  /**
+   * An exact-mode engine whose control plane decides (and commits) each
+   * call, then fails it with `code`; or, `refused`, fails it as
+   * connect-node fails a call whose connection was refused, deciding nothing.
+   */
+  const engineLosing = (code: Code, refused = false) => {
     const sent: unknown[] = [];
     const decideThenLose = async (method: "check" | "authorize", init: { sessionId: string; action: never }) => {
+      if (refused) {
+        const cause = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED", errno: -111, syscall: "connect" });
+        throw new ConnectError("connect ECONNREFUSED 127.0.0.1:1", Code.Unavailable, undefined, undefined, cause);
+      }
       await s.store.decide({ method, sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH });
       throw new ConnectError("lost", code);
     };
@@ -46,7 +55,9 @@ describe("a sidecar deciding through the control plane, when the answer is lost"
     return { engine, reports, sent };
   };
 
-  for (const code of [Code.DeadlineExceeded, Code.Canceled]) {
+  // Unavailable: the connection dropped after the call was sent (a replica
+  // killed mid-call), not refused.
+  for (const code of [Code.DeadlineExceeded, Code.Canceled, Code.Unavailable]) {
     test(`a Check whose answer was lost (${Code[code]}) after the store charged it is an error, not a DENY: its outcome is unknown`, async () => {
       const ses = await s.store.createSession(sessionRequest(s.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       const { engine, reports, sent } = engineLosing(code);
@@ -62,4 +73,15 @@ describe("a sidecar deciding through the control plane, when the answer is lost"
       assert.equal(sent.length, 0, "no DENY record of a call the store decided");
     });
   }
+
+  test("a Check refused at connect (the control plane is down) reached nobody: it fails closed, a DENY recorded for later", async () => {
+    const ses = await s.store.createSession(sessionRequest(s.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+    const { engine, reports } = engineLosing(Code.Unavailable, true);
+    const res = await engine.check(create(CheckRequestSchema, { sessionId: ses.sessionId, action: payment(USD(40)) }), NO_HASH);
+    assert.equal(Outcome[res.decision!.outcome], "DENY");
+    assert.deepEqual(res.decision!.reasons.map((r) => Reason[r]), ["CONTROL_PLANE_UNAVAILABLE"]);
+    assert.equal((await s.store.getSession(ses.sessionId)).usage!.valueCommittedMicros, 0n, "nothing charged");
+    engine.stop();
+    await reports.drain(Date.now() + 2_000);
+  });
 });
