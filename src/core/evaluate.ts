@@ -174,12 +174,22 @@ export function spanOf(
  * Whether a session is past its expiry or idle timeout at `nowMs`, though
  * its stored status may still say ACTIVE or PAUSED. A paused session does
  * not idle: its agent was told to stop, and a pause must stay reversible
- * however long the person takes (resuming restarts the idle clock).
+ * however long the person takes (resuming restarts the idle clock). Nor
+ * does a fork any of whose `ancestors` (the session's parents, any order;
+ * other scopes are ignored) is paused: its calls are all denied
+ * PARENT_INACTIVE, so its agent stops too, and resuming the parent
+ * restarts its forks' idle clocks. A caller that knows the ancestors must
+ * pass them.
  */
-export function lapse(scope: ScopeState, nowMs: number): "time" | "idle" | undefined {
+export function lapse(
+  scope: ScopeState,
+  nowMs: number,
+  ancestors: readonly { readonly status?: SessionStatus }[] = [],
+): "time" | "idle" | undefined {
   if (scope.expireMs !== undefined && nowMs >= scope.expireMs) return "time";
   if (
     scope.status !== SessionStatus.PAUSED &&
+    !ancestors.some((a) => a.status === SessionStatus.PAUSED) &&
     scope.idleTimeoutMs !== undefined &&
     scope.lastActivityMs !== undefined &&
     nowMs - scope.lastActivityMs >= scope.idleTimeoutMs
@@ -225,7 +235,8 @@ export function evaluate(input: EvaluateInput): Evaluation {
     if (scope.status === undefined) continue;
     const isSelf = i === 0;
     const statusReason = STATUS_REASON[scope.status];
-    const lapsed = scope.status === SessionStatus.ACTIVE || scope.status === SessionStatus.PAUSED ? lapse(scope, nowMs) : undefined;
+    // Scopes after this one are its parents (and the agent, which has no status).
+    const lapsed = scope.status === SessionStatus.ACTIVE || scope.status === SessionStatus.PAUSED ? lapse(scope, nowMs, scopes.slice(i + 1)) : undefined;
     if (isSelf && lapsed !== undefined) {
       expire = lapsed;
       const reason = lapsed === "time" ? Reason.SESSION_EXPIRED : Reason.SESSION_IDLE_TIMEOUT;

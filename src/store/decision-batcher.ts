@@ -258,7 +258,11 @@ export class DecisionBatcher {
         // rather than wait for the sweeper; its forks end after the commit.
         for (const a of s.ancestorIds) {
           const p = locked.sessions.get(a);
-          const why = p === undefined || isTerminal(p.status) ? undefined : lapse(sessionScope(p), nowMs);
+          // Its own ancestors are s's too, locked with it: under a paused one it does not idle.
+          const why =
+            p === undefined || isTerminal(p.status)
+              ? undefined
+              : lapse(sessionScope(p), nowMs, p.ancestorIds.map((id) => locked.sessions.get(id)!));
           if (why === undefined) continue;
           p!.status = SessionStatus.EXPIRED;
           const d = touch(touched, p!);

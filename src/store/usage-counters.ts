@@ -118,6 +118,37 @@ const LONGEST_WINDOW_MS: Record<WindowKind, number> = {
   lifetime: Infinity,
 };
 
+/**
+ * How {@link loadCounters} ("current") reads a stored window of a kind,
+ * which started at `storedStartMs` (NaN: never used) under
+ * `storedCalendar` (null: unknown, taken as the address's), at address `a`
+ * of that kind: "unused" (nothing stored: a's window starts from zero),
+ * "stored" (a is no newer: it reads the stored window, counts and all),
+ * "carried" (a newer window of another calendar that may overlap the
+ * stored one: the counts carry into it) or "reset" (a newer window: it
+ * starts from zero).
+ */
+export function storedWindowAt(storedStartMs: number, storedCalendar: string | null, a: CounterAddress): "unused" | "stored" | "carried" | "reset" {
+  if (Number.isNaN(storedStartMs)) return "unused";
+  if (a.startMs <= storedStartMs) return "stored";
+  const was = storedCalendar ?? a.calendar;
+  return was !== a.calendar && a.startMs < storedStartMs + LONGEST_WINDOW_MS[a.window] ? "carried" : "reset";
+}
+
+/**
+ * The earliest time whose spend the counter at "current" address `a` of a
+ * scope holds, once read by {@link loadCounters}, from the scope's stored
+ * windows and calendar: the stored window's start when its counts carry
+ * into (or are read at) `a`, else `a`'s own start. (A window that was
+ * itself carried into from an earlier one holds spend from before its own
+ * start, which its row no longer tells.)
+ */
+export function countsSince(stored: ScopeWindows, storedCalendar: string | null, a: CounterAddress): number {
+  const c = stored[a.window];
+  const how = storedWindowAt(c.startMs, storedCalendar, a);
+  return how === "stored" || how === "carried" ? Math.min(a.startMs, c.startMs) : a.startMs;
+}
+
 /** Counters of some scopes, keyed by {@link counterKey} of the addresses asked for. */
 export class UsageSet {
   /** Every scope read, with all of its windows: what {@link saveCounters} writes. */
@@ -163,11 +194,7 @@ export async function loadCounters(
       const c = out.scopes.get(a.scopeKey)![a.window];
       // The stored calendar: the scope moves to the address's below, after
       // every address was judged against it.
-      const was = out.calendars.get(a.scopeKey) ?? a.calendar;
-      if (Number.isNaN(c.startMs)) {
-        c.startMs = a.startMs;
-        continue;
-      }
+      const how = storedWindowAt(c.startMs, out.calendars.get(a.scopeKey) ?? null, a);
       // A stored window never moves back: its start names what was charged
       // to it (a hold's charges, read in "exact" mode), and an earlier start
       // may have been a window of its own, whose counts are gone. An older
@@ -175,15 +202,14 @@ export async function loadCounters(
       // the truth): a replica whose clock lags, or another calendar whose
       // window in effect began earlier (an agent's policy moved east),
       // whose next window then rolls this one over.
-      if (a.startMs <= c.startMs) continue;
+      if (how === "stored") continue;
       // A newer window rolls the stored one over, so every address of that
       // kind then maps to the same (newest) window. Under another calendar
       // (an agent's policy moved time zone or week start) what was spent in
       // the stored window may lie in the new one: it carries over, unless
       // the new one starts after the stored one surely ended.
-      const carry = was !== a.calendar && a.startMs < c.startMs + LONGEST_WINDOW_MS[a.window];
       c.startMs = a.startMs;
-      if (!carry) c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
+      if (how === "reset") c.committedValue = c.heldValue = c.committedActions = c.heldActions = 0n;
     }
     for (const a of addresses) if (a.calendar !== undefined) out.calendars.set(a.scopeKey, a.calendar);
   }

@@ -68,7 +68,7 @@ import type { Money } from "../gen/warden/v1/money_pb.js";
 import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
-import { currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
+import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf, type UsageRow, usageColumns, windowsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { committedRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
@@ -115,13 +115,19 @@ export const REARM_IDLE_CHECKS_SQL = `UPDATE sessions SET idle_check_time = ${ID
 /**
  * Live sessions past their expiry, and active ones past their idle
  * deadline, at $1, up to $2 of each: two range scans, of sessions_live and
- * sessions_idle_check.
+ * sessions_idle_check. A fork under a paused parent does not idle (see
+ * lapse): each candidate fork's ancestors are looked up by primary key (a
+ * root session, most of them, skips that; the OR keeps the lookup a
+ * subplan run per candidate, which the planner cannot turn into a scan of
+ * every live session), and such forks then cost a sweep what a paused
+ * session does, a read, until the resume restarts their idle clocks.
  */
 export const LAPSED_SESSIONS_SQL = `(SELECT session_id FROM sessions WHERE status IN (1, 2) AND expire_time <= $1::timestamptz LIMIT $2)
   UNION
-  (SELECT session_id FROM sessions
+  (SELECT session_id FROM sessions s
     WHERE status IN (1, 2) AND idle_timeout_ms IS NOT NULL AND idle_check_time <= $1::timestamptz
       AND status = 1 AND ${IDLE_DEADLINE} <= $1::timestamptz
+      AND (ancestor_ids = '{}' OR NOT EXISTS (SELECT 1 FROM sessions p WHERE p.session_id = ANY(s.ancestor_ids) AND p.status = ${SessionStatus.PAUSED}))
     LIMIT $2)`;
 
 /**
@@ -153,6 +159,14 @@ export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = A
 
 
 /**
+ * {@link lapse} of a locked session, told its ancestors (locked with it):
+ * under a paused one it does not idle.
+ */
+function lapseOf(s: LockedSession, locked: ReadonlyMap<string, LockedSession>, nowMs: number): "time" | "idle" | undefined {
+  return lapse(sessionScope(s), nowMs, s.ancestorIds.map((a) => locked.get(a)!));
+}
+
+/**
  * Whether a locked session can no longer settle holds or have approvals
  * decided: it or a parent has ended, or is past its expiry or idle timeout
  * though the sweeper has not got to it, in which case it ends here
@@ -167,7 +181,7 @@ async function endedChain(
 ): Promise<{ sessionId: string; why: string } | undefined> {
   for (const c of [s, ...s.ancestorIds.map((a) => locked.get(a)!)]) {
     if (!isTerminal(c.status)) {
-      const lapsed = lapse(sessionScope(c), nowMs);
+      const lapsed = lapseOf(c, locked, nowMs);
       if (lapsed === undefined) continue;
       await endSessions(tx, [c.sessionId], SessionStatus.EXPIRED, lapseReason(lapsed), nowMs);
       c.status = SessionStatus.EXPIRED;
@@ -543,7 +557,7 @@ export class WardenStore {
         const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
         // Past its expiry or idle timeout it ended then, whether or not the
         // sweeper got to it: it ends EXPIRED (kept), and the caller is told.
-        const why = lapse(sessionScope(s), nowMs);
+        const why = lapseOf(s, locked, nowMs);
         if (why !== undefined) {
           await endSessions(tx, [sessionId, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);
           return { sessionId, why: "has already ended (EXPIRED)" };
@@ -577,14 +591,17 @@ export class WardenStore {
   /** Pauses or resumes a session. */
   async setPaused(sessionId: string, paused: boolean, reason: string): Promise<Session> {
     const refused = await this.db.transaction((tx) =>
-      this.withLocked(tx, sessionId, false, async (s, locked) => {
+      // A resume restarts its forks' idle clocks too, so they are locked with it.
+      this.withLocked(tx, sessionId, !paused, async (s, locked, descendants) => {
+        const nowMs = this.now();
+        const lapsed = lapseOf(s, locked, nowMs);
         // A fork whose parent ended or lapsed ended with it (kept).
-        const ended = isTerminal(s.status) || lapse(sessionScope(s), this.now()) !== undefined ? undefined : await endedChain(tx, s, locked, this.now());
+        const ended = isTerminal(s.status) || lapsed !== undefined ? undefined : await endedChain(tx, s, locked, nowMs);
         if (ended !== undefined) return ended;
         const from = paused ? SessionStatus.ACTIVE : SessionStatus.PAUSED;
-        if (s.status !== from || lapse(sessionScope(s), this.now()) !== undefined) {
+        if (s.status !== from || lapsed !== undefined) {
           throw new ConnectError(
-            `session_id: session "${sessionId}" is ${SessionStatus[s.status]}${lapse(sessionScope(s), this.now()) ? " and lapsed" : ""}; only ${SessionStatus[from]} sessions can be ${paused ? "paused" : "resumed"}`,
+            `session_id: session "${sessionId}" is ${SessionStatus[s.status]}${lapsed ? " and lapsed" : ""}; only ${SessionStatus[from]} sessions can be ${paused ? "paused" : "resumed"}`,
             Code.FailedPrecondition,
           );
         }
@@ -596,14 +613,26 @@ export class WardenStore {
                   last_activity_time = CASE WHEN $5 THEN last_activity_time ELSE $4::timestamptz END,
                   idle_check_time = CASE WHEN $5 THEN idle_check_time ELSE $4::timestamptz END
             WHERE session_id = $1`,
-          [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(this.now()), paused],
+          [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(nowMs), paused],
         );
+        // So do its live forks', which stood still too: their calls were
+        // all denied PARENT_INACTIVE meanwhile (see lapse). The new revision
+        // brings their new last activity to sidecars.
+        const live = paused ? [] : descendants.filter((d) => !isTerminal(locked.get(d)!.status));
+        if (live.length > 0) {
+          await tx.query(
+            `UPDATE sessions SET last_activity_time = $2::timestamptz,
+                    idle_check_time = $2::timestamptz + idle_timeout_ms * interval '1 millisecond', revision = warden_next_revision()
+              WHERE session_id = ANY($1::text[])`,
+            [live, iso(nowMs)],
+          );
+        }
         await recordEvent(tx, {
           type: paused ? "session.paused" : "session.resumed",
           sessionId,
           agentId: s.agentId,
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
-          nowMs: this.now(),
+          nowMs,
         });
         return undefined;
       }),
@@ -628,7 +657,7 @@ export class WardenStore {
             return undefined;
           }
         }
-        if (isTerminal(s.status) || lapse(sessionScope(s), nowMs) !== undefined) {
+        if (isTerminal(s.status) || lapseOf(s, locked, nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
         }
         // A fork whose parent ended or lapsed ended with it (kept).
@@ -687,7 +716,7 @@ export class WardenStore {
         // would be ACTIVE under a chain that has ended, and missed by the
         // ending of its forks, which read them before this one existed.
         for (const c of [parent, ...parent.ancestorIds.map((a) => locked.get(a)!)]) {
-          if (c.status !== SessionStatus.ACTIVE || lapse(sessionScope(c), nowMs) !== undefined) {
+          if (c.status !== SessionStatus.ACTIVE || lapseOf(c, locked, nowMs) !== undefined) {
             const whose = c === parent ? "" : ` (its parent "${c.sessionId}" is not)`;
             throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active${whose}`, Code.FailedPrecondition);
           }
@@ -1098,14 +1127,25 @@ export class WardenStore {
    * would limit hold spend in another: the agent's counters have no unit
    * (an agent without value limits may run sessions in several
    * currencies), so 10,000 JPY spent would count as 10,000 USD used. Only
-   * sessions that spent, and were live at or after the start of the
-   * earliest window limited (any time, for a lifetime limit), count.
+   * sessions that spent, and were live at or after the earliest time whose
+   * spend a limited window would count (any time, for a lifetime limit),
+   * count. That is the start of the window in effect under the new policy,
+   * or earlier: when the policy moves the agent's calendar, what the stored
+   * window holds carries into the new one (see loadCounters).
    */
   private async refuseSpendInOtherCurrency(tx: Queryable, agentId: string, policy: SessionPolicy, nowMs: number): Promise<void> {
     const compiled = compilePolicy(policy);
     const limited = WINDOW_KINDS.filter((w) => compiled.limits[w].maxValue !== undefined);
     if (limited.length === 0) return;
-    const since = limited.includes("lifetime") ? null : Math.min(...limited.map((w) => spanOf(compiled, w, nowMs, this.spans)?.startMs ?? nowMs));
+    let since: number | null = null;
+    if (!limited.includes("lifetime")) {
+      // Read under the agent's row lock, which every writer of its counters holds.
+      const key = `a:${agentId}`;
+      const row = (await tx.query<UsageRow>(`SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = $1`, [key])).rows[0];
+      const stored = windowsOf(key, row);
+      const calendar = (row?.calendar as string | null | undefined) ?? null;
+      since = Math.min(...limited.map((w) => countsSince(stored, calendar, currentAddress(key, compiled, w, nowMs, this.spans))));
+    }
     const { rows } = await tx.query<{ session_id: string; policy: Uint8Array }>(
       `SELECT s.session_id, s.policy FROM sessions s JOIN scope_usage u ON u.scope_key = 's:' || s.session_id
         WHERE s.agent_id = $1 AND (u.lifetime_committed_value > 0 OR u.lifetime_held_value > 0)
@@ -1430,7 +1470,7 @@ export class WardenStore {
         () =>
           this.db.transaction((tx) =>
             this.withLocked(tx, session_id, true, async (s, locked, descendants) => {
-              const why = isTerminal(s.status) ? undefined : lapse(sessionScope(s), nowMs);
+              const why = isTerminal(s.status) ? undefined : lapseOf(s, locked, nowMs);
               if (why === undefined) return 0;
               const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
               await endSessions(tx, [session_id, ...live], SessionStatus.EXPIRED, lapseReason(why), nowMs);

@@ -462,6 +462,18 @@ describe("parents and agent", () => {
     const ev = run({ scopes: [session(), parent("p1"), grand, agent()], action: payment(units(1)) });
     assertViolations(ev, [v(Reason.PARENT_INACTIVE, grand)]);
   });
+
+  test("a fork under a paused parent or grandparent does not idle: it is denied PARENT_INACTIVE, and not expired", () => {
+    const idle = session({ idleTimeoutMs: HOUR, lastActivityMs: NOW - 2 * HOUR });
+    const paused = parent("p2", { status: SessionStatus.PAUSED });
+    // The parent between them, idle too, does not idle under the paused grandparent either.
+    const ev = run({ scopes: [idle, parent("p1", { idleTimeoutMs: HOUR, lastActivityMs: NOW - 2 * HOUR }), paused, agent()], action: payment(units(1)) });
+    assertDenied(ev, [Reason.PARENT_INACTIVE]);
+    assertViolations(ev, [v(Reason.PARENT_INACTIVE, paused)]);
+    assert.equal(ev.expire, undefined);
+    // Past its expiry it has lapsed all the same.
+    assert.equal(run({ scopes: [{ ...idle, expireMs: NOW }, paused, agent()], action: payment(units(1)) }).expire, "time");
+  });
 });
 
 describe("approval", () => {
@@ -762,6 +774,13 @@ describe("lapse", () => {
 
   test("time wins over idle", () => {
     assert.equal(lapse({ ...base, expireMs: NOW, idleTimeoutMs: MINUTE, lastActivityMs: NOW - HOUR }, NOW), "time");
+  });
+
+  test("no idle under a paused ancestor, whichever; an agent scope (no status) is no ancestor", () => {
+    const s = { ...base, idleTimeoutMs: MINUTE, lastActivityMs: NOW - HOUR };
+    assert.equal(lapse(s, NOW, [{ status: SessionStatus.ACTIVE }, { status: SessionStatus.PAUSED }]), undefined);
+    assert.equal(lapse(s, NOW, [{ status: SessionStatus.ACTIVE }, {}]), "idle");
+    assert.equal(lapse({ ...s, expireMs: NOW }, NOW, [{ status: SessionStatus.PAUSED }]), "time");
   });
 });
 

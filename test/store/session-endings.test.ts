@@ -10,6 +10,7 @@ import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_servic
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { AcquireLeaseRequestSchema, LeaseRecordSchema, LeaseReportSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { newId } from "../../src/store/ids.js";
+import { LAPSED_SESSIONS_SQL } from "../../src/store/warden-store.js";
 import { DRIVERS } from "../helpers/databases.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { storeSuite } from "../helpers/store-suite.js";
@@ -275,6 +276,52 @@ for (const driver of DRIVERS) {
       await suite.store.sweep();
       const ended = await suite.store.getSession(s.sessionId);
       assert.deepEqual([SessionStatus[ended.status], ended.statusReason], ["EXPIRED", "idle timeout"]);
+    });
+
+    test("nor do the forks of a paused session, whose calls are denied meanwhile: its resume restarts their idle clocks too", async () => {
+      const parent = await suite.store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const fork = await suite.store.forkSession(
+        create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" }, idleTimeout: durationFromMs(60_000) }),
+        NO_HASH,
+      );
+      const grandchild = await suite.store.forkSession(
+        create(ForkSessionRequestSchema, { parentSessionId: fork.sessionId, policy: { currencyCode: "USD" }, idleTimeout: durationFromMs(60_000) }),
+        NO_HASH,
+      );
+      const other = await suite.store.forkSession(
+        create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD" }, idleTimeout: durationFromMs(60_000) }),
+        NO_HASH,
+      );
+      const statuses = async () =>
+        Promise.all([fork, grandchild].map(async (x) => {
+          const got = await suite.store.getSession(x.sessionId);
+          return `${SessionStatus[got.status]} ${got.statusReason}`.trim();
+        }));
+      assert.equal((await check(fork.sessionId, USD(1))).decision!.outcome, Outcome.ALLOW);
+      await suite.store.setPaused(parent.sessionId, true, "a person looks into it");
+      // The forks' agents stop as told; the person takes 5 minutes.
+      suite.clock.advance(5 * 60_000);
+      await suite.store.sweep();
+      // The sweeper does not even pick them (which would cost a transaction each, every sweep).
+      const picked = await suite.t.db.query<{ session_id: string }>(LAPSED_SESSIONS_SQL, [new Date(suite.clock.now()).toISOString(), 500]);
+      assert.deepEqual(picked.rows.filter((r) => r.session_id === fork.sessionId || r.session_id === grandchild.sessionId), []);
+      // Nor has one lapsed when it is ended meanwhile: it ends as asked.
+      assert.equal(SessionStatus[(await suite.store.terminate(other.sessionId, SessionStatus.COMPLETED, "done")).status], "COMPLETED");
+      // A call of the grandchild, whose parent (the fork) is idle but for
+      // the pause above it, ends neither.
+      for (const x of [grandchild, fork]) {
+        const denied = await check(x.sessionId, USD(1));
+        assert.deepEqual(denied.decision!.reasons.map((r) => Reason[r]), ["PARENT_INACTIVE"]);
+      }
+      assert.deepEqual(await statuses(), ["ACTIVE", "ACTIVE"]);
+      await suite.store.setPaused(parent.sessionId, false, "all good");
+      // Their idle clocks start at the resume: 59 s later both are live, 60 s later both idle.
+      suite.clock.advance(59_000);
+      await suite.store.sweep();
+      assert.deepEqual(await statuses(), ["ACTIVE", "ACTIVE"]);
+      suite.clock.advance(1_000);
+      await suite.store.sweep();
+      assert.deepEqual(await statuses(), ["EXPIRED idle timeout", "EXPIRED idle timeout"]);
     });
   });
 

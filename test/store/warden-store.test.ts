@@ -389,6 +389,30 @@ for (const driver of DRIVERS) {
       assert.equal(a.budgets.find((b) => b.window === Window.MONTH)!.valueUsedMicros, 0n);
     });
 
+    test("an agent's value limits are refused while the window a time-zone change would carry over holds spend in another currency", async () => {
+      const HOUR = 3_600_000;
+      const DAY = 24 * HOUR;
+      // 02:00 UTC: the evening before in New York.
+      clock.advance(DAY - (clock.now() % DAY) + 2 * HOUR);
+      const id = agent();
+      const yen = await store.createSession(sessionRequest(id, { currencyCode: "JPY" }), NO_HASH);
+      const r = await store.decide({ method: "check", sessionId: yen.sessionId, action: payment(10_000n * 1_000_000n, "acme", "JPY"), idempotencyKey: "", requestHash: NO_HASH });
+      assert.equal(r.decision!.outcome, Outcome.ALLOW);
+      await store.terminate(yen.sessionId, SessionStatus.COMPLETED, "done");
+      const usd = () =>
+        store.updateAgentPolicy(
+          create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) }, timeZone: "America/New_York" } }),
+        );
+      // 12:00 UTC: the New York day began (04:00 or 05:00 UTC) after the yen
+      // session ended, but the agent's UTC day, which holds the yen, carries into it.
+      clock.advance(10 * HOUR);
+      await rejects(usd(), Code.FailedPrecondition, /^policy.currency_code: agent \S+'s current windows hold spend in JPY \(session "\S+"\)/);
+      // The next New York day begins after that UTC day surely ended: nothing carries.
+      clock.advance(DAY);
+      const a = await usd();
+      assert.equal(a.budgets.find((b) => b.window === Window.DAY)!.valueUsedMicros, 0n);
+    });
+
     test("an agent's value limits must be in the currency of its live sessions, both ways", async () => {
       const id = agent();
       const s = await store.createSession(sessionRequest(id, {}), NO_HASH);
