@@ -170,6 +170,10 @@ export function spanOf(
   return spans.get(policy.timeZone, policy.weekStart, nowMs)[window];
 }
 
+/** What {@link evaluate} tells {@link lapse} of a scope's parents: only whether one is paused counts. */
+const UNDER_PAUSED = [{ status: SessionStatus.PAUSED }] as const;
+const NO_PARENTS = [] as const;
+
 /**
  * Whether a session is past its expiry or idle timeout at `nowMs`, though
  * its stored status may still say ACTIVE or PAUSED. A paused session does
@@ -189,10 +193,10 @@ export function lapse(
   if (scope.expireMs !== undefined && nowMs >= scope.expireMs) return "time";
   if (
     scope.status !== SessionStatus.PAUSED &&
-    !ancestors.some((a) => a.status === SessionStatus.PAUSED) &&
     scope.idleTimeoutMs !== undefined &&
     scope.lastActivityMs !== undefined &&
-    nowMs - scope.lastActivityMs >= scope.idleTimeoutMs
+    nowMs - scope.lastActivityMs >= scope.idleTimeoutMs &&
+    !ancestors.some((a) => a.status === SessionStatus.PAUSED)
   ) {
     return "idle";
   }
@@ -230,13 +234,19 @@ export function evaluate(input: EvaluateInput): Evaluation {
     notes.push(note);
   };
 
-  // Lifecycle: the session's own state, then its parents'.
+  // Lifecycle: the session's own state, then its parents'. Scopes after a
+  // session are its parents (and the agent, which has no status), so one
+  // is under a paused parent when a paused scope comes after it: lapse()
+  // is told so without a slice of the rest per scope, on the hot path.
+  const lastPaused = scopes.findLastIndex((sc) => sc.status === SessionStatus.PAUSED);
   for (const [i, scope] of scopes.entries()) {
     if (scope.status === undefined) continue;
     const isSelf = i === 0;
     const statusReason = STATUS_REASON[scope.status];
-    // Scopes after this one are its parents (and the agent, which has no status).
-    const lapsed = scope.status === SessionStatus.ACTIVE || scope.status === SessionStatus.PAUSED ? lapse(scope, nowMs, scopes.slice(i + 1)) : undefined;
+    const lapsed =
+      scope.status === SessionStatus.ACTIVE || scope.status === SessionStatus.PAUSED
+        ? lapse(scope, nowMs, i < lastPaused ? UNDER_PAUSED : NO_PARENTS)
+        : undefined;
     if (isSelf && lapsed !== undefined) {
       expire = lapsed;
       const reason = lapsed === "time" ? Reason.SESSION_EXPIRED : Reason.SESSION_IDLE_TIMEOUT;
