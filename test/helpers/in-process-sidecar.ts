@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
 import { CalendarSpanCache } from "../../src/core/windows.js";
 import { type Action, CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
-import type { AcquireLeaseRequest, AcquireLeaseResponse, Lease } from "../../src/gen/warden/v1/sync_service_pb.js";
+import type { AcquireLeaseRequest, AcquireLeaseResponse, Lease, ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { ReportQueue } from "../../src/sidecar/report-queue.js";
 import { SessionCache } from "../../src/sidecar/session-cache.js";
 import { type ControlPlaneClients, type DecisionPath, SidecarEngine } from "../../src/sidecar/sidecar-engine.js";
@@ -13,30 +13,47 @@ const NO_HASH = new Uint8Array(0);
 export interface InProcessSidecarOptions {
   /** Runs between a lease grant's commit and its answer reaching the sidecar (to hold it on the wire). */
   readonly beforeGrantAnswer?: (lease: Lease | undefined) => Promise<void>;
+  /** Stands in for the control plane's AcquireLease (to lose its answer, say). */
+  readonly acquireLease?: (req: AcquireLeaseRequest) => Promise<Partial<AcquireLeaseResponse>>;
+  /** Stands in for the control plane's Check and Authorize (the store's decide, by default). */
+  readonly decide?: (method: "check" | "authorize", init: { sessionId: string; action: never }) => Promise<unknown>;
+  /** Every call through the control plane, no leases. */
+  readonly exactOnly?: boolean;
+  readonly now?: () => number;
 }
 
 /**
  * A sidecar (engine, cache, report queue) wired to `store` in process, as
  * start-sidecar.ts wires one to a control plane: for tests that need to
  * step between a sidecar and the store. `paths` lists how each `check` was
- * decided.
+ * decided; `asked` and `sent`, the lease requests and reports it made.
  */
 export function inProcessSidecar(store: WardenStore, holder: string, o: InProcessSidecarOptions = {}) {
+  // What the sidecar asked for and reported, in order.
+  const asked: AcquireLeaseRequest[] = [];
+  const sent: ReportLeasesRequest[] = [];
   const sync = {
     getSessionState: ({ sessionId }: { sessionId: string }) => store.sessionState(sessionId),
     acquireLease: async (req: AcquireLeaseRequest): Promise<Partial<AcquireLeaseResponse>> => {
+      asked.push(req);
+      if (o.acquireLease !== undefined) return o.acquireLease(req);
       const lease = await store.leases.acquire({ ...req, holder } as AcquireLeaseRequest);
       await o.beforeGrantAnswer?.(lease);
       return { lease };
     },
-    reportLeases: async (req: Parameters<WardenStore["leases"]["report"]>[0]) => ({ rejected: await store.leases.report(req) }),
+    reportLeases: async (req: ReportLeasesRequest) => {
+      sent.push(req);
+      return { rejected: await store.leases.report(req) };
+    },
     claimIdempotencyKeys: async () => ({ results: [] }),
   };
+  const decide =
+    o.decide ??
+    ((method: "check" | "authorize", init: { sessionId: string; action: never }) =>
+      store.decide({ method, sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }));
   const policy = {
-    check: (init: { sessionId: string; action: never }) =>
-      store.decide({ method: "check", sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }),
-    authorize: (init: { sessionId: string; action: never }) =>
-      store.decide({ method: "authorize", sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }),
+    check: (init: { sessionId: string; action: never }) => decide("check", init),
+    authorize: (init: { sessionId: string; action: never }) => decide("authorize", init),
   };
   const reports = new ReportQueue({ holder, intervalMs: 10, send: (req) => sync.reportLeases(req) });
   let engine: SidecarEngine | undefined;
@@ -54,10 +71,12 @@ export function inProcessSidecar(store: WardenStore, holder: string, o: InProces
     holder,
     spans: new CalendarSpanCache(),
     leaseTtlMs: 30_000,
+    exactOnly: o.exactOnly,
     fresh: () => true,
+    now: o.now,
   });
   const paths: DecisionPath[] = [];
   const check = (sessionId: string, action: Action) =>
     engine.check(create(CheckRequestSchema, { sessionId, action }), NO_HASH, (p) => paths.push(p)) as Promise<CheckResponse>;
-  return { engine, cache, reports, paths, check };
+  return { engine, cache, reports, paths, check, asked, sent };
 }

@@ -1,18 +1,13 @@
 import assert from "node:assert/strict";
 import { createServer } from "node:net";
 import { describe, test } from "node:test";
-import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { CalendarSpanCache } from "../../src/core/windows.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
-import { CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
-import { type AcquireLeaseRequest, type AcquireLeaseResponse, type ReportLeasesRequest, SyncService } from "../../src/gen/warden/v1/sync_service_pb.js";
-import { ReportQueue } from "../../src/sidecar/report-queue.js";
-import { SessionCache } from "../../src/sidecar/session-cache.js";
-import { type ControlPlaneClients, type DecisionPath, SidecarEngine } from "../../src/sidecar/sidecar-engine.js";
+import { type AcquireLeaseRequest, type AcquireLeaseResponse, SyncService } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { inProcessSidecar } from "../helpers/in-process-sidecar.js";
 import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
@@ -20,41 +15,10 @@ const NO_HASH = new Uint8Array(0);
 describe("a sidecar whose lease grant's answer is lost", () => {
   const s = storeSuite("pglite", "lease-lost");
 
-  /** A lease-mode engine whose `acquireLease` is `acquire`, and whose reports and exact decisions reach the store. */
+  /** A lease-mode sidecar whose `acquireLease` is `acquire`, and whose reports and exact decisions reach the store. */
   const engineWith = (acquire: (req: AcquireLeaseRequest) => Promise<Partial<AcquireLeaseResponse>>) => {
-    const asked: AcquireLeaseRequest[] = [];
-    const sent: ReportLeasesRequest[] = [];
-    const sync = {
-      getSessionState: ({ sessionId }: { sessionId: string }) => s.store.sessionState(sessionId),
-      acquireLease: (req: AcquireLeaseRequest) => {
-        asked.push(req);
-        return acquire(req);
-      },
-      reportLeases: async (req: ReportLeasesRequest) => {
-        sent.push(req);
-        return { rejected: await s.store.leases.report(req) };
-      },
-      claimIdempotencyKeys: async () => ({ results: [] }),
-    };
-    const policy = {
-      check: (i: { sessionId: string; action: never }) =>
-        s.store.decide({ method: "check", sessionId: i.sessionId, action: i.action, idempotencyKey: "", requestHash: NO_HASH }),
-    };
-    const reports = new ReportQueue({ holder: "h-lost", intervalMs: 10, send: (req) => sync.reportLeases(req) });
-    const engine = new SidecarEngine({
-      cache: new SessionCache({ maxSessions: 100, maxBytes: 1 << 20, fetch: (id) => s.store.sessionState(id) }),
-      controlPlane: { sync, policy } as unknown as ControlPlaneClients,
-      reports,
-      holder: "h-lost",
-      spans: new CalendarSpanCache(),
-      leaseTtlMs: 30_000,
-      fresh: () => true,
-      now: s.clock.now,
-    });
-    const paths: DecisionPath[] = [];
-    const check = (sessionId: string, amount: bigint) =>
-      engine.check(create(CheckRequestSchema, { sessionId, action: payment(amount) }), NO_HASH, (p) => paths.push(p)) as Promise<CheckResponse>;
-    return { engine, reports, asked, sent, paths, check };
+    const sc = inProcessSidecar(s.store, "h-lost", { acquireLease: acquire, now: s.clock.now });
+    return { ...sc, check: (sessionId: string, amount: bigint) => sc.check(sessionId, payment(amount)) };
   };
 
   const leasesOf = async (sessionId: string) =>
