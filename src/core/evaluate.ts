@@ -34,6 +34,13 @@ export interface ScopeState {
   /** Sessions only; `undefined` means no idle timeout. */
   readonly idleTimeoutMs?: number;
   readonly lastActivityMs?: number;
+  /**
+   * Sessions only: until when (epoch ms) its agent may be waiting on a
+   * person, the latest deadline of an approval the session asked for; 0 or
+   * unset if none. The idle clock runs from this or the last activity,
+   * whichever is later.
+   */
+  readonly awaitingApprovalUntilMs?: number;
 }
 
 /** What the agent wants to do, as the engine sees it. */
@@ -179,6 +186,8 @@ const NO_PARENTS = [] as const;
  * its stored status may still say ACTIVE or PAUSED. A paused session does
  * not idle: its agent was told to stop, and a pause must stay reversible
  * however long the person takes (resuming restarts the idle clock). Nor
+ * does one whose agent waits on a person's approval, until the approval's
+ * deadline (its idle clock then starts over). Nor
  * does a fork any of whose `ancestors` (the session's parents, any order;
  * other scopes are ignored) is paused: its calls are all denied
  * PARENT_INACTIVE, so its agent stops too, and resuming the parent
@@ -195,7 +204,7 @@ export function lapse(
     scope.status !== SessionStatus.PAUSED &&
     scope.idleTimeoutMs !== undefined &&
     scope.lastActivityMs !== undefined &&
-    nowMs - scope.lastActivityMs >= scope.idleTimeoutMs &&
+    nowMs - Math.max(scope.lastActivityMs, scope.awaitingApprovalUntilMs ?? 0) >= scope.idleTimeoutMs &&
     !ancestors.some((a) => a.status === SessionStatus.PAUSED)
   ) {
     return "idle";

@@ -26,8 +26,8 @@ export interface SessionTerms {
 /**
  * One session as the sidecar decides from it: its own id, times and
  * revision, and its {@link SessionTerms} by reference. No protobuf
- * objects: a full cache holds 100,000 of these, so five fields (64 bytes)
- * rather than nine; the getters read the shared terms and are inlined on
+ * objects: a full cache holds 100,000 of these, so six fields (64 bytes)
+ * rather than ten; the getters read the shared terms and are inlined on
  * the decision path.
  */
 export class CachedSession {
@@ -36,14 +36,20 @@ export class CachedSession {
   readonly expireMs: number;
   /** Raised locally on every decision; the store's value when synced. */
   lastActivityMs: number;
+  /**
+   * Until when its agent may wait on a person (SessionState.awaiting_approval_until);
+   * 0 if not. Raised here when the control plane answers NEEDS_APPROVAL, ahead of the sync.
+   */
+  awaitingApprovalUntilMs: number;
   /** A number, not a bigint: 2^53 revisions are out of reach, and a bigint costs a heap object per session. */
   readonly revision: number;
 
-  constructor(sessionId: string, terms: SessionTerms, expireMs: number, lastActivityMs: number, revision: number) {
+  constructor(sessionId: string, terms: SessionTerms, expireMs: number, lastActivityMs: number, awaitingApprovalUntilMs: number, revision: number) {
     this.sessionId = sessionId;
     this.terms = terms;
     this.expireMs = expireMs;
     this.lastActivityMs = lastActivityMs;
+    this.awaitingApprovalUntilMs = awaitingApprovalUntilMs;
     this.revision = revision;
   }
 
@@ -213,6 +219,8 @@ export class SessionCache {
     }
     if (cur !== undefined && cur.revision >= Number(st.revision)) return;
     const next = this.toCached(st);
+    // Activity seen here may be newer than the store's; the wait on a
+    // person is the store's to end (a decided approval lowers it).
     if (cur !== undefined) next.lastActivityMs = Math.max(next.lastActivityMs, cur.lastActivityMs);
     this.lru.set(st.sessionId, next, { noDisposeOnSet: true });
     // The count bound: the least recently used leaves, told like any eviction.
@@ -247,7 +255,14 @@ export class SessionCache {
       st.status,
       st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
     );
-    return new CachedSession(st.sessionId, terms, timestampMs(st.expireTime!), timestampMs(st.lastActivityTime!), Number(st.revision));
+    return new CachedSession(
+      st.sessionId,
+      terms,
+      timestampMs(st.expireTime!),
+      timestampMs(st.lastActivityTime!),
+      st.awaitingApprovalUntil === undefined ? 0 : timestampMs(st.awaitingApprovalUntil),
+      Number(st.revision),
+    );
   }
 
   /** The interned terms holding exactly these values. */

@@ -881,6 +881,13 @@ export class SidecarEngine {
       const res = method === "authorize" ? await this.o.controlPlane.policy.authorize(init) : await this.o.controlPlane.policy.check(init);
       this.o.contact?.(true);
       path("exact");
+      // Its agent now waits on a person: the session does not idle here
+      // before the approval's deadline, as in the store (whose new revision
+      // says the same, a moment later).
+      if (res.decision?.outcome === Outcome.NEEDS_APPROVAL && res.approvalExpireTime !== undefined) {
+        const s = this.o.cache.peek(req.sessionId);
+        if (s !== undefined) s.awaitingApprovalUntilMs = Math.max(s.awaitingApprovalUntilMs, timestampMs(res.approvalExpireTime));
+      }
       if (req.idempotencyKey !== "") this.remember(req.sessionId, req.idempotencyKey, method, hash, encodeResponse(method, res));
       return res;
     } catch (err) {

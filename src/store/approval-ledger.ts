@@ -216,14 +216,6 @@ export async function settleApproval(
         WHERE action_id = $1`,
       [h.action_id, ActionStatus.HELD, approved.toString(), iso(nowMs + holdTtlMs), iso(nowMs)],
     );
-    // The agent has been waiting for this answer, not idle: without this a
-    // person who takes longer than the idle timeout hands it a hold its
-    // session ends before it can capture. The caller holds the session's
-    // lock; the idle check time stays a lower bound (010_idle_deadline.sql).
-    await tx.query("UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $2::timestamptz) WHERE session_id = $1", [
-      a.session_id,
-      iso(nowMs),
-    ]);
   } else {
     await releaseHolds(tx, [h], RELEASED_ACTION_STATUS[verdict.kind], nowMs);
   }
@@ -232,6 +224,20 @@ export async function settleApproval(
     `UPDATE approvals SET status = $2, approved_amount = $3, decide_time = $4::timestamptz, decided_by = $5, comment = $6
       WHERE approval_id = $1`,
     [a.approval_id, status, approved?.toString() ?? null, iso(nowMs), verdict.by, verdict.comment],
+  );
+  // The agent has been waiting for this answer, not idle (see lapse): its
+  // idle clock starts over when the wait ended (now, or the deadline if an
+  // expiry is applied late), or runs from the deadline of an approval it
+  // still waits on. Without this a person who takes longer than the idle
+  // timeout hands it a hold its session ends before it can capture. The
+  // caller holds the session's lock; the idle check time stays a lower
+  // bound (010_idle_deadline.sql); the new revision tells sidecars.
+  await tx.query(
+    `UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $2::timestamptz),
+            approval_wait_until = (SELECT max(expire_time) FROM approvals WHERE session_id = $1 AND status = ${ApprovalStatus.PENDING}),
+            revision = warden_next_revision()
+      WHERE session_id = $1`,
+    [a.session_id, iso(Math.min(nowMs, a.expire_time.getTime()))],
   );
   await recordEvents(tx, [
     {

@@ -319,7 +319,15 @@ export class DecisionBatcher {
                 expireMs: nowMs + ev.approval.ttlMs,
               }
             : undefined;
-        if (approval !== undefined) approvals.push(approval);
+        if (approval !== undefined) {
+          approvals.push(approval);
+          // Its agent waits on a person now: the session does not idle
+          // before the approval's deadline (see lapse).
+          if (approval.expireMs > s.awaitingApprovalUntilMs) {
+            s.awaitingApprovalUntilMs = approval.expireMs;
+            delta.awaitingApprovalMoved = true;
+          }
+        }
         actions.push({
           actionId,
           sessionId: s.sessionId,
@@ -458,9 +466,9 @@ type Settled = BatchSettled<DecideResponse>;
 function refresh(sc: ScopeState, sessions: Map<string, LockedSession>): ScopeState {
   if (sc.status === undefined) return sc;
   const s = sessions.get(sc.id)!;
-  return s.status === sc.status && s.lastActivityMs === sc.lastActivityMs
+  return s.status === sc.status && s.lastActivityMs === sc.lastActivityMs && s.awaitingApprovalUntilMs === sc.awaitingApprovalUntilMs
     ? sc
-    : { ...sc, status: s.status, lastActivityMs: s.lastActivityMs };
+    : { ...sc, status: s.status, lastActivityMs: s.lastActivityMs, awaitingApprovalUntilMs: s.awaitingApprovalUntilMs };
 }
 
 interface SessionDelta {
@@ -470,13 +478,15 @@ interface SessionDelta {
   processingNs: bigint;
   status: SessionStatus;
   statusReason: string | undefined;
+  /** An approval it asked for moved its awaitingApprovalUntilMs. */
+  awaitingApprovalMoved: boolean;
   session: LockedSession;
 }
 
 function touch(map: Map<string, SessionDelta>, s: LockedSession): SessionDelta {
   let d = map.get(s.sessionId);
   if (d === undefined) {
-    d = { sessionId: s.sessionId, requests: 0n, denials: 0n, processingNs: 0n, status: s.status, statusReason: undefined, session: s };
+    d = { sessionId: s.sessionId, requests: 0n, denials: 0n, processingNs: 0n, status: s.status, statusReason: undefined, awaitingApprovalMoved: false, session: s };
     map.set(s.sessionId, d);
   }
   return d;
@@ -560,11 +570,13 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
         status = u.status,
         status_reason = COALESCE(u.status_reason, s.status_reason),
         denial_run = u.denial_run,
+        approval_wait_until = COALESCE(u.approval_wait_until, s.approval_wait_until),
         end_time = CASE WHEN u.status <> s.status AND u.status NOT IN (1, 2) THEN $9::timestamptz ELSE s.end_time END,
-        revision = CASE WHEN u.status <> s.status THEN warden_next_revision() ELSE s.revision END,
+        -- A new approval deadline is news to sidecars: their idle checks read it.
+        revision = CASE WHEN u.status <> s.status OR u.approval_wait_until IS NOT NULL THEN warden_next_revision() ELSE s.revision END,
         update_time = CASE WHEN u.status <> s.status THEN $9::timestamptz ELSE s.update_time END
-       FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::smallint[], $7::text[], $8::integer[])
-         AS u(session_id, last_activity_time, requests, denials, processing_ns, status, status_reason, denial_run)
+       FROM unnest($1::text[], $2::timestamptz[], $3::bigint[], $4::bigint[], $5::bigint[], $6::smallint[], $7::text[], $8::integer[], $10::timestamptz[])
+         AS u(session_id, last_activity_time, requests, denials, processing_ns, status, status_reason, denial_run, approval_wait_until)
       WHERE s.session_id = u.session_id`,
     [
       ds.map((d) => d.sessionId),
@@ -576,6 +588,8 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
       ds.map((d) => d.statusReason ?? null),
       ds.map((d) => d.session.denialRun),
       iso(nowMs),
+      // Only ever later (see above): written as it is.
+      ds.map((d) => (d.awaitingApprovalMoved ? iso(d.session.awaitingApprovalUntilMs) : null)),
     ],
   );
 }

@@ -16,6 +16,8 @@ export interface LockedSession {
   readonly expireMs: number;
   readonly idleTimeoutMs: number | undefined;
   lastActivityMs: number;
+  /** The latest deadline of an approval it asked for (migration 023), epoch ms; 0 if none. */
+  awaitingApprovalUntilMs: number;
   readonly revision: bigint;
   readonly policy: CompiledPolicy;
   /** Denials in a row so far (migration 019): the circuit breaker's count. */
@@ -39,6 +41,7 @@ interface SessionLockRow {
   expire_time: Date;
   idle_timeout_ms: string | null;
   last_activity_time: Date;
+  approval_wait_until: Date | null;
   revision: string;
   policy: Uint8Array;
   denial_run: number;
@@ -89,7 +92,7 @@ export async function lockScopes(
   if (sessionIds.length > 0) {
     const { rows } = await tx.query<SessionLockRow>(
       `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
-              last_activity_time, revision, policy, denial_run, denial_run_since
+              last_activity_time, approval_wait_until, revision, policy, denial_run, denial_run_since
          FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`,
       [[...new Set(sessionIds)]],
     );
@@ -103,6 +106,7 @@ export async function lockScopes(
         expireMs: r.expire_time.getTime(),
         idleTimeoutMs: r.idle_timeout_ms === null ? undefined : Number(r.idle_timeout_ms),
         lastActivityMs: r.last_activity_time.getTime(),
+        awaitingApprovalUntilMs: r.approval_wait_until?.getTime() ?? 0,
         revision,
         policy: policies.get(`s:${r.session_id}`, revision, r.policy),
         denialRun: r.denial_run,
@@ -124,7 +128,7 @@ export async function lockScopes(
 }
 
 /** What {@link sessionScope} reads: a locked session, or a sidecar's cached one. */
-export type SessionLike = Pick<LockedSession, "sessionId" | "policy" | "status" | "expireMs" | "idleTimeoutMs" | "lastActivityMs">;
+export type SessionLike = Pick<LockedSession, "sessionId" | "policy" | "status" | "expireMs" | "idleTimeoutMs" | "lastActivityMs" | "awaitingApprovalUntilMs">;
 
 /** A session as the engine sees it: as itself, or as a fork's parent. */
 export function sessionScope(s: SessionLike, scope: Scope = Scope.SESSION): ScopeState {
@@ -137,5 +141,6 @@ export function sessionScope(s: SessionLike, scope: Scope = Scope.SESSION): Scop
     expireMs: s.expireMs,
     idleTimeoutMs: s.idleTimeoutMs,
     lastActivityMs: s.lastActivityMs,
+    awaitingApprovalUntilMs: s.awaitingApprovalUntilMs,
   };
 }

@@ -24,10 +24,11 @@ interface StateRow {
   expire_time: Date;
   idle_timeout_ms: string | null;
   last_activity_time: Date;
+  approval_wait_until: Date | null;
   revision: string;
 }
 
-const STATE_COLUMNS = "session_id, agent_id, ancestor_ids, policy, status, expire_time, idle_timeout_ms, last_activity_time, revision";
+const STATE_COLUMNS = "session_id, agent_id, ancestor_ids, policy, status, expire_time, idle_timeout_ms, last_activity_time, approval_wait_until, revision";
 
 function stateOf(r: StateRow): SessionState {
   return create(SessionStateSchema, {
@@ -39,6 +40,7 @@ function stateOf(r: StateRow): SessionState {
     expireTime: timestampFromMs(r.expire_time.getTime()),
     idleTimeout: r.idle_timeout_ms === null ? undefined : durationFromMs(Number(r.idle_timeout_ms)),
     lastActivityTime: timestampFromMs(r.last_activity_time.getTime()),
+    awaitingApprovalUntil: r.approval_wait_until === null ? undefined : timestampFromMs(r.approval_wait_until.getTime()),
     revision: BigInt(r.revision),
   });
 }

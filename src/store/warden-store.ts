@@ -95,8 +95,12 @@ export const DEFAULT_IDEMPOTENCY_RETENTION_MS = 24 * 60 * 60 * 1000;
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;
 
-/** When a session goes idle, from what the store last saw (see 010_idle_deadline.sql). */
-const IDLE_DEADLINE = "last_activity_time + idle_timeout_ms * interval '1 millisecond'";
+/**
+ * When a session goes idle, from what the store last saw (see
+ * 010_idle_deadline.sql): its idle timeout after its last activity or the
+ * deadline of an approval its agent waits on, whichever is later (023).
+ */
+const IDLE_DEADLINE = "GREATEST(last_activity_time, approval_wait_until) + idle_timeout_ms * interval '1 millisecond'";
 
 /**
  * Moves the idle check time ($1: now) of up to $2 active sessions that were

@@ -782,6 +782,14 @@ describe("lapse", () => {
     assert.equal(lapse(s, NOW, [{ status: SessionStatus.ACTIVE }, {}]), "idle");
     assert.equal(lapse({ ...s, expireMs: NOW }, NOW, [{ status: SessionStatus.PAUSED }]), "time");
   });
+
+  test("waiting on an approval: the idle clock runs from its deadline when that is later than the last activity", () => {
+    const s = { ...base, idleTimeoutMs: 5 * MINUTE, lastActivityMs: NOW, awaitingApprovalUntilMs: NOW + HOUR };
+    assert.equal(lapse(s, NOW + HOUR + 5 * MINUTE - 1), undefined);
+    assert.equal(lapse(s, NOW + HOUR + 5 * MINUTE), "idle");
+    assert.equal(lapse({ ...s, awaitingApprovalUntilMs: NOW - HOUR }, NOW + 5 * MINUTE), "idle", "an earlier deadline changes nothing");
+    assert.equal(lapse({ ...s, expireMs: NOW + MINUTE }, NOW + MINUTE), "time", "nor does it stop the expiry");
+  });
 });
 
 describe("isExhausted", () => {

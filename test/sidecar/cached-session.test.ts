@@ -42,6 +42,7 @@ function scopeOfState(st: SessionState, scope: Scope): ScopeState {
     expireMs: timestampMs(st.expireTime!),
     idleTimeoutMs: st.idleTimeout === undefined ? undefined : durationMs(st.idleTimeout),
     lastActivityMs: timestampMs(st.lastActivityTime!),
+    awaitingApprovalUntilMs: st.awaitingApprovalUntil === undefined ? 0 : timestampMs(st.awaitingApprovalUntil),
   };
 }
 
@@ -62,8 +63,9 @@ describe("CachedSession", () => {
     for (const policy of POLICIES) {
       for (const status of [SessionStatus.ACTIVE, SessionStatus.PAUSED, SessionStatus.REVOKED]) {
         for (const idleTimeout of [undefined, durationFromMs(30 * MINUTE)]) {
-          for (const ancestorIds of [[], ["ses_parent"]]) {
-            states.push(state({ sessionId: `ses_${n++}`, policy, status, idleTimeout, ancestorIds, lastActivityTime: timestampFromMs(NOW - (n % 3) * 20 * MINUTE), expireTime: timestampFromMs(NOW + (n % 4) * HOUR) }));
+          // Waiting on an approval until an hour from now, or not.
+          for (const [ancestorIds, awaitingApprovalUntil] of [[], ["ses_parent"]].flatMap((a) => [[a, undefined], [a, timestampFromMs(NOW + HOUR)]] as const)) {
+            states.push(state({ sessionId: `ses_${n++}`, policy, status, idleTimeout, ancestorIds, lastActivityTime: timestampFromMs(NOW - (n % 3) * 20 * MINUTE), expireTime: timestampFromMs(NOW + (awaitingApprovalUntil === undefined ? (n % 4) * HOUR : 3 * DAY)), awaitingApprovalUntil }));
           }
         }
       }
@@ -149,6 +151,14 @@ describe("CachedSession", () => {
     assert.equal(cache.peek("ses_v4")!.agentId, "another-agent");
     assert.equal(cache.peek("ses_v3")!.ancestorIds[0], "ses_same_0");
     assert.equal(cache.peek("ses_v2")!.idleTimeoutMs, MINUTE);
+  });
+
+  test("the wait on an approval is the store's: a newer state that ends it ends it in the cache", () => {
+    const cache = cacheOf();
+    cache.applySession(state({ sessionId: "ses_wait", policy: { currencyCode: "USD" }, awaitingApprovalUntil: timestampFromMs(NOW + HOUR) }), true);
+    assert.equal(cache.peek("ses_wait")!.awaitingApprovalUntilMs, NOW + HOUR);
+    cache.applySession(state({ sessionId: "ses_wait", policy: { currencyCode: "USD" }, revision: 2n }));
+    assert.equal(cache.peek("ses_wait")!.awaitingApprovalUntilMs, 0);
   });
 
   test("an agent without a policy still decides from the empty one", () => {

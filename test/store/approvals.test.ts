@@ -187,6 +187,41 @@ for (const driver of DRIVERS) {
       assert.equal((await capture(yes.sessionId, a.actionId)).status, ActionStatus.CAPTURED);
     });
 
+    test("a session whose agent waits on a person does not idle before the approval's deadline; then its idle clock starts over", async () => {
+      const idle = { idleTimeout: durationFromMs(60_000) };
+      const status = async (id: string) => {
+        const got = await store.getSession(id);
+        return `${SessionStatus[got.status]} ${got.statusReason}`.trim();
+      };
+      // Approved after 5 minutes (the idle timeout is 1): the hold can be captured.
+      const s = await store.createSession(sessionRequest(agent(), approvalPolicy({ approvalTtl: durationFromMs(10 * 60_000) }), idle), NO_HASH);
+      const r = await authorize(s.sessionId, USD(150));
+      clock.advance(5 * 60_000);
+      await store.sweep();
+      assert.equal(await status(s.sessionId), "ACTIVE");
+      const approved = await store.approveApproval(r.approvalId, "key_a", "");
+      assert.equal(approved.status, ApprovalStatus.APPROVED);
+      assert.equal((await capture(s.sessionId, approved.actionId)).status, ActionStatus.CAPTURED);
+
+      // Never decided: live until the deadline passes and then one idle
+      // timeout more (the agent is told at the deadline).
+      const w = await store.createSession(sessionRequest(agent(), approvalPolicy({ approvalTtl: durationFromMs(10 * 60_000) }), idle), NO_HASH);
+      await authorize(w.sessionId, USD(150));
+      clock.advance(10 * 60_000 + 59_999);
+      await store.sweep();
+      assert.equal(await status(w.sessionId), "ACTIVE");
+      clock.advance(1);
+      await store.sweep();
+      assert.equal(await status(w.sessionId), "EXPIRED idle timeout");
+
+      // Without an approval the same session idles after its minute.
+      const q = await store.createSession(sessionRequest(agent(), approvalPolicy(), idle), NO_HASH);
+      assert.equal((await authorize(q.sessionId, USD(50))).decision!.outcome, Outcome.ALLOW);
+      clock.advance(60_000);
+      await store.sweep();
+      assert.equal(await status(q.sessionId), "EXPIRED idle timeout");
+    });
+
     test("a session that ends cancels its pending approvals and releases their holds", async () => {
       const s = await store.createSession(sessionRequest(agent(), approvalPolicy()), NO_HASH);
       const r = await authorize(s.sessionId, USD(150));
