@@ -7,7 +7,7 @@ import { type DescField, type DescMessage, type Message, ScalarType } from "@buf
  * batch would fail every call batched with it), and every Timestamp and
  * Duration is in the range protobuf defines for them (0001-01-01 to
  * 9999-12-31; ±10,000 years), beyond which dates cannot be stored or even
- * formatted.
+ * formatted, and a Duration's seconds and nanos agree in sign.
  *
  * Returns the first problem as `field.path: what is wrong`, or undefined.
  * The walk is planned once per message type and visits only fields that
@@ -128,7 +128,12 @@ function checkOne(kind: Kind, value: unknown, path: string): string | undefined 
     case "duration": {
       const d = value as { seconds: bigint; nanos: number };
       const ok = d.seconds >= -MAX_DURATION_S && d.seconds <= MAX_DURATION_S && d.nanos >= -999_999_999 && d.nanos <= 999_999_999;
-      return ok ? undefined : `${path}: must be a duration of at most 10,000 years`;
+      if (!ok) return `${path}: must be a duration of at most 10,000 years`;
+      // Protobuf's rule: {seconds: 1, nanos: -500000000} is no duration.
+      // Other runtimes refuse it or read it their own way, so an agent's
+      // SDK and this server could disagree on what was asked: refused.
+      const mixed = (d.seconds > 0n && d.nanos < 0) || (d.seconds < 0n && d.nanos > 0);
+      return mixed ? `${path}: seconds and nanos must have the same sign` : undefined;
     }
     default:
       return kind.length === 0 ? undefined : check(kind, value as Record<string, unknown>, path);

@@ -38,6 +38,17 @@ describe("firstMalformed", () => {
       firstMalformed(CreateSessionRequestSchema, create(CreateSessionRequestSchema, { idleTimeout: { seconds: 315_576_000_001n, nanos: 0 } })),
       "idle_timeout: must be a duration of at most 10,000 years",
     );
+    assert.equal(
+      firstMalformed(CreateSessionRequestSchema, create(CreateSessionRequestSchema, { idleTimeout: { seconds: 1n, nanos: -500_000_000 } })),
+      "idle_timeout: seconds and nanos must have the same sign",
+    );
+    assert.equal(
+      firstMalformed(CreateSessionRequestSchema, create(CreateSessionRequestSchema, { idleTimeout: { seconds: -1n, nanos: 5 } })),
+      "idle_timeout: seconds and nanos must have the same sign",
+    );
+    for (const d of [{ seconds: 0n, nanos: -5 }, { seconds: -1n, nanos: -5 }, { seconds: 1n, nanos: 5 }]) {
+      assert.equal(firstMalformed(CreateSessionRequestSchema, create(CreateSessionRequestSchema, { idleTimeout: d })), undefined, `${d.seconds}s ${d.nanos}ns`);
+    }
     const snapshot = { session: { sessionId: "s1", agentId: "a" }, actions: [{ actionId: "x" }, { actionId: "y", createTime: far }] };
     assert.equal(
       firstMalformed(ImportSessionRequestSchema, create(ImportSessionRequestSchema, { snapshot })),
