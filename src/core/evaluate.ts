@@ -197,7 +197,7 @@ const NO_PARENTS = [] as const;
 export function lapse(
   scope: ScopeState,
   nowMs: number,
-  ancestors: readonly { readonly status?: SessionStatus }[] = [],
+  ancestors: readonly { readonly status?: SessionStatus }[] = NO_PARENTS,
 ): "time" | "idle" | undefined {
   if (scope.expireMs !== undefined && nowMs >= scope.expireMs) return "time";
   if (

@@ -26,8 +26,8 @@ export interface SessionTerms {
 /**
  * One session as the sidecar decides from it: its own id, times and
  * revision, and its {@link SessionTerms} by reference. No protobuf
- * objects: a full cache holds 100,000 of these, so six fields (64 bytes)
- * rather than ten; the getters read the shared terms and are inlined on
+ * objects: a full cache holds 100,000 of these, so six fields rather
+ * than ten; the getters read the shared terms and are inlined on
  * the decision path.
  */
 export class CachedSession {

@@ -68,7 +68,7 @@ import type { Money } from "../gen/warden/v1/money_pb.js";
 import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
-import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf, type UsageRow, usageColumns, windowsOf } from "./usage-counters.js";
+import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { committedRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
@@ -620,13 +620,13 @@ export class WardenStore {
           [sessionId, paused ? SessionStatus.PAUSED : SessionStatus.ACTIVE, reason, iso(nowMs), paused],
         );
         // So do its live forks', which stood still too: their calls were
-        // all denied PARENT_INACTIVE meanwhile (see lapse). The new revision
-        // brings their new last activity to sidecars.
+        // all denied PARENT_INACTIVE meanwhile (see lapse). Their idle check
+        // time, like the session's, is a lower bound the sweeper moves on;
+        // the new revision brings their new last activity to sidecars.
         const live = paused ? [] : descendants.filter((d) => !isTerminal(locked.get(d)!.status));
         if (live.length > 0) {
           await tx.query(
-            `UPDATE sessions SET last_activity_time = $2::timestamptz,
-                    idle_check_time = $2::timestamptz + idle_timeout_ms * interval '1 millisecond', revision = warden_next_revision()
+            `UPDATE sessions SET last_activity_time = $2::timestamptz, idle_check_time = $2::timestamptz, revision = warden_next_revision()
               WHERE session_id = ANY($1::text[])`,
             [live, iso(nowMs)],
           );
@@ -1143,12 +1143,12 @@ export class WardenStore {
     if (limited.length === 0) return;
     let since: number | null = null;
     if (!limited.includes("lifetime")) {
-      // Read under the agent's row lock, which every writer of its counters holds.
+      // The stored windows as they are ("exact": not rolled over), read
+      // under the agent's row lock, which every writer of its counters holds.
       const key = `a:${agentId}`;
-      const row = (await tx.query<UsageRow>(`SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = $1`, [key])).rows[0];
-      const stored = windowsOf(key, row);
-      const calendar = (row?.calendar as string | null | undefined) ?? null;
-      since = Math.min(...limited.map((w) => countsSince(stored, calendar, currentAddress(key, compiled, w, nowMs, this.spans))));
+      const addresses = limited.map((w) => currentAddress(key, compiled, w, nowMs, this.spans));
+      const stored = await loadCounters(tx, addresses, "exact");
+      since = Math.min(...addresses.map((a) => countsSince(stored.scopes.get(key)!, stored.calendars.get(key) ?? null, a)));
     }
     const { rows } = await tx.query<{ session_id: string; policy: Uint8Array }>(
       `SELECT s.session_id, s.policy FROM sessions s JOIN scope_usage u ON u.scope_key = 's:' || s.session_id
