@@ -1,5 +1,5 @@
 import pg from "pg";
-import type { Database, Queryable } from "./database.js";
+import { type Database, PLANNER_SETTINGS, type Queryable } from "./database.js";
 import { HotStatements } from "./hot-statements.js";
 
 /** Options of {@link createPgDatabase}. */
@@ -17,13 +17,15 @@ export interface PgDatabaseOptions {
  */
 export function createPgDatabase(options: PgDatabaseOptions): Database {
   const max = options.maxConnections ?? 8;
-  // Frequent statements are prepared per connection (see hot-statements.ts),
-  // and planned for their parameters on every run: a generic plan, made
-  // once while a table is small, would scan the whole table for ever
-  // after, as nothing re-plans it until the table is next analyzed. The
-  // setting travels in the startup message (an `options` parameter in the
-  // URL replaces it).
-  const pool = new pg.Pool({ connectionString: options.connectionString, max, options: "-c plan_cache_mode=force_custom_plan" });
+  // The settings travel in the startup message (an `options` parameter in
+  // the URL replaces them all): see PLANNER_SETTINGS.
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max,
+    options: Object.entries(PLANNER_SETTINGS)
+      .map(([k, v]) => `-c ${k}=${v}`)
+      .join(" "),
+  });
   // An idle client's error (e.g. the server restarting) must not crash the
   // process; the next query gets a fresh connection.
   pool.on("error", () => {});

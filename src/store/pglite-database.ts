@@ -1,6 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { PGlite, types } from "@electric-sql/pglite";
-import type { Database, Queryable } from "./database.js";
+import { type Database, PLANNER_SETTINGS, type Queryable } from "./database.js";
 
 /**
  * A {@link Database} on embedded PGlite (PostgreSQL compiled to WASM) in a
@@ -12,6 +12,8 @@ export async function createPgliteDatabase(dataDir: string | undefined): Promise
   // Return int8 as text, as pg does, so both drivers hand the store the
   // same shapes.
   const db = await PGlite.create(dataDir, { parsers: { [types.INT8]: (v: string) => v } });
+  // Its one connection plans as the server's do.
+  for (const [k, v] of Object.entries(PLANNER_SETTINGS)) await db.query(`SET ${k} = ${v}`);
   const asQueryable = (q: Pick<PGlite, "query">): Queryable => ({
     query: (sql, params) => q.query(sql, params as unknown[]) as never,
   });

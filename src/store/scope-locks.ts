@@ -72,6 +72,11 @@ export class PolicyCache {
   }
 }
 
+/** Locks and reads sessions `$1` in id order: a decision batch's first statement. */
+export const LOCK_SESSIONS_SQL = `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
+              last_activity_time, approval_wait_until, revision, policy, denial_run, denial_run_since
+         FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`;
+
 /**
  * Locks sessions and then agents, each set in id order, inside `tx`.
  *
@@ -90,12 +95,7 @@ export async function lockScopes(
   const sessions = new Map<string, LockedSession>();
   const agents = new Map<string, LockedAgent>();
   if (sessionIds.length > 0) {
-    const { rows } = await tx.query<SessionLockRow>(
-      `SELECT session_id, agent_id, ancestor_ids, status, expire_time, idle_timeout_ms,
-              last_activity_time, approval_wait_until, revision, policy, denial_run, denial_run_since
-         FROM sessions WHERE session_id = ANY($1::text[]) ORDER BY session_id FOR UPDATE`,
-      [[...new Set(sessionIds)]],
-    );
+    const { rows } = await tx.query<SessionLockRow>(LOCK_SESSIONS_SQL, [[...new Set(sessionIds)]]);
     for (const r of rows) {
       const revision = BigInt(r.revision);
       sessions.set(r.session_id, {
