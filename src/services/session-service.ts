@@ -2,8 +2,12 @@ import type { ServiceImpl } from "@connectrpc/connect";
 import type { SessionTokenIssuer } from "../auth/session-tokens.js";
 import {
   CreateSessionRequestSchema,
+  EndSessionRequestSchema,
   ExtendSessionRequestSchema,
   ForkSessionRequestSchema,
+  PauseSessionRequestSchema,
+  ResumeSessionRequestSchema,
+  RevokeSessionRequestSchema,
   type SessionService,
 } from "../gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
@@ -40,16 +44,20 @@ export function createSessionService(store: WardenStore, options: SessionService
       return { session: await store.extendSession(req, requestHash(ExtendSessionRequestSchema, req)) };
     },
     async endSession(req) {
-      return { session: await store.terminate(req.sessionId, SessionStatus.COMPLETED, req.reason || "ended") };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(EndSessionRequestSchema, req) };
+      return { session: await store.terminate(req.sessionId, SessionStatus.COMPLETED, req.reason || "ended", keyed) };
     },
     async revokeSession(req) {
-      return { session: await store.terminate(req.sessionId, SessionStatus.REVOKED, req.reason) };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(RevokeSessionRequestSchema, req) };
+      return { session: await store.terminate(req.sessionId, SessionStatus.REVOKED, req.reason, keyed) };
     },
     async pauseSession(req) {
-      return { session: await store.setPaused(req.sessionId, true, req.reason || "paused") };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(PauseSessionRequestSchema, req) };
+      return { session: await store.setPaused(req.sessionId, true, req.reason || "paused", keyed) };
     },
     async resumeSession(req) {
-      return { session: await store.setPaused(req.sessionId, false, "") };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ResumeSessionRequestSchema, req) };
+      return { session: await store.setPaused(req.sessionId, false, "", keyed) };
     },
     async forkSession(req) {
       // The child gets its own token: the parent's names the parent only.

@@ -21,10 +21,14 @@ import {
 import {
   type CreateSessionRequest,
   CreateSessionResponseSchema,
+  EndSessionResponseSchema,
   type ExtendSessionRequest,
   type ForkSessionRequest,
   ExtendSessionResponseSchema,
   ForkSessionResponseSchema,
+  PauseSessionResponseSchema,
+  ResumeSessionResponseSchema,
+  RevokeSessionResponseSchema,
   type ListSessionsRequest,
   type SessionSnapshot,
   SessionSnapshotSchema,
@@ -244,6 +248,27 @@ function validatePolicy(policy: SessionPolicy, field: string): void {
     throw new ConnectError(`${field}.time_zone: "${policy.timeZone}" is not an IANA time zone`, Code.InvalidArgument);
   }
 }
+
+/** A lifecycle call's idempotency key ("" for none) and the hash of its request (services/request-hash.ts). */
+export interface KeyedCall {
+  readonly idempotencyKey: string;
+  readonly requestHash: Uint8Array;
+}
+
+/**
+ * The keyed lifecycle calls and the response each stores as its first
+ * answer (all of them a session). A key is one session's: reused for
+ * another of these on the same session, it is refused as a different
+ * request.
+ */
+const LIFECYCLE_RESPONSES = {
+  extend_session: ExtendSessionResponseSchema,
+  end_session: EndSessionResponseSchema,
+  revoke_session: RevokeSessionResponseSchema,
+  pause_session: PauseSessionResponseSchema,
+  resume_session: ResumeSessionResponseSchema,
+} as const;
+type LifecycleMethod = keyof typeof LIFECYCLE_RESPONSES;
 
 /**
  * The system of record: sessions, agents, usage counters, the action ledger
@@ -551,13 +576,18 @@ export class WardenStore {
    * transaction: the commit (and its NOTIFY to every replica's change
    * feed) then comes three queries sooner, and the locks go sooner too.
    */
-  async terminate(sessionId: string, status: SessionStatus, reason: string): Promise<Session> {
+  async terminate(sessionId: string, status: SessionStatus, reason: string, keyed?: KeyedCall): Promise<Session> {
+    const method = status === SessionStatus.REVOKED ? "revoke_session" : "end_session";
+    let replayed: Session | undefined;
     const refused = await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
+        const nowMs = this.now();
+        // A retry finds the session ended by the call it repeats.
+        replayed = await this.firstAnswer(tx, sessionId, method, keyed, nowMs);
+        if (replayed !== undefined) return undefined;
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
         }
-        const nowMs = this.now();
         const live = descendants.filter((d) => !isTerminal(locked.get(d)!.status));
         // Past its expiry or idle timeout it ended then, whether or not the
         // sweeper got to it: it ends EXPIRED (kept), and the caller is told.
@@ -570,9 +600,11 @@ export class WardenStore {
         const ended = await endedChain(tx, s, locked, nowMs);
         if (ended !== undefined) return ended;
         await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
+        await this.saveAnswer(tx, sessionId, method, keyed, nowMs);
         return undefined;
       }),
     );
+    if (replayed !== undefined) return replayed;
     await this.refuseEndedChain(sessionId, refused);
     // A fork created meanwhile (on another replica, committed while this
     // waited for the parent's lock) was not among the forks read before
@@ -593,11 +625,16 @@ export class WardenStore {
   }
 
   /** Pauses or resumes a session. */
-  async setPaused(sessionId: string, paused: boolean, reason: string): Promise<Session> {
+  async setPaused(sessionId: string, paused: boolean, reason: string, keyed?: KeyedCall): Promise<Session> {
+    const method = paused ? "pause_session" : "resume_session";
+    let replayed: Session | undefined;
     const refused = await this.db.transaction((tx) =>
       // A resume restarts its forks' idle clocks too, so they are locked with it.
       this.withLocked(tx, sessionId, !paused, async (s, locked, descendants) => {
         const nowMs = this.now();
+        // A retry finds the session paused (or resumed) by the call it repeats.
+        replayed = await this.firstAnswer(tx, sessionId, method, keyed, nowMs);
+        if (replayed !== undefined) return undefined;
         const lapsed = lapseOf(s, locked, nowMs);
         // A fork whose parent ended or lapsed ended with it (kept).
         const ended = isTerminal(s.status) || lapsed !== undefined ? undefined : await endedChain(tx, s, locked, nowMs);
@@ -638,29 +675,48 @@ export class WardenStore {
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
           nowMs,
         });
+        await this.saveAnswer(tx, sessionId, method, keyed, nowMs);
         return undefined;
       }),
     );
+    if (replayed !== undefined) return replayed;
     await this.refuseEndedChain(sessionId, refused);
     return this.getSession(sessionId);
   }
 
+  /**
+   * The first answer to a keyed lifecycle call on `sessionId` that this one
+   * retries (the session as it was answered then); undefined when there is
+   * no key or it is new. Call it under the session's lock, before judging
+   * the session's state: a retry finds the state its first call left.
+   */
+  private async firstAnswer(tx: Queryable, sessionId: string, method: LifecycleMethod, keyed: KeyedCall | undefined, nowMs: number): Promise<Session | undefined> {
+    if (keyed === undefined || keyed.idempotencyKey === "") return undefined;
+    const scope = `s:${sessionId}`;
+    const prior = (await loadIdempotency(tx, [{ scope, key: keyed.idempotencyKey }], nowMs)).get(`${scope}|${keyed.idempotencyKey}`);
+    if (prior === undefined) return undefined;
+    return replayFirstAnswer(prior, method, keyed.requestHash, keyed.idempotencyKey, (b) => fromBinary(LIFECYCLE_RESPONSES[method], b).session!);
+  }
+
+  /** Stores the answer to a keyed lifecycle call, in the transaction that made its change. */
+  private async saveAnswer(tx: Queryable, sessionId: string, method: LifecycleMethod, keyed: KeyedCall | undefined, nowMs: number): Promise<void> {
+    if (keyed === undefined || keyed.idempotencyKey === "") return;
+    const session = await this.getSession(sessionId, tx);
+    const response = toBinary(LIFECYCLE_RESPONSES[method], create(LIFECYCLE_RESPONSES[method], { session }));
+    await saveIdempotency(tx, [{ scope: `s:${sessionId}`, key: keyed.idempotencyKey, method, requestHash: keyed.requestHash, response }], nowMs);
+  }
+
   /** Moves a live session's expiry later. */
   async extendSession(req: ExtendSessionRequest, requestHash: Uint8Array = new Uint8Array(0)): Promise<Session> {
-    const scope = `s:${req.sessionId}`;
+    const keyed = { idempotencyKey: req.idempotencyKey, requestHash };
     let replayed: Session | undefined;
     const refused = await this.db.transaction((tx) =>
       this.withLocked(tx, req.sessionId, false, async (s, locked) => {
         const nowMs = this.now();
         // A retry gets the first answer, whatever happened since: extending
         // by a duration twice would grant the time twice.
-        if (req.idempotencyKey) {
-          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
-          if (prior !== undefined) {
-            replayed = replayFirstAnswer(prior, "extend_session", requestHash, req.idempotencyKey, (b) => fromBinary(ExtendSessionResponseSchema, b).session!);
-            return undefined;
-          }
-        }
+        replayed = await this.firstAnswer(tx, req.sessionId, "extend_session", keyed, nowMs);
+        if (replayed !== undefined) return undefined;
         if (isTerminal(s.status) || lapseOf(s, locked, nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
         }
@@ -692,11 +748,7 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
-        if (req.idempotencyKey) {
-          const session = await this.getSession(req.sessionId, tx);
-          const response = toBinary(ExtendSessionResponseSchema, create(ExtendSessionResponseSchema, { session }));
-          await saveIdempotency(tx, [{ scope, key: req.idempotencyKey, method: "extend_session", requestHash, response }], nowMs);
-        }
+        await this.saveAnswer(tx, req.sessionId, "extend_session", keyed, nowMs);
         return undefined;
       }),
     );

@@ -15,6 +15,8 @@ import { buildUpdateAgentPolicyRequest } from "../../src/cli/commands/agents.js"
 import {
   buildCreateSessionRequest,
   buildEndSessionRequest,
+  buildPauseSessionRequest,
+  buildResumeSessionRequest,
   buildExtendSessionRequest,
   buildForkSessionRequest,
   buildListSessionsRequest,
@@ -132,6 +134,15 @@ describe("sessions list, extend, end, revoke", () => {
   test("end carries an optional reason", () => {
     assert.equal(buildEndSessionRequest("s", flagsOf("sessions end", ["--reason", "done"])).reason, "done");
     assert.equal(buildEndSessionRequest("s", flagsOf("sessions end", [])).reason, "");
+  });
+  test("end, revoke, pause and resume carry an optional idempotency key", () => {
+    const key = ["--idempotency-key", "k-9"];
+    assert.equal(buildEndSessionRequest("s", flagsOf("sessions end", key)).idempotencyKey, "k-9");
+    assert.equal(buildRevokeSessionRequest("s", flagsOf("sessions revoke", ["--reason", "r", ...key])).idempotencyKey, "k-9");
+    const pause = buildPauseSessionRequest("s", flagsOf("sessions pause", ["--reason", "lunch", ...key]));
+    assert.deepEqual([pause.reason, pause.idempotencyKey], ["lunch", "k-9"]);
+    assert.equal(buildResumeSessionRequest("s", flagsOf("sessions resume", key)).idempotencyKey, "k-9");
+    assert.equal(buildResumeSessionRequest("s", flagsOf("sessions resume", [])).idempotencyKey, "");
   });
   test("revoke requires a non-blank reason", () => {
     assert.equal(buildRevokeSessionRequest("s", flagsOf("sessions revoke", ["--reason", "leaked key"])).reason, "leaked key");

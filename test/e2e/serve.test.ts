@@ -129,6 +129,23 @@ for (const driver of DRIVERS) {
             grpcSessions.extendSession({ ...extend, extension: { case: "extendBy", value: { seconds: 60n, nanos: 0 } } }),
             (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /idempotency_key/.test(e.details),
           );
+          // So do a pause and an end: the retry gets the first answer, not
+          // FAILED_PRECONDITION for the state the first call left.
+          const pause = { sessionId: id, reason: "lunch", idempotencyKey: "pause-1" };
+          const p1 = await grpcSessions.pauseSession(pause);
+          const p2 = await grpcSessions.pauseSession(pause);
+          assert.equal(p1.session.status, SessionStatus.PAUSED);
+          assert.deepEqual(p2.session.updateTime, p1.session.updateTime);
+          await grpcSessions.resumeSession({ sessionId: id });
+          const end = { sessionId: id, reason: "done", idempotencyKey: "end-1" };
+          const d1 = await grpcSessions.endSession(end);
+          const d2 = await grpcSessions.endSession(end);
+          assert.equal(d1.session.status, SessionStatus.COMPLETED);
+          assert.deepEqual(d2.session, d1.session);
+          await assert.rejects(
+            grpcSessions.endSession({ ...end, idempotencyKey: "end-2" }),
+            (e: grpc.ServiceError) => e.code === grpc.status.FAILED_PRECONDITION && /already ended/.test(e.details),
+          );
         } finally {
           grpcSessions.close();
         }

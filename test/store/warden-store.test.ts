@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { create } from "@bufbuild/protobuf";
+import { create, equals } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { Outcome, Reason, Window } from "../../src/gen/warden/v1/decision_pb.js";
 import { ActionStatus, type AuthorizeResponse, type CheckResponse} from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
-import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { SessionSchema, SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
 import { DESCENDANTS_SQL } from "../../src/store/end-forks.js";
 import { createWardenStore, LAPSED_SESSIONS_SQL, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
@@ -537,6 +537,44 @@ for (const driver of DRIVERS) {
       // Without a key, each call extends.
       const again = await store.extendSession(create(ExtendSessionRequestSchema, { sessionId: s.sessionId, extension: req.extension }), NO_HASH);
       assert.equal(timestampMs(again.expireTime!), timestampMs(first.expireTime!) + 3_600_000);
+    });
+
+    test("Pause, Resume, End and Revoke retried with their idempotency keys change once and return the first answer", async () => {
+      const s = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const keyed = (idempotencyKey: string, hash: number) => ({ idempotencyKey, requestHash: new Uint8Array([hash]) });
+      const same = (a: unknown, b: unknown) => assert.ok(equals(SessionSchema, a as never, b as never), "the first answer");
+
+      const paused = await store.setPaused(s.sessionId, true, "hold on", keyed("pause-1", 1));
+      assert.equal(paused.status, SessionStatus.PAUSED);
+      clock.advance(1000);
+      same(await store.setPaused(s.sessionId, true, "hold on", keyed("pause-1", 1)), paused);
+      // Without its key the retry is refused: the session is paused already.
+      await rejects(store.setPaused(s.sessionId, true, "hold on"), Code.FailedPrecondition, /is PAUSED/);
+      const resumed = await store.setPaused(s.sessionId, false, "", keyed("resume-1", 2));
+      assert.equal(resumed.status, SessionStatus.ACTIVE);
+      same(await store.setPaused(s.sessionId, false, "", keyed("resume-1", 2)), resumed);
+      // A key names one call on the session: another is refused, and changes nothing.
+      await rejects(store.terminate(s.sessionId, SessionStatus.COMPLETED, "done", keyed("resume-1", 3)), Code.InvalidArgument, /idempotency_key: "resume-1" was already used/);
+      assert.equal((await store.getSession(s.sessionId)).status, SessionStatus.ACTIVE);
+
+      const ended = await store.terminate(s.sessionId, SessionStatus.COMPLETED, "done", keyed("end-1", 4));
+      assert.equal(ended.status, SessionStatus.COMPLETED);
+      clock.advance(1000);
+      same(await store.terminate(s.sessionId, SessionStatus.COMPLETED, "done", keyed("end-1", 4)), ended);
+      // A new key is a new call, on a session that has ended.
+      await rejects(store.terminate(s.sessionId, SessionStatus.COMPLETED, "done", keyed("end-2", 4)), Code.FailedPrecondition, /already ended \(COMPLETED\)/);
+      const events = await t.db.query<{ type: string }>("SELECT type FROM events WHERE session_id = $1 AND type LIKE 'session.%' ORDER BY seq", [s.sessionId]);
+      assert.deepEqual(
+        events.rows.map((e) => e.type),
+        ["session.created", "session.paused", "session.resumed", "session.completed"],
+      );
+
+      const r = await store.createSession(sessionRequest(agent(), {}), NO_HASH);
+      const revoked = await store.terminate(r.sessionId, SessionStatus.REVOKED, "leaked key", keyed("revoke-1", 5));
+      assert.equal(revoked.status, SessionStatus.REVOKED);
+      same(await store.terminate(r.sessionId, SessionStatus.REVOKED, "leaked key", keyed("revoke-1", 5)), revoked);
+      // The same key with another reason is another request.
+      await rejects(store.terminate(r.sessionId, SessionStatus.REVOKED, "other", keyed("revoke-1", 6)), Code.InvalidArgument, /idempotency_key/);
     });
 
     test("a CreateSession retried after the expire_time it asked for gets the first answer", async () => {

@@ -16,7 +16,9 @@ import {
   ImportSessionResponseSchema,
   ListSessionsRequestSchema,
   ListSessionsResponseSchema,
+  PauseSessionRequestSchema,
   PauseSessionResponseSchema,
+  ResumeSessionRequestSchema,
   ResumeSessionResponseSchema,
   RevokeSessionRequestSchema,
   RevokeSessionResponseSchema,
@@ -26,6 +28,8 @@ import {
   type ExtendSessionRequest,
   type ForkSessionRequest,
   type ListSessionsRequest,
+  type PauseSessionRequest,
+  type ResumeSessionRequest,
   type RevokeSessionRequest,
   type SessionSnapshot,
 } from "../../gen/warden/v1/session_service_pb.js";
@@ -157,14 +161,24 @@ export function buildExtendSessionRequest(sessionId: string, flags: ParsedFlags)
 
 /** Builds the EndSessionRequest of `warden sessions end`. */
 export function buildEndSessionRequest(sessionId: string, flags: ParsedFlags): EndSessionRequest {
-  return create(EndSessionRequestSchema, { sessionId, reason: flags.string("reason") ?? "" });
+  return create(EndSessionRequestSchema, { sessionId, reason: flags.string("reason") ?? "", idempotencyKey: flags.string("idempotency-key") ?? "" });
 }
 
 /** Builds the RevokeSessionRequest of `warden sessions revoke`; a reason is required for the record. */
 export function buildRevokeSessionRequest(sessionId: string, flags: ParsedFlags): RevokeSessionRequest {
   const reason = flags.string("reason");
   if (reason === undefined || reason.trim() === "") throw new CliError("--reason is required: say why the session is revoked");
-  return create(RevokeSessionRequestSchema, { sessionId, reason });
+  return create(RevokeSessionRequestSchema, { sessionId, reason, idempotencyKey: flags.string("idempotency-key") ?? "" });
+}
+
+/** Builds the PauseSessionRequest of `warden sessions pause`. */
+export function buildPauseSessionRequest(sessionId: string, flags: ParsedFlags): PauseSessionRequest {
+  return create(PauseSessionRequestSchema, { sessionId, reason: flags.string("reason") ?? "", idempotencyKey: flags.string("idempotency-key") ?? "" });
+}
+
+/** Builds the ResumeSessionRequest of `warden sessions resume`. */
+export function buildResumeSessionRequest(sessionId: string, flags: ParsedFlags): ResumeSessionRequest {
+  return create(ResumeSessionRequestSchema, { sessionId, idempotencyKey: flags.string("idempotency-key") ?? "" });
 }
 
 /**
@@ -307,7 +321,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     name: "sessions end",
     args: ID,
     summary: "complete a session; open holds are released",
-    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why the session ended" }, ...CLIENT_FLAGS],
+    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why the session ended" }, IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
       const res = await ctx.clients().sessions.endSession(buildEndSessionRequest(ctx.args[0]!, ctx.flags));
       ctx.output(EndSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
@@ -318,7 +332,7 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     name: "sessions revoke",
     args: ID,
     summary: "terminate a session; open holds are released",
-    flags: [{ name: "reason", type: "string", required: true, value: "TEXT", description: "why the session is revoked (required)" }, ...CLIENT_FLAGS],
+    flags: [{ name: "reason", type: "string", required: true, value: "TEXT", description: "why the session is revoked (required)" }, IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
       const res = await ctx.clients().sessions.revokeSession(buildRevokeSessionRequest(ctx.args[0]!, ctx.flags));
       ctx.output(RevokeSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
@@ -329,9 +343,9 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     name: "sessions pause",
     args: ID,
     summary: "pause a session until it is resumed",
-    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why the session is paused" }, ...CLIENT_FLAGS],
+    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why the session is paused" }, IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
-      const res = await ctx.clients().sessions.pauseSession({ sessionId: ctx.args[0]!, reason: ctx.flags.string("reason") ?? "" });
+      const res = await ctx.clients().sessions.pauseSession(buildPauseSessionRequest(ctx.args[0]!, ctx.flags));
       ctx.output(PauseSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
       return EXIT_OK;
     },
@@ -340,9 +354,9 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     name: "sessions resume",
     args: ID,
     summary: "resume a paused session",
-    flags: CLIENT_FLAGS,
+    flags: [IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
-      const res = await ctx.clients().sessions.resumeSession({ sessionId: ctx.args[0]! });
+      const res = await ctx.clients().sessions.resumeSession(buildResumeSessionRequest(ctx.args[0]!, ctx.flags));
       ctx.output(ResumeSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
       return EXIT_OK;
     },
