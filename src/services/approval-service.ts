@@ -2,9 +2,16 @@ import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { principalKey } from "../auth/principal.js";
 import { sessionTokenClaimsKey } from "../auth/with-session-token-auth.js";
-import { type ApprovalService, ApprovalStatus } from "../gen/warden/v1/approval_service_pb.js";
+import {
+  type ApprovalService,
+  ApprovalStatus,
+  ApproveApprovalRequestSchema,
+  CancelApprovalRequestSchema,
+  DenyApprovalRequestSchema,
+} from "../gen/warden/v1/approval_service_pb.js";
 import type { NotifyWatch } from "../store/notify-watch.js";
 import type { WardenStore } from "../store/warden-store.js";
+import { requestHash } from "./request-hash.js";
 
 /** Who made a decision, for the record: the API key or certificate, never the secret. */
 function caller(ctx: HandlerContext): string {
@@ -27,13 +34,16 @@ export function createApprovalService(store: WardenStore, watch: NotifyWatch): S
       return store.listApprovals(req);
     },
     async approveApproval(req, ctx) {
-      return { approval: await store.approveApproval(req.approvalId, caller(ctx), req.comment, req.amount) };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ApproveApprovalRequestSchema, req) };
+      return { approval: await store.approveApproval(req.approvalId, caller(ctx), req.comment, req.amount, keyed) };
     },
     async denyApproval(req, ctx) {
-      return { approval: await store.denyApproval(req.approvalId, caller(ctx), req.reason) };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(DenyApprovalRequestSchema, req) };
+      return { approval: await store.denyApproval(req.approvalId, caller(ctx), req.reason, keyed) };
     },
     async cancelApproval(req, ctx) {
-      return { approval: await store.cancelApproval(req.approvalId, req.sessionId, caller(ctx), req.reason) };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(CancelApprovalRequestSchema, req) };
+      return { approval: await store.cancelApproval(req.approvalId, req.sessionId, caller(ctx), req.reason, keyed) };
     },
     async *watchApproval(req, ctx) {
       let mark = await watch.mark();

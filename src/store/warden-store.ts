@@ -1,4 +1,4 @@
-import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape, type MessageShape, toBinary, toJson } from "@bufbuild/protobuf";
 import { createHash } from "node:crypto";
 import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -67,7 +67,14 @@ import {
   timeoutVerdict,
   type Verdict,
 } from "./approval-ledger.js";
-import { type Approval, ApprovalStatus, type ListApprovalsRequest } from "../gen/warden/v1/approval_service_pb.js";
+import {
+  type Approval,
+  ApprovalStatus,
+  ApproveApprovalResponseSchema,
+  CancelApprovalResponseSchema,
+  DenyApprovalResponseSchema,
+  type ListApprovalsRequest,
+} from "../gen/warden/v1/approval_service_pb.js";
 import type { Money } from "../gen/warden/v1/money_pb.js";
 import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
@@ -256,19 +263,23 @@ export interface KeyedCall {
 }
 
 /**
- * The keyed lifecycle calls and the response each stores as its first
- * answer (all of them a session). A key is one session's: reused for
- * another of these on the same session, it is refused as a different
- * request.
+ * The keyed calls on a session's life and approvals, and the response each
+ * stores as its first answer. A key is one session's: reused for another
+ * call on the same session (an approval's session), it is refused as a
+ * different request.
  */
-const LIFECYCLE_RESPONSES = {
+const KEYED_RESPONSES = {
   extend_session: ExtendSessionResponseSchema,
   end_session: EndSessionResponseSchema,
   revoke_session: RevokeSessionResponseSchema,
   pause_session: PauseSessionResponseSchema,
   resume_session: ResumeSessionResponseSchema,
+  approve_approval: ApproveApprovalResponseSchema,
+  deny_approval: DenyApprovalResponseSchema,
+  cancel_approval: CancelApprovalResponseSchema,
 } as const;
-type LifecycleMethod = keyof typeof LIFECYCLE_RESPONSES;
+type KeyedMethod = keyof typeof KEYED_RESPONSES;
+type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
 
 /**
  * The system of record: sessions, agents, usage counters, the action ledger
@@ -583,7 +594,7 @@ export class WardenStore {
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
         const nowMs = this.now();
         // A retry finds the session ended by the call it repeats.
-        replayed = await this.firstAnswer(tx, sessionId, method, keyed, nowMs);
+        replayed = (await this.firstAnswer(tx, sessionId, method, keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
@@ -600,7 +611,7 @@ export class WardenStore {
         const ended = await endedChain(tx, s, locked, nowMs);
         if (ended !== undefined) return ended;
         await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
-        await this.saveAnswer(tx, sessionId, method, keyed, nowMs);
+        await this.saveAnswer(tx, sessionId, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -633,7 +644,7 @@ export class WardenStore {
       this.withLocked(tx, sessionId, !paused, async (s, locked, descendants) => {
         const nowMs = this.now();
         // A retry finds the session paused (or resumed) by the call it repeats.
-        replayed = await this.firstAnswer(tx, sessionId, method, keyed, nowMs);
+        replayed = (await this.firstAnswer(tx, sessionId, method, keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         const lapsed = lapseOf(s, locked, nowMs);
         // A fork whose parent ended or lapsed ended with it (kept).
@@ -675,7 +686,7 @@ export class WardenStore {
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
           nowMs,
         });
-        await this.saveAnswer(tx, sessionId, method, keyed, nowMs);
+        await this.saveAnswer(tx, sessionId, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -685,24 +696,37 @@ export class WardenStore {
   }
 
   /**
-   * The first answer to a keyed lifecycle call on `sessionId` that this one
-   * retries (the session as it was answered then); undefined when there is
-   * no key or it is new. Call it under the session's lock, before judging
-   * the session's state: a retry finds the state its first call left.
+   * The first answer to a keyed call on `sessionId` (or one of its
+   * approvals) that this one retries; undefined when there is no key or it
+   * is new. Call it under the session's lock, before judging any state: a
+   * retry finds the state its first call left.
    */
-  private async firstAnswer(tx: Queryable, sessionId: string, method: LifecycleMethod, keyed: KeyedCall | undefined, nowMs: number): Promise<Session | undefined> {
-    if (keyed === undefined || keyed.idempotencyKey === "") return undefined;
+  private async firstAnswer<M extends KeyedMethod>(
+    tx: Queryable,
+    sessionId: string,
+    method: M,
+    keyed: KeyedCall | undefined,
+    nowMs: number,
+  ): Promise<KeyedResponse<M> | undefined> {
+    if (!keyed?.idempotencyKey) return undefined;
     const scope = `s:${sessionId}`;
     const prior = (await loadIdempotency(tx, [{ scope, key: keyed.idempotencyKey }], nowMs)).get(`${scope}|${keyed.idempotencyKey}`);
     if (prior === undefined) return undefined;
-    return replayFirstAnswer(prior, method, keyed.requestHash, keyed.idempotencyKey, (b) => fromBinary(LIFECYCLE_RESPONSES[method], b).session!);
+    return replayFirstAnswer(prior, method, keyed.requestHash, keyed.idempotencyKey, (b) => fromBinary(KEYED_RESPONSES[method], b) as KeyedResponse<M>);
   }
 
-  /** Stores the answer to a keyed lifecycle call, in the transaction that made its change. */
-  private async saveAnswer(tx: Queryable, sessionId: string, method: LifecycleMethod, keyed: KeyedCall | undefined, nowMs: number): Promise<void> {
-    if (keyed === undefined || keyed.idempotencyKey === "") return;
-    const session = await this.getSession(sessionId, tx);
-    const response = toBinary(LIFECYCLE_RESPONSES[method], create(LIFECYCLE_RESPONSES[method], { session }));
+  /** Stores the answer to a keyed call (built only when there is a key), in the transaction that made its change. */
+  private async saveAnswer<M extends KeyedMethod>(
+    tx: Queryable,
+    sessionId: string,
+    method: M,
+    keyed: KeyedCall | undefined,
+    answer: () => Promise<MessageInitShape<(typeof KEYED_RESPONSES)[M]>>,
+    nowMs: number,
+  ): Promise<void> {
+    if (!keyed?.idempotencyKey) return;
+    const schema = KEYED_RESPONSES[method];
+    const response = toBinary(schema, create(schema, await answer()) as never);
     await saveIdempotency(tx, [{ scope: `s:${sessionId}`, key: keyed.idempotencyKey, method, requestHash: keyed.requestHash, response }], nowMs);
   }
 
@@ -715,7 +739,7 @@ export class WardenStore {
         const nowMs = this.now();
         // A retry gets the first answer, whatever happened since: extending
         // by a duration twice would grant the time twice.
-        replayed = await this.firstAnswer(tx, req.sessionId, "extend_session", keyed, nowMs);
+        replayed = (await this.firstAnswer(tx, req.sessionId, "extend_session", keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         if (isTerminal(s.status) || lapseOf(s, locked, nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
@@ -748,7 +772,7 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
-        await this.saveAnswer(tx, req.sessionId, "extend_session", keyed, nowMs);
+        await this.saveAnswer(tx, req.sessionId, "extend_session", keyed, async () => ({ session: await this.getSession(req.sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -1358,8 +1382,8 @@ export class WardenStore {
   // ---- approvals -------------------------------------------------------
 
   /** Reads an approval; `sessionId`, when given, must be its session. */
-  async getApproval(approvalId: string, sessionId = ""): Promise<Approval> {
-    const { rows } = await this.db.query<ApprovalRow>(`SELECT ${APPROVAL_COLUMNS} FROM ${APPROVAL_FROM} WHERE p.approval_id = $1`, [approvalId]);
+  async getApproval(approvalId: string, sessionId = "", q: Queryable = this.db): Promise<Approval> {
+    const { rows } = await q.query<ApprovalRow>(`SELECT ${APPROVAL_COLUMNS} FROM ${APPROVAL_FROM} WHERE p.approval_id = $1`, [approvalId]);
     const r = rows[0];
     if (r === undefined || (sessionId !== "" && r.session_id !== sessionId)) throw notFound("approval_id", "approval", approvalId);
     return approvalOf(r);
@@ -1402,8 +1426,8 @@ export class WardenStore {
   }
 
   /** Approves a pending approval, for its amount or less: it becomes an open authorization. */
-  approveApproval(approvalId: string, by: string, comment: string, amount?: Money): Promise<Approval> {
-    return this.decideApproval(approvalId, "", "approve", (a) => {
+  approveApproval(approvalId: string, by: string, comment: string, amount?: Money, keyed?: KeyedCall): Promise<Approval> {
+    return this.decideApproval(approvalId, "", "approve", keyed, (a) => {
       if (amount !== undefined && amount.currencyCode !== a.currency) {
         throw new ConnectError(`amount.currency_code: ${amount.currencyCode} differs from the approval's ${a.currency}`, Code.InvalidArgument);
       }
@@ -1412,30 +1436,32 @@ export class WardenStore {
   }
 
   /** Denies a pending approval; its hold is released. */
-  denyApproval(approvalId: string, by: string, reason: string): Promise<Approval> {
-    return this.decideApproval(approvalId, "", "deny", () => ({ kind: "deny", by, comment: reason }));
+  denyApproval(approvalId: string, by: string, reason: string, keyed?: KeyedCall): Promise<Approval> {
+    return this.decideApproval(approvalId, "", "deny", keyed, () => ({ kind: "deny", by, comment: reason }));
   }
 
   /** The agent withdraws a pending approval; its hold is released. */
-  cancelApproval(approvalId: string, sessionId: string, by: string, reason: string): Promise<Approval> {
-    return this.decideApproval(approvalId, sessionId, "cancel", () => ({ kind: "cancel", by, comment: reason }));
+  cancelApproval(approvalId: string, sessionId: string, by: string, reason: string, keyed?: KeyedCall): Promise<Approval> {
+    return this.decideApproval(approvalId, sessionId, "cancel", keyed, () => ({ kind: "cancel", by, comment: reason }));
   }
 
   /** Applies the policy's timeout outcome if the approval is pending and past its expiry; otherwise changes nothing. */
   async expireApproval(approvalId: string): Promise<Approval> {
-    return this.decideApproval(approvalId, "", undefined, () => undefined);
+    return this.decideApproval(approvalId, "", undefined, undefined, () => undefined);
   }
 
   /**
    * Runs a verdict on a pending approval under its session's locks. One
    * found past its expiry gets the policy's timeout outcome instead (kept),
    * and the caller an error saying so. With no verb, only that timeout
-   * is applied, when due.
+   * is applied, when due. A keyed verdict retried gets its first answer
+   * (the approval as it was decided), not "already decided".
    */
   private async decideApproval(
     approvalId: string,
     sessionId: string,
-    verb: string | undefined,
+    verb: "approve" | "deny" | "cancel" | undefined,
+    keyed: KeyedCall | undefined,
     verdict: (a: ApprovalRow) => Verdict | undefined,
   ): Promise<Approval> {
     const { rows } = await this.db.query<{ session_id: string }>("SELECT session_id FROM approvals WHERE approval_id = $1", [approvalId]);
@@ -1443,8 +1469,14 @@ export class WardenStore {
     if (owner === undefined || (sessionId !== "" && owner !== sessionId)) throw notFound("approval_id", "approval", approvalId);
     const nowMs = this.now();
     let ended: string[] = [];
+    let replayed: Approval | undefined;
+    const method = verb === undefined ? undefined : (`${verb}_approval` as const);
     const failure = await this.db.transaction((tx) =>
       this.withLocked(tx, owner, false, async (s, chain) => {
+        if (method !== undefined) {
+          replayed = (await this.firstAnswer(tx, owner, method, keyed, nowMs))?.approval;
+          if (replayed !== undefined) return undefined;
+        }
         const locked = (await lockApproval(tx, approvalId))!;
         const a = locked.approval;
         if (a.status !== ApprovalStatus.PENDING) return verb === undefined ? undefined : decidedError(a, verb);
@@ -1466,12 +1498,13 @@ export class WardenStore {
         }
         const v = verdict(a);
         if (v !== undefined) await settleApproval(tx, locked, v, s.policy.holdTtlMs, nowMs);
+        if (method !== undefined) await this.saveAnswer(tx, owner, method, keyed, async () => ({ approval: await this.getApproval(approvalId, "", tx) }), nowMs);
         return undefined;
       }),
     );
     if (ended.length > 0) await endForksOf(this.db, this.policies, ended, this.now).catch(() => {});
     if (failure !== undefined) throw failure;
-    return this.getApproval(approvalId);
+    return replayed ?? this.getApproval(approvalId);
   }
 
   /** A session's actions, newest first. */

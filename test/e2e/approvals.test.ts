@@ -160,9 +160,13 @@ describe("approvals end to end: agent through a sidecar, approver at the control
   test("approve a lower amount: capture is capped at it", async () => {
     const s = await session();
     const r = await agentPolicy.authorize({ sessionId: s.sessionId, action: payment(USD(400)) }, {}, s.auth);
-    const a = await approver.approveApproval({ approvalId: r.approvalId, amount: { currencyCode: "USD", amountMicros: USD(250) } });
+    const approve = { approvalId: r.approvalId, amount: { currencyCode: "USD", amountMicros: USD(250) }, idempotencyKey: "approve-1" };
+    const a = await approver.approveApproval(approve);
     assert.equal(a.approval.approvedAmount.amountMicros, USD(250));
     assert.equal((await usage(s.sessionId)).valueHeldMicros, USD(250));
+    // A retry after a lost answer (the console's double click) gets the first answer.
+    assert.deepEqual((await approver.approveApproval(approve)).approval, a.approval);
+    await rejectsWith(approver.approveApproval({ ...approve, idempotencyKey: "" }), grpc.status.FAILED_PRECONDITION, /already APPROVED/);
     await rejectsWith(
       agentPolicy.capture({ sessionId: s.sessionId, authorizationId: a.approval.actionId, amount: { currencyCode: "USD", amountMicros: USD(251) } }, {}, s.auth),
       grpc.status.FAILED_PRECONDITION,

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ApprovalStatus } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
+import { MoneySchema } from "../../src/gen/warden/v1/money_pb.js";
 import { ApprovalTimeoutOutcome } from "../../src/gen/warden/v1/policy_pb.js";
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
@@ -91,6 +93,34 @@ for (const driver of DRIVERS) {
       const u = await usage(s.sessionId);
       assert.equal(u.valueCommittedMicros, USD(150));
       assert.equal(u.valueHeldMicros, 0n);
+    });
+
+    test("a verdict retried with its idempotency key gets the first answer, and applies once", async () => {
+      const s = await store.createSession(sessionRequest(agent(), approvalPolicy()), NO_HASH);
+      const keyed = (idempotencyKey: string, hash: number) => ({ idempotencyKey, requestHash: new Uint8Array([hash]) });
+      const r = await authorize(s.sessionId, USD(150));
+      const approved = await store.approveApproval(r.approvalId, "key_alice", "ok", create(MoneySchema, { currencyCode: "USD", amountMicros: USD(120) }), keyed("apr-1", 1));
+      assert.equal(approved.approvedAmount!.amountMicros, USD(120));
+      clock.advance(1000);
+      const retry = await store.approveApproval(r.approvalId, "key_alice", "ok", create(MoneySchema, { currencyCode: "USD", amountMicros: USD(120) }), keyed("apr-1", 1));
+      assert.deepEqual(retry, approved, "the first answer, not FAILED_PRECONDITION");
+      // Applied once: 30 of the 150 held went back, once.
+      assert.equal((await usage(s.sessionId)).valueHeldMicros, USD(120));
+      const events = await t.db.query("SELECT 1 FROM events WHERE session_id = $1 AND type = 'approval.approved'", [s.sessionId]);
+      assert.equal(events.rows.length, 1);
+      // Without its key, or with the key for another verdict, it is refused.
+      await rejects(store.approveApproval(r.approvalId, "key_alice", "ok"), Code.FailedPrecondition, /already APPROVED/);
+      await rejects(store.denyApproval(r.approvalId, "key_alice", "no", keyed("apr-1", 2)), Code.InvalidArgument, /idempotency_key: "apr-1" was already used/);
+
+      const d = await authorize(s.sessionId, USD(110));
+      const denied = await store.denyApproval(d.approvalId, "key_bob", "too much", keyed("deny-1", 3));
+      assert.equal(denied.status, ApprovalStatus.DENIED);
+      assert.deepEqual(await store.denyApproval(d.approvalId, "key_bob", "too much", keyed("deny-1", 3)), denied);
+      const c = await authorize(s.sessionId, USD(105));
+      const canceled = await store.cancelApproval(c.approvalId, s.sessionId, "agent:x", "not needed", keyed("cancel-1", 4));
+      assert.equal(canceled.status, ApprovalStatus.CANCELED);
+      assert.deepEqual(await store.cancelApproval(c.approvalId, s.sessionId, "agent:x", "not needed", keyed("cancel-1", 4)), canceled);
+      assert.equal((await usage(s.sessionId)).valueHeldMicros, USD(120), "the denied and canceled holds went back once");
     });
 
     test("approval.requested carries its status, PENDING, like every approval.* event", async () => {

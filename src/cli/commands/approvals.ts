@@ -13,7 +13,7 @@ import {
 import { MoneySchema } from "../../gen/warden/v1/money_pb.js";
 import { ApprovalTimeoutOutcomeSchema } from "../../gen/warden/v1/policy_pb.js";
 import { CliError } from "../cli-error.js";
-import { CLIENT_FLAGS, type CommandSpec, EXIT_NOT_ALLOWED, EXIT_OK } from "../command.js";
+import { CLIENT_FLAGS, type CommandSpec, EXIT_NOT_ALLOWED, EXIT_OK, IDEMPOTENCY_FLAG } from "../command.js";
 import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { parseEnumWord, parsePositiveMoneyFlag } from "../flags.js";
 import { enumWord, formatAmount, formatKeyValues, formatTable, formatTime } from "../format.js";
@@ -108,6 +108,7 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
     flags: [
       { name: "amount", type: "string", value: "AMOUNT", description: "approve this much, at most what was asked (default: all)" },
       { name: "comment", type: "string", value: "TEXT", description: "why, for the record" },
+      IDEMPOTENCY_FLAG,
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
@@ -123,7 +124,12 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
               currencyCode: (await ctx.clients().approvals.getApproval({ approvalId })).approval?.amount?.currencyCode ?? "",
               amountMicros: micros,
             });
-      const res = await ctx.clients().approvals.approveApproval({ approvalId, amount, comment: ctx.flags.string("comment") ?? "" });
+      const res = await ctx.clients().approvals.approveApproval({
+        approvalId,
+        amount,
+        comment: ctx.flags.string("comment") ?? "",
+        idempotencyKey: ctx.flags.string("idempotency-key") ?? "",
+      });
       ctx.output(ApproveApprovalResponseSchema, res, () => (res.approval ? formatApproval(res.approval) : ""));
       return EXIT_OK;
     },
@@ -132,9 +138,13 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
     name: "approvals deny",
     args: ["APPROVAL_ID"],
     summary: "deny a pending approval (needs an approver or admin key); its hold is released",
-    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why, for the record and the agent" }, ...CLIENT_FLAGS],
+    flags: [{ name: "reason", type: "string", value: "TEXT", description: "why, for the record and the agent" }, IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
-      const res = await ctx.clients().approvals.denyApproval({ approvalId: ctx.args[0]!, reason: ctx.flags.string("reason") ?? "" });
+      const res = await ctx.clients().approvals.denyApproval({
+        approvalId: ctx.args[0]!,
+        reason: ctx.flags.string("reason") ?? "",
+        idempotencyKey: ctx.flags.string("idempotency-key") ?? "",
+      });
       ctx.output(DenyApprovalResponseSchema, res, () => (res.approval ? formatApproval(res.approval) : ""));
       return EXIT_OK;
     },
@@ -143,12 +153,13 @@ export const APPROVAL_COMMANDS: readonly CommandSpec[] = [
     name: "approvals cancel",
     args: ["APPROVAL_ID"],
     summary: "withdraw a pending approval (the agent's side); its hold is released",
-    flags: [SESSION_FLAG, { name: "reason", type: "string", value: "TEXT", description: "why, for the record" }, ...CLIENT_FLAGS],
+    flags: [SESSION_FLAG, { name: "reason", type: "string", value: "TEXT", description: "why, for the record" }, IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
       const res = await ctx.clients().approvals.cancelApproval({
         approvalId: ctx.args[0]!,
         sessionId: ctx.flags.string("session") ?? "",
         reason: ctx.flags.string("reason") ?? "",
+        idempotencyKey: ctx.flags.string("idempotency-key") ?? "",
       });
       ctx.output(CancelApprovalResponseSchema, res, () => (res.approval ? formatApproval(res.approval) : ""));
       return EXIT_OK;
