@@ -1,6 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
-import type { AgentService } from "../gen/warden/v1/agent_service_pb.js";
+import { type AgentService, UpdateAgentPolicyRequestSchema } from "../gen/warden/v1/agent_service_pb.js";
 import type { WardenStore } from "../store/warden-store.js";
+import { requestHash } from "./request-hash.js";
 
 /** AgentService over the store: an agent's policy across its sessions. */
 export function createAgentService(store: WardenStore): ServiceImpl<typeof AgentService> {
@@ -9,7 +10,7 @@ export function createAgentService(store: WardenStore): ServiceImpl<typeof Agent
       return { agent: await store.getAgent(req.agentId) };
     },
     async updateAgentPolicy(req) {
-      return { agent: await store.updateAgentPolicy(req) };
+      return { agent: await store.updateAgentPolicy(req, requestHash(UpdateAgentPolicyRequestSchema, req)) };
     },
   };
 }

@@ -6,7 +6,7 @@ import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-p
 import { budgetsOf, EXHAUSTED_REASON, isTerminal, lapse, lapseReason, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
 import { formatMoney, INT64_MAX } from "../core/money.js";
 import { CalendarSpanCache, isValidTimeZone } from "../core/windows.js";
-import { type Agent, AgentSchema, type UpdateAgentPolicyRequest } from "../gen/warden/v1/agent_service_pb.js";
+import { type Agent, AgentSchema, type UpdateAgentPolicyRequest, UpdateAgentPolicyResponseSchema } from "../gen/warden/v1/agent_service_pb.js";
 import { DecisionSchema, Scope } from "../gen/warden/v1/decision_pb.js";
 import { type SessionPolicy, SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
 import {
@@ -263,10 +263,10 @@ export interface KeyedCall {
 }
 
 /**
- * The keyed calls on a session's life and approvals, and the response each
- * stores as its first answer. A key is one session's: reused for another
- * call on the same session (an approval's session), it is refused as a
- * different request.
+ * The keyed calls on a session's life, its approvals and agents' policies,
+ * and the response each stores as its first answer. A key is one
+ * session's (an approval's: its session's) or one agent's: reused for
+ * another call on the same one, it is refused as a different request.
  */
 const KEYED_RESPONSES = {
   extend_session: ExtendSessionResponseSchema,
@@ -277,6 +277,7 @@ const KEYED_RESPONSES = {
   approve_approval: ApproveApprovalResponseSchema,
   deny_approval: DenyApprovalResponseSchema,
   cancel_approval: CancelApprovalResponseSchema,
+  update_agent_policy: UpdateAgentPolicyResponseSchema,
 } as const;
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
 type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
@@ -594,7 +595,7 @@ export class WardenStore {
       this.withLocked(tx, sessionId, true, async (s, locked, descendants) => {
         const nowMs = this.now();
         // A retry finds the session ended by the call it repeats.
-        replayed = (await this.firstAnswer(tx, sessionId, method, keyed, nowMs))?.session;
+        replayed = (await this.firstAnswer(tx, `s:${sessionId}`, method, keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         if (isTerminal(s.status)) {
           throw new ConnectError(`session_id: session "${sessionId}" has already ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
@@ -611,7 +612,7 @@ export class WardenStore {
         const ended = await endedChain(tx, s, locked, nowMs);
         if (ended !== undefined) return ended;
         await endSessions(tx, [sessionId, ...live], status, reason, nowMs);
-        await this.saveAnswer(tx, sessionId, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
+        await this.saveAnswer(tx, `s:${sessionId}`, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -644,7 +645,7 @@ export class WardenStore {
       this.withLocked(tx, sessionId, !paused, async (s, locked, descendants) => {
         const nowMs = this.now();
         // A retry finds the session paused (or resumed) by the call it repeats.
-        replayed = (await this.firstAnswer(tx, sessionId, method, keyed, nowMs))?.session;
+        replayed = (await this.firstAnswer(tx, `s:${sessionId}`, method, keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         const lapsed = lapseOf(s, locked, nowMs);
         // A fork whose parent ended or lapsed ended with it (kept).
@@ -686,7 +687,7 @@ export class WardenStore {
           data: { status: paused ? "PAUSED" : "ACTIVE", reason },
           nowMs,
         });
-        await this.saveAnswer(tx, sessionId, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
+        await this.saveAnswer(tx, `s:${sessionId}`, method, keyed, async () => ({ session: await this.getSession(sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -696,20 +697,20 @@ export class WardenStore {
   }
 
   /**
-   * The first answer to a keyed call on `sessionId` (or one of its
-   * approvals) that this one retries; undefined when there is no key or it
-   * is new. Call it under the session's lock, before judging any state: a
-   * retry finds the state its first call left.
+   * The first answer to a keyed call in `scope` ("s:<session>" for a
+   * session and its approvals, "a:<agent>" for an agent) that this one
+   * retries; undefined when there is no key or it is new. Call it under the
+   * owner's lock, before judging any state: a retry finds the state its
+   * first call left.
    */
   private async firstAnswer<M extends KeyedMethod>(
     tx: Queryable,
-    sessionId: string,
+    scope: string,
     method: M,
     keyed: KeyedCall | undefined,
     nowMs: number,
   ): Promise<KeyedResponse<M> | undefined> {
     if (!keyed?.idempotencyKey) return undefined;
-    const scope = `s:${sessionId}`;
     const prior = (await loadIdempotency(tx, [{ scope, key: keyed.idempotencyKey }], nowMs)).get(`${scope}|${keyed.idempotencyKey}`);
     if (prior === undefined) return undefined;
     return replayFirstAnswer(prior, method, keyed.requestHash, keyed.idempotencyKey, (b) => fromBinary(KEYED_RESPONSES[method], b) as KeyedResponse<M>);
@@ -718,7 +719,7 @@ export class WardenStore {
   /** Stores the answer to a keyed call (built only when there is a key), in the transaction that made its change. */
   private async saveAnswer<M extends KeyedMethod>(
     tx: Queryable,
-    sessionId: string,
+    scope: string,
     method: M,
     keyed: KeyedCall | undefined,
     answer: () => Promise<MessageInitShape<(typeof KEYED_RESPONSES)[M]>>,
@@ -727,7 +728,7 @@ export class WardenStore {
     if (!keyed?.idempotencyKey) return;
     const schema = KEYED_RESPONSES[method];
     const response = toBinary(schema, create(schema, await answer()) as never);
-    await saveIdempotency(tx, [{ scope: `s:${sessionId}`, key: keyed.idempotencyKey, method, requestHash: keyed.requestHash, response }], nowMs);
+    await saveIdempotency(tx, [{ scope, key: keyed.idempotencyKey, method, requestHash: keyed.requestHash, response }], nowMs);
   }
 
   /** Moves a live session's expiry later. */
@@ -739,7 +740,7 @@ export class WardenStore {
         const nowMs = this.now();
         // A retry gets the first answer, whatever happened since: extending
         // by a duration twice would grant the time twice.
-        replayed = (await this.firstAnswer(tx, req.sessionId, "extend_session", keyed, nowMs))?.session;
+        replayed = (await this.firstAnswer(tx, `s:${req.sessionId}`, "extend_session", keyed, nowMs))?.session;
         if (replayed !== undefined) return undefined;
         if (isTerminal(s.status) || lapseOf(s, locked, nowMs) !== undefined) {
           throw new ConnectError(`session_id: session "${req.sessionId}" has ended and cannot be extended`, Code.FailedPrecondition);
@@ -772,7 +773,7 @@ export class WardenStore {
           data: { previous_expire_time: iso(s.expireMs), expire_time: iso(expireMs) },
           nowMs,
         });
-        await this.saveAnswer(tx, req.sessionId, "extend_session", keyed, async () => ({ session: await this.getSession(req.sessionId, tx) }), nowMs);
+        await this.saveAnswer(tx, `s:${req.sessionId}`, "extend_session", keyed, async () => ({ session: await this.getSession(req.sessionId, tx) }), nowMs);
         return undefined;
       }),
     );
@@ -1243,15 +1244,20 @@ export class WardenStore {
   }
 
   /** Sets an agent's policy, creating the agent if it is new. */
-  async updateAgentPolicy(req: UpdateAgentPolicyRequest): Promise<Agent> {
+  async updateAgentPolicy(req: UpdateAgentPolicyRequest, requestHash: Uint8Array = new Uint8Array(0)): Promise<Agent> {
     validatePolicy(req.policy!, "policy");
     const nowMs = this.now();
+    const scope = `a:${req.agentId}`;
+    const keyed = { idempotencyKey: req.idempotencyKey, requestHash };
     return this.db.transaction(async (tx) => {
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [req.agentId, iso(nowMs)],
       );
       const { rows } = await tx.query<{ revision: string }>("SELECT revision FROM agents WHERE agent_id = $1 FOR UPDATE", [req.agentId]);
+      // A retry after a lost answer: its etag is stale now, by its own update.
+      const replayed = (await this.firstAnswer(tx, scope, "update_agent_policy", keyed, nowMs))?.agent;
+      if (replayed !== undefined) return replayed;
       if (req.etag !== "" && req.etag !== `"${rows[0]!.revision}"`) {
         throw new ConnectError(`etag: agent "${req.agentId}" changed since it was read`, Code.Aborted);
       }
@@ -1287,7 +1293,9 @@ export class WardenStore {
           data: { policy: toJson(SessionPolicySchema, req.policy!) },
         },
       ]);
-      return this.getAgent(req.agentId, tx);
+      const agent = await this.getAgent(req.agentId, tx);
+      await this.saveAnswer(tx, scope, "update_agent_policy", keyed, async () => ({ agent }), nowMs);
+      return agent;
     });
   }
 
@@ -1474,7 +1482,7 @@ export class WardenStore {
     const failure = await this.db.transaction((tx) =>
       this.withLocked(tx, owner, false, async (s, chain) => {
         if (method !== undefined) {
-          replayed = (await this.firstAnswer(tx, owner, method, keyed, nowMs))?.approval;
+          replayed = (await this.firstAnswer(tx, `s:${owner}`, method, keyed, nowMs))?.approval;
           if (replayed !== undefined) return undefined;
         }
         const locked = (await lockApproval(tx, approvalId))!;
@@ -1498,7 +1506,7 @@ export class WardenStore {
         }
         const v = verdict(a);
         if (v !== undefined) await settleApproval(tx, locked, v, s.policy.holdTtlMs, nowMs);
-        if (method !== undefined) await this.saveAnswer(tx, owner, method, keyed, async () => ({ approval: await this.getApproval(approvalId, "", tx) }), nowMs);
+        if (method !== undefined) await this.saveAnswer(tx, `s:${owner}`, method, keyed, async () => ({ approval: await this.getApproval(approvalId, "", tx) }), nowMs);
         return undefined;
       }),
     );

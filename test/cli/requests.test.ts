@@ -158,6 +158,8 @@ describe("agents set-policy", () => {
     assert.equal(req.etag, "e1");
     assert.equal(req.policy?.currencyCode, "");
     assert.equal(req.policy?.monthly?.maxValueMicros, 1_000_000_000n);
+    assert.equal(req.idempotencyKey, "");
+    assert.equal(buildUpdateAgentPolicyRequest("agent-7", flagsOf("agents set-policy", ["--idempotency-key", "p-1"])).idempotencyKey, "p-1");
   });
 });
 

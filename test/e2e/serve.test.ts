@@ -5,6 +5,7 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
+import { AgentService } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { CheckRequestSchema, PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import type { SessionPolicySchema } from "../../src/gen/warden/v1/policy_pb.js";
@@ -146,6 +147,20 @@ for (const driver of DRIVERS) {
             grpcSessions.endSession({ ...end, idempotencyKey: "end-2" }),
             (e: grpc.ServiceError) => e.code === grpc.status.FAILED_PRECONDITION && /already ended/.test(e.details),
           );
+          // And an agent's policy: one update, whose etag the retry does not find stale.
+          const grpcAgents = grpcClient(AgentService, server.grpcAddress);
+          try {
+            const update = { agentId: `keyed-agent-${driver}`, policy: { currencyCode: "USD" }, idempotencyKey: "policy-1" };
+            const u1 = await grpcAgents.updateAgentPolicy(update);
+            const u2 = await grpcAgents.updateAgentPolicy(update);
+            assert.equal(u2.agent.etag, u1.agent.etag, "applied once");
+            await assert.rejects(
+              grpcAgents.updateAgentPolicy({ ...update, policy: { currencyCode: "EUR" } }),
+              (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /idempotency_key/.test(e.details),
+            );
+          } finally {
+            grpcAgents.close();
+          }
         } finally {
           grpcSessions.close();
         }

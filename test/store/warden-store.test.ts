@@ -373,6 +373,22 @@ for (const driver of DRIVERS) {
       await rejects(store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD" }, etag: '"999"' })), Code.Aborted, /etag/);
     });
 
+    test("an UpdateAgentPolicy retried with its idempotency key gets the first answer, not ABORTED for the etag it made stale", async () => {
+      const id = agent();
+      const first = await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD" } }));
+      const req = create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", monthly: { maxValueMicros: USD(50) } }, etag: first.etag, idempotencyKey: "policy-1" });
+      const updated = await store.updateAgentPolicy(req, new Uint8Array([1]));
+      assert.notEqual(updated.etag, first.etag);
+      clock.advance(1000);
+      const retry = await store.updateAgentPolicy(req, new Uint8Array([1]));
+      assert.equal(retry.etag, updated.etag, "applied once: no second revision");
+      assert.equal((await store.getAgent(id)).etag, updated.etag);
+      // Without its key the same request is refused: its etag is stale.
+      await rejects(store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { ...req, idempotencyKey: "" })), Code.Aborted, /etag/);
+      // The key names that request only.
+      await rejects(store.updateAgentPolicy(req, new Uint8Array([2])), Code.InvalidArgument, /idempotency_key: "policy-1" was already used/);
+    });
+
     test("an agent's value limits in one currency are refused while the windows they limit hold spend in another", async () => {
       const id = agent();
       const yen = await store.createSession(sessionRequest(id, { currencyCode: "JPY" }), NO_HASH);

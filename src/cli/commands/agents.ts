@@ -6,7 +6,7 @@ import {
   UpdateAgentPolicyResponseSchema,
   type UpdateAgentPolicyRequest,
 } from "../../gen/warden/v1/agent_service_pb.js";
-import { CLIENT_FLAGS, EXIT_OK, type CommandSpec, type WardenClients } from "../command.js";
+import { CLIENT_FLAGS, EXIT_OK, IDEMPOTENCY_FLAG, type CommandSpec, type WardenClients } from "../command.js";
 import { formatAgent } from "../format-agent.js";
 import type { ParsedFlags } from "../parse-command-line.js";
 import { buildPolicy, POLICY_FLAGS } from "../policy-flags.js";
@@ -18,7 +18,12 @@ import { DEFAULT_CURRENCY } from "./sessions.js";
  * empty for {@link fetchAgentCurrency} to fill in.
  */
 export function buildUpdateAgentPolicyRequest(agentId: string, flags: ParsedFlags): UpdateAgentPolicyRequest {
-  return create(UpdateAgentPolicyRequestSchema, { agentId, policy: buildPolicy(flags), etag: flags.string("etag") ?? "" });
+  return create(UpdateAgentPolicyRequestSchema, {
+    agentId,
+    policy: buildPolicy(flags),
+    etag: flags.string("etag") ?? "",
+    idempotencyKey: flags.string("idempotency-key") ?? "",
+  });
 }
 
 /**
@@ -58,6 +63,7 @@ export const AGENT_COMMANDS: readonly CommandSpec[] = [
     flags: [
       ...POLICY_FLAGS,
       { name: "etag", type: "string", value: "ETAG", description: "apply only if the agent's etag still matches (from agents get)" },
+      IDEMPOTENCY_FLAG,
       ...CLIENT_FLAGS,
     ],
     async run(ctx) {
