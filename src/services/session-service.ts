@@ -5,6 +5,7 @@ import {
   EndSessionRequestSchema,
   ExtendSessionRequestSchema,
   ForkSessionRequestSchema,
+  ImportSessionRequestSchema,
   PauseSessionRequestSchema,
   ResumeSessionRequestSchema,
   RevokeSessionRequestSchema,
@@ -68,7 +69,8 @@ export function createSessionService(store: WardenStore, options: SessionService
       return { snapshot: await store.exportSession(req.sessionId) };
     },
     async importSession(req) {
-      return { session: await store.importSession(req.snapshot!) };
+      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ImportSessionRequestSchema, req) };
+      return { session: await store.importSession(req.snapshot!, keyed) };
     },
   };
 }

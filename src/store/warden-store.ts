@@ -26,6 +26,7 @@ import {
   type ForkSessionRequest,
   ExtendSessionResponseSchema,
   ForkSessionResponseSchema,
+  ImportSessionResponseSchema,
   PauseSessionResponseSchema,
   ResumeSessionResponseSchema,
   RevokeSessionResponseSchema,
@@ -278,6 +279,7 @@ const KEYED_RESPONSES = {
   deny_approval: DenyApprovalResponseSchema,
   cancel_approval: CancelApprovalResponseSchema,
   update_agent_policy: UpdateAgentPolicyResponseSchema,
+  import_session: ImportSessionResponseSchema,
 } as const;
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
 type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
@@ -922,7 +924,7 @@ export class WardenStore {
    * Recreates a session from a snapshot, with its counters and history. A
    * fork whose parent is not in this store comes back as a root session.
    */
-  async importSession(snap: SessionSnapshot): Promise<Session> {
+  async importSession(snap: SessionSnapshot, keyed?: KeyedCall): Promise<Session> {
     if (snap.formatVersion !== 1) {
       throw new ConnectError(`snapshot.format_version: ${snap.formatVersion} is not supported (want 1)`, Code.InvalidArgument);
     }
@@ -958,7 +960,15 @@ export class WardenStore {
     }
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
+    const scope = `s:${s.sessionId}`;
+    let replayed: Session | undefined;
     const session = await this.db.transaction(async (tx) => {
+      if (keyed?.idempotencyKey) {
+        // No row to lock before the first import: as for CreateSession.
+        await tx.query("SELECT pg_advisory_xact_lock(7734002, hashtext($1))", [`${scope}|${keyed.idempotencyKey}`]);
+        replayed = (await this.firstAnswer(tx, scope, "import_session", keyed, nowMs))?.session;
+        if (replayed !== undefined) return replayed;
+      }
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [s.agentId, iso(nowMs)],
@@ -1162,8 +1172,11 @@ export class WardenStore {
         data: { status: SessionStatus[s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status], expire_time: iso(ms(s.expireTime, nowMs)), imported: true },
         nowMs,
       });
-      return this.getSession(s.sessionId, tx);
+      const imported = await this.getSession(s.sessionId, tx);
+      await this.saveAnswer(tx, scope, "import_session", keyed, async () => ({ session: imported }), nowMs);
+      return imported;
     });
+    if (replayed !== undefined) return replayed;
     this.batcher.forget(s.sessionId);
     return session;
   }

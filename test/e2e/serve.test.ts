@@ -147,6 +147,20 @@ for (const driver of DRIVERS) {
             grpcSessions.endSession({ ...end, idempotencyKey: "end-2" }),
             (e: grpc.ServiceError) => e.code === grpc.status.FAILED_PRECONDITION && /already ended/.test(e.details),
           );
+          // And an import: the retry gets the session imported, not ALREADY_EXISTS.
+          const { snapshot } = await grpcSessions.exportSession({ sessionId: id });
+          // Under another id, without the history (action ids are the
+          // store's own): this store has the original.
+          snapshot.session.sessionId = `${id}-copy`;
+          snapshot.actions = [];
+          const import1 = await grpcSessions.importSession({ snapshot, idempotencyKey: "import-1" });
+          const import2 = await grpcSessions.importSession({ snapshot, idempotencyKey: "import-1" });
+          assert.equal(import1.session.sessionId, `${id}-copy`);
+          assert.deepEqual(import2.session, import1.session);
+          await assert.rejects(
+            grpcSessions.importSession({ snapshot: { ...snapshot, exportTime: undefined }, idempotencyKey: "import-1" }),
+            (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT && /idempotency_key/.test(e.details),
+          );
           // And an agent's policy: one update, whose etag the retry does not find stale.
           const grpcAgents = grpcClient(AgentService, server.grpcAddress);
           try {

@@ -128,6 +128,21 @@ for (const driver of DRIVERS) {
     const agentPolicy = (agentId: string) => create(UpdateAgentPolicyRequestSchema, { agentId, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) } } });
     const agentDay = async (store: typeof target.store, agentId: string) => (await store.getAgent(agentId)).budgets.find((b) => b.window === Window.DAY)!.valueUsedMicros;
 
+    test("an ImportSession retried with its idempotency key gets the session it imported, not ALREADY_EXISTS", async () => {
+      // (This target keeps no ledger check: an import restores counters, not the charges of captured actions.)
+      const s = await source.store.createSession(sessionRequest(source.agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
+      await source.check(s.sessionId, USD(30));
+      const snap = await source.store.exportSession(s.sessionId);
+      const keyed = (hash: number) => ({ idempotencyKey: "import-1", requestHash: new Uint8Array([hash]) });
+      const [a, b] = await Promise.all([target.store.importSession(snap, keyed(1)), target.store.importSession(snap, keyed(1))]);
+      assert.equal(a.sessionId, s.sessionId);
+      assert.deepEqual(b, a, "the concurrent retry waited for the first and got its answer");
+      assert.equal((await target.store.getSession(s.sessionId)).usage!.valueCommittedMicros, USD(30));
+      // Without the key it is a second import of a session that exists now.
+      await assert.rejects(target.store.importSession(snap), (e: unknown) => ConnectError.from(e).code === Code.AlreadyExists);
+      await assert.rejects(target.store.importSession(snap, keyed(2)), (e: unknown) => /idempotency_key: "import-1" was already used/.test(ConnectError.from(e).rawMessage));
+    });
+
     test("a re-attached fork's restored hold is held in its parent and agent too, and its capture spends there", async () => {
       const owner = source.agent();
       await source.store.updateAgentPolicy(agentPolicy(owner));

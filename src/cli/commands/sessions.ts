@@ -400,11 +400,11 @@ export const SESSION_COMMANDS: readonly CommandSpec[] = [
     name: "sessions import",
     args: ["FILE"],
     summary: "recreate a session from an export file (- reads stdin); its id must be free",
-    flags: CLIENT_FLAGS,
+    flags: [IDEMPOTENCY_FLAG, ...CLIENT_FLAGS],
     async run(ctx) {
       const file = ctx.args[0]!;
       const snapshot = parseSnapshot(file, await readInput(file));
-      const res = await ctx.clients().sessions.importSession({ snapshot });
+      const res = await ctx.clients().sessions.importSession({ snapshot, idempotencyKey: ctx.flags.string("idempotency-key") ?? "" });
       ctx.output(ImportSessionResponseSchema, res, () => (res.session ? formatSession(res.session) : ""));
       return EXIT_OK;
     },
