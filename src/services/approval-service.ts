@@ -11,7 +11,7 @@ import {
 } from "../gen/warden/v1/approval_service_pb.js";
 import type { NotifyWatch } from "../store/notify-watch.js";
 import type { WardenStore } from "../store/warden-store.js";
-import { requestHash } from "./request-hash.js";
+import { keyedCall } from "./request-hash.js";
 
 /** Who made a decision, for the record: the API key or certificate, never the secret. */
 function caller(ctx: HandlerContext): string {
@@ -34,15 +34,14 @@ export function createApprovalService(store: WardenStore, watch: NotifyWatch): S
       return store.listApprovals(req);
     },
     async approveApproval(req, ctx) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ApproveApprovalRequestSchema, req) };
+      const keyed = keyedCall(ApproveApprovalRequestSchema, req);
       return { approval: await store.approveApproval(req.approvalId, caller(ctx), req.comment, req.amount, keyed) };
     },
     async denyApproval(req, ctx) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(DenyApprovalRequestSchema, req) };
-      return { approval: await store.denyApproval(req.approvalId, caller(ctx), req.reason, keyed) };
+      return { approval: await store.denyApproval(req.approvalId, caller(ctx), req.reason, keyedCall(DenyApprovalRequestSchema, req)) };
     },
     async cancelApproval(req, ctx) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(CancelApprovalRequestSchema, req) };
+      const keyed = keyedCall(CancelApprovalRequestSchema, req);
       return { approval: await store.cancelApproval(req.approvalId, req.sessionId, caller(ctx), req.reason, keyed) };
     },
     async *watchApproval(req, ctx) {

@@ -1,5 +1,6 @@
 import { type DescMessage, type MessageShape, toBinary } from "@bufbuild/protobuf";
 import { hashRequest } from "../store/idempotency.js";
+import type { KeyedCall } from "../store/warden-store.js";
 
 /**
  * SHA-256 of a request, to tell an idempotent retry (same key, same request)
@@ -10,6 +11,11 @@ import { hashRequest } from "../store/idempotency.js";
  */
 export function requestHash<D extends DescMessage>(schema: D, req: MessageShape<D>): Uint8Array {
   return hashRequest(toBinary(schema, canonical(req) as MessageShape<D>));
+}
+
+/** A request's idempotency key and hash, as the store's keyed calls take them. */
+export function keyedCall<D extends DescMessage>(schema: D, req: MessageShape<D> & { idempotencyKey: string }): KeyedCall {
+  return { idempotencyKey: req.idempotencyKey, requestHash: requestHash(schema, req) };
 }
 
 function canonical(value: unknown): unknown {

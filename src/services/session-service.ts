@@ -13,7 +13,7 @@ import {
 } from "../gen/warden/v1/session_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { WardenStore } from "../store/warden-store.js";
-import { requestHash } from "./request-hash.js";
+import { keyedCall, requestHash } from "./request-hash.js";
 
 /** Options of {@link createSessionService}. */
 export interface SessionServiceOptions {
@@ -45,20 +45,16 @@ export function createSessionService(store: WardenStore, options: SessionService
       return { session: await store.extendSession(req, requestHash(ExtendSessionRequestSchema, req)) };
     },
     async endSession(req) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(EndSessionRequestSchema, req) };
-      return { session: await store.terminate(req.sessionId, SessionStatus.COMPLETED, req.reason || "ended", keyed) };
+      return { session: await store.terminate(req.sessionId, SessionStatus.COMPLETED, req.reason || "ended", keyedCall(EndSessionRequestSchema, req)) };
     },
     async revokeSession(req) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(RevokeSessionRequestSchema, req) };
-      return { session: await store.terminate(req.sessionId, SessionStatus.REVOKED, req.reason, keyed) };
+      return { session: await store.terminate(req.sessionId, SessionStatus.REVOKED, req.reason, keyedCall(RevokeSessionRequestSchema, req)) };
     },
     async pauseSession(req) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(PauseSessionRequestSchema, req) };
-      return { session: await store.setPaused(req.sessionId, true, req.reason || "paused", keyed) };
+      return { session: await store.setPaused(req.sessionId, true, req.reason || "paused", keyedCall(PauseSessionRequestSchema, req)) };
     },
     async resumeSession(req) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ResumeSessionRequestSchema, req) };
-      return { session: await store.setPaused(req.sessionId, false, "", keyed) };
+      return { session: await store.setPaused(req.sessionId, false, "", keyedCall(ResumeSessionRequestSchema, req)) };
     },
     async forkSession(req) {
       // The child gets its own token: the parent's names the parent only.
@@ -69,8 +65,7 @@ export function createSessionService(store: WardenStore, options: SessionService
       return { snapshot: await store.exportSession(req.sessionId) };
     },
     async importSession(req) {
-      const keyed = { idempotencyKey: req.idempotencyKey, requestHash: requestHash(ImportSessionRequestSchema, req) };
-      return { session: await store.importSession(req.snapshot!, keyed) };
+      return { session: await store.importSession(req.snapshot!, keyedCall(ImportSessionRequestSchema, req)) };
     },
   };
 }

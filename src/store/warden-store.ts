@@ -257,7 +257,7 @@ function validatePolicy(policy: SessionPolicy, field: string): void {
   }
 }
 
-/** A lifecycle call's idempotency key ("" for none) and the hash of its request (services/request-hash.ts). */
+/** A keyed call's idempotency key ("" or absent: none) and the hash of its request (services/request-hash.ts). */
 export interface KeyedCall {
   readonly idempotencyKey: string;
   readonly requestHash: Uint8Array;
