@@ -99,7 +99,8 @@ export class DecisionBatcher {
       shards: opts.shards ?? Math.min(2, opts.db.parallelism),
       maxBatch: opts.maxBatch ?? 512,
       run: async (batch) => {
-        const { settled, told, ended } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch));
+        // Its statements look rows up by key: their plans can be cached.
+        const { settled, told, ended } = await this.opts.db.transaction((tx) => this.decideAll(tx, batch), { genericPlans: true });
         for (const k of told) this.told.set(k, true);
         // Their forks end with them before anyone is answered. Committed
         // either way: should this fail, the forks decide nothing meanwhile

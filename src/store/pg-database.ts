@@ -1,5 +1,5 @@
 import pg from "pg";
-import { type Database, PLANNER_SETTINGS, type Queryable } from "./database.js";
+import { type Database, PLANNER_SETTINGS, type Queryable, type TransactionOptions } from "./database.js";
 import { HotStatements } from "./hot-statements.js";
 
 /** Options of {@link createPgDatabase}. */
@@ -34,10 +34,11 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
     kind: "postgres",
     parallelism: max,
     query: (sql, params) => pool.query(hot.config(sql, params)) as never,
-    async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    async transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {
       const client = await pool.connect();
       try {
-        await client.query("BEGIN");
+        // SET LOCAL: until the commit or rollback, whichever ends it.
+        await client.query(txOptions.genericPlans === true ? "BEGIN; SET LOCAL plan_cache_mode = auto" : "BEGIN");
         const result = await fn({ query: (sql, params) => client.query(hot.config(sql, params)) as never });
         await client.query("COMMIT");
         client.release();

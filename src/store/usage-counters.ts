@@ -149,6 +149,9 @@ export function countsSince(stored: ScopeWindows, storedCalendar: string | null,
   return how === "stored" || how === "carried" ? Math.min(a.startMs, c.startMs) : a.startMs;
 }
 
+/** Reads the `scope_usage` rows of scopes `$1`. */
+export const READ_USAGE_SQL = `SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = ANY($1::text[])`;
+
 /** Counters of some scopes, keyed by {@link counterKey} of the addresses asked for. */
 export class UsageSet {
   /** Every scope read, with all of its windows: what {@link saveCounters} writes. */
@@ -182,7 +185,7 @@ export async function loadCounters(
   const keys = new Set(addresses.map((a) => a.scopeKey));
   if (keys.size === 0) return out;
   const rows = new Map<string, UsageRow>();
-  const res = await tx.query<UsageRow>(`SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = ANY($1::text[])`, [[...keys]]);
+  const res = await tx.query<UsageRow>(READ_USAGE_SQL, [[...keys]]);
   for (const r of res.rows) rows.set(r.scope_key as string, r);
   for (const k of keys) {
     out.scopes.set(k, windowsOf(k, rows.get(k)));
