@@ -111,7 +111,8 @@ export class LeaseLedger {
     this.policies = o.policies;
     this.spans = o.spans;
     this.graceMs = o.reconcileGraceMs ?? 10_000;
-    this.grants = new BatchQueue({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch)) });
+    // Grants and reports look rows up by key, as decision batches do: their plans are cached.
+    this.grants = new BatchQueue({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch), { genericPlans: true }) });
   }
 
   /**
@@ -683,7 +684,7 @@ export class LeaseLedger {
           limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId: record.actionId, decision: record.decision! }, nowMs),
         );
       return { rejected, told: await recordLimitNotices(tx, notices, this.told), ending };
-    });
+    }, { genericPlans: true });
     for (const k of told) this.told.set(k, true);
     // Committed either way: see DecisionBatcher on a failure here.
     await endForksOf(this.db, this.policies, ending, this.now).catch(() => {});
