@@ -48,11 +48,12 @@ export interface Database extends Queryable {
  *   hot-statements.ts), and planned for their parameters on every run: a
  *   generic plan, made once while a table is small, could scan the whole
  *   table for ever after, as nothing re-plans it until the table is next
- *   analyzed. Decision batches cache theirs (TransactionOptions): their
- *   statements look rows up by key, planned through the index from an
- *   empty store on at this random_page_cost (test/store/planner-settings);
- *   caching them made 8% more decisions/s over 1,000 sessions (alternated
- *   runs: 2,689 and 2,787/s against 2,487 and 2,544/s).
+ *   analyzed. Decision batches, lease grants and sidecar reports cache
+ *   theirs (TransactionOptions): their statements look rows up by key,
+ *   planned through the index from an empty store on at this
+ *   random_page_cost (test/store/planner-settings); caching them made 8%
+ *   more decisions/s over 1,000 sessions (alternated runs: 2,689 and
+ *   2,787/s against 2,487 and 2,544/s).
  * - random_page_cost: the store's rows are looked up by key a batch at a
  *   time (`id = ANY($1)`, 30 to 500 keys). At the default (4, a spinning
  *   disk's seek) the planner prices those index probes above reading the
