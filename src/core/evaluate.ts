@@ -187,9 +187,9 @@ const NO_PARENTS = [] as const;
  * not idle: its agent was told to stop, and a pause must stay reversible
  * however long the person takes (resuming restarts the idle clock). Nor
  * does one whose agent waits on a person's approval, until the approval's
- * deadline (its idle clock then starts over). Nor
- * does a fork any of whose `ancestors` (the session's parents, any order;
- * other scopes are ignored) is paused: its calls are all denied
+ * deadline (its idle clock then starts over). Nor does a fork any of whose
+ * `ancestors` (the session's parents, any order; other scopes are
+ * ignored) is paused: its calls are all denied
  * PARENT_INACTIVE, so its agent stops too, and resuming the parent
  * restarts its forks' idle clocks. A caller that knows the ancestors must
  * pass them.

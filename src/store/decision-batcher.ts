@@ -3,7 +3,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { LRUCache } from "lru-cache";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
-import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapse, lapseReason, LIFETIME_START_MS, type ScopeState } from "../core/evaluate.js";
+import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapseReason, LIFETIME_START_MS, type ScopeState } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import {
@@ -28,7 +28,7 @@ import { endForksOf } from "./end-forks.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import { insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
-import { type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
+import { lapseOf, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { type CounterAddress, currentAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
@@ -260,10 +260,7 @@ export class DecisionBatcher {
         for (const a of s.ancestorIds) {
           const p = locked.sessions.get(a);
           // Its own ancestors are s's too, locked with it: under a paused one it does not idle.
-          const why =
-            p === undefined || isTerminal(p.status)
-              ? undefined
-              : lapse(sessionScope(p), nowMs, p.ancestorIds.map((id) => locked.sessions.get(id)!));
+          const why = p === undefined || isTerminal(p.status) ? undefined : lapseOf(p, locked.sessions, nowMs);
           if (why === undefined) continue;
           p!.status = SessionStatus.EXPIRED;
           const d = touch(touched, p!);

@@ -2,7 +2,7 @@ import { fromBinary } from "@bufbuild/protobuf";
 import { LRUCache } from "lru-cache";
 import { type CompiledPolicy, compilePolicy, EMPTY_POLICY } from "../core/compiled-policy.js";
 import { SessionPolicySchema } from "../gen/warden/v1/policy_pb.js";
-import type { ScopeState } from "../core/evaluate.js";
+import { lapse, type ScopeState } from "../core/evaluate.js";
 import { Scope } from "../gen/warden/v1/decision_pb.js";
 import type { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Queryable } from "./database.js";
@@ -143,4 +143,12 @@ export function sessionScope(s: SessionLike, scope: Scope = Scope.SESSION): Scop
     lastActivityMs: s.lastActivityMs,
     awaitingApprovalUntilMs: s.awaitingApprovalUntilMs,
   };
+}
+
+/**
+ * {@link lapse} of a locked session, told its ancestors (locked with it,
+ * in `locked`): under a paused one it does not idle.
+ */
+export function lapseOf(s: LockedSession, locked: ReadonlyMap<string, LockedSession>, nowMs: number): "time" | "idle" | undefined {
+  return lapse(sessionScope(s), nowMs, s.ancestorIds.map((a) => locked.get(a)!));
 }

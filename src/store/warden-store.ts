@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { compilePolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
-import { budgetsOf, EXHAUSTED_REASON, isTerminal, lapse, lapseReason, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
+import { budgetsOf, EXHAUSTED_REASON, isTerminal, lapseReason, LIFETIME_START_MS, spanOf } from "../core/evaluate.js";
 import { formatMoney, INT64_MAX } from "../core/money.js";
 import { CalendarSpanCache, isValidTimeZone } from "../core/windows.js";
 import { type Agent, AgentSchema, type UpdateAgentPolicyRequest, UpdateAgentPolicyResponseSchema } from "../gen/warden/v1/agent_service_pb.js";
@@ -78,7 +78,7 @@ import {
 } from "../gen/warden/v1/approval_service_pb.js";
 import type { Money } from "../gen/warden/v1/money_pb.js";
 import { breakerFailReason, trips, tripThreshold } from "../core/circuit-breaker.js";
-import { type LockedSession, lockScopes, PolicyCache, sessionScope } from "./scope-locks.js";
+import { lapseOf, type LockedSession, lockScopes, PolicyCache } from "./scope-locks.js";
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
@@ -173,15 +173,6 @@ export const PRUNE_AGENT_KEYS_SQL = `DELETE FROM idempotency_keys WHERE ctid = A
     SELECT ctid FROM idempotency_keys WHERE scope LIKE 'a:%' AND create_time <= $1::timestamptz ORDER BY create_time LIMIT $2))
   RETURNING scope`;
 
-
-/**
- * {@link lapse} of a locked session, told its ancestors (locked with it):
- * under a paused one it does not idle.
- */
-function lapseOf(s: LockedSession, locked: ReadonlyMap<string, LockedSession>, nowMs: number): "time" | "idle" | undefined {
-  return lapse(sessionScope(s), nowMs, s.ancestorIds.map((a) => locked.get(a)!));
-}
-
 /**
  * Whether a locked session can no longer settle holds or have approvals
  * decided: it or a parent has ended, or is past its expiry or idle timeout
@@ -264,12 +255,18 @@ export interface KeyedCall {
 }
 
 /**
- * The keyed calls on a session's life, its approvals and agents' policies,
- * and the response each stores as its first answer. A key is one
- * session's (an approval's: its session's) or one agent's: reused for
+ * The store's keyed calls but Authorize and Check (the decision batcher
+ * keeps their keys in its batch statement), and the response each stores
+ * as its first answer. A key is one session's (an approval's: its
+ * session's) or one agent's (CreateSession, UpdateAgentPolicy): reused for
  * another call on the same one, it is refused as a different request.
  */
 const KEYED_RESPONSES = {
+  capture: ActionRecordSchema,
+  void: ActionRecordSchema,
+  create_session: CreateSessionResponseSchema,
+  fork_session: ForkSessionResponseSchema,
+  import_session: ImportSessionResponseSchema,
   extend_session: ExtendSessionResponseSchema,
   end_session: EndSessionResponseSchema,
   revoke_session: RevokeSessionResponseSchema,
@@ -279,10 +276,21 @@ const KEYED_RESPONSES = {
   deny_approval: DenyApprovalResponseSchema,
   cancel_approval: CancelApprovalResponseSchema,
   update_agent_policy: UpdateAgentPolicyResponseSchema,
-  import_session: ImportSessionResponseSchema,
 } as const;
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
 type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
+
+/**
+ * Serializes the calls with one key that create what owns it (a session,
+ * an import), before its first answer is looked up: there is no row to
+ * lock yet, and without this concurrent retries would each miss the key
+ * and each create a session with its own budget. The two-int4 key space
+ * is apart from the bigint locks of the migrations.
+ */
+async function lockNewKey(tx: Queryable, scope: string, keyed: KeyedCall | undefined): Promise<void> {
+  if (!keyed?.idempotencyKey) return;
+  await tx.query("SELECT pg_advisory_xact_lock(7734002, hashtext($1))", [`${scope}|${keyed.idempotencyKey}`]);
+}
 
 /**
  * The system of record: sessions, agents, usage counters, the action ledger
@@ -412,16 +420,11 @@ export class WardenStore {
     const sessionId = req.sessionId || newId("ses", nowMs);
     checkSessionId(sessionId, "session_id");
     const scope = `a:${req.agentId}`;
+    const keyed = { idempotencyKey: req.idempotencyKey, requestHash };
     const out = await this.db.transaction(async (tx) => {
-      if (req.idempotencyKey !== "") {
-        // Nothing else serializes two creates with one key (there is no row
-        // to lock yet): without this, concurrent retries each miss the key
-        // and each create a session with its own budget. The two-int4 key
-        // space is apart from the bigint locks of the migrations.
-        await tx.query("SELECT pg_advisory_xact_lock(7734002, hashtext($1))", [`${scope}|${req.idempotencyKey}`]);
-        const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
-        if (prior !== undefined) return replayFirstAnswer(prior, "create_session", requestHash, req.idempotencyKey, (b) => fromBinary(CreateSessionResponseSchema, b).session!);
-      }
+      await lockNewKey(tx, scope, keyed);
+      const replayed = (await this.firstAnswer(tx, scope, "create_session", keyed, nowMs))?.session;
+      if (replayed !== undefined) return replayed;
       // After the key: a retry that comes after the expire_time it asked
       // for still gets the first answer, not "must be in the future".
       const expiryField = req.expiration.case === "ttl" ? "ttl" : "expire_time";
@@ -447,13 +450,7 @@ export class WardenStore {
       });
       await recordEvent(tx, { type: "session.created", sessionId, agentId: req.agentId, data: { status: "ACTIVE", expire_time: iso(expireMs) }, nowMs });
       const session = await this.getSession(sessionId, tx);
-      if (req.idempotencyKey !== "") {
-        await saveIdempotency(
-          tx,
-          [{ scope, key: req.idempotencyKey, method: "create_session", requestHash, response: toBinary(CreateSessionResponseSchema, create(CreateSessionResponseSchema, { session })) }],
-          nowMs,
-        );
-      }
+      await this.saveAnswer(tx, scope, "create_session", keyed, async () => ({ session }), nowMs);
       return session;
     });
     return out;
@@ -789,12 +786,11 @@ export class WardenStore {
     validatePolicy(req.policy!, "policy");
     const nowMs = this.now();
     const scope = `s:${req.parentSessionId}`;
+    const keyed = { idempotencyKey: req.idempotencyKey, requestHash };
     return this.db.transaction((tx) =>
       this.withLocked(tx, req.parentSessionId, false, async (parent, locked) => {
-        if (req.idempotencyKey !== "") {
-          const prior = (await loadIdempotency(tx, [{ scope, key: req.idempotencyKey }], nowMs)).get(`${scope}|${req.idempotencyKey}`);
-          if (prior !== undefined) return replayFirstAnswer(prior, "fork_session", requestHash, req.idempotencyKey, (b) => fromBinary(ForkSessionResponseSchema, b).session!);
-        }
+        const replayed = (await this.firstAnswer(tx, scope, "fork_session", keyed, nowMs))?.session;
+        if (replayed !== undefined) return replayed;
         // Every ancestor too: a fork under an ended (or lapsed) grandparent
         // would be ACTIVE under a chain that has ended, and missed by the
         // ending of its forks, which read them before this one existed.
@@ -881,13 +877,7 @@ export class WardenStore {
           nowMs,
         });
         const session = await this.getSession(sessionId, tx);
-        if (req.idempotencyKey !== "") {
-          await saveIdempotency(
-            tx,
-            [{ scope, key: req.idempotencyKey, method: "fork_session", requestHash, response: toBinary(ForkSessionResponseSchema, create(ForkSessionResponseSchema, { session })) }],
-            nowMs,
-          );
-        }
+        await this.saveAnswer(tx, scope, "fork_session", keyed, async () => ({ session }), nowMs);
         return session;
       }),
     );
@@ -963,12 +953,9 @@ export class WardenStore {
     const scope = `s:${s.sessionId}`;
     let replayed: Session | undefined;
     const session = await this.db.transaction(async (tx) => {
-      if (keyed?.idempotencyKey) {
-        // No row to lock before the first import: as for CreateSession.
-        await tx.query("SELECT pg_advisory_xact_lock(7734002, hashtext($1))", [`${scope}|${keyed.idempotencyKey}`]);
-        replayed = (await this.firstAnswer(tx, scope, "import_session", keyed, nowMs))?.session;
-        if (replayed !== undefined) return replayed;
-      }
+      await lockNewKey(tx, scope, keyed);
+      replayed = (await this.firstAnswer(tx, scope, "import_session", keyed, nowMs))?.session;
+      if (replayed !== undefined) return replayed;
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [s.agentId, iso(nowMs)],
@@ -1348,16 +1335,13 @@ export class WardenStore {
   ): Promise<ActionRecord> {
     const nowMs = this.now();
     const scope = `s:${sessionId}`;
+    const keyed = { idempotencyKey: key, requestHash };
     // Sessions this settlement ended, or found ended with live forks: those end after the commit.
     let ended: string[] = [];
     const result = await this.db.transaction((tx) =>
       this.withLocked(tx, sessionId, false, async (s, locked) => {
-        if (key !== "") {
-          const prior = (await loadIdempotency(tx, [{ scope, key }], nowMs)).get(`${scope}|${key}`);
-          if (prior !== undefined) {
-            return { record: replayFirstAnswer(prior, verb, requestHash, key, (b) => fromBinary(ActionRecordSchema, b)) };
-          }
-        }
+        const replayed = await this.firstAnswer(tx, scope, verb, keyed, nowMs);
+        if (replayed !== undefined) return { record: replayed };
         const [h] = await lockActions(tx, "action_id = $1 AND session_id = $2", [actionId, sessionId]);
         if (h === undefined) throw notFound("authorization_id", `authorization in session "${sessionId}"`, actionId);
         if (h.status !== ActionStatus.HELD) throw closedHoldError(h, verb);
@@ -1383,9 +1367,7 @@ export class WardenStore {
         await tx.query("UPDATE sessions SET last_activity_time = $2::timestamptz WHERE session_id = $1", [sessionId, iso(nowMs)]);
         const [after] = await lockActions(tx, "action_id = $1", [actionId]);
         const record = actionRecordOf(after!);
-        if (key !== "") {
-          await saveIdempotency(tx, [{ scope, key, method: verb, requestHash, response: toBinary(ActionRecordSchema, record) }], nowMs);
-        }
+        await this.saveAnswer(tx, scope, verb, keyed, async () => record, nowMs);
         // A hold a sidecar placed (the call came through another sidecar):
         // the watch tells the placing one, which would otherwise settle it
         // again (migration 018). A revision is taken last, after every row lock.
