@@ -20,8 +20,8 @@ import { type PageQuery, pageToken, readPageToken } from "./page-token.js";
  *
  * Why a transaction that was not running at the snapshot can only add
  * records above what the snapshot showed: every audit insert follows the
- * upsert that locks its chain heads (lockAuditHeads), which gives the
- * transaction its id before it takes any seq. A transaction that gets its
+ * read of its chain heads (readAuditHeads), which gives the transaction
+ * its id before it takes any seq. A transaction that gets its
  * id after the snapshot therefore takes seqs after every seq the snapshot
  * could show.
  */

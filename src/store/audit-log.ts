@@ -22,6 +22,8 @@ export interface AuditEntry {
 interface Head {
   seq: number;
   hash: Buffer;
+  /** Whether `audit_chains` has its row yet (false: inserted with the chain's first records; unset: it has). */
+  stored?: boolean;
 }
 
 /** Records with their chain links computed, ready to write. */
@@ -42,27 +44,30 @@ export interface ChainedAudit {
 }
 
 /**
- * Locks and reads the heads of `chains`, creating empty ones: one upsert
- * over the sorted ids, so appenders lock heads in one global order. The
- * callers already hold the session (or agent) rows that own the chains,
- * which is what serializes a chain's appenders: a head is only ever locked
- * by a transaction holding its owner's row lock (the checkpointer too,
- * when it prunes), so taking it never waits, and it may come even after
- * the revision lock (recordEvents runs there). The checkpointer only reads
- * heads, so it stays out of every lock cycle.
+ * Reads the heads of `chains` (seq 0 for a chain with no row yet). It takes
+ * no lock of its own: a chain's appenders (and the checkpointer, when it
+ * prunes) hold its owner's row lock, the session's or the agent's, which
+ * serializes them, so the heads read here, in a statement that starts
+ * after that lock was taken, stay current until this transaction writes
+ * them. Heads were once read with an upsert that locked them, which wrote
+ * two row versions of every head per transaction (the lock, then the new
+ * head) for nothing the owner locks did not already give.
+ *
+ * It also gives the transaction its id (pg_current_xact_id) before it
+ * takes any record seq: audit-cursor.ts relies on that.
  */
-export async function lockAuditHeads(tx: Queryable, chains: Iterable<string>): Promise<Map<string, Head>> {
-  const ids = [...new Set(chains)].sort();
+export async function readAuditHeads(tx: Queryable, chains: Iterable<string>): Promise<Map<string, Head>> {
+  const ids = [...new Set(chains)];
   const heads = new Map<string, Head>();
   if (ids.length === 0) return heads;
-  const { rows } = await tx.query<{ chain_id: string; seq: string; hash: Uint8Array }>(
-    `INSERT INTO audit_chains (chain_id, seq, hash)
-     SELECT u.chain_id, 0, '\\x'::bytea FROM unnest($1::text[]) WITH ORDINALITY AS u(chain_id, n) ORDER BY u.n
-     ON CONFLICT (chain_id) DO UPDATE SET chain_id = EXCLUDED.chain_id
-     RETURNING chain_id, seq, hash`,
+  const { rows } = await tx.query<{ chain_id: string; seq: string | null; hash: Uint8Array | null }>(
+    `SELECT u.chain_id, c.seq, c.hash FROM unnest($1::text[]) AS u(chain_id) LEFT JOIN audit_chains c ON c.chain_id = u.chain_id
+      WHERE pg_current_xact_id() IS NOT NULL`,
     [ids],
   );
-  for (const r of rows) heads.set(r.chain_id, { seq: Number(r.seq), hash: Buffer.from(r.hash) });
+  for (const r of rows) {
+    heads.set(r.chain_id, r.seq === null ? { seq: 0, hash: Buffer.alloc(0), stored: false } : { seq: Number(r.seq), hash: Buffer.from(r.hash!), stored: true });
+  }
   return heads;
 }
 
@@ -87,13 +92,13 @@ export function chainAudit(heads: ReadonlyMap<string, Head>, entries: readonly A
       prev: prev.toString("hex"),
     });
     rows.push({ chain: e.chain, seq, type: e.type, time, sessionId: e.sessionId, agentId: e.agentId, body: text, prev, hash });
-    next.set(e.chain, { seq, hash });
+    next.set(e.chain, { seq, hash, stored: head.stored });
   }
   return { rows, heads: next };
 }
 
 /**
- * The two statements that write chained records and move their heads, each
+ * The statements that write chained records and move (or create) their heads, each
  * with its own `$1…` parameters: fold them into one statement as
  * data-modifying CTEs with appendStatement (appendAudit does; the decision
  * batcher folds them into its own write). Records are inserted in their order, so log order
@@ -103,7 +108,11 @@ export function chainAudit(heads: ReadonlyMap<string, Head>, entries: readonly A
 export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unknown[] }[] {
   const { rows, heads } = chained;
   if (rows.length === 0) return [];
-  const chains = [...heads.keys()];
+  // A new chain's head is inserted, the others' moved: readAuditHeads
+  // told which is which, under the owners' locks.
+  const stored = [...heads.keys()].filter((c) => heads.get(c)!.stored !== false);
+  const created = [...heads.keys()].filter((c) => heads.get(c)!.stored === false);
+  const headParams = (ids: string[]) => [ids, ids.map((c) => heads.get(c)!.seq), ids.map((c) => heads.get(c)!.hash.toString("hex"))];
   return [
     {
       sql: `INSERT INTO audit_records (chain_id, chain_seq, type, create_time, session_id, agent_id, body, prev_hash, hash)
@@ -123,12 +132,25 @@ export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unk
         rows.map((r) => r.hash.toString("hex")),
       ],
     },
-    {
-      sql: `UPDATE audit_chains c SET seq = h.seq, hash = decode(h.hash, 'hex')
-              FROM unnest($1::text[], $2::bigint[], $3::text[]) AS h(chain_id, seq, hash)
-             WHERE c.chain_id = h.chain_id`,
-      params: [chains, chains.map((c) => heads.get(c)!.seq), chains.map((c) => heads.get(c)!.hash.toString("hex"))],
-    },
+    ...(stored.length === 0
+      ? []
+      : [
+          {
+            sql: `UPDATE audit_chains c SET seq = h.seq, hash = decode(h.hash, 'hex')
+                    FROM unnest($1::text[], $2::bigint[], $3::text[]) AS h(chain_id, seq, hash)
+                   WHERE c.chain_id = h.chain_id`,
+            params: headParams(stored),
+          },
+        ]),
+    ...(created.length === 0
+      ? []
+      : [
+          {
+            sql: `INSERT INTO audit_chains (chain_id, seq, hash)
+                  SELECT h.chain_id, h.seq, decode(h.hash, 'hex') FROM unnest($1::text[], $2::bigint[], $3::text[]) AS h(chain_id, seq, hash)`,
+            params: headParams(created),
+          },
+        ]),
   ];
 }
 
@@ -140,7 +162,7 @@ export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unk
  */
 export async function appendAudit(tx: Queryable, entries: readonly AuditEntry[]): Promise<void> {
   if (entries.length === 0) return;
-  const heads = await lockAuditHeads(
+  const heads = await readAuditHeads(
     tx,
     entries.map((e) => e.chain),
   );

@@ -20,7 +20,7 @@ import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
 import { closeHoldsOfEnded, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
-import { type AuditEntry, chainAudit, decisionAuditEntry, lockAuditHeads, writeAuditSql } from "./audit-log.js";
+import { type AuditEntry, chainAudit, decisionAuditEntry, readAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement } from "./append-statement.js";
 import { BatchQueue, type Settled as BatchSettled } from "./batch-queue.js";
 import { newId } from "./ids.js";
@@ -394,8 +394,9 @@ export class DecisionBatcher {
     }
 
     // Every decision is an audit record, chained onto its session's head:
-    // the heads are read (and locked) here, the records written with the rest.
-    const auditHeads = await lockAuditHeads(
+    // the heads are read here (the session locks guard them), the records
+    // written with the rest.
+    const auditHeads = await readAuditHeads(
       tx,
       audit.map((a) => a.chain),
     );
@@ -405,7 +406,7 @@ export class DecisionBatcher {
     const params: unknown[] = [];
     const writes = [
       insertActionsSql(actions, params),
-      saveCountersSql(counters, params),
+      ...saveCountersSql(counters).map((w) => appendStatement(params, w.sql, w.params)),
       updateSessionsSql(touched, nowMs, params),
       saveIdempotencySql(newKeys, nowMs, params),
       approvals.length === 0 ? undefined : approvalsStatement(approvals, params),

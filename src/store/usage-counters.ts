@@ -158,6 +158,8 @@ export class UsageSet {
   readonly scopes = new Map<string, ScopeWindows>();
   /** The calendar each scope's stored windows are in (migration 022); null when unknown. */
   readonly calendars = new Map<string, string | null>();
+  /** Scopes that have a row already: {@link saveCounters} updates these and inserts the rest. */
+  readonly stored = new Set<string>();
   private readonly byKey = new Map<string, Counter>();
 
   /** The counter of an address asked for. */
@@ -186,7 +188,10 @@ export async function loadCounters(
   if (keys.size === 0) return out;
   const rows = new Map<string, UsageRow>();
   const res = await tx.query<UsageRow>(READ_USAGE_SQL, [[...keys]]);
-  for (const r of res.rows) rows.set(r.scope_key as string, r);
+  for (const r of res.rows) {
+    rows.set(r.scope_key as string, r);
+    out.stored.add(r.scope_key as string);
+  }
   for (const k of keys) {
     out.scopes.set(k, windowsOf(k, rows.get(k)));
     out.calendars.set(k, (rows.get(k)?.calendar as string | null | undefined) ?? null);
@@ -228,40 +233,45 @@ export async function loadCounters(
 }
 
 /**
- * Writes every scope of `usage` back as absolute values, in one statement.
- * Safe because every writer holds the owners' row locks (see lockScopes), so
- * nobody else changed them since {@link loadCounters}.
+ * Writes every scope of `usage` back as absolute values: an UPDATE of the
+ * rows {@link loadCounters} found and an INSERT of the rest. Safe because
+ * every writer holds the owners' row locks (see lockScopes), so nobody
+ * else changed, created or removed them since; and cheaper than one upsert
+ * (INSERT … ON CONFLICT DO UPDATE), which probes the key, fails its
+ * speculative insert and then updates: the decision batch's costliest
+ * write before this (a decision writes its session's and its agent's).
  */
 export async function saveCounters(tx: Queryable, usage: UsageSet): Promise<void> {
-  const params: unknown[] = [];
-  const sql = saveCountersSql(usage, params);
-  if (sql !== undefined) await tx.query(sql, params);
+  for (const { sql, params } of saveCountersSql(usage)) await tx.query(sql, params);
 }
 
 /**
- * The statement of {@link saveCounters}, its parameters appended to
- * `params` (so it can be one part of a larger statement); undefined when
- * there is nothing to write.
+ * The statements of {@link saveCounters} (none when there is nothing to
+ * write), each with its own `$1…` parameters: fold them into a larger
+ * statement with appendStatement, as the decision batcher does.
  */
-export function saveCountersSql(usage: UsageSet, params: unknown[]): string | undefined {
+export function saveCountersSql(usage: UsageSet): { sql: string; params: unknown[] }[] {
   const all = [...usage.scopes.values()];
-  if (all.length === 0) return undefined;
-  const base = params.length;
-  params.push(all.map((s) => s.day.scopeKey));
-  params.push(all.map((s) => usage.calendars.get(s.day.scopeKey) ?? null));
-  for (const w of START_COLUMNS) {
-    params.push(all.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
-  }
-  const valueCols: string[] = [];
-  for (const w of WINDOW_KINDS) {
-    for (let i = 0; i < 4; i++) {
-      valueCols.push(`${w}_${VALUE_FIELDS[i]!}`);
-      params.push(all.map((s) => s[w][VALUE_PROPS[i]!].toString()));
-    }
-  }
-  const cols = ["scope_key", "calendar", ...START_COLUMNS.map((w) => `${w}_start`), ...valueCols];
-  const types = ["text", "text", "timestamptz", "timestamptz", "timestamptz", ...valueCols.map(() => "bigint")];
-  return `INSERT INTO scope_usage (${cols.join(", ")})
-     SELECT * FROM unnest(${types.map((t, i) => `$${base + i + 1}::${t}[]`).join(", ")})
-     ON CONFLICT (scope_key) DO UPDATE SET ${cols.slice(1).map((c) => `${c} = EXCLUDED.${c}`).join(", ")}`;
+  const old = all.filter((s) => usage.stored.has(s.day.scopeKey));
+  const fresh = all.filter((s) => !usage.stored.has(s.day.scopeKey));
+  const out: { sql: string; params: unknown[] }[] = [];
+  if (old.length > 0) out.push({ sql: UPDATE_USAGE_SQL, params: columnsOf(usage, old) });
+  if (fresh.length > 0) out.push({ sql: INSERT_USAGE_SQL, params: columnsOf(usage, fresh) });
+  return out;
+}
+
+const USAGE_COLUMNS = usageColumns().split(", ");
+/** One array parameter per column of {@link USAGE_COLUMNS}. */
+const USAGE_ARRAYS = USAGE_COLUMNS.map((c, i) => `$${i + 1}::${i < 2 ? "text" : c.endsWith("_start") ? "timestamptz" : "bigint"}[]`).join(", ");
+const UPDATE_USAGE_SQL = `UPDATE scope_usage t SET ${USAGE_COLUMNS.slice(1).map((c) => `${c} = v.${c}`).join(", ")}
+    FROM unnest(${USAGE_ARRAYS}) AS v(${USAGE_COLUMNS.join(", ")})
+   WHERE t.scope_key = v.scope_key`;
+const INSERT_USAGE_SQL = `INSERT INTO scope_usage (${USAGE_COLUMNS.join(", ")}) SELECT * FROM unnest(${USAGE_ARRAYS})`;
+
+/** The parameters of a write of `scopes`: one array per column of {@link usageColumns}, in its order. */
+function columnsOf(usage: UsageSet, scopes: readonly ScopeWindows[]): unknown[] {
+  const params: unknown[] = [scopes.map((s) => s.day.scopeKey), scopes.map((s) => usage.calendars.get(s.day.scopeKey) ?? null)];
+  for (const w of START_COLUMNS) params.push(scopes.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
+  for (const w of WINDOW_KINDS) for (const f of VALUE_PROPS) params.push(scopes.map((s) => s[w][f].toString()));
+  return params;
 }

@@ -93,6 +93,30 @@ describe("replicas on one PostgreSQL database", () => {
     assert.deepEqual(rows.map((r) => r.data.ended_with), [parent.sessionId], "its event says it ended with its parent");
   });
 
+  test("two replicas deciding and capturing on one session at once chain its audit records in turn: one unbroken chain", async () => {
+    // Each replica reads the session's audit head without a lock of its
+    // own: the session's row lock, taken first, is what orders appenders.
+    // Were a head read before that lock (or the lock skipped), the later
+    // writer would chain onto a stale head: two records with one seq.
+    const s = await A.createSession(sessionRequest(agentId(), { daily: { maxValueMicros: USD(1000) } }), NO_HASH);
+    const decided = await Promise.all(
+      Array.from({ length: 60 }, (_, i) =>
+        (i % 2 === 0 ? A : B).decide({ method: i % 3 === 0 ? "authorize" : "check", sessionId: s.sessionId, action: payment(USD(1)), idempotencyKey: "", requestHash: NO_HASH }),
+      ),
+    );
+    const holds = decided.filter((r): r is AuthorizeResponse => "authorizationId" in r && r.authorizationId !== "");
+    assert.equal(holds.length, 20);
+    await Promise.all(holds.map((h, i) => (i % 2 === 0 ? B : A).capture({ sessionId: s.sessionId, authorizationId: h.authorizationId, idempotencyKey: "" } as never, NO_HASH)));
+    const { rows } = await dbA.query<{ chain_seq: string }>("SELECT chain_seq FROM audit_records WHERE chain_id = $1 ORDER BY seq", [s.sessionId]);
+    // The session's creation, 60 decisions, 20 captures: seq 1…81, in log order.
+    assert.deepEqual(
+      rows.map((r) => Number(r.chain_seq)),
+      Array.from({ length: 81 }, (_, i) => i + 1),
+    );
+    const v = await verifyStoredLog(dbA);
+    assert.equal(v.ok, true, v.problem?.reason);
+  });
+
   test("two replicas' checkpoints close together, with a capture in flight, leave a log that verifies", async () => {
     const dir = await mkdtemp(join(tmpdir(), "warden-replicas-"));
     try {
