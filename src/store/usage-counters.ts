@@ -243,12 +243,15 @@ export async function loadCounters(
  */
 export async function saveCounters(tx: Queryable, usage: UsageSet): Promise<void> {
   for (const { sql, params } of saveCountersSql(usage)) await tx.query(sql, params);
+  // Saved again later in the transaction, the rows inserted now are updated.
+  for (const k of usage.scopes.keys()) usage.stored.add(k);
 }
 
 /**
  * The statements of {@link saveCounters} (none when there is nothing to
  * write), each with its own `$1…` parameters: fold them into a larger
- * statement with appendStatement, as the decision batcher does.
+ * statement with appendStatement, as the decision batcher does. Run them
+ * once: the new rows they insert are not marked stored in `usage`.
  */
 export function saveCountersSql(usage: UsageSet): { sql: string; params: unknown[] }[] {
   const all = [...usage.scopes.values()];
