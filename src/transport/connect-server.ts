@@ -6,6 +6,7 @@ import type { PeerCertificate } from "node:tls";
 import { type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import { closeGracefully } from "./close-gracefully.js";
+import { nameEnumFieldsInErrors } from "./enum-field-errors.js";
 import { type HandlerErrorHook, isServerFault, normalizeError } from "./normalize-error.js";
 import { peerCertificateKey } from "./peer-certificate.js";
 
@@ -42,7 +43,10 @@ export function createConnectHandler(routes: (router: ConnectRouter) => void, op
     // session. Here they are INVALID_ARGUMENT naming the field, as the
     // proto3 JSON mapping asks of a parser by default.
     jsonOptions: { ignoreUnknownFields: false, ...adapterOptions.jsonOptions },
-    routes,
+    routes: (router) => {
+      routes(router);
+      nameEnumFieldsInErrors(router);
+    },
     interceptors: [createErrorInterceptor(onError), ...interceptors],
   });
   return (req, res) => {

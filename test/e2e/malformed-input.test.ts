@@ -112,7 +112,7 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     assert.equal(after.sessions.length, 1, "none of the malformed creates or forks wrote a session");
   });
 
-  test("Connect JSON: an unknown field or enum name is INVALID_ARGUMENT naming it, and writes nothing (a misspelt limit is not no limit)", async () => {
+  test("Connect JSON: an unknown field or enum name is INVALID_ARGUMENT naming the field, and writes nothing (a misspelt limit is not no limit)", async () => {
     const post = async (method: string, body: unknown) => {
       const r = await fetch(`${url}/warden.v1.SessionService/${method}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
       return { status: r.status, json: (await r.json()) as { code?: string; message?: string; sessions?: unknown[] } };
@@ -123,9 +123,11 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     assert.match(misspelt.json.message!, /"dailly" is unknown/);
     const badEnum = await post("CreateSession", { agentId, policy: { currencyCode: "USD", weekStart: "WEEKDAY_SUNDAAY" }, ttl: "3600s" });
     assert.equal(badEnum.json.code, "invalid_argument");
-    assert.match(badEnum.json.message!, /Weekday.*WEEKDAY_SUNDAAY/);
+    // protobuf-es names only the enum type; the server puts the field in front.
+    assert.match(badEnum.json.message!, /^policy\.week_start: .*Weekday.*WEEKDAY_SUNDAAY/);
     const filter = await post("ListSessions", { agentId, status: "SESSION_STATUS_REVOKD" });
     assert.equal(filter.json.code, "invalid_argument", "a misspelt status filter does not list every session");
+    assert.match(filter.json.message!, /^status: .*SESSION_STATUS_REVOKD/);
     assert.equal(((await post("ListSessions", { agentId })).json.sessions ?? []).length, 0, "nothing was created");
   });
 

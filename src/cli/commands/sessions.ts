@@ -33,6 +33,7 @@ import {
   type RevokeSessionRequest,
   type SessionSnapshot,
 } from "../../gen/warden/v1/session_service_pb.js";
+import { nameEnumField } from "../../transport/enum-field-errors.js";
 import { CliError } from "../cli-error.js";
 import { API_KEY_FLAG, CLIENT_FLAGS, EXIT_OK, IDEMPOTENCY_FLAG, SERVER_FLAG, type CommandSpec, type WardenClients } from "../command.js";
 import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
@@ -189,7 +190,7 @@ export function parseSnapshot(source: string, text: string): SessionSnapshot {
   try {
     return fromJsonString(SessionSnapshotSchema, text);
   } catch (err) {
-    throw new CliError(`${source}: not a session snapshot: ${(err as Error).message}`);
+    throw new CliError(`${source}: not a session snapshot: ${nameEnumField((err as Error).message, SessionSnapshotSchema)}`);
   }
 }
 
