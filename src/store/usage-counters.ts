@@ -57,21 +57,22 @@ export function currentAddress(scopeKey: string, policy: CompiledPolicy, window:
 export type ScopeWindows = Record<WindowKind, Counter>;
 
 /** A `scope_usage` row (int8 as text, as both drivers return it). */
-export type UsageRow = Record<string, string | Date | null>;
+type UsageRow = Record<string, string | Date | null>;
 
 const START_COLUMNS = ["day", "week", "month"] as const;
 const VALUE_FIELDS = ["committed_value", "held_value", "committed_actions", "held_actions"] as const;
 const VALUE_PROPS = ["committedValue", "heldValue", "committedActions", "heldActions"] as const;
 
-/** The columns of `scope_usage` a reader selects, with `prefix` (e.g. "u.") on each. */
-export function usageColumns(prefix = ""): string {
-  const cols = ["scope_key", "calendar", ...START_COLUMNS.map((w) => `${w}_start`)];
-  for (const w of WINDOW_KINDS) for (const f of VALUE_FIELDS) cols.push(`${w}_${f}`);
-  return cols.map((c) => `${prefix}${c}`).join(", ");
-}
+/** The columns of `scope_usage`, in the order its reads and writes list them. */
+const USAGE_COLUMNS = [
+  "scope_key",
+  "calendar",
+  ...START_COLUMNS.map((w) => `${w}_start`),
+  ...WINDOW_KINDS.flatMap((w) => VALUE_FIELDS.map((f) => `${w}_${f}`)),
+];
 
 /** The windows of `scopeKey` from its row; all zero (never used) when `row` is undefined or null. */
-export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
+function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
   const out = {} as ScopeWindows;
   for (const w of WINDOW_KINDS) {
     const c: Counter = { scopeKey, window: w, startMs: NaN, committedValue: 0n, heldValue: 0n, committedActions: 0n, heldActions: 0n };
@@ -150,7 +151,7 @@ export function countsSince(stored: ScopeWindows, storedCalendar: string | null,
 }
 
 /** Reads the `scope_usage` rows of scopes `$1`. */
-export const READ_USAGE_SQL = `SELECT ${usageColumns()} FROM scope_usage WHERE scope_key = ANY($1::text[])`;
+export const READ_USAGE_SQL = `SELECT ${USAGE_COLUMNS.join(", ")} FROM scope_usage WHERE scope_key = ANY($1::text[])`;
 
 /** Counters of some scopes, keyed by {@link counterKey} of the addresses asked for. */
 export class UsageSet {
@@ -263,7 +264,6 @@ export function saveCountersSql(usage: UsageSet): { sql: string; params: unknown
   return out;
 }
 
-const USAGE_COLUMNS = usageColumns().split(", ");
 /** One array parameter per column of {@link USAGE_COLUMNS}. */
 const USAGE_ARRAYS = USAGE_COLUMNS.map((c, i) => `$${i + 1}::${i < 2 ? "text" : c.endsWith("_start") ? "timestamptz" : "bigint"}[]`).join(", ");
 const UPDATE_USAGE_SQL = `UPDATE scope_usage t SET ${USAGE_COLUMNS.slice(1).map((c) => `${c} = v.${c}`).join(", ")}
@@ -271,7 +271,7 @@ const UPDATE_USAGE_SQL = `UPDATE scope_usage t SET ${USAGE_COLUMNS.slice(1).map(
    WHERE t.scope_key = v.scope_key`;
 const INSERT_USAGE_SQL = `INSERT INTO scope_usage (${USAGE_COLUMNS.join(", ")}) SELECT * FROM unnest(${USAGE_ARRAYS})`;
 
-/** The parameters of a write of `scopes`: one array per column of {@link usageColumns}, in its order. */
+/** The parameters of a write of `scopes`: one array per column of {@link USAGE_COLUMNS}, in its order. */
 function columnsOf(usage: UsageSet, scopes: readonly ScopeWindows[]): unknown[] {
   const params: unknown[] = [scopes.map((s) => s.day.scopeKey), scopes.map((s) => usage.calendars.get(s.day.scopeKey) ?? null)];
   for (const w of START_COLUMNS) params.push(scopes.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
