@@ -26,10 +26,10 @@ export function withQueryMetrics(db: Database, metrics: Pick<Metrics, "observeSt
     // including ones added to the interface later.
     ...db,
     query: timed(db),
-    async transaction(fn) {
+    async transaction(fn, options) {
       const start = performance.now();
       try {
-        return await db.transaction((tx) => fn({ query: timed(tx) }));
+        return await db.transaction((tx) => fn({ query: timed(tx) }), options);
       } finally {
         metrics.observeStoreQuery("transaction", (performance.now() - start) / 1000);
       }

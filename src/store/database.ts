@@ -10,12 +10,14 @@ export interface Queryable {
 /** Options of {@link Database.transaction}. */
 export interface TransactionOptions {
   /**
-   * Plan the transaction's prepared statements once per connection
-   * (PostgreSQL's plan cache, `plan_cache_mode = auto`) instead of for each
-   * run (PLANNER_SETTINGS). Only for transactions whose statements look
-   * rows up by key, whose plan is the index at any table size (see
-   * PLANNER_SETTINGS): a range scan planned once could read a whole table
-   * for ever after. No effect on PGlite, which prepares nothing.
+   * Plan the transaction's prepared statements once per connection, for no
+   * values in particular, where PostgreSQL finds that no dearer than a plan
+   * for each run's values (its plan cache, `plan_cache_mode = auto`),
+   * instead of for each run (PLANNER_SETTINGS). Only for transactions whose
+   * statements look rows up by key, whose plan is the index at any table
+   * size (test/store/generic-plans checks every statement they run): a
+   * range scan planned once could read a whole table for ever after. No
+   * effect on PGlite, which prepares nothing.
    */
   readonly genericPlans?: boolean;
 }
@@ -51,9 +53,13 @@ export interface Database extends Queryable {
  *   analyzed. Decision batches, lease grants and sidecar reports cache
  *   theirs (TransactionOptions): their statements look rows up by key,
  *   planned through the index from an empty store on at this
- *   random_page_cost (test/store/planner-settings); caching them made 8%
- *   more decisions/s over 1,000 sessions (alternated runs: 2,689 and
- *   2,787/s against 2,487 and 2,544/s).
+ *   random_page_cost (test/store/generic-plans); with a batch's tens of
+ *   keys PostgreSQL then plans each statement once. Over 1,000 sessions
+ *   that spared it ~28 µs of CPU per decision: its backends spent 107-128
+ *   µs per decision instead of 155-163, and the server made 3,042-3,370
+ *   decisions/s instead of 2,947-2,979 (scratch runs of 20,000 Checks, 64
+ *   in flight, one sitting; the servers' metrics wrapper used to drop the
+ *   option, so until then every run was planned).
  * - random_page_cost: the store's rows are looked up by key a batch at a
  *   time (`id = ANY($1)`, 30 to 500 keys). At the default (4, a spinning
  *   disk's seek) the planner prices those index probes above reading the

@@ -5,7 +5,9 @@ import { Code } from "@connectrpc/connect";
 import { DecisionSchema, Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { createMetrics, DECISION_DURATION_BUCKETS, grpcCodeName } from "../../src/observability/metrics.js";
 import { withQueryMetrics } from "../../src/observability/with-query-metrics.js";
+import { createPgDatabase } from "../../src/store/pg-database.js";
 import { createPgliteDatabase } from "../../src/store/pglite-database.js";
+import { createPostgresDatabase } from "../helpers/databases.js";
 import { parseSamples, valueOf } from "./scrape.js";
 
 async function samples(metrics: ReturnType<typeof createMetrics>) {
@@ -224,6 +226,21 @@ describe("withQueryMetrics on PGlite", () => {
       assert.ok(valueOf(s, "warden_store_query_duration_seconds_sum", { op: "transaction" })! > 0);
     } finally {
       await db.close();
+    }
+  });
+});
+
+describe("withQueryMetrics on PostgreSQL", () => {
+  test("passes a transaction's options through: its plan caching reaches the connection", async () => {
+    const pgdb = await createPostgresDatabase();
+    const db = withQueryMetrics(createPgDatabase({ connectionString: pgdb.url }), createMetrics({ processMetrics: false }));
+    try {
+      const mode = (genericPlans: boolean) =>
+        db.transaction(async (tx) => (await tx.query<{ m: string }>("SELECT current_setting('plan_cache_mode') AS m")).rows[0]!.m, { genericPlans });
+      assert.deepEqual([await mode(true), await mode(false)], ["auto", "force_custom_plan"]);
+    } finally {
+      await db.close();
+      await pgdb.drop();
     }
   });
 });
