@@ -1,5 +1,6 @@
 import pg from "pg";
 import { type Database, PLANNER_SETTINGS, type Queryable, type TransactionOptions } from "./database.js";
+import { arrayParamTypes, withBinaryArrays } from "./binary-array-params.js";
 import { HotStatements } from "./hot-statements.js";
 
 /** Options of {@link createPgDatabase}. */
@@ -30,16 +31,29 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
   // process; the next query gets a fresh connection.
   pool.on("error", () => {});
   const hot = new HotStatements();
+  // Each statement text's array parameter types, worked out once (the
+  // store's texts are a bounded set; see HotStatements).
+  const arrayTypes = new Map<string, ReturnType<typeof arrayParamTypes>>();
+  const config = (sql: string, params: readonly unknown[] | undefined) => {
+    if (params === undefined || params.length === 0) return hot.config(sql, params);
+    let types = arrayTypes.get(sql);
+    if (types === undefined) {
+      if (arrayTypes.size >= 1024) arrayTypes.clear();
+      types = arrayParamTypes(sql);
+      arrayTypes.set(sql, types);
+    }
+    return hot.config(sql, withBinaryArrays(types, params));
+  };
   return {
     kind: "postgres",
     parallelism: max,
-    query: (sql, params) => pool.query(hot.config(sql, params)) as never,
+    query: (sql, params) => pool.query(config(sql, params)) as never,
     async transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {
       const client = await pool.connect();
       try {
         // SET LOCAL: until the commit or rollback, whichever ends it.
         await client.query(txOptions.genericPlans === true ? "BEGIN; SET LOCAL plan_cache_mode = auto" : "BEGIN");
-        const result = await fn({ query: (sql, params) => client.query(hot.config(sql, params)) as never });
+        const result = await fn({ query: (sql, params) => client.query(config(sql, params)) as never });
         await client.query("COMMIT");
         client.release();
         return result;
