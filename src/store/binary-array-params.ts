@@ -18,69 +18,139 @@
  * before. PGlite takes text: its driver never calls this.
  */
 
-/** An element type: its OID, and its binary form of a value (undefined: none here). */
+/**
+ * An element type: its OID; `prepare` gives a value's binary form as a
+ * primitive (undefined: none here), `size` its length in bytes and `write`
+ * puts it at `at`, returning the offset after it.
+ */
 export interface ElementType {
   readonly oid: number;
-  encode(v: unknown): Buffer | undefined;
+  prepare(v: unknown): number | bigint | string | undefined;
+  size(p: number | bigint | string): number;
+  write(p: number | bigint | string, out: Buffer, at: number): number;
 }
 
 const INT8_MIN = -(2n ** 63n);
 const INT8_MAX = 2n ** 63n - 1n;
 const DIGITS = /^-?\d+$/;
-/** What `Date.prototype.toISOString` makes (UTC, milliseconds). */
-const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 /** PostgreSQL's timestamp epoch, 2000-01-01T00:00:00Z, in Unix ms. */
 const PG_EPOCH_MS = 946_684_800_000;
+const TWO_32 = 4_294_967_296;
 
-function integer(bytes: 2 | 4 | 8): ElementType["encode"] {
-  return (v) => {
-    let n: bigint;
-    if (typeof v === "bigint") n = v;
-    else if (typeof v === "number" && Number.isSafeInteger(v)) n = BigInt(v);
-    else if (typeof v === "string" && DIGITS.test(v)) n = BigInt(v);
-    else return undefined;
-    const b = Buffer.allocUnsafe(bytes);
-    if (bytes === 8) {
-      if (n < INT8_MIN || n > INT8_MAX) return undefined;
-      b.writeBigInt64BE(n);
-    } else {
-      const limit = bytes === 4 ? 2 ** 31 : 2 ** 15;
-      if (n < -BigInt(limit) || n >= BigInt(limit)) return undefined;
-      if (bytes === 4) b.writeInt32BE(Number(n));
-      else b.writeInt16BE(Number(n));
-    }
-    return b;
+/** An int8 from a safe integer (no BigInt on the common path) or a bigint. */
+function writeInt64(p: number | bigint, out: Buffer, at: number): number {
+  if (typeof p === "bigint") return out.writeBigInt64BE(p, at);
+  const hi = Math.floor(p / TWO_32);
+  out.writeInt32BE(hi, at);
+  return out.writeUInt32BE(p - hi * TWO_32, at + 4);
+}
+
+/** A safe integer, or a bigint in int8's range, from an integer given as a number, bigint or digits. */
+function int64Of(v: unknown): number | bigint | undefined {
+  if (typeof v === "number") return Number.isSafeInteger(v) ? v : undefined;
+  let n: bigint;
+  if (typeof v === "bigint") n = v;
+  else if (typeof v === "string" && DIGITS.test(v)) {
+    // Up to 15 digits a double holds it exactly.
+    if (v.length <= 15) return Number(v);
+    n = BigInt(v);
+  } else return undefined;
+  if (n < INT8_MIN || n > INT8_MAX) return undefined;
+  return Number.isSafeInteger(Number(n)) ? Number(n) : n;
+}
+
+function smallInteger(bits: 16 | 32): Pick<ElementType, "prepare" | "size" | "write"> {
+  const limit = 2 ** (bits - 1);
+  return {
+    prepare(v) {
+      const n = int64Of(v);
+      return typeof n === "number" && n >= -limit && n < limit ? n : undefined;
+    },
+    size: () => bits / 8,
+    write: (p, out, at) => (bits === 16 ? out.writeInt16BE(p as number, at) : out.writeInt32BE(p as number, at)),
   };
 }
 
-function timestamptz(v: unknown): Buffer | undefined {
-  let ms: number;
-  if (v instanceof Date) ms = v.getTime();
-  else if (typeof v === "string" && ISO_MS.test(v)) ms = Date.parse(v);
-  else return undefined;
-  if (!Number.isFinite(ms)) return undefined;
-  const b = Buffer.allocUnsafe(8);
-  b.writeBigInt64BE(BigInt(ms - PG_EPOCH_MS) * 1000n);
-  return b;
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+
+/** The number in `s` at `i`, `n` digits long; -1 unless all are digits. */
+function digitsAt(s: string, i: number, n: number): number {
+  let x = 0;
+  for (let k = i; k < i + n; k++) {
+    const c = s.charCodeAt(k) - 48;
+    if (c < 0 || c > 9) return -1;
+    x = x * 10 + c;
+  }
+  return x;
 }
 
-function text(v: unknown): Buffer | undefined {
-  // As `pg` would send them: a number or bigint as its digits.
-  if (typeof v === "string") return Buffer.from(v, "utf8");
-  if (typeof v === "number" || typeof v === "bigint") return Buffer.from(String(v), "utf8");
-  return undefined;
+/** Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+function daysFromCivil(y: number, m: number, d: number): number {
+  const yy = m <= 2 ? y - 1 : y;
+  const era = Math.floor(yy / 400);
+  const yoe = yy - era * 400;
+  const doy = Math.floor((153 * (m > 2 ? m - 3 : m + 9) + 2) / 5) + d - 1;
+  return era * 146_097 + yoe * 365 + Math.floor(yoe / 4) - Math.floor(yoe / 100) + doy - 719_468;
 }
+
+/**
+ * Unix ms of exactly what `Date.prototype.toISOString` makes for years
+ * 0001-9999 (`2026-12-07T00:00:00.000Z`), a valid date and time; undefined
+ * for any other text (PostgreSQL has no year 0: its text is refused there). Read by hand: Date.parse and a regex took several
+ * times as long.
+ */
+function isoMs(s: string): number | undefined {
+  if (s.length !== 24) return undefined;
+  // - - T : : . Z
+  if (s.charCodeAt(4) !== 45 || s.charCodeAt(7) !== 45 || s.charCodeAt(10) !== 84 || s.charCodeAt(13) !== 58) return undefined;
+  if (s.charCodeAt(16) !== 58 || s.charCodeAt(19) !== 46 || s.charCodeAt(23) !== 90) return undefined;
+  const y = digitsAt(s, 0, 4);
+  const mo = digitsAt(s, 5, 2);
+  const day = digitsAt(s, 8, 2);
+  const h = digitsAt(s, 11, 2);
+  const mi = digitsAt(s, 14, 2);
+  const se = digitsAt(s, 17, 2);
+  const ms = digitsAt(s, 20, 3);
+  if (y < 1 || mo < 1 || mo > 12 || h < 0 || h > 23 || mi < 0 || mi > 59 || se < 0 || se > 59 || ms < 0) return undefined;
+  const leap = mo === 2 && y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0);
+  if (day < 1 || day > DAYS_IN_MONTH[mo - 1]! + (leap ? 1 : 0)) return undefined;
+  return daysFromCivil(y, mo, day) * 86_400_000 + h * 3_600_000 + mi * 60_000 + se * 1000 + ms;
+}
+
+const timestamptz: Pick<ElementType, "prepare" | "size" | "write"> = {
+  prepare(v) {
+    const ms = v instanceof Date ? v.getTime() : typeof v === "string" ? isoMs(v) : undefined;
+    if (ms === undefined || !Number.isFinite(ms)) return undefined;
+    const micros = (ms - PG_EPOCH_MS) * 1000;
+    return Number.isSafeInteger(micros) ? micros : BigInt(ms - PG_EPOCH_MS) * 1000n;
+  },
+  size: () => 8,
+  write: (p, out, at) => writeInt64(p as number | bigint, out, at),
+};
+
+const text: Pick<ElementType, "prepare" | "size" | "write"> = {
+  // As `pg` would send them: a number or bigint as its digits.
+  prepare: (v) => (typeof v === "string" ? v : typeof v === "number" || typeof v === "bigint" ? String(v) : undefined),
+  size: (p) => Buffer.byteLength(p as string, "utf8"),
+  write: (p, out, at) => at + out.write(p as string, at, "utf8"),
+};
+
+const int8: Pick<ElementType, "prepare" | "size" | "write"> = {
+  prepare: int64Of,
+  size: () => 8,
+  write: (p, out, at) => writeInt64(p as number | bigint, out, at),
+};
 
 /** The array casts encoded, by the name the store's SQL uses. */
 const TYPES: Record<string, ElementType> = {
-  text: { oid: 25, encode: text },
-  bigint: { oid: 20, encode: integer(8) },
-  int8: { oid: 20, encode: integer(8) },
-  integer: { oid: 23, encode: integer(4) },
-  int4: { oid: 23, encode: integer(4) },
-  smallint: { oid: 21, encode: integer(2) },
-  int2: { oid: 21, encode: integer(2) },
-  timestamptz: { oid: 1184, encode: timestamptz },
+  text: { oid: 25, ...text },
+  bigint: { oid: 20, ...int8 },
+  int8: { oid: 20, ...int8 },
+  integer: { oid: 23, ...smallInteger(32) },
+  int4: { oid: 23, ...smallInteger(32) },
+  smallint: { oid: 21, ...smallInteger(16) },
+  int2: { oid: 21, ...smallInteger(16) },
+  timestamptz: { oid: 1184, ...timestamptz },
 };
 
 /**
@@ -107,15 +177,23 @@ export function arrayParamTypes(sql: string): (ElementType | undefined)[] {
  * type `type`, or undefined when an element has no binary form here.
  */
 export function encodeArray(type: ElementType, values: readonly unknown[]): Buffer | undefined {
-  const parts: (Buffer | null)[] = [];
+  const prepared: (number | bigint | string | null)[] = new Array(values.length);
+  const sizes: number[] = new Array(values.length);
   let size = values.length === 0 ? 12 : 20;
   let nulls = 0;
-  for (const v of values) {
-    const b = v === null || v === undefined ? null : type.encode(v);
-    if (b === undefined) return undefined;
-    if (b === null) nulls = 1;
-    size += 4 + (b?.length ?? 0);
-    parts.push(b);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (v === null || v === undefined) {
+      nulls = 1;
+      prepared[i] = null;
+      sizes[i] = 0;
+    } else {
+      const p = type.prepare(v);
+      if (p === undefined) return undefined;
+      prepared[i] = p;
+      sizes[i] = type.size(p);
+    }
+    size += 4 + sizes[i]!;
   }
   // array_send's layout: dimensions, has-nulls flag, element type, then
   // each dimension's length and lower bound, then each element's length
@@ -128,9 +206,14 @@ export function encodeArray(type: ElementType, values: readonly unknown[]): Buff
     o = out.writeInt32BE(values.length, o);
     o = out.writeInt32BE(1, o);
   }
-  for (const p of parts) {
-    o = out.writeInt32BE(p === null ? -1 : p.length, o);
-    if (p !== null) o += p.copy(out, o);
+  for (let i = 0; i < prepared.length; i++) {
+    const p = prepared[i];
+    if (p === null || p === undefined) {
+      o = out.writeInt32BE(-1, o);
+      continue;
+    }
+    o = out.writeInt32BE(sizes[i]!, o);
+    o = type.write(p, out, o);
   }
   return out;
 }

@@ -29,11 +29,25 @@ describe("binary array parameters", () => {
   const cases: [string, unknown[]][] = [
     ["text", ["", "plain", 'quo"te', "back\\slash", "{braces,comma}", "NULL", "ünïcödé 😀", '{"json":[1,"two"]}', null, 42, 7n]],
     ["text", []],
-    ["bigint", ["0", "-9223372036854775808", "9223372036854775807", 123n, 5, -17, null]],
+    ["bigint", ["0", "-9223372036854775808", "9223372036854775807", "9007199254740993", "-123456789012345", "1234567890123456", 123n, 5, -17, null]],
     ["int8", ["1", "2"]],
     ["integer", [2147483647, -2147483648, 0, "12", null]],
     ["smallint", [32767, -32768, 1, null]],
-    ["timestamptz", ["2026-12-07T00:00:00.123Z", "1999-12-31T23:59:59.999Z", "1970-01-01T00:00:00.000Z", "2000-01-01T00:00:00.000Z", new Date(Date.UTC(2024, 1, 29, 12)), null]],
+    [
+      "timestamptz",
+      [
+        "2026-12-07T00:00:00.123Z",
+        "1999-12-31T23:59:59.999Z",
+        "1970-01-01T00:00:00.000Z",
+        "1969-12-31T23:59:59.999Z",
+        "2000-01-01T00:00:00.000Z",
+        "2024-02-29T23:59:59.999Z",
+        "0099-03-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z",
+        new Date(Date.UTC(2024, 1, 29, 12)),
+        null,
+      ],
+    ],
     ["timestamptz", [null, null]],
   ];
   for (const [type, values] of cases) {
@@ -42,6 +56,17 @@ describe("binary array parameters", () => {
       assert.equal(b, t);
     });
   }
+
+  test("a timestamp read from its ISO text is the very instant its Date is, years 1 to 9999", () => {
+    const t = arrayParamTypes("SELECT $1::timestamptz[]")[0]!;
+    const lo = Date.UTC(0, 0, 1) - 1900 * 365.2425 * 86_400_000;
+    const hi = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+    for (let i = 0; i < 5000; i++) {
+      const d = new Date(Math.floor(lo + Math.random() * (hi - lo)));
+      if (d.getUTCFullYear() < 1) continue;
+      assert.deepEqual(encodeArray(t, [d.toISOString()]), encodeArray(t, [d]), d.toISOString());
+    }
+  });
 
   test("an element without one exact binary form leaves the whole array as text", () => {
     const t = (type: string) => arrayParamTypes(`SELECT $1::${type}[]`)[0]!;
@@ -52,6 +77,9 @@ describe("binary array parameters", () => {
     assert.equal(encodeArray(t("integer"), [2 ** 31]), undefined);
     assert.equal(encodeArray(t("timestamptz"), ["2026-12-07 00:00:00.123456+00"]), undefined, "microseconds, another layout");
     assert.equal(encodeArray(t("timestamptz"), [new Date(Number.NaN)]), undefined);
+    for (const bad of ["0000-01-01T00:00:00.000Z", "2026-02-29T00:00:00.000Z", "2100-02-29T00:00:00.000Z", "2026-04-31T00:00:00.000Z", "2026-13-01T00:00:00.000Z", "2026-12-07T24:00:00.000Z", "2026-12-07 00:00:00.000Z", "2026-12-07T00:00:00.000+00"]) {
+      assert.equal(encodeArray(t("timestamptz"), [bad]), undefined, bad);
+    }
     assert.equal(encodeArray(t("text"), [{ an: "object" }]), undefined);
     const params = [["9223372036854775808"], ["1"]];
     const out = withBinaryArrays(arrayParamTypes("SELECT $1::bigint[], $2::bigint[]"), params);
