@@ -71,18 +71,25 @@ const USAGE_COLUMNS = [
   ...WINDOW_KINDS.flatMap((w) => VALUE_FIELDS.map((f) => `${w}_${f}`)),
 ];
 
+/** Each window's column names, built once: windowsOf runs for every scope a batch reads. */
+const WINDOW_COLUMNS = Object.fromEntries(
+  WINDOW_KINDS.map((w) => [w, { start: `${w}_start`, values: VALUE_FIELDS.map((f) => `${w}_${f}`) }]),
+) as Record<WindowKind, { start: string; values: string[] }>;
+
 /** The windows of `scopeKey` from its row; all zero (never used) when `row` is undefined or null. */
 function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
   const out = {} as ScopeWindows;
+  const found = row != null && row.scope_key != null;
   for (const w of WINDOW_KINDS) {
     const c: Counter = { scopeKey, window: w, startMs: NaN, committedValue: 0n, heldValue: 0n, committedActions: 0n, heldActions: 0n };
     if (w === "lifetime") c.startMs = LIFETIME_START_MS;
-    if (row != null && row.scope_key != null) {
+    if (found) {
+      const cols = WINDOW_COLUMNS[w];
       if (w !== "lifetime") {
-        const start = row[`${w}_start`] as Date | null;
+        const start = row[cols.start] as Date | null;
         c.startMs = start === null ? NaN : start.getTime();
       }
-      for (let i = 0; i < 4; i++) c[VALUE_PROPS[i]!] = BigInt(row[`${w}_${VALUE_FIELDS[i]!}`] as string);
+      for (let i = 0; i < 4; i++) c[VALUE_PROPS[i]!] = BigInt(row[cols.values[i]!] as string);
     }
     out[w] = c;
   }
@@ -275,6 +282,13 @@ const INSERT_USAGE_SQL = `INSERT INTO scope_usage (${USAGE_COLUMNS.join(", ")}) 
 function columnsOf(usage: UsageSet, scopes: readonly ScopeWindows[]): unknown[] {
   const params: unknown[] = [scopes.map((s) => s.day.scopeKey), scopes.map((s) => usage.calendars.get(s.day.scopeKey) ?? null)];
   for (const w of START_COLUMNS) params.push(scopes.map((s) => (Number.isNaN(s[w].startMs) ? null : new Date(s[w].startMs).toISOString())));
-  for (const w of WINDOW_KINDS) for (const f of VALUE_PROPS) params.push(scopes.map((s) => s[w][f].toString()));
+  for (const w of WINDOW_KINDS) for (const f of VALUE_PROPS) params.push(scopes.map((s) => int8Param(s[w][f])));
   return params;
+}
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** An int8 parameter: a number where that is exact (both drivers send it as is, with no digits to make and parse), else its digits. */
+function int8Param(v: bigint): number | string {
+  return v <= MAX_SAFE && v >= -MAX_SAFE ? Number(v) : v.toString();
 }
