@@ -16,8 +16,9 @@ export interface TransactionOptions {
    * instead of for each run (PLANNER_SETTINGS). Only for transactions whose
    * statements look rows up by key, whose plan is the index at any table
    * size (test/store/generic-plans checks every statement they run): a
-   * range scan planned once could read a whole table for ever after. No
-   * effect on PGlite, which prepares nothing.
+   * range scan planned once could read a whole table for ever after. On
+   * PGlite too, whose transactions prepare their frequent statements
+   * (pglite-prepared.ts).
    */
   readonly genericPlans?: boolean;
 }

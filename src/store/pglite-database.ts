@@ -1,6 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { PGlite, types } from "@electric-sql/pglite";
 import { type Database, PLANNER_SETTINGS, type Queryable } from "./database.js";
+import { preparedStatements } from "./pglite-prepared.js";
 
 /**
  * A {@link Database} on embedded PGlite (PostgreSQL compiled to WASM) in a
@@ -17,11 +18,17 @@ export async function createPgliteDatabase(dataDir: string | undefined): Promise
   const asQueryable = (q: Pick<PGlite, "query">): Queryable => ({
     query: (sql, params) => q.query(sql, params as unknown[]) as never,
   });
+  const prepared = preparedStatements(db);
   return {
     kind: "pglite",
     parallelism: 1,
     ...asQueryable(db),
-    transaction: (fn) => db.transaction((tx) => fn(asQueryable(tx))),
+    transaction: (fn, options) =>
+      db.transaction(async (tx) => {
+        // As on the pg driver: see TransactionOptions.genericPlans.
+        if (options?.genericPlans === true) await tx.query("SET LOCAL plan_cache_mode = auto");
+        return fn(prepared(asQueryable(tx)));
+      }),
     // One process owns a PGlite store, so NOTIFY only ever reaches itself.
     listen: async (channel, onNotify) => {
       const unlisten = await db.listen(channel, () => onNotify());
