@@ -22,8 +22,8 @@ export interface AuditEntry {
 interface Head {
   seq: number;
   hash: Buffer;
-  /** Whether `audit_chains` has its row yet (false: inserted with the chain's first records; unset: it has). */
-  stored?: boolean;
+  /** Whether `audit_chains` has its row yet (false: inserted with the chain's first records). */
+  stored: boolean;
 }
 
 /** Records with their chain links computed, ready to write. */
@@ -110,8 +110,8 @@ export function writeAuditSql(chained: ChainedAudit): { sql: string; params: unk
   if (rows.length === 0) return [];
   // A new chain's head is inserted, the others' moved: readAuditHeads
   // told which is which, under the owners' locks.
-  const stored = [...heads.keys()].filter((c) => heads.get(c)!.stored !== false);
-  const created = [...heads.keys()].filter((c) => heads.get(c)!.stored === false);
+  const stored = [...heads.keys()].filter((c) => heads.get(c)!.stored);
+  const created = [...heads.keys()].filter((c) => !heads.get(c)!.stored);
   const headParams = (ids: string[]) => [ids, ids.map((c) => heads.get(c)!.seq), ids.map((c) => heads.get(c)!.hash.toString("hex"))];
   return [
     {

@@ -96,8 +96,8 @@ function daysFromCivil(y: number, m: number, d: number): number {
 /**
  * Unix ms of exactly what `Date.prototype.toISOString` makes for years
  * 0001-9999 (`2026-12-07T00:00:00.000Z`), a valid date and time; undefined
- * for any other text (PostgreSQL has no year 0: its text is refused there). Read by hand: Date.parse and a regex took several
- * times as long.
+ * for any other text (PostgreSQL has no year 0: its text is refused
+ * there). Read by hand: Date.parse and a regex took several times as long.
  */
 function isoMs(s: string): number | undefined {
   if (s.length !== 24) return undefined;

@@ -130,6 +130,8 @@ export class DecisionBatcher {
   }
 
   private shardOf(sessionId: string): number {
+    // One shard (the default): no chain lookup or hash on every call.
+    if (this.commits.shards === 1) return 0;
     const key = this.chains.get(sessionId)?.agentId ?? sessionId;
     let h = 0;
     for (let i = 0; i < key.length; i++) h = (h * 31 + key.charCodeAt(i)) | 0;

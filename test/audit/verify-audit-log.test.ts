@@ -44,7 +44,7 @@ function buildLog(spec: Record<string, number>): StoredAuditRecord[] {
       if (i < n) entries.push({ chain, type: "decision", nowMs: Date.UTC(2026, 0, 1) + i, sessionId: chain, agentId: "agent-1", data: { amount_micros: String(i + 1) } });
     }
   }
-  const heads = new Map(Object.keys(spec).map((c) => [c, { seq: 0, hash: Buffer.alloc(0) }]));
+  const heads = new Map(Object.keys(spec).map((c) => [c, { seq: 0, hash: Buffer.alloc(0), stored: false }]));
   return chainAudit(heads, entries).rows.map((r, i) => ({
     seq: BigInt(i + 1),
     chainId: r.chain,
