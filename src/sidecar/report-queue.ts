@@ -1,4 +1,4 @@
-import { create, type DescMessage, toBinary } from "@bufbuild/protobuf";
+import { create, type DescMessage } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
@@ -12,6 +12,7 @@ import {
   type ReportLeasesRequest,
   ReportLeasesRequestSchema,
 } from "../gen/warden/v1/sync_service_pb.js";
+import { encodedSizeBound } from "./encoded-size-bound.js";
 
 /** What a session has to tell the store about one of its leases. */
 interface Pending {
@@ -65,17 +66,13 @@ const ITEM_FIELDS = [
   ["releasedClaims", ClaimReleaseSchema],
 ] as const;
 
-/** Encoded sizes, each item measured once however often it is looked at. */
-const sizes = new WeakMap<object, number>();
-
-/** What an item adds to a request: its bytes, with its tag and length. */
+/**
+ * What an item adds to a request, at most: its bytes, with its tag and
+ * length. Not remembered: the bound costs less than a WeakMap's upkeep,
+ * and a send looks at each item about once.
+ */
 function sizeOf(schema: DescMessage, item: object): number {
-  let n = sizes.get(item);
-  if (n === undefined) {
-    n = toBinary(schema, item as never).byteLength + 6;
-    sizes.set(item, n);
-  }
-  return n;
+  return encodedSizeBound(schema, item) + 10;
 }
 
 /** When the oldest record or settlement of an entry was made (epoch ms), if any has a time. */
