@@ -1,6 +1,6 @@
 import { Outcome, Reason, Scope, Window } from "../gen/warden/v1/decision_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
-import { type CompiledPolicy, WINDOW_KINDS, type WindowKind } from "./compiled-policy.js";
+import { type CompiledPolicy, type LimitPair, WINDOW_KINDS, type WindowKind } from "./compiled-policy.js";
 import { formatMoney, INT64_MAX } from "./money.js";
 import type { CalendarSpanCache, Span } from "./windows.js";
 
@@ -267,7 +267,11 @@ export function evaluate(input: EvaluateInput): Evaluation {
     }
   }
 
-  for (const scope of scopes) {
+  // The budgets the answer shows, with the usage read for the checks: not
+  // looked up a second time.
+  const shown: { scope: ScopeState; window: WindowKind; span: Span | undefined; used: Totals; limit: LimitPair }[] = [];
+  for (let i = 0; i < scopes.length; i++) {
+    const scope = scopes[i]!;
     const p = scope.policy;
     const who = scopeName(scope);
     if (p.allowedActionTypes !== null && !p.allowedActionTypes.has(action.type)) {
@@ -297,9 +301,11 @@ export function evaluate(input: EvaluateInput): Evaluation {
 
     for (const window of WINDOW_KINDS) {
       const limit = p.limits[window];
-      const startMs = spanOf(p, window, nowMs, spans)?.startMs ?? LIFETIME_START_MS;
+      const span = spanOf(p, window, nowMs, spans);
+      const startMs = span?.startMs ?? LIFETIME_START_MS;
       const key = counterKey(scope.key, window, startMs);
       const used = usage(key) ?? ZERO;
+      if (isShown(i, limit)) shown.push({ scope, window, span, used, limit });
       // Fix: an action without money spends no value, so a value limit never
       // denies it, even when usage is above a limit lowered after the spend
       // (UpdateAgentPolicy, ImportSession); it counts against action limits only.
@@ -336,17 +342,17 @@ export function evaluate(input: EvaluateInput): Evaluation {
     outcome = Outcome.ALLOW;
   }
   const charged = outcome === Outcome.DENY ? [] : charges;
-  const chargedKeys = new Set(charged.map((c) => c.key));
+  // Every window of every scope is charged, or none: what an action that
+  // is not denied would spend shows in every budget.
+  const addValue = outcome === Outcome.DENY ? 0n : action.amountMicros;
+  const addActions = outcome === Outcome.DENY ? 0n : 1n;
   return {
     outcome,
     reasons: [...reasons].sort((a, b) => a - b),
     violations,
     message: outcome === Outcome.ALLOW ? "allowed" : `${Outcome[outcome].toLowerCase()}: ${notes.join("; ")}`,
     charges: charged,
-    budgets: budgetsOf(scopes, nowMs, spans, (key) => {
-      const used = usage(key) ?? ZERO;
-      return chargedKeys.has(key) ? { value: used.value + action.amountMicros, actions: used.actions + 1n } : used;
-    }),
+    budgets: shown.map((b) => budgetView(b.scope, b.window, b.span, { value: b.used.value + addValue, actions: b.used.actions + addActions }, b.limit)),
     expire,
     approval: outcome === Outcome.NEEDS_APPROVAL ? approval : undefined,
   };
@@ -380,22 +386,30 @@ export function budgetsOf(
     const p = scope.policy;
     for (const window of WINDOW_KINDS) {
       const limit = p.limits[window];
-      if (i > 0 && limit.maxValue === undefined && limit.maxActions === undefined) continue;
+      if (!isShown(i, limit)) continue;
       const span = spanOf(p, window, nowMs, spans);
-      const used = usage(counterKey(scope.key, window, span?.startMs ?? LIFETIME_START_MS));
-      out.push({
-        scope: scope.scope,
-        scopeId: scope.id,
-        window: WINDOW_ENUM[window],
-        span,
-        valueUsed: used.value,
-        actionsUsed: used.actions,
-        valueLimit: limit.maxValue,
-        actionLimit: limit.maxActions,
-      });
+      out.push(budgetView(scope, window, span, usage(counterKey(scope.key, window, span?.startMs ?? LIFETIME_START_MS)), limit));
     }
   }
   return out;
+}
+
+/** Whether a window is among the budgets shown: every one of the first scope, the limited ones of the rest. */
+function isShown(scopeIndex: number, limit: LimitPair): boolean {
+  return scopeIndex === 0 || limit.maxValue !== undefined || limit.maxActions !== undefined;
+}
+
+function budgetView(scope: ScopeState, window: WindowKind, span: Span | undefined, used: Totals, limit: LimitPair): BudgetView {
+  return {
+    scope: scope.scope,
+    scopeId: scope.id,
+    window: WINDOW_ENUM[window],
+    span,
+    valueUsed: used.value,
+    actionsUsed: used.actions,
+    valueLimit: limit.maxValue,
+    actionLimit: limit.maxActions,
+  };
 }
 
 /**
