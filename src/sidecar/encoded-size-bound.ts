@@ -1,5 +1,6 @@
 import { type DescField, type DescMessage, ScalarType, toBinary } from "@bufbuild/protobuf";
 import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
+import { fieldValue } from "../transport/field-value.js";
 
 /** Most a tag, a length prefix and a varint take on the wire. */
 const TAG = 5;
@@ -32,16 +33,8 @@ export function encodedSizeBound(schema: DescMessage, message: object): number {
 function messageBound(schema: DescMessage, message: Record<string, unknown>): number {
   let n = 0;
   for (const f of schema.fields) {
-    let v: unknown;
-    if (f.oneof !== undefined) {
-      const o = message[f.oneof.localName] as { case?: string; value?: unknown } | undefined;
-      if (o?.case !== f.localName) continue;
-      v = o.value;
-    } else {
-      v = message[f.localName];
-    }
-    if (v === undefined || v === null) continue;
-    n += fieldBound(f, v);
+    const v = fieldValue(message, f);
+    if (v !== undefined && v !== null) n += fieldBound(f, v);
   }
   const unknown = message.$unknown as { data: Uint8Array }[] | undefined;
   if (unknown !== undefined) for (const u of unknown) n += TAG + LENGTH + u.data.byteLength;

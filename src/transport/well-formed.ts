@@ -1,4 +1,5 @@
 import { type DescField, type DescMessage, type Message, ScalarType } from "@bufbuild/protobuf";
+import { fieldValue } from "./field-value.js";
 
 /**
  * What protovalidate rules cannot say once for every field of every
@@ -80,14 +81,7 @@ function stepOf(field: DescField): Step | undefined {
 function check(plan: Plan, m: Record<string, unknown>, prefix: string): string | undefined {
   for (const step of plan) {
     const f = step.field;
-    let value: unknown;
-    if (f.oneof !== undefined) {
-      const o = m[f.oneof.localName] as { case?: string; value?: unknown } | undefined;
-      if (o?.case !== f.localName) continue;
-      value = o.value;
-    } else {
-      value = m[f.localName];
-    }
+    const value = fieldValue(m, f);
     if (value === undefined) continue;
     const path = prefix === "" ? f.name : `${prefix}.${f.name}`;
     switch (step.shape) {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { canonicalJson } from "../../src/audit/canonical-json.js";
+import { seededRandom } from "../helpers/seeded-random.js";
 
 /**
  * The definition, written plainly (what canonical-json.ts did before it was
@@ -29,18 +30,6 @@ function reference(value: unknown): string {
     default:
       throw new Error("no JSON form");
   }
-}
-
-/** A small seeded generator, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Characters that JSON escapes or that sort unusually, among plain ones. */
@@ -85,7 +74,7 @@ function randomValue(r: () => number, depth: number): unknown {
 
 describe("canonicalJson", () => {
   test("gives exactly the text of the plain definition, for 20,000 random values", () => {
-    const r = rng(20261207);
+    const r = seededRandom(20261207);
     for (let i = 0; i < 20_000; i++) {
       const v = { root: randomValue(r, 0) };
       assert.equal(canonicalJson(v), reference(v), `value #${i}`);

@@ -6,18 +6,7 @@ import { Outcome, Reason, Scope, Window } from "../../src/gen/warden/v1/decision
 import { EventSchema } from "../../src/gen/warden/v1/event_service_pb.js";
 import { ClaimReleaseSchema, LeaseRecordSchema, LeaseSettlementSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { encodedSizeBound } from "../../src/sidecar/encoded-size-bound.js";
-
-/** A small seeded generator, so a failure can be replayed. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "../helpers/seeded-random.js";
 
 /** One to three UTF-8 bytes per UTF-16 unit, and four per pair. */
 const PIECES = ["a", "Z", "0", "é", "€", "😀", "\u0000", "日本"];
@@ -67,7 +56,7 @@ function assertBound<D extends DescMessage>(schema: D, init: MessageInitShape<D>
 
 describe("encodedSizeBound", () => {
   test("is never under what toBinary gives, for 3,000 random records, settlements, claims and whole reports", () => {
-    const r = rng(7);
+    const r = seededRandom(7);
     let bounds = 0;
     let sizes = 0;
     for (let i = 0; i < 1000; i++) {
