@@ -35,7 +35,7 @@ export function auditBodyText(body: AuditBody): string {
 
 /**
  * SHA-256 of a body's UTF-8 text. The one-shot `crypto.hash`, not a Hash
- * object: one per decision's record, and 1.3 µs against 1.9.
+ * object: one per decision's record, and 1.2–1.4 µs against 1.9.
  */
 export function sha256(text: string): Buffer {
   return hash("sha256", text, "buffer");

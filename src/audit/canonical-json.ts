@@ -12,7 +12,7 @@
  * Every decision's audit record is built with this, on the request path of
  * `serve` and for every record a sidecar reports, so it appends to one
  * string instead of mapping and joining arrays, and quotes a string through
- * JSON.stringify only when it has something to escape: 2.6 µs against 6.0
+ * JSON.stringify only when it has something to escape: 2.5 µs against 6.0
  * for a decision's body (~630 bytes).
  */
 export function canonicalJson(value: unknown): string {

@@ -20,9 +20,9 @@ const VARINT = 10;
  * reads the same fields without the writer's buffers and UTF-8 encoding.
  * The bound is loose (a typical allowed record of 89 bytes is bounded at
  * 330; 0.4 µs against 2–4 µs to encode it), but a send of small records is
- * capped by its entry count long before its bytes. Anything it does not recognise
- * (a value that is not what the field's kind says) is measured exactly, by
- * encoding the message.
+ * capped by its entry count long before its bytes. Anything it does not
+ * recognise (a value that is not what the field's kind says) is measured
+ * exactly, by encoding the message.
  */
 export function encodedSizeBound(schema: DescMessage, message: object): number {
   const bound = messageBound(schema, message as Record<string, unknown>);
