@@ -25,7 +25,7 @@ export function preparedStatements(db: PGlite): (tx: Queryable) => Queryable {
   const hot = new HotStatements();
   /** Parameter type OIDs of each statement prepared, by name. */
   const prepared = new Map<string, number[]>();
-  const exec = (...messages: Uint8Array[]) => db.execProtocolStream(concat(messages), { syncToFs: false });
+  const exec = (...messages: Uint8Array[]) => db.execProtocolStream(Buffer.concat(messages), { syncToFs: false });
   const run = (name: string, text: string, params: readonly unknown[]) =>
     db.runExclusive(async () => {
       let oids = prepared.get(name);
@@ -55,14 +55,4 @@ export function preparedStatements(db: PGlite): (tx: Queryable) => Queryable {
       return (name === undefined ? tx.query(sql, params) : run(name, sql, params!)) as never;
     },
   });
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
