@@ -2,6 +2,7 @@ import type { DescMessage, DescService, Message } from "@bufbuild/protobuf";
 import { pathToString } from "@bufbuild/protobuf/reflect";
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { createValidator, type Validator, type Violation, violationsToProto } from "@bufbuild/protovalidate";
+import { withFastPath } from "./fast-path-validator.js";
 import { firstMalformed } from "./well-formed.js";
 
 /** Options of {@link withValidation}. */
@@ -78,9 +79,13 @@ type AnyImpl = (input: unknown, ctx: HandlerContext) => unknown;
 
 let validator: Validator | undefined;
 
-/** Created on first use and shared: the validator caches compiled rules per message type. */
+/**
+ * Created on first use and shared: the validator caches compiled rules per
+ * message type. Valid requests are told so by the fast path (see
+ * fast-path-validator.ts); the rest get protovalidate's full answer.
+ */
 function sharedValidator(): Validator {
-  return (validator ??= createValidator({ regexMatch: nativeRegexMatch }));
+  return (validator ??= withFastPath(createValidator({ regexMatch: nativeRegexMatch }), nativeRegexMatch));
 }
 
 const compiled = new Map<string, RegExp>();
@@ -93,7 +98,7 @@ const compiled = new Map<string, RegExp>();
  * cannot backtrack badly. A pattern JavaScript cannot compile fails loudly
  * here (and in the tests) instead of being matched differently.
  */
-function nativeRegexMatch(pattern: string, against: string): boolean {
+export function nativeRegexMatch(pattern: string, against: string): boolean {
   let re = compiled.get(pattern);
   if (re === undefined) {
     re = new RegExp(pattern, "u");
