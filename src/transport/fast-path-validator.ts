@@ -83,20 +83,6 @@ const INTEGER_SCALARS = new Set([
   ScalarType.SFIXED64,
 ]);
 
-/** The `FieldRules.type` case of each integer scalar. */
-const INTEGER_RULES: Partial<Record<ScalarType, string>> = {
-  [ScalarType.INT32]: "int32",
-  [ScalarType.INT64]: "int64",
-  [ScalarType.UINT32]: "uint32",
-  [ScalarType.UINT64]: "uint64",
-  [ScalarType.SINT32]: "sint32",
-  [ScalarType.SINT64]: "sint64",
-  [ScalarType.FIXED32]: "fixed32",
-  [ScalarType.FIXED64]: "fixed64",
-  [ScalarType.SFIXED32]: "sfixed32",
-  [ScalarType.SFIXED64]: "sfixed64",
-};
-
 /** Field CEL the compiler understands: `this.<field> > <integer>`. */
 const GREATER_THAN_CEL = /^\s*this\.([A-Za-z_][A-Za-z0-9_]*)\s*>\s*(-?[0-9]+)\s*$/;
 
@@ -251,7 +237,10 @@ class RuleCompiler {
     if (type === undefined || type.case === undefined) return undefined;
     if (type.case === "string" && scalar === ScalarType.STRING) return this.string(type.value as unknown as Record<string, unknown>, where);
     if (type.case === "bytes" && scalar === ScalarType.BYTES) return bytesCheck(type.value as unknown as Record<string, unknown>, where);
-    if (INTEGER_RULES[scalar] === type.case) return integerCheck(type.value as unknown as Record<string, unknown> & Message, where);
+    // The rules of an integer scalar are named for it ("int64", "sfixed32").
+    if (INTEGER_SCALARS.has(scalar) && type.case === ScalarType[scalar].toLowerCase()) {
+      return integerCheck(type.value as unknown as Record<string, unknown> & Message, where);
+    }
     throw new Unsupported(`${where}: ${type.case} rules`);
   }
 
