@@ -26,17 +26,18 @@ export type RuleCheck = (message: Message) => boolean;
  * builds field paths as it goes. That was 9% of a sidecar decision's CPU
  * and 15% of the control plane's per reported record, for requests that are
  * valid nearly always. The compiled check reads the fields directly: for a
- * Check request 0.3 µs against 3.6.
+ * Check request 0.35 µs against 3.9.
  *
  * It covers the rules Warden's protos use on their hot paths (string
- * length, pattern and in/not_in; integer ranges and in/not_in; enum
- * defined_only and in/not_in; bytes length; repeated and map sizes and
- * their items, keys and values; `required`; oneof `required`; and the one
- * field CEL shape `this.<integer field> > <n>`), with protovalidate's
- * presence rules. A type with any other rule (message CEL, durations,
- * timestamps, well-known string formats, `ignore`, predefined rules, …)
- * gets no compiled check and is always validated in full. The tests compare
- * both validators on random messages of every type in the API.
+ * length, pattern and in/not_in; integer and duration ranges, integer
+ * in/not_in; enum defined_only and in/not_in; bytes length; repeated and
+ * map sizes and their items, keys and values; `required`; oneof
+ * `required`; and the one field CEL shape `this.<integer field> > <n>`),
+ * with protovalidate's presence rules. A type with any other rule (message
+ * CEL, timestamp rules, well-known string formats, `unique`, `ignore`,
+ * predefined rules, …) gets no compiled check and is always validated in
+ * full. The tests compare both validators on random messages of every type
+ * in the API.
  *
  * `regexMatch` must be the one `validator` was created with.
  */
