@@ -32,6 +32,7 @@ const REALISTIC = [
 
 const ALPHABET = ["a", "z", "0", "9", "_", "-", ".", ":", "A", "Z", " ", "é", "😀", "/", "ß"];
 
+/** A random message of `schema`; `depth` bounds nesting (messages below 4 levels are left unset). */
 export function randomMessage<T extends Message>(schema: DescMessage, rand: () => number, depth = 0): T {
   const init: Record<string, unknown> = {};
   const pick = <V>(xs: readonly V[]): V => xs[Math.floor(rand() * xs.length)]!;
@@ -39,7 +40,8 @@ export function randomMessage<T extends Message>(schema: DescMessage, rand: () =
     const choice = Math.floor(rand() * (oneof.fields.length + 1));
     if (choice === oneof.fields.length) continue;
     const f = oneof.fields[choice]!;
-    init[oneof.localName] = { case: f.localName, value: valueOf(f, rulesOf(f), rand, pick, depth) };
+    const value = valueOf(f, rulesOf(f), rand, pick, depth);
+    if (value !== undefined) init[oneof.localName] = { case: f.localName, value };
   }
   for (const f of schema.fields) {
     if (f.oneof !== undefined) continue;
