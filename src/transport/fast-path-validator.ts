@@ -1,13 +1,23 @@
 import { type DescField, type DescMessage, getOption, isFieldSet, type Message, ScalarType } from "@bufbuild/protobuf";
+import { FeatureSet_FieldPresence } from "@bufbuild/protobuf/wkt";
 import type { Validator } from "@bufbuild/protovalidate";
 import {
+  type BytesRules,
+  BytesRulesSchema,
+  DurationRulesSchema,
+  EnumRulesSchema,
   type FieldRules,
   FieldRulesSchema,
   field as fieldRulesExt,
   Ignore,
+  MapRulesSchema,
   message as messageRulesExt,
   oneof as oneofRulesExt,
+  RepeatedRulesSchema,
+  type StringRules,
+  StringRulesSchema,
 } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
+import { fieldValue } from "./field-value.js";
 
 /**
  * Says whether a message certainly satisfies its rules: `true` only when it
@@ -42,15 +52,10 @@ export type RuleCheck = (message: Message) => boolean;
  * `regexMatch` must be the one `validator` was created with.
  */
 export function withFastPath(validator: Validator, regexMatch: (pattern: string, against: string) => boolean): Validator {
-  const checks = new Map<DescMessage, RuleCheck | undefined>();
   const compiler = new RuleCompiler(regexMatch);
   return {
     validate(schema: DescMessage, message: Message) {
-      let check = checks.get(schema);
-      if (check === undefined && !checks.has(schema)) {
-        check = compiler.message(schema);
-        checks.set(schema, check);
-      }
+      const check = compiler.message(schema);
       if (check !== undefined && message.$typeName === schema.typeName && check(message)) {
         return { kind: "valid", message };
       }
@@ -90,25 +95,34 @@ const GREATER_THAN_CEL = /^\s*this\.([A-Za-z_][A-Za-z0-9_]*)\s*>\s*(-?[0-9]+)\s*
 /** The check of a type with no rules anywhere in it (a Timestamp, say): fields of it are not read at all. */
 const NO_RULES: RuleCheck = () => true;
 
-/** proto3 implicit presence (FeatureSet.FieldPresence.IMPLICIT). */
-const IMPLICIT = 2;
+const IMPLICIT = FeatureSet_FieldPresence.IMPLICIT;
 
+/** Compiles each message type once; remembers the types it could not compile, and why. */
 class RuleCompiler {
   /** Types being compiled: a recursive type is left to the full validator. */
   private readonly open = new Set<DescMessage>();
   private readonly done = new Map<DescMessage, RuleCheck>();
+  private readonly failed = new Map<DescMessage, string>();
   /** Why the last type was not compiled. */
   lastUnsupported = "";
 
   constructor(private readonly regexMatch: (pattern: string, against: string) => boolean) {}
 
   message(schema: DescMessage): RuleCheck | undefined {
+    const known = this.done.get(schema);
+    if (known !== undefined) return known;
+    const why = this.failed.get(schema);
+    if (why !== undefined) {
+      this.lastUnsupported = why;
+      return undefined;
+    }
     try {
       return this.compileMessage(schema);
     } catch (e) {
       // What was left half-compiled is dropped; what compiled is kept.
       this.open.clear();
       if (e instanceof Unsupported) {
+        this.failed.set(schema, e.message);
         this.lastUnsupported = e.message;
         return undefined;
       }
@@ -205,7 +219,7 @@ class RuleCompiler {
     if (type.case === undefined) return undefined;
     if (type.case !== "duration" || field.message.typeName !== "google.protobuf.Duration") throw new Unsupported(`${field} has ${type.case} rules`);
     const r = type.value;
-    only(r, ["gt", "gte", "lt", "lte", "example"], field);
+    only(r, DurationRulesSchema, ["gt", "gte", "lt", "lte", "example"], field);
     const nanos = (d: { seconds: bigint; nanos: number }) => d.seconds * 1_000_000_000n + BigInt(d.nanos);
     const greater = r.greaterThan.case === undefined ? undefined : { strict: r.greaterThan.case === "gt", b: nanos(r.greaterThan.value) };
     const less = r.lessThan.case === undefined ? undefined : { strict: r.lessThan.case === "lt", b: nanos(r.lessThan.value) };
@@ -236,22 +250,23 @@ class RuleCompiler {
   private scalar(scalar: ScalarType, rules: FieldRules | undefined, where: DescField): ValueCheck | undefined {
     const type = rules?.type;
     if (type === undefined || type.case === undefined) return undefined;
-    if (type.case === "string" && scalar === ScalarType.STRING) return this.string(type.value as unknown as Record<string, unknown>, where);
-    if (type.case === "bytes" && scalar === ScalarType.BYTES) return bytesCheck(type.value as unknown as Record<string, unknown>, where);
+    if (type.case === "string" && scalar === ScalarType.STRING) return this.string(type.value, where);
+    if (type.case === "bytes" && scalar === ScalarType.BYTES) return bytesCheck(type.value, where);
     // The rules of an integer scalar are named for it ("int64", "sfixed32").
     if (INTEGER_SCALARS.has(scalar) && type.case === ScalarType[scalar].toLowerCase()) {
-      return integerCheck(type.value as unknown as Record<string, unknown> & Message, where);
+      const rulesField = FieldRulesSchema.field[type.case];
+      return integerCheck(type.value as unknown as IntegerRules, rulesField.message!, where);
     }
     throw new Unsupported(`${where}: ${type.case} rules`);
   }
 
-  private string(r: Record<string, unknown>, where: DescField): ValueCheck | undefined {
-    only(r as unknown as Message, ["min_len", "max_len", "pattern", "in", "not_in", "example"], where);
+  private string(r: StringRules, where: DescField): ValueCheck | undefined {
+    only(r, StringRulesSchema, ["min_len", "max_len", "pattern", "in", "not_in", "example"], where);
     const checks: ValueCheck[] = [];
-    const set = (name: string) => isFieldSet(r as unknown as Message, fieldOf(r as unknown as Message, name));
-    if (set("min_len") || set("max_len")) {
-      const min = set("min_len") ? Number(r.minLen) : 0;
-      const max = set("max_len") ? Number(r.maxLen) : Infinity;
+    const F = StringRulesSchema.field;
+    if (isFieldSet(r, F.minLen) || isFieldSet(r, F.maxLen)) {
+      const min = isFieldSet(r, F.minLen) ? Number(r.minLen) : 0;
+      const max = isFieldSet(r, F.maxLen) ? Number(r.maxLen) : Infinity;
       checks.push((v) => {
         const s = v as string;
         // A code point is one or two UTF-16 units: the unit count bounds
@@ -261,19 +276,17 @@ class RuleCompiler {
         return n >= min && n <= max;
       });
     }
-    if (set("pattern")) {
-      const pattern = r.pattern as string;
+    if (isFieldSet(r, F.pattern)) {
+      const pattern = r.pattern;
       const match = this.regexMatch;
       checks.push((v) => match(pattern, v as string));
     }
-    const inList = r.in as string[];
-    if (inList.length > 0) {
-      const allowed = new Set(inList);
+    if (r.in.length > 0) {
+      const allowed = new Set(r.in);
       checks.push((v) => allowed.has(v as string));
     }
-    const notIn = r.notIn as string[];
-    if (notIn.length > 0) {
-      const refused = new Set(notIn);
+    if (r.notIn.length > 0) {
+      const refused = new Set(r.notIn);
       checks.push((v) => !refused.has(v as string));
     }
     return all(checks);
@@ -284,7 +297,7 @@ class RuleCompiler {
     if (type === undefined || type.case === undefined) return undefined;
     if (type.case !== "enum") throw new Unsupported(`${field}: ${type.case} rules`);
     const r = type.value;
-    only(r, ["defined_only", "in", "not_in", "example"], field);
+    only(r, EnumRulesSchema, ["defined_only", "in", "not_in", "example"], field);
     const checks: ValueCheck[] = [];
     if (r.definedOnly) {
       const defined = new Set(field.enum.values.map((v) => v.number));
@@ -307,9 +320,9 @@ class RuleCompiler {
     let sizes: ValueCheck | undefined;
     if (type.case === "repeated") {
       const r = type.value;
-      only(r, ["min_items", "max_items", "items"], field);
+      only(r, RepeatedRulesSchema, ["min_items", "max_items", "items"], field);
       const min = Number(r.minItems);
-      const max = isFieldSet(r, fieldOf(r, "max_items")) ? Number(r.maxItems) : Infinity;
+      const max = isFieldSet(r, RepeatedRulesSchema.field.maxItems) ? Number(r.maxItems) : Infinity;
       if (min > 0 || max !== Infinity) sizes = (v) => (v as unknown[]).length >= min && (v as unknown[]).length <= max;
       item = r.items === undefined ? undefined : this.element(field, r.items);
     } else if (type.case !== undefined) {
@@ -335,9 +348,9 @@ class RuleCompiler {
     let sizes: ValueCheck | undefined;
     if (type.case === "map") {
       const r = type.value;
-      only(r, ["min_pairs", "max_pairs", "keys", "values"], field);
+      only(r, MapRulesSchema, ["min_pairs", "max_pairs", "keys", "values"], field);
       const min = Number(r.minPairs);
-      const max = isFieldSet(r, fieldOf(r, "max_pairs")) ? Number(r.maxPairs) : Infinity;
+      const max = isFieldSet(r, MapRulesSchema.field.maxPairs) ? Number(r.maxPairs) : Infinity;
       if (min > 0 || max !== Infinity) {
         sizes = (v) => {
           const n = Object.keys(v as object).length;
@@ -387,16 +400,12 @@ class RuleCompiler {
 
 /** How a field is read and whether it counts as set, in protovalidate's terms. */
 function reader(field: DescField): { get: (m: Message) => unknown; isSet: (m: Message) => boolean } {
+  const get = (m: Message) => fieldValue(m as unknown as Record<string, unknown>, field);
   if (field.oneof !== undefined) {
     const group = field.oneof.localName;
     const name = field.localName;
-    return {
-      get: (m) => (m as unknown as Record<string, { value: unknown }>)[group]!.value,
-      isSet: (m) => (m as unknown as Record<string, { case: unknown }>)[group]!.case === name,
-    };
+    return { get, isSet: (m) => (m as unknown as Record<string, { case: unknown }>)[group]!.case === name };
   }
-  const name = field.localName;
-  const get = (m: Message) => (m as unknown as Record<string, unknown>)[name];
   switch (field.fieldKind) {
     case "message":
       return { get, isSet: (m) => get(m) !== undefined };
@@ -411,12 +420,12 @@ function reader(field: DescField): { get: (m: Message) => unknown; isSet: (m: Me
   }
 }
 
-function bytesCheck(r: Record<string, unknown>, where: DescField): ValueCheck | undefined {
-  only(r as unknown as Message, ["len", "min_len", "max_len", "example"], where);
-  const m = r as unknown as Message;
-  const exact = isFieldSet(m, fieldOf(m, "len")) ? Number(r.len) : undefined;
-  const min = isFieldSet(m, fieldOf(m, "min_len")) ? Number(r.minLen) : 0;
-  const max = isFieldSet(m, fieldOf(m, "max_len")) ? Number(r.maxLen) : Infinity;
+function bytesCheck(r: BytesRules, where: DescField): ValueCheck | undefined {
+  only(r, BytesRulesSchema, ["len", "min_len", "max_len", "example"], where);
+  const F = BytesRulesSchema.field;
+  const exact = isFieldSet(r, F.len) ? Number(r.len) : undefined;
+  const min = isFieldSet(r, F.minLen) ? Number(r.minLen) : 0;
+  const max = isFieldSet(r, F.maxLen) ? Number(r.maxLen) : Infinity;
   if (exact === undefined && min === 0 && max === Infinity) return undefined;
   return (v) => {
     const n = (v as Uint8Array).byteLength;
@@ -424,59 +433,49 @@ function bytesCheck(r: Record<string, unknown>, where: DescField): ValueCheck | 
   };
 }
 
-function integerCheck(r: Record<string, unknown> & Message, where: DescField): ValueCheck | undefined {
-  only(r, ["gt", "gte", "lt", "lte", "in", "not_in", "example"], where);
-  const greater = r.greaterThan as { case: "gt" | "gte" | undefined; value: number | bigint };
-  const less = r.lessThan as { case: "lt" | "lte" | undefined; value: number | bigint };
+/** What Int32Rules, UInt64Rules, SFixed64Rules and the rest have in common. */
+type IntegerRules = Message & {
+  greaterThan: { case: "gt" | "gte" | undefined; value?: number | bigint };
+  lessThan: { case: "lt" | "lte" | undefined; value?: number | bigint };
+  in: (number | bigint)[];
+  notIn: (number | bigint)[];
+};
+
+function integerCheck(r: IntegerRules, schema: DescMessage, where: DescField): ValueCheck | undefined {
+  only(r, schema, ["gt", "gte", "lt", "lte", "in", "not_in", "example"], where);
+  const greater = r.greaterThan;
+  const less = r.lessThan;
   // protovalidate reads a lower bound above the upper one as "outside the
   // range": rare, and left to it.
-  if (greater.case !== undefined && less.case !== undefined && BigInt(greater.value) >= BigInt(less.value)) {
+  if (greater.case !== undefined && less.case !== undefined && BigInt(greater.value!) >= BigInt(less.value!)) {
     throw new Unsupported(`${where}: an exclusive range`);
   }
   const checks: ValueCheck[] = [];
   if (greater.case !== undefined) {
-    const b = BigInt(greater.value);
+    const b = BigInt(greater.value!);
     checks.push(greater.case === "gt" ? (v) => BigInt(v as number | bigint) > b : (v) => BigInt(v as number | bigint) >= b);
   }
   if (less.case !== undefined) {
-    const b = BigInt(less.value);
+    const b = BigInt(less.value!);
     checks.push(less.case === "lt" ? (v) => BigInt(v as number | bigint) < b : (v) => BigInt(v as number | bigint) <= b);
   }
-  const inList = r.in as (number | bigint)[];
-  if (inList.length > 0) {
-    const allowed = new Set(inList.map((x) => BigInt(x)));
+  if (r.in.length > 0) {
+    const allowed = new Set(r.in.map((x) => BigInt(x)));
     checks.push((v) => allowed.has(BigInt(v as number | bigint)));
   }
-  const notIn = r.notIn as (number | bigint)[];
-  if (notIn.length > 0) {
-    const refused = new Set(notIn.map((x) => BigInt(x)));
+  if (r.notIn.length > 0) {
+    const refused = new Set(r.notIn.map((x) => BigInt(x)));
     checks.push((v) => !refused.has(BigInt(v as number | bigint)));
   }
   return all(checks);
 }
 
-/** Refuses a rules message that sets anything but `names` (proto field names). */
-function only(rules: Message, names: readonly string[], where: DescField): void {
-  const schema = schemaOf(rules);
+/** Refuses a rules message (of type `schema`) that sets anything but `names` (proto field names). */
+function only(rules: Message, schema: DescMessage, names: readonly string[], where: DescField): void {
   for (const f of schema.fields) {
     if (!names.includes(f.name) && isFieldSet(rules, f)) throw new Unsupported(`${where}: ${rules.$typeName}.${f.name}`);
   }
 }
-
-function fieldOf(rules: Message, name: string): DescField {
-  return schemaOf(rules).fields.find((f) => f.name === name)!;
-}
-
-/** The descriptor of a rules message: FieldRules' type cases are messages of the validate file. */
-function schemaOf(rules: Message): DescMessage {
-  const schema = RULE_SCHEMAS.get(rules.$typeName);
-  if (schema === undefined) throw new Unsupported(`no descriptor for ${rules.$typeName}`);
-  return schema;
-}
-
-const RULE_SCHEMAS = new Map<string, DescMessage>(
-  FieldRulesSchema.fields.flatMap((f) => (f.oneof?.name === "type" && f.fieldKind === "message" ? [[f.message.typeName, f.message] as const] : [])),
-);
 
 /** A message value's own rules, then its type's; undefined when neither can fail. */
 function and(own: ValueCheck | undefined, nested: RuleCheck): ValueCheck | undefined {

@@ -6,7 +6,13 @@
  * left unset. Seeded, so a failure repeats.
  */
 import { create, type DescField, type DescMessage, getOption, isFieldSet, type Message, ScalarType } from "@bufbuild/protobuf";
-import { type FieldRules, FieldRulesSchema, field as fieldRulesExt } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
+import {
+  type FieldRules,
+  field as fieldRulesExt,
+  MapRulesSchema,
+  RepeatedRulesSchema,
+  StringRulesSchema,
+} from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
 
 /** Strings that real requests carry, offered to every string field whose pattern they match. */
 const REALISTIC = [
@@ -68,7 +74,7 @@ function valueOf(f: DescField, rules: FieldRules, rand: () => number, pick: Pick
       return messageValue(f.message, rules, rand, pick, depth);
     case "list": {
       const r = rules.type.case === "repeated" ? rules.type.value : undefined;
-      const max = r !== undefined && isFieldSet(r, fieldByName(r, "max_items")) ? Number(r.maxItems) : undefined;
+      const max = r !== undefined && isFieldSet(r, RepeatedRulesSchema.field.maxItems) ? Number(r.maxItems) : undefined;
       const sizes = [0, 1, 2, 3, ...(max !== undefined && max <= 40 ? [max, max + 1] : []), ...(r !== undefined && r.minItems > 0n ? [Number(r.minItems) - 1] : [])];
       const n = pick(sizes);
       const items = r?.items;
@@ -85,7 +91,7 @@ function valueOf(f: DescField, rules: FieldRules, rand: () => number, pick: Pick
     }
     case "map": {
       const r = rules.type.case === "map" ? rules.type.value : undefined;
-      const max = r !== undefined && isFieldSet(r, fieldByName(r, "max_pairs")) ? Number(r.maxPairs) : undefined;
+      const max = r !== undefined && isFieldSet(r, MapRulesSchema.field.maxPairs) ? Number(r.maxPairs) : undefined;
       const n = pick([0, 1, 2, 3, ...(max !== undefined && max <= 40 ? [max, max + 1] : [])]);
       const out: Record<string, unknown> = {};
       for (let i = 0; i < n; i++) {
@@ -135,8 +141,8 @@ function scalarValue(scalar: ScalarType, rules: FieldRules | undefined, rand: ()
       const r = type?.case === "string" ? type.value : undefined;
       const lengths = [0, 1, 3, 26];
       if (r !== undefined) {
-        if (isFieldSet(r, fieldByName(r, "min_len"))) lengths.push(Number(r.minLen) - 1, Number(r.minLen));
-        if (isFieldSet(r, fieldByName(r, "max_len"))) lengths.push(Number(r.maxLen), Number(r.maxLen) + 1);
+        if (isFieldSet(r, StringRulesSchema.field.minLen)) lengths.push(Number(r.minLen) - 1, Number(r.minLen));
+        if (isFieldSet(r, StringRulesSchema.field.maxLen)) lengths.push(Number(r.maxLen), Number(r.maxLen) + 1);
         const re = r.pattern === "" ? undefined : new RegExp(r.pattern, "u");
         const matching = REALISTIC.filter((s) => re === undefined || re.test(s));
         const roll = rand();
@@ -196,10 +202,3 @@ function zeroOf(scalar: ScalarType): unknown {
       return 0;
   }
 }
-
-/** A field of a rules message (StringRules, RepeatedRules, …) by its proto name. */
-function fieldByName(rules: Message, name: string): DescField {
-  return RULES_BY_TYPE.get(rules.$typeName)!.fields.find((f) => f.name === name)!;
-}
-
-const RULES_BY_TYPE = new Map<string, DescMessage>(FieldRulesSchema.fields.flatMap((f) => (f.fieldKind === "message" ? [[f.message.typeName, f.message] as const] : [])));
