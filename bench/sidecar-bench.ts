@@ -92,13 +92,15 @@ interface BenchSession {
 function load(address: string, sessions: BenchSession[], o: { total?: number; rate?: number; keep?: boolean } = {}): Promise<LoadResult> {
   const encoded = sessions.map((s) => encodeCheck(s.id));
   if (o.rate !== undefined) {
-    // Open loop, for latency: the load generator in a lean process of its own.
+    // Open loop, for latency: the load generator in a lean process of its
+    // own, its first second of calls not measured (it starts cold).
     return runGrpcLoadInChild({
       address,
       path: CHECK_PATH,
       requests: encoded.map((b) => b.toString("base64")),
       headers: sessions.map((s) => s.auth),
       total: o.total ?? REQUESTS,
+      warmupCalls: Math.round(o.rate),
       concurrency: CONCURRENCY,
       connections: CONNECTIONS,
       keepResponses: o.keep,
