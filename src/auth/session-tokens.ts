@@ -1,6 +1,6 @@
 import { LRUCache } from "lru-cache";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type CryptoKey, decodeProtectedHeader, errors, importJWK, type JSONWebKeySet, jwtVerify, SignJWT } from "jose";
+import { calculateJwkThumbprint, type CryptoKey, decodeProtectedHeader, errors, importJWK, type JSONWebKeySet, jwtVerify, SignJWT } from "jose";
 import { SESSION_TOKEN_ALG, type SigningKeys } from "./signing-keys.js";
 
 /** The default lifetime of a session token: 30 days. */
@@ -134,17 +134,24 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
   const cooldownMs = options.refetchCooldownMs ?? 5_000;
   const maxAgeMs = options.maxAgeMs ?? 10 * 60_000;
   const toleranceSeconds = Math.floor((options.clockToleranceMs ?? 0) / 1000);
-  let keys = new Map<string, CryptoKey>();
+  /** The key set by `kid`: each key and its JWK thumbprint (RFC 7638), which names its material. */
+  let keys = new Map<string, { key: CryptoKey; thumbprint: string }>();
   let fetchedAt: number | undefined;
   let inflight: Promise<void> | undefined;
 
   async function load(): Promise<void> {
     const jwks = await options.fetchJwks();
-    const next = new Map<string, CryptoKey>();
+    const next = new Map<string, { key: CryptoKey; thumbprint: string }>();
     for (const jwk of jwks.keys ?? []) {
       if (typeof jwk.kid !== "string" || (jwk.alg !== undefined && jwk.alg !== SESSION_TOKEN_ALG)) continue;
       try {
-        next.set(jwk.kid, (await importJWK({ ...jwk, ext: true }, SESSION_TOKEN_ALG)) as CryptoKey);
+        const thumbprint = await calculateJwkThumbprint(jwk);
+        // An unchanged key is kept as it is: tokens verified with it stay
+        // recognised (see `verified`), instead of every cached token being
+        // checked again after each refresh of an unchanged set.
+        const known = keys.get(jwk.kid);
+        const key = known?.thumbprint === thumbprint ? known.key : ((await importJWK({ ...jwk, ext: true }, SESSION_TOKEN_ALG)) as CryptoKey);
+        next.set(jwk.kid, { key, thumbprint });
       } catch {
         // A key this verifier cannot use verifies nothing; the rest still work.
       }
@@ -163,10 +170,15 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
     return inflight;
   }
 
+  /** Starts a background refresh of a key set older than `maxAgeMs`. */
+  function refreshIfStale(): void {
+    if (fetchedAt !== undefined && now() - fetchedAt >= maxAgeMs) refresh().catch(() => undefined);
+  }
+
   async function keyFor(kid: string): Promise<CryptoKey | undefined> {
-    const known = keys.get(kid);
+    const known = keys.get(kid)?.key;
     if (known !== undefined) {
-      if (fetchedAt !== undefined && now() - fetchedAt >= maxAgeMs) refresh().catch(() => undefined);
+      refreshIfStale();
       return known;
     }
     try {
@@ -174,7 +186,7 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
     } catch (err) {
       throw new ConnectError("session token signing keys are unavailable", Code.Unavailable, undefined, undefined, err);
     }
-    return keys.get(kid);
+    return keys.get(kid)?.key;
   }
 
   // A token is verified once and then recognised by its exact text: an
@@ -186,7 +198,11 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
   return {
     async verify(token) {
       const hit = verified.get(token);
-      if (hit !== undefined && keys.get(hit.kid) === hit.key) {
+      // A stale key set is refreshed on this path too: an agent whose
+      // tokens are all cached would otherwise never cause a refresh, and a
+      // key withdrawn from the set would go on vouching for them.
+      if (hit !== undefined) refreshIfStale();
+      if (hit !== undefined && keys.get(hit.kid)?.key === hit.key) {
         if (now() >= hit.claims.expiresAt + toleranceSeconds * 1000) throw new ConnectError("token expired", Code.Unauthenticated);
         return hit.claims;
       }

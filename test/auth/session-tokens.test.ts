@@ -32,7 +32,7 @@ for (const driver of DRIVERS) {
     let clock: ManualClock;
     let auth: Auth;
     let fetches: number;
-    const verifier = (o: { cooldownMs?: number; fetchJwks?: () => Promise<JSONWebKeySet> } = {}) =>
+    const verifier = (o: { cooldownMs?: number; maxAgeMs?: number; fetchJwks?: () => Promise<JSONWebKeySet> } = {}) =>
       createSessionTokenVerifier({
         fetchJwks:
           o.fetchJwks ??
@@ -42,7 +42,22 @@ for (const driver of DRIVERS) {
           }),
         now: clock.now,
         refetchCooldownMs: o.cooldownMs ?? 5_000,
+        maxAgeMs: o.maxAgeMs,
       });
+    /**
+     * A well-formed token under a key id no key set has: verifying it waits
+     * for the key set fetch in flight (or starts one), then fails.
+     */
+    const unknownKid = async (): Promise<string> => {
+      const stranger = await generateKeyPair("EdDSA", { crv: "Ed25519" });
+      return new SignJWT({ agent_id: "x" })
+        .setProtectedHeader({ alg: "EdDSA", kid: "no-such-kid", typ: SESSION_TOKEN_TYPE })
+        .setIssuer("warden")
+        .setSubject("s-x")
+        .setIssuedAt()
+        .setExpirationTime("1h")
+        .sign(stranger.privateKey);
+    };
     before(async () => {
       t = await openTestDatabase(driver);
       clock = new ManualClock();
@@ -137,6 +152,56 @@ for (const driver of DRIVERS) {
       // The retired key's tokens keep working until they expire.
       assert.equal((await v.verify(before.token)).sessionId, "s-3");
       assert.equal(fetches, 2);
+    });
+
+    test("a refresh that finds the key set unchanged keeps verified tokens recognised without checking them again", async () => {
+      fetches = 0;
+      const v = verifier({ cooldownMs: 1_000, maxAgeMs: 60_000 });
+      const { token } = await auth.issuer.issue({ sessionId: "s-refresh", agentId: "shopper-1" });
+      const first = await v.verify(token);
+      assert.equal(fetches, 1);
+      clock.advance(60_000);
+      // Served from the cache (the same claims object), and the stale key
+      // set is fetched again meanwhile; a token under an unknown key id
+      // waits for that fetch rather than starting another.
+      assert.equal(await v.verify(token), first);
+      assert.equal(fetches, 2);
+      await refused(v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
+      assert.equal(fetches, 2);
+      // The key is unchanged, so the token is still the one verified: no
+      // second signature check (which would return new claims).
+      assert.equal(await v.verify(token), first);
+    });
+
+    test("after a refresh, a key withdrawn from the set, or replaced under its key id, no longer vouches for tokens it verified", async () => {
+      const jwks = await auth.jwks();
+      const other = await exportJWK((await generateKeyPair("EdDSA", { crv: "Ed25519" })).publicKey);
+      const { token } = await auth.issuer.issue({ sessionId: "s-withdrawn", agentId: "shopper-1" });
+      const kid = JSON.parse(Buffer.from(token.split(".")[0]!, "base64url").toString()).kid as string;
+      for (const [what, later] of [
+        ["withdrawn", { keys: jwks.keys.filter((k) => k.kid !== kid) }],
+        ["replaced", { keys: jwks.keys.map((k) => (k.kid === kid ? { ...other, kid, alg: "EdDSA" } : k)) }],
+      ] as const) {
+        let served: JSONWebKeySet = jwks;
+        let fetched = 0;
+        const v = verifier({
+          cooldownMs: 1_000,
+          maxAgeMs: 60_000,
+          fetchJwks: async () => {
+            fetched++;
+            return structuredClone(served);
+          },
+        });
+        assert.equal((await v.verify(token)).sessionId, "s-withdrawn", what);
+        served = later;
+        clock.advance(60_000);
+        // Still cached, but the key set is stale: this call starts its
+        // refresh, even though every token this agent sends is cached.
+        await v.verify(token);
+        assert.equal(fetched, 2, what);
+        await refused(v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
+        await refused(v.verify(token), Code.Unauthenticated, /^invalid token$/);
+      }
     });
 
     test("a token a lagging replica signs with the just-retired key verifies until its own expiry, on a replica that loads the key set then", async () => {
