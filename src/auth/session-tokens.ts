@@ -136,8 +136,16 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
   const toleranceSeconds = Math.floor((options.clockToleranceMs ?? 0) / 1000);
   /** The key set by `kid`: each key and its JWK thumbprint (RFC 7638), which names its material. */
   let keys = new Map<string, { key: CryptoKey; thumbprint: string }>();
+  /** When the key set was last loaded. */
   let fetchedAt: number | undefined;
   let inflight: Promise<void> | undefined;
+  /**
+   * The last fetch started and when. Within the cooldown its outcome
+   * stands for another (the set it loaded, or its error), so neither
+   * made-up key ids nor calls while the control plane is unreachable make
+   * the verifier fetch more often than once per cooldown.
+   */
+  let lastFetch: { atMs: number; done: Promise<void> } | undefined;
 
   async function load(): Promise<void> {
     const jwks = await options.fetchJwks();
@@ -160,14 +168,16 @@ export function createSessionTokenVerifier(options: SessionTokenVerifierOptions)
     fetchedAt = now();
   }
 
-  /** Fetches the key set unless a fetch is running (then waits for it) or one ran within the cooldown. */
+  /** Fetches the key set unless a fetch is running (then waits for it) or one started within the cooldown (then gives its outcome). */
   function refresh(): Promise<void> {
     if (inflight !== undefined) return inflight;
-    if (fetchedAt !== undefined && now() - fetchedAt < cooldownMs) return Promise.resolve();
-    inflight = load().finally(() => {
+    if (lastFetch !== undefined && now() - lastFetch.atMs < cooldownMs) return lastFetch.done;
+    const done = load().finally(() => {
       inflight = undefined;
     });
-    return inflight;
+    inflight = done;
+    lastFetch = { atMs: now(), done };
+    return done;
   }
 
   /** Starts a background refresh of a key set older than `maxAgeMs`. */

@@ -204,6 +204,33 @@ for (const driver of DRIVERS) {
       }
     });
 
+    test("while the key set cannot be fetched, cached tokens past its max age cause one fetch per cooldown, not one per call", async () => {
+      let up = true;
+      let fetched = 0;
+      const v = verifier({
+        cooldownMs: 1_000,
+        maxAgeMs: 60_000,
+        fetchJwks: async () => {
+          fetched++;
+          if (!up) throw new Error("control plane unreachable");
+          return auth.jwks();
+        },
+      });
+      const { token } = await auth.issuer.issue({ sessionId: "s-down", agentId: "shopper-1" });
+      await v.verify(token);
+      up = false;
+      clock.advance(60_000);
+      for (let i = 0; i < 10; i++) {
+        assert.equal((await v.verify(token)).sessionId, "s-down");
+        // Each failed fetch is over before the next call.
+        await new Promise((r) => setImmediate(r));
+      }
+      assert.equal(fetched, 2);
+      clock.advance(1_000);
+      await v.verify(token);
+      assert.equal(fetched, 3);
+    });
+
     test("a token a lagging replica signs with the just-retired key verifies until its own expiry, on a replica that loads the key set then", async () => {
       // A replica re-reads the active key once a minute: after a rotation
       // elsewhere it signs with the retired key for up to that long.
