@@ -44,6 +44,21 @@ for (const driver of DRIVERS) {
         refetchCooldownMs: o.cooldownMs ?? 5_000,
         maxAgeMs: o.maxAgeMs,
       });
+    /** A verifier on a 1 s refetch cooldown and a 60 s max age, and how many key-set fetches it made. */
+    const counted = (fetchJwks: () => Promise<JSONWebKeySet>) => {
+      const c = {
+        fetched: 0,
+        v: verifier({
+          cooldownMs: 1_000,
+          maxAgeMs: 60_000,
+          fetchJwks: () => {
+            c.fetched++;
+            return fetchJwks();
+          },
+        }),
+      };
+      return c;
+    };
     /**
      * A well-formed token under a key id no key set has: verifying it waits
      * for the key set fetch in flight (or starts one), then fails.
@@ -155,22 +170,21 @@ for (const driver of DRIVERS) {
     });
 
     test("a refresh that finds the key set unchanged keeps verified tokens recognised without checking them again", async () => {
-      fetches = 0;
-      const v = verifier({ cooldownMs: 1_000, maxAgeMs: 60_000 });
+      const c = counted(() => auth.jwks());
       const { token } = await auth.issuer.issue({ sessionId: "s-refresh", agentId: "shopper-1" });
-      const first = await v.verify(token);
-      assert.equal(fetches, 1);
+      const first = await c.v.verify(token);
+      assert.equal(c.fetched, 1);
       clock.advance(60_000);
       // Served from the cache (the same claims object), and the stale key
       // set is fetched again meanwhile; a token under an unknown key id
       // waits for that fetch rather than starting another.
-      assert.equal(await v.verify(token), first);
-      assert.equal(fetches, 2);
-      await refused(v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
-      assert.equal(fetches, 2);
+      assert.equal(await c.v.verify(token), first);
+      assert.equal(c.fetched, 2);
+      await refused(c.v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
+      assert.equal(c.fetched, 2);
       // The key is unchanged, so the token is still the one verified: no
       // second signature check (which would return new claims).
-      assert.equal(await v.verify(token), first);
+      assert.equal(await c.v.verify(token), first);
     });
 
     test("after a refresh, a key withdrawn from the set, or replaced under its key id, no longer vouches for tokens it verified", async () => {
@@ -183,52 +197,38 @@ for (const driver of DRIVERS) {
         ["replaced", { keys: jwks.keys.map((k) => (k.kid === kid ? { ...other, kid, alg: "EdDSA" } : k)) }],
       ] as const) {
         let served: JSONWebKeySet = jwks;
-        let fetched = 0;
-        const v = verifier({
-          cooldownMs: 1_000,
-          maxAgeMs: 60_000,
-          fetchJwks: async () => {
-            fetched++;
-            return structuredClone(served);
-          },
-        });
-        assert.equal((await v.verify(token)).sessionId, "s-withdrawn", what);
+        const c = counted(async () => structuredClone(served));
+        assert.equal((await c.v.verify(token)).sessionId, "s-withdrawn", what);
         served = later;
         clock.advance(60_000);
         // Still cached, but the key set is stale: this call starts its
         // refresh, even though every token this agent sends is cached.
-        await v.verify(token);
-        assert.equal(fetched, 2, what);
-        await refused(v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
-        await refused(v.verify(token), Code.Unauthenticated, /^invalid token$/);
+        await c.v.verify(token);
+        assert.equal(c.fetched, 2, what);
+        await refused(c.v.verify(await unknownKid()), Code.Unauthenticated, /^invalid token$/);
+        await refused(c.v.verify(token), Code.Unauthenticated, /^invalid token$/);
       }
     });
 
     test("while the key set cannot be fetched, cached tokens past its max age cause one fetch per cooldown, not one per call", async () => {
       let up = true;
-      let fetched = 0;
-      const v = verifier({
-        cooldownMs: 1_000,
-        maxAgeMs: 60_000,
-        fetchJwks: async () => {
-          fetched++;
-          if (!up) throw new Error("control plane unreachable");
-          return auth.jwks();
-        },
+      const c = counted(async () => {
+        if (!up) throw new Error("control plane unreachable");
+        return auth.jwks();
       });
       const { token } = await auth.issuer.issue({ sessionId: "s-down", agentId: "shopper-1" });
-      await v.verify(token);
+      await c.v.verify(token);
       up = false;
       clock.advance(60_000);
       for (let i = 0; i < 10; i++) {
-        assert.equal((await v.verify(token)).sessionId, "s-down");
+        assert.equal((await c.v.verify(token)).sessionId, "s-down");
         // Each failed fetch is over before the next call.
         await new Promise((r) => setImmediate(r));
       }
-      assert.equal(fetched, 2);
+      assert.equal(c.fetched, 2);
       clock.advance(1_000);
-      await v.verify(token);
-      assert.equal(fetched, 3);
+      await c.v.verify(token);
+      assert.equal(c.fetched, 3);
     });
 
     test("a token a lagging replica signs with the just-retired key verifies until its own expiry, on a replica that loads the key set then", async () => {
