@@ -281,14 +281,7 @@ class RuleCompiler {
       const match = this.regexMatch;
       checks.push((v) => match(pattern, v as string));
     }
-    if (r.in.length > 0) {
-      const allowed = new Set(r.in);
-      checks.push((v) => allowed.has(v as string));
-    }
-    if (r.notIn.length > 0) {
-      const refused = new Set(r.notIn);
-      checks.push((v) => !refused.has(v as string));
-    }
+    membership(checks, r.in, r.notIn, asIs);
     return all(checks);
   }
 
@@ -303,14 +296,7 @@ class RuleCompiler {
       const defined = new Set(field.enum.values.map((v) => v.number));
       checks.push((v) => defined.has(v as number));
     }
-    if (r.in.length > 0) {
-      const allowed = new Set(r.in);
-      checks.push((v) => allowed.has(v as number));
-    }
-    if (r.notIn.length > 0) {
-      const refused = new Set(r.notIn);
-      checks.push((v) => !refused.has(v as number));
-    }
+    membership(checks, r.in, r.notIn, asIs);
     return all(checks);
   }
 
@@ -459,15 +445,27 @@ function integerCheck(r: IntegerRules, schema: DescMessage, where: DescField): V
     const b = BigInt(less.value!);
     checks.push(less.case === "lt" ? (v) => BigInt(v as number | bigint) < b : (v) => BigInt(v as number | bigint) <= b);
   }
-  if (r.in.length > 0) {
-    const allowed = new Set(r.in.map((x) => BigInt(x)));
-    checks.push((v) => allowed.has(BigInt(v as number | bigint)));
-  }
-  if (r.notIn.length > 0) {
-    const refused = new Set(r.notIn.map((x) => BigInt(x)));
-    checks.push((v) => !refused.has(BigInt(v as number | bigint)));
-  }
+  membership(checks, r.in.map((x) => BigInt(x)), r.notIn.map((x) => BigInt(x)), (v) => BigInt(v as number | bigint));
   return all(checks);
+}
+
+const asIs = (v: unknown) => v;
+
+/**
+ * Adds the `in` and `not_in` rules of a scalar to `checks`: the value, as
+ * `key` gives it, must be one of `allowed` (when any are named) and none of
+ * `refused`. Integers compare as BigInt, since an int64 may come as a
+ * number or a bigint.
+ */
+function membership(checks: ValueCheck[], allowed: readonly unknown[], refused: readonly unknown[], key: (v: unknown) => unknown): void {
+  if (allowed.length > 0) {
+    const set = new Set(allowed);
+    checks.push((v) => set.has(key(v)));
+  }
+  if (refused.length > 0) {
+    const set = new Set(refused);
+    checks.push((v) => !set.has(key(v)));
+  }
 }
 
 /** Refuses a rules message (of type `schema`) that sets anything but `names` (proto field names). */
