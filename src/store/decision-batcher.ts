@@ -29,7 +29,7 @@ import { endEventType, recordEvents } from "./outbox.js";
 import { insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { lapseOf, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
-import { type CounterAddress, currentAddress, loadCounters, saveCountersSql, totalsOf } from "./usage-counters.js";
+import { type CounterAddress, countersAt, currentAddress, readUsage, saveCountersSql, totalsOf } from "./usage-counters.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
 /** One Authorize or Check waiting for its batch. */
@@ -165,9 +165,29 @@ export class DecisionBatcher {
       for (const a of chain.ancestorIds) lockSessions.add(a);
       lockAgents.add(chain.agentId);
     }
-    const locked = await lockScopes(tx, [...lockSessions].sort(), [...lockAgents].sort(), policies);
+    // Every read of the batch goes out at once, after the locks (one round
+    // trip on a pipelined connection): a connection runs its statements
+    // one after another, and under READ COMMITTED each sees what was
+    // committed when it started, so the reads behind the lock statement see
+    // every change made under those locks. (Joined into the lock statement
+    // they would not: a query that waited for a lock still reads other
+    // tables as of its start.) Every scope a decision may charge is read:
+    // the sessions', their ancestors' and their agents'.
+    const keyed = batch.filter((p) => p.req.idempotencyKey !== "");
+    const [locked, usageRows, seen, auditHeads] = await Promise.all([
+      lockScopes(tx, [...lockSessions].sort(), [...lockAgents].sort(), policies),
+      readUsage(tx, [...[...lockSessions].map((id) => `s:${id}`), ...[...lockAgents].map((id) => `a:${id}`)]),
+      loadIdempotency(
+        tx,
+        keyed.map((p) => ({ scope: `s:${p.req.sessionId}`, key: p.req.idempotencyKey })),
+        nowMs,
+      ),
+      // Every decision is an audit record, chained onto its session's
+      // head; the session locks guard the heads.
+      readAuditHeads(tx, sessionIds),
+    ]);
 
-    // Every counter any decision may touch, read once.
+    // Every counter any decision may touch.
     const addresses: CounterAddress[] = [];
     const scopesOf = new Map<string, ScopeState[]>();
     for (const id of sessionIds) {
@@ -189,16 +209,7 @@ export class DecisionBatcher {
         }
       }
     }
-    // A statement of its own, after the locks: under READ COMMITTED a query
-    // that waited for a lock still reads other tables as of its start, so
-    // joining the usage rows to the lock query would read them stale.
-    const counters = await loadCounters(tx, addresses, "current");
-    const keyed = batch.filter((p) => p.req.idempotencyKey !== "");
-    const seen = await loadIdempotency(
-      tx,
-      keyed.map((p) => ({ scope: `s:${p.req.sessionId}`, key: p.req.idempotencyKey })),
-      nowMs,
-    );
+    const counters = countersAt(usageRows, addresses, "current");
 
     const actions: ActionRow[] = [];
     const touched = new Map<string, SessionDelta>();
@@ -402,13 +413,6 @@ export class DecisionBatcher {
       }
     }
 
-    // Every decision is an audit record, chained onto its session's head:
-    // the heads are read here (the session locks guard them), the records
-    // written with the rest.
-    const auditHeads = await readAuditHeads(
-      tx,
-      audit.map((a) => a.chain),
-    );
     // All writes in one statement (data-modifying CTEs on several
     // tables): one round trip instead of six, the batch's locks held for
     // less time.
@@ -421,9 +425,10 @@ export class DecisionBatcher {
       approvals.length === 0 ? undefined : approvalsStatement(approvals, params),
       ...writeAuditSql(chainAudit(auditHeads, audit)).map((w) => appendStatement(params, w.sql, w.params)),
     ].filter((w) => w !== undefined);
-    if (writes.length > 0) {
-      await tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
-    }
+    // Not awaited: the statements below (when a batch has any) run after it
+    // all the same, and the transaction waits for it before it commits, with
+    // the COMMIT sent right behind it: one round trip for both.
+    if (writes.length > 0) void tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, like every other ending: after the statement above (which
     // may have inserted some of them), before the events below. Its action

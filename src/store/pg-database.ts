@@ -2,6 +2,7 @@ import pg from "pg";
 import { type Database, PLANNER_SETTINGS, type Queryable, type TransactionOptions } from "./database.js";
 import { arrayParamTypes, withBinaryArrays } from "./binary-array-params.js";
 import { HotStatements } from "./hot-statements.js";
+import { trackStatements } from "./tracked-statements.js";
 
 /** Options of {@link createPgDatabase}. */
 export interface PgDatabaseOptions {
@@ -23,6 +24,10 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
   const pool = new pg.Pool({
     connectionString: options.connectionString,
     max,
+    // Statements sent one after another go out at once, without waiting
+    // for the one before to answer: a decision batch's reads are then one
+    // round trip, and its writes and COMMIT another (decision-batcher.ts).
+    pipeline: true,
     options: Object.entries(PLANNER_SETTINGS)
       .map(([k, v]) => `-c ${k}=${v}`)
       .join(" "),
@@ -50,11 +55,28 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
     query: (sql, params) => pool.query(config(sql, params)) as never,
     async transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}): Promise<T> {
       const client = await pool.connect();
+      const statements = trackStatements({ query: (sql, params) => client.query(config(sql, params)) as never });
       try {
         // SET LOCAL: until the commit or rollback, whichever ends it.
+        // Awaited before the body sends anything: were BEGIN to fail, what
+        // was pipelined behind it would run and commit statement by statement.
         await client.query(txOptions.genericPlans === true ? "BEGIN; SET LOCAL plan_cache_mode = auto" : "BEGIN");
-        const result = await fn({ query: (sql, params) => client.query(config(sql, params)) as never });
-        await client.query("COMMIT");
+        let result: T;
+        try {
+          result = await fn(statements.tx);
+        } catch (err) {
+          // A statement's failure fails every later one ("current
+          // transaction is aborted"): the first one says why.
+          throw (await statements.firstFailure())?.error ?? err;
+        }
+        // Behind whatever the body left running (its last writes, say): one
+        // round trip for both. Should one of them fail, PostgreSQL ends the
+        // transaction with a ROLLBACK in place of the COMMIT.
+        const commit = client.query("COMMIT");
+        commit.catch(() => {});
+        await statements.settled();
+        const { command } = await commit;
+        if (command !== "COMMIT") throw new Error(`transaction ended with ${command}, not COMMIT`);
         client.release();
         return result;
       } catch (err) {

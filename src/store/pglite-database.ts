@@ -1,6 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { PGlite, types } from "@electric-sql/pglite";
 import { type Database, PLANNER_SETTINGS, type Queryable } from "./database.js";
+import { trackStatements } from "./tracked-statements.js";
 import { preparedStatements } from "./pglite-prepared.js";
 
 /**
@@ -27,7 +28,16 @@ export async function createPgliteDatabase(dataDir: string | undefined): Promise
       db.transaction(async (tx) => {
         // As on the pg driver: see TransactionOptions.genericPlans.
         if (options?.genericPlans === true) await tx.query("SET LOCAL plan_cache_mode = auto");
-        return fn(prepared(asQueryable(tx)));
+        // As on the pg driver, a body may leave its last statements running;
+        // they finish before PGlite commits.
+        const statements = trackStatements(prepared(asQueryable(tx)));
+        try {
+          const result = await fn(statements.tx);
+          await statements.settled();
+          return result;
+        } catch (err) {
+          throw (await statements.firstFailure())?.error ?? err;
+        }
       }),
     // One process owns a PGlite store, so NOTIFY only ever reaches itself.
     listen: async (channel, onNotify) => {

@@ -94,35 +94,36 @@ export async function lockScopes(
 ): Promise<{ sessions: Map<string, LockedSession>; agents: Map<string, LockedAgent> }> {
   const sessions = new Map<string, LockedSession>();
   const agents = new Map<string, LockedAgent>();
-  if (sessionIds.length > 0) {
-    const { rows } = await tx.query<SessionLockRow>(LOCK_SESSIONS_SQL, [[...new Set(sessionIds)]]);
-    for (const r of rows) {
-      const revision = BigInt(r.revision);
-      sessions.set(r.session_id, {
-        sessionId: r.session_id,
-        agentId: r.agent_id,
-        ancestorIds: r.ancestor_ids,
-        status: r.status as SessionStatus,
-        expireMs: r.expire_time.getTime(),
-        idleTimeoutMs: r.idle_timeout_ms === null ? undefined : Number(r.idle_timeout_ms),
-        lastActivityMs: r.last_activity_time.getTime(),
-        awaitingApprovalUntilMs: r.approval_wait_until?.getTime() ?? 0,
-        revision,
-        policy: policies.get(`s:${r.session_id}`, revision, r.policy),
-        denialRun: r.denial_run,
-        denialRunSinceMs: r.denial_run_since?.getTime() ?? 0,
-      });
-    }
+  // Both statements go out at once (sessions first: every writer locks in
+  // that order); on a pipelined connection that is one round trip.
+  const [sessionRows, agentRows] = await Promise.all([
+    sessionIds.length === 0 ? undefined : tx.query<SessionLockRow>(LOCK_SESSIONS_SQL, [[...new Set(sessionIds)]]),
+    agentIds.length === 0
+      ? undefined
+      : tx.query<AgentLockRow>("SELECT agent_id, revision, policy FROM agents WHERE agent_id = ANY($1::text[]) ORDER BY agent_id FOR UPDATE", [
+          [...new Set(agentIds)],
+        ]),
+  ]);
+  for (const r of sessionRows?.rows ?? []) {
+    const revision = BigInt(r.revision);
+    sessions.set(r.session_id, {
+      sessionId: r.session_id,
+      agentId: r.agent_id,
+      ancestorIds: r.ancestor_ids,
+      status: r.status as SessionStatus,
+      expireMs: r.expire_time.getTime(),
+      idleTimeoutMs: r.idle_timeout_ms === null ? undefined : Number(r.idle_timeout_ms),
+      lastActivityMs: r.last_activity_time.getTime(),
+      awaitingApprovalUntilMs: r.approval_wait_until?.getTime() ?? 0,
+      revision,
+      policy: policies.get(`s:${r.session_id}`, revision, r.policy),
+      denialRun: r.denial_run,
+      denialRunSinceMs: r.denial_run_since?.getTime() ?? 0,
+    });
   }
-  if (agentIds.length > 0) {
-    const { rows } = await tx.query<AgentLockRow>(
-      "SELECT agent_id, revision, policy FROM agents WHERE agent_id = ANY($1::text[]) ORDER BY agent_id FOR UPDATE",
-      [[...new Set(agentIds)]],
-    );
-    for (const r of rows) {
-      const revision = BigInt(r.revision);
-      agents.set(r.agent_id, { agentId: r.agent_id, revision, policy: policies.get(`a:${r.agent_id}`, revision, r.policy) });
-    }
+  for (const r of agentRows?.rows ?? []) {
+    const revision = BigInt(r.revision);
+    agents.set(r.agent_id, { agentId: r.agent_id, revision, policy: policies.get(`a:${r.agent_id}`, revision, r.policy) });
   }
   return { sessions, agents };
 }

@@ -181,28 +181,50 @@ export class UsageSet {
   }
 }
 
+/** The stored `scope_usage` rows of some scopes, by scope key: what {@link countersAt} reads. */
+export type UsageRows = ReadonlyMap<string, UsageRow>;
+
+/**
+ * Reads the `scope_usage` rows of `scopeKeys`. Call it with the owning
+ * scopes locked, in a statement that starts after the locks are taken (so
+ * it sees every change made under them): on one connection, a statement
+ * sent after the lock statement, awaited or not (statements of a
+ * connection run one after another, each under READ COMMITTED seeing what
+ * was committed when it started).
+ */
+export async function readUsage(tx: Queryable, scopeKeys: Iterable<string>): Promise<UsageRows> {
+  const keys = [...new Set(scopeKeys)];
+  const rows = new Map<string, UsageRow>();
+  if (keys.length === 0) return rows;
+  for (const r of (await tx.query<UsageRow>(READ_USAGE_SQL, [keys])).rows) rows.set(r.scope_key as string, r);
+  return rows;
+}
+
 /**
  * Reads the counters at `addresses` (see {@link AddressMode}). Call it with
- * the owning scopes locked, in a statement that starts after the locks are
- * taken (so it sees every change made under them).
+ * the owning scopes locked, as {@link readUsage}.
  */
 export async function loadCounters(
   tx: Queryable,
   addresses: readonly CounterAddress[],
   mode: AddressMode = "current",
 ): Promise<UsageSet> {
+  return countersAt(await readUsage(tx, addresses.map((a) => a.scopeKey)), addresses, mode);
+}
+
+/**
+ * The counters at `addresses` from their scopes' stored rows (`rows` may
+ * hold more scopes than the addresses name: only theirs are taken, and
+ * only theirs are written back by {@link saveCounters}).
+ */
+export function countersAt(rows: UsageRows, addresses: readonly CounterAddress[], mode: AddressMode = "current"): UsageSet {
   const out = new UsageSet();
   const keys = new Set(addresses.map((a) => a.scopeKey));
-  if (keys.size === 0) return out;
-  const rows = new Map<string, UsageRow>();
-  const res = await tx.query<UsageRow>(READ_USAGE_SQL, [[...keys]]);
-  for (const r of res.rows) {
-    rows.set(r.scope_key as string, r);
-    out.stored.add(r.scope_key as string);
-  }
   for (const k of keys) {
-    out.scopes.set(k, windowsOf(k, rows.get(k)));
-    out.calendars.set(k, (rows.get(k)?.calendar as string | null | undefined) ?? null);
+    const row = rows.get(k);
+    if (row !== undefined) out.stored.add(k);
+    out.scopes.set(k, windowsOf(k, row));
+    out.calendars.set(k, (row?.calendar as string | null | undefined) ?? null);
   }
   if (mode === "current") {
     for (const a of addresses) {

@@ -1,0 +1,47 @@
+import type { Queryable } from "./database.js";
+
+/** A transaction's statements, as {@link trackStatements} keeps them. */
+export interface TrackedStatements {
+  /** What the transaction's body runs its statements through. */
+  readonly tx: Queryable;
+  /** Resolves once every statement has succeeded; rejects with the first (in the order sent) that failed. */
+  settled(): Promise<void>;
+  /** The first statement (in the order sent) that failed, once all have settled: its error; undefined if none failed. */
+  firstFailure(): Promise<{ error: unknown } | undefined>;
+}
+
+/**
+ * Keeps every statement a transaction's body sends, so the transaction can
+ * wait for those the body did not: a body may send its last writes without
+ * awaiting them, and the COMMIT then goes out right behind them (one round
+ * trip for both on a pipelined connection; see pg-database.ts). A statement
+ * of a connection runs after the ones sent before it, so this changes
+ * nothing of what the transaction does, only when its caller hears of it.
+ *
+ * When a statement fails, every later one of its transaction fails too
+ * ("current transaction is aborted"); {@link firstFailure} names the one
+ * that says why.
+ */
+export function trackStatements(inner: Queryable): TrackedStatements {
+  const sent: Promise<unknown>[] = [];
+  const firstFailure = async (): Promise<{ error: unknown } | undefined> => {
+    for (const r of await Promise.allSettled(sent)) if (r.status === "rejected") return { error: r.reason };
+    return undefined;
+  };
+  return {
+    tx: {
+      query<R>(sql: string, params?: readonly unknown[]) {
+        const p = inner.query<R>(sql, params);
+        // Handled here: a statement nobody awaits must not be an unhandled rejection.
+        p.catch(() => {});
+        sent.push(p);
+        return p;
+      },
+    },
+    firstFailure,
+    async settled() {
+      const failure = await firstFailure();
+      if (failure !== undefined) throw failure.error;
+    },
+  };
+}
