@@ -20,7 +20,9 @@ export interface TrackedStatements {
  *
  * When a statement fails, every later one of its transaction fails too
  * ("current transaction is aborted"); {@link firstFailure} names the one
- * that says why.
+ * that says why. A failed statement thus fails its transaction even if
+ * the body caught it: no body recovers from one (there are no savepoints
+ * in the store), and one that did would need its own tracking.
  */
 export function trackStatements(inner: Queryable): TrackedStatements {
   const sent: Promise<unknown>[] = [];
