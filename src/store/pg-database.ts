@@ -61,14 +61,7 @@ export function createPgDatabase(options: PgDatabaseOptions): Database {
         // Awaited before the body sends anything: were BEGIN to fail, what
         // was pipelined behind it would run and commit statement by statement.
         await client.query(txOptions.genericPlans === true ? "BEGIN; SET LOCAL plan_cache_mode = auto" : "BEGIN");
-        let result: T;
-        try {
-          result = await fn(statements.tx);
-        } catch (err) {
-          // A statement's failure fails every later one ("current
-          // transaction is aborted"): the first one says why.
-          throw (await statements.firstFailure())?.error ?? err;
-        }
+        const result = await statements.run(fn);
         // Behind whatever the body left running (its last writes, say): one
         // round trip for both. Should one of them fail, PostgreSQL ends the
         // transaction with a ROLLBACK in place of the COMMIT.

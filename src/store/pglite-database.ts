@@ -31,13 +31,9 @@ export async function createPgliteDatabase(dataDir: string | undefined): Promise
         // As on the pg driver, a body may leave its last statements running;
         // they finish before PGlite commits.
         const statements = trackStatements(prepared(asQueryable(tx)));
-        try {
-          const result = await fn(statements.tx);
-          await statements.settled();
-          return result;
-        } catch (err) {
-          throw (await statements.firstFailure())?.error ?? err;
-        }
+        const result = await statements.run(fn);
+        await statements.settled();
+        return result;
       }),
     // One process owns a PGlite store, so NOTIFY only ever reaches itself.
     listen: async (channel, onNotify) => {

@@ -2,12 +2,14 @@ import type { Queryable } from "./database.js";
 
 /** A transaction's statements, as {@link trackStatements} keeps them. */
 export interface TrackedStatements {
-  /** What the transaction's body runs its statements through. */
-  readonly tx: Queryable;
+  /**
+   * Runs the transaction's body on the tracked connection. Should it throw
+   * after a statement failed, it throws that statement's error instead
+   * (the first, in the order sent).
+   */
+  run<T>(body: (tx: Queryable) => Promise<T>): Promise<T>;
   /** Resolves once every statement has succeeded; rejects with the first (in the order sent) that failed. */
   settled(): Promise<void>;
-  /** The first statement (in the order sent) that failed, once all have settled: its error; undefined if none failed. */
-  firstFailure(): Promise<{ error: unknown } | undefined>;
 }
 
 /**
@@ -19,10 +21,11 @@ export interface TrackedStatements {
  * nothing of what the transaction does, only when its caller hears of it.
  *
  * When a statement fails, every later one of its transaction fails too
- * ("current transaction is aborted"); {@link firstFailure} names the one
- * that says why. A failed statement thus fails its transaction even if
- * the body caught it: no body recovers from one (there are no savepoints
- * in the store), and one that did would need its own tracking.
+ * ("current transaction is aborted"); the first one says why, and is what
+ * the transaction fails with. A failed statement thus fails its
+ * transaction even if the body caught it: no body recovers from one (there
+ * are no savepoints in the store), and one that did would need its own
+ * tracking.
  */
 export function trackStatements(inner: Queryable): TrackedStatements {
   const sent: Promise<unknown>[] = [];
@@ -30,17 +33,23 @@ export function trackStatements(inner: Queryable): TrackedStatements {
     for (const r of await Promise.allSettled(sent)) if (r.status === "rejected") return { error: r.reason };
     return undefined;
   };
-  return {
-    tx: {
-      query<R>(sql: string, params?: readonly unknown[]) {
-        const p = inner.query<R>(sql, params);
-        // Handled here: a statement nobody awaits must not be an unhandled rejection.
-        p.catch(() => {});
-        sent.push(p);
-        return p;
-      },
+  const tx: Queryable = {
+    query<R>(sql: string, params?: readonly unknown[]) {
+      const p = inner.query<R>(sql, params);
+      // Handled here: a statement nobody awaits must not be an unhandled rejection.
+      p.catch(() => {});
+      sent.push(p);
+      return p;
     },
-    firstFailure,
+  };
+  return {
+    async run(body) {
+      try {
+        return await body(tx);
+      } catch (err) {
+        throw (await firstFailure())?.error ?? err;
+      }
+    },
     async settled() {
       const failure = await firstFailure();
       if (failure !== undefined) throw failure.error;
