@@ -1,7 +1,6 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { LRUCache } from "lru-cache";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
 import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapseReason, LIFETIME_START_MS, type ScopeState } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
@@ -29,6 +28,7 @@ import { endEventType, recordEvents } from "./outbox.js";
 import { insertApprovalsSql, type NewApproval, requestedEvents } from "./approval-ledger.js";
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { lapseOf, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
+import { SessionChains } from "./session-chains.js";
 import { type CounterAddress, countersAt, currentAddress, readUsage, saveCountersSql, totalsOf } from "./usage-counters.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
@@ -50,17 +50,14 @@ interface Pending {
   readonly enqueuedNs: bigint;
 }
 
-interface Chain {
-  readonly agentId: string;
-  readonly ancestorIds: readonly string[];
-}
-
 /** Dependencies of {@link DecisionBatcher}. */
 export interface DecisionBatcherOptions {
   readonly db: Database;
   readonly now: () => number;
   readonly policies: PolicyCache;
   readonly spans: CalendarSpanCache;
+  /** The sessions' chains, shared with the store's other writers. Default: a cache of its own. */
+  readonly chains?: SessionChains;
   /** Most decisions per transaction. Default 512. */
   readonly maxBatch?: number;
   /** Transactions in flight at once, calls sharded among them by agent. Default 1. */
@@ -87,11 +84,12 @@ export interface DecisionBatcherOptions {
  */
 export class DecisionBatcher {
   private readonly commits: BatchQueue<Pending, DecideResponse>;
-  private readonly chains = new LRUCache<string, Chain>({ max: 200_000 });
+  private readonly chains: SessionChains;
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
 
   constructor(private readonly opts: DecisionBatcherOptions) {
+    this.chains = opts.chains ?? new SessionChains();
     this.commits = new BatchQueue({
       // One transaction at a time: calls that arrive meanwhile wait for the
       // next, which takes them all, so batches grow with the load and each
@@ -124,11 +122,6 @@ export class DecisionBatcher {
     return this.commits.submit({ req, enqueuedNs: process.hrtime.bigint() }, this.shardOf(req.sessionId));
   }
 
-  /** Forgets cached chains, e.g. after a session is imported or deleted. */
-  forget(sessionId: string): void {
-    this.chains.delete(sessionId);
-  }
-
   private shardOf(sessionId: string): number {
     // One shard (the default): no chain lookup or hash on every call.
     if (this.commits.shards === 1) return 0;
@@ -138,33 +131,13 @@ export class DecisionBatcher {
     return Math.abs(h) % this.commits.shards;
   }
 
-  private async resolveChains(tx: Queryable, sessionIds: string[]): Promise<void> {
-    const missing = sessionIds.filter((id) => !this.chains.has(id));
-    if (missing.length === 0) return;
-    const { rows } = await tx.query<{ session_id: string; agent_id: string; ancestor_ids: string[] }>(
-      "SELECT session_id, agent_id, ancestor_ids FROM sessions WHERE session_id = ANY($1::text[])",
-      [missing],
-    );
-    // Chains never change once a session exists, so caching them is safe.
-    for (const r of rows) this.chains.set(r.session_id, { agentId: r.agent_id, ancestorIds: r.ancestor_ids });
-  }
-
   private async decideAll(tx: Queryable, batch: readonly Pending[]): Promise<{ settled: Settled[]; told: string[]; ended: string[] }> {
     const { now, policies, spans } = this.opts;
     const nowMs = now();
     const settled: Settled[] = [];
     const sessionIds = [...new Set(batch.map((p) => p.req.sessionId))];
-    await this.resolveChains(tx, sessionIds);
-
-    const lockSessions = new Set<string>();
-    const lockAgents = new Set<string>();
-    for (const id of sessionIds) {
-      const chain = this.chains.get(id);
-      if (chain === undefined) continue;
-      lockSessions.add(id);
-      for (const a of chain.ancestorIds) lockSessions.add(a);
-      lockAgents.add(chain.agentId);
-    }
+    await this.chains.resolve(tx, sessionIds);
+    const chains = this.chains.scopesOf(sessionIds);
     // Every read of the batch goes out at once, after the locks (one round
     // trip on a pipelined connection): a connection runs its statements
     // one after another, and under READ COMMITTED each sees what was
@@ -175,8 +148,8 @@ export class DecisionBatcher {
     // the sessions', their ancestors' and their agents'.
     const keyed = batch.filter((p) => p.req.idempotencyKey !== "");
     const [locked, usageRows, seen, auditHeads] = await Promise.all([
-      lockScopes(tx, [...lockSessions].sort(), [...lockAgents].sort(), policies),
-      readUsage(tx, [...[...lockSessions].map((id) => `s:${id}`), ...[...lockAgents].map((id) => `a:${id}`)]),
+      lockScopes(tx, chains.sessionIds, chains.agentIds, policies),
+      readUsage(tx, chains.scopeKeys),
       loadIdempotency(
         tx,
         keyed.map((p) => ({ scope: `s:${p.req.sessionId}`, key: p.req.idempotencyKey })),

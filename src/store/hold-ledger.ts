@@ -9,7 +9,7 @@ import type { Queryable } from "./database.js";
 import { cancelApprovalsOf } from "./approval-ledger.js";
 import { endEventType, recordEvents } from "./outbox.js";
 import type { LockedSession } from "./scope-locks.js";
-import { loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+import { type CounterAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -28,11 +28,12 @@ export async function lockActions(tx: Queryable, where: string, params: unknown[
  * changes only windows still stored (lifetime always).
  */
 export async function countersOf(tx: Queryable, rows: readonly { readonly charges: ActionRow["charges"] }[]): Promise<UsageSet> {
-  return loadCounters(
-    tx,
-    rows.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs }))),
-    "exact",
-  );
+  return loadCounters(tx, chargedAddresses(rows), "exact");
+}
+
+/** The counter addresses `rows` (holds or leases) charged: what {@link countersOf} reads, in "exact" mode. */
+export function chargedAddresses(rows: readonly { readonly charges: ActionRow["charges"] }[]): CounterAddress[] {
+  return rows.flatMap((r) => r.charges.map(([scopeKey, window, startMs]) => ({ scopeKey, window, startMs })));
 }
 
 /**

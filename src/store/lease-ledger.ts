@@ -21,10 +21,11 @@ import {
   HoldRelease,
 } from "../gen/warden/v1/sync_service_pb.js";
 import type { Database, Queryable } from "./database.js";
-import { captureHolds, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds, reverseWriteOffs } from "./hold-ledger.js";
+import { captureHolds, chargedAddresses, countersOf, endSessions, lifetimesUsedUp, lockActions, releaseHolds, reverseWriteOffs } from "./hold-ledger.js";
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
-import { type AuditEntry, appendAudit, decisionAuditEntry } from "./audit-log.js";
+import { type AuditEntry, chainAudit, decisionAuditEntry, readAuditHeads, writeAuditSql } from "./audit-log.js";
+import { appendStatement } from "./append-statement.js";
 import { claimIdempotencyKeys, releaseClaims, saveIdempotency, saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
@@ -33,7 +34,19 @@ import { recordEvents } from "./outbox.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 import { type LockedAgent, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import type { CalendarSpanCache } from "../core/windows.js";
-import { type Counter, type CounterAddress, currentAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+import { type ChainScopes, SessionChains } from "./session-chains.js";
+import {
+  type AddressMode,
+  type Counter,
+  type CounterAddress,
+  countersAt,
+  currentAddress,
+  readUsage,
+  saveCounters,
+  saveCountersSql,
+  type UsageRows,
+  type UsageSet,
+} from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -69,6 +82,8 @@ export interface LeaseLedgerOptions {
   readonly now: () => number;
   readonly policies: PolicyCache;
   readonly spans: CalendarSpanCache;
+  /** The sessions' chains, shared with the store's other writers. Default: a cache of its own. */
+  readonly chains?: SessionChains;
   /**
    * How long after its expiry an unreleased lease is reconciled (written
    * off). It covers the sidecar's report delay and clock skew, so a live
@@ -100,6 +115,7 @@ export class LeaseLedger {
   private readonly now: () => number;
   private readonly policies: PolicyCache;
   private readonly spans: CalendarSpanCache;
+  private readonly chains: SessionChains;
   private readonly graceMs: number;
   /** session.limit_reached notices this process has stored (see recordLimitNotices). */
   private readonly told = createToldNotices();
@@ -110,6 +126,7 @@ export class LeaseLedger {
     this.now = o.now;
     this.policies = o.policies;
     this.spans = o.spans;
+    this.chains = o.chains ?? new SessionChains();
     this.graceMs = o.reconcileGraceMs ?? 10_000;
     // Grants and reports look rows up by key, as decision batches do: their plans are cached.
     this.grants = new BatchQueue({ maxBatch: 256, run: (batch) => this.db.transaction((tx) => this.grantAll(tx, batch), { genericPlans: true }) });
@@ -187,13 +204,17 @@ export class LeaseLedger {
    */
   private async grantAll(tx: Queryable, reqs: readonly AcquireLeaseRequest[]): Promise<Settled<Lease | undefined>[]> {
     const nowMs = this.now();
-    const locked = await lockChains(tx, [...new Set(reqs.map((r) => r.sessionId))], this.policies);
+    const chains = await this.chainsOf(tx, [...new Set(reqs.map((r) => r.sessionId))]);
     const named = [...new Set(reqs.map((r) => r.leaseId).filter((id) => id !== ""))];
-    const existing = new Map<string, LeaseRow & { holder: string }>();
-    if (named.length > 0) {
-      const { rows } = await tx.query<LeaseRow & { holder: string }>(`SELECT ${LEASE_COLUMNS}, holder FROM leases WHERE lease_id = ANY($1::text[])`, [named]);
-      for (const r of rows) existing.set(r.lease_id, r);
-    }
+    // The locks and the reads behind them in one round trip (see report()).
+    const [locked, namedRows, usageRows] = await Promise.all([
+      lockScopes(tx, chains.sessionIds, chains.agentIds, this.policies),
+      named.length === 0
+        ? undefined
+        : tx.query<LeaseRow & { holder: string }>(`SELECT ${LEASE_COLUMNS}, holder FROM leases WHERE lease_id = ANY($1::text[])`, [named]),
+      readUsage(tx, chains.scopeKeys),
+    ]);
+    const existing = new Map<string, LeaseRow & { holder: string }>((namedRows?.rows ?? []).map((r) => [r.lease_id, r]));
     const plans = reqs.map((req) => {
       const s = locked.sessions.get(req.sessionId);
       if (s === undefined) return undefined;
@@ -210,10 +231,7 @@ export class LeaseLedger {
       );
       return { req, chain, scopes, addresses, active };
     });
-    const usage = await loadCounters(
-      tx,
-      plans.flatMap((p) => p?.addresses ?? []),
-    );
+    const usage = await chainCounters(tx, chains, usageRows, plans.flatMap((p) => p?.addresses ?? []), "current");
     const usageAt = (addresses: readonly CounterAddress[]) =>
       addresses.map((a) => {
         const c = usage.get(`${a.scopeKey}|${a.window}|${a.startMs}`)!;
@@ -360,6 +378,12 @@ export class LeaseLedger {
     );
   }
 
+  /** What to lock and read for `sessionIds`: their chains, from the cache or read now. */
+  private async chainsOf(tx: Queryable, sessionIds: readonly string[]): Promise<ChainScopes> {
+    await this.chains.resolve(tx, sessionIds);
+    return this.chains.scopesOf(sessionIds);
+  }
+
   /**
    * Applies sidecar reports in one transaction: records first (each moves
    * its amount out of its lease; a record seen before charges nothing),
@@ -371,16 +395,28 @@ export class LeaseLedger {
     const sessionIds = [...new Set(req.reports.map((r) => r.sessionId))];
     if (sessionIds.length === 0) return [];
     const { rejected, told, ending } = await this.db.transaction(async (tx) => {
-      const locked = await lockChains(tx, sessionIds, this.policies);
+      const chains = await this.chainsOf(tx, sessionIds);
       const leaseIds = [...new Set(req.reports.map((r) => r.leaseId).filter((id) => id !== ""))];
-      const leases = new Map<string, LeaseRow>();
-      if (leaseIds.length > 0) {
-        const { rows } = await tx.query<LeaseRow>(
-          `SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[]) ORDER BY lease_id FOR UPDATE`,
-          [leaseIds],
-        );
-        for (const r of rows) leases.set(r.lease_id, r);
-      }
+      const actionIds = [...new Set(req.reports.flatMap((rep) => rep.records.map((r) => r.actionId)))];
+      // The locks, then every read the records need, sent together: on a
+      // pipelined connection one round trip. A connection runs its
+      // statements in order, so each read starts once the locks are held
+      // and sees everything done under them (usage-counters.ts, readUsage).
+      const [locked, leaseRows, storedRows, usageRows, auditHeads] = await Promise.all([
+        lockScopes(tx, chains.sessionIds, chains.agentIds, this.policies),
+        leaseIds.length === 0
+          ? undefined
+          : tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = ANY($1::text[]) ORDER BY lease_id FOR UPDATE`, [leaseIds]),
+        actionIds.length === 0 ? undefined : tx.query<{ action_id: string }>("SELECT action_id FROM actions WHERE action_id = ANY($1::text[])", [actionIds]),
+        actionIds.length === 0 ? new Map() : readUsage(tx, chains.scopeKeys),
+        actionIds.length === 0 ? new Map<string, never>() : readAuditHeads(tx, sessionIds),
+      ]);
+      const leases = new Map<string, LeaseRow>((leaseRows?.rows ?? []).map((r) => [r.lease_id, r]));
+      // Records the ledger has already: a retried report, whose records
+      // changed everything they change then. Read under the session locks,
+      // which every report of these sessions takes, so no other can be
+      // storing one of them meanwhile.
+      const stored = new Set((storedRows?.rows ?? []).map((r) => r.action_id));
 
       // 1. Records. Only those not stored yet count: a retried report is a
       // no-op, and a record repeated within this request counts once (the
@@ -396,13 +432,14 @@ export class LeaseLedger {
             : [{ record, s, lease: lease?.session_id === rep.sessionId ? lease : undefined, reportPath: `reports[${i}]`, path: `reports[${i}].records[${j}]` }],
         );
       });
-      await refuseUnfitRecords(tx, records);
-      const fresh = await insertRecords(tx, records, req.holder, nowMs);
-      const usage = await countersOf(tx, [...new Set(records.flatMap(({ lease }) => (lease === undefined ? [] : [lease])))]);
+      refuseUnfitRecords(records, stored);
+      const fresh = records.filter(({ record }) => !stored.has(record.actionId));
+      // The counters of every lease a new record spent from.
+      const spentFrom = [...new Set(fresh.flatMap(({ lease }) => (lease === undefined ? [] : [lease])))];
+      const usage = await chainCounters(tx, chains, usageRows, chargedAddresses(spentFrom), "exact");
       const leaseDelta = new Map<string, LeaseDelta>();
       const activity = new Map<string, { requests: number; denials: number; ns: bigint; lastMs: number }>();
-      for (const { record, s, lease } of records) {
-        if (!fresh.has(record.actionId)) continue;
+      for (const { record, s, lease } of fresh) {
         const a = activity.get(s.sessionId) ?? { requests: 0, denials: 0, ns: 0n, lastMs: 0 };
         a.requests++;
         if (record.decision!.outcome === Outcome.DENY) a.denials++;
@@ -434,74 +471,83 @@ export class LeaseLedger {
           }
         }
       }
-      await saveCounters(tx, usage);
-      if (leaseDelta.size > 0) {
-        // One statement for every lease: a report covers many sessions, and
-        // each round trip here is held under the agent's lock.
-        const deltas = [...leaseDelta];
-        const col = (f: (d: (typeof deltas)[number][1]) => bigint) => deltas.map(([, d]) => f(d).toString());
-        await tx.query(
-          `UPDATE leases l SET held_value = l.held_value - u.hv, held_actions = l.held_actions - u.ha,
-                  written_off_value = l.written_off_value - u.wv, written_off_actions = l.written_off_actions - u.wa,
-                  used_value = l.used_value + u.uv, used_actions = l.used_actions + u.ua, update_time = $8::timestamptz
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-                  AS u(lease_id, hv, ha, wv, wa, uv, ua)
-            WHERE l.lease_id = u.lease_id`,
-          [
-            deltas.map(([id]) => id),
-            col((d) => d.hv),
-            col((d) => d.ha),
-            col((d) => d.wv),
-            col((d) => d.wa),
-            col((d) => d.uv),
-            col((d) => d.ua),
-            iso(nowMs),
-          ],
-        );
-      }
       // The circuit breaker counts the sidecar's decisions as they were made.
-      const tripped = breakerRuns(
-        records.filter(({ record }) => fresh.has(record.actionId)),
-        locked.sessions,
-        locked.agents,
-      );
-      if (activity.size > 0) {
-        const ids = [...activity.keys()];
-        await tx.query(
-          `UPDATE sessions s SET request_count = s.request_count + u.requests, denial_count = s.denial_count + u.denials,
-                  processing_ns = s.processing_ns + u.ns, last_activity_time = greatest(s.last_activity_time, u.last_time),
-                  denial_run = u.denial_run
-             FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::integer[])
-                  AS u(session_id, requests, denials, ns, last_time, denial_run)
-            WHERE s.session_id = u.session_id`,
-          [
-            ids,
-            ids.map((id) => activity.get(id)!.requests),
-            ids.map((id) => activity.get(id)!.denials),
-            ids.map((id) => activity.get(id)!.ns.toString()),
-            ids.map((id) => iso(activity.get(id)!.lastMs)),
-            ids.map((id) => locked.sessions.get(id)!.denialRun),
-          ],
-        );
-      }
-      // A key the store already has keeps its first answer; a claim by the
-      // record's action becomes it (idempotency.ts).
+      const tripped = breakerRuns(fresh, locked.sessions, locked.agents);
+
+      // Every write of the records in one statement (data-modifying CTEs,
+      // as a decision batch writes): the ledger rows and their audit
+      // records, the counters, the leases, the sessions' activity and the
+      // keys the records answer. Not awaited: what follows runs after it
+      // all the same, and the transaction waits for it before it commits,
+      // the COMMIT sent right behind it when nothing follows.
       const params: unknown[] = [];
-      const keySql = saveIdempotencySql(
-        records
-          .filter(({ record }) => fresh.has(record.actionId) && record.idempotencyKey !== "")
-          .map(({ record, s }) => ({
-            scope: `s:${s.sessionId}`,
-            key: record.idempotencyKey,
-            method: record.method,
-            requestHash: record.requestHash,
-            response: record.response,
-            actionId: record.actionId,
-          })),
-        nowMs,
-        params,
-      );
-      if (keySql !== undefined) await tx.query(keySql, params);
+      const inserted = insertRecordsSql(fresh, req.holder, nowMs, params);
+      const deltas = [...leaseDelta];
+      const col = (f: (d: (typeof deltas)[number][1]) => bigint) => deltas.map(([, d]) => f(d).toString());
+      const ids = [...activity.keys()];
+      const writes = [
+        inserted?.sql,
+        ...(inserted === undefined ? [] : writeAuditSql(chainAudit(auditHeads, inserted.audit)).map((w) => appendStatement(params, w.sql, w.params))),
+        ...saveCountersSql(usage).map((w) => appendStatement(params, w.sql, w.params)),
+        // One statement for every lease: a report covers many sessions.
+        deltas.length === 0
+          ? undefined
+          : appendStatement(
+              params,
+              `UPDATE leases l SET held_value = l.held_value - u.hv, held_actions = l.held_actions - u.ha,
+                      written_off_value = l.written_off_value - u.wv, written_off_actions = l.written_off_actions - u.wa,
+                      used_value = l.used_value + u.uv, used_actions = l.used_actions + u.ua, update_time = $8::timestamptz
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+                      AS u(lease_id, hv, ha, wv, wa, uv, ua)
+                WHERE l.lease_id = u.lease_id`,
+              [
+                deltas.map(([id]) => id),
+                col((d) => d.hv),
+                col((d) => d.ha),
+                col((d) => d.wv),
+                col((d) => d.wa),
+                col((d) => d.uv),
+                col((d) => d.ua),
+                iso(nowMs),
+              ],
+            ),
+        ids.length === 0
+          ? undefined
+          : appendStatement(
+              params,
+              `UPDATE sessions s SET request_count = s.request_count + u.requests, denial_count = s.denial_count + u.denials,
+                      processing_ns = s.processing_ns + u.ns, last_activity_time = greatest(s.last_activity_time, u.last_time),
+                      denial_run = u.denial_run
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::timestamptz[], $6::integer[])
+                      AS u(session_id, requests, denials, ns, last_time, denial_run)
+                WHERE s.session_id = u.session_id`,
+              [
+                ids,
+                ids.map((id) => activity.get(id)!.requests),
+                ids.map((id) => activity.get(id)!.denials),
+                ids.map((id) => activity.get(id)!.ns.toString()),
+                ids.map((id) => iso(activity.get(id)!.lastMs)),
+                ids.map((id) => locked.sessions.get(id)!.denialRun),
+              ],
+            ),
+        // A key the store already has keeps its first answer; a claim by the
+        // record's action becomes it (idempotency.ts).
+        saveIdempotencySql(
+          fresh
+            .filter(({ record }) => record.idempotencyKey !== "")
+            .map(({ record, s }) => ({
+              scope: `s:${s.sessionId}`,
+              key: record.idempotencyKey,
+              method: record.method,
+              requestHash: record.requestHash,
+              response: record.response,
+              actionId: record.actionId,
+            })),
+          nowMs,
+          params,
+        ),
+      ].filter((w) => w !== undefined);
+      if (writes.length > 0) void tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
       // Claims whose calls ended without a record, after the records (a
       // claim filled above is no longer one, and stays).
       await releaseClaims(
@@ -678,11 +724,9 @@ export class LeaseLedger {
         nowMs,
       );
       // A window limit a sidecar's decision ran into is told like the store's own.
-      const notices = records
-        .filter(({ record }) => fresh.has(record.actionId))
-        .flatMap(({ record, s }) =>
-          limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId: record.actionId, decision: record.decision! }, nowMs),
-        );
+      const notices = fresh.flatMap(({ record, s }) =>
+        limitNoticesOf({ sessionId: s.sessionId, agentId: s.agentId, actionId: record.actionId, decision: record.decision! }, nowMs),
+      );
       return { rejected, told: await recordLimitNotices(tx, notices, this.told), ending };
     }, { genericPlans: true });
     for (const k of told) this.told.set(k, true);
@@ -708,7 +752,8 @@ export class LeaseLedger {
     for (const { lease_id, session_id } of due.rows) {
       await this.db.transaction(async (tx) => {
         // Locked as every writer of the lease's counters locks them (scope-locks.ts).
-        await lockChains(tx, [session_id], this.policies);
+        const chains = await this.chainsOf(tx, [session_id]);
+        await lockScopes(tx, chains.sessionIds, chains.agentIds, this.policies);
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = $1 AND status = 1 FOR UPDATE`, [lease_id]);
         if (rows.length === 0) return;
         writtenOffValue += BigInt(rows[0]!.held_value);
@@ -803,9 +848,10 @@ function takeFrom(lease: LeaseRow, amount: bigint, d: LeaseDelta, currency: stri
  * its session's (it would be added to counters in that currency); an
  * authorization without the time its hold lapses (it would hold for ever);
  * and one that does not fit in its lease ({@link takeFrom}: it would be
- * committed past the limits the lease was cut from).
+ * committed past the limits the lease was cut from). Records in `stored`
+ * (ids the ledger has) are judged but take nothing.
  */
-async function refuseUnfitRecords(tx: Queryable, records: readonly ReportedRecord[]): Promise<void> {
+function refuseUnfitRecords(records: readonly ReportedRecord[], stored: ReadonlySet<string>): void {
   const allowed = records.filter(({ record }) => record.decision!.outcome === Outcome.ALLOW);
   for (const { record, s, lease, reportPath, path } of allowed) {
     if (lease === undefined) {
@@ -822,24 +868,14 @@ async function refuseUnfitRecords(tx: Queryable, records: readonly ReportedRecor
       throw new ConnectError(`${path}.hold_expire_time: an allowed authorization must say when its hold lapses`, Code.InvalidArgument);
     }
   }
-  const unfit = (stored: ReadonlySet<string>) => {
-    const deltas = new Map<string, LeaseDelta>();
-    for (const { record, s, lease, path } of allowed) {
-      if (stored.has(record.actionId)) continue;
-      const got = takeFrom(lease!, record.action!.amount?.amountMicros ?? 0n, deltaOf(deltas, lease!.lease_id), s.policy.currency);
-      if (typeof got === "string") return `${path}${got}`;
-    }
-    return undefined;
-  };
-  if (unfit(new Set()) === undefined) return;
   // A record stored before (a retried report) took from its lease then,
-  // and takes nothing now: judged again without those. Read only here: a
-  // correct sidecar's report fits even counted whole.
-  const { rows } = await tx.query<{ action_id: string }>("SELECT action_id FROM actions WHERE action_id = ANY($1::text[])", [
-    allowed.map(({ record }) => record.actionId),
-  ]);
-  const why = unfit(new Set(rows.map((r) => r.action_id)));
-  if (why !== undefined) throw new ConnectError(why, Code.InvalidArgument);
+  // and takes nothing now.
+  const deltas = new Map<string, LeaseDelta>();
+  for (const { record, s, lease, path } of allowed) {
+    if (stored.has(record.actionId)) continue;
+    const got = takeFrom(lease!, record.action!.amount?.amountMicros ?? 0n, deltaOf(deltas, lease!.lease_id), s.policy.currency);
+    if (typeof got === "string") throw new ConnectError(`${path}${got}`, Code.InvalidArgument);
+  }
 }
 
 /**
@@ -899,17 +935,14 @@ async function pauseSessions(tx: Queryable, tripped: readonly { session: LockedS
 }
 
 /**
- * Locks the sessions, their parents and their agents (scope-locks.ts order).
- * Unknown sessions are left out.
+ * The counters at `addresses` from `rows`, the usage rows of `chains`' scopes
+ * read with their locks. A scope outside them is read now: none should be
+ * (a grant charges its session's chain), but a counter read as unused
+ * would be written over.
  */
-async function lockChains(tx: Queryable, sessionIds: readonly string[], policies: PolicyCache) {
-  const { rows } = await tx.query<{ session_id: string; agent_id: string; ancestor_ids: string[] }>(
-    "SELECT session_id, agent_id, ancestor_ids FROM sessions WHERE session_id = ANY($1::text[])",
-    [sessionIds],
-  );
-  const ids = [...new Set(rows.flatMap((r) => [r.session_id, ...r.ancestor_ids]))].sort();
-  const agents = [...new Set(rows.map((r) => r.agent_id))].sort();
-  return lockScopes(tx, ids, agents, policies);
+async function chainCounters(tx: Queryable, chains: ChainScopes, rows: UsageRows, addresses: readonly CounterAddress[], mode: AddressMode): Promise<UsageSet> {
+  const unread = addresses.filter((a) => !chains.scopeKeys.has(a.scopeKey)).map((a) => a.scopeKey);
+  return countersAt(unread.length === 0 ? rows : new Map([...rows, ...(await readUsage(tx, unread))]), addresses, mode);
 }
 
 /** The scopes a session's actions are checked against: itself, its parents, its agent. */
@@ -963,16 +996,20 @@ async function settleLeases(tx: Queryable, rows: readonly LeaseRow[], how: "rele
 }
 
 /**
- * Inserts the records as ledger rows; returns the ids that were new. An id
- * already stored is a retried report and changes nothing.
+ * The statement that inserts new records as ledger rows (its parameters
+ * appended to `params`), and their audit entries: decisions a sidecar made
+ * are audited when the store first records them, chained onto their
+ * sessions. Undefined when there are none. The caller leaves out records
+ * the ledger has (a retried report): an id stored twice fails the
+ * statement, and with it the report, rather than charge anything twice.
  */
-async function insertRecords(
-  tx: Queryable,
+function insertRecordsSql(
   records: readonly { record: LeaseRecord; s: LockedSession; lease: LeaseRow | undefined }[],
   holder: string,
   nowMs: number,
-): Promise<Set<string>> {
-  if (records.length === 0) return new Set();
+  params: unknown[],
+): { sql: string; audit: AuditEntry[] } | undefined {
+  if (records.length === 0) return undefined;
   const cols = {
     id: [] as string[],
     session: [] as string[],
@@ -1039,7 +1076,8 @@ async function insertRecords(
       }),
     );
   }
-  const { rows } = await tx.query<{ action_id: string }>(
+  const sql = appendStatement(
+    params,
     `INSERT INTO actions (action_id, session_id, agent_id, method, action, decision, outcome, status, currency,
                           amount, held_value, captured_value, charges, create_time, update_time, hold_expire_time, placed_by)
      SELECT u.id, u.session, u.agent, u.method, decode(u.action, 'base64'), decode(u.decision, 'base64'), u.outcome, u.status,
@@ -1050,9 +1088,7 @@ async function insertRecords(
             u.created, $16::timestamptz, u.hold_expire, CASE WHEN u.status = ${ActionStatus.HELD} THEN $17::text END
        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[],
                    $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[], $14::timestamptz[], $15::timestamptz[])
-         AS u(id, session, agent, method, action, decision, outcome, status, currency, amount, held, captured, lease_id, created, hold_expire)
-     ON CONFLICT (action_id) DO NOTHING
-     RETURNING action_id`,
+         AS u(id, session, agent, method, action, decision, outcome, status, currency, amount, held, captured, lease_id, created, hold_expire)`,
     [
       cols.id,
       cols.session,
@@ -1076,15 +1112,7 @@ async function insertRecords(
       holder,
     ],
   );
-  const fresh = new Set(rows.map((r) => r.action_id));
-  // Decisions a sidecar made are audited when the store first records them
-  // (a retried report adds nothing; report() already dropped repeats within
-  // a request), chained onto their sessions.
-  await appendAudit(
-    tx,
-    audit.filter((a) => fresh.has(a.data.action_id as string)),
-  );
-  return fresh;
+  return { sql, audit };
 }
 
 /** Adds a grant's reserve to the held counters of every window it charges (a negative one takes it back). */

@@ -40,6 +40,7 @@ import { ACTION_COLUMNS, type ActionRow, actionRecordOf } from "./action-record.
 import { agentChain } from "../audit/audit-body.js";
 import { appendAudit } from "./audit-log.js";
 import type { Database, Queryable } from "./database.js";
+import { SessionChains } from "./session-chains.js";
 import { DecisionBatcher, type DecideRequest, type DecideResponse } from "./decision-batcher.js";
 import { budgetToProto } from "./decision-proto.js";
 import {
@@ -304,6 +305,8 @@ export class WardenStore {
   private readonly idempotencyRetentionMs: number;
   readonly spans = new CalendarSpanCache();
   readonly policies = new PolicyCache();
+  /** Every session's agent and parents, for whatever locks a session's chain. */
+  readonly chains = new SessionChains();
   /** Budget leases of sidecars. */
   readonly leases: LeaseLedger;
   private readonly batcher: DecisionBatcher;
@@ -325,12 +328,13 @@ export class WardenStore {
         });
       },
     });
-    this.batcher = new DecisionBatcher({ db: this.db, now: this.now, policies: this.policies, spans: this.spans });
+    this.batcher = new DecisionBatcher({ db: this.db, now: this.now, policies: this.policies, spans: this.spans, chains: this.chains });
     this.leases = new LeaseLedger({
       db: this.db,
       now: this.now,
       policies: this.policies,
       spans: this.spans,
+      chains: this.chains,
       reconcileGraceMs: opts.leaseReconcileGraceMs,
     });
   }
@@ -1164,7 +1168,7 @@ export class WardenStore {
       return imported;
     });
     if (replayed !== undefined) return replayed;
-    this.batcher.forget(s.sessionId);
+    this.chains.forget(s.sessionId);
     return session;
   }
 
