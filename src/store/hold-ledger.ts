@@ -4,12 +4,13 @@ import { formatMoney } from "../core/money.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
-import { appendAudit } from "./audit-log.js";
+import { appendStatement } from "./append-statement.js";
+import { type AuditEntry, chainAudit, readAuditHeads, writeAuditSql } from "./audit-log.js";
 import type { Queryable } from "./database.js";
 import { cancelApprovalsOf } from "./approval-ledger.js";
-import { endEventType, recordEvents } from "./outbox.js";
+import { endEventType, type NewEvent, recordEvents } from "./outbox.js";
 import type { LockedSession } from "./scope-locks.js";
-import { type CounterAddress, loadCounters, saveCounters, type UsageSet } from "./usage-counters.js";
+import { type CounterAddress, loadCounters, saveCountersSql, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
@@ -59,6 +60,41 @@ export function isOpenHold(h: ActionRow): boolean {
   return h.status === ActionStatus.HELD || (h.status === ActionStatus.NEEDS_APPROVAL && BigInt(h.held_value) > 0n);
 }
 
+/** What settling some holds changes: see {@link settleHolds}. */
+interface HoldSettlement {
+  readonly holds: readonly ActionRow[];
+  /** Moves the holds' amounts in the counters they charged (read for it). */
+  readonly count: (counters: UsageSet) => void;
+  /** The statement that updates their action rows. */
+  readonly update: { readonly sql: string; readonly params: unknown[] };
+  readonly audit: readonly AuditEntry[];
+  readonly events: readonly NewEvent[];
+}
+
+/**
+ * Settles holds in two round trips whatever their number: the counters
+ * they charged and their chains' audit heads read together, then every
+ * write sent together (the counters, the action rows and the audit
+ * records in one statement; the events behind it). Call it with the holds'
+ * sessions locked, in a transaction (scope-locks.ts). Returns the counters
+ * as saved.
+ */
+async function settleHolds(tx: Queryable, s: HoldSettlement): Promise<UsageSet> {
+  if (s.holds.length === 0) return countersOf(tx, []);
+  const [counters, heads] = await Promise.all([countersOf(tx, s.holds), readAuditHeads(tx, s.audit.map((a) => a.chain))]);
+  s.count(counters);
+  const params: unknown[] = [];
+  const writes = [
+    ...saveCountersSql(counters).map((w) => appendStatement(params, w.sql, w.params)),
+    appendStatement(params, s.update.sql, s.update.params),
+    ...writeAuditSql(chainAudit(heads, s.audit)).map((w) => appendStatement(params, w.sql, w.params)),
+  ];
+  await Promise.all([tx.query(`WITH ${writes.map((w, i) => `w${i} AS (${w})`).join(",\n")} SELECT 1`, params), recordEvents(tx, s.events)]);
+  // Saved again later in the transaction, the rows inserted now are updated.
+  for (const k of counters.scopes.keys()) counters.stored.add(k);
+  return counters;
+}
+
 /**
  * Releases open holds (authorizations, and pending approvals' holds) into `status` (VOIDED or EXPIRED): their
  * amount and action slot return to every window they charged.
@@ -66,22 +102,25 @@ export function isOpenHold(h: ActionRow): boolean {
 export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<void> {
   const open = holds.filter(isOpenHold);
   if (open.length === 0) return;
-  const counters = await countersOf(tx, open);
-  for (const h of open) {
-    for (const [scopeKey, window, startMs] of h.charges) {
-      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-      c.heldValue -= BigInt(h.held_value);
-      c.heldActions -= 1n;
-    }
-  }
-  await saveCounters(tx, counters);
-  await tx.query(
-    `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
-    [open.map((h) => h.action_id), status, iso(nowMs)],
-  );
-  await appendAudit(
-    tx,
-    open.map((h) => ({
+  // Authorizations say what became of them; a pending approval's hold is
+  // told by its approval.* event instead.
+  const type = status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided";
+  await settleHolds(tx, {
+    holds: open,
+    count: (counters) => {
+      for (const h of open) {
+        for (const [scopeKey, window, startMs] of h.charges) {
+          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+          c.heldValue -= BigInt(h.held_value);
+          c.heldActions -= 1n;
+        }
+      }
+    },
+    update: {
+      sql: `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
+      params: [open.map((h) => h.action_id), status, iso(nowMs)],
+    },
+    audit: open.map((h) => ({
       chain: h.session_id,
       type: `authorization.${ActionStatus[status]!.toLowerCase()}`,
       nowMs,
@@ -89,13 +128,7 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
       agentId: h.agent_id,
       data: { action_id: h.action_id, previous_status: ActionStatus[h.status], status: ActionStatus[status], released_micros: BigInt(h.held_value).toString(), currency: h.currency },
     })),
-  );
-  // Authorizations say what became of them; a pending approval's hold is
-  // told by its approval.* event instead.
-  const type = status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided";
-  await recordEvents(
-    tx,
-    open
+    events: open
       .filter((h) => h.status === ActionStatus.HELD)
       .map((h) => ({
         type,
@@ -104,7 +137,7 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
         data: { authorization_id: h.action_id, currency: h.currency, released_amount_micros: h.held_value },
         nowMs,
       })),
-  );
+  });
 }
 
 /**
@@ -137,27 +170,27 @@ export interface WrittenOff {
 
 async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status: ActionStatus, nowMs: number): Promise<WrittenOff> {
   if (holds.length === 0) return { holds: 0, value: 0n };
-  const counters = await countersOf(tx, holds);
   let value = 0n;
-  for (const h of holds) {
-    const held = BigInt(h.held_value);
-    value += held;
-    for (const [scopeKey, window, startMs] of h.charges) {
-      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-      c.heldValue -= held;
-      c.heldActions -= 1n;
-      c.committedValue += held;
-      c.committedActions += 1n;
-    }
-  }
-  await saveCounters(tx, counters);
-  await tx.query(
-    `UPDATE actions SET status = $2, written_off_value = held_value, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
-    [holds.map((h) => h.action_id), status, iso(nowMs)],
-  );
-  await appendAudit(
-    tx,
-    holds.map((h) => ({
+  for (const h of holds) value += BigInt(h.held_value);
+  await settleHolds(tx, {
+    holds,
+    count: (counters) => {
+      for (const h of holds) {
+        const held = BigInt(h.held_value);
+        for (const [scopeKey, window, startMs] of h.charges) {
+          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+          c.heldValue -= held;
+          c.heldActions -= 1n;
+          c.committedValue += held;
+          c.committedActions += 1n;
+        }
+      }
+    },
+    update: {
+      sql: `UPDATE actions SET status = $2, written_off_value = held_value, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
+      params: [holds.map((h) => h.action_id), status, iso(nowMs)],
+    },
+    audit: holds.map((h) => ({
       chain: h.session_id,
       type: "authorization.written_off",
       nowMs,
@@ -165,18 +198,15 @@ async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status:
       agentId: h.agent_id,
       data: { action_id: h.action_id, status: ActionStatus[status], placed_by: h.placed_by, written_off_micros: BigInt(h.held_value).toString(), currency: h.currency },
     })),
-  );
-  // The authorization is closed, as one released is; its amount is not back.
-  await recordEvents(
-    tx,
-    holds.map((h) => ({
+    // The authorization is closed, as one released is; its amount is not back.
+    events: holds.map((h) => ({
       type: status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided",
       sessionId: h.session_id,
       agentId: h.agent_id,
       data: { authorization_id: h.action_id, currency: h.currency, released_amount_micros: "0", written_off_amount_micros: h.held_value },
       nowMs,
     })),
-  );
+  });
   return { holds: holds.length, value };
 }
 
@@ -188,26 +218,26 @@ async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status:
  */
 export async function reverseWriteOffs(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint | undefined }[], nowMs: number): Promise<void> {
   if (items.length === 0) return;
-  const counters = await countersOf(tx, items.map((i) => i.hold));
-  for (const { hold: h, amountMicros } of items) {
-    const written = BigInt(h.written_off_value!);
-    for (const [scopeKey, window, startMs] of h.charges) {
-      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-      c.committedValue += (amountMicros ?? 0n) - written;
-      if (amountMicros === undefined) c.committedActions -= 1n;
-    }
-  }
-  await saveCounters(tx, counters);
-  await tx.query(
-    `UPDATE actions a SET status = CASE WHEN u.captured IS NULL THEN a.status ELSE ${ActionStatus.CAPTURED} END,
-            captured_value = coalesce(u.captured, a.captured_value), written_off_value = NULL, update_time = $3::timestamptz
-       FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
-      WHERE a.action_id = u.action_id`,
-    [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros?.toString() ?? null), iso(nowMs)],
-  );
-  await appendAudit(
-    tx,
-    items.map(({ hold: h, amountMicros }) => ({
+  await settleHolds(tx, {
+    holds: items.map((i) => i.hold),
+    count: (counters) => {
+      for (const { hold: h, amountMicros } of items) {
+        const written = BigInt(h.written_off_value!);
+        for (const [scopeKey, window, startMs] of h.charges) {
+          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+          c.committedValue += (amountMicros ?? 0n) - written;
+          if (amountMicros === undefined) c.committedActions -= 1n;
+        }
+      }
+    },
+    update: {
+      sql: `UPDATE actions a SET status = CASE WHEN u.captured IS NULL THEN a.status ELSE ${ActionStatus.CAPTURED} END,
+              captured_value = coalesce(u.captured, a.captured_value), written_off_value = NULL, update_time = $3::timestamptz
+         FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
+        WHERE a.action_id = u.action_id`,
+      params: [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros?.toString() ?? null), iso(nowMs)],
+    },
+    audit: items.map(({ hold: h, amountMicros }) => ({
       chain: h.session_id,
       type: amountMicros === undefined ? "authorization.write_off_reversed" : "authorization.captured",
       nowMs,
@@ -221,11 +251,8 @@ export async function reverseWriteOffs(tx: Queryable, items: readonly { hold: Ac
         currency: h.currency,
       },
     })),
-  );
-  // Its webhook said it expired (or was voided): a late capture is news.
-  await recordEvents(
-    tx,
-    items
+    // Its webhook said it expired (or was voided): a late capture is news.
+    events: items
       .filter((i) => i.amountMicros !== undefined)
       .map(({ hold: h, amountMicros }) => ({
         type: "authorization.captured",
@@ -234,7 +261,7 @@ export async function reverseWriteOffs(tx: Queryable, items: readonly { hold: Ac
         data: { authorization_id: h.action_id, currency: h.currency, captured_amount_micros: amountMicros!.toString(), released_amount_micros: "0", was_written_off: true },
         nowMs,
       })),
-  );
+  });
 }
 
 /** Why a hold can no longer be captured or voided, as an error. */
@@ -292,28 +319,27 @@ export async function captureHold(
  * once under its sessions' locks. Returns the counters as saved.
  */
 export async function captureHolds(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint }[], nowMs: number): Promise<UsageSet> {
-  const counters = await countersOf(tx, items.map((i) => i.hold));
-  if (items.length === 0) return counters;
-  for (const { hold: h, amountMicros } of items) {
-    const held = BigInt(h.held_value);
-    for (const [scopeKey, window, startMs] of h.charges) {
-      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-      c.heldValue -= held;
-      c.heldActions -= 1n;
-      c.committedValue += amountMicros;
-      c.committedActions += 1n;
-    }
-  }
-  await saveCounters(tx, counters);
-  await tx.query(
-    `UPDATE actions a SET status = $3, held_value = 0, captured_value = u.captured, update_time = $4::timestamptz
-       FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
-      WHERE a.action_id = u.action_id`,
-    [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros.toString()), ActionStatus.CAPTURED, iso(nowMs)],
-  );
-  await appendAudit(
-    tx,
-    items.map(({ hold: h, amountMicros }) => ({
+  return settleHolds(tx, {
+    holds: items.map((i) => i.hold),
+    count: (counters) => {
+      for (const { hold: h, amountMicros } of items) {
+        const held = BigInt(h.held_value);
+        for (const [scopeKey, window, startMs] of h.charges) {
+          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+          c.heldValue -= held;
+          c.heldActions -= 1n;
+          c.committedValue += amountMicros;
+          c.committedActions += 1n;
+        }
+      }
+    },
+    update: {
+      sql: `UPDATE actions a SET status = $3, held_value = 0, captured_value = u.captured, update_time = $4::timestamptz
+         FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
+        WHERE a.action_id = u.action_id`,
+      params: [items.map((i) => i.hold.action_id), items.map((i) => i.amountMicros.toString()), ActionStatus.CAPTURED, iso(nowMs)],
+    },
+    audit: items.map(({ hold: h, amountMicros }) => ({
       chain: h.session_id,
       type: "authorization.captured",
       nowMs,
@@ -321,10 +347,7 @@ export async function captureHolds(tx: Queryable, items: readonly { hold: Action
       agentId: h.agent_id,
       data: { action_id: h.action_id, captured_micros: amountMicros.toString(), released_micros: (BigInt(h.held_value) - amountMicros).toString(), currency: h.currency },
     })),
-  );
-  await recordEvents(
-    tx,
-    items.map(({ hold: h, amountMicros }) => ({
+    events: items.map(({ hold: h, amountMicros }) => ({
       type: "authorization.captured",
       sessionId: h.session_id,
       agentId: h.agent_id,
@@ -336,8 +359,7 @@ export async function captureHolds(tx: Queryable, items: readonly { hold: Action
       },
       nowMs,
     })),
-  );
-  return counters;
+  });
 }
 
 /**

@@ -7,7 +7,7 @@
 // table on every later call.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { UpdateAgentPolicyRequestSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
@@ -61,8 +61,9 @@ for (const driver of DRIVERS) {
       // an agent with a policy of its own, a session and its fork, decisions
       // with and without idempotency keys (a retry among them), a denial
       // (its limit notice) that trips a circuit breaker, an approval asked
-      // for, a session used up by a decision and one by a lease report, and
-      // a lease granted, reported on and given back.
+      // for, a session used up by a decision and one by a lease report, a
+      // lease granted, reported on and given back, and holds a sidecar
+      // placed, then captured and voided in its next report.
       const agentId = "agent-plans";
       await store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId, policy: { currencyCode: "USD", monthly: { maxValueMicros: USD(10_000) } } }));
       const session = (policy: Parameters<typeof sessionRequest>[1]) => store.createSession(sessionRequest(agentId, policy), NO_HASH);
@@ -106,6 +107,37 @@ for (const driver of DRIVERS) {
       };
       await report(parent.sessionId);
       await report(usedUpByReport.sessionId, true);
+      // Holds a sidecar placed, settled in its next report: one captured,
+      // one voided.
+      const holder = await session({ daily: { maxValueMicros: USD(100) } });
+      const lease = await store.leases.acquire(
+        create(AcquireLeaseRequestSchema, { sessionId: holder.sessionId, holder: "sidecar-1", desiredValueMicros: USD(10), desiredActions: 10n, minValueMicros: 1n, ttl: durationFromMs(30_000) }),
+      );
+      assert.ok(lease, "a lease is granted");
+      const hold = () =>
+        create(LeaseRecordSchema, {
+          actionId: newId("act", clock.ms),
+          method: "authorize",
+          action: payment(USD(2)),
+          decision: create(DecisionSchema, { outcome: Outcome.ALLOW, message: "allowed" }),
+          createTime: timestampFromMs(clock.ms),
+          holdExpireTime: timestampFromMs(clock.ms + 60_000),
+          processingNanos: 1000n,
+        });
+      const holds = [hold(), hold()];
+      const sidecarReport = (init: MessageInitShape<typeof LeaseReportSchema>) =>
+        store.leases.report(
+          create(ReportLeasesRequestSchema, { holder: "sidecar-1", reports: [create(LeaseReportSchema, { sessionId: holder.sessionId, leaseId: lease.leaseId, ...init })] }),
+        );
+      await sidecarReport({ records: holds });
+      const refused = await sidecarReport({
+        settlements: [
+          { authorizationId: holds[0]!.actionId, captureMicros: USD(1), time: timestampFromMs(clock.ms) },
+          { authorizationId: holds[1]!.actionId, time: timestampFromMs(clock.ms) },
+        ],
+        release: true,
+      });
+      assert.deepEqual(refused, []);
       const ended = await Promise.all([fork, usedUpByDecision, usedUpByReport].map(async (s) => SessionStatus[(await store.getSession(s.sessionId)).status]));
       assert.deepEqual(ended, ["PAUSED", "EXHAUSTED", "EXHAUSTED"]);
     });
