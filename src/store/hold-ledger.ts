@@ -96,6 +96,24 @@ async function settleHolds(tx: Queryable, s: HoldSettlement): Promise<UsageSet> 
 }
 
 /**
+ * Takes each hold's amount and action slot out of the held counters it
+ * charged, and commits `committed` of it (a capture, or a write-off of the
+ * whole) with its action slot.
+ */
+function commitHeld(counters: UsageSet, items: readonly { hold: ActionRow; committed: bigint }[]): void {
+  for (const { hold: h, committed } of items) {
+    const held = BigInt(h.held_value);
+    for (const [scopeKey, window, startMs] of h.charges) {
+      const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
+      c.heldValue -= held;
+      c.heldActions -= 1n;
+      c.committedValue += committed;
+      c.committedActions += 1n;
+    }
+  }
+}
+
+/**
  * Releases open holds (authorizations, and pending approvals' holds) into `status` (VOIDED or EXPIRED): their
  * amount and action slot return to every window they charged.
  */
@@ -174,18 +192,7 @@ async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status:
   for (const h of holds) value += BigInt(h.held_value);
   await settleHolds(tx, {
     holds,
-    count: (counters) => {
-      for (const h of holds) {
-        const held = BigInt(h.held_value);
-        for (const [scopeKey, window, startMs] of h.charges) {
-          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-          c.heldValue -= held;
-          c.heldActions -= 1n;
-          c.committedValue += held;
-          c.committedActions += 1n;
-        }
-      }
-    },
+    count: (counters) => commitHeld(counters, holds.map((h) => ({ hold: h, committed: BigInt(h.held_value) }))),
     update: {
       sql: `UPDATE actions SET status = $2, written_off_value = held_value, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
       params: [holds.map((h) => h.action_id), status, iso(nowMs)],
@@ -321,18 +328,7 @@ export async function captureHold(
 export async function captureHolds(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint }[], nowMs: number): Promise<UsageSet> {
   return settleHolds(tx, {
     holds: items.map((i) => i.hold),
-    count: (counters) => {
-      for (const { hold: h, amountMicros } of items) {
-        const held = BigInt(h.held_value);
-        for (const [scopeKey, window, startMs] of h.charges) {
-          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-          c.heldValue -= held;
-          c.heldActions -= 1n;
-          c.committedValue += amountMicros;
-          c.committedActions += 1n;
-        }
-      }
-    },
+    count: (counters) => commitHeld(counters, items.map((i) => ({ hold: i.hold, committed: i.amountMicros }))),
     update: {
       sql: `UPDATE actions a SET status = $3, held_value = 0, captured_value = u.captured, update_time = $4::timestamptz
          FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
