@@ -2,7 +2,7 @@ import { toJson } from "@bufbuild/protobuf";
 import { Outcome, Reason } from "../gen/warden/v1/decision_pb.js";
 import { type Action, ActionSchema, ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { chainRecord } from "../audit/audit-body.js";
-import { appendStatement } from "./append-statement.js";
+import { appendStatements, foldStatements } from "./append-statement.js";
 import type { Queryable } from "./database.js";
 
 /** One change to append to the audit log, in the transaction that makes it. */
@@ -167,8 +167,7 @@ export async function appendAudit(tx: Queryable, entries: readonly AuditEntry[])
     entries.map((e) => e.chain),
   );
   const params: unknown[] = [];
-  const writes = writeAuditSql(chainAudit(heads, entries)).map((w) => appendStatement(params, w.sql, w.params));
-  await tx.query(`WITH ${writes.map((w, i) => `a${i} AS (${w})`).join(", ")} SELECT 1`, params);
+  await tx.query(foldStatements(appendStatements(params, writeAuditSql(chainAudit(heads, entries)))), params);
 }
 
 /** What a decision record says about a decided action. */

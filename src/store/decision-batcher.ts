@@ -20,7 +20,7 @@ import { decisionToProto } from "./decision-proto.js";
 import { closeHoldsOfEnded, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, readAuditHeads, writeAuditSql } from "./audit-log.js";
-import { appendStatement } from "./append-statement.js";
+import { appendStatement, appendStatements, foldStatements } from "./append-statement.js";
 import { BatchQueue, type Settled as BatchSettled } from "./batch-queue.js";
 import { newId } from "./ids.js";
 import { endForksOf } from "./end-forks.js";
@@ -392,16 +392,16 @@ export class DecisionBatcher {
     const params: unknown[] = [];
     const writes = [
       insertActionsSql(actions, params),
-      ...saveCountersSql(counters).map((w) => appendStatement(params, w.sql, w.params)),
+      ...appendStatements(params, saveCountersSql(counters)),
       updateSessionsSql(touched, nowMs, params),
       saveIdempotencySql(newKeys, nowMs, params),
       approvals.length === 0 ? undefined : approvalsStatement(approvals, params),
-      ...writeAuditSql(chainAudit(auditHeads, audit)).map((w) => appendStatement(params, w.sql, w.params)),
+      ...appendStatements(params, writeAuditSql(chainAudit(auditHeads, audit))),
     ].filter((w) => w !== undefined);
     // Not awaited: the statements below (when a batch has any) run after it
     // all the same, and the transaction waits for it before it commits, with
     // the COMMIT sent right behind it: one round trip for both.
-    if (writes.length > 0) void tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
+    if (writes.length > 0) void tx.query(foldStatements(writes), params);
     // A session this batch ended (expired or exhausted) gives its open holds
     // back now, like every other ending: after the statement above (which
     // may have inserted some of them), before the events below. Its action

@@ -4,7 +4,7 @@ import { formatMoney } from "../core/money.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import { ACTION_COLUMNS, type ActionRow } from "./action-record.js";
-import { appendStatement } from "./append-statement.js";
+import { appendStatements, foldStatements } from "./append-statement.js";
 import { type AuditEntry, chainAudit, readAuditHeads, writeAuditSql } from "./audit-log.js";
 import type { Queryable } from "./database.js";
 import { cancelApprovalsOf } from "./approval-ledger.js";
@@ -85,11 +85,11 @@ async function settleHolds(tx: Queryable, s: HoldSettlement): Promise<UsageSet> 
   s.count(counters);
   const params: unknown[] = [];
   const writes = [
-    ...saveCountersSql(counters).map((w) => appendStatement(params, w.sql, w.params)),
-    appendStatement(params, s.update.sql, s.update.params),
-    ...writeAuditSql(chainAudit(heads, s.audit)).map((w) => appendStatement(params, w.sql, w.params)),
+    ...saveCountersSql(counters),
+    s.update,
+    ...writeAuditSql(chainAudit(heads, s.audit)),
   ];
-  await Promise.all([tx.query(`WITH ${writes.map((w, i) => `w${i} AS (${w})`).join(",\n")} SELECT 1`, params), recordEvents(tx, s.events)]);
+  await Promise.all([tx.query(foldStatements(appendStatements(params, writes)), params), recordEvents(tx, s.events)]);
   // Saved again later in the transaction, the rows inserted now are updated.
   for (const k of counters.scopes.keys()) counters.stored.add(k);
   return counters;

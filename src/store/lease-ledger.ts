@@ -25,7 +25,7 @@ import { captureHolds, chargedAddresses, countersOf, endSessions, lifetimesUsedU
 import type { ActionRow } from "./action-record.js";
 import { BatchQueue, type Settled } from "./batch-queue.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, readAuditHeads, writeAuditSql } from "./audit-log.js";
-import { appendStatement } from "./append-statement.js";
+import { appendStatement, appendStatements, foldStatements } from "./append-statement.js";
 import { claimIdempotencyKeys, releaseClaims, saveIdempotency, saveIdempotencySql } from "./idempotency.js";
 import { createToldNotices, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { newId } from "./ids.js";
@@ -487,8 +487,8 @@ export class LeaseLedger {
       const ids = [...activity.keys()];
       const writes = [
         inserted?.sql,
-        ...(inserted === undefined ? [] : writeAuditSql(chainAudit(auditHeads, inserted.audit)).map((w) => appendStatement(params, w.sql, w.params))),
-        ...saveCountersSql(usage).map((w) => appendStatement(params, w.sql, w.params)),
+        ...appendStatements(params, writeAuditSql(chainAudit(auditHeads, inserted?.audit ?? []))),
+        ...appendStatements(params, saveCountersSql(usage)),
         // One statement for every lease: a report covers many sessions.
         deltas.length === 0
           ? undefined
@@ -547,7 +547,7 @@ export class LeaseLedger {
           params,
         ),
       ].filter((w) => w !== undefined);
-      if (writes.length > 0) void tx.query(`WITH ${writes.map((w, j) => `w${j} AS (${w})`).join(",\n")} SELECT 1`, params);
+      if (writes.length > 0) void tx.query(foldStatements(writes), params);
       // Claims whose calls ended without a record, after the records (a
       // claim filled above is no longer one, and stays).
       await releaseClaims(
