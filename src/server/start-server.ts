@@ -44,6 +44,7 @@ import { createPgDatabase } from "../store/pg-database.js";
 import { createPgliteDatabase } from "../store/pglite-database.js";
 import { createWardenStore, type WardenStore } from "../store/warden-store.js";
 import { routeGrpcJsLogs } from "../transport/grpc-server.js";
+import { poolWriterBuffers } from "../transport/writer-buffer-pool.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
@@ -137,6 +138,8 @@ interface Mounted {
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.logger;
   routeGrpcJsLogs(log);
+  // Every message this process encodes reuses one buffer (see the module).
+  poolWriterBuffers();
   // The audit checkpoint key first, before anything is opened: a replica
   // that cannot sign must not start (its changes would go unsigned), and a
   // bad key file must fail the start at once, with nothing left running.

@@ -22,6 +22,7 @@ import type { Logger } from "../server/logger.js";
 import { bindListeners } from "../server/bind-listeners.js";
 import { StartSteps } from "../server/start-steps.js";
 import { routeGrpcJsLogs } from "../transport/grpc-server.js";
+import { poolWriterBuffers } from "../transport/writer-buffer-pool.js";
 import { createHealthService, HealthStatus } from "../transport/health-service.js";
 import { createReflectionService, createReflectionServiceV1Alpha, ServerReflectionV1Alpha } from "../transport/reflection-service.js";
 import { withValidation } from "../transport/validation.js";
@@ -93,6 +94,8 @@ interface Mounted {
 export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   const log = o.logger;
   routeGrpcJsLogs(log);
+  // Every message this process encodes reuses one buffer (see the module).
+  poolWriterBuffers();
   const transport = createGrpcTransport({
     baseUrl: o.controlPlaneUrl,
     interceptors: o.controlPlaneTransport?.interceptors,
