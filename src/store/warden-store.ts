@@ -1094,6 +1094,19 @@ export class WardenStore {
             }
           }
         }
+        // Every total must stay an int64 with what the import adds to it
+        // (the snapshot's committed counts, its holds, its spend in the
+        // agent's windows): past that it could be stored, but no session
+        // showing it could be read, and nothing could be charged to it.
+        for (const [key, counters] of usage.scopes) {
+          for (const kind of WINDOW_KINDS) {
+            const w = counters[kind];
+            if (w.committedValue + w.heldValue > INT64_MAX || w.committedActions + w.heldActions > INT64_MAX) {
+              const owner = key.startsWith("a:") ? `agent "${key.slice(2)}"` : `session "${key.slice(2)}"`;
+              throw new ConnectError(`snapshot.counters: this import would take the ${kind} counters of ${owner} past ${INT64_MAX}`, Code.InvalidArgument);
+            }
+          }
+        }
         await saveCounters(tx, usage);
       }
       for (const a of snap.actions) {

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { create } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
-import { CreateSessionRequestSchema, SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
+import { CreateSessionRequestSchema, type SessionSnapshot, SessionService, SessionSnapshotSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import type { RunningServer } from "../../src/server/start-server.js";
-import { payment, sessionRequest } from "../helpers/fixtures.js";
+import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 import { startTestServer } from "../helpers/server-process.js";
 
 const INT64_MAX = 9223372036854775807n;
@@ -110,6 +110,50 @@ describe("warden serve: NUL characters, out-of-range times, int64 totals", () =>
     const after = await sessions.listSessions({ agentId: "edge" });
     assert.deepEqual(wrong, [], "each should be INVALID_ARGUMENT naming its field");
     assert.equal(after.sessions.length, 1, "none of the malformed creates or forks wrote a session");
+  });
+
+  test("ImportSession of a snapshot holding what CreateSession refuses, or totals past int64, is INVALID_ARGUMENT naming the field, and imports nothing", async () => {
+    const sessions = createClient(SessionService, grpc());
+    const policy = createClient(PolicyService, grpc());
+    const sid = (await sessions.createSession(sessionRequest("exporter", { lifetime: { maxValueMicros: USD(100) } }))).session!.sessionId;
+    await policy.check({ sessionId: sid, action: payment(USD(3)) });
+    await policy.authorize({ sessionId: sid, action: payment(USD(4)) }); // an open hold
+    const exported = (await sessions.exportSession({ sessionId: sid })).snapshot!;
+    let n = 0;
+    /** The snapshot as another session of `agentId` (fresh ids), changed by `change`. */
+    const variant = (agentId: string, change: (s: SessionSnapshot) => void) => {
+      const s = clone(SessionSnapshotSchema, exported);
+      const sessionId = `imported-${++n}`;
+      Object.assign(s.session!, { sessionId, agentId });
+      for (const a of s.actions) Object.assign(a, { sessionId, agentId, actionId: `${a.actionId.slice(0, -3)}${String(n).padStart(3, "0")}` });
+      change(s);
+      return { snapshot: s, sessionId };
+    };
+    // Spend of this agent already, for the agent's counters to overflow.
+    assert.equal((await outcome(sessions.importSession({ snapshot: variant("importer", () => {}).snapshot }))).code, "OK");
+    const cases: [string, string, ReturnType<typeof variant>][] = [
+      ["snapshot.session.labels", "33 labels", variant("importer", (s) => Object.assign(s.session!.labels, Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, "v"]))))],
+      ["snapshot.session.labels", "a label value of 257 characters", variant("importer", (s) => (s.session!.labels.team = "v".repeat(257)))],
+      ["snapshot.session.owner", "an owner of 257 characters", variant("importer", (s) => (s.session!.owner = "o".repeat(257)))],
+      ["snapshot.session.idle_timeout", "an idle timeout of -5 s", variant("importer", (s) => (s.session!.idleTimeout = { $typeName: "google.protobuf.Duration", seconds: -5n, nanos: 0 }))],
+      ["snapshot.session.usage.processing_time", "a processing time of 10^10 s (past int64 nanoseconds)", variant("importer", (s) => (s.session!.usage!.processingTime = { $typeName: "google.protobuf.Duration", seconds: 10n ** 10n, nanos: 0 }))],
+      ["snapshot.session.usage.request_count", "a negative request count", variant("importer", (s) => (s.session!.usage!.requestCount = -1n))],
+      ["snapshot.counters[0].window", "a counter of window \"fortnight\"", variant("importer", (s) => (s.counters[0]!.window = "fortnight"))],
+      ["snapshot.counters[0].committed_value_micros", "a negative counter", variant("importer", (s) => (s.counters[0]!.committedValueMicros = -1n))],
+      ["snapshot.counters", "committed + held past int64", variant("fresh-importer", (s) => s.counters.forEach((c) => (c.committedValueMicros = INT64_MAX - 1n)))],
+      ["snapshot.counters", "committed past int64 in the agent's windows", variant("importer", (s) => s.counters.forEach((c) => (c.committedValueMicros = INT64_MAX - USD(4))))],
+    ];
+    const wrong: string[] = [];
+    for (const [field, what, { snapshot, sessionId }] of cases) {
+      const r = await outcome(sessions.importSession({ snapshot }));
+      if (r.code !== "InvalidArgument" || !r.message.includes(field)) wrong.push(`${what}: ${r.code}: ${r.message}`);
+      const read = await outcome(sessions.getSession({ sessionId }));
+      if (read.code !== "NotFound") wrong.push(`${what}: the session was imported anyway (GetSession: ${read.code} ${read.message})`);
+    }
+    assert.deepEqual(wrong, [], "each should be INVALID_ARGUMENT naming its field, and import nothing");
+    assert.equal((await outcome(sessions.listSessions({}))).code, "OK");
+    const agentDay = (await sessions.listSessions({ agentId: "importer" })).sessions.length;
+    assert.equal(agentDay, 1, "only the well-formed import is stored");
   });
 
   test("Connect JSON: an unknown field or enum name is INVALID_ARGUMENT naming the field, and writes nothing (a misspelt limit is not no limit)", async () => {
