@@ -444,7 +444,9 @@ export class LeaseLedger {
         a.requests++;
         if (record.decision!.outcome === Outcome.DENY) a.denials++;
         a.ns += record.processingNanos;
-        a.lastMs = Math.max(a.lastMs, timestampMs(record.createTime!));
+        // A sidecar's clock may run ahead: activity from its future would
+        // keep the session from idling (settlements are clamped alike).
+        a.lastMs = Math.max(a.lastMs, Math.min(timestampMs(record.createTime!), nowMs));
         activity.set(s.sessionId, a);
         if (record.decision!.outcome !== Outcome.ALLOW || lease === undefined) continue;
         const amount = record.action!.amount?.amountMicros ?? 0n;
