@@ -2,7 +2,7 @@ import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { WINDOW_KINDS } from "../core/compiled-policy.js";
-import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapseReason, LIFETIME_START_MS, type ScopeState } from "../core/evaluate.js";
+import { evaluate, EXHAUSTED_REASON, isExhausted, isTerminal, lapseReason, LIFETIME_START_MS, type ScopeState, type Totals } from "../core/evaluate.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { DecisionSchema, Outcome, Scope } from "../gen/warden/v1/decision_pb.js";
 import {
@@ -17,7 +17,7 @@ import {
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
 import type { Database, Queryable } from "./database.js";
 import { decisionToProto } from "./decision-proto.js";
-import { closeHoldsOfEnded, lockActions, OPEN_HOLDS_SQL } from "./hold-ledger.js";
+import { closeHoldsOfEnded, lockActions, netOfWriteOffs, OPEN_HOLDS_SQL, pendingWriteOffs } from "./hold-ledger.js";
 import { type IdempotencyHit, loadIdempotency, type PendingIdempotency, replayFirstAnswer, saveIdempotencySql } from "./idempotency.js";
 import { type AuditEntry, chainAudit, decisionAuditEntry, readAuditHeads, writeAuditSql } from "./audit-log.js";
 import { appendStatement, appendStatements, foldStatements } from "./append-statement.js";
@@ -29,7 +29,7 @@ import { insertApprovalsSql, type NewApproval, requestedEvents } from "./approva
 import { createToldNotices, type LimitNotice, limitNoticesOf, recordLimitNotices } from "./limit-notices.js";
 import { lapseOf, type LockedSession, lockScopes, type PolicyCache, sessionScope } from "./scope-locks.js";
 import { SessionChains } from "./session-chains.js";
-import { type CounterAddress, countersAt, currentAddress, readUsage, saveCountersSql, totalsOf } from "./usage-counters.js";
+import { type CounterAddress, countersAt, currentAddress, readUsage, saveCountersSql, totalsOf, type UsageSet } from "./usage-counters.js";
 import { breakerPauseReason, denialRun, trips, tripThreshold } from "../core/circuit-breaker.js";
 
 /** One Authorize or Check waiting for its batch. */
@@ -183,6 +183,7 @@ export class DecisionBatcher {
       }
     }
     const counters = countersAt(usageRows, addresses, "current");
+    const writtenOff = await pendingWriteOffs(tx, withinReachOfLifetime(batch, locked.sessions, counters));
 
     const actions: ActionRow[] = [];
     const touched = new Map<string, SessionDelta>();
@@ -274,7 +275,8 @@ export class DecisionBatcher {
             const c = locked.sessions.get(id);
             const life = counters.get(`s:${id}|lifetime|${LIFETIME_START_MS}`);
             if (c === undefined || isTerminal(c.status) || life === undefined) continue;
-            if (!isExhausted(c.policy, { value: life.committedValue, actions: life.committedActions })) continue;
+            // A write-off limits like spend, but ends nothing on its own (see usedUpWithoutWriteOffs).
+            if (!isExhausted(c.policy, netOfWriteOffs({ value: life.committedValue, actions: life.committedActions }, writtenOff.get(id)))) continue;
             c.status = SessionStatus.EXHAUSTED;
             const d = c === s ? delta : touch(touched, c);
             d.status = c.status;
@@ -447,6 +449,35 @@ export class DecisionBatcher {
 }
 
 type Settled = BatchSettled<DecideResponse>;
+
+/**
+ * The sessions whose lifetime limit this batch could reach, were every
+ * decision in it allowed and captured (a fork's spend counts in its parents'
+ * lifetimes too): only for those does it matter what was written off of
+ * them. Usually none, so the batch reads nothing more.
+ */
+function withinReachOfLifetime(batch: readonly Pending[], sessions: ReadonlyMap<string, LockedSession>, counters: UsageSet): string[] {
+  let demand: Map<string, Totals> | undefined;
+  for (const { req } of batch) {
+    const s = sessions.get(req.sessionId);
+    if (s === undefined) continue;
+    const amount = req.action?.amount?.amountMicros ?? 0n;
+    for (let i = -1; i < s.ancestorIds.length; i++) {
+      const c = i < 0 ? s : sessions.get(s.ancestorIds[i]!);
+      if (c === undefined || (c.policy.limits.lifetime.maxValue === undefined && c.policy.limits.lifetime.maxActions === undefined)) continue;
+      demand ??= new Map();
+      const d = demand.get(c.sessionId);
+      demand.set(c.sessionId, { value: (d?.value ?? 0n) + amount, actions: (d?.actions ?? 0n) + 1n });
+    }
+  }
+  if (demand === undefined) return [];
+  const out: string[] = [];
+  for (const [id, d] of demand) {
+    const life = counters.get(`s:${id}|lifetime|${LIFETIME_START_MS}`);
+    if (life !== undefined && isExhausted(sessions.get(id)!.policy, { value: life.committedValue + d.value, actions: life.committedActions + d.actions })) out.push(id);
+  }
+  return out;
+}
 
 /** The scope with the session's state as earlier decisions in the batch left it. */
 function refresh(sc: ScopeState, sessions: Map<string, LockedSession>): ScopeState {

@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { isExhausted, isTerminal, LIFETIME_START_MS } from "../core/evaluate.js";
+import type { CompiledPolicy } from "../core/compiled-policy.js";
+import { isExhausted, isTerminal, LIFETIME_START_MS, type Totals } from "../core/evaluate.js";
 import { formatMoney } from "../core/money.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../gen/warden/v1/session_pb.js";
@@ -10,6 +11,7 @@ import type { Queryable } from "./database.js";
 import { cancelApprovalsOf } from "./approval-ledger.js";
 import { endEventType, type NewEvent, recordEvents } from "./outbox.js";
 import type { LockedSession } from "./scope-locks.js";
+import { LEASE_TOTALS_SQL } from "./session-row.js";
 import { type CounterAddress, loadCounters, saveCountersSql, type UsageSet } from "./usage-counters.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -309,14 +311,14 @@ export async function captureHold(
   const counters = await captureHolds(tx, [{ hold: h, amountMicros }], nowMs);
   // The hold charged the lifetime window of every session of its chain,
   // so each was just read; a fork's spend uses up its parents' too.
-  const out: string[] = [];
-  for (const s of chain) {
-    if (isTerminal(s.status)) continue;
+  const live = chain.filter((s) => !isTerminal(s.status));
+  const unread = live.filter((s) => counters.scopes.get(`s:${s.sessionId}`) === undefined);
+  const reached = live.flatMap((s) => {
     const life = counters.scopes.get(`s:${s.sessionId}`)?.lifetime;
-    const used = life === undefined ? (await lifetimesUsedUp(tx, [s])).size > 0 : isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions });
-    if (used) out.push(s.sessionId);
-  }
-  return out;
+    return life === undefined ? [] : [{ ...s, committed: { value: life.committedValue, actions: life.committedActions } }];
+  });
+  const used = new Set([...(await usedUpWithoutWriteOffs(tx, reached)), ...(unread.length === 0 ? [] : await lifetimesUsedUp(tx, unread))]);
+  return live.filter((s) => used.has(s.sessionId)).map((s) => s.sessionId);
 }
 
 /**
@@ -360,22 +362,69 @@ export async function captureHolds(tx: Queryable, items: readonly { hold: Action
 
 /**
  * The locked sessions whose lifetime limit is used up by what is committed
- * now (read fresh: call after the writes that may have done it), in one
- * read. A session whose policy has no lifetime limit costs no read.
+ * now (read fresh: call after the writes that may have done it), not
+ * counting write-offs (see {@link usedUpWithoutWriteOffs}). A session whose
+ * policy has no lifetime limit costs no read.
  */
 export async function lifetimesUsedUp(tx: Queryable, sessions: readonly Pick<LockedSession, "sessionId" | "policy">[]): Promise<Set<string>> {
   const limited = sessions.filter((s) => s.policy.limits.lifetime.maxValue !== undefined || s.policy.limits.lifetime.maxActions !== undefined);
-  const out = new Set<string>();
-  if (limited.length === 0) return out;
+  if (limited.length === 0) return new Set();
   const usage = await loadCounters(
     tx,
     limited.map((s) => ({ scopeKey: `s:${s.sessionId}`, window: "lifetime" as const, startMs: LIFETIME_START_MS })),
   );
-  for (const s of limited) {
-    const life = usage.scopes.get(`s:${s.sessionId}`)!.lifetime;
-    if (isExhausted(s.policy, { value: life.committedValue, actions: life.committedActions })) out.add(s.sessionId);
+  return usedUpWithoutWriteOffs(
+    tx,
+    limited.map((s) => {
+      const life = usage.scopes.get(`s:${s.sessionId}`)!.lifetime;
+      return { ...s, committed: { value: life.committedValue, actions: life.committedActions } };
+    }),
+  );
+}
+
+/**
+ * What the store wrote off of sessions `sessionIds` and may yet give back,
+ * by session: the unreported rest of their sidecars' expired leases, and
+ * their sidecars' holds it closed without word (counted as spent, since
+ * either may have been spent; a sidecar that was only cut off gives it
+ * back when it reports). Sessions with none are left out.
+ */
+export async function pendingWriteOffs(tx: Queryable, sessionIds: readonly string[]): Promise<Map<string, Totals>> {
+  const out = new Map<string, Totals>();
+  if (sessionIds.length === 0) return out;
+  const { rows } = await tx.query<{ session_id: string; wv: string | null; wa: string | null }>(LEASE_TOTALS_SQL, [sessionIds]);
+  for (const r of rows) {
+    const t = { value: BigInt(r.wv ?? 0), actions: BigInt(r.wa ?? 0) };
+    if (t.value > 0n || t.actions > 0n) out.set(r.session_id, t);
   }
   return out;
+}
+
+/** Committed counts less what of them was written off (see {@link pendingWriteOffs}). */
+export function netOfWriteOffs(committed: Totals, writtenOff: Totals | undefined): Totals {
+  return writtenOff === undefined ? committed : { value: committed.value - writtenOff.value, actions: committed.actions - writtenOff.actions };
+}
+
+/**
+ * Of sessions whose lifetime `committed` counts, those whose limit is used
+ * up without what was written off of them. A write-off limits every
+ * decision like any spend, but on its own it never ends a session for good:
+ * it may come back, and an ended session never spends again. (The session
+ * stays as it is, denying what its limit denies.) Only a session's own
+ * leases and holds are read: a fork's write-off that reaches its parent's
+ * lifetime limit still ends the parent. Reads nothing unless some session
+ * has reached its limit.
+ */
+export async function usedUpWithoutWriteOffs(
+  tx: Queryable,
+  sessions: readonly { sessionId: string; policy: CompiledPolicy; committed: Totals }[],
+): Promise<Set<string>> {
+  const reached = sessions.filter((s) => isExhausted(s.policy, s.committed));
+  const writtenOff = await pendingWriteOffs(
+    tx,
+    reached.map((s) => s.sessionId),
+  );
+  return new Set(reached.filter((s) => isExhausted(s.policy, netOfWriteOffs(s.committed, writtenOff.get(s.sessionId)))).map((s) => s.sessionId));
 }
 
 /**
