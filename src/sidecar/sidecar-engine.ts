@@ -239,6 +239,7 @@ export class SidecarEngine {
   });
   private readonly now: () => number;
   private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   constructor(private readonly o: SidecarEngineOptions) {
     this.now = o.now ?? Date.now;
@@ -257,6 +258,9 @@ export class SidecarEngine {
    * of writing them off as a crashed sidecar's.
    */
   stop(): void {
+    // Calls still in flight (a server's forced close lets handlers run on)
+    // take no new lease: nothing would give it back.
+    this.stopped = true;
     clearInterval(this.timer);
     for (const [sessionId, sl] of this.leases) {
       // A grant on its way goes back as it lands (see acquire).
@@ -425,7 +429,7 @@ export class SidecarEngine {
     if (isTerminal(s.status)) {
       throw new ConnectError(`session_id: session "${req.sessionId}" has ended (${SessionStatus[s.status]})`, Code.FailedPrecondition);
     }
-    const scopes = this.o.cache.scopesOf(s);
+    let scopes = this.o.cache.scopesOf(s);
     const action = req.action!;
     const amount = action.amount?.amountMicros ?? 0n;
     // Unusual shapes (a parent not cached, another currency) are the
@@ -441,7 +445,7 @@ export class SidecarEngine {
       this.o.stale?.();
       return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
     }
-    const nowMs = this.now();
+    let nowMs = this.now();
     const sl = this.sessionLeases(req.sessionId);
     let lease = this.usable(sl.current, amount, nowMs);
     const view = (l: LeaseState | undefined) => (key: string) => {
@@ -465,6 +469,18 @@ export class SidecarEngine {
         sl.waitingValue -= amount;
       }
       if (lease !== undefined) {
+        // The grant may have taken seconds (up to three asks): the bound
+        // may have passed meanwhile, and what changed meanwhile (the
+        // session, a parent, the agent's policy) counts.
+        if (!this.o.fresh()) {
+          this.o.stale?.();
+          return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
+        }
+        const latest = this.o.cache.peek(req.sessionId);
+        scopes = latest === undefined || isTerminal(latest.status) ? undefined : this.o.cache.scopesOf(latest);
+        if (latest === undefined || scopes === undefined) return this.exact(path, method, req, hash, claim);
+        s = latest;
+        nowMs = this.now();
         ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
       }
     }
@@ -675,6 +691,8 @@ export class SidecarEngine {
    */
   private acquire(sessionId: string, sl: SessionLeases, amount: bigint): Promise<LeaseState | undefined> {
     if (sl.acquiring !== undefined) return sl.acquiring;
+    // After stop: the call is decided through the control plane instead.
+    if (this.stopped) return Promise.resolve(undefined);
     const desiredValue = bigMax(amount * LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateValue * LEASE_HORIZON_S))) + sl.waitingValue;
     const desiredActions = bigMax(LEASE_MIN_ACTIONS, BigInt(Math.ceil(sl.rateActions * LEASE_HORIZON_S))) + BigInt(sl.waiting);
     const generation = sl.generation;
