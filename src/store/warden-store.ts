@@ -1,4 +1,4 @@
-import { create, fromBinary, type MessageInitShape, type MessageShape, toBinary, toJson } from "@bufbuild/protobuf";
+import { create, type DescMessage, fromBinary, type MessageInitShape, type MessageShape, toBinary, toJson } from "@bufbuild/protobuf";
 import { createHash } from "node:crypto";
 import { durationMs, type Timestamp, timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -14,7 +14,9 @@ import {
   ActionRecordSchema,
   ActionSchema,
   ActionStatus,
+  AuthorizeResponseSchema,
   type CaptureRequest,
+  CheckResponseSchema,
   type ListActionsRequest,
   type VoidRequest,
 } from "../gen/warden/v1/policy_service_pb.js";
@@ -26,6 +28,7 @@ import {
   type ForkSessionRequest,
   ExtendSessionResponseSchema,
   ForkSessionResponseSchema,
+  IdempotencyKeyAnswerSchema,
   ImportSessionResponseSchema,
   PauseSessionResponseSchema,
   ResumeSessionResponseSchema,
@@ -279,6 +282,16 @@ const KEYED_RESPONSES = {
   update_agent_policy: UpdateAgentPolicyResponseSchema,
 } as const;
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
+
+/**
+ * The calls whose first answers a session's own key scope keeps ("s:<id>"),
+ * with their responses: what ExportSession carries and ImportSession takes
+ * back (CreateSession's and UpdateAgentPolicy's keys are the agent's).
+ */
+const SESSION_KEY_ANSWERS: Readonly<Record<string, DescMessage>> = (() => {
+  const { create_session: _c, update_agent_policy: _u, ...sessionScoped } = KEYED_RESPONSES;
+  return { ...sessionScoped, check: CheckResponseSchema, authorize: AuthorizeResponseSchema };
+})();
 type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
 
 /**
@@ -895,6 +908,12 @@ export class WardenStore {
       const stored = (await loadCounters(tx, [{ scopeKey: `s:${sessionId}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${sessionId}`)!;
       const counters = WINDOW_KINDS.map((w) => stored[w]).filter((c) => !Number.isNaN(c.startMs));
       const actions = await tx.query<ActionRow>(`SELECT ${ACTION_COLUMNS} FROM actions WHERE session_id = $1 ORDER BY seq`, [sessionId]);
+      // First answers only: a key a sidecar is still deciding (a claim) is
+      // that sidecar's to answer, at this store.
+      const keys = await tx.query<{ key: string; method: string; request_hash: Uint8Array; response: Uint8Array; create_time: Date; action_id: string | null }>(
+        "SELECT key, method, request_hash, response, create_time, action_id FROM idempotency_keys WHERE scope = $1 AND response IS NOT NULL ORDER BY create_time, key",
+        [`s:${sessionId}`],
+      );
       return create(SessionSnapshotSchema, {
         formatVersion: 1,
         exportTime: timestampFromMs(this.now()),
@@ -910,6 +929,16 @@ export class WardenStore {
           }),
         ),
         actions: actions.rows.map(actionRecordOf),
+        idempotencyKeys: keys.rows.map((k) =>
+          create(IdempotencyKeyAnswerSchema, {
+            idempotencyKey: k.key,
+            method: k.method,
+            requestHash: k.request_hash,
+            response: k.response,
+            createTime: timestampFromMs(k.create_time.getTime()),
+            actionId: k.action_id ?? "",
+          }),
+        ),
       });
     });
   }
@@ -952,6 +981,21 @@ export class WardenStore {
     if (heldTotal > INT64_MAX) {
       throw new ConnectError(`snapshot.actions: the amounts held add up to more than ${INT64_MAX} micros`, Code.InvalidArgument);
     }
+    // First answers are replayed as they are: each must be one.
+    const answered = new Set<string>();
+    for (const [i, k] of snap.idempotencyKeys.entries()) {
+      const schema = SESSION_KEY_ANSWERS[k.method];
+      if (schema === undefined) throw new ConnectError(`snapshot.idempotency_keys[${i}].method: "${k.method}" is not a call keyed in a session`, Code.InvalidArgument);
+      try {
+        fromBinary(schema, k.response);
+      } catch {
+        throw new ConnectError(`snapshot.idempotency_keys[${i}].response: not a ${schema.typeName}`, Code.InvalidArgument);
+      }
+      if (answered.has(k.idempotencyKey)) {
+        throw new ConnectError(`snapshot.idempotency_keys[${i}].idempotency_key: "${k.idempotencyKey}" appears twice`, Code.InvalidArgument);
+      }
+      answered.add(k.idempotencyKey);
+    }
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
     const scope = `s:${s.sessionId}`;
@@ -960,6 +1004,9 @@ export class WardenStore {
       await lockNewKey(tx, scope, keyed);
       replayed = (await this.firstAnswer(tx, scope, "import_session", keyed, nowMs))?.session;
       if (replayed !== undefined) return replayed;
+      if (keyed?.idempotencyKey && answered.has(keyed.idempotencyKey)) {
+        throw new ConnectError(`idempotency_key: "${keyed.idempotencyKey}" is one of the snapshot's keys; use another`, Code.InvalidArgument);
+      }
       await tx.query(
         "INSERT INTO agents (agent_id, create_time, update_time) VALUES ($1, $2::timestamptz, $2::timestamptz) ON CONFLICT DO NOTHING",
         [s.agentId, iso(nowMs)],
@@ -1176,6 +1223,12 @@ export class WardenStore {
         data: { status: SessionStatus[s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status], expire_time: iso(ms(s.expireTime, nowMs)), imported: true },
         nowMs,
       });
+      // A call retried here gets the answer the source store gave it.
+      await saveIdempotency(
+        tx,
+        snap.idempotencyKeys.map((k) => ({ scope, key: k.idempotencyKey, method: k.method, requestHash: k.requestHash, response: k.response, actionId: k.actionId || undefined })),
+        nowMs,
+      );
       const imported = await this.getSession(s.sessionId, tx);
       await this.saveAnswer(tx, scope, "import_session", keyed, async () => ({ session: imported }), nowMs);
       return imported;
