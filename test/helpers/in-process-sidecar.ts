@@ -20,6 +20,8 @@ export interface InProcessSidecarOptions {
   /** Every call through the control plane, no leases. */
   readonly exactOnly?: boolean;
   readonly now?: () => number;
+  /** Whether the sidecar heard from the control plane within its staleness bound (always, by default). */
+  readonly fresh?: () => boolean;
 }
 
 /**
@@ -72,7 +74,7 @@ export function inProcessSidecar(store: WardenStore, holder: string, o: InProces
     spans: new CalendarSpanCache(),
     leaseTtlMs: 30_000,
     exactOnly: o.exactOnly,
-    fresh: () => true,
+    fresh: o.fresh ?? (() => true),
     now: o.now,
   });
   const paths: DecisionPath[] = [];
