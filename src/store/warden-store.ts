@@ -284,13 +284,15 @@ const KEYED_RESPONSES = {
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
 
 /**
- * The calls whose first answers a session's own key scope keeps ("s:<id>"),
- * with their responses: what ExportSession carries and ImportSession takes
- * back (CreateSession's and UpdateAgentPolicy's keys are the agent's).
+ * The calls whose first answers ExportSession carries and ImportSession
+ * takes back, with their responses: those kept in a session's own key scope
+ * ("s:<id>"), but for approval verdicts, whose approvals stay behind (a
+ * retried verdict could not reach its answer without one). CreateSession's
+ * and UpdateAgentPolicy's keys are the agent's.
  */
 const SESSION_KEY_ANSWERS: Readonly<Record<string, DescMessage>> = (() => {
-  const { create_session: _c, update_agent_policy: _u, ...sessionScoped } = KEYED_RESPONSES;
-  return { ...sessionScoped, check: CheckResponseSchema, authorize: AuthorizeResponseSchema };
+  const { create_session: _c, update_agent_policy: _u, approve_approval: _a, deny_approval: _d, cancel_approval: _x, ...carried } = KEYED_RESPONSES;
+  return { ...carried, check: CheckResponseSchema, authorize: AuthorizeResponseSchema };
 })();
 type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
 
@@ -909,10 +911,11 @@ export class WardenStore {
       const counters = WINDOW_KINDS.map((w) => stored[w]).filter((c) => !Number.isNaN(c.startMs));
       const actions = await tx.query<ActionRow>(`SELECT ${ACTION_COLUMNS} FROM actions WHERE session_id = $1 ORDER BY seq`, [sessionId]);
       // First answers only: a key a sidecar is still deciding (a claim) is
-      // that sidecar's to answer, at this store.
+      // that sidecar's to answer, at this store. See SESSION_KEY_ANSWERS.
       const keys = await tx.query<{ key: string; method: string; request_hash: Uint8Array; response: Uint8Array; create_time: Date; action_id: string | null }>(
-        "SELECT key, method, request_hash, response, create_time, action_id FROM idempotency_keys WHERE scope = $1 AND response IS NOT NULL ORDER BY create_time, key",
-        [`s:${sessionId}`],
+        `SELECT key, method, request_hash, response, create_time, action_id FROM idempotency_keys
+          WHERE scope = $1 AND response IS NOT NULL AND method = ANY($2::text[]) ORDER BY create_time, key`,
+        [`s:${sessionId}`, Object.keys(SESSION_KEY_ANSWERS)],
       );
       return create(SessionSnapshotSchema, {
         formatVersion: 1,

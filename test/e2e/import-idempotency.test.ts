@@ -77,6 +77,8 @@ describe("ExportSession and ImportSession carry the session's idempotency keys",
     const wrong: string[] = [];
     for (const [field, s, key] of [
       ["snapshot.idempotency_keys[0].method", variant((s) => (s.idempotencyKeys[0]!.method = "create_session")), ""],
+      // Its approval is not carried: a retried verdict could never reach the answer.
+      ["snapshot.idempotency_keys[0].method", variant((s) => (s.idempotencyKeys[0]!.method = "approve_approval")), ""],
       ["snapshot.idempotency_keys[0].response", variant((s) => (s.idempotencyKeys[0]!.response = new Uint8Array([0x0a, 0xff]))), ""],
       ["snapshot.idempotency_keys[1].idempotency_key", variant((s) => s.idempotencyKeys.push(clone(SessionSnapshotSchema, s).idempotencyKeys[0]!)), ""],
       ["idempotency_key", snapshot!, "k1"],

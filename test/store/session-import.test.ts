@@ -22,6 +22,19 @@ for (const driver of DRIVERS) {
     // A second store, on a database of its own: where the snapshot goes.
     const target = storeSuite(driver, "unused");
 
+    test("the keys of approval verdicts stay behind with their approvals; the session's other keys travel", async () => {
+      const s = await source.store.createSession(sessionRequest(source.agent(), { requireApprovalAboveMicros: USD(100), daily: { maxValueMicros: USD(300) } }), NO_HASH);
+      const r = await source.authorize(s.sessionId, USD(150));
+      assert.equal(r.decision!.outcome, Outcome.NEEDS_APPROVAL);
+      await source.store.approveApproval(r.approvalId, "key_alice", "ok", undefined, { idempotencyKey: "approve-once", requestHash: new Uint8Array([7]) });
+      await source.store.decide({ method: "check", sessionId: s.sessionId, action: payment(USD(5)), idempotencyKey: "order-1", requestHash: new Uint8Array([9]) });
+      const snap = await source.store.exportSession(s.sessionId);
+      assert.deepEqual(
+        snap.idempotencyKeys.map((k) => [k.idempotencyKey, k.method]),
+        [["order-1", "check"]],
+      );
+    });
+
     test("an imported session's pending approval comes back as history holding nothing, which nothing could release", async () => {
       const s = await source.store.createSession(sessionRequest(source.agent(), { requireApprovalAboveMicros: USD(100), daily: { maxValueMicros: USD(300) } }), NO_HASH);
       const r = await source.authorize(s.sessionId, USD(150));
