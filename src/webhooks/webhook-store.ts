@@ -203,7 +203,7 @@ export class WebhookStore {
       );
       if (rows.length === 0) return [];
       await tx.query(
-        `UPDATE webhook_deliveries d SET next_attempt_time = $3::timestamptz
+        `UPDATE webhook_deliveries d SET next_attempt_time = $3::timestamptz, claim_expire_time = $3::timestamptz
            FROM unnest($1::text[], $2::text[]) AS u(endpoint_id, event_id)
           WHERE d.endpoint_id = u.endpoint_id AND d.event_id = u.event_id`,
         [rows.map((r) => r.endpoint_id), rows.map((r) => r.event_id), iso(nowMs + leaseMs)],
@@ -233,7 +233,7 @@ export class WebhookStore {
     await this.db.transaction(async (tx) => {
       await lockEndpoint(tx, d.endpointId);
       await tx.query(
-        `UPDATE webhook_deliveries SET status = 2, attempts = attempts + 1, last_error = '', update_time = $3::timestamptz
+        `UPDATE webhook_deliveries SET status = 2, attempts = attempts + 1, last_error = '', update_time = $3::timestamptz, claim_expire_time = NULL
           WHERE endpoint_id = $1 AND event_id = $2`,
         [d.endpointId, d.eventId, iso(nowMs)],
       );
@@ -260,7 +260,7 @@ export class WebhookStore {
       await lockEndpoint(tx, d.endpointId);
       await tx.query(
         `UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $3, status = $4,
-                next_attempt_time = COALESCE($5::timestamptz, next_attempt_time), update_time = $6::timestamptz
+                next_attempt_time = COALESCE($5::timestamptz, next_attempt_time), update_time = $6::timestamptz, claim_expire_time = NULL
           WHERE endpoint_id = $1 AND event_id = $2`,
         [d.endpointId, d.eventId, error.slice(0, 500), nextAttemptMs === undefined ? 3 : 1, nextAttemptMs === undefined ? null : iso(nextAttemptMs), iso(nowMs)],
       );
@@ -290,7 +290,12 @@ export class WebhookStore {
         "UPDATE webhook_endpoints SET status = 2, disabled_reason = $2, update_time = $3::timestamptz WHERE endpoint_id = $1",
         [d.endpointId, reason, iso(nowMs)],
       );
-      await tx.query(`UPDATE webhook_deliveries SET ${PARKED} WHERE endpoint_id = $1 AND status = 1`, [d.endpointId]);
+      // What waits, not what other dispatchers are sending right then: each
+      // of those parks itself if it fails (above), or is delivered.
+      await tx.query(
+        `UPDATE webhook_deliveries SET ${PARKED} WHERE endpoint_id = $1 AND status = 1 AND (claim_expire_time IS NULL OR claim_expire_time <= $2::timestamptz)`,
+        [d.endpointId, iso(nowMs)],
+      );
       return reason;
     });
   }
