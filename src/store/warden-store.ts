@@ -86,6 +86,7 @@ import { lapseOf, type LockedSession, lockScopes, PolicyCache } from "./scope-lo
 import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
+import { rebaseAgentWindows } from "./rebase-agent-windows.js";
 import { committedRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
 import { type GetSessionStateResponse, type IdempotencyKeyClaim, type IdempotencyKeyClaimResult } from "../gen/warden/v1/sync_service_pb.js";
@@ -1351,6 +1352,9 @@ export class WardenStore {
         }
         await this.refuseSpendInOtherCurrency(tx, req.agentId, req.policy!, nowMs);
       }
+      // Another time zone or week start: the agent's windows move to it now,
+      // with what was spent in them (see rebaseAgentWindows).
+      await rebaseAgentWindows(tx, req.agentId, compilePolicy(req.policy!), nowMs, this.spans);
       await tx.query(
         "UPDATE agents SET policy = decode($2, 'base64'), update_time = $3::timestamptz, revision = warden_next_revision() WHERE agent_id = $1",
         [req.agentId, Buffer.from(toBinary(SessionPolicySchema, req.policy!)).toString("base64"), iso(nowMs)],
