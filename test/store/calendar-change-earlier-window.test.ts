@@ -18,49 +18,41 @@ const NO_HASH = new Uint8Array(0);
 // UpdateAgentPolicy now reads it from the ledger (rebase-agent-windows.ts).
 for (const driver of DRIVERS) {
   describe(`time-zone change to a calendar whose day began earlier, on ${driver}`, () => {
-    const suite = storeSuite(driver, "time-tz-earlier", { ledgerCheck: false }) // the moved window holds charges made under the old calendar;
+    // The moved window holds charges made under the old calendar: the ledger check does not model that.
+    const suite = storeSuite(driver, "time-tz-earlier", { ledgerCheck: false });
+
+    /**
+     * An agent in UTC with a daily limit of 100 spends 80 at `firstUtc` and
+     * 10 after the next UTC midnight, then moves to `timeZone`, whose day in
+     * effect holds both: 80 more must be refused, and exactly 10 are left.
+     */
+    const spendThenMove = async (firstUtc: number, timeZone: string, where: string) => {
+      suite.clock.advance(firstUtc - suite.clock.now());
+      const id = suite.agent();
+      const policy = (tz: string) => create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) }, timeZone: tz } });
+      await suite.store.updateAgentPolicy(policy(""));
+      const s = await suite.store.createSession(sessionRequest(id, {}, { expiration: { case: "ttl", value: durationFromMs(86_400_000) } }), NO_HASH);
+      assert.equal((await suite.check(s.sessionId, USD(80))).decision!.outcome, Outcome.ALLOW);
+      // 00:30 UTC the next day: a new UTC day, the same day in `timeZone`.
+      const midnight = firstUtc - (firstUtc % 86_400_000) + 86_400_000;
+      suite.clock.advance(midnight + 30 * 60_000 - suite.clock.now());
+      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
+      suite.clock.advance(30 * 60_000);
+      await suite.store.updateAgentPolicy(policy(timeZone));
+      const r = await suite.check(s.sessionId, USD(80));
+      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], `170 spent in one ${where} day against a daily limit of 100: ${r.decision!.message}`);
+      // Exactly what was spent, not the whole previous UTC day.
+      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
+      assert.equal((await suite.check(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
+    };
 
     test("moved east after UTC midnight: spend of the previous UTC evening still counts in the new (Tokyo) day", async () => {
-      // 20:00 UTC on 6 December (05:00 on 7 December in Tokyo).
-      suite.clock.advance(Date.UTC(2026, 11, 6, 20, 0, 0) - suite.clock.now());
-      const id = suite.agent();
-      const policy = (timeZone: string) =>
-        create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) }, timeZone } });
-      await suite.store.updateAgentPolicy(policy(""));
-      const s = await suite.store.createSession(sessionRequest(id, {}, { expiration: { case: "ttl", value: durationFromMs(86_400_000) } }), NO_HASH);
-      assert.equal((await suite.check(s.sessionId, USD(80))).decision!.outcome, Outcome.ALLOW);
-      // 00:30 UTC on 7 December: a new UTC day (09:30 in Tokyo, the same Tokyo day).
-      suite.clock.advance(Date.UTC(2026, 11, 7, 0, 30, 0) - suite.clock.now());
-      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
-      // 01:00 UTC: the agent's policy moves to Tokyo, whose 7 December began at 15:00 UTC on the 6th.
-      suite.clock.advance(30 * 60_000);
-      await suite.store.updateAgentPolicy(policy("Asia/Tokyo"));
-      // 90 was already spent in Tokyo's 7 December: 80 more would make 170 against a daily limit of 100.
-      const r = await suite.check(s.sessionId, USD(80));
-      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], `170 spent in one Tokyo day against a daily limit of 100: ${r.decision!.message}`);
-      // Exactly what was spent, not the whole previous UTC day: 10 are left.
-      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
-      assert.equal((await suite.check(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
+      // 20:00 UTC on 6 December is 05:00 on 7 December in Tokyo, whose 7 December began at 15:00 UTC on the 6th.
+      await spendThenMove(Date.UTC(2026, 11, 6, 20, 0, 0), "Asia/Tokyo", "Tokyo");
     });
     test("moved west after UTC midnight: spend of the previous UTC afternoon still counts in the new (New York) day", async () => {
-      // 18:00 UTC on 8 December (13:00 in New York).
-      suite.clock.advance(Date.UTC(2026, 11, 8, 18, 0, 0) - suite.clock.now());
-      const id = suite.agent();
-      const policy = (timeZone: string) =>
-        create(UpdateAgentPolicyRequestSchema, { agentId: id, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) }, timeZone } });
-      await suite.store.updateAgentPolicy(policy(""));
-      const s = await suite.store.createSession(sessionRequest(id, {}, { expiration: { case: "ttl", value: durationFromMs(86_400_000) } }), NO_HASH);
-      assert.equal((await suite.check(s.sessionId, USD(80))).decision!.outcome, Outcome.ALLOW);
-      // 00:30 UTC on 9 December: a new UTC day (19:30 on 8 December in New York).
-      suite.clock.advance(Date.UTC(2026, 11, 9, 0, 30, 0) - suite.clock.now());
-      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
-      suite.clock.advance(30 * 60_000);
-      await suite.store.updateAgentPolicy(policy("America/New_York"));
-      // New York's 8 December (05:00 UTC on the 8th to 05:00 UTC on the 9th) already holds 90.
-      const r = await suite.check(s.sessionId, USD(80));
-      assert.equal(Outcome[r.decision!.outcome], Outcome[Outcome.DENY], `170 spent in one New York day against a daily limit of 100: ${r.decision!.message}`);
-      assert.equal((await suite.check(s.sessionId, USD(10))).decision!.outcome, Outcome.ALLOW);
-      assert.equal((await suite.check(s.sessionId, USD(1))).decision!.outcome, Outcome.DENY);
+      // 18:00 UTC on 8 December is 13:00 in New York, whose 8 December runs to 05:00 UTC on the 9th.
+      await spendThenMove(Date.UTC(2026, 11, 8, 18, 0, 0), "America/New_York", "New York");
     });
   });
 }
