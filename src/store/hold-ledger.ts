@@ -387,15 +387,31 @@ export async function lifetimesUsedUp(tx: Queryable, sessions: readonly Pick<Loc
  * by session: the unreported rest of their sidecars' expired leases, and
  * their sidecars' holds it closed without word (counted as spent, since
  * either may have been spent; a sidecar that was only cut off gives it
- * back when it reports). Sessions with none are left out.
+ * back when it reports), their forks' included, which count in their
+ * lifetimes too. Sessions with none are left out.
  */
 export async function pendingWriteOffs(tx: Queryable, sessionIds: readonly string[]): Promise<Map<string, Totals>> {
   const out = new Map<string, Totals>();
   if (sessionIds.length === 0) return out;
-  const { rows } = await tx.query<{ session_id: string; wv: string | null; wa: string | null }>(LEASE_TOTALS_SQL, [sessionIds]);
+  const wanted = new Set(sessionIds);
+  // Through sessions_by_ancestor (migration 009), whose predicate this repeats.
+  const { rows: forks } = await tx.query<{ session_id: string; ancestor_ids: string[] }>(
+    "SELECT session_id, ancestor_ids FROM sessions WHERE ancestor_ids && $1::text[] AND ancestor_ids <> '{}'",
+    [sessionIds],
+  );
+  const ownersOf = new Map(forks.map((f) => [f.session_id, f.ancestor_ids.filter((a) => wanted.has(a))]));
+  const { rows } = await tx.query<{ session_id: string; wv: string | null; wa: string | null }>(LEASE_TOTALS_SQL, [
+    [...new Set([...sessionIds, ...ownersOf.keys()])],
+  ]);
   for (const r of rows) {
-    const t = { value: BigInt(r.wv ?? 0), actions: BigInt(r.wa ?? 0) };
-    if (t.value > 0n || t.actions > 0n) out.set(r.session_id, t);
+    const value = BigInt(r.wv ?? 0);
+    const actions = BigInt(r.wa ?? 0);
+    if (value === 0n && actions === 0n) continue;
+    const owners = [...(wanted.has(r.session_id) ? [r.session_id] : []), ...(ownersOf.get(r.session_id) ?? [])];
+    for (const id of owners) {
+      const t = out.get(id);
+      out.set(id, { value: (t?.value ?? 0n) + value, actions: (t?.actions ?? 0n) + actions });
+    }
   }
   return out;
 }
@@ -410,10 +426,8 @@ export function netOfWriteOffs(committed: Totals, writtenOff: Totals | undefined
  * up without what was written off of them. A write-off limits every
  * decision like any spend, but on its own it never ends a session for good:
  * it may come back, and an ended session never spends again. (The session
- * stays as it is, denying what its limit denies.) Only a session's own
- * leases and holds are read: a fork's write-off that reaches its parent's
- * lifetime limit still ends the parent. Reads nothing unless some session
- * has reached its limit.
+ * stays as it is, denying what its limit denies.) Reads nothing unless
+ * some session has reached its limit.
  */
 export async function usedUpWithoutWriteOffs(
   tx: Queryable,

@@ -3,13 +3,15 @@
 // but it may come back, so on its own it never ends a session EXHAUSTED:
 // not at the sweep, not at the next report that names the session (before,
 // any report did), not at a decision through the store that reaches the
-// limit only with it (hold-ledger.ts, usedUpWithoutWriteOffs).
+// limit only with it, not when it is a fork's, counted in its parent's
+// lifetime (hold-ledger.ts, usedUpWithoutWriteOffs).
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { DecisionSchema, Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { AcquireLeaseRequestSchema, type Lease, LeaseRecordSchema, LeaseReportSchema, ReportLeasesRequestSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { newId } from "../../src/store/ids.js";
 import { DRIVERS } from "../helpers/databases.js";
@@ -96,6 +98,24 @@ for (const driver of DRIVERS) {
       assert.equal((await suite.check(s.sessionId, USD(40))).decision!.outcome, Outcome.ALLOW);
       got = await suite.store.getSession(s.sessionId);
       assert.equal(SessionStatus[got.status], "EXHAUSTED", "spend alone up to the limit ends it");
+    });
+    test("a fork's write-off counts in its parent's lifetime but ends the parent no more than its own", async () => {
+      const p = await suite.store.createSession(sessionRequest(suite.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const f = (await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: p.sessionId, policy: { currencyCode: "USD" } }), NO_HASH));
+      const l = (await acquire(f.sessionId, "sidecar-1", USD(40), 5_000))!;
+      assert.equal(l.valueMicros, USD(40));
+      suite.clock.advance(5_000 + RECONCILE_GRACE_MS);
+      assert.equal((await suite.store.sweep()).leases.leases, 1);
+      // 40 written off in the fork (and so in the parent) + 60 spent by the parent: its limit, with the write-off.
+      assert.equal((await suite.check(p.sessionId, USD(60))).decision!.outcome, Outcome.ALLOW);
+      let got = await suite.store.getSession(p.sessionId);
+      assert.equal(SessionStatus[got.status], "ACTIVE", `the fork's write-off ended the parent: ${got.statusReason}`);
+      assert.equal((await suite.check(p.sessionId, USD(1))).decision!.outcome, Outcome.DENY, "the write-off limits the parent like spend");
+      // The fork's sidecar was only cut off: it gives the lease back, and the parent may spend the 40.
+      await report("sidecar-1", f.sessionId, l, { records: [], release: true });
+      assert.equal((await suite.check(p.sessionId, USD(40))).decision!.outcome, Outcome.ALLOW);
+      got = await suite.store.getSession(p.sessionId);
+      assert.equal(SessionStatus[got.status], "EXHAUSTED");
     });
   });
 }
