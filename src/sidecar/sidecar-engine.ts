@@ -477,9 +477,10 @@ export class SidecarEngine {
           return this.unavailable(path, method, req, started, "the control plane has been unreachable for too long");
         }
         const latest = this.o.cache.peek(req.sessionId);
+        // Gone from the cache, ended or a parent not cached: the store's to answer.
         scopes = latest === undefined || isTerminal(latest.status) ? undefined : this.o.cache.scopesOf(latest);
-        if (latest === undefined || scopes === undefined) return this.exact(path, method, req, hash, claim);
-        s = latest;
+        if (scopes === undefined) return this.exact(path, method, req, hash, claim);
+        s = latest!;
         nowMs = this.now();
         ev = evaluate({ scopes, action: { type: action.type, amountMicros: amount, merchant: action.merchant }, nowMs, usage: view(lease), spans: this.o.spans });
       }

@@ -136,8 +136,7 @@ export class DecisionBatcher {
     const nowMs = now();
     const settled: Settled[] = [];
     const sessionIds = [...new Set(batch.map((p) => p.req.sessionId))];
-    await this.chains.resolve(tx, sessionIds);
-    const chains = this.chains.scopesOf(sessionIds);
+    const chains = await this.chains.resolveScopes(tx, sessionIds);
     // Every read of the batch goes out at once, after the locks (one round
     // trip on a pipelined connection): a connection runs its statements
     // one after another, and under READ COMMITTED each sees what was

@@ -99,16 +99,18 @@ async function settleHolds(tx: Queryable, s: HoldSettlement): Promise<UsageSet> 
 
 /**
  * Takes each hold's amount and action slot out of the held counters it
- * charged, and commits `committed` of it (a capture, or a write-off of the
- * whole) with its action slot.
+ * charged and, unless it is released (`committed` undefined), commits
+ * `committed` of it (a capture, or a write-off of the whole) with its
+ * action slot.
  */
-function commitHeld(counters: UsageSet, items: readonly { hold: ActionRow; committed: bigint }[]): void {
+function moveHeld(counters: UsageSet, items: readonly { hold: ActionRow; committed: bigint | undefined }[]): void {
   for (const { hold: h, committed } of items) {
     const held = BigInt(h.held_value);
     for (const [scopeKey, window, startMs] of h.charges) {
       const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
       c.heldValue -= held;
       c.heldActions -= 1n;
+      if (committed === undefined) continue;
       c.committedValue += committed;
       c.committedActions += 1n;
     }
@@ -127,15 +129,7 @@ export async function releaseHolds(tx: Queryable, holds: readonly ActionRow[], s
   const type = status === ActionStatus.EXPIRED ? "authorization.expired" : "authorization.voided";
   await settleHolds(tx, {
     holds: open,
-    count: (counters) => {
-      for (const h of open) {
-        for (const [scopeKey, window, startMs] of h.charges) {
-          const c = counters.get(`${scopeKey}|${window}|${startMs}`)!;
-          c.heldValue -= BigInt(h.held_value);
-          c.heldActions -= 1n;
-        }
-      }
-    },
+    count: (counters) => moveHeld(counters, open.map((h) => ({ hold: h, committed: undefined }))),
     update: {
       sql: `UPDATE actions SET status = $2, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
       params: [open.map((h) => h.action_id), status, iso(nowMs)],
@@ -194,7 +188,7 @@ async function writeOffHolds(tx: Queryable, holds: readonly ActionRow[], status:
   for (const h of holds) value += BigInt(h.held_value);
   await settleHolds(tx, {
     holds,
-    count: (counters) => commitHeld(counters, holds.map((h) => ({ hold: h, committed: BigInt(h.held_value) }))),
+    count: (counters) => moveHeld(counters, holds.map((h) => ({ hold: h, committed: BigInt(h.held_value) }))),
     update: {
       sql: `UPDATE actions SET status = $2, written_off_value = held_value, held_value = 0, update_time = $3::timestamptz WHERE action_id = ANY($1::text[])`,
       params: [holds.map((h) => h.action_id), status, iso(nowMs)],
@@ -330,7 +324,7 @@ export async function captureHold(
 export async function captureHolds(tx: Queryable, items: readonly { hold: ActionRow; amountMicros: bigint }[], nowMs: number): Promise<UsageSet> {
   return settleHolds(tx, {
     holds: items.map((i) => i.hold),
-    count: (counters) => commitHeld(counters, items.map((i) => ({ hold: i.hold, committed: i.amountMicros }))),
+    count: (counters) => moveHeld(counters, items.map((i) => ({ hold: i.hold, committed: i.amountMicros }))),
     update: {
       sql: `UPDATE actions a SET status = $3, held_value = 0, captured_value = u.captured, update_time = $4::timestamptz
          FROM unnest($1::text[], $2::bigint[]) AS u(action_id, captured)
@@ -434,10 +428,7 @@ export async function usedUpWithoutWriteOffs(
   sessions: readonly { sessionId: string; policy: CompiledPolicy; committed: Totals }[],
 ): Promise<Set<string>> {
   const reached = sessions.filter((s) => isExhausted(s.policy, s.committed));
-  const writtenOff = await pendingWriteOffs(
-    tx,
-    reached.map((s) => s.sessionId),
-  );
+  const writtenOff = await pendingWriteOffs(tx, reached.map((s) => s.sessionId));
   return new Set(reached.filter((s) => isExhausted(s.policy, netOfWriteOffs(s.committed, writtenOff.get(s.sessionId)))).map((s) => s.sessionId));
 }
 

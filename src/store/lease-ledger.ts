@@ -204,7 +204,7 @@ export class LeaseLedger {
    */
   private async grantAll(tx: Queryable, reqs: readonly AcquireLeaseRequest[]): Promise<Settled<Lease | undefined>[]> {
     const nowMs = this.now();
-    const chains = await this.chainsOf(tx, [...new Set(reqs.map((r) => r.sessionId))]);
+    const chains = await this.chains.resolveScopes(tx, [...new Set(reqs.map((r) => r.sessionId))]);
     const named = [...new Set(reqs.map((r) => r.leaseId).filter((id) => id !== ""))];
     // The locks and the reads behind them in one round trip (see report()).
     const [locked, namedRows, usageRows] = await Promise.all([
@@ -378,12 +378,6 @@ export class LeaseLedger {
     );
   }
 
-  /** What to lock and read for `sessionIds`: their chains, from the cache or read now. */
-  private async chainsOf(tx: Queryable, sessionIds: readonly string[]): Promise<ChainScopes> {
-    await this.chains.resolve(tx, sessionIds);
-    return this.chains.scopesOf(sessionIds);
-  }
-
   /**
    * Applies sidecar reports in one transaction: records first (each moves
    * its amount out of its lease; a record seen before charges nothing),
@@ -395,7 +389,7 @@ export class LeaseLedger {
     const sessionIds = [...new Set(req.reports.map((r) => r.sessionId))];
     if (sessionIds.length === 0) return [];
     const { rejected, told, ending } = await this.db.transaction(async (tx) => {
-      const chains = await this.chainsOf(tx, sessionIds);
+      const chains = await this.chains.resolveScopes(tx, sessionIds);
       const leaseIds = [...new Set(req.reports.map((r) => r.leaseId).filter((id) => id !== ""))];
       const actionIds = [...new Set(req.reports.flatMap((rep) => rep.records.map((r) => r.actionId)))];
       // The locks, then every read the records need, sent together: on a
@@ -754,7 +748,7 @@ export class LeaseLedger {
     for (const { lease_id, session_id } of due.rows) {
       await this.db.transaction(async (tx) => {
         // Locked as every writer of the lease's counters locks them (scope-locks.ts).
-        const chains = await this.chainsOf(tx, [session_id]);
+        const chains = await this.chains.resolveScopes(tx, [session_id]);
         await lockScopes(tx, chains.sessionIds, chains.agentIds, this.policies);
         const { rows } = await tx.query<LeaseRow>(`SELECT ${LEASE_COLUMNS} FROM leases WHERE lease_id = $1 AND status = 1 FOR UPDATE`, [lease_id]);
         if (rows.length === 0) return;

@@ -43,6 +43,12 @@ export class SessionChains {
     for (const r of rows) this.cache.set(r.session_id, { agentId: r.agent_id, ancestorIds: r.ancestor_ids });
   }
 
+  /** What to lock and read for `sessionIds`: {@link resolve}, then {@link scopesOf}. */
+  async resolveScopes(tx: Queryable, sessionIds: readonly string[]): Promise<ChainScopes> {
+    await this.resolve(tx, sessionIds);
+    return this.scopesOf(sessionIds);
+  }
+
   /** Forgets a session's chain, e.g. after it was imported. */
   forget(sessionId: string): void {
     this.cache.delete(sessionId);

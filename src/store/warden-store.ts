@@ -283,6 +283,7 @@ const KEYED_RESPONSES = {
   update_agent_policy: UpdateAgentPolicyResponseSchema,
 } as const;
 type KeyedMethod = keyof typeof KEYED_RESPONSES;
+type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
 
 /**
  * The calls whose first answers ExportSession carries and ImportSession
@@ -295,7 +296,6 @@ const SESSION_KEY_ANSWERS: Readonly<Record<string, DescMessage>> = (() => {
   const { create_session: _c, update_agent_policy: _u, approve_approval: _a, deny_approval: _d, cancel_approval: _x, ...carried } = KEYED_RESPONSES;
   return { ...carried, check: CheckResponseSchema, authorize: AuthorizeResponseSchema };
 })();
-type KeyedResponse<M extends KeyedMethod> = MessageShape<(typeof KEYED_RESPONSES)[M]>;
 
 /**
  * Serializes the calls with one key that create what owns it (a session,
