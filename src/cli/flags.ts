@@ -105,7 +105,12 @@ export function parseTimestamp(flag: string, text: string): Timestamp {
   if (month < 1 || month > 12 || day < 1 || day > daysInMonth || hour > 23 || minute > 59 || second > 59) throw bad();
   const date = new Date(m[4] === undefined ? `${m[1]}-${m[2]}-${m[3]}T00:00:00Z` : text.trim().toUpperCase().replace(" ", "T"));
   if (Number.isNaN(date.getTime())) throw bad();
-  return timestampFromDate(date);
+  // Date keeps milliseconds: the fraction, up to the nanoseconds the
+  // syntax takes, is read from the text (an audit --since must not take
+  // in records from before the instant given).
+  const ts = timestampFromDate(date);
+  ts.nanos = m[7] === undefined ? 0 : Number(m[7].slice(1).padEnd(9, "0"));
+  return ts;
 }
 
 /**
@@ -114,15 +119,19 @@ export function parseTimestamp(flag: string, text: string): Timestamp {
  * rather than "last one wins", which would hide a typo.
  */
 export function parseKeyValues(flag: string, items: readonly string[]): Record<string, string> {
-  const out: Record<string, string> = {};
+  const out = new Map<string, string>();
   for (const item of items) {
     const eq = item.indexOf("=");
     if (eq <= 0) throw new CliError(`${flag}: "${item}" is not key=value`);
     const key = item.slice(0, eq);
-    if (Object.hasOwn(out, key)) throw new CliError(`${flag}: key "${key}" given twice`);
-    out[key] = item.slice(eq + 1);
+    // Assigned to a plain object (here, or by the generated code the map
+    // goes into), "__proto__" would set the prototype, not a key: dropped
+    // without a word.
+    if (key === "__proto__") throw new CliError(`${flag}: "__proto__" cannot be a key`);
+    if (out.has(key)) throw new CliError(`${flag}: key "${key}" given twice`);
+    out.set(key, item.slice(eq + 1));
   }
-  return out;
+  return Object.fromEntries(out);
 }
 
 /** Parses an IANA time zone name, checked against the runtime's zone database. */
@@ -171,10 +180,13 @@ export function parseEnumWord(flag: string, schema: DescEnum, text: string): num
  * A server address as an error may show it: the user name and password
  * (`user:pw@`) as `***`, and the query or fragment as `?…` or `#…` (either
  * may carry a token). An error line ends up in terminals, CI logs and bug
- * reports. Works on text that is not a URL too.
+ * reports. Works on text that is not a URL too, which is when it matters
+ * most: a password holding `/`, `?`, `#` or `@` unescaped is what makes the
+ * text fail to parse, so everything up to the last `@` is masked (more than
+ * the user info when a path or query holds one: never less).
  */
 export function shownServer(text: string): string {
-  return text.replace(/^(\s*(?:[a-z][a-z0-9+.-]*:\/\/)?)[^/?#]*@/i, "$1***@").replace(/([?#]).*$/s, "$1…");
+  return text.replace(/^(\s*(?:[a-z][a-z0-9+.-]*:\/\/)?).*@/is, "$1***@").replace(/([?#]).*$/s, "$1…");
 }
 
 /**

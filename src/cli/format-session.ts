@@ -1,4 +1,4 @@
-import { WeekdaySchema, type SessionPolicy, type WindowLimit } from "../gen/warden/v1/policy_pb.js";
+import { ApprovalTimeoutOutcome, WeekdaySchema, type SessionPolicy, type WindowLimit } from "../gen/warden/v1/policy_pb.js";
 import { SessionStatusSchema, type Session } from "../gen/warden/v1/session_pb.js";
 import { formatBudgets } from "./format-decision.js";
 import { enumWord, formatAmount, formatDuration, formatKeyValues, formatLabels, formatTable, formatTime } from "./format.js";
@@ -33,6 +33,9 @@ export function formatPolicy(policy: SessionPolicy, indent = "  "): string {
       ["currency", c],
       ["per transaction", m(policy.maxPerTransactionMicros)],
       ["approval above", m(policy.requireApprovalAboveMicros)],
+      // How long a person has, and what happens when nobody decides: an
+      // approve on timeout lets the money go without anyone saying yes.
+      ...approvalTerms(policy),
       ["per day", limit(policy.daily, c)],
       ["per week", limit(policy.weekly, c)],
       ["per month", limit(policy.monthly, c)],
@@ -48,6 +51,16 @@ export function formatPolicy(policy: SessionPolicy, indent = "  "): string {
     ],
     indent,
   );
+}
+
+/** The approval TTL and timeout outcome, shown where approvals can happen (the rest is defaults). */
+function approvalTerms(policy: SessionPolicy): [string, string][] {
+  if (policy.requireApprovalAboveMicros === undefined) return [];
+  const approves = policy.approvalTimeoutOutcome === ApprovalTimeoutOutcome.APPROVE;
+  return [
+    ["approval ttl", formatDuration(policy.approvalTtl) ?? "15m"],
+    ["on approval timeout", approves ? "approve" : "deny"],
+  ];
 }
 
 /**

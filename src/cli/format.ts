@@ -14,7 +14,9 @@ export interface Column {
  * `indent` prefixes every line, for tables nested under a heading.
  */
 export function formatTable(columns: readonly Column[], rows: readonly (readonly string[])[], indent = ""): string {
-  const widths = columns.map((c, i) => Math.max(c.title.length, ...rows.map((r) => (r[i] ?? "").length)));
+  // A loop, not Math.max(...rows): a spread of ~125k rows (actions --all
+  // of a busy session) overflows the stack.
+  const widths = columns.map((c, i) => rows.reduce((w, r) => Math.max(w, (r[i] ?? "").length), c.title.length));
   const line = (cells: readonly string[]) =>
     indent +
     columns
@@ -34,7 +36,7 @@ export function formatTable(columns: readonly Column[], rows: readonly (readonly
  */
 export function formatKeyValues(entries: readonly (readonly [string, string | undefined])[], indent = ""): string {
   const shown = entries.filter((e): e is readonly [string, string] => e[1] !== undefined && e[1] !== "");
-  const width = Math.max(0, ...shown.map(([k]) => k.length));
+  const width = shown.reduce((w, [k]) => Math.max(w, k.length), 0);
   return shown.map(([k, v]) => `${indent}${k.padEnd(width)}  ${v}`).join("\n");
 }
 

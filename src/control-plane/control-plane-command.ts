@@ -1,5 +1,6 @@
 import { serverTlsFromFlags } from "../auth/server-tls.js";
-import { createLogger, redactUrl } from "../server/logger.js";
+import { createLogger } from "../server/logger.js";
+import { redactUrl } from "../server/redact-url.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";
 import { startServer } from "../server/start-server.js";

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { redactUrl } from "./redact-url.js";
 
 /** The three ways to run Warden (design.md §2). */
 export type Role = "serve" | "control-plane" | "sidecar";
@@ -326,4 +327,24 @@ export function nonNegativeInt(values: Record<string, string | undefined>, name:
   const n = Number(text);
   if (text.trim() === "" || !Number.isSafeInteger(n) || n < 0) throw new Error(`--${name}: "${text}" is not a whole number of 0 or more`);
   return n;
+}
+
+/**
+ * The PostgreSQL URL of `--database-url` (or DATABASE_URL), checked before
+ * any driver sees it (`pg` says only "Invalid URL", or takes a bare word as
+ * a host name), or a one-line error naming the flag that shows no
+ * password. Unset or empty: undefined (the embedded store).
+ */
+export function databaseUrlFlag(text: string | undefined): string | undefined {
+  if (text === undefined || text === "") return undefined;
+  let protocol: string | undefined;
+  try {
+    protocol = new URL(text).protocol;
+  } catch {
+    // not a URL
+  }
+  if (protocol !== "postgres:" && protocol !== "postgresql:" && protocol !== "socket:") {
+    throw new Error(`--database-url (or DATABASE_URL): ${redactUrl(text)} is not a PostgreSQL URL such as postgres://user@127.0.0.1:5432/warden`);
+  }
+  return text;
 }

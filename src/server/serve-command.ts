@@ -1,4 +1,5 @@
-import { createLogger, redactUrl } from "./logger.js";
+import { createLogger } from "./logger.js";
+import { redactUrl } from "./redact-url.js";
 import { booleanFlag, parseRoleFlags, positiveInt, usageOf } from "./role-flags.js";
 import { runUntilSignal } from "./run-until-signal.js";
 import { startServer } from "./start-server.js";

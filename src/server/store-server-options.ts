@@ -1,5 +1,5 @@
 import type { Logger } from "./logger.js";
-import { nonNegativeInt, positiveInt } from "./role-flags.js";
+import { databaseUrlFlag, nonNegativeInt, positiveInt } from "./role-flags.js";
 import type { ServerOptions } from "./start-server.js";
 
 /**
@@ -12,7 +12,7 @@ export function storeServerOptions(values: Record<string, string | undefined>, l
     grpcAddress: values["grpc-listen"]!,
     httpAddress: values["http-listen"]!,
     dataDir: values["data-dir"]!,
-    databaseUrl: values["database-url"],
+    databaseUrl: databaseUrlFlag(values["database-url"]),
     sweepIntervalMs: positiveInt(values, "sweep-interval"),
     webhooks: { intervalMs: positiveInt(values, "webhook-interval"), retryPeriodMs: positiveInt(values, "webhook-retry-period") },
     healthAddress: values["health-listen"],

@@ -1,5 +1,6 @@
 import { createSidecarCredentials, sidecarCredentialOptionsFromFlags } from "../auth/sidecar-credentials.js";
-import { createLogger, redactUrl } from "../server/logger.js";
+import { createLogger } from "../server/logger.js";
+import { redactUrl } from "../server/redact-url.js";
 import { optimizeFor } from "../server/optimize-for.js";
 import { parseRoleFlags, positiveInt, usageOf } from "../server/role-flags.js";
 import { runUntilSignal } from "../server/run-until-signal.js";

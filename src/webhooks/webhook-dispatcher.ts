@@ -1,5 +1,5 @@
 import type { Logger } from "../server/logger.js";
-import { redactUrl } from "../server/logger.js";
+import { redactUrl } from "../server/redact-url.js";
 import { EVENT_ID_HEADER, SIGNATURE_HEADER, signWebhookBody } from "./verify-webhook-signature.js";
 import type { ClaimedDelivery, WebhookStore } from "./webhook-store.js";
 

@@ -11,7 +11,7 @@ import {
 import type { Database, Queryable } from "../store/database.js";
 import { newId } from "../store/ids.js";
 import { pageToken, readPageToken } from "../store/page-token.js";
-import { redactUrl } from "../server/logger.js";
+import { redactUrl } from "../server/redact-url.js";
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const DEFAULT_PAGE = 50;

@@ -27,6 +27,13 @@ describe("warden keys", () => {
     assert.match((await run(["keys", "create", "--role", "agent"])).stderr, /--agent is required with --role agent/);
     assert.match((await run(["keys", "create", "--role", "admin", "--agent", "a"])).stderr, /--agent is only for --role agent/);
     assert.match((await run(["keys", "bootstrap", "--role", "agent"])).stderr, /--agent is required/);
+    // pg alone would say "Invalid URL", or look a bare word up as a host.
+    for (const [url, via] of [["postgres://app:pw@[bad/db", "flag"], ["notaurl", "env"], ["http://app:hunter2@db/warden", "flag"]] as const) {
+      const r = await run(["keys", "bootstrap", ...(via === "flag" ? ["--database-url", url] : [])], via === "env" ? { DATABASE_URL: url } : {});
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /^warden: --database-url \(or DATABASE_URL\): .* is not a PostgreSQL URL such as postgres:\/\/user@127\.0\.0\.1:5432\/warden$/, r.stderr);
+      assert.doesNotMatch(r.stderr, /pw@|hunter2/);
+    }
     const help = await run(["keys", "--help"]);
     assert.equal(help.code, 0);
     for (const sub of ["bootstrap", "create", "list", "revoke"]) assert.match(help.stdout, new RegExp(`keys ${sub}`));

@@ -9,7 +9,7 @@ import { formatPolicy, formatSession, formatSessionsTable } from "../../src/cli/
 import { enumName, enumWord, formatAmount, formatDuration, formatKeyValues, formatLabels, formatTable, formatTime } from "../../src/cli/format.js";
 import { AgentSchema } from "../../src/gen/warden/v1/agent_service_pb.js";
 import { BudgetSchema, DecisionSchema, Outcome, OutcomeSchema, Reason, ReasonSchema, Scope, Window } from "../../src/gen/warden/v1/decision_pb.js";
-import { SessionPolicySchema, Weekday } from "../../src/gen/warden/v1/policy_pb.js";
+import { ApprovalTimeoutOutcome, SessionPolicySchema, Weekday } from "../../src/gen/warden/v1/policy_pb.js";
 import { ActionRecordSchema, ActionStatus } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionSchema, SessionStatus, SessionStatusSchema } from "../../src/gen/warden/v1/session_pb.js";
 
@@ -185,6 +185,19 @@ describe("sessions, actions, agents", () => {
         "  fail after         1 failed request",
       ].join("\n"),
     );
+  });
+  test("a policy with approvals shows how long a person has and what a timeout does", () => {
+    const approvals = (init: object) => formatPolicy(create(SessionPolicySchema, { currencyCode: "USD", requireApprovalAboveMicros: 100_000_000n, ...init }));
+    assert.match(approvals({}), /approval above +100\.00 USD\n +approval ttl +15m\n +on approval timeout +deny\n/);
+    // Approve on timeout lets the money go with nobody saying yes: the one to see.
+    assert.match(approvals({ approvalTtl: durationFromMs(3_600_000), approvalTimeoutOutcome: ApprovalTimeoutOutcome.APPROVE }), /approval ttl +1h\n +on approval timeout +approve\n/);
+    assert.doesNotMatch(formatPolicy(policy), /approval/, "no approvals, no approval terms");
+  });
+  test("a table of 200,000 rows (actions --all of a busy session) is laid out, not a stack overflow", () => {
+    const text = formatTable([{ title: "n", align: "right" }], Array.from({ length: 200_000 }, (_, i) => [String(i)]));
+    assert.equal(text.split("\n").length, 200_001);
+    assert.equal(text.split("\n")[1], "     0", "right-aligned to the widest row, 199999");
+    assert.equal(formatKeyValues(Array.from({ length: 200_000 }, (_, i) => [`k${i}`, "v"] as const)).split("\n").length, 200_000);
   });
   test("a policy shows the calendar defaults", () => {
     assert.match(formatPolicy(create(SessionPolicySchema, { currencyCode: "EUR" })), /time zone +UTC\n +week starts +monday\n +hold ttl +15m$/);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { redactUrl } from "../../src/server/logger.js";
+import { redactUrl } from "../../src/server/redact-url.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { startServerProcess, startWardenProcess, storeArgs } from "../helpers/server-process.js";
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { parseRoleFlags, ROLE_FLAGS, usageOf } from "../../src/server/role-flags.js";
+import { databaseUrlFlag, parseRoleFlags, ROLE_FLAGS, usageOf } from "../../src/server/role-flags.js";
 import { runWardenCli } from "../helpers/server-process.js";
 
 const sidecarArgs = ["--control-plane", "http://127.0.0.1:1", "--agent-id", "a1"];
@@ -35,6 +35,22 @@ describe("role flags", () => {
 
   it("help lists the sidecar's optimize-for flag with its variable and default", () => {
     assert.match(usageOf("sidecar", ""), /--optimize-for memory\|speed .*\[WARDEN_OPTIMIZE_FOR\] \(default memory\)/);
+  });
+
+  it("a --database-url that is no PostgreSQL URL is refused naming the flag, without its password", () => {
+    for (const url of ["postgres://app:pw@[bad/db", "notaurl", "mysql://app:pw@db/warden"]) {
+      assert.throws(() => databaseUrlFlag(url), (e: Error) => e.message.startsWith("--database-url (or DATABASE_URL): ") && !e.message.includes(":pw@"));
+    }
+    for (const url of ["postgres://app:pw@db:5432/warden?sslmode=require", "postgresql:///warden?host=/var/run/postgresql", "socket:/var/run/postgresql?db=warden"]) {
+      assert.equal(databaseUrlFlag(url), url);
+    }
+    assert.equal(databaseUrlFlag(""), undefined, "empty: the embedded store");
+  });
+
+  it("serve stops at a bad --database-url before it opens anything", async () => {
+    const run = await runWardenCli("http://127.0.0.1:1", "serve", "--database-url", "postgres://app:pw@[bad/db", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0");
+    assert.equal(run.code, 1);
+    assert.match(run.stderr.trim(), /^warden: --database-url \(or DATABASE_URL\): .* is not a PostgreSQL URL/);
   });
 
   it("the sidecar command stops at a bad choice before it connects anywhere", async () => {

@@ -12,7 +12,7 @@ import {
   type ListApiKeysRequest,
 } from "../../gen/warden/v1/auth_service_pb.js";
 import { CliError } from "../cli-error.js";
-import { DEFAULT_DATA_DIR } from "../../server/role-flags.js";
+import { databaseUrlFlag, DEFAULT_DATA_DIR } from "../../server/role-flags.js";
 import { CLIENT_FLAGS, EXIT_OK, JSON_FLAG, type CommandContext, type CommandSpec } from "../command.js";
 import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { parseEnumWord } from "../flags.js";
@@ -107,7 +107,7 @@ export const KEY_COMMANDS: readonly CommandSpec[] = [
     ],
     async run(ctx) {
       const req = buildCreateApiKeyRequest(ctx.flags, "admin");
-      const databaseUrl = ctx.flags.string("database-url") ?? (ctx.env.DATABASE_URL || undefined);
+      const databaseUrl = databaseUrlFlag(ctx.flags.string("database-url") ?? (ctx.env.DATABASE_URL || undefined));
       const dataDir = ctx.flags.string("data-dir") ?? (ctx.env.WARDEN_DATA_DIR || DEFAULT_DATA_DIR);
       // Loaded only here, so client commands never load the store or its drivers.
       const [{ createPgDatabase }, { createPgliteDatabase }, { migrate }, { createApiKeys }, { apiKeyToProto, roleFromProto }] = await Promise.all([
