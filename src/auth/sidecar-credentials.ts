@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import type http2 from "node:http2";
 import type { Interceptor } from "@connectrpc/connect";
+import { credentialFault } from "./bearer-token.js";
 
 /** How a sidecar proves itself to the control plane. */
 export interface SidecarCredentialOptions {
@@ -71,9 +72,13 @@ export function createSidecarCredentials(o: SidecarCredentialOptions): SidecarCr
   const interceptors: Interceptor[] = [];
   if (o.tokenFile !== undefined) {
     const file = o.tokenFile;
+    // Checked as a header value before any call: Headers.set refuses a NUL
+    // or a non-Latin-1 character with an error that repeats the whole
+    // value, which the sidecar's log would then carry, key and all.
     const parse = (text: string) => {
       const token = text.trim();
-      if (token === "" || /\s/.test(token)) throw new Error(`--control-plane-token-file: ${file} must hold one token`);
+      const fault = credentialFault(token);
+      if (fault !== undefined) throw new Error(`--control-plane-token-file: ${file} must hold one token of visible ASCII characters, but ${fault}`);
       return token;
     };
     let token = parse(read(file, "--control-plane-token-file"));

@@ -1,4 +1,5 @@
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { credentialFault } from "../auth/bearer-token.js";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { AgentService } from "../gen/warden/v1/agent_service_pb.js";
 import { ApprovalService } from "../gen/warden/v1/approval_service_pb.js";
@@ -47,22 +48,6 @@ export class MalformedCredentialError extends Error {
   ) {
     super(`credential: not a usable API key or session token: only visible ASCII characters may appear in one, and ${reason}`);
   }
-}
-
-/**
- * What makes `credential` unusable in a header, or undefined when nothing
- * does. Surrounding whitespace is no fault: `Headers` drops it.
- */
-function credentialFault(credential: string): string | undefined {
-  const lead = /^[ \t\r\n]*/.exec(credential)![0].length;
-  const rest = credential.slice(lead).replace(/[ \t\r\n]+$/, "");
-  if (rest === "") return "it is blank";
-  const bad = /[^\x21-\x7e]/.exec(rest);
-  if (bad === null) return undefined;
-  const c = bad[0];
-  const what =
-    c === "\n" || c === "\r" ? "a line break" : c === " " || c === "\t" ? "a space" : c < " " || c === "\x7f" ? "a control character" : "a non-ASCII character";
-  return `it holds ${what} at character ${lead + bad.index + 1}`;
 }
 
 /**

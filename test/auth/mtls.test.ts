@@ -108,6 +108,20 @@ describe("flags of TLS files", () => {
       assert.throws(() => createSidecarCredentials({ caFile: join(dir, "missing.pem") }), /--tls-ca-file: cannot read .*ENOENT/);
       writeFileSync(join(dir, "empty"), "\n");
       assert.throws(() => createSidecarCredentials({ tokenFile: join(dir, "empty") }), /--control-plane-token-file: .* must hold one token/);
+      // What no header can carry fails here, not in Headers.set on every
+      // call, whose error repeats the value into the sidecar's log.
+      const key = `wdn_key_${"0".repeat(26)}_${"A".repeat(43)}`;
+      for (const [name, text, fault] of [
+        ["nul", `${key}\0`, "a control character at character 79"],
+        ["utf16", `\ufffd\ufffd${key}`, "a non-ASCII character at character 1"],
+        ["two", `${key} ${key}`, "a space at character 79"],
+      ] as const) {
+        writeFileSync(join(dir, name), text);
+        assert.throws(
+          () => createSidecarCredentials({ tokenFile: join(dir, name) }),
+          (e: Error) => e.message.startsWith("--control-plane-token-file: ") && e.message.endsWith(`must hold one token of visible ASCII characters, but it holds ${fault}`) && !e.message.includes("AAAA"),
+        );
+      }
       const options = sidecarCredentialOptionsFromFlags({ "control-plane-token-file": "t", "tls-ca-file": "a", "tls-cert-file": "c", "tls-key-file": "k" });
       assert.deepEqual(options, { tokenFile: "t", caFile: "a", certFile: "c", keyFile: "k" });
       const none = createSidecarCredentials({});
