@@ -83,19 +83,30 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
           // hears from the stream; a heartbeat later would be a second late.
           if (sent === req.fromRevision) yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
         }
+        // The next heartbeat is due a heartbeat after the last message, by
+        // the clock, not after the last wake-up: batches of other agents
+        // wake this loop but send nothing, and while they kept coming more
+        // often than heartbeats, an idle agent's watcher heard nothing and
+        // its sidecar went stale.
+        let beatAt = Date.now() + heartbeatMs;
         while (!ctx.signal.aborted && !feed.stopped) {
           const batch = queue.shift();
           if (batch === undefined) {
-            const timedOut = await new Promise<boolean>((resolve) => {
-              const t = setTimeout(() => resolve(true), heartbeatMs);
-              wakeUp = () => {
-                clearTimeout(t);
-                resolve(false);
-              };
-            });
-            wakeUp = undefined;
+            const wait = beatAt - Date.now();
+            if (wait > 0) {
+              await new Promise<void>((resolve) => {
+                const t = setTimeout(resolve, wait);
+                wakeUp = () => {
+                  clearTimeout(t);
+                  resolve();
+                };
+              });
+              wakeUp = undefined;
+              continue;
+            }
+            beatAt = Date.now() + heartbeatMs;
             // Only while the feed can read the store: see ChangeFeed.readsStore.
-            if (timedOut && feed.current >= sent && feed.readsStore) {
+            if (feed.current >= sent && feed.readsStore) {
               sent = feed.current > sent ? feed.current : sent;
               yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
             }
@@ -105,7 +116,10 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
           const mine = filterBatch(batch, req.agentId);
           sent = batch.revision;
           // Batches of other agents only move the revision; the heartbeat says so.
-          if (mine.sessions.length > 0 || mine.agent !== undefined || mine.settledHolds.length > 0) yield mine;
+          if (mine.sessions.length > 0 || mine.agent !== undefined || mine.settledHolds.length > 0) {
+            beatAt = Date.now() + heartbeatMs;
+            yield mine;
+          }
         }
       } finally {
         unsubscribe();

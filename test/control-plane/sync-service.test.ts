@@ -106,3 +106,49 @@ describe("WatchSessions resumed from a revision", () => {
     }
   });
 });
+
+describe("WatchSessions heartbeats while other agents are busy", () => {
+  const s = storeSuite("pglite", "sync-hb", { ledgerCheck: false });
+
+  it("an idle agent's watcher hears a heartbeat on time while other agents' changes keep waking the stream", async () => {
+    const HEARTBEAT = 400;
+    const feed = await createChangeFeed({ store: s.store, pollIntervalMs: 3_600_000 });
+    const svc = createSyncService({ store: s.store, feed, heartbeatMs: HEARTBEAT });
+    const idle = s.agent();
+    const busy = s.agent();
+    const ac = new AbortController();
+    const stream = svc.watchSessions!(create(WatchSessionsRequestSchema, { agentId: idle, fromRevision: 0n }), {
+      signal: ac.signal,
+    } as never) as AsyncGenerator<WatchSessionsResponse>;
+    const got: number[] = [];
+    let first = true;
+    const reading = (async () => {
+      for await (const _m of stream) {
+        if (first) first = false;
+        else got.push(Date.now());
+      }
+    })();
+    const started = Date.now();
+    try {
+      await sleep(50);
+      // Another agent's sessions change every ~30-50 ms (each change wakes the feed, as NOTIFY would).
+      const ses = await s.store.createSession(sessionRequest(busy, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      let paused = false;
+      while (Date.now() - started < 6 * HEARTBEAT) {
+        paused = !paused;
+        await s.store.setPaused(ses.sessionId, paused, "x");
+        await feed.wake();
+        await sleep(30);
+      }
+      assert.ok(
+        got.length >= 2,
+        `the idle agent's watcher got ${got.length} messages in ${Date.now() - started} ms with heartbeats every ${HEARTBEAT} ms: its sidecar turns stale and fails closed`,
+      );
+    } finally {
+      ac.abort();
+      await feed.stop();
+      await stream.return(undefined).catch(() => {});
+      await reading.catch(() => {});
+    }
+  });
+});
