@@ -51,7 +51,13 @@ export function createNotifyWatch(o: NotifyWatchOptions): NotifyWatch {
   };
   return {
     async mark() {
-      unlisten ??= o.db.listen(o.channel, onNotify);
+      // A LISTEN that failed (the database unreachable for a moment) is
+      // forgotten, so the next caller tries again rather than getting the
+      // same error until the process restarts.
+      unlisten ??= o.db.listen(o.channel, onNotify).catch((err: unknown) => {
+        unlisten = undefined;
+        throw err;
+      });
       await unlisten;
       return seen;
     },
