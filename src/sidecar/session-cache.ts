@@ -103,9 +103,13 @@ export interface SessionCacheOptions {
 export class SessionCache {
   private readonly lru: LRUCache<string, CachedSession>;
   private readonly inflight = new Map<string, Promise<CachedSession>>();
-  /** Watch updates that arrived while their session was being fetched. */
+  /**
+   * Watch updates of sessions not held that arrived while any fetch was on
+   * its way: a fetch brings a session's parents too, read before such an
+   * update perhaps. Emptied when no fetch is left.
+   */
   private readonly raced = new Map<string, SessionState>();
-  /** Bumped by {@link clear}: a fetch begun before it is read again. */
+  /** Bumped by {@link clear}, and when {@link raced} outgrows the cache: a fetch begun before it is read again. */
   private cleared = 0;
   private readonly agents = new Map<string, { revision: bigint; scope: ScopeState }>();
   /** Compiled policies by their bytes (base64), and the key each was found under. */
@@ -170,7 +174,7 @@ export class SessionCache {
         .finally(() => {
           if (this.inflight.get(sessionId) === fetching) {
             this.inflight.delete(sessionId);
-            this.raced.delete(sessionId);
+            if (this.inflight.size === 0) this.raced.clear();
           }
         });
       p = fetching;
@@ -211,9 +215,18 @@ export class SessionCache {
   applySession(st: SessionState, force = false): void {
     const cur = this.lru.peek(st.sessionId);
     if (cur === undefined && !force) {
-      if (this.inflight.has(st.sessionId)) {
+      // Kept for any fetch in flight, not only this session's own: the
+      // session may be the parent of one being fetched, which must not be
+      // stored as it was before this change (a pause would be lost).
+      if (this.inflight.size > 0) {
         const prev = this.raced.get(st.sessionId);
         if (prev === undefined || prev.revision < st.revision) this.raced.set(st.sessionId, st);
+        if (this.raced.size > this.o.maxSessions) {
+          // More changes than the cache holds while fetches never stop:
+          // rather than keep them all, every fetch now in flight reads again.
+          this.raced.clear();
+          this.cleared++;
+        }
       }
       return;
     }

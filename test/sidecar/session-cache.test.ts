@@ -3,6 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { create } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type GetSessionStateResponse, GetSessionStateResponseSchema, SessionStateSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
 import { type CachedSession, SessionCache } from "../../src/sidecar/session-cache.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
@@ -67,6 +68,44 @@ describe("SessionCache", () => {
     release();
     const got = await pending;
     assert.equal(got.status, SessionStatus.PAUSED);
+  });
+
+  test("a parent's change that arrives while its fork is being fetched is not lost", async () => {
+    // The fork's fetch brings its parent too, read before the pause; the
+    // parent is neither held nor fetched on its own when the pause comes.
+    const parent = await store.createSession(sessionRequest("cache-race", { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+    const child = await store.forkSession(
+      create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(10) } } }),
+      NO_HASH,
+    );
+    const { cache, hold, read } = cacheOf();
+    let release!: () => void;
+    hold(new Promise<void>((r) => (release = r)));
+    const pending = cache.get(child.sessionId);
+    await read;
+    await store.setPaused(parent.sessionId, true, "paused by a person");
+    cache.applySession((await store.sessionState(parent.sessionId)).sessions[0]!);
+    release();
+    await pending;
+    assert.equal(SessionStatus[cache.peek(parent.sessionId)!.status], "PAUSED", "no later change will come to correct it");
+    // Nothing in flight: a change to a session not held is dropped again.
+    const other = await store.createSession(sessionRequest("cache-race", {}), NO_HASH);
+    cache.applySession((await store.sessionState(other.sessionId)).sessions[0]!);
+    assert.equal(cache.peek(other.sessionId), undefined);
+  });
+
+  test("more changes during a fetch than the cache holds: the fetch reads again rather than keep them all", async () => {
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i++) ids.push((await store.createSession(sessionRequest("cache-flood", {}), NO_HASH)).sessionId);
+    const { cache, hold, read, fetched } = cacheOf(2);
+    let release!: () => void;
+    hold(new Promise<void>((r) => (release = r)));
+    const pending = cache.get(ids[0]!);
+    await read;
+    for (const id of ids.slice(1)) cache.applySession((await store.sessionState(id)).sessions[0]!);
+    release();
+    await pending;
+    assert.deepEqual(fetched, [ids[0], ids[0]]);
   });
 
   test("changes to sessions not held are ignored; older revisions never replace newer", async () => {
