@@ -253,7 +253,7 @@ export const ROLE_FLAGS: Record<Role, readonly FlagSpec[]> = withAuthFlags({
       env: "WARDEN_CACHE_MAX_BYTES",
       default: "67108864",
       arg: "BYTES",
-      help: "most memory the cached sessions may take (estimated)",
+      help: "most memory the cached sessions may take, with their policies (estimated)",
     },
     {
       name: "optimize-for",

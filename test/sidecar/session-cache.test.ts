@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { type SessionPolicy, SessionPolicySchema } from "../../src/gen/warden/v1/policy_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type GetSessionStateResponse, GetSessionStateResponseSchema, SessionStateSchema } from "../../src/gen/warden/v1/sync_service_pb.js";
@@ -202,4 +203,45 @@ test("a fetch begun before the cache was cleared (a watch starting at the presen
   const s = await got;
   assert.deepEqual({ status: SessionStatus[s.status], fetches }, { status: "REVOKED", fetches: 2 });
   assert.equal(cache.peek("ses_cl")?.status, SessionStatus.REVOKED);
+});
+
+describe("SessionCache byte bound counts the policies the sessions use", () => {
+  const MAX = 1 << 20;
+  /** A policy of 1,000 allowed merchants of 256 characters (the proto's limits allow it): ~260 KB encoded. */
+  const bigPolicy = (tag: string) => create(SessionPolicySchema, { currencyCode: "USD", allowedMerchants: Array.from({ length: 1000 }, (_, j) => `${tag}-${j}-`.padEnd(256, "x")) });
+  const put = (cache: SessionCache, id: string, policy: SessionPolicy, revision = 1n) =>
+    cache.applySession(create(SessionStateSchema, { ...stateOf(id, "mem-agent", revision, SessionStatus.ACTIVE), policy }), true);
+  const newCache = (onChange?: (b: CachedSession, a: CachedSession | undefined) => void) =>
+    new SessionCache({ maxSessions: 100_000, maxBytes: MAX, fetch: () => Promise.reject(new Error("no fetch here")), onChange });
+
+  test("sessions with large policies of their own: only as many as fit stay, the most recent, and the owners of the rest are told", () => {
+    const left: string[] = [];
+    const cache = newCache((b, a) => a === undefined && left.push(b.sessionId));
+    const encoded = new Map<string, number>();
+    for (let i = 0; i < 40; i++) {
+      const p = bigPolicy(`m${i}`);
+      encoded.set(`ses_big${i}`, toBinary(SessionPolicySchema, p).byteLength);
+      put(cache, `ses_big${i}`, p);
+    }
+    const held = [...encoded.keys()].filter((id) => cache.peek(id) !== undefined);
+    const heldBytes = held.reduce((n, id) => n + encoded.get(id)!, 0);
+    assert.ok(heldBytes <= MAX, `${held.length} sessions held whose policies alone are ${heldBytes} bytes encoded`);
+    assert.ok(cache.bytes <= MAX && cache.bytes >= heldBytes, `estimate ${cache.bytes}`);
+    assert.ok(held.length >= 1 && held.includes("ses_big39"), "the newest stays");
+    assert.equal(left.length + held.length, 40);
+  });
+
+  test("a policy many sessions share is counted once, and no longer once none uses it", () => {
+    const cache = newCache();
+    // ~100 KB encoded: with 1,000 sessions, well within 1 MiB if counted once.
+    const shared = create(SessionPolicySchema, { currencyCode: "USD", allowedMerchants: Array.from({ length: 400 }, (_, j) => `s-${j}-`.padEnd(256, "x")) });
+    for (let i = 0; i < 1000; i++) put(cache, `ses_sh${i}`, shared);
+    assert.equal(cache.size, 1000, "1,000 small sessions and one large policy fit in 1 MiB");
+    const one = cache.bytes;
+    // Every session moves to a small policy: the large one is counted no more.
+    for (let i = 0; i < 1000; i++) put(cache, `ses_sh${i}`, create(SessionPolicySchema, { currencyCode: "USD" }), 2n);
+    assert.ok(one - cache.bytes > 200_000, `${one} → ${cache.bytes}`);
+    cache.clear();
+    assert.equal(cache.bytes, 0);
+  });
 });
