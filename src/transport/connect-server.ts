@@ -6,6 +6,7 @@ import type { PeerCertificate } from "node:tls";
 import { type ConnectRouter, createContextValues, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter, type ConnectNodeAdapterOptions } from "@connectrpc/connect-node";
 import { closeGracefully } from "./close-gracefully.js";
+import { MAX_REQUEST_BYTES } from "./max-request-bytes.js";
 import { nameEnumFieldsInErrors } from "./enum-field-errors.js";
 import { type HandlerErrorHook, isServerFault, normalizeError } from "./normalize-error.js";
 import { peerCertificateKey } from "./peer-certificate.js";
@@ -43,6 +44,14 @@ export function createConnectHandler(routes: (router: ConnectRouter) => void, op
     // session. Here they are INVALID_ARGUMENT naming the field, as the
     // proto3 JSON mapping asks of a parser by default.
     jsonOptions: { ignoreUnknownFields: false, ...adapterOptions.jsonOptions },
+    // Fields a binary request carries that the schema does not know are
+    // dropped, not kept: kept, they were stored with the action (1 MiB of
+    // them passed every validation limit) and hashed with the request.
+    binaryOptions: { readUnknownFields: false, ...adapterOptions.binaryOptions },
+    // The grpc-js listener's limit (its default) on this port too, after
+    // decompression: connect-es reads up to 4 GiB unless told, so a 20 KiB
+    // gzip body could inflate to gigabytes.
+    readMaxBytes: adapterOptions.readMaxBytes ?? MAX_REQUEST_BYTES,
     routes: (router) => {
       routes(router);
       nameEnumFieldsInErrors(router);

@@ -131,7 +131,8 @@ function createSerializer(schema: DescMessage): grpc.serialize<Message> {
 }
 
 function createDeserializer(schema: DescMessage): grpc.deserialize<Message> {
-  return (bytes) => fromBinary(schema, bytes);
+  // Unknown fields dropped, as on the Connect listener (connect-server.ts).
+  return (bytes) => fromBinary(schema, bytes, { readUnknownFields: false });
 }
 
 function createHandler(rt: MethodRuntime): grpc.UntypedHandleCall {

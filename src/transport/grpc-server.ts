@@ -2,6 +2,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
 import { closeGracefully } from "./close-gracefully.js";
+import { MAX_REQUEST_BYTES } from "./max-request-bytes.js";
 import { createGrpcJsService, type GrpcJsServiceOptions } from "./grpc-js-adapter.js";
 
 /** A service implementation and the descriptor it implements. */
@@ -77,7 +78,7 @@ export interface GrpcServer {
  * is several times faster than connect-node's gRPC support.
  */
 export async function createGrpcServer(address: string, services: readonly MountedService[], options: GrpcServerOptions = {}): Promise<GrpcServer> {
-  const server = new grpc.Server(options.serverOptions);
+  const server = new grpc.Server({ "grpc.max_receive_message_length": MAX_REQUEST_BYTES, ...options.serverOptions });
   // Aborted only when the grace period runs out (see closeGracefully), so
   // calls in flight during a graceful close are not disturbed.
   const shutdown = new AbortController();
