@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
+import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import {
   type AuditCheckpoint,
   AuditCheckpointSchema,
@@ -44,8 +44,11 @@ export function createAuditStore(db: Database): AuditStore {
         params.push(v);
         return `$${params.length}`;
       };
-      // The times as the query compares them (to the millisecond).
-      const at = (t: typeof req.startTime) => (t === undefined ? undefined : new Date(timestampMs(t)).toISOString());
+      // The times as the query compares them: records are stamped to the
+      // millisecond, so a bound between two is taken up to the next one
+      // (timestampMs rounds to the nearest: a since of T.0004 took in a
+      // record at T.000, and an until of T.0004 left it out).
+      const at = (t: typeof req.startTime) => (t === undefined ? undefined : new Date(Number(t.seconds) * 1000 + Math.ceil(t.nanos / 1_000_000)).toISOString());
       const query = { session_id: req.sessionId, agent_id: req.agentId, start_time: at(req.startTime), end_time: at(req.endTime) };
       const cur = readAuditPageToken(req.pageToken, query);
       // Records at or below the cursor that committed since the last page

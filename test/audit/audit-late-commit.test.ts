@@ -96,10 +96,13 @@ describe("audit log paging with a transaction that commits late, on postgres", (
           /^page_token: was issued for a different query \(session_id, agent_id, start_time and end_time must be the same as on the first page/.test(e.rawMessage),
       );
     }
-    // The same instant as the query compares it (to the millisecond) is the same filter.
-    const rest = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, startTime: { seconds: 1n, nanos: 1 }, pageSize: 100, pageToken: first.nextPageToken }));
+    // The same instant as the query compares it (records are stamped to the
+    // millisecond: 1.000000001 s and 1.000999 s both mean "from 1.001 s") is the same filter.
+    const since1ms = { ...filter, startTime: { seconds: 1n, nanos: 1 } };
+    const first1ms = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...since1ms, pageSize: 2 }));
+    const rest = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...since1ms, startTime: { seconds: 1n, nanos: 999_000 }, pageSize: 100, pageToken: first1ms.nextPageToken }));
     assert.equal(rest.nextPageToken, "");
     const all = await store.listRecords(create(ListAuditRecordsRequestSchema, { ...filter, pageSize: 100 }));
-    assert.deepEqual([...first.records, ...rest.records].map((r) => r.seq), all.records.map((r) => r.seq));
+    assert.deepEqual([...first1ms.records, ...rest.records].map((r) => r.seq), all.records.map((r) => r.seq));
   });
 });
