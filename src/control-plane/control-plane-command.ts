@@ -21,6 +21,8 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     return;
   }
   const logger = createLogger(values["log-level"]!);
+  // Read before anything starts: a bad value found after would leave it serving, with no signal handler.
+  const shutdownGraceMs = positiveInt(values, "shutdown-grace");
   const databaseUrl = values["database-url"];
   const server = await startServer({
     ...storeServerOptions(values, logger),
@@ -30,7 +32,7 @@ export async function controlPlaneCommand(argv: string[]): Promise<void> {
     requireAuth: true,
     tls: serverTlsFromFlags(values),
   });
-  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
+  runUntilSignal(logger, (grace) => server.close(grace), shutdownGraceMs);
   logger.info(
     {
       role: "control-plane",

@@ -83,8 +83,8 @@ export interface Metrics {
    * Records one decision: `warden_decisions_total` once per reason (reason
    * `NONE` when it lists none, as a plain ALLOW does), and its latency in
    * `warden_decision_duration_seconds`. `method` is e.g. "authorize" or
-   * "check"; `path` says how it was decided, e.g. "local", "lease",
-   * "exact" or "store".
+   * "check"; `path` says how it was decided: "store" on `warden serve`,
+   * one of the sidecar's DECISION_PATHS ("lease", "replay", …) on a sidecar.
    */
   recordDecision(method: string, decision: DecisionLike, seconds: number, path: string): void;
   /**

@@ -27,6 +27,12 @@ export interface Readiness {
   /** The conditions, in the order they were first set. */
   conditions(): ReadinessCondition[];
   /**
+   * Adds services of the health registry that follow readiness from now
+   * on, as `services` of the options do: for a role that knows what it
+   * serves only once the services are built.
+   */
+  follow(services: readonly string[]): void;
+  /**
    * Marks the process as shutting down: not ready and not live from now on,
    * whatever the conditions say, so probes turn away traffic while calls in
    * flight drain. There is no way back.
@@ -80,6 +86,10 @@ export function createReadiness(options: ReadinessOptions = {}): Readiness {
       return !shuttingDown;
     },
     conditions: () => [...conditions.values()],
+    follow(more) {
+      services.push(...more);
+      sync();
+    },
     shutdown() {
       shuttingDown = true;
       sync();

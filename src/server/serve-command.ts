@@ -17,11 +17,13 @@ export async function serveCommand(argv: string[]): Promise<void> {
     return;
   }
   const logger = createLogger(values["log-level"]!);
+  // Read before anything starts: a bad value found after would leave it serving, with no signal handler.
+  const shutdownGraceMs = positiveInt(values, "shutdown-grace");
   const databaseUrl = values["database-url"];
   const requireAuth = booleanFlag(values, "require-auth");
   const server = await startServer({ ...storeServerOptions(values, logger), requireAuth });
   // Handlers first: a SIGTERM right after "listening" must drain, not kill.
-  runUntilSignal(logger, (grace) => server.close(grace), positiveInt(values, "shutdown-grace"));
+  runUntilSignal(logger, (grace) => server.close(grace), shutdownGraceMs);
   logger.info(
     {
       grpcPort: server.grpcPort,

@@ -219,7 +219,12 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     onError,
     tls: o.tls,
   });
-  for (const m of mounted) health.set(m.service.typeName, "SERVING");
+  // Each service's health follows readiness as "" does: a client or proxy
+  // that checks a service by name turns away while this replica drains.
+  // (Health and reflection answer to the end.)
+  const alwaysOn = new Set<DescService>([Health, ServerReflection, ServerReflectionV1Alpha]);
+  for (const m of mounted) if (alwaysOn.has(m.service)) health.set(m.service.typeName, "SERVING");
+  readiness.follow(mounted.filter((m) => !alwaysOn.has(m.service)).map((m) => m.service.typeName));
   readiness.set("listeners", true);
 
   // Sweeps run one at a time; a failure is logged and retried next tick.

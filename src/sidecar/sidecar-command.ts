@@ -20,6 +20,8 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
   }
   optimizeFor(values["optimize-for"] as "memory" | "speed");
   const logger = createLogger(values["log-level"]!);
+  // Read before anything starts: a bad value found after would leave it serving, with no signal handler.
+  const shutdownGraceMs = positiveInt(values, "shutdown-grace");
   const controlPlaneUrl = values["control-plane"]!;
   const mode = values["decision-mode"] as "lease" | "exact";
   const credentials = createSidecarCredentials(sidecarCredentialOptionsFromFlags(values));
@@ -45,7 +47,7 @@ export async function sidecarCommand(argv: string[]): Promise<void> {
     healthAddress: values["health-listen"],
     logger,
   });
-  runUntilSignal(logger, (grace) => sidecar.close(grace), positiveInt(values, "shutdown-grace"));
+  runUntilSignal(logger, (grace) => sidecar.close(grace), shutdownGraceMs);
   logger.info(
     {
       role: "sidecar",

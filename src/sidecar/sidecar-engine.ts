@@ -140,14 +140,18 @@ export interface ControlPlaneClients {
   readonly policy: Client<typeof PolicyService>;
 }
 
-/** How a decision was made: from a lease, decided here without usage, by the control plane, or refused for want of it. */
-export const DECISION_PATHS = ["lease", "local", "exact", "unavailable"] as const;
+/**
+ * How a decision was made: from a lease, decided here without usage, by
+ * the control plane, refused for want of it, or the first answer of its
+ * idempotency key given again.
+ */
+export const DECISION_PATHS = ["lease", "local", "exact", "unavailable", "replay"] as const;
 /** One of {@link DECISION_PATHS}: the `path` label of a sidecar's decision metrics. */
 export type DecisionPath = (typeof DECISION_PATHS)[number];
 
 /** What the engine reports for metrics; every hook optional. */
 export interface EngineEvents {
-  lease?(op: "grant" | "renew" | "return"): void;
+  lease?(op: "grant" | "renew" | "return" | "expire"): void;
   /** Which path a decision took: from a lease, denied locally, or through the control plane. */
   path?(path: DecisionPath): void;
   /** What the claim of a call's idempotency key found. */
@@ -373,7 +377,10 @@ export class SidecarEngine {
     };
     const started = process.hrtime.bigint();
     const replay = this.replay(req.sessionId, req.idempotencyKey, method, hash);
-    if (replay !== undefined) return Promise.resolve(decodeResponse(method, replay));
+    if (replay !== undefined) {
+      path("replay");
+      return Promise.resolve(decodeResponse(method, replay));
+    }
     if (!this.o.fresh()) {
       this.o.stale?.();
       return Promise.resolve(this.unavailable(path, method, req, started, "the control plane has been unreachable for too long"));
@@ -393,7 +400,10 @@ export class SidecarEngine {
     started: bigint,
   ): Promise<AuthorizeResponse | CheckResponse> {
     const claim = await this.claim(method, req, hash);
-    if (claim instanceof Uint8Array) return decodeResponse(method, claim);
+    if (claim instanceof Uint8Array) {
+      path("replay");
+      return decodeResponse(method, claim);
+    }
     if (claim === undefined) return this.decideHere(method, req, hash, path, started, undefined);
     // The key is this call's to answer: its record (under the claimed
     // action id) turns the claim into the first answer. Every other way out
@@ -751,11 +761,12 @@ export class SidecarEngine {
     return sl.acquiring;
   }
 
-  private release(sessionId: string, sl: SessionLeases): void {
+  /** Gives a lease back: "return" before its expiry, "expire" at or after it (housekeeping found it run out). */
+  private release(sessionId: string, sl: SessionLeases, op: "return" | "expire" = "return"): void {
     if (sl.current === undefined) return;
     this.o.reports.release(sessionId, sl.current.id);
     sl.current = undefined;
-    this.o.events?.lease?.("return");
+    this.o.events?.lease?.(op);
   }
 
   /**
@@ -777,7 +788,7 @@ export class SidecarEngine {
     const nowMs = this.now();
     for (const [sessionId, sl] of this.leases) {
       const l = sl.current;
-      if (l !== undefined && (nowMs >= l.expireMs || nowMs - l.lastUseMs >= LEASE_IDLE_MS)) this.release(sessionId, sl);
+      if (l !== undefined && (nowMs >= l.expireMs || nowMs - l.lastUseMs >= LEASE_IDLE_MS)) this.release(sessionId, sl, nowMs >= l.expireMs ? "expire" : "return");
       if (sl.current === undefined && sl.acquiring === undefined) this.leases.delete(sessionId);
     }
     for (const [id, h] of this.holds) if (nowMs >= h.expireMs) this.dropHold(id, HoldRelease.EXPIRED);

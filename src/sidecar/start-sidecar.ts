@@ -191,8 +191,8 @@ export async function startSidecar(o: SidecarOptions): Promise<RunningSidecar> {
   });
 
   const health = new HealthStatus();
-  // Drives gRPC health ("" and PolicyService) and /readyz alike.
-  const readiness = createReadiness({ health, services: [PolicyService.typeName] });
+  // Drives gRPC health ("" and the services served) and /readyz alike.
+  const readiness = createReadiness({ health, services: [PolicyService.typeName, ApprovalService.typeName] });
   readiness.set("listeners", false, "starting");
   readiness.set("sync", false, "waiting for the first message from the control plane");
   const routes = createObservabilityRoutes({ registry: metrics.registry, readiness, onError: (err) => log.warn({ err }, "metrics collection failed") });

@@ -18,10 +18,10 @@ import { grpcJsClient, grpcJsUnary } from "../transport/harness.js";
 import { http1Request, http2Request, parseSamples, scrape, valueOf } from "./scrape.js";
 
 /** Health/Check as a Kubernetes gRPC probe sends it: @grpc/grpc-js over h2c, service "". */
-async function grpcCheck(address: string): Promise<Status> {
+async function grpcCheck(address: string, service = ""): Promise<Status> {
   const client = grpcJsClient(Health, address);
   try {
-    const { response } = await grpcJsUnary<{ status: Status }>(client, "check", create(HealthCheckRequestSchema, { service: "" }));
+    const { response } = await grpcJsUnary<{ status: Status }>(client, "check", create(HealthCheckRequestSchema, { service }));
     return response.status;
   } finally {
     client.close();
@@ -120,6 +120,7 @@ describe("warden serve: metrics, health and readiness", { timeout: 60_000 }, () 
     }
     for (const address of [grpcAddress, `127.0.0.1:${server.httpPort}`, `127.0.0.1:${server.healthPort}`]) {
       assert.equal(await grpcCheck(address), Status.SERVING, address);
+      assert.equal(await grpcCheck(address, "warden.v1.ApprovalService"), Status.SERVING, address);
     }
     // The RPCs still answer on the port that serves the routes.
     const health = createClient(Health, createConnectTransport({ baseUrl: httpUrl, httpVersion: "2" }));
@@ -156,6 +157,12 @@ describe("warden serve: metrics, health and readiness", { timeout: 60_000 }, () 
       assert.equal((await request(`${healthUrl}/healthz`)).status, 503);
     }
     assert.equal(await grpcCheck(`127.0.0.1:${server.healthPort}`), Status.NOT_SERVING);
+    // So does every service by name: a client or proxy that health-checks
+    // the service it calls (Envoy, gRPC client-side health checking) stops too.
+    for (const service of ["warden.v1.PolicyService", "warden.v1.SessionService", "warden.v1.SyncService"]) {
+      assert.equal(await grpcCheck(`127.0.0.1:${server.healthPort}`, service), Status.NOT_SERVING, service);
+    }
+    assert.equal(await grpcCheck(`127.0.0.1:${server.healthPort}`, "grpc.health.v1.Health"), Status.SERVING, "health itself answers to the end");
     assert.notEqual(valueOf(await scrape(healthUrl), "warden_decisions_total"), undefined);
 
     call.cancel();

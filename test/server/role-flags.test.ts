@@ -53,6 +53,14 @@ describe("role flags", () => {
     assert.match(run.stderr.trim(), /^warden: --database-url \(or DATABASE_URL\): .* is not a PostgreSQL URL/);
   });
 
+  it("a bad --shutdown-grace stops every role before it starts (found after, it left the process serving)", async () => {
+    for (const role of [["serve"], ["control-plane"], ["sidecar", ...sidecarArgs]]) {
+      const run = await runWardenCli("http://127.0.0.1:1", ...role, "--shutdown-grace", "abc", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0");
+      assert.equal(run.code, 1, role[0]);
+      assert.equal(run.stderr.trim(), 'warden: --shutdown-grace: "abc" is not a positive whole number', role[0]);
+    }
+  });
+
   it("the sidecar command stops at a bad choice before it connects anywhere", async () => {
     const run = await runWardenCli("http://127.0.0.1:1", "sidecar", ...sidecarArgs, "--optimize-for", "fast");
     assert.equal(run.code, 1);
