@@ -1036,6 +1036,17 @@ export class WardenStore {
       // The scopes the import charges besides the session (its parents and
       // agent), locked in the global order before anything else of theirs.
       const locked = await lockScopes(tx, ancestors, [s.agentId], this.policies);
+      // As ForkSession: a live fork goes under no chain that has ended (or
+      // lapsed). It would be ACTIVE there for good: its parent's ending,
+      // which ends forks, has already happened. An ended one is history.
+      const live = s.status === SessionStatus.UNSPECIFIED || !isTerminal(s.status);
+      for (const id of live ? ancestors : []) {
+        const c = locked.sessions.get(id)!;
+        if (isTerminal(c.status) || lapseOf(c, locked.sessions, nowMs) !== undefined) {
+          const what = id === parentId ? "has ended" : `is under session "${id}", which has ended`;
+          throw new ConnectError(`snapshot.session.parent_session_id: session "${parentId}" here ${what}: a live fork cannot be re-attached to it`, Code.FailedPrecondition);
+        }
+      }
       // As ForkSession: a fork spends in its parent's currency, or its
       // amounts would count there as the parent's units.
       const parentCurrency = parentId === null ? undefined : locked.sessions.get(parentId)?.policy.currency;

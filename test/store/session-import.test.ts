@@ -98,6 +98,32 @@ for (const driver of DRIVERS) {
       await assert.rejects(target.store.getSession(fork.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
     });
 
+    test("a live fork is not re-attached under a parent, or a grandparent, that has ended here; an ended one is, as history", async () => {
+      const agentId = source.agent();
+      const root = await source.store.createSession(sessionRequest(agentId, { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const forkOf = (parentSessionId: string) =>
+        source.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId, policy: { currencyCode: "USD", lifetime: { maxValueMicros: USD(10) } } }), NO_HASH);
+      const mid = await forkOf(root.sessionId);
+      const leaf = await forkOf(mid.sessionId);
+      // The target has the chain (same ids, same agent) and its root was revoked, which ended its forks.
+      await target.store.createSession(sessionRequest(agentId, { lifetime: { maxValueMicros: USD(100) } }, { sessionId: root.sessionId }), NO_HASH);
+      await target.store.importSession(await source.store.exportSession(mid.sessionId));
+      await target.store.terminate(root.sessionId, SessionStatus.REVOKED, "compromised");
+      // mid is REVOKED here with its root: leaf, live in the source, has nowhere to go.
+      await assert.rejects(target.store.importSession(await source.store.exportSession(leaf.sessionId)), (e: unknown) => {
+        const c = ConnectError.from(e);
+        assert.equal(c.code, Code.FailedPrecondition);
+        assert.equal(c.rawMessage, `snapshot.session.parent_session_id: session "${mid.sessionId}" here has ended: a live fork cannot be re-attached to it`);
+        return true;
+      });
+      await assert.rejects(target.store.getSession(leaf.sessionId), (e: unknown) => ConnectError.from(e).code === Code.NotFound);
+      // Ended in the source too, it is history: it comes back as it was.
+      await source.store.terminate(leaf.sessionId, SessionStatus.COMPLETED, "done");
+      const ended = await target.store.importSession(await source.store.exportSession(leaf.sessionId));
+      assert.equal(ended.status, SessionStatus.COMPLETED);
+      assert.equal(ended.parentSessionId, mid.sessionId);
+    });
+
     test("a snapshot with an unknown status or a negative amount is INVALID_ARGUMENT naming the field, and nothing is imported", async () => {
       const s = await source.store.createSession(sessionRequest(source.agent(), { daily: { maxValueMicros: USD(100) } }), NO_HASH);
       await source.authorize(s.sessionId, USD(10));
