@@ -8,7 +8,10 @@ import { countersAt, currentAddress, readUsage, saveCounters } from "./usage-cou
  * What the ledger charged to an agent's windows of one kind from actions
  * and leases made in [$2, $3): committed (captured, or written off) and
  * held (open holds and pending approvals; leases' unspent rest). The same
- * sums as the ledger check of the tests (test/helpers/ledger.ts).
+ * sums as the ledger check of the tests (test/helpers/ledger.ts), and the
+ * actions that name no window: an imported session's history (its spend
+ * came in as counts, not action by action) and a sidecar's records where
+ * nothing limited it, spent all the same.
  */
 const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, coalesce(sum(ca), 0) AS ca, coalesce(sum(ha), 0) AS ha FROM (
     SELECT CASE WHEN a.status = ${ActionStatus.CAPTURED} THEN a.captured_value ELSE coalesce(a.written_off_value, 0) END AS cv,
@@ -18,7 +21,7 @@ const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, 
       FROM actions a
      WHERE a.session_id IN (SELECT session_id FROM sessions WHERE agent_id = $1)
        AND a.create_time >= $2::timestamptz AND a.create_time < $3::timestamptz
-       AND EXISTS (SELECT 1 FROM jsonb_array_elements(a.charges) c WHERE c->>0 = $4 AND c->>1 = $5)
+       AND (a.charges = '[]'::jsonb OR EXISTS (SELECT 1 FROM jsonb_array_elements(a.charges) c WHERE c->>0 = $4 AND c->>1 = $5))
     UNION ALL
     SELECT l.written_off_value, l.held_value, l.written_off_actions, l.held_actions
       FROM leases l
