@@ -2,7 +2,7 @@ import { type CompiledPolicy, WINDOW_KINDS } from "../core/compiled-policy.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import type { Queryable } from "./database.js";
-import { countersAt, currentAddress, readUsage, saveCounters } from "./usage-counters.js";
+import { countersAt, currentAddress, readUsage, saveCounters, storedWindowAt } from "./usage-counters.js";
 
 /**
  * What the ledger charged to an agent's windows of one kind from actions
@@ -31,6 +31,27 @@ const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, 
   ) t`;
 
 /**
+ * The charges of what can still settle (open holds, pending approvals
+ * holding an amount, sidecars' holds written off, active and reconciled
+ * leases) that name an agent's window that moved: those naming its old
+ * start ($6), and, for a window that moved earlier, those made in the gap
+ * [$2, $3) it took in, now name the new start ($7). Settled later, they
+ * find the window they are counted in. $4, $5: the scope key and kind.
+ */
+const MOVED_CHARGE = `c->>0 = $4 AND c->>1 = $5 AND ((c->>2)::bigint = $6 OR (t.create_time >= $2::timestamptz AND t.create_time < $3::timestamptz))`;
+const movedChargesSql = (table: "actions" | "leases", live: string) => `UPDATE ${table} t
+    SET charges = (SELECT jsonb_agg(CASE WHEN ${MOVED_CHARGE} THEN jsonb_build_array(c->0, c->1, $7::bigint) ELSE c END ORDER BY o)
+                     FROM jsonb_array_elements(t.charges) WITH ORDINALITY AS e(c, o))
+  WHERE t.session_id IN (SELECT session_id FROM sessions WHERE agent_id = $1) AND (${live})
+    AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.charges) c WHERE ${MOVED_CHARGE})
+  RETURNING 1`;
+const MOVE_ACTION_CHARGES_SQL = movedChargesSql(
+  "actions",
+  `t.status = ${ActionStatus.HELD} OR (t.status = ${ActionStatus.NEEDS_APPROVAL} AND t.held_value > 0) OR t.written_off_value IS NOT NULL`,
+);
+const MOVE_LEASE_CHARGES_SQL = movedChargesSql("leases", "t.status IN (1, 3)");
+
+/**
  * Moves an agent's stored windows to the calendar of its new `policy`
  * (another time zone or week start), as decisions would (usage-counters.ts,
  * countersAt: a newer window of the new calendar carries the stored counts,
@@ -40,15 +61,18 @@ const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, 
  * whose window has rolled over and whose counts are gone. That spend is
  * read from the ledger (actions and leases of the agent's sessions made
  * between the two starts) and the stored window then starts where the new
- * calendar's does. Holds among it that are settled later no longer find
- * the window they were charged to, so their held amounts stay counted until
- * it rolls over: more than was spent, never less.
+ * calendar's does.
+ *
+ * What can still settle and is counted in a window that moves (carried or
+ * moved earlier) is charged to it anew: a hold placed before the move and
+ * voided after it gives its amount back to the window it is counted in,
+ * not to one no longer stored, where it would have stayed held until the
+ * window rolled over.
  *
  * Call with the agent's row locked (the owner lock of its counters), in the
- * transaction that stores the policy. Without such a window it writes
- * nothing: the next decision moves the windows just as well. With one, all
- * of them move here at once, since the calendar stored from then on is the
- * new one (a window left behind would be taken as the new calendar's).
+ * transaction that stores the policy. When it moves a window, all of them
+ * move here at once, since the calendar stored from then on is the new one
+ * (a window left behind would be taken as the new calendar's).
  */
 export async function rebaseAgentWindows(tx: Queryable, agentId: string, policy: CompiledPolicy, nowMs: number, spans: CalendarSpanCache): Promise<void> {
   const key = `a:${agentId}`;
@@ -57,27 +81,40 @@ export async function rebaseAgentWindows(tx: Queryable, agentId: string, policy:
   if (row === undefined) return;
   const storedCalendar = (row.calendar as string | null) ?? policy.calendar;
   if (storedCalendar === policy.calendar) return;
-  const addresses = WINDOW_KINDS.map((w) => currentAddress(key, policy, w, nowMs, spans));
+  const addresses = WINDOW_KINDS.filter((w) => w !== "lifetime").map((w) => currentAddress(key, policy, w, nowMs, spans));
+  // How each stored window reads at the new calendar's (countersAt moves
+  // the carried and reset ones), judged before it does.
+  const stored = new Map(addresses.map((a) => [a.window, (row[`${a.window}_start`] as Date | null)?.getTime() ?? NaN]));
+  const how = new Map(addresses.map((a) => [a.window, storedWindowAt(stored.get(a.window)!, storedCalendar, a)]));
   const usage = countersAt(rows, addresses, "current");
   const windows = usage.scopes.get(key)!;
-  const earlier = addresses.filter((a) => a.window !== "lifetime" && !Number.isNaN(windows[a.window].startMs) && a.startMs < windows[a.window].startMs);
-  // Otherwise the next decision moves them just as well (countersAt).
-  if (earlier.length === 0) return;
-  for (const a of earlier) {
-    const c = windows[a.window];
-    const { rows: gap } = await tx.query<{ cv: string; hv: string; ca: string; ha: string }>(GAP_SQL, [
-      agentId,
-      new Date(a.startMs).toISOString(),
-      new Date(c.startMs).toISOString(),
-      key,
-      a.window,
-    ]);
-    const g = gap[0]!;
-    c.committedValue += BigInt(g.cv);
-    c.heldValue += BigInt(g.hv);
-    c.committedActions += BigInt(g.ca);
-    c.heldActions += BigInt(g.ha);
-    c.startMs = a.startMs;
+  const moves: { a: (typeof addresses)[number]; fromMs: number; gapFromMs: number }[] = [];
+  for (const a of addresses) {
+    const fromMs = stored.get(a.window)!;
+    const h = how.get(a.window)!;
+    if (h === "carried") moves.push({ a, fromMs, gapFromMs: fromMs });
+    else if (h === "stored" && a.startMs < fromMs) moves.push({ a, fromMs, gapFromMs: a.startMs });
   }
-  await saveCounters(tx, usage);
+  // Windows move here when one moved earlier (its gap is read now or
+  // never) or what can still settle is charged to one that moved; else the
+  // next decision moves them just as well (countersAt), and nothing is
+  // written. A reset window starts from zero, and what was charged to the
+  // old one settles as in any window that rolled over.
+  let move = false;
+  for (const { a, fromMs, gapFromMs } of moves) {
+    const c = windows[a.window];
+    const gap = [new Date(gapFromMs).toISOString(), new Date(fromMs).toISOString()];
+    if (gapFromMs < fromMs) {
+      const g = (await tx.query<{ cv: string; hv: string; ca: string; ha: string }>(GAP_SQL, [agentId, ...gap, key, a.window])).rows[0]!;
+      c.committedValue += BigInt(g.cv);
+      c.heldValue += BigInt(g.hv);
+      c.committedActions += BigInt(g.ca);
+      c.heldActions += BigInt(g.ha);
+      move = true;
+    }
+    c.startMs = a.startMs;
+    const params = [agentId, ...gap, key, a.window, fromMs, a.startMs];
+    for (const sql of [MOVE_ACTION_CHARGES_SQL, MOVE_LEASE_CHARGES_SQL]) if ((await tx.query(sql, params)).rows.length > 0) move = true;
+  }
+  if (move) await saveCounters(tx, usage);
 }
