@@ -91,6 +91,14 @@ import { committedRevision, readChanges, readSessionStates, type SessionChanges 
 import { BatchQueue } from "./batch-queue.js";
 import { type GetSessionStateResponse, type IdempotencyKeyClaim, type IdempotencyKeyClaimResult } from "../gen/warden/v1/sync_service_pb.js";
 
+/**
+ * The most parents a session may have. Every decision of a fork locks and
+ * checks its whole chain, so an agent forking without end would make each
+ * of its decisions (and each ending of the root) ever dearer; delegation
+ * seldom goes more than a few levels.
+ */
+export const MAX_FORK_DEPTH = 16;
+
 /** Options of {@link createWardenStore}. */
 export interface WardenStoreOptions {
   readonly db: Database;
@@ -820,6 +828,12 @@ export class WardenStore {
             throw new ConnectError(`parent_session_id: session "${req.parentSessionId}" is not active${whose}`, Code.FailedPrecondition);
           }
         }
+        if (parent.ancestorIds.length >= MAX_FORK_DEPTH) {
+          throw new ConnectError(
+            `parent_session_id: session "${req.parentSessionId}" is a fork ${parent.ancestorIds.length} deep; forks go at most ${MAX_FORK_DEPTH} deep`,
+            Code.FailedPrecondition,
+          );
+        }
         const child = compilePolicy(req.policy!);
         if (child.currency !== parent.policy.currency) {
           throw new ConnectError(
@@ -1030,6 +1044,12 @@ export class WardenStore {
         if (rows[0] !== undefined) {
           parentId = s.parentSessionId;
           ancestors = [s.parentSessionId, ...rows[0].ancestor_ids];
+          if (ancestors.length > MAX_FORK_DEPTH) {
+            throw new ConnectError(
+              `snapshot.session.parent_session_id: session "${parentId}" here is a fork ${ancestors.length - 1} deep; forks go at most ${MAX_FORK_DEPTH} deep`,
+              Code.FailedPrecondition,
+            );
+          }
         }
       }
 

@@ -10,7 +10,7 @@ import { ExtendSessionRequestSchema, ForkSessionRequestSchema } from "../../src/
 import { SessionSchema, SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { OPEN_HOLDS_SQL } from "../../src/store/hold-ledger.js";
 import { DESCENDANTS_SQL } from "../../src/store/end-forks.js";
-import { createWardenStore, LAPSED_SESSIONS_SQL, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
+import { createWardenStore, LAPSED_SESSIONS_SQL, MAX_FORK_DEPTH, PRUNE_AGENT_KEYS_SQL, PRUNE_IDEMPOTENCY_KEYS_SQL, REARM_IDLE_CHECKS_SQL, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { assertLedgerConsistent } from "../helpers/ledger.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -343,6 +343,24 @@ for (const driver of DRIVERS) {
       // `$1 = ANY(ancestor_ids)`) plans a sequential scan whatever the price.
       const plan = await planWithoutSeqScans(t.db, DESCENDANTS_SQL.replace("$1::text", "'x'::text"));
       assert.match(plan, /sessions_by_ancestor/);
+    });
+
+    test(`forks go at most ${MAX_FORK_DEPTH} deep, by ForkSession or by ImportSession`, async () => {
+      const id = agent();
+      const fork = (parent: string, sessionId = "") =>
+        store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent, sessionId, policy: { currencyCode: "USD" } }), NO_HASH);
+      let deepest = (await store.createSession(sessionRequest(id, {}), NO_HASH)).sessionId;
+      for (let depth = 1; depth <= MAX_FORK_DEPTH; depth++) deepest = (await fork(deepest, depth === MAX_FORK_DEPTH ? `deepest-${id}` : "")).sessionId;
+      assert.equal((await store.getSession(deepest)).parentSessionId !== "", true);
+      await rejects(fork(deepest), Code.FailedPrecondition, new RegExp(`^parent_session_id: session "${deepest}" is a fork ${MAX_FORK_DEPTH} deep; forks go at most ${MAX_FORK_DEPTH} deep$`));
+      // A snapshot of a fork whose parent bears the deepest one's id (ids are the client's).
+      const elsewhere = await store.createSession(sessionRequest(agent(), {}, { sessionId: `deepest-src-${id}` }), NO_HASH);
+      const snap = await store.exportSession((await fork(elsewhere.sessionId)).sessionId);
+      snap.session!.sessionId = `${snap.session!.sessionId}-copy`;
+      snap.session!.agentId = id;
+      snap.session!.parentSessionId = deepest;
+      for (const a of snap.actions) a.sessionId = snap.session!.sessionId;
+      await rejects(store.importSession(snap), Code.FailedPrecondition, new RegExp(`^snapshot\\.session\\.parent_session_id: session "${deepest}" here is a fork ${MAX_FORK_DEPTH} deep; forks go at most ${MAX_FORK_DEPTH} deep$`));
     });
 
     test("ending a session finds its open holds through an index of open holds, not its every action", async () => {

@@ -926,7 +926,8 @@ export const SessionService: GenService<{
   },
   /**
    * ForkSession creates a child session whose limits fit in what the parent
-   * has left, and whose spend also counts against the parent.
+   * has left, and whose spend also counts against the parent. Forks go at
+   * most 16 deep (a session has at most 16 parents).
    *
    * @generated from rpc warden.v1.SessionService.ForkSession
    */
