@@ -4,7 +4,7 @@ import type { Transport } from "@connectrpc/connect";
 import { CliError } from "./cli-error.js";
 import { createServiceClients, withBearer } from "../client/create-warden-client.js";
 import { createCliTransport } from "./clients.js";
-import { DEFAULT_SERVER, EXIT_ERROR, EXIT_OK, HELP_FLAG, type CommandContext, type CommandSpec, type WardenClients } from "./command.js";
+import { CLIENT_FLAGS, DEFAULT_SERVER, EXIT_ERROR, EXIT_OK, HELP_FLAG, type CommandContext, type CommandSpec, type WardenClients } from "./command.js";
 import { ACTION_COMMANDS } from "./commands/actions.js";
 import { AGENT_COMMANDS } from "./commands/agents.js";
 import { KEY_COMMANDS } from "./commands/keys.js";
@@ -50,6 +50,29 @@ function version(): string {
 }
 
 /**
+ * The command line with client flags given before the command (`warden
+ * --server URL sessions list`, as many CLIs take them) moved after it,
+ * where the command's own flags are parsed; given twice, the command's
+ * parser says so. Before `--`, for a value that looks like a flag.
+ */
+function hoistClientFlags(argv: readonly string[]): readonly string[] {
+  const lead: string[] = [];
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    const f = CLIENT_FLAGS.find((c) => a === `--${c.name}` || a.startsWith(`--${c.name}=`));
+    if (f === undefined) break;
+    lead.push(a);
+    // A string flag's value is the next word unless given with "=".
+    if (f.type === "string" && !a.includes("=") && i + 1 < argv.length) lead.push(argv[++i]!);
+  }
+  if (lead.length === 0) return argv;
+  const rest = argv.slice(i);
+  const end = rest.indexOf("--");
+  return end === -1 ? [...rest, ...lead] : [...rest.slice(0, end), ...lead, ...rest.slice(end)];
+}
+
+/**
  * Runs one `warden` command line and returns its exit code: 0 on success
  * and ALLOW, 2 on DENY or NEEDS_APPROVAL, 1 on any error (reported as one
  * `warden: …` line on stderr). It never calls process.exit, so `warden
@@ -61,7 +84,7 @@ export async function runCli(argv: readonly string[], options: CliOptions = {}):
   const env = options.env ?? process.env;
   let server: string | undefined;
   try {
-    const [first, ...rest] = argv;
+    const [first, ...rest] = hoistClientFlags(argv);
     if (first === "serve") {
       // The server is loaded only for `serve`, so client commands start fast
       // and never load the store or its drivers.

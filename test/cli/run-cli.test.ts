@@ -165,6 +165,16 @@ describe("commands against an in-memory server", () => {
     assert.equal(neither.calls[0]?.baseUrl, "http://127.0.0.1:8080");
   });
 
+  test("client flags given before the command are taken as the command's", async () => {
+    const r = await runWarden(["--server", "https://first:1", "--json", "sessions", "get", "ses-1"], { sessions: EUR_SESSION });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.calls[0]?.baseUrl, "https://first:1");
+    assert.equal((JSON.parse(r.stdout) as { session: { sessionId: string } }).session.sessionId, "ses-1");
+    assert.equal((await runWarden(["--server=https://eq:2", "sessions", "get", "ses-1"], { sessions: EUR_SESSION })).calls[0]?.baseUrl, "https://eq:2");
+    // Given both before and after: one line, as any flag given twice.
+    assertLocalFailure(await runWarden(["--server", "https://a:1", "sessions", "get", "ses-1", "--server", "https://b:1"]), /--server/);
+  });
+
   test("authorize without --currency uses the session's currency", async () => {
     let got: AuthorizeRequest | undefined;
     const r = await runWarden(["authorize", "ses-1", "--amount", "12.50", "--merchant", "acme"], {
