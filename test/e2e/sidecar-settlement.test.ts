@@ -10,7 +10,8 @@ import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import { type RunningServer, startServer } from "../../src/server/start-server.js";
 import { createLogger } from "../../src/server/logger.js";
-import { type RunningSidecar, startSidecar } from "../../src/sidecar/start-sidecar.js";
+import type { RunningSidecar } from "../../src/sidecar/start-sidecar.js";
+import { startTestSidecar } from "../helpers/server-process.js";
 import { createPostgresDatabase } from "../helpers/databases.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
 
@@ -47,21 +48,8 @@ describe("holds and leases of sessions whose terms changed, settled through side
   let admin: Client<typeof SessionService>;
 
   const newSidecar = async (agentId: string, reportIntervalMs = 20, cacheMaxSessions = 1000) => {
-    const s = await startSidecar({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
-      agentId,
-      stalenessBoundMs: 5_000,
-      leaseTtlMs: 10_000,
-      reportIntervalMs,
-      cacheMaxSessions,
-      cacheMaxBytes: 1 << 24,
-      logger: createLogger("silent"),
-      requireSessionTokens: false,
-    });
+    const s = await startTestSidecar(`http://127.0.0.1:${cp.grpcPort}`, agentId, { reportIntervalMs, cacheMaxSessions });
     sidecars.push(s);
-    await until("the sidecar to sync", () => s.sync.synced && s.sync.fresh());
     return s;
   };
   const policyOf = (s: RunningSidecar) => createClient(PolicyService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${s.grpcPort}` }));
@@ -406,20 +394,7 @@ describe("holds of sessions past their expiry that the sweeper has not ended yet
   before(async () => {
     pgdb = await createPostgresDatabase();
     cp = await startServer({ grpcAddress: "127.0.0.1:0", httpAddress: "127.0.0.1:0", dataDir: "", databaseUrl: pgdb.url, sweepIntervalMs: 60_000, logger: createLogger("silent") });
-    sc = await startSidecar({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
-      agentId: "lapsed-hold",
-      stalenessBoundMs: 5_000,
-      leaseTtlMs: 10_000,
-      reportIntervalMs: 20,
-      cacheMaxSessions: 1000,
-      cacheMaxBytes: 1 << 24,
-      logger: createLogger("silent"),
-      requireSessionTokens: false,
-    });
-    await until("the sidecar to sync", () => sc.sync.synced && sc.sync.fresh());
+    sc = await startTestSidecar(`http://127.0.0.1:${cp.grpcPort}`, "lapsed-hold");
   });
   after(async () => {
     await sc?.close(2000);

@@ -7,10 +7,9 @@ import { Outcome, Reason } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
 import type { RunningServer } from "../../src/server/start-server.js";
-import { createLogger } from "../../src/server/logger.js";
-import { type RunningSidecar, startSidecar } from "../../src/sidecar/start-sidecar.js";
+import type { RunningSidecar } from "../../src/sidecar/start-sidecar.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { startTestServer } from "../helpers/server-process.js";
+import { startTestServer, startTestSidecar } from "../helpers/server-process.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -63,21 +62,7 @@ describe("sidecar: the staleness bound", () => {
     admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
     proxy = createSilenceableProxy(cp.grpcPort);
     const port = await proxy.listen();
-    sc = await startSidecar({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      controlPlaneUrl: `http://127.0.0.1:${port}`,
-      agentId: "stale-agent",
-      stalenessBoundMs: BOUND_MS,
-      leaseTtlMs: 30_000,
-      reportIntervalMs: 20,
-      cacheMaxSessions: 1000,
-      cacheMaxBytes: 1 << 24,
-      logger: createLogger("silent"),
-      requireSessionTokens: false,
-    });
-    const end = Date.now() + 10_000;
-    while (!(sc.sync.synced && sc.sync.fresh()) && Date.now() < end) await sleep(20);
+    sc = await startTestSidecar(`http://127.0.0.1:${port}`, "stale-agent", { stalenessBoundMs: BOUND_MS, leaseTtlMs: 30_000 });
   });
   after(async () => {
     await proxy?.close();

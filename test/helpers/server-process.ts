@@ -10,6 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Interceptor } from "@connectrpc/connect";
 import { createLogger } from "../../src/server/logger.js";
 import { type RunningServer, type ServerOptions, startServer } from "../../src/server/start-server.js";
+import { type RunningSidecar, type SidecarOptions, startSidecar } from "../../src/sidecar/start-sidecar.js";
 import { createPostgresDatabase, type Driver } from "./databases.js";
 
 const ROOT = join(import.meta.dirname, "..", "..");
@@ -237,6 +238,38 @@ export function startTestServer(o: Partial<ServerOptions> = {}): Promise<Running
     logger: createLogger("silent"),
     ...o,
   });
+}
+
+/**
+ * An in-process `warden sidecar` for `agentId` on loopback ports, its
+ * control plane at `controlPlaneUrl`, logging nothing and reporting every
+ * 20 ms, with the test's own options on top; resolves once it has synced
+ * (fails after 15 s).
+ */
+export async function startTestSidecar(controlPlaneUrl: string, agentId: string, o: Partial<SidecarOptions> = {}): Promise<RunningSidecar> {
+  const sc = await startSidecar({
+    grpcAddress: "127.0.0.1:0",
+    httpAddress: "127.0.0.1:0",
+    controlPlaneUrl,
+    agentId,
+    stalenessBoundMs: 5_000,
+    leaseTtlMs: 10_000,
+    reportIntervalMs: 20,
+    cacheMaxSessions: 1000,
+    cacheMaxBytes: 1 << 24,
+    logger: createLogger("silent"),
+    requireSessionTokens: false,
+    ...o,
+  });
+  const end = Date.now() + 15_000;
+  while (!(sc.sync.synced && sc.sync.fresh())) {
+    if (Date.now() > end) {
+      await sc.close(0);
+      throw new Error(`sidecar for ${agentId} did not sync in 15 s`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return sc;
 }
 
 /** A Connect interceptor that presents `credential` as a bearer token. */

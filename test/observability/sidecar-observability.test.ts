@@ -7,12 +7,11 @@ import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../../src/gen/grpc/health/v1/health_pb.js";
 import { ApprovalService } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { SessionService } from "../../src/gen/warden/v1/session_service_pb.js";
-import { createLogger } from "../../src/server/logger.js";
 import type { RunningServer } from "../../src/server/start-server.js";
 import { DECISION_PATHS } from "../../src/sidecar/sidecar-engine.js";
-import { type RunningSidecar, startSidecar } from "../../src/sidecar/start-sidecar.js";
+import type { RunningSidecar } from "../../src/sidecar/start-sidecar.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { startTestServer } from "../helpers/server-process.js";
+import { startTestServer, startTestSidecar } from "../helpers/server-process.js";
 import { parseSamples, valueOf } from "../observability/scrape.js";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -25,21 +24,8 @@ describe("sidecar metrics and health", { timeout: 60_000 }, () => {
   before(async () => {
     cp = await startTestServer();
     admin = createClient(SessionService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));
-    sc = await startSidecar({
-      grpcAddress: "127.0.0.1:0",
-      httpAddress: "127.0.0.1:0",
-      controlPlaneUrl: `http://127.0.0.1:${cp.grpcPort}`,
-      agentId: "replay-agent",
-      stalenessBoundMs: 10_000,
-      leaseTtlMs: 1_000,
-      reportIntervalMs: 20,
-      cacheMaxSessions: 1000,
-      cacheMaxBytes: 1 << 24,
-      logger: createLogger("silent"),
-      requireSessionTokens: false,
-    });
-    const end = Date.now() + 10_000;
-    while (!(sc.sync.synced && sc.sync.fresh()) && Date.now() < end) await sleep(20);
+    // Leases of 1 s: the test of their expiry waits that long.
+    sc = await startTestSidecar(`http://127.0.0.1:${cp.grpcPort}`, "replay-agent", { stalenessBoundMs: 10_000, leaseTtlMs: 1_000 });
   });
   after(async () => {
     await sc?.close(200);
