@@ -69,14 +69,23 @@ export function endEventType(status: SessionStatus): EventType | undefined {
  * 007_event_positions.sql), so call this after the transaction's row locks:
  * positions then become visible in order, and WatchEvents can resume from
  * one without missing an event that committed late. Endpoint rows are only
- * read (and key-share locked by the foreign key), never locked for update,
+ * key-share locked (as the foreign key would), never locked for update,
  * so this adds no lock that could close a cycle with the revision lock.
  */
 export async function recordEvents(tx: Queryable, events: readonly NewEvent[]): Promise<string[]> {
   if (events.length === 0) return [];
   const ids = events.map((e) => newId("evt", e.nowMs));
   await tx.query(
-    `WITH e AS (
+    // The subscribed endpoints are key-share locked as the foreign key
+    // would lock them, but first (w): one being deleted meanwhile is waited
+    // for and then left out. Found by the insert's check instead, it
+    // failed the whole change (a session created, a decision batch) with a
+    // foreign-key error once the delete committed.
+    `WITH w AS (
+       SELECT endpoint_id, event_types FROM webhook_endpoints
+        WHERE status = 1 AND event_types && $2::text[]
+          FOR KEY SHARE
+     ), e AS (
        INSERT INTO events (event_id, type, session_id, agent_id, create_time, data, position)
        -- No ORDER BY: a function scan yields the arrays in order, and a sort
        -- could run after the positions were taken.
@@ -87,7 +96,7 @@ export async function recordEvents(tx: Queryable, events: readonly NewEvent[]): 
      )
      INSERT INTO webhook_deliveries (endpoint_id, event_id, next_attempt_time, update_time)
      SELECT w.endpoint_id, e.event_id, e.create_time, e.create_time
-       FROM e JOIN webhook_endpoints w ON w.status = 1 AND e.type = ANY (w.event_types)`,
+       FROM e JOIN w ON e.type = ANY (w.event_types)`,
     [
       ids,
       events.map((e) => e.type),
