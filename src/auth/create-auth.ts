@@ -130,10 +130,11 @@ export async function createAuth(o: AuthOptions): Promise<Auth> {
     sessionAgent,
     authService,
     wrapAdmin,
-    wrapPolicy: (impl) => withSessionTokenAuth(PolicyService, impl, { verifier, otherwise: wrapAdmin(PolicyService, impl, POLICY_SERVICE_ACCESS) }),
+    wrapPolicy: (impl) => withSessionTokenAuth(PolicyService, impl, { verifier, now, otherwise: wrapAdmin(PolicyService, impl, POLICY_SERVICE_ACCESS) }),
     wrapApprovals: (impl) =>
       withSessionTokenAuth(ApprovalService, impl, {
         verifier,
+        now,
         otherwise: wrapAdmin(ApprovalService, impl, APPROVAL_SERVICE_ACCESS),
         tokenMethods: APPROVAL_TOKEN_METHODS,
       }),

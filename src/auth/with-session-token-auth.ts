@@ -26,6 +26,8 @@ export interface SessionTokenAuthOptions<S extends DescService> {
    * say, approve its own approval).
    */
   readonly tokenMethods?: readonly string[];
+  /** The clock a stream's token is held to, in epoch ms (the verifier's). Default Date.now. */
+  readonly now?: () => number;
   /**
    * The only agent whose session tokens are served: a sidecar's. A valid
    * token of another agent's session is PERMISSION_DENIED, since the
@@ -68,6 +70,7 @@ export function withSessionTokenAuth<S extends DescService>(
   const source = impl as Record<string, AnyImpl | undefined>;
   const otherwise = options.otherwise as Record<string, AnyImpl | undefined> | undefined;
   const tokenMethods = new Set(options.tokenMethods ?? service.methods.map((m) => m.localName));
+  const now = options.now ?? Date.now;
   const wrapped: Record<string, AnyImpl> = {};
   for (const method of service.methods) {
     const fn = source[method.localName];
@@ -109,7 +112,16 @@ export function withSessionTokenAuth<S extends DescService>(
           }
         : async function* (req, ctx) {
             const { target, call } = await route(req, ctx);
-            yield* call.call(target, req, ctx) as AsyncIterable<unknown>;
+            const messages = call.call(target, req, ctx) as AsyncIterable<unknown>;
+            const claims = target === impl ? ctx.values.get(sessionTokenClaimsKey) : undefined;
+            if (claims === undefined) return yield* messages;
+            // A stream outlives the check that opened it: past its token's
+            // expiry it ends at its next message (a heartbeat at the latest),
+            // as an API key's stream ends once the key is revoked.
+            for await (const m of messages) {
+              if (now() >= claims.expiresAt) throw new ConnectError("token expired", Code.Unauthenticated);
+              yield m;
+            }
           };
   }
   return wrapped as Partial<ServiceImpl<S>>;

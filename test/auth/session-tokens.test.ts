@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { base64url, calculateJwkThumbprint, exportJWK, generateKeyPair, type JSONWebKeySet, SignJWT } from "jose";
 import { createAuth, type Auth } from "../../src/auth/create-auth.js";
@@ -8,6 +9,7 @@ import { withSessionTokenAuth } from "../../src/auth/with-session-token-auth.js"
 import { withBearer } from "../../src/client/create-warden-client.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { PolicyService } from "../../src/gen/warden/v1/policy_service_pb.js";
+import { ApprovalService, type WatchApprovalRequest, WatchApprovalResponseSchema } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { createPolicyService } from "../../src/services/policy-service.js";
 import { createWardenStore } from "../../src/store/warden-store.js";
 import { mountService } from "../../src/transport/grpc-server.js";
@@ -272,6 +274,42 @@ for (const driver of DRIVERS) {
           await refused(as(tokenB).check(check), Code.Unauthenticated, /^token is for another session$/);
           await refused(as().check(check), Code.Unauthenticated, /^missing credentials: send authorization: Bearer <session token>$/);
           await refused(as(secret).check(check), Code.Unauthenticated, /^a session token is required here, not an API key$/);
+        }
+      } finally {
+        await stacks.close();
+      }
+    });
+
+    test("a stream opened with a session token ends UNAUTHENTICATED at its first message past the token's expiry", async () => {
+      // A watch that sends a message each time the test says so.
+      let send!: () => void;
+      const impl = {
+        async *watchApproval(req: WatchApprovalRequest) {
+          for (;;) {
+            await new Promise<void>((r) => (send = r));
+            yield create(WatchApprovalResponseSchema, { approval: { approvalId: req.approvalId, sessionId: req.sessionId } });
+          }
+        },
+      };
+      const guarded = withSessionTokenAuth(ApprovalService, impl, { verifier: verifier(), tokenMethods: ["watchApproval"], now: clock.now });
+      const stacks = await startStacks([mountService(ApprovalService, guarded)]);
+      try {
+        const { token, expireTime } = await auth.issuer.issue({ sessionId: "s-watch", agentId: "shopper-1" });
+        for (const { name, transport } of connectTransports(stacks)) {
+          const start = clock.ms;
+          const stream = createClient(ApprovalService, withBearer(transport, token)).watchApproval({ sessionId: "s-watch", approvalId: `apr_${"a".repeat(26)}` });
+          const it = stream[Symbol.asyncIterator]();
+          const next = async () => {
+            const n = it.next();
+            while (send === undefined) await new Promise((r) => setImmediate(r));
+            await new Promise((r) => setTimeout(r, 20));
+            send();
+            return n;
+          };
+          assert.equal((await next()).value?.approval?.sessionId, "s-watch", name);
+          clock.ms = expireTime;
+          await refused(next(), Code.Unauthenticated, /^token expired$/);
+          clock.ms = start;
         }
       } finally {
         await stacks.close();
