@@ -42,11 +42,15 @@ const STATE_REASONS: ReadonlySet<Reason> = new Set([
 /**
  * Denials in a row after one more decision: a DENY adds one, anything else
  * starts over, and a DENY only for the session's state leaves the count as
- * it was.
+ * it was. APPROVAL_REQUIRED, listed on a DENY of an amount above a
+ * threshold, says what would be asked next, not why it was denied: a
+ * paused session's large amounts would otherwise count, and pause a fork
+ * for its parent's pause.
  */
 export function denialRun(run: number, outcome: Outcome, reasons: readonly Reason[]): number {
   if (outcome !== Outcome.DENY) return 0;
-  if (reasons.length > 0 && reasons.every((r) => STATE_REASONS.has(r))) return run;
+  const why = reasons.filter((r) => r !== Reason.APPROVAL_REQUIRED);
+  if (why.length > 0 && why.every((r) => STATE_REASONS.has(r))) return run;
   return run + 1;
 }
 
