@@ -2,7 +2,7 @@ import { type CompiledPolicy, WINDOW_KINDS } from "../core/compiled-policy.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import { ActionStatus } from "../gen/warden/v1/policy_service_pb.js";
 import type { Queryable } from "./database.js";
-import { countersAt, currentAddress, readUsage, saveCounters, storedWindowAt } from "./usage-counters.js";
+import { countersAt, currentAddress, readUsage, saveCounters, storedWindowAt, windowsOf } from "./usage-counters.js";
 
 /**
  * What the ledger charged to an agent's windows of one kind from actions
@@ -84,13 +84,13 @@ export async function rebaseAgentWindows(tx: Queryable, agentId: string, policy:
   const addresses = WINDOW_KINDS.filter((w) => w !== "lifetime").map((w) => currentAddress(key, policy, w, nowMs, spans));
   // How each stored window reads at the new calendar's (countersAt moves
   // the carried and reset ones), judged before it does.
-  const stored = new Map(addresses.map((a) => [a.window, (row[`${a.window}_start`] as Date | null)?.getTime() ?? NaN]));
-  const how = new Map(addresses.map((a) => [a.window, storedWindowAt(stored.get(a.window)!, storedCalendar, a)]));
+  const stored = windowsOf(key, row);
+  const how = new Map(addresses.map((a) => [a.window, storedWindowAt(stored[a.window].startMs, storedCalendar, a)]));
   const usage = countersAt(rows, addresses, "current");
   const windows = usage.scopes.get(key)!;
   const moves: { a: (typeof addresses)[number]; fromMs: number; gapFromMs: number }[] = [];
   for (const a of addresses) {
-    const fromMs = stored.get(a.window)!;
+    const fromMs = stored[a.window].startMs;
     const h = how.get(a.window)!;
     if (h === "carried") moves.push({ a, fromMs, gapFromMs: fromMs });
     else if (h === "stored" && a.startMs < fromMs) moves.push({ a, fromMs, gapFromMs: a.startMs });

@@ -77,7 +77,7 @@ const WINDOW_COLUMNS = Object.fromEntries(
 ) as Record<WindowKind, { start: string; values: string[] }>;
 
 /** The windows of `scopeKey` from its row; all zero (never used) when `row` is undefined or null. */
-function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
+export function windowsOf(scopeKey: string, row: UsageRow | null | undefined): ScopeWindows {
   const out = {} as ScopeWindows;
   const found = row != null && row.scope_key != null;
   for (const w of WINDOW_KINDS) {

@@ -28,6 +28,14 @@ for (const driver of DRIVERS) {
       suite.store.leases.acquire(create(AcquireLeaseRequestSchema, { sessionId, holder, desiredValueMicros: desired, desiredActions: 100n, minValueMicros: 1n, ttl: durationFromMs(ttlMs) }));
     const report = (holder: string, sessionId: string, lease: Lease | undefined, init: Record<string, unknown>) =>
       suite.store.leases.report(create(ReportLeasesRequestSchema, { holder, reports: [create(LeaseReportSchema, { sessionId, leaseId: lease?.leaseId ?? "", ...init })] }));
+    /** A lease of 40 to sidecar-1, cut off past its expiry and the grace: the sweeper writes it off. */
+    const writtenOffLease = async (sessionId: string) => {
+      const l = (await acquire(sessionId, "sidecar-1", USD(40), 5_000))!;
+      assert.equal(l.valueMicros, USD(40));
+      suite.clock.advance(5_000 + RECONCILE_GRACE_MS);
+      assert.equal((await suite.store.sweep()).leases.leases, 1);
+      return l;
+    };
 
     test("a report that only records a denial does not end a session EXHAUSTED on a lease write-off alone", async () => {
       const s = await suite.store.createSession(sessionRequest(suite.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
@@ -83,10 +91,7 @@ for (const driver of DRIVERS) {
     });
     test("a decision through the store that reaches the lifetime limit only with a write-off leaves the session ACTIVE; once given back, spend up to the limit ends it", async () => {
       const s = await suite.store.createSession(sessionRequest(suite.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
-      const l = (await acquire(s.sessionId, "sidecar-1", USD(40), 5_000))!;
-      assert.equal(l.valueMicros, USD(40));
-      suite.clock.advance(5_000 + RECONCILE_GRACE_MS);
-      assert.equal((await suite.store.sweep()).leases.leases, 1);
+      const l = await writtenOffLease(s.sessionId);
       // 40 written off + 60 committed: the limit is reached, with the write-off.
       assert.equal((await suite.check(s.sessionId, USD(60))).decision!.outcome, Outcome.ALLOW);
       let got = await suite.store.getSession(s.sessionId);
@@ -102,10 +107,7 @@ for (const driver of DRIVERS) {
     test("a fork's write-off counts in its parent's lifetime but ends the parent no more than its own", async () => {
       const p = await suite.store.createSession(sessionRequest(suite.agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       const f = (await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: p.sessionId, policy: { currencyCode: "USD" } }), NO_HASH));
-      const l = (await acquire(f.sessionId, "sidecar-1", USD(40), 5_000))!;
-      assert.equal(l.valueMicros, USD(40));
-      suite.clock.advance(5_000 + RECONCILE_GRACE_MS);
-      assert.equal((await suite.store.sweep()).leases.leases, 1);
+      const l = await writtenOffLease(f.sessionId);
       // 40 written off in the fork (and so in the parent) + 60 spent by the parent: its limit, with the write-off.
       assert.equal((await suite.check(p.sessionId, USD(60))).decision!.outcome, Outcome.ALLOW);
       let got = await suite.store.getSession(p.sessionId);
