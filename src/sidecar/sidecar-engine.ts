@@ -774,6 +774,9 @@ export class SidecarEngine {
    * or void that reached the control plane through another sidecar, told
    * by the watch stream): a second settlement here is then refused, as
    * the store would refuse it, instead of being answered as if first.
+   * The store keeps a void's amount written off until this sidecar says
+   * it had not settled the hold (HOLD_RELEASE_SETTLED_ELSEWHERE); one it
+   * had settled is in its reports already, and that settlement counts.
    */
   forgetSettledHolds(holds: readonly SettledHold[]): void {
     for (const h of holds) {
@@ -781,6 +784,12 @@ export class SidecarEngine {
       if (mine === undefined || mine.sessionId !== h.sessionId) continue;
       this.holds.delete(h.authorizationId);
       this.settledHolds.set(h.authorizationId, "settled elsewhere");
+      if (h.status === ActionStatus.VOIDED) {
+        this.o.reports.settle(
+          h.sessionId,
+          create(LeaseSettlementSchema, { authorizationId: h.authorizationId, time: timestampFromMs(this.now()), release: HoldRelease.SETTLED_ELSEWHERE }),
+        );
+      }
     }
   }
 

@@ -584,8 +584,17 @@ export class LeaseLedger {
       for (const { st, sessionId } of settling) {
         const h = holds.get(st.authorizationId);
         const writtenOff = h?.written_off_value != null;
-        if (h === undefined || h.session_id !== sessionId || (h.status !== ActionStatus.HELD && !writtenOff)) {
-          rejected.push(`${st.authorizationId}: ${h === undefined || h.session_id !== sessionId ? "not found" : `is ${ActionStatus[h.status]}`}`);
+        // The sidecar's word on a hold voided elsewhere: it did not settle
+        // it, so a write-off of it goes back; any other hold was settled
+        // without one (a capture elsewhere), and there is nothing to do.
+        const mine = h !== undefined && h.session_id === sessionId && h.placed_by === req.holder;
+        if (st.release === HoldRelease.SETTLED_ELSEWHERE && st.captureMicros === undefined && !(writtenOff && mine)) continue;
+        // Only the sidecar that placed a hold knows what became of it (a
+        // handed-back hold is the store's: placed_by is cleared).
+        if (!mine || (h.status !== ActionStatus.HELD && !writtenOff)) {
+          rejected.push(
+            `${st.authorizationId}: ${h === undefined || h.session_id !== sessionId ? "not found" : !mine ? "placed by another sidecar, or handed back" : `is ${ActionStatus[h.status]}`}`,
+          );
           continue;
         }
         if (st.captureMicros !== undefined && st.captureMicros > BigInt(writtenOff ? h.written_off_value! : h.held_value)) {

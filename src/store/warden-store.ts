@@ -52,7 +52,6 @@ import {
   closeHolds,
   endSessions,
   lockActions,
-  releaseHolds,
   SIDECAR_HOLD_GRACE_MS,
   type WrittenOff,
 } from "./hold-ledger.js";
@@ -1424,10 +1423,16 @@ export class WardenStore {
     });
   }
 
-  /** Releases an authorization's hold. */
+  /**
+   * Releases an authorization's hold. One a sidecar placed (the void came
+   * through another sidecar) is written off instead, as {@link closeHolds}
+   * does: the placing sidecar may have answered a capture of it that its
+   * report has not brought yet. Its word, when it hears of this void on
+   * the watch stream, gives the amount back or turns it into that capture.
+   */
   async void(req: VoidRequest, requestHash: Uint8Array): Promise<ActionRecord> {
     return this.settleHold("void", req.sessionId, req.authorizationId, req.idempotencyKey, requestHash, async (tx, h, _s, _locked, nowMs) => {
-      await releaseHolds(tx, [h], ActionStatus.VOIDED, nowMs);
+      await closeHolds(tx, [h], ActionStatus.VOIDED, nowMs);
       return [];
     });
   }

@@ -312,6 +312,50 @@ describe("holds and leases of sessions whose terms changed, settled through side
     }
   });
 
+  test("a capture answered on the placing sidecar counts, though a void through another sidecar reached the store before its report", async () => {
+    const agent = "capture-then-void-elsewhere";
+    // Reports only when flushed here (a 60 s interval): the capture is on its way meanwhile.
+    const placing = await newSidecar(agent, 60_000);
+    const other = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(placing).authorize({ sessionId, action: payment(USD(20)) });
+    assert.equal(held.decision?.outcome, Outcome.ALLOW);
+    await placing.reports.flush();
+    const captured = await policyOf(placing).capture({ sessionId, authorizationId: held.authorizationId, amount: { currencyCode: "USD", amountMicros: USD(15) } });
+    assert.equal(captured.authorization?.status, ActionStatus.CAPTURED);
+    // The agent (or a retry of a cleanup) voids it on another pod.
+    const voided = await policyOf(other).void({ sessionId, authorizationId: held.authorizationId });
+    assert.equal(voided.authorization?.status, ActionStatus.VOIDED);
+    assert.equal(voided.authorization?.writtenOffAmount?.amountMicros, USD(20), "counted as spent until the placing sidecar's word");
+    await placing.reports.flush();
+    const row = await actionRow(held.authorizationId);
+    assert.deepEqual(
+      { status: ActionStatus[row!.status], captured: row!.captured_value, writtenOff: row!.written_off_value },
+      { status: "CAPTURED", captured: String(USD(15)), writtenOff: null },
+      "the money the agent was told it captured is in the ledger",
+    );
+    assert.equal((await admin.getSession({ sessionId })).session?.usage?.valueCommittedMicros, USD(15));
+  });
+
+  test("a hold voided through another sidecar comes back once the placing sidecar hears of it and says it had not settled it", async () => {
+    const agent = "void-elsewhere";
+    const placing = await newSidecar(agent);
+    const other = await newSidecar(agent);
+    const { session } = await admin.createSession(sessionRequest(agent, { daily: { maxValueMicros: USD(1000) } }));
+    const sessionId = session!.sessionId;
+    const held = await policyOf(placing).authorize({ sessionId, action: payment(USD(20)) });
+    await until("the hold to reach the store", async () => (await actionRow(held.authorizationId))?.status === ActionStatus.HELD);
+    const voided = await policyOf(other).void({ sessionId, authorizationId: held.authorizationId });
+    assert.equal(voided.authorization?.status, ActionStatus.VOIDED);
+    await until("the placing sidecar's word to give the write-off back", async () => (await actionRow(held.authorizationId))?.written_off_value === null, 5_000);
+    assert.equal((await actionRow(held.authorizationId))?.status, ActionStatus.VOIDED);
+    const usage = (await admin.getSession({ sessionId })).session?.usage;
+    assert.deepEqual([usage?.valueCommittedMicros, usage?.valueWrittenOffMicros], [0n, 0n]);
+    // And the placing sidecar refuses to settle it now.
+    assert.equal((await code(policyOf(placing).capture({ sessionId, authorizationId: held.authorizationId }))).code, Code.FailedPrecondition);
+  });
+
   test("an agent limit set while unlimited leases are out is not overspent by the agent's sessions", async () => {
     const agent = "agent-policy";
     const agents = createClient(AgentService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${cp.grpcPort}` }));

@@ -324,6 +324,77 @@ for (const driver of DRIVERS) {
       await assertLedgerConsistent(t.db);
     });
 
+    test("a sidecar's hold voided through the control plane stays spent until its sidecar's word: a capture it answered first, or nothing", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const [capturedFirst, unsettled, capturedElsewhere] = [record("authorize", USD(20)), record("authorize", USD(10)), record("authorize", USD(5))];
+      await report(rep(s.sessionId, l, { records: [capturedFirst, unsettled, capturedElsewhere], release: true }));
+      // The agent's voids reach the control plane through another sidecar,
+      // while the placing one has answered a capture of the first that its
+      // report has not brought yet.
+      const settle = { sessionId: s.sessionId, idempotencyKey: "" };
+      for (const id of [capturedFirst.actionId, unsettled.actionId]) {
+        const voided = await store.void({ ...settle, authorizationId: id } as never, NO_HASH);
+        assert.equal(voided.status, ActionStatus.VOIDED);
+        assert.equal(voided.writtenOffAmount?.amountMicros, id === capturedFirst.actionId ? USD(20) : USD(10), "the void's answer shows the amount still counted");
+      }
+      await store.capture({ ...settle, authorizationId: capturedElsewhere.actionId } as never, NO_HASH);
+      let u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, USD(35), "both voided holds count as spent until their sidecar says");
+      assert.equal(u.valueWrittenOffMicros, USD(30));
+      const rejected = await report(
+        rep(s.sessionId, undefined, {
+          settlements: [
+            { authorizationId: capturedFirst.actionId, captureMicros: USD(15), time: timestampFromMs(clock.ms) },
+            { authorizationId: unsettled.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.SETTLED_ELSEWHERE },
+            // Told of the capture too: a hold captured elsewhere had no write-off, and nothing changes.
+            { authorizationId: capturedElsewhere.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.SETTLED_ELSEWHERE },
+          ],
+        }),
+      );
+      assert.deepEqual(rejected, [], "the sidecar's capture is the spend, not a refused second settlement");
+      const a = new Map((await store.listActions({ sessionId: s.sessionId, pageSize: 10, pageToken: "" } as never)).actions.map((x) => [x.actionId, x]));
+      assert.deepEqual(
+        [capturedFirst, unsettled, capturedElsewhere].map((r) => {
+          const x = a.get(r.actionId)!;
+          return [ActionStatus[x.status], x.capturedAmount?.amountMicros, x.writtenOffAmount?.amountMicros];
+        }),
+        [
+          ["CAPTURED", USD(15), undefined],
+          ["VOIDED", 0n, undefined],
+          ["CAPTURED", USD(5), undefined],
+        ],
+      );
+      u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, USD(20), "the capture the placing sidecar answered, and the one through the control plane");
+      assert.equal(u.actionsCommitted, 2n);
+      assert.equal(u.valueWrittenOffMicros, 0n);
+      await assertLedgerConsistent(t.db);
+    });
+
+    test("only the sidecar that placed a hold settles it by report: another's word, or one about a handed-back hold, is refused", async () => {
+      const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
+      const l = (await acquire(s.sessionId, USD(50)))!;
+      const [held, handed] = [record("authorize", USD(20)), record("authorize", USD(10))];
+      await report(rep(s.sessionId, l, { records: [held, handed], settlements: [] }));
+      await report(rep(s.sessionId, undefined, { settlements: [{ authorizationId: handed.actionId, time: timestampFromMs(clock.ms), release: HoldRelease.HANDED_BACK }] }));
+      const settle = (holder: string, authorizationId: string) =>
+        store.leases.report(
+          create(ReportLeasesRequestSchema, {
+            holder,
+            reports: [rep(s.sessionId, undefined, { settlements: [{ authorizationId, captureMicros: USD(5), time: timestampFromMs(clock.ms) }] })],
+          }),
+        );
+      assert.deepEqual(await settle("sidecar-2", held.actionId), [`${held.actionId}: placed by another sidecar, or handed back`]);
+      assert.deepEqual(await settle("sidecar-1", handed.actionId), [`${handed.actionId}: placed by another sidecar, or handed back`]);
+      const u = (await store.getSession(s.sessionId)).usage!;
+      assert.equal(u.valueCommittedMicros, 0n, "nothing captured");
+      assert.deepEqual(await settle("sidecar-1", held.actionId), [], "its own sidecar's capture goes through");
+      await report(rep(s.sessionId, l, { release: true }));
+      await store.void({ sessionId: s.sessionId, authorizationId: handed.actionId, idempotencyKey: "" } as never, NO_HASH);
+      await assertLedgerConsistent(t.db);
+    });
+
     test("a sidecar's hold written off by the sweeper becomes what its sidecar reports late: a capture, or nothing spent", async () => {
       const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       const l = (await acquire(s.sessionId, USD(50)))!;
@@ -448,11 +519,11 @@ for (const driver of DRIVERS) {
       assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [settle(h1.actionId, "cap-1")] })), []);
       // Filled: a retry through the control plane gets the sidecar's answer.
       assert.equal((await capture(h1.actionId, "cap-1")).status, ActionStatus.CAPTURED);
-      // A settlement the store refuses (the hold was voided through the
+      // A settlement the store refuses (the hold was captured through the
       // control plane meanwhile) leaves its key free, not in progress.
       assert.equal((await claim("cap-2", h2.actionId))[0]!.state, IdempotencyKeyState.CLAIMED);
-      await store.void({ sessionId: s.sessionId, authorizationId: h2.actionId, idempotencyKey: "" } as never, NO_HASH);
-      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [settle(h2.actionId, "cap-2")] })), [`${h2.actionId}: is VOIDED`]);
+      await capture(h2.actionId, "");
+      assert.deepEqual(await report(rep(s.sessionId, undefined, { settlements: [settle(h2.actionId, "cap-2")] })), [`${h2.actionId}: is CAPTURED`]);
       assert.equal((await claim("cap-2", newId("act", clock.ms)))[0]!.state, IdempotencyKeyState.CLAIMED);
       await report(rep(s.sessionId, l, { release: true }));
       await assertLedgerConsistent(t.db);

@@ -151,9 +151,10 @@ export type ActionRecord = Message<"warden.v1.ActionRecord"> & {
 
   /**
    * Set on a hold a sidecar placed that the store closed without word from
-   * that sidecar (it stopped reporting): its amount counts as spent, since
-   * the sidecar may have answered a capture of it. A late report from the
-   * sidecar turns it into what became of the hold.
+   * that sidecar (it stopped reporting, or the hold was voided through
+   * another sidecar): its amount counts as spent, since the sidecar may
+   * have answered a capture of it. The sidecar's report turns it into what
+   * became of the hold.
    *
    * @generated from field: warden.v1.Money written_off_amount = 14;
    */
@@ -564,7 +565,8 @@ export const PolicyService: GenService<{
     output: typeof CaptureResponseSchema;
   },
   /**
-   * Void releases a hold.
+   * Void releases a hold. (One a sidecar placed, voided elsewhere, comes
+   * back once that sidecar says it had not captured it: written_off_amount.)
    *
    * @generated from rpc warden.v1.PolicyService.Void
    */
