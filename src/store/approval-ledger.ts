@@ -260,11 +260,15 @@ export async function settleApproval(
   await tx.query("SELECT pg_notify($1, $2)", [APPROVAL_CHANNEL, a.approval_id]);
 }
 
-/** The verdict the clock gives a pending approval past its expiry. */
-export function timeoutVerdict(a: ApprovalRow): Verdict {
-  return a.timeout_outcome === ApprovalTimeoutOutcome.APPROVE
+/**
+ * The verdict the clock gives a pending approval past its expiry. While
+ * `pausedId` (its session, or a parent) is paused, it is never an approval.
+ */
+export function timeoutVerdict(a: ApprovalRow, pausedId?: string): Verdict {
+  if (a.timeout_outcome !== ApprovalTimeoutOutcome.APPROVE) return { kind: "expire", by: "timeout", comment: "nobody decided in time" };
+  return pausedId === undefined
     ? { kind: "approve", by: "timeout", comment: "approved on timeout, as the policy says" }
-    : { kind: "expire", by: "timeout", comment: "nobody decided in time" };
+    : { kind: "expire", by: "timeout", comment: `nobody decided in time, and session "${pausedId}" was paused: not approved on timeout` };
 }
 
 /**

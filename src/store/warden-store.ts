@@ -1603,7 +1603,11 @@ export class WardenStore {
           return verb === undefined ? undefined : new ConnectError(`approval_id: cannot ${verb} "${approvalId}": its session ${refused.why}`, Code.FailedPrecondition);
         }
         if (a.expire_time.getTime() <= nowMs) {
-          const timeout = timeoutVerdict(a);
+          // A person who paused the session (or a parent), or the circuit
+          // breaker that did, stopped the agent: the clock approves nothing
+          // for it meanwhile (a person still may, deciding in time).
+          const paused = [s, ...s.ancestorIds.map((id) => chain.get(id)!)].find((c) => c.status === SessionStatus.PAUSED);
+          const timeout = timeoutVerdict(a, paused?.sessionId);
           await settleApproval(tx, locked, timeout, s.policy.holdTtlMs, nowMs);
           return verb === undefined
             ? undefined

@@ -9,6 +9,7 @@ import { MoneySchema } from "../../src/gen/warden/v1/money_pb.js";
 import { ApprovalTimeoutOutcome } from "../../src/gen/warden/v1/policy_pb.js";
 import { ActionStatus, type AuthorizeResponse, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
+import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
@@ -215,6 +216,31 @@ for (const driver of DRIVERS) {
       assert.equal(a.decidedBy, "timeout");
       assert.equal(a.approvedAmount!.amountMicros, USD(130));
       assert.equal((await capture(yes.sessionId, a.actionId)).status, ActionStatus.CAPTURED);
+    });
+
+    test("timeout: an approval that would be approved on timeout is denied while its session or a parent is paused", async () => {
+      const approveOnTimeout = approvalPolicy({ approvalTtl: durationFromMs(60_000), approvalTimeoutOutcome: ApprovalTimeoutOutcome.APPROVE });
+      const s = await store.createSession(sessionRequest(agent(), approveOnTimeout), NO_HASH);
+      const parent = await store.createSession(sessionRequest(agent(), approveOnTimeout), NO_HASH);
+      const fork = await store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", ...approveOnTimeout } }), NO_HASH);
+      const own = await authorize(s.sessionId, USD(110));
+      const forks = await authorize(fork.sessionId, USD(120));
+      assert.equal(forks.decision!.outcome, Outcome.NEEDS_APPROVAL);
+      // The circuit breaker, or a person, stops the agent while a person has not decided.
+      await store.setPaused(s.sessionId, true, "stop");
+      await store.setPaused(parent.sessionId, true, "stop the parent");
+      clock.advance(60_000);
+      assert.equal((await store.expireApproval(own.approvalId)).status, ApprovalStatus.EXPIRED);
+      assert.equal((await store.sweep()).approvals, 1);
+      const expired = await store.getApproval(forks.approvalId);
+      assert.deepEqual([ApprovalStatus[expired.status], expired.decidedBy], ["EXPIRED", "timeout"]);
+      assert.match(expired.comment, new RegExp(`session "${parent.sessionId}" was paused`));
+      for (const id of [s.sessionId, fork.sessionId]) assert.equal((await usage(id)).valueHeldMicros, 0n, "the hold went back");
+      // Resumed, the clock approves again, as the policy says.
+      await store.setPaused(s.sessionId, false, "go on");
+      const later = await authorize(s.sessionId, USD(130));
+      clock.advance(60_000);
+      assert.equal((await store.expireApproval(later.approvalId)).status, ApprovalStatus.APPROVED);
     });
 
     test("a session whose agent waits on a person does not idle before the approval's deadline; then its idle clock starts over", async () => {

@@ -239,7 +239,8 @@ export enum ApprovalTimeoutOutcome {
 
   /**
    * The approval is APPROVED (decided by "timeout") and becomes an
-   * authorization for the full amount.
+   * authorization for the full amount; as DENY while its session (or a
+   * parent) is paused: the agent was stopped.
    *
    * @generated from enum value: APPROVAL_TIMEOUT_OUTCOME_APPROVE = 2;
    */
