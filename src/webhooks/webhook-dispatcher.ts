@@ -88,6 +88,7 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
    */
   async function send(d: ClaimedDelivery, counted: Set<string>): Promise<void> {
     let error: string | undefined;
+    let gone = false;
     try {
       const t = Math.floor(store.now() / 1000);
       const { url, authorization } = splitCredentials(d.url);
@@ -107,6 +108,9 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
       // Read (and drop) the body so the connection can be reused.
       await res.arrayBuffer().catch(() => undefined);
       if (res.status < 200 || res.status > 299) error = `HTTP ${res.status}`;
+      // The receiver says the endpoint is gone for good: three days of
+      // retries would only hammer it. Disabled now; what waits is kept.
+      gone = res.status === 410;
     } catch (err) {
       // Stored, logged and shown as the endpoint's disabled reason: never
       // with the URL's password, should a message quote the URL.
@@ -123,7 +127,7 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
     const giveUp = next > d.eventMs + retryPeriodMs;
     const first = !counted.has(d.endpointId);
     counted.add(d.endpointId);
-    const disabled = await store.markFailed(d, error, giveUp ? undefined : next, maxFailures, first);
+    const disabled = await store.markFailed(d, error, giveUp ? undefined : next, maxFailures, first, gone);
     const fields = { endpointId: d.endpointId, eventId: d.eventId, url: redactUrl(d.url), attempts: d.attempts + 1, error };
     if (disabled !== undefined) log.warn({ ...fields, reason: disabled }, "webhook endpoint disabled");
     else if (giveUp) log.warn(fields, "webhook delivery abandoned");

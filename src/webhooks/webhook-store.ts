@@ -254,6 +254,8 @@ export class WebhookStore {
     maxConsecutiveFailures: number,
     /** False for a failure of an attempt sent together with one already counted (see the dispatcher's tick). */
     count = true,
+    /** The receiver answered 410 Gone: the endpoint is disabled now, its deliveries kept for a re-enable. */
+    gone = false,
   ): Promise<string | undefined> {
     const nowMs = this.now();
     return this.db.transaction(async (tx) => {
@@ -275,8 +277,9 @@ export class WebhookStore {
         await tx.query(`UPDATE webhook_deliveries SET ${PARKED} WHERE endpoint_id = $1 AND event_id = $2 AND status = 1`, [d.endpointId, d.eventId]);
         return undefined;
       }
-      const reason =
-        nextAttemptMs === undefined
+      const reason = gone
+        ? `the receiver answered HTTP 410 Gone (event ${d.eventId}): it asked for no more deliveries`
+        : nextAttemptMs === undefined
           ? `event ${d.eventId} was abandoned after ${d.attempts + 1} attempts over the retry period; last error: ${error.slice(0, 200)}`
           : // A delivery that failed that often, with no delivery to the
             // endpoint succeeding meanwhile: some eight hours of backoff.
