@@ -84,7 +84,7 @@ export const SYNC_SERVICE_ACCESS: AccessTable<typeof SyncService> = {
 };
 
 /**
- * WebhookService: only admins register, delete and re-enable endpoints
+ * WebhookService: only admins register, delete, re-enable endpoints and rotate their secrets
  * (an endpoint receives every session's events); auditors may read them.
  */
 export const WEBHOOK_SERVICE_ACCESS: AccessTable<typeof WebhookService> = {
@@ -93,6 +93,7 @@ export const WEBHOOK_SERVICE_ACCESS: AccessTable<typeof WebhookService> = {
   listWebhookEndpoints: { roles: AUDIT },
   deleteWebhookEndpoint: { roles: ADMIN },
   enableWebhookEndpoint: { roles: ADMIN },
+  rotateWebhookSecret: { roles: ADMIN },
 };
 
 /**

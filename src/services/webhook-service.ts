@@ -21,5 +21,8 @@ export function createWebhookService(store: WebhookStore): ServiceImpl<typeof We
     async enableWebhookEndpoint(req) {
       return { endpoint: await store.enableEndpoint(req.endpointId) };
     },
+    async rotateWebhookSecret(req) {
+      return store.rotateSecret(req);
+    },
   };
 }

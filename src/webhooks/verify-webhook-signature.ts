@@ -10,9 +10,13 @@ export function computeWebhookSignature(secret: string, timestampSeconds: number
   return createHmac("sha256", secret).update(`${timestampSeconds}.`).update(body).digest("hex");
 }
 
-/** The `warden-signature` header value for `body` sent at `timestampSeconds`. */
-export function signWebhookBody(secret: string, timestampSeconds: number, body: string): string {
-  return `t=${timestampSeconds},v1=${computeWebhookSignature(secret, timestampSeconds, body)}`;
+/**
+ * The `warden-signature` header value for `body` sent at `timestampSeconds`:
+ * one `v1` per secret (several while an endpoint's secret is being rotated).
+ */
+export function signWebhookBody(secrets: string | readonly string[], timestampSeconds: number, body: string): string {
+  const all = typeof secrets === "string" ? [secrets] : secrets;
+  return [`t=${timestampSeconds}`, ...all.map((s) => `v1=${computeWebhookSignature(s, timestampSeconds, body)}`)].join(",");
 }
 
 /** Why a signature was rejected. */

@@ -96,7 +96,7 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
         method: "POST",
         headers: {
           "content-type": "application/json",
-          [SIGNATURE_HEADER]: signWebhookBody(d.secret, t, d.body),
+          [SIGNATURE_HEADER]: signWebhookBody(d.secrets, t, d.body),
           [EVENT_ID_HEADER]: d.eventId,
           "user-agent": "warden-webhooks/1",
           ...(authorization === undefined ? {} : { authorization }),

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { timestampFromMs } from "@bufbuild/protobuf/wkt";
+import { durationMs, timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type CreateWebhookEndpointRequest,
+  type RotateWebhookSecretRequest,
   type WebhookEndpoint,
   WebhookEndpointSchema,
   WebhookEndpointStatus,
@@ -25,6 +26,7 @@ interface EndpointRow {
   consecutive_failures: number;
   create_time: Date;
   update_time: Date;
+  previous_secrets_expire_time: Date | null;
 }
 
 /**
@@ -36,7 +38,28 @@ interface EndpointRow {
 const PARKED = "next_attempt_time = 'infinity'";
 
 // Never the secret: it leaves the store only to sign (claimDue) and once on create.
-const ENDPOINT_COLUMNS = "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time";
+const ENDPOINT_COLUMNS =
+  "endpoint_id, url, event_types, status, disabled_reason, consecutive_failures, create_time, update_time, previous_secrets_expire_time";
+
+/** A secret an endpoint had before a rotation, signing its deliveries too until `expire_ms` (migration 026). */
+interface PreviousSecret {
+  readonly secret: string;
+  readonly expire_ms: number;
+}
+
+/** How long a replaced secret signs too when the rotation does not say. */
+const DEFAULT_PREVIOUS_SECRET_TTL_MS = 24 * 3_600_000;
+/**
+ * The most earlier secrets that sign at once: rotations in quick
+ * succession (one whose answer was lost, then another) keep the secrets
+ * receivers may still hold, but each one is another HMAC per delivery.
+ */
+const MAX_PREVIOUS_SECRETS = 4;
+
+/** A generated secret: 32 random bytes, as strong as the HMAC-SHA256 key can use. */
+function newSecret(): string {
+  return `whsec_${randomBytes(32).toString("base64url")}`;
+}
 
 /**
  * Locks an endpoint's row before any of its deliveries': a failure that
@@ -60,7 +83,13 @@ function endpointOf(r: EndpointRow): WebhookEndpoint {
     consecutiveFailures: r.consecutive_failures,
     createTime: timestampFromMs(r.create_time.getTime()),
     updateTime: timestampFromMs(r.update_time.getTime()),
+    previousSecretsExpireTime: r.previous_secrets_expire_time === null ? undefined : timestampFromMs(r.previous_secrets_expire_time.getTime()),
   });
+}
+
+/** The previous_secrets column, as a jsonb value comes from either driver (parsed, or text). */
+function previousSecretsOf(v: PreviousSecret[] | string): PreviousSecret[] {
+  return typeof v === "string" ? (JSON.parse(v) as PreviousSecret[]) : v;
 }
 
 function notFound(id: string): ConnectError {
@@ -72,7 +101,8 @@ export interface ClaimedDelivery {
   readonly endpointId: string;
   readonly eventId: string;
   readonly url: string;
-  readonly secret: string;
+  /** The secrets that sign it: the current one first, then earlier ones still in their period. */
+  readonly secrets: readonly string[];
   /** Attempts before this one. */
   readonly attempts: number;
   readonly eventMs: number;
@@ -103,14 +133,46 @@ export class WebhookStore {
   /** Registers an endpoint; returns it with its secret (generated when not given). */
   async createEndpoint(req: CreateWebhookEndpointRequest): Promise<{ endpoint: WebhookEndpoint; secret: string }> {
     const nowMs = this.now();
-    // 32 random bytes: as strong as the HMAC-SHA256 key can use.
-    const secret = req.secret !== "" ? req.secret : `whsec_${randomBytes(32).toString("base64url")}`;
+    const secret = req.secret !== "" ? req.secret : newSecret();
     const { rows } = await this.db.query<EndpointRow>(
       `INSERT INTO webhook_endpoints (endpoint_id, url, event_types, secret, create_time, update_time)
        VALUES ($1, $2, $3::text[], $4, $5::timestamptz, $5::timestamptz) RETURNING ${ENDPOINT_COLUMNS}`,
       [newId("whe", nowMs), req.url, req.eventTypes, secret, iso(nowMs)],
     );
     return { endpoint: endpointOf(rows[0]!), secret };
+  }
+
+  /**
+   * Gives an endpoint a new secret (generated when not given). The one it
+   * replaces signs too for the request's previous_secret_ttl (default 24 h),
+   * beside earlier ones still in their own period; a ttl of zero drops
+   * them all at once (a leaked secret).
+   */
+  async rotateSecret(req: RotateWebhookSecretRequest): Promise<{ endpoint: WebhookEndpoint; secret: string }> {
+    const nowMs = this.now();
+    const secret = req.secret !== "" ? req.secret : newSecret();
+    const ttlMs = req.previousSecretTtl === undefined ? DEFAULT_PREVIOUS_SECRET_TTL_MS : durationMs(req.previousSecretTtl);
+    return this.db.transaction(async (tx) => {
+      const { rows } = await tx.query<{ secret: string; previous_secrets: PreviousSecret[] | string }>(
+        "SELECT secret, previous_secrets FROM webhook_endpoints WHERE endpoint_id = $1 FOR UPDATE",
+        [req.endpointId],
+      );
+      const old = rows[0];
+      if (old === undefined) throw notFound(req.endpointId);
+      if (old.secret === secret) throw new ConnectError("secret: is the endpoint's current secret; give another, or none to have one generated", Code.InvalidArgument);
+      const earlier = previousSecretsOf(old.previous_secrets);
+      const kept =
+        ttlMs === 0
+          ? []
+          : [...earlier.filter((p) => p.expire_ms > nowMs && p.secret !== secret), { secret: old.secret, expire_ms: nowMs + ttlMs }].slice(-MAX_PREVIOUS_SECRETS);
+      const until = kept.length === 0 ? null : iso(Math.max(...kept.map((p) => p.expire_ms)));
+      const { rows: updated } = await tx.query<EndpointRow>(
+        `UPDATE webhook_endpoints SET secret = $2, previous_secrets = $3::jsonb, previous_secrets_expire_time = $4::timestamptz, update_time = $5::timestamptz
+          WHERE endpoint_id = $1 RETURNING ${ENDPOINT_COLUMNS}`,
+        [req.endpointId, secret, JSON.stringify(kept), until, iso(nowMs)],
+      );
+      return { endpoint: endpointOf(updated[0]!), secret };
+    });
   }
 
   /** Reads an endpoint (without its secret). */
@@ -184,6 +246,7 @@ export class WebhookStore {
         event_id: string;
         url: string;
         secret: string;
+        previous_secrets: PreviousSecret[] | string;
         attempts: number;
         type: string;
         session_id: string;
@@ -191,7 +254,7 @@ export class WebhookStore {
         create_time: Date;
         data: unknown;
       }>(
-        `SELECT d.endpoint_id, d.event_id, w.url, w.secret, d.attempts, e.type, e.session_id, e.agent_id, e.create_time, e.data
+        `SELECT d.endpoint_id, d.event_id, w.url, w.secret, w.previous_secrets, d.attempts, e.type, e.session_id, e.agent_id, e.create_time, e.data
            FROM webhook_deliveries d
            JOIN webhook_endpoints w ON w.endpoint_id = d.endpoint_id
            JOIN events e ON e.event_id = d.event_id
@@ -212,7 +275,7 @@ export class WebhookStore {
         endpointId: r.endpoint_id,
         eventId: r.event_id,
         url: r.url,
-        secret: r.secret,
+        secrets: [r.secret, ...previousSecretsOf(r.previous_secrets).filter((p) => p.expire_ms > nowMs).map((p) => p.secret)],
         attempts: r.attempts,
         eventMs: r.create_time.getTime(),
         body: JSON.stringify({

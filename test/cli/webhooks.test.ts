@@ -3,8 +3,13 @@ import { describe, test } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type CreateWebhookEndpointRequest, WebhookEndpointSchema, WebhookEndpointStatus } from "../../src/gen/warden/v1/webhook_service_pb.js";
-import { buildCreateWebhookEndpointRequest } from "../../src/cli/commands/webhooks.js";
+import {
+  type CreateWebhookEndpointRequest,
+  type RotateWebhookSecretRequest,
+  WebhookEndpointSchema,
+  WebhookEndpointStatus,
+} from "../../src/gen/warden/v1/webhook_service_pb.js";
+import { buildCreateWebhookEndpointRequest, buildRotateWebhookSecretRequest } from "../../src/cli/commands/webhooks.js";
 import { EVENT_TYPES } from "../../src/store/outbox.js";
 import { flagsOf, runWarden } from "./cli-harness.js";
 
@@ -39,6 +44,32 @@ describe("warden webhooks", () => {
     assert.match(r.stdout, /endpoint\s+whe_1/);
     assert.match(r.stdout, /signing secret \(shown once/);
     assert.match(r.stdout, /whsec_0123456789abcdef/);
+  });
+
+  test("rotate-secret: --keep-previous takes a duration, or 0 for none; unset leaves it to the server", () => {
+    const req = (...args: string[]) => buildRotateWebhookSecretRequest("whe_1", flagsOf("webhooks rotate-secret", args));
+    assert.equal(req().previousSecretTtl, undefined);
+    assert.equal(req().secret, "");
+    assert.deepEqual([req("--keep-previous", "0").previousSecretTtl?.seconds, req("--keep-previous", "0").previousSecretTtl?.nanos], [0n, 0]);
+    assert.equal(req("--keep-previous", "1h30m").previousSecretTtl?.seconds, 5400n);
+    assert.equal(req("--secret", "whsec_0123456789abcdef").secret, "whsec_0123456789abcdef");
+    assert.throws(() => req("--keep-previous", "soon"), /--keep-previous: "soon" is not a duration/);
+  });
+
+  test("rotate-secret sends the request and prints the new secret once, and until when the old one signs", async () => {
+    const r = await runWarden(["webhooks", "rotate-secret", "whe_1", "--keep-previous", "2h"], {
+      webhooks: {
+        rotateWebhookSecret: (req: RotateWebhookSecretRequest) => ({
+          endpoint: endpoint({ endpointId: req.endpointId, previousSecretsExpireTime: timestampFromMs(Date.UTC(2026, 10, 21, 2)) }),
+          secret: "whsec_new0123456789abcdef",
+        }),
+      },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.calls[0]!.method, "rotateWebhookSecret");
+    assert.equal((r.calls[0]!.request as RotateWebhookSecretRequest).previousSecretTtl?.seconds, 7200n);
+    assert.match(r.stdout, /old secrets sign until\s+2026-11-21T02:00:00/);
+    assert.match(r.stdout, /new signing secret \(shown once: store it now\)\n  whsec_new0123456789abcdef/);
   });
 
   test("get shows a disabled endpoint and why; list is a table", async () => {

@@ -195,6 +195,35 @@ for (const driver of DRIVERS) {
       }
     });
 
+    test("after RotateWebhookSecret, receivers holding the old secret and the new one both verify, until the old one's period ends", async () => {
+      let secrets: string[] = [];
+      // Two receivers at one URL would be one; here one receiver checks each delivery against both secrets.
+      const byOld = await startReceiver(() => secrets[0]!, () => 204);
+      try {
+        const created = await hooks.createWebhookEndpoint({ url: byOld.url, eventTypes: ["session.created"] });
+        const endpointId: string = created.endpoint.endpointId;
+        const rotated = await hooks.rotateWebhookSecret({ endpointId, previousSecretTtl: { seconds: 3600n } });
+        assert.match(rotated.secret, /^whsec_[A-Za-z0-9_-]{43}$/);
+        assert.notEqual(rotated.secret, created.secret);
+        assert.ok(rotated.endpoint.previousSecretsExpireTime !== undefined);
+        secrets = [created.secret];
+        await sessions.createSession({ agentId: "rotation-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: { seconds: 60n } } });
+        await until(() => byOld.received.length > 0, "a delivery");
+        assert.equal(byOld.received[0]!.verified, true, "a receiver not yet switched still verifies");
+        secrets = [rotated.secret];
+        await sessions.createSession({ agentId: "rotation-agent", policy: { currencyCode: "USD" }, expiration: { case: "ttl", value: { seconds: 60n } } });
+        await until(() => byOld.received.length > 1, "a second delivery");
+        assert.equal(byOld.received[1]!.verified, true, "a receiver switched verifies");
+        // Validated like the rest: a period over 7 days names the field.
+        await assert.rejects(
+          hooks.rotateWebhookSecret({ endpointId, previousSecretTtl: { seconds: 8n * 86_400n } }),
+          (e: { code: number; details: string }) => e.code === 3 && /previous_secret_ttl/.test(e.details),
+        );
+      } finally {
+        await byOld.close();
+      }
+    });
+
     test("CreateWebhookEndpoint validates its url and event types", async () => {
       for (const req of [
         { url: "not a url", eventTypes: ["session.created"] },

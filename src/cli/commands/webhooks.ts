@@ -7,12 +7,16 @@ import {
   EnableWebhookEndpointResponseSchema,
   GetWebhookEndpointResponseSchema,
   ListWebhookEndpointsResponseSchema,
+  type RotateWebhookSecretRequest,
+  RotateWebhookSecretRequestSchema,
+  RotateWebhookSecretResponseSchema,
   type WebhookEndpoint,
   WebhookEndpointStatusSchema,
 } from "../../gen/warden/v1/webhook_service_pb.js";
 import { EVENT_TYPES } from "../../store/outbox.js";
 import { CliError } from "../cli-error.js";
 import { CLIENT_FLAGS, EXIT_OK, type CommandSpec } from "../command.js";
+import { parseDuration } from "../flags.js";
 import { pageFlags, pageOf, withNextPage } from "../page-flags.js";
 import { enumWord, formatKeyValues, formatTable, formatTime } from "../format.js";
 import type { ParsedFlags } from "../parse-command-line.js";
@@ -32,6 +36,20 @@ export function buildCreateWebhookEndpointRequest(url: string, flags: ParsedFlag
   return create(CreateWebhookEndpointRequestSchema, { url, eventTypes: types, secret: flags.string("secret") ?? "" });
 }
 
+/**
+ * Builds the RotateWebhookSecretRequest of `warden webhooks rotate-secret`:
+ * `--keep-previous 0` stops signing with the old secret at once (a leaked
+ * one); unset, the server keeps it for 24 h.
+ */
+export function buildRotateWebhookSecretRequest(endpointId: string, flags: ParsedFlags): RotateWebhookSecretRequest {
+  const keep = flags.string("keep-previous");
+  return create(RotateWebhookSecretRequestSchema, {
+    endpointId,
+    secret: flags.string("secret") ?? "",
+    previousSecretTtl: keep === undefined ? undefined : keep.trim() === "0" ? {} : parseDuration("--keep-previous", keep),
+  });
+}
+
 /** Formats one endpoint as `key value` lines (never a secret: the API does not return it). */
 export function formatWebhookEndpoint(e: WebhookEndpoint): string {
   return formatKeyValues([
@@ -42,6 +60,7 @@ export function formatWebhookEndpoint(e: WebhookEndpoint): string {
     ["disabled because", e.disabledReason || undefined],
     ["failures in a row", String(e.consecutiveFailures)],
     ["created", formatTime(e.createTime)],
+    ["old secrets sign until", e.previousSecretsExpireTime === undefined ? undefined : formatTime(e.previousSecretsExpireTime)],
   ]);
 }
 
@@ -112,6 +131,25 @@ export const WEBHOOK_COMMANDS: readonly CommandSpec[] = [
     async run(ctx) {
       const res = await ctx.clients().webhooks.deleteWebhookEndpoint({ endpointId: ctx.args[0]! });
       ctx.output(DeleteWebhookEndpointResponseSchema, res, () => `deleted ${ctx.args[0]!}`);
+      return EXIT_OK;
+    },
+  },
+  {
+    name: "webhooks rotate-secret",
+    args: ["ENDPOINT_ID"],
+    summary: "give an endpoint a new signing secret; the old one signs too for a while (needs an admin key)",
+    notes: "Until the old secret's period ends every delivery carries a v1 signature under each secret,\nso receivers can switch to the new one without a delivery failing verification.",
+    flags: [
+      { name: "secret", type: "string", value: "SECRET", description: "the new secret, of at least 16 characters (default: 32 random bytes, generated)" },
+      { name: "keep-previous", type: "string", value: "DURATION", description: "how long the old secret signs too, e.g. 1h, 7d at most; 0: not at all (a leaked secret) (default 24h)" },
+      ...CLIENT_FLAGS,
+    ],
+    async run(ctx) {
+      const res = await ctx.clients().webhooks.rotateWebhookSecret(buildRotateWebhookSecretRequest(ctx.args[0]!, ctx.flags));
+      ctx.output(RotateWebhookSecretResponseSchema, res, () => {
+        const meta = res.endpoint === undefined ? "" : formatWebhookEndpoint(res.endpoint);
+        return `${meta}\n\nnew signing secret (shown once: store it now)\n  ${res.secret}`;
+      });
       return EXIT_OK;
     },
   },

@@ -5,15 +5,15 @@
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_buf_validate_validate } from "@bufbuild/protovalidate/gen/buf/validate/validate_pb.js";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file warden/v1/webhook_service.proto.
  */
 export const file_warden_v1_webhook_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch93YXJkZW4vdjEvd2ViaG9va19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEikwIKD1dlYmhvb2tFbmRwb2ludBITCgtlbmRwb2ludF9pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSMAoGc3RhdHVzGAQgASgOMiAud2FyZGVuLnYxLldlYmhvb2tFbmRwb2ludFN0YXR1cxIXCg9kaXNhYmxlZF9yZWFzb24YBSABKAkSHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYBiABKAUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLrAwocQ3JlYXRlV2ViaG9va0VuZHBvaW50UmVxdWVzdBIkCgN1cmwYASABKAlCF7pIFHISGIAQMgpeaHR0cHM/Oi8viAEBEv0CCgtldmVudF90eXBlcxgCIAMoCULnArpI4wKSAd8CCAEYASLYAnLVAlIPc2Vzc2lvbi5jcmVhdGVkUhBzZXNzaW9uLmV4dGVuZGVkUg5zZXNzaW9uLnBhdXNlZFIPc2Vzc2lvbi5yZXN1bWVkUg9zZXNzaW9uLnJldm9rZWRSD3Nlc3Npb24uZXhwaXJlZFIRc2Vzc2lvbi5leGhhdXN0ZWRSDnNlc3Npb24uZmFpbGVkUhFzZXNzaW9uLmNvbXBsZXRlZFIVc2Vzc2lvbi5saW1pdF9yZWFjaGVkUhJhcHByb3ZhbC5yZXF1ZXN0ZWRSEWFwcHJvdmFsLmFwcHJvdmVkUg9hcHByb3ZhbC5kZW5pZWRSEGFwcHJvdmFsLmV4cGlyZWRSEWFwcHJvdmFsLmNhbmNlbGVkUhZhdXRob3JpemF0aW9uLmNhcHR1cmVkUhRhdXRob3JpemF0aW9uLnZvaWRlZFIVYXV0aG9yaXphdGlvbi5leHBpcmVkEiUKBnNlY3JldBgDIAEoCUIVukgSchAYgAIyC14kfF4uezE2LH0kIl0KHUNyZWF0ZVdlYmhvb2tFbmRwb2ludFJlc3BvbnNlEiwKCGVuZHBvaW50GAEgASgLMhoud2FyZGVuLnYxLldlYmhvb2tFbmRwb2ludBIOCgZzZWNyZXQYAiABKAkiPAoZR2V0V2ViaG9va0VuZHBvaW50UmVxdWVzdBIfCgtlbmRwb2ludF9pZBgBIAEoCUIKukgHcgUQARiAASJKChpHZXRXZWJob29rRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQiWgobTGlzdFdlYmhvb2tFbmRwb2ludHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJmChxMaXN0V2ViaG9va0VuZHBvaW50c1Jlc3BvbnNlEi0KCWVuZHBvaW50cxgBIAMoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KHERlbGV0ZVdlYmhvb2tFbmRwb2ludFJlcXVlc3QSHwoLZW5kcG9pbnRfaWQYASABKAlCCrpIB3IFEAEYgAEiHwodRGVsZXRlV2ViaG9va0VuZHBvaW50UmVzcG9uc2UiPwocRW5hYmxlV2ViaG9va0VuZHBvaW50UmVxdWVzdBIfCgtlbmRwb2ludF9pZBgBIAEoCUIKukgHcgUQARiAASJNCh1FbmFibGVXZWJob29rRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQqigEKFVdlYmhvb2tFbmRwb2ludFN0YXR1cxInCiNXRUJIT09LX0VORFBPSU5UX1NUQVRVU19VTlNQRUNJRklFRBAAEiIKHldFQkhPT0tfRU5EUE9JTlRfU1RBVFVTX0FDVElWRRABEiQKIFdFQkhPT0tfRU5EUE9JTlRfU1RBVFVTX0RJU0FCTEVEEAIytAQKDldlYmhvb2tTZXJ2aWNlEmoKFUNyZWF0ZVdlYmhvb2tFbmRwb2ludBInLndhcmRlbi52MS5DcmVhdGVXZWJob29rRW5kcG9pbnRSZXF1ZXN0Gigud2FyZGVuLnYxLkNyZWF0ZVdlYmhvb2tFbmRwb2ludFJlc3BvbnNlEmYKEkdldFdlYmhvb2tFbmRwb2ludBIkLndhcmRlbi52MS5HZXRXZWJob29rRW5kcG9pbnRSZXF1ZXN0GiUud2FyZGVuLnYxLkdldFdlYmhvb2tFbmRwb2ludFJlc3BvbnNlIgOQAgESbAoUTGlzdFdlYmhvb2tFbmRwb2ludHMSJi53YXJkZW4udjEuTGlzdFdlYmhvb2tFbmRwb2ludHNSZXF1ZXN0Gicud2FyZGVuLnYxLkxpc3RXZWJob29rRW5kcG9pbnRzUmVzcG9uc2UiA5ACARJvChVEZWxldGVXZWJob29rRW5kcG9pbnQSJy53YXJkZW4udjEuRGVsZXRlV2ViaG9va0VuZHBvaW50UmVxdWVzdBooLndhcmRlbi52MS5EZWxldGVXZWJob29rRW5kcG9pbnRSZXNwb25zZSIDkAICEm8KFUVuYWJsZVdlYmhvb2tFbmRwb2ludBInLndhcmRlbi52MS5FbmFibGVXZWJob29rRW5kcG9pbnRSZXF1ZXN0Gigud2FyZGVuLnYxLkVuYWJsZVdlYmhvb2tFbmRwb2ludFJlc3BvbnNlIgOQAgJiBnByb3RvMw", [file_buf_validate_validate, file_google_protobuf_timestamp]);
+  fileDesc("Ch93YXJkZW4vdjEvd2ViaG9va19zZXJ2aWNlLnByb3RvEgl3YXJkZW4udjEi1QIKD1dlYmhvb2tFbmRwb2ludBITCgtlbmRwb2ludF9pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSMAoGc3RhdHVzGAQgASgOMiAud2FyZGVuLnYxLldlYmhvb2tFbmRwb2ludFN0YXR1cxIXCg9kaXNhYmxlZF9yZWFzb24YBSABKAkSHAoUY29uc2VjdXRpdmVfZmFpbHVyZXMYBiABKAUSLwoLY3JlYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBJAChxwcmV2aW91c19zZWNyZXRzX2V4cGlyZV90aW1lGAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLrAwocQ3JlYXRlV2ViaG9va0VuZHBvaW50UmVxdWVzdBIkCgN1cmwYASABKAlCF7pIFHISGIAQMgpeaHR0cHM/Oi8viAEBEv0CCgtldmVudF90eXBlcxgCIAMoCULnArpI4wKSAd8CCAEYASLYAnLVAlIPc2Vzc2lvbi5jcmVhdGVkUhBzZXNzaW9uLmV4dGVuZGVkUg5zZXNzaW9uLnBhdXNlZFIPc2Vzc2lvbi5yZXN1bWVkUg9zZXNzaW9uLnJldm9rZWRSD3Nlc3Npb24uZXhwaXJlZFIRc2Vzc2lvbi5leGhhdXN0ZWRSDnNlc3Npb24uZmFpbGVkUhFzZXNzaW9uLmNvbXBsZXRlZFIVc2Vzc2lvbi5saW1pdF9yZWFjaGVkUhJhcHByb3ZhbC5yZXF1ZXN0ZWRSEWFwcHJvdmFsLmFwcHJvdmVkUg9hcHByb3ZhbC5kZW5pZWRSEGFwcHJvdmFsLmV4cGlyZWRSEWFwcHJvdmFsLmNhbmNlbGVkUhZhdXRob3JpemF0aW9uLmNhcHR1cmVkUhRhdXRob3JpemF0aW9uLnZvaWRlZFIVYXV0aG9yaXphdGlvbi5leHBpcmVkEiUKBnNlY3JldBgDIAEoCUIVukgSchAYgAIyC14kfF4uezE2LH0kIl0KHUNyZWF0ZVdlYmhvb2tFbmRwb2ludFJlc3BvbnNlEiwKCGVuZHBvaW50GAEgASgLMhoud2FyZGVuLnYxLldlYmhvb2tFbmRwb2ludBIOCgZzZWNyZXQYAiABKAkiPAoZR2V0V2ViaG9va0VuZHBvaW50UmVxdWVzdBIfCgtlbmRwb2ludF9pZBgBIAEoCUIKukgHcgUQARiAASJKChpHZXRXZWJob29rRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQiWgobTGlzdFdlYmhvb2tFbmRwb2ludHNSZXF1ZXN0Eh0KCXBhZ2Vfc2l6ZRgBIAEoBUIKukgHGgUY6AcoABIcCgpwYWdlX3Rva2VuGAIgASgJQgi6SAVyAxiABCJmChxMaXN0V2ViaG9va0VuZHBvaW50c1Jlc3BvbnNlEi0KCWVuZHBvaW50cxgBIAMoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KHERlbGV0ZVdlYmhvb2tFbmRwb2ludFJlcXVlc3QSHwoLZW5kcG9pbnRfaWQYASABKAlCCrpIB3IFEAEYgAEiHwodRGVsZXRlV2ViaG9va0VuZHBvaW50UmVzcG9uc2UiPwocRW5hYmxlV2ViaG9va0VuZHBvaW50UmVxdWVzdBIfCgtlbmRwb2ludF9pZBgBIAEoCUIKukgHcgUQARiAASJNCh1FbmFibGVXZWJob29rRW5kcG9pbnRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQirAEKGlJvdGF0ZVdlYmhvb2tTZWNyZXRSZXF1ZXN0Eh8KC2VuZHBvaW50X2lkGAEgASgJQgq6SAdyBRABGIABEiUKBnNlY3JldBgCIAEoCUIVukgSchAYgAIyC14kfF4uezE2LH0kEkYKE3ByZXZpb3VzX3NlY3JldF90dGwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CDrpIC6oBCCIECID1JDIAIlsKG1JvdGF0ZVdlYmhvb2tTZWNyZXRSZXNwb25zZRIsCghlbmRwb2ludBgBIAEoCzIaLndhcmRlbi52MS5XZWJob29rRW5kcG9pbnQSDgoGc2VjcmV0GAIgASgJKooBChVXZWJob29rRW5kcG9pbnRTdGF0dXMSJwojV0VCSE9PS19FTkRQT0lOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIiCh5XRUJIT09LX0VORFBPSU5UX1NUQVRVU19BQ1RJVkUQARIkCiBXRUJIT09LX0VORFBPSU5UX1NUQVRVU19ESVNBQkxFRBACMpoFCg5XZWJob29rU2VydmljZRJqChVDcmVhdGVXZWJob29rRW5kcG9pbnQSJy53YXJkZW4udjEuQ3JlYXRlV2ViaG9va0VuZHBvaW50UmVxdWVzdBooLndhcmRlbi52MS5DcmVhdGVXZWJob29rRW5kcG9pbnRSZXNwb25zZRJmChJHZXRXZWJob29rRW5kcG9pbnQSJC53YXJkZW4udjEuR2V0V2ViaG9va0VuZHBvaW50UmVxdWVzdBolLndhcmRlbi52MS5HZXRXZWJob29rRW5kcG9pbnRSZXNwb25zZSIDkAIBEmwKFExpc3RXZWJob29rRW5kcG9pbnRzEiYud2FyZGVuLnYxLkxpc3RXZWJob29rRW5kcG9pbnRzUmVxdWVzdBonLndhcmRlbi52MS5MaXN0V2ViaG9va0VuZHBvaW50c1Jlc3BvbnNlIgOQAgESbwoVRGVsZXRlV2ViaG9va0VuZHBvaW50Eicud2FyZGVuLnYxLkRlbGV0ZVdlYmhvb2tFbmRwb2ludFJlcXVlc3QaKC53YXJkZW4udjEuRGVsZXRlV2ViaG9va0VuZHBvaW50UmVzcG9uc2UiA5ACAhJvChVFbmFibGVXZWJob29rRW5kcG9pbnQSJy53YXJkZW4udjEuRW5hYmxlV2ViaG9va0VuZHBvaW50UmVxdWVzdBooLndhcmRlbi52MS5FbmFibGVXZWJob29rRW5kcG9pbnRSZXNwb25zZSIDkAICEmQKE1JvdGF0ZVdlYmhvb2tTZWNyZXQSJS53YXJkZW4udjEuUm90YXRlV2ViaG9va1NlY3JldFJlcXVlc3QaJi53YXJkZW4udjEuUm90YXRlV2ViaG9va1NlY3JldFJlc3BvbnNlYgZwcm90bzM", [file_buf_validate_validate, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * WebhookEndpoint is a URL that receives events. Its secret is shown only
@@ -67,6 +67,14 @@ export type WebhookEndpoint = Message<"warden.v1.WebhookEndpoint"> & {
    * @generated from field: google.protobuf.Timestamp update_time = 8;
    */
   updateTime?: Timestamp | undefined;
+
+  /**
+   * Until when deliveries are also signed with secrets it had before its
+   * last rotations (RotateWebhookSecret); unset when they are not.
+   *
+   * @generated from field: google.protobuf.Timestamp previous_secrets_expire_time = 9;
+   */
+  previousSecretsExpireTime?: Timestamp | undefined;
 };
 
 /**
@@ -299,6 +307,68 @@ export const EnableWebhookEndpointResponseSchema: GenMessage<EnableWebhookEndpoi
   messageDesc(file_warden_v1_webhook_service, 10);
 
 /**
+ * RotateWebhookSecretRequest names an endpoint and, optionally, its new secret.
+ *
+ * @generated from message warden.v1.RotateWebhookSecretRequest
+ */
+export type RotateWebhookSecretRequest = Message<"warden.v1.RotateWebhookSecretRequest"> & {
+  /**
+   * @generated from field: string endpoint_id = 1;
+   */
+  endpointId: string;
+
+  /**
+   * The new signing secret. Empty: the server generates one (32 random
+   * bytes).
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+
+  /**
+   * How long deliveries stay signed with the secret being replaced too.
+   * Unset: 24 hours. Zero: not at all, and no earlier secret still in its
+   * own period signs either (a leaked secret). At most 7 days.
+   *
+   * @generated from field: google.protobuf.Duration previous_secret_ttl = 3;
+   */
+  previousSecretTtl?: Duration | undefined;
+};
+
+/**
+ * Describes the message warden.v1.RotateWebhookSecretRequest.
+ * Use `create(RotateWebhookSecretRequestSchema)` to create a new message.
+ */
+export const RotateWebhookSecretRequestSchema: GenMessage<RotateWebhookSecretRequest> = /*@__PURE__*/
+  messageDesc(file_warden_v1_webhook_service, 11);
+
+/**
+ * RotateWebhookSecretResponse is the endpoint and, this once, its new secret.
+ *
+ * @generated from message warden.v1.RotateWebhookSecretResponse
+ */
+export type RotateWebhookSecretResponse = Message<"warden.v1.RotateWebhookSecretResponse"> & {
+  /**
+   * @generated from field: warden.v1.WebhookEndpoint endpoint = 1;
+   */
+  endpoint?: WebhookEndpoint | undefined;
+
+  /**
+   * Store it: it is never shown again.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message warden.v1.RotateWebhookSecretResponse.
+ * Use `create(RotateWebhookSecretResponseSchema)` to create a new message.
+ */
+export const RotateWebhookSecretResponseSchema: GenMessage<RotateWebhookSecretResponse> = /*@__PURE__*/
+  messageDesc(file_warden_v1_webhook_service, 12);
+
+/**
  * WebhookEndpointStatus says whether an endpoint receives events.
  *
  * @generated from enum warden.v1.WebhookEndpointStatus
@@ -379,6 +449,19 @@ export const WebhookService: GenService<{
     methodKind: "unary";
     input: typeof EnableWebhookEndpointRequestSchema;
     output: typeof EnableWebhookEndpointResponseSchema;
+  },
+  /**
+   * RotateWebhookSecret gives an endpoint a new signing secret. For
+   * previous_secret_ttl every delivery is also signed with the secret it
+   * replaces (one more v1 in warden-signature), so receivers switch over
+   * without a delivery failing verification meanwhile.
+   *
+   * @generated from rpc warden.v1.WebhookService.RotateWebhookSecret
+   */
+  rotateWebhookSecret: {
+    methodKind: "unary";
+    input: typeof RotateWebhookSecretRequestSchema;
+    output: typeof RotateWebhookSecretResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_warden_v1_webhook_service, 0);
