@@ -1312,7 +1312,7 @@ export class WardenStore {
    * would limit hold spend in another: the agent's counters have no unit
    * (an agent without value limits may run sessions in several
    * currencies), so 10,000 JPY spent would count as 10,000 USD used. Only
-   * sessions that spent, and were live at or after the earliest time whose
+   * sessions that spent (or may yet: a lease still out), and were live at or after the earliest time whose
    * spend a limited window would count (any time, for a lifetime limit),
    * count. That is the start of the window in effect under the new policy,
    * or earlier: when the policy moves the agent's calendar, what the stored
@@ -1331,9 +1331,14 @@ export class WardenStore {
       const stored = await loadCounters(tx, addresses, "exact");
       since = Math.min(...addresses.map((a) => countsSince(stored.scopes.get(key)!, stored.calendars.get(key) ?? null, a)));
     }
+    // A session with a lease still out (active, or written off and still
+    // taking its sidecar's late records) may yet bring spend its usage does
+    // not show: a lease of a session without value limits reserves none.
     const { rows } = await tx.query<{ session_id: string; policy: Uint8Array }>(
-      `SELECT s.session_id, s.policy FROM sessions s JOIN scope_usage u ON u.scope_key = 's:' || s.session_id
-        WHERE s.agent_id = $1 AND (u.lifetime_committed_value > 0 OR u.lifetime_held_value > 0)
+      `SELECT s.session_id, s.policy FROM sessions s LEFT JOIN scope_usage u ON u.scope_key = 's:' || s.session_id
+        WHERE s.agent_id = $1
+          AND (u.lifetime_committed_value > 0 OR u.lifetime_held_value > 0
+               OR EXISTS (SELECT 1 FROM leases l WHERE l.session_id = s.session_id AND l.status IN (1, 3)))
           AND ($2::timestamptz IS NULL OR s.end_time IS NULL OR s.end_time >= $2::timestamptz)`,
       [agentId, since === null ? null : iso(since)],
     );

@@ -372,6 +372,28 @@ for (const driver of DRIVERS) {
       await assertLedgerConsistent(t.db);
     });
 
+    test("an agent's value limits in another currency are refused while an ended session's lease, which reserves no value, may still bring spend", async () => {
+      const a = agent();
+      // Limited by action count only: its lease reserves no value, so its usage shows nothing yet.
+      const eur = await store.createSession(sessionRequest(a, { currencyCode: "EUR", daily: { maxActions: 10n } }), NO_HASH);
+      const l = (await acquire(eur.sessionId, USD(1000), 4n))!;
+      assert.equal(l.valueMicros, undefined);
+      // The sidecar allows 500 EUR from it; its report is on the way when a person revokes the session.
+      const spent = create(LeaseRecordSchema, { ...record("check", USD(500)), action: payment(USD(500), "acme", "EUR") });
+      await store.terminate(eur.sessionId, SessionStatus.REVOKED, "done");
+      const usd = () => store.updateAgentPolicy(create(UpdateAgentPolicyRequestSchema, { agentId: a, policy: { currencyCode: "USD", daily: { maxValueMicros: USD(100) } } }));
+      await assert.rejects(usd(), (e: unknown) => {
+        const c = ConnectError.from(e);
+        return c.code === Code.FailedPrecondition && c.rawMessage.includes(`current windows hold spend in EUR (session "${eur.sessionId}")`);
+      });
+      assert.deepEqual(await report(rep(eur.sessionId, l, { records: [spent], release: true })), []);
+      // Reported, the 500 EUR is in the agent's day: still refused, until that day is over.
+      await assert.rejects(usd(), (e: unknown) => ConnectError.from(e).code === Code.FailedPrecondition);
+      clock.advance(25 * 3_600_000);
+      const agentNow = await usd();
+      assert.equal(agentNow.budgets.find((b) => b.window === Window.DAY)!.valueUsedMicros, 0n, "no euro counted as a dollar");
+    });
+
     test("only the sidecar that placed a hold settles it by report: another's word, or one about a handed-back hold, is refused", async () => {
       const s = await store.createSession(sessionRequest(agent(), { lifetime: { maxValueMicros: USD(100) } }), NO_HASH);
       const l = (await acquire(s.sessionId, USD(50)))!;
