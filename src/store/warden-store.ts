@@ -919,6 +919,10 @@ export class WardenStore {
   /** A self-contained snapshot: session, its counters and its history. */
   async exportSession(sessionId: string): Promise<SessionSnapshot> {
     return this.db.transaction(async (tx) => {
+      // One snapshot for every read below: a capture committing between the
+      // counters and the history would be in neither (held in the former,
+      // settled in the latter), and the import would restore no spend of it.
+      await tx.query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
       const session = await this.getSession(sessionId, tx);
       // The stored (current) window of each kind; never-used ones are left out.
       const stored = (await loadCounters(tx, [{ scopeKey: `s:${sessionId}`, window: "lifetime", startMs: LIFETIME_START_MS }])).scopes.get(`s:${sessionId}`)!;
@@ -971,8 +975,8 @@ export class WardenStore {
     const s = snap.session!;
     if (s.policy === undefined) throw new ConnectError("snapshot.session.policy: required", Code.InvalidArgument);
     validatePolicy(s.policy, "snapshot.session.policy");
-    if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.sessionId) || !/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(s.agentId)) {
-      throw new ConnectError("snapshot.session.session_id: malformed id", Code.InvalidArgument);
+    for (const [field, id] of [["session_id", s.sessionId], ["agent_id", s.agentId]] as const) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/.test(id)) throw new ConnectError(`snapshot.session.${field}: malformed id`, Code.InvalidArgument);
     }
     checkSessionId(s.sessionId, "snapshot.session.session_id");
     // A snapshot is a client's file: what the ledger would choke on later

@@ -129,6 +129,8 @@ for (const driver of DRIVERS) {
       await source.authorize(s.sessionId, USD(10));
       const cases: [string, (snap: Awaited<ReturnType<typeof source.store.exportSession>>) => void, RegExp][] = [
         ["status", (snap) => (snap.session!.status = 42 as SessionStatus), /^snapshot.session.status: 42 is not a session status/],
+        // Session.agent_id has no rule in the proto: the store names it.
+        ["agent id", (snap) => (snap.session!.agentId = "not an agent id!"), /^snapshot.session.agent_id: malformed id/],
         ["action status", (snap) => (snap.actions[0]!.status = 42 as ActionStatus), /^snapshot.actions\[0\].status: 42/],
         ["held", (snap) => (snap.actions[0]!.heldAmount!.amountMicros = -USD(5)), /^snapshot.actions\[0\].held_amount: cannot be negative/],
         // It would be counted, and later captured, as the session's own currency.
