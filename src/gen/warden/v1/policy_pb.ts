@@ -201,7 +201,8 @@ export type CircuitBreaker = Message<"warden.v1.CircuitBreaker"> & {
   /**
    * End the session as FAILED (terminal: open holds are released) once
    * this many of its requests have failed with an error, e.g. a wrong
-   * currency, a capture above the hold or of a hold already settled.
+   * currency, a capture above the hold or of a hold already settled (the
+   * store's own failures, such as INTERNAL or UNAVAILABLE, never count).
    *
    * @generated from field: uint32 fail_after_errors = 2;
    */
