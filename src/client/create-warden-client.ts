@@ -60,16 +60,19 @@ export class MalformedCredentialError extends Error {
  * and anything else (two lines pasted from a file, say) would fail in
  * `Headers.set` on every call with a message that repeats the whole
  * header, secret included. Surrounding whitespace (a file's trailing
- * newline) is allowed: `Headers` drops it. Throws
+ * newline) is allowed, and trimmed here: inside the header, a leading line
+ * break fails `Headers.set` as above, and a leading tab makes grpc-js drop
+ * the header (and log it, secret and all). Throws
  * {@link MalformedCredentialError}.
  */
 export function withBearer(transport: Transport, credential: string | undefined): Transport {
   if (credential === undefined || credential === "") return transport;
   const fault = credentialFault(credential);
   if (fault !== undefined) throw new MalformedCredentialError(fault);
+  const value = `Bearer ${credential.trim()}`;
   const withAuth = (header: ConstructorParameters<typeof Headers>[0]) => {
     const h = new Headers(header);
-    h.set("authorization", `Bearer ${credential}`);
+    h.set("authorization", value);
     return h;
   };
   return {

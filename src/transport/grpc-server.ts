@@ -39,8 +39,20 @@ export function routeGrpcJsLogs(log: GrpcJsLogSink): void {
   const at =
     (level: keyof GrpcJsLogSink) =>
     (message?: unknown, ...rest: unknown[]) =>
-      log[level]({ component: "grpc-js" }, [message, ...rest].map(String).join(" "));
+      log[level]({ component: "grpc-js" }, redactGrpcJsMessage([message, ...rest].map(String).join(" ")));
   grpc.setLogger({ error: at("error"), info: at("info"), debug: at("debug") });
+}
+
+/**
+ * A grpc-js log message without the metadata values it may quote: a
+ * metadata entry it refuses (a header value with a tab or a non-ASCII
+ * character, from any client) is logged as "Failed to add metadata entry
+ * <key>: <value>. <why, quoting the value again>", and the value of
+ * `authorization` is a secret. All after the key goes, whatever the key:
+ * a token may travel in any header.
+ */
+export function redactGrpcJsMessage(message: string): string {
+  return message.replace(/(Failed to add metadata entry [^:\s]+: )[\s\S]*$/, "$1*** (value withheld: it may be a credential)");
 }
 
 /** Options of {@link createGrpcServer}. */

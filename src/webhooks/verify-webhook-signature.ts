@@ -51,6 +51,12 @@ export interface VerifyWebhookSignatureOptions {
 export function verifyWebhookSignature(opts: VerifyWebhookSignatureOptions): true {
   const { header, secret } = opts;
   const toleranceSeconds = opts.toleranceSeconds ?? 300;
+  // Misconfigurations fail closed: anyone can sign with an empty key, and
+  // a NaN tolerance would let every timestamp pass (nothing is > NaN).
+  if (typeof secret !== "string" || secret.length < 16) {
+    throw new WebhookSignatureError("no usable secret: a webhook secret has at least 16 characters (is it configured?)");
+  }
+  if (!Number.isFinite(toleranceSeconds) || toleranceSeconds < 0) throw new WebhookSignatureError(`toleranceSeconds: ${toleranceSeconds} is not a number of seconds`);
   if (header === undefined || header === "") throw new WebhookSignatureError("no warden-signature header");
   let t: number | undefined;
   const signatures: string[] = [];

@@ -21,6 +21,18 @@ describe("verifyWebhookSignature", () => {
     assert.equal(verifyWebhookSignature({ header: `${header.split(",")[0]},${other},${header.split(",")[1]}`, body: BODY, secret: SECRET, now: NOW }), true);
   });
 
+  test("a misconfigured receiver fails closed: an empty or short secret, or a tolerance that is not a number of seconds", () => {
+    // Anyone can sign under the empty key; Warden's secrets have at least 16 characters.
+    for (const secret of ["", "short-secret"]) {
+      rejects(() => verifyWebhookSignature({ header: signWebhookBody(secret, T, BODY), body: BODY, secret, now: NOW }), /no usable secret/);
+    }
+    // NaN would let every timestamp pass (nothing is greater than NaN).
+    const old = signWebhookBody(SECRET, T - 86_400, BODY);
+    for (const toleranceSeconds of [Number.NaN, -1]) {
+      rejects(() => verifyWebhookSignature({ header: old, body: BODY, secret: SECRET, now: NOW, toleranceSeconds }), /toleranceSeconds: .* is not a number of seconds/);
+    }
+  });
+
   test("rejects a tampered body", () => {
     rejects(() => verifyWebhookSignature({ header: signWebhookBody(SECRET, T, BODY), body: BODY.replace("stop", "go"), secret: SECRET, now: NOW }), /does not match/);
   });
