@@ -124,7 +124,8 @@ export function createWebhookDispatcher(o: WebhookDispatcherOptions): WebhookDis
     }
     const nowMs = store.now();
     const next = nowMs + backoffMs(d.attempts + 1, baseMs, maxBackoff, random);
-    const giveUp = next > d.eventMs + retryPeriodMs;
+    // A 410 keeps the delivery (parked with its endpoint), however late.
+    const giveUp = !gone && next > d.eventMs + retryPeriodMs;
     const first = !counted.has(d.endpointId);
     counted.add(d.endpointId);
     const disabled = await store.markFailed(d, error, giveUp ? undefined : next, maxFailures, first, gone);

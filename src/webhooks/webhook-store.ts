@@ -72,7 +72,8 @@ async function lockEndpoint(tx: Queryable, endpointId: string): Promise<void> {
   await tx.query("SELECT 1 FROM webhook_endpoints WHERE endpoint_id = $1 FOR UPDATE", [endpointId]);
 }
 
-function endpointOf(r: EndpointRow): WebhookEndpoint {
+/** An endpoint as the API shows it at `nowMs` (old secrets' period shown only while it runs). */
+function endpointOf(r: EndpointRow, nowMs: number): WebhookEndpoint {
   return create(WebhookEndpointSchema, {
     endpointId: r.endpoint_id,
     // Its credentials are secrets, like the signing secret: never shown back.
@@ -83,7 +84,8 @@ function endpointOf(r: EndpointRow): WebhookEndpoint {
     consecutiveFailures: r.consecutive_failures,
     createTime: timestampFromMs(r.create_time.getTime()),
     updateTime: timestampFromMs(r.update_time.getTime()),
-    previousSecretsExpireTime: r.previous_secrets_expire_time === null ? undefined : timestampFromMs(r.previous_secrets_expire_time.getTime()),
+    previousSecretsExpireTime:
+      r.previous_secrets_expire_time === null || r.previous_secrets_expire_time.getTime() <= nowMs ? undefined : timestampFromMs(r.previous_secrets_expire_time.getTime()),
   });
 }
 
@@ -139,7 +141,7 @@ export class WebhookStore {
        VALUES ($1, $2, $3::text[], $4, $5::timestamptz, $5::timestamptz) RETURNING ${ENDPOINT_COLUMNS}`,
       [newId("whe", nowMs), req.url, req.eventTypes, secret, iso(nowMs)],
     );
-    return { endpoint: endpointOf(rows[0]!), secret };
+    return { endpoint: endpointOf(rows[0]!, nowMs), secret };
   }
 
   /**
@@ -171,7 +173,7 @@ export class WebhookStore {
           WHERE endpoint_id = $1 RETURNING ${ENDPOINT_COLUMNS}`,
         [req.endpointId, secret, JSON.stringify(kept), until, iso(nowMs)],
       );
-      return { endpoint: endpointOf(updated[0]!), secret };
+      return { endpoint: endpointOf(updated[0]!, nowMs), secret };
     });
   }
 
@@ -179,7 +181,7 @@ export class WebhookStore {
   async getEndpoint(endpointId: string): Promise<WebhookEndpoint> {
     const { rows } = await this.db.query<EndpointRow>(`SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE endpoint_id = $1`, [endpointId]);
     if (rows[0] === undefined) throw notFound(endpointId);
-    return endpointOf(rows[0]);
+    return endpointOf(rows[0], this.now());
   }
 
   /** Lists endpoints, newest first, with keyset paging. */
@@ -195,7 +197,7 @@ export class WebhookStore {
     );
     const page = rows.slice(0, size);
     return {
-      endpoints: page.map(endpointOf),
+      endpoints: page.map((r) => endpointOf(r, this.now())),
       nextPageToken: rows.length > size ? pageToken({ id: page.at(-1)!.endpoint_id }, {}) : "",
     };
   }
@@ -226,7 +228,7 @@ export class WebhookStore {
         `UPDATE webhook_deliveries SET next_attempt_time = $2::timestamptz, update_time = $2::timestamptz WHERE endpoint_id = $1 AND status = 1 AND ${PARKED}`,
         [endpointId, iso(nowMs)],
       );
-      return endpointOf(rows[0]);
+      return endpointOf(rows[0], this.now());
     });
   }
 

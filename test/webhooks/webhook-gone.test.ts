@@ -62,6 +62,40 @@ for (const driver of DRIVERS) {
         assert.deepEqual(received, ["410 session.created", "200 session.created"]);
         const { rows } = await t.db.query<{ status: number }>("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1", [endpoint!.endpointId]);
         assert.deepEqual(rows.map((r) => r.status), [2], "delivered");
+        // The next test's events are its own endpoint's.
+        await hooks.deleteEndpoint(endpoint!.endpointId);
+      } finally {
+        await dispatcher.stop();
+      }
+    });
+
+    test("the delivery that got the 410 is kept even when its retry period is about over", async () => {
+      answer = 410;
+      received.length = 0;
+      const clock = new ManualClock();
+      const store = createWardenStore({ db: t.db, now: clock.now });
+      const hooks = createWebhookStore({ db: t.db, now: clock.now });
+      // A retry period shorter than one backoff: the first failure is the
+      // delivery's last attempt, as for one that meets the 410 late in its three days.
+      const dispatcher = createWebhookDispatcher({
+        store: hooks,
+        logger: createLogger("silent"),
+        intervalMs: 3_600_000,
+        random: () => 1,
+        backoffBaseMs: 1_000,
+        maxBackoffMs: 1_000,
+        retryPeriodMs: 500,
+      });
+      try {
+        const { endpoint } = await hooks.createEndpoint(create(CreateWebhookEndpointRequestSchema, { url, eventTypes: ["session.created"] }));
+        await store.createSession(sessionRequest("agent-gone-last", {}), NO_HASH);
+        assert.equal(await dispatcher.tick(), 1);
+        assert.equal(WebhookEndpointStatus[(await hooks.getEndpoint(endpoint!.endpointId)).status], "DISABLED");
+        answer = 200;
+        await hooks.enableEndpoint(endpoint!.endpointId);
+        await dispatcher.tick();
+        const { rows } = await t.db.query<{ status: number }>("SELECT status FROM webhook_deliveries WHERE endpoint_id = $1", [endpoint!.endpointId]);
+        assert.deepEqual({ received, status: rows.map((r) => r.status) }, { received: ["410 session.created", "200 session.created"], status: [2] });
       } finally {
         await dispatcher.stop();
       }
