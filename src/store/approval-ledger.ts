@@ -232,9 +232,13 @@ export async function settleApproval(
   // timeout hands it a hold its session ends before it can capture. The
   // caller holds the session's lock; the idle check time stays a lower
   // bound (010_idle_deadline.sql); the new revision tells sidecars.
+  // The wait may end earlier than the deadline the sweeper's idle check
+  // was set from (decided early): the check comes no later than the idle
+  // deadline from now on, so it stays a lower bound (010_idle_deadline.sql).
   await tx.query(
     `UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $2::timestamptz),
             approval_wait_until = (SELECT max(expire_time) FROM approvals WHERE session_id = $1 AND status = ${ApprovalStatus.PENDING}),
+            idle_check_time = LEAST(idle_check_time, GREATEST(last_activity_time, $2::timestamptz) + idle_timeout_ms * interval '1 millisecond'),
             revision = warden_next_revision()
       WHERE session_id = $1`,
     [a.session_id, iso(Math.min(nowMs, a.expire_time.getTime()))],

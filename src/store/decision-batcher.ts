@@ -264,8 +264,9 @@ export class DecisionBatcher {
           s.status = SessionStatus.EXPIRED;
           delta.statusReason = lapseReason(ev.expire);
         } else {
-          // A request is activity; a lapsed session stays lapsed.
-          s.lastActivityMs = nowMs;
+          // A request is activity; a lapsed session stays lapsed. Never
+          // back: a replica whose clock lags would shorten the idle time.
+          s.lastActivityMs = Math.max(s.lastActivityMs, nowMs);
         }
         if (ev.outcome === Outcome.ALLOW && !held) {
           // A fork's spend counts in its parents' lifetimes too: whichever
@@ -579,7 +580,7 @@ function updateSessionsSql(touched: Map<string, SessionDelta>, nowMs: number, pa
   return appendStatement(
     params,
     `UPDATE sessions s SET
-        last_activity_time = u.last_activity_time,
+        last_activity_time = GREATEST(s.last_activity_time, u.last_activity_time),
         request_count = s.request_count + u.requests,
         denial_count = s.denial_count + u.denials,
         processing_ns = s.processing_ns + u.processing_ns,

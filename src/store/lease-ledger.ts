@@ -1039,6 +1039,11 @@ function insertRecordsSql(
     const amount = record.action!.amount?.amountMicros ?? 0n;
     const allowed = outcome === Outcome.ALLOW;
     const held = allowed && record.method === "authorize";
+    // A sidecar whose clock runs ahead would keep its hold open here for
+    // the skew beyond its TTL (and the budget with it, should it crash):
+    // never later than the TTL from the store's now. Its capture still
+    // counts after that (the grace, then the write-off's reversal).
+    const holdExpireMs = held && record.holdExpireTime !== undefined ? Math.min(timestampMs(record.holdExpireTime), nowMs + s.policy.holdTtlMs) : undefined;
     cols.id.push(record.actionId);
     cols.session.push(s.sessionId);
     cols.agent.push(s.agentId);
@@ -1061,7 +1066,7 @@ function insertRecordsSql(
     cols.captured.push(allowed && !held ? amount.toString() : "0");
     cols.lease.push(allowed && lease !== undefined ? lease.lease_id : null);
     cols.created.push(iso(timestampMs(record.createTime!)));
-    cols.holdExpire.push(held && record.holdExpireTime !== undefined ? iso(timestampMs(record.holdExpireTime)) : null);
+    cols.holdExpire.push(holdExpireMs === undefined ? null : iso(holdExpireMs));
     audit.push(
       decisionAuditEntry({
         actionId: record.actionId,
@@ -1073,7 +1078,7 @@ function insertRecordsSql(
         reasons: record.decision!.reasons,
         status: cols.status.at(-1)!,
         currency: cols.currency.at(-1)!,
-        holdExpireMs: held && record.holdExpireTime !== undefined ? timestampMs(record.holdExpireTime) : undefined,
+        holdExpireMs,
         source: "sidecar",
         leaseId: lease?.lease_id,
         decideMs: timestampMs(record.createTime!),

@@ -1020,10 +1020,14 @@ export class WardenStore {
     const nowMs = this.now();
     const ms = (t: Timestamp | undefined, fallback: number) => (t === undefined ? fallback : timestampMs(t));
     const scope = `s:${s.sessionId}`;
+    // The import's own key lives with the agent's, pruned by age: a
+    // session's keys go once it has ended a while, and an imported session
+    // may have ended long before it came here.
+    const keyScope = `a:${s.agentId}`;
     let replayed: Session | undefined;
     const session = await this.db.transaction(async (tx) => {
-      await lockNewKey(tx, scope, keyed);
-      replayed = (await this.firstAnswer(tx, scope, "import_session", keyed, nowMs))?.session;
+      await lockNewKey(tx, keyScope, keyed);
+      replayed = (await this.firstAnswer(tx, keyScope, "import_session", keyed, nowMs))?.session;
       if (replayed !== undefined) return replayed;
       if (keyed?.idempotencyKey && answered.has(keyed.idempotencyKey)) {
         throw new ConnectError(`idempotency_key: "${keyed.idempotencyKey}" is one of the snapshot's keys; use another`, Code.InvalidArgument);
@@ -1098,7 +1102,8 @@ export class WardenStore {
         status: s.status === SessionStatus.UNSPECIFIED ? SessionStatus.ACTIVE : s.status,
         statusReason: s.statusReason,
         createMs: ms(s.createTime, nowMs),
-        lastActivityMs: ms(s.lastActivityTime, nowMs),
+        // Never ahead of now (a source clock ahead): it would keep the session from idling for the skew.
+        lastActivityMs: Math.min(ms(s.lastActivityTime, nowMs), nowMs),
         endMs: s.endTime === undefined ? null : timestampMs(s.endTime),
         counts: [u?.requestCount ?? 0n, u?.errorCount ?? 0n, u?.denialCount ?? 0n, u === undefined || u.processingTime === undefined ? 0n : u.processingTime.seconds * 1_000_000_000n + BigInt(u.processingTime.nanos)],
       });
@@ -1268,7 +1273,7 @@ export class WardenStore {
         nowMs,
       );
       const imported = await this.getSession(s.sessionId, tx);
-      await this.saveAnswer(tx, scope, "import_session", keyed, async () => ({ session: imported }), nowMs);
+      await this.saveAnswer(tx, keyScope, "import_session", keyed, async () => ({ session: imported }), nowMs);
       return imported;
     });
     if (replayed !== undefined) return replayed;
@@ -1486,7 +1491,8 @@ export class WardenStore {
           return { error: closedHoldError({ ...h, status: ActionStatus.EXPIRED }, verb) };
         }
         ended = await apply(tx, h, s, locked, nowMs);
-        await tx.query("UPDATE sessions SET last_activity_time = $2::timestamptz WHERE session_id = $1", [sessionId, iso(nowMs)]);
+        // Never back (a replica whose clock lags).
+        await tx.query("UPDATE sessions SET last_activity_time = GREATEST(last_activity_time, $2::timestamptz) WHERE session_id = $1", [sessionId, iso(nowMs)]);
         const [after] = await lockActions(tx, "action_id = $1", [actionId]);
         const record = actionRecordOf(after!);
         await this.saveAnswer(tx, scope, verb, keyed, async () => record, nowMs);
