@@ -62,6 +62,14 @@ function newSecret(): string {
 }
 
 /**
+ * A delivery still pending under the claim that is settling it ($1
+ * endpoint, $2 event, $4 the claim's lease end): one claimed again by
+ * another dispatcher since (this claim lapsed) carries that claim's end,
+ * and one already settled has none.
+ */
+const STILL_CLAIMED = "endpoint_id = $1 AND event_id = $2 AND status = 1 AND claim_expire_time = $4::timestamptz";
+
+/**
  * Locks an endpoint's row before any of its deliveries': a failure that
  * disables the endpoint parks all of its deliveries, and would deadlock
  * with the settlements of the same tick's other deliveries (each holding
@@ -107,6 +115,12 @@ export interface ClaimedDelivery {
   readonly secrets: readonly string[];
   /** Attempts before this one. */
   readonly attempts: number;
+  /**
+   * The claim's lease end, as claimDue wrote it: the claim's token. Past
+   * it another dispatcher may claim the delivery again, and then this
+   * one's settlement is stale and changes nothing.
+   */
+  readonly claimExpireMs: number;
   readonly eventMs: number;
   /** The JSON body: `{id, type, time, session_id, agent_id, data}`. */
   readonly body: string;
@@ -279,6 +293,7 @@ export class WebhookStore {
         url: r.url,
         secrets: [r.secret, ...previousSecretsOf(r.previous_secrets).filter((p) => p.expire_ms > nowMs).map((p) => p.secret)],
         attempts: r.attempts,
+        claimExpireMs: nowMs + leaseMs,
         eventMs: r.create_time.getTime(),
         body: JSON.stringify({
           id: r.event_id,
@@ -297,11 +312,13 @@ export class WebhookStore {
     const nowMs = this.now();
     await this.db.transaction(async (tx) => {
       await lockEndpoint(tx, d.endpointId);
-      await tx.query(
+      const { rows } = await tx.query(
         `UPDATE webhook_deliveries SET status = 2, attempts = attempts + 1, last_error = '', update_time = $3::timestamptz, claim_expire_time = NULL
-          WHERE endpoint_id = $1 AND event_id = $2`,
-        [d.endpointId, d.eventId, iso(nowMs)],
+          WHERE ${STILL_CLAIMED} RETURNING 1`,
+        [d.endpointId, d.eventId, iso(nowMs), iso(d.claimExpireMs)],
       );
+      // A stale claim: the delivery is another dispatcher's now, whose attempt settles it.
+      if (rows.length === 0) return;
       await tx.query("UPDATE webhook_endpoints SET consecutive_failures = 0 WHERE endpoint_id = $1 AND consecutive_failures <> 0", [d.endpointId]);
     });
   }
@@ -325,12 +342,14 @@ export class WebhookStore {
     const nowMs = this.now();
     return this.db.transaction(async (tx) => {
       await lockEndpoint(tx, d.endpointId);
-      await tx.query(
-        `UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $3, status = $4,
-                next_attempt_time = COALESCE($5::timestamptz, next_attempt_time), update_time = $6::timestamptz, claim_expire_time = NULL
-          WHERE endpoint_id = $1 AND event_id = $2`,
-        [d.endpointId, d.eventId, error.slice(0, 500), nextAttemptMs === undefined ? 3 : 1, nextAttemptMs === undefined ? null : iso(nextAttemptMs), iso(nowMs)],
+      const { rows: settled } = await tx.query(
+        `UPDATE webhook_deliveries SET attempts = attempts + 1, last_error = $5, status = $6,
+                next_attempt_time = COALESCE($7::timestamptz, next_attempt_time), update_time = $3::timestamptz, claim_expire_time = NULL
+          WHERE ${STILL_CLAIMED} RETURNING 1`,
+        [d.endpointId, d.eventId, iso(nowMs), iso(d.claimExpireMs), error.slice(0, 500), nextAttemptMs === undefined ? 3 : 1, nextAttemptMs === undefined ? null : iso(nextAttemptMs)],
       );
+      // A stale claim: not this dispatcher's failure to count any more.
+      if (settled.length === 0) return undefined;
       const { rows } = await tx.query<{ consecutive_failures: number; status: number }>(
         "UPDATE webhook_endpoints SET consecutive_failures = consecutive_failures + $2 WHERE endpoint_id = $1 RETURNING consecutive_failures, status",
         [d.endpointId, count ? 1 : 0],
