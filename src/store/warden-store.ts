@@ -684,6 +684,22 @@ export class WardenStore {
             Code.FailedPrecondition,
           );
         }
+        // Approvals whose deadline passed during the pause, and that nobody
+        // (the sweeper, a watcher) has expired yet, time out now, while the
+        // session is still paused: the clock approves nothing of a session
+        // stopped at its deadline (timeoutVerdict), whenever it is applied.
+        if (!paused) {
+          const live = [sessionId, ...descendants.filter((d) => !isTerminal(locked.get(d)!.status))];
+          const { rows: overdue } = await tx.query<{ approval_id: string; session_id: string }>(
+            `SELECT approval_id, session_id FROM approvals
+              WHERE session_id = ANY($1::text[]) AND status = ${ApprovalStatus.PENDING} AND expire_time <= $2::timestamptz ORDER BY approval_id`,
+            [live, iso(nowMs)],
+          );
+          // Every row locked before the first settlement takes a revision (004_sync_leases.sql).
+          const approvals = [];
+          for (const o of overdue) approvals.push({ a: (await lockApproval(tx, o.approval_id))!, ttlMs: locked.get(o.session_id)!.policy.holdTtlMs });
+          for (const { a, ttlMs } of approvals) await settleApproval(tx, a, timeoutVerdict(a.approval, sessionId), ttlMs, nowMs);
+        }
         await tx.query(
           // A resume starts the circuit breaker's count of denials again,
           // and the idle clock, which stood still while paused (see lapse).
