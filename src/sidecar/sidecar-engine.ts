@@ -563,6 +563,13 @@ export class SidecarEngine {
     h: LocalHold,
     claim: Claim | undefined,
   ): Promise<ActionRecord> {
+    // A capture spends: past the staleness bound the session may have been
+    // revoked unheard, so it waits for the control plane, as decisions do.
+    // A void gives money back, and goes on.
+    if (verb === "capture" && !this.o.fresh()) {
+      this.o.stale?.();
+      throw new ConnectError("the control plane has been unreachable for too long: capture refused; retry once it is back (the hold stays)", Code.Unavailable);
+    }
     // Once its session has ended nothing may settle the hold (the store
     // closed it then). A session evicted since is fetched again; offline,
     // the hold is settled from what this sidecar knows.
