@@ -55,16 +55,20 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
       const cancelStop = feed.onStop(abort);
       try {
         let sent = req.fromRevision;
-        const now = await store.revision();
-        if (sent > now) {
-          // Not a revision this store gave out: a replaced or restored store.
-          yield create(WatchSessionsResponseSchema, { reset: true, revision: now, sendTime: timestampNow() });
+        const [now, storeEpoch] = await Promise.all([store.revision(), store.storeEpoch()]);
+        if (sent > now || (sent > 0n && req.storeEpoch !== "" && req.storeEpoch !== storeEpoch)) {
+          // Not a revision this store gave out (a replaced or restored
+          // store), or one of another store's history, whose number this
+          // store may have given out too, for other changes.
+          yield create(WatchSessionsResponseSchema, { reset: true, revision: now, sendTime: timestampNow(), storeEpoch });
           sent = now;
         } else if (sent === 0n) {
           // A new watcher holds nothing: start it at the present.
           sent = feed.current > now ? feed.current : now;
-          yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
+          yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow(), storeEpoch });
         } else {
+          // The watcher learns the epoch (a watcher from before epochs has none).
+          let first = true;
           for (;;) {
             const ch = await store.changes(req.agentId, sent);
             if (ch.revision <= sent) break;
@@ -75,13 +79,15 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
               agent: ch.agents[0],
               settledHolds: ch.settledHolds,
               sendTime: timestampNow(),
+              storeEpoch: first ? storeEpoch : "",
             });
+            first = false;
             if (ch.sessions.length < 1000) break;
           }
           // Caught up: say so at once, even with nothing new. A sidecar
           // that was cut off past its staleness bound denies until it
           // hears from the stream; a heartbeat later would be a second late.
-          if (sent === req.fromRevision) yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow() });
+          if (sent === req.fromRevision) yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow(), storeEpoch });
         }
         // The next heartbeat is due a heartbeat after the last message, by
         // the clock, not after the last wake-up: batches of other agents

@@ -37,6 +37,8 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
  */
 export class SyncClient {
   private revision = 0n;
+  /** The store history `revision` belongs to (WatchSessionsResponse.store_epoch). */
+  private storeEpoch = "";
   private lastContactMs: number;
   private abort = new AbortController();
   private running: Promise<void> | undefined;
@@ -132,7 +134,7 @@ export class SyncClient {
         // watch will not send, so its first message drops the cache.
         let fromZero = this.revision === 0n;
         for await (const msg of this.o.sync.watchSessions(
-          { agentId: this.o.agentId, fromRevision: this.revision },
+          { agentId: this.o.agentId, fromRevision: this.revision, storeEpoch: this.storeEpoch },
           // The transport's short default deadline is for unary calls; the
           // stream lives until it breaks (and would resume harmlessly if a
           // day's deadline ended it).
@@ -152,6 +154,7 @@ export class SyncClient {
           if (msg.agent !== undefined) this.o.cache.applyAgent(msg.agent);
           if (msg.settledHolds.length > 0) this.o.onSettledHolds?.(msg.settledHolds);
           if (msg.revision > this.revision || msg.reset) this.revision = msg.revision;
+          if (msg.storeEpoch !== "") this.storeEpoch = msg.storeEpoch;
           this.synced = true;
           this.o.onMessage?.(msg.sendTime === undefined ? 0 : this.now() - timestampMs(msg.sendTime), this.revision);
         }

@@ -172,3 +172,26 @@ export async function readChanges(db: Database, agentId: string | undefined, fro
     };
   });
 }
+
+/**
+ * Which store history this store's revisions belong to: the cluster (its
+ * system identifier), its timeline (a promoted replica or a point-in-time
+ * restore starts a new one) and the database (a copy, or a restore into
+ * another database, has another oid). A watcher resuming with another
+ * epoch's revision is told to reset (sync-service.ts): that number may be
+ * one this store gave out too, for other changes. A role not allowed to
+ * read the control file gets the database's part alone.
+ */
+export async function readStoreEpoch(q: Queryable): Promise<string> {
+  const { rows } = await q.query<{ oid: string }>("SELECT oid::text AS oid FROM pg_database WHERE datname = current_database()");
+  let cluster = "-";
+  try {
+    const c = await q.query<{ id: string; tl: number }>(
+      "SELECT (SELECT system_identifier::text FROM pg_control_system()) AS id, (SELECT timeline_id FROM pg_control_checkpoint()) AS tl",
+    );
+    cluster = `${c.rows[0]!.id}.${c.rows[0]!.tl}`;
+  } catch {
+    // Not permitted: the database's part alone.
+  }
+  return `${cluster}.${rows[0]!.oid}`;
+}

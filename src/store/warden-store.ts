@@ -86,7 +86,7 @@ import { SESSION_COLUMNS, type SessionRow, sessionsOf } from "./session-row.js";
 import { countsSince, currentAddress, loadCounters, saveCounters, totalsOf } from "./usage-counters.js";
 import { LeaseLedger, type ReconcileResult } from "./lease-ledger.js";
 import { rebaseAgentWindows } from "./rebase-agent-windows.js";
-import { committedRevision, readChanges, readSessionStates, type SessionChanges } from "./session-sync.js";
+import { committedRevision, readChanges, readSessionStates, readStoreEpoch, type SessionChanges } from "./session-sync.js";
 import { BatchQueue } from "./batch-queue.js";
 import { type GetSessionStateResponse, type IdempotencyKeyClaim, type IdempotencyKeyClaimResult } from "../gen/warden/v1/sync_service_pb.js";
 
@@ -388,6 +388,11 @@ export class WardenStore {
    */
   revision(): Promise<bigint> {
     return committedRevision(this.db);
+  }
+
+  /** Which store history the revisions belong to (session-sync.ts, readStoreEpoch). */
+  storeEpoch(): Promise<string> {
+    return readStoreEpoch(this.db);
   }
 
   // ---- decisions -------------------------------------------------------
