@@ -271,6 +271,8 @@ export class SessionCache {
   clear(): void {
     this.cleared++;
     this.lru.clear();
+    // Changes kept for fetches in flight are the old store's, by its revisions.
+    this.raced.clear();
     for (const a of this.agents.values()) this.release(a.scope.policy);
     this.agents.clear();
   }

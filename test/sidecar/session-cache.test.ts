@@ -205,6 +205,35 @@ test("a fetch begun before the cache was cleared (a watch starting at the presen
   assert.equal(cache.peek("ses_cl")?.status, SessionStatus.REVOKED);
 });
 
+test("a watch change kept for a fetch in flight is forgotten when the cache is cleared (another store): it never overrides the new store's state", async () => {
+  // Two sessions: one whose fetch stays in flight throughout, and one the
+  // old store's watch changed (kept for fetches in flight) before the reset.
+  const agent = { agentId: "reset-agent", revision: 1n };
+  let answerHeld!: () => void;
+  let heldOnce = false;
+  const cache = new SessionCache({
+    maxSessions: 10,
+    maxBytes: 1 << 20,
+    fetch: async (id) => {
+      // Only its first read waits (one begun before the clear is read again).
+      if (id === "ses_held" && !heldOnce) {
+        heldOnce = true;
+        await new Promise<void>((r) => (answerHeld = r));
+      }
+      // The new store's history is shorter: its revisions are lower.
+      return create(GetSessionStateResponseSchema, { sessions: [stateOf(id, "reset-agent", 3n, SessionStatus.REVOKED)], agent, revision: 3n });
+    },
+  });
+  const held = cache.get("ses_held");
+  await new Promise((r) => setImmediate(r));
+  cache.applySession(stateOf("ses_other", "reset-agent", 50n, SessionStatus.ACTIVE));
+  cache.clear();
+  const other = await cache.get("ses_other");
+  assert.deepEqual({ status: SessionStatus[other.status], revision: other.revision }, { status: "REVOKED", revision: 3 });
+  answerHeld();
+  await held;
+});
+
 describe("SessionCache byte bound counts the policies the sessions use", () => {
   const MAX = 1 << 20;
   /** A policy of 1,000 allowed merchants of 256 characters (the proto's limits allow it): ~260 KB encoded. */
