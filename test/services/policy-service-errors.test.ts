@@ -5,10 +5,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { CaptureRequestSchema, CheckRequestSchema, VoidRequestSchema } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { SessionStatus } from "../../src/gen/warden/v1/session_pb.js";
 import { createPolicyService } from "../../src/services/policy-service.js";
-import type { Database } from "../../src/store/database.js";
 import { createWardenStore } from "../../src/store/warden-store.js";
 import { DRIVERS } from "../helpers/databases.js";
 import { payment, sessionRequest, USD } from "../helpers/fixtures.js";
+import { withQueryHook } from "../helpers/query-hook.js";
 import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
@@ -20,23 +20,9 @@ for (const driver of DRIVERS) {
     test("the agent's mistakes count toward fail_after_errors; the store's trouble does not end its sessions FAILED", async () => {
       // The store's database, failing the statements that read holds while `down` (a connection lost mid-call).
       let down = false;
-      const db = suite.t.db;
-      const flaky: Database = {
-        kind: db.kind,
-        parallelism: db.parallelism,
-        query: (sql, params) => (down && sql.includes("FROM actions") ? Promise.reject(new Error("Connection terminated unexpectedly")) : db.query(sql, params)),
-        listen: (c, f) => db.listen(c, f),
-        close: () => db.close(),
-        transaction: (fn, opts) =>
-          db.transaction(
-            (tx) =>
-              fn({
-                query: (sql: string, params?: readonly unknown[]) =>
-                  down && sql.includes("FROM actions") ? Promise.reject(new Error("Connection terminated unexpectedly")) : tx.query(sql, params),
-              }),
-            opts,
-          ),
-      };
+      const flaky = withQueryHook(suite.t.db, (sql) => {
+        if (down && sql.includes("FROM actions")) throw new Error("Connection terminated unexpectedly");
+      });
       const store = createWardenStore({ db: flaky, now: suite.clock.now });
       const policy = createPolicyService(store);
       const s = await store.createSession(sessionRequest(suite.agent(), { circuitBreaker: { failAfterErrors: 2 } }), NO_HASH);

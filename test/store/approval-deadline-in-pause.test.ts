@@ -1,37 +1,21 @@
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { ApprovalStatus } from "../../src/gen/warden/v1/approval_service_pb.js";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import { ApprovalTimeoutOutcome } from "../../src/gen/warden/v1/policy_pb.js";
-import type { AuthorizeResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
 import { ForkSessionRequestSchema } from "../../src/gen/warden/v1/session_service_pb.js";
-import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
-import { DRIVERS, openTestDatabase, type TestDatabase } from "../helpers/databases.js";
-import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
-import { assertLedgerConsistent } from "../helpers/ledger.js";
+import { DRIVERS } from "../helpers/databases.js";
+import { sessionRequest, USD } from "../helpers/fixtures.js";
+import { storeSuite } from "../helpers/store-suite.js";
 
 const NO_HASH = new Uint8Array(0);
 
 for (const driver of DRIVERS) {
   describe(`approval timeouts whose deadline fell in a pause, on ${driver}`, () => {
-    let t: TestDatabase;
-    let clock: ManualClock;
-    let store: WardenStore;
-    let n = 0;
-    const agent = () => `agent-pause-deadline-${driver}-${++n}`;
-    before(async () => {
-      t = await openTestDatabase(driver);
-      clock = new ManualClock();
-      store = createWardenStore({ db: t.db, now: clock.now });
-    });
-    after(async () => {
-      await assertLedgerConsistent(t.db);
-      await t.drop();
-    });
-    const authorize = (sessionId: string, amount: bigint) =>
-      store.decide({ method: "authorize", sessionId, action: payment(amount), idempotencyKey: "", requestHash: NO_HASH }) as Promise<AuthorizeResponse>;
+    const suite = storeSuite(driver, "pause-deadline");
+    const { agent, authorize } = suite;
     const policy = {
       requireApprovalAboveMicros: USD(100),
       daily: { maxValueMicros: USD(300) },
@@ -40,19 +24,19 @@ for (const driver of DRIVERS) {
     };
 
     test("an approval whose deadline passed while its session was paused is not approved on timeout once the session is resumed before the sweep", async () => {
-      const s = await store.createSession(sessionRequest(agent(), policy), NO_HASH);
+      const s = await suite.store.createSession(sessionRequest(agent(), policy), NO_HASH);
       const r = await authorize(s.sessionId, USD(150));
       assert.equal(r.decision!.outcome, Outcome.NEEDS_APPROVAL);
       // A person stops the agent; the approval's deadline passes while it is stopped.
-      await store.setPaused(s.sessionId, true, "stop");
-      clock.advance(60_000);
+      await suite.store.setPaused(s.sessionId, true, "stop");
+      suite.clock.advance(60_000);
       // Nobody (sweeper, watcher) applied the timeout yet; the person resumes.
-      clock.advance(500);
-      await store.setPaused(s.sessionId, false, "go on");
+      suite.clock.advance(500);
+      await suite.store.setPaused(s.sessionId, false, "go on");
       // The sweep (or a late watcher) now applies the timeout of a deadline
       // that passed while the session was paused: it must not approve.
-      await store.sweep();
-      const a = await store.getApproval(r.approvalId);
+      await suite.store.sweep();
+      const a = await suite.store.getApproval(r.approvalId);
       assert.equal(
         ApprovalStatus[a.status],
         "EXPIRED",
@@ -61,15 +45,15 @@ for (const driver of DRIVERS) {
     });
 
     test("the same for a fork whose parent was paused at the fork's approval deadline", async () => {
-      const parent = await store.createSession(sessionRequest(agent(), policy), NO_HASH);
-      const fork = await store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", ...policy } }), NO_HASH);
+      const parent = await suite.store.createSession(sessionRequest(agent(), policy), NO_HASH);
+      const fork = await suite.store.forkSession(create(ForkSessionRequestSchema, { parentSessionId: parent.sessionId, policy: { currencyCode: "USD", ...policy } }), NO_HASH);
       const r = await authorize(fork.sessionId, USD(120));
       assert.equal(r.decision!.outcome, Outcome.NEEDS_APPROVAL);
-      await store.setPaused(parent.sessionId, true, "stop the parent");
-      clock.advance(60_500);
-      await store.setPaused(parent.sessionId, false, "go on");
-      await store.expireApproval(r.approvalId);
-      const a = await store.getApproval(r.approvalId);
+      await suite.store.setPaused(parent.sessionId, true, "stop the parent");
+      suite.clock.advance(60_500);
+      await suite.store.setPaused(parent.sessionId, false, "go on");
+      await suite.store.expireApproval(r.approvalId);
+      const a = await suite.store.getApproval(r.approvalId);
       assert.equal(ApprovalStatus[a.status], "EXPIRED", `the parent was paused at the deadline, yet the clock ${ApprovalStatus[a.status]} it`);
     });
   });

@@ -8,9 +8,9 @@ import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { Outcome } from "../../src/gen/warden/v1/decision_pb.js";
 import type { AuthorizeResponse, CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
-import type { Database, Queryable } from "../../src/store/database.js";
 import { createWardenStore, type WardenStore } from "../../src/store/warden-store.js";
 import { openTestDatabase, type TestDatabase } from "../helpers/databases.js";
+import { withQueryHook } from "../helpers/query-hook.js";
 import { ManualClock, payment, sessionRequest, USD } from "../helpers/fixtures.js";
 
 const NO_HASH = new Uint8Array(0);
@@ -32,30 +32,14 @@ describe("ExportSession while the session is spending, on postgres", () => {
     // The source's database, with the export's history statement made to
     // wait (when asked) so that another call can commit before it runs: as
     // a busy server's scheduling might.
-    const db = source.db;
-    const gated: Database = {
-      kind: db.kind,
-      parallelism: db.parallelism,
-      query: (sql, params) => db.query(sql, params),
-      listen: (c, f) => db.listen(c, f),
-      close: () => db.close(),
-      transaction: (fn, opts) =>
-        db.transaction(
-          (tx) =>
-            fn({
-              query: async (sql: string, params?: readonly unknown[]) => {
-                const g = gate;
-                if (g !== undefined && sql.includes(EXPORT_HISTORY_SQL)) {
-                  gate = undefined;
-                  g.arrived();
-                  await g.open;
-                }
-                return tx.query(sql, params);
-              },
-            } as Queryable),
-          opts,
-        ),
-    };
+    const gated = withQueryHook(source.db, async (sql) => {
+      const g = gate;
+      if (g !== undefined && sql.includes(EXPORT_HISTORY_SQL)) {
+        gate = undefined;
+        g.arrived();
+        await g.open;
+      }
+    });
     store = createWardenStore({ db: gated, now: clock.now });
     targetStore = createWardenStore({ db: target.db, now: clock.now });
   });
