@@ -317,14 +317,17 @@ export function evaluate(input: EvaluateInput): Evaluation {
           `${window} value limit of ${who} would be exceeded (limit ${formatMoney(limit.maxValue, p.currency)}, used ${formatMoney(used.value, p.currency)}, asked ${formatMoney(action.amountMicros, p.currency)})`,
         );
       }
-      // A scope's lifetime holds all of its spend: past int64 no counter,
-      // column or reply could carry it. A lifetime value limit (itself an
-      // int64) already stops it short.
-      if (window === "lifetime" && limit.maxValue === undefined && used.value + action.amountMicros > INT64_MAX) {
-        violate(Reason.AMOUNT_OUT_OF_RANGE, scope, WINDOW_ENUM[window], `the total of ${who} would pass the largest amount that can be counted`);
+      // Past int64 no counter, column or reply could carry a window's
+      // total: a limit (itself an int64) stops it short; without one, this
+      // does. Every window, not only lifetime: an imported window may hold
+      // more than the lifetime does.
+      if (limit.maxValue === undefined && used.value + action.amountMicros > INT64_MAX) {
+        violate(Reason.AMOUNT_OUT_OF_RANGE, scope, WINDOW_ENUM[window], `the ${window} total of ${who} would pass the largest amount that can be counted`);
       }
       if (limit.maxActions !== undefined && used.actions + 1n > limit.maxActions) {
         violate(ACTION_REASON[window], scope, WINDOW_ENUM[window], `${window} action limit of ${who} would be exceeded (limit ${limit.maxActions}, used ${used.actions})`);
+      } else if (limit.maxActions === undefined && used.actions + 1n > INT64_MAX) {
+        violate(Reason.AMOUNT_OUT_OF_RANGE, scope, WINDOW_ENUM[window], `the ${window} action count of ${who} would pass the largest that can be counted`);
       }
       charges.push({ key, scopeKey: scope.key, window, startMs });
     }

@@ -1,5 +1,6 @@
 import { type CompiledPolicy, WINDOW_KINDS, type WindowKind } from "../core/compiled-policy.js";
 import { counterKey, LIFETIME_START_MS, spanOf, type Totals } from "../core/evaluate.js";
+import { INT64_MAX } from "../core/money.js";
 import type { CalendarSpanCache } from "../core/windows.js";
 import type { Queryable } from "./database.js";
 
@@ -310,7 +311,16 @@ function columnsOf(usage: UsageSet, scopes: readonly ScopeWindows[]): unknown[] 
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
-/** An int8 parameter: a number where that is exact (both drivers send it as is, with no digits to make and parse), else its digits. */
+/**
+ * An int8 parameter: a number where that is exact (both drivers send it as
+ * is, with no digits to make and parse), else its digits. A total past
+ * int64 is stored as int64's largest: only spend no window limits can get
+ * there (leases of sessions without value limits reserve none, so their
+ * sidecars' records are counted as reported), and an int64 error would fail
+ * the whole write, a report's or a batch's, for every session in it. The
+ * engine then denies every further amount there (AMOUNT_OUT_OF_RANGE).
+ */
 function int8Param(v: bigint): number | string {
-  return v <= MAX_SAFE && v >= -MAX_SAFE ? Number(v) : v.toString();
+  if (v <= MAX_SAFE && v >= -MAX_SAFE) return Number(v);
+  return (v > INT64_MAX ? INT64_MAX : v).toString();
 }

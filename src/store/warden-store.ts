@@ -1128,6 +1128,18 @@ export class WardenStore {
         endMs: s.endTime === undefined ? null : timestampMs(s.endTime),
         counts: [u?.requestCount ?? 0n, u?.errorCount ?? 0n, u?.denialCount ?? 0n, u === undefined || u.processingTime === undefined ? 0n : u.processingTime.seconds * 1_000_000_000n + BigInt(u.processingTime.nanos)],
       });
+      // Counts the session goes on adding to, in one statement with other
+      // sessions' (a decision batch): one that could pass int64 would fail
+      // them all. Half of int64 leaves room for more than could ever come.
+      const usageCounts: [string, bigint][] = [
+        ["request_count", u?.requestCount ?? 0n],
+        ["error_count", u?.errorCount ?? 0n],
+        ["denial_count", u?.denialCount ?? 0n],
+        ["processing_time", u?.processingTime === undefined ? 0n : u.processingTime.seconds * 1_000_000_000n + BigInt(u.processingTime.nanos)],
+      ];
+      for (const [field, v] of usageCounts) {
+        if (v > INT64_MAX / 2n) throw new ConnectError(`snapshot.session.usage.${field}: ${v} is more than can be counted on from (at most ${INT64_MAX / 2n}${field === "processing_time" ? " ns" : ""})`, Code.InvalidArgument);
+      }
       const windows = new Set<string>(WINDOW_KINDS);
       for (const c of snap.counters) {
         if (!windows.has(c.window)) throw new ConnectError(`snapshot.counters.window: "${c.window}" is not a window`, Code.InvalidArgument);
@@ -1156,7 +1168,11 @@ export class WardenStore {
         const windows = usage.scopes.get(scopeKey)!;
         for (const c of snap.counters) {
           const w = windows[c.window as WindowKind];
-          const startMs = c.window === "lifetime" ? LIFETIME_START_MS : ms(c.windowStartTime, 0);
+          // A start after now (a source clock ahead, an edited file) would
+          // hold the window, its limit reached, until that time: it is the
+          // window in effect now that holds the counts.
+          const startMs =
+            c.window === "lifetime" ? LIFETIME_START_MS : Math.min(ms(c.windowStartTime, 0), currentAddress(scopeKey, compiled, c.window as WindowKind, nowMs, this.spans).startMs);
           if (!Number.isNaN(w.startMs) && w.window !== "lifetime" && startMs < w.startMs) continue;
           w.startMs = startMs;
           w.committedValue = c.committedValueMicros;
