@@ -1006,7 +1006,8 @@ export class SidecarEngine {
    * first answer comes back, as bytes), or one being decided elsewhere now
    * (ABORTED: the caller retries and then gets its answer). Without the
    * control plane there is no one to ask, and the call is decided here
-   * unclaimed (undefined; see README, "Idempotency in a sidecar").
+   * unclaimed, under the action id it would have claimed for (see
+   * claimKey, and README, "Idempotency in a sidecar").
    */
   private claim(method: Method, req: AuthorizeRequest | CheckRequest, hash: Uint8Array): Promise<Uint8Array | Claim | undefined> {
     return this.claimKey(req.sessionId, req.idempotencyKey, method, hash, newId("act", this.now()));
@@ -1035,7 +1036,12 @@ export class SidecarEngine {
       if (!isUnreachable(e)) throw e;
       this.o.contact?.(false);
       this.o.events?.claim?.("unclaimed");
-      return undefined;
+      // Decided here unclaimed, but under this action id all the same: a
+      // claim whose answer was lost (a deadline, a reset) may have been
+      // stored, and only a record of this id fills it, or a release of it
+      // gives it back. Under another id it would stay "in progress" until
+      // it lapsed, and then be free for a retry to be charged again.
+      return { actionId, open: true };
     }
     switch (res.state) {
       case IdempotencyKeyState.CLAIMED:

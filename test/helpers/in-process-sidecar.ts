@@ -1,7 +1,15 @@
 import { create } from "@bufbuild/protobuf";
 import { CalendarSpanCache } from "../../src/core/windows.js";
-import { type Action, CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
-import type { AcquireLeaseRequest, AcquireLeaseResponse, Lease, ReportLeasesRequest } from "../../src/gen/warden/v1/sync_service_pb.js";
+import { type Action, AuthorizeRequestSchema, CheckRequestSchema, type CheckResponse } from "../../src/gen/warden/v1/policy_service_pb.js";
+import type {
+  AcquireLeaseRequest,
+  AcquireLeaseResponse,
+  ClaimIdempotencyKeysRequest,
+  IdempotencyKeyClaimResult,
+  Lease,
+  ReportLeasesRequest,
+} from "../../src/gen/warden/v1/sync_service_pb.js";
+import { requestHash } from "../../src/services/request-hash.js";
 import { ReportQueue } from "../../src/sidecar/report-queue.js";
 import { SessionCache } from "../../src/sidecar/session-cache.js";
 import { type ControlPlaneClients, type DecisionPath, SidecarEngine } from "../../src/sidecar/sidecar-engine.js";
@@ -22,6 +30,8 @@ export interface InProcessSidecarOptions {
   readonly now?: () => number;
   /** Whether the sidecar heard from the control plane within its staleness bound (always, by default). */
   readonly fresh?: () => boolean;
+  /** Stands in for the control plane's ClaimIdempotencyKeys (the store's claimKeys, by default). */
+  readonly claimIdempotencyKeys?: (req: ClaimIdempotencyKeysRequest) => Promise<{ results: IdempotencyKeyClaimResult[] }>;
 }
 
 /**
@@ -47,12 +57,17 @@ export function inProcessSidecar(store: WardenStore, holder: string, o: InProces
       sent.push(req);
       return { rejected: await store.leases.report(req) };
     },
-    claimIdempotencyKeys: async () => ({ results: [] }),
+    claimIdempotencyKeys: o.claimIdempotencyKeys ?? (async (req: ClaimIdempotencyKeysRequest) => ({ results: await store.claimKeys(req.claims) })),
   };
+  // The control plane's Check and Authorize, hashing a keyed request as its service does.
   const decide =
     o.decide ??
-    ((method: "check" | "authorize", init: { sessionId: string; action: never }) =>
-      store.decide({ method, sessionId: init.sessionId, action: init.action, idempotencyKey: "", requestHash: NO_HASH }));
+    ((method: "check" | "authorize", init: { sessionId: string; action: never; idempotencyKey?: string }) => {
+      const key = init.idempotencyKey ?? "";
+      const schema = method === "check" ? CheckRequestSchema : AuthorizeRequestSchema;
+      const hash = key === "" ? NO_HASH : requestHash(schema, create(schema, init));
+      return store.decide({ method, sessionId: init.sessionId, action: init.action, idempotencyKey: key, requestHash: hash });
+    });
   const policy = {
     check: (init: { sessionId: string; action: never }) => decide("check", init),
     authorize: (init: { sessionId: string; action: never }) => decide("authorize", init),
@@ -78,7 +93,10 @@ export function inProcessSidecar(store: WardenStore, holder: string, o: InProces
     now: o.now,
   });
   const paths: DecisionPath[] = [];
-  const check = (sessionId: string, action: Action) =>
-    engine.check(create(CheckRequestSchema, { sessionId, action }), NO_HASH, (p) => paths.push(p)) as Promise<CheckResponse>;
+  /** A Check through the sidecar; with a key, hashed as the sidecar's service hashes it. */
+  const check = (sessionId: string, action: Action, idempotencyKey = "") => {
+    const req = create(CheckRequestSchema, { sessionId, action, idempotencyKey });
+    return engine.check(req, idempotencyKey === "" ? NO_HASH : requestHash(CheckRequestSchema, req), (p) => paths.push(p)) as Promise<CheckResponse>;
+  };
   return { engine, cache, reports, paths, check, asked, sent };
 }
