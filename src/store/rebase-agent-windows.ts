@@ -6,7 +6,8 @@ import { countersAt, currentAddress, readUsage, saveCounters, storedWindowAt, wi
 
 /**
  * What the ledger charged to an agent's windows of one kind from actions
- * and leases made in [$2, $3): committed (captured, or written off) and
+ * made in [$2, $3), and leases that could be spent from then (granted
+ * before its end, good past its start): committed (captured, or written off) and
  * held (open holds and pending approvals; leases' unspent rest). The same
  * sums as the ledger check of the tests (test/helpers/ledger.ts), and the
  * actions that name no window: an imported session's history (its spend
@@ -26,7 +27,7 @@ const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, 
     SELECT l.written_off_value, l.held_value, l.written_off_actions, l.held_actions
       FROM leases l
      WHERE l.session_id IN (SELECT session_id FROM sessions WHERE agent_id = $1)
-       AND l.create_time >= $2::timestamptz AND l.create_time < $3::timestamptz
+       AND l.create_time < $3::timestamptz AND l.expire_time > $2::timestamptz
        AND EXISTS (SELECT 1 FROM jsonb_array_elements(l.charges) c WHERE c->>0 = $4 AND c->>1 = $5)
   ) t`;
 
@@ -38,18 +39,22 @@ const GAP_SQL = `SELECT coalesce(sum(cv), 0) AS cv, coalesce(sum(hv), 0) AS hv, 
  * [$2, $3) it took in, now name the new start ($7). Settled later, they
  * find the window they are counted in. $4, $5: the scope key and kind.
  */
-const MOVED_CHARGE = `c->>0 = $4 AND c->>1 = $5 AND ((c->>2)::bigint = $6 OR (t.create_time >= $2::timestamptz AND t.create_time < $3::timestamptz))`;
-const movedChargesSql = (table: "actions" | "leases", live: string) => `UPDATE ${table} t
-    SET charges = (SELECT jsonb_agg(CASE WHEN ${MOVED_CHARGE} THEN jsonb_build_array(c->0, c->1, $7::bigint) ELSE c END ORDER BY o)
+const movedCharge = (inGap: string) => `c->>0 = $4 AND c->>1 = $5 AND ((c->>2)::bigint = $6 OR (${inGap}))`;
+const movedChargesSql = (table: "actions" | "leases", live: string, inGap: string) => `UPDATE ${table} t
+    SET charges = (SELECT jsonb_agg(CASE WHEN ${movedCharge(inGap)} THEN jsonb_build_array(c->0, c->1, $7::bigint) ELSE c END ORDER BY o)
                      FROM jsonb_array_elements(t.charges) WITH ORDINALITY AS e(c, o))
   WHERE t.session_id IN (SELECT session_id FROM sessions WHERE agent_id = $1) AND (${live})
-    AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.charges) c WHERE ${MOVED_CHARGE})
+    AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.charges) c WHERE ${movedCharge(inGap)})
   RETURNING 1`;
 const MOVE_ACTION_CHARGES_SQL = movedChargesSql(
   "actions",
   `t.status = ${ActionStatus.HELD} OR (t.status = ${ActionStatus.NEEDS_APPROVAL} AND t.held_value > 0) OR t.written_off_value IS NOT NULL`,
+  "t.create_time >= $2::timestamptz AND t.create_time < $3::timestamptz",
 );
-const MOVE_LEASE_CHARGES_SQL = movedChargesSql("leases", "t.status IN (1, 3)");
+// A lease counts in the gap if it could be spent from there: granted before
+// the gap's end and good past its start (one granted just before the new
+// window began spends in it, and its sidecar may report that late).
+const MOVE_LEASE_CHARGES_SQL = movedChargesSql("leases", "t.status IN (1, 3)", "t.create_time < $3::timestamptz AND t.expire_time > $2::timestamptz");
 
 /**
  * Moves an agent's stored windows to the calendar of its new `policy`
