@@ -67,8 +67,6 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
           sent = feed.current > now ? feed.current : now;
           yield create(WatchSessionsResponseSchema, { revision: sent, sendTime: timestampNow(), storeEpoch });
         } else {
-          // The watcher learns the epoch (a watcher from before epochs has none).
-          let first = true;
           for (;;) {
             const ch = await store.changes(req.agentId, sent);
             if (ch.revision <= sent) break;
@@ -79,9 +77,8 @@ export function createSyncService(o: SyncServiceOptions): ServiceImpl<typeof Syn
               agent: ch.agents[0],
               settledHolds: ch.settledHolds,
               sendTime: timestampNow(),
-              storeEpoch: first ? storeEpoch : "",
+              storeEpoch,
             });
-            first = false;
             if (ch.sessions.length < 1000) break;
           }
           // Caught up: say so at once, even with nothing new. A sidecar

@@ -201,6 +201,7 @@ export class WebhookStore {
   /** Lists endpoints, newest first, with keyset paging. */
   async listEndpoints(pageSize: number, token: string): Promise<{ endpoints: WebhookEndpoint[]; nextPageToken: string }> {
     const size = pageSize === 0 ? DEFAULT_PAGE : pageSize;
+    const nowMs = this.now();
     // No filters: a token binds to nothing but its shape (its position fields).
     const after = readPageToken(token, { id: "string" }, {})?.id;
     // Ids start with their creation time, so id order is creation order.
@@ -211,7 +212,7 @@ export class WebhookStore {
     );
     const page = rows.slice(0, size);
     return {
-      endpoints: page.map((r) => endpointOf(r, this.now())),
+      endpoints: page.map((r) => endpointOf(r, nowMs)),
       nextPageToken: rows.length > size ? pageToken({ id: page.at(-1)!.endpoint_id }, {}) : "",
     };
   }

@@ -268,8 +268,9 @@ export type WatchSessionsResponse = Message<"warden.v1.WatchSessionsResponse"> &
   settledHolds: SettledHold[];
 
   /**
-   * Which store history the revisions belong to, on a stream's first
-   * message: its cluster, timeline and database. A store restored from a
+   * Which store history the revisions belong to, on the messages that
+   * start a stream (up to the catch-up's end): its cluster, timeline and
+   * database. A store restored from a
    * backup, a promoted replica or another database has another, and its
    * revisions, though they may pass the watcher's, name other changes.
    *
